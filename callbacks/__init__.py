@@ -1,0 +1,1 @@
+"""Framework integrations, installed as `cosmo_optim.callbacks`."""

@@ -1,0 +1,13 @@
+"""cosmo-optim: momentum gradient descent as a scalar field in a de Sitter universe.
+
+The public API lives here; modules behind it are implementation.
+"""
+
+from cosmo_optim.cosmology import Cosmology, PowerLaw
+
+__all__ = [
+    "Cosmology",
+    "PowerLaw",
+]
+
+__version__ = "0.1.0"

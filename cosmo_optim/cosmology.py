@@ -1,0 +1,253 @@
+"""The optimiser's hyperparameters read as a de Sitter universe (THEORY.md T1–T3, T9, T11).
+
+Momentum SGD with learning rate η and momentum β is, in the continuum limit with time step
+Δt = sqrt(η), a field rolling with Hubble friction 3H = (1 − β)/Δt (T2, T3). The vacuum
+energy Λ = 3H² = (1 − β)²/(3η) is what keeps that friction constant. `Cosmology` holds the
+pair (η, β) and derives the physical view; `PowerLaw` is the time-dependent friction of a
+universe a ∝ t^p (T11).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Final
+
+__all__ = ["EXPANSIONS", "Cosmology", "PowerLaw", "resolve_expansion"]
+
+# Rounding can leave 1 − sqrt(3Λ)·Δt a hair below zero when the user meant β = 0.
+_MOMENTUM_ROUNDING: Final = 1e-12
+
+
+def _positive(name: str, value: float, fix: str) -> float:
+    value = float(value)
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"Invalid {name}: {value!r}; it must be a finite number > 0. {fix}")
+    return value
+
+
+def _check_momentum(momentum: float, origin: str) -> float:
+    momentum = float(momentum)
+    if -_MOMENTUM_ROUNDING < momentum < 0:
+        momentum = 0.0
+    if not (math.isfinite(momentum) and 0 <= momentum < 1):
+        raise ValueError(
+            f"Invalid momentum: {momentum!r}{origin}; it must satisfy 0 ≤ momentum < 1 "
+            "(momentum 1 has no Hubble friction, momentum > 1 diverges). "
+            "Choose a smaller vacuum energy or Hubble rate, or a smaller time step."
+        )
+    return momentum
+
+
+@dataclass(frozen=True, slots=True)
+class Cosmology:
+    """The de Sitter universe dual to momentum SGD with learning rate `lr` and `momentum`.
+
+    Stored as the optimiser's own pair (η, β); every physical quantity is derived (T3) in
+    reduced Planck units (M_P = 1) with one optimiser step lasting Δt = sqrt(η):
+
+    ==================  =========================  ==========================
+    attribute           formula                    unit
+    ==================  =========================  ==========================
+    time_step           Δt = sqrt(η)               time per step
+    hubble_rate         H = (1 − β) / (3 Δt)       1 / time
+    vacuum_energy       Λ = 3 H² = (1 − β)²/(3η)   energy density
+    hubble_time_steps   1 / (H Δt) = 3 / (1 − β)   steps
+    efolds_per_step     H Δt = (1 − β) / 3         e-folds
+    ==================  =========================  ==========================
+
+    Example:
+        >>> c = Cosmology.from_sgd(lr=1e-3, momentum=0.9)
+        >>> round(c.hubble_rate, 3), round(c.vacuum_energy, 2), round(c.hubble_time_steps, 1)
+        (1.054, 3.33, 30.0)
+        >>> Cosmology.from_vacuum_energy(3.3, time_step=0.03).momentum  # doctest: +ELLIPSIS
+        0.905...
+    """
+
+    lr: float
+    momentum: float
+
+    def __post_init__(self) -> None:
+        object.__setattr__(
+            self, "lr", _positive("lr", self.lr, "Pass a positive learning rate.")
+        )
+        object.__setattr__(self, "momentum", _check_momentum(self.momentum, ""))
+
+    @classmethod
+    def from_sgd(cls, lr: float, momentum: float) -> Cosmology:
+        """The universe of `torch.optim.SGD(lr=lr, momentum=momentum)` (T3)."""
+        return cls(lr, momentum)
+
+    @classmethod
+    def from_vacuum_energy(
+        cls,
+        vacuum_energy: float,
+        *,
+        time_step: float | None = None,
+        momentum: float | None = None,
+    ) -> Cosmology:
+        """Build from Λ and exactly one of Δt or β (inverse maps of T3).
+
+        With Δt: η = Δt², β = 1 − sqrt(3Λ)·Δt, which needs sqrt(3Λ)·Δt ≤ 1.
+        With β: η = (1 − β)²/(3Λ).
+        """
+        lam = _positive("vacuum_energy", vacuum_energy, "Λ = (1 − β)²/(3·lr) is positive.")
+        if (time_step is None) == (momentum is None):
+            raise ValueError(
+                "Cosmology.from_vacuum_energy needs exactly one of time_step or momentum, "
+                f"got time_step={time_step!r}, momentum={momentum!r}."
+            )
+        if time_step is not None:
+            dt = _positive("time_step", time_step, "Δt = sqrt(lr) is positive.")
+            beta = 1.0 - math.sqrt(3.0 * lam) * dt
+            if beta < -_MOMENTUM_ROUNDING:
+                raise ValueError(
+                    f"Invalid vacuum_energy={lam!r} with time_step={dt!r}: "
+                    f"sqrt(3*Λ)*Δt = {math.sqrt(3 * lam) * dt:.6g} must be ≤ 1 so that "
+                    f"momentum ≥ 0. Use time_step ≤ {1 / math.sqrt(3 * lam):.6g} or "
+                    f"vacuum_energy ≤ {1 / (3 * dt * dt):.6g}."
+                )
+            return cls(dt * dt, max(beta, 0.0))
+        beta = _check_momentum(momentum, "")  # type: ignore[arg-type]
+        return cls((1.0 - beta) ** 2 / (3.0 * lam), beta)
+
+    @classmethod
+    def from_hubble_rate(
+        cls,
+        hubble_rate: float,
+        *,
+        time_step: float | None = None,
+        momentum: float | None = None,
+    ) -> Cosmology:
+        """Build from H and exactly one of Δt or β (T3): β = 1 − 3HΔt, or Δt = (1 − β)/(3H)."""
+        h = _positive("hubble_rate", hubble_rate, "H = (1 − β)/(3·sqrt(lr)) is positive.")
+        if (time_step is None) == (momentum is None):
+            raise ValueError(
+                "Cosmology.from_hubble_rate needs exactly one of time_step or momentum, "
+                f"got time_step={time_step!r}, momentum={momentum!r}."
+            )
+        if time_step is not None:
+            dt = _positive("time_step", time_step, "Δt = sqrt(lr) is positive.")
+            beta = 1.0 - 3.0 * h * dt
+            if beta < -_MOMENTUM_ROUNDING:
+                raise ValueError(
+                    f"Invalid hubble_rate={h!r} with time_step={dt!r}: 3*H*Δt = "
+                    f"{3 * h * dt:.6g} must be ≤ 1 so that momentum ≥ 0. Use time_step ≤ "
+                    f"{1 / (3 * h):.6g} or hubble_rate ≤ {1 / (3 * dt):.6g}."
+                )
+            return cls(dt * dt, max(beta, 0.0))
+        beta = _check_momentum(momentum, "")  # type: ignore[arg-type]
+        dt = (1.0 - beta) / (3.0 * h)
+        return cls(dt * dt, beta)
+
+    @property
+    def time_step(self) -> float:
+        """Δt = sqrt(η): the continuum time one optimiser step lasts (T2)."""
+        return math.sqrt(self.lr)
+
+    @property
+    def hubble_rate(self) -> float:
+        """H = (1 − β)/(3 sqrt(η)), in inverse time units (T3)."""
+        return (1.0 - self.momentum) / (3.0 * math.sqrt(self.lr))
+
+    @property
+    def friction(self) -> float:
+        """3H = (1 − β)/sqrt(η): the damping coefficient of the continuum equation (T2)."""
+        return 3.0 * self.hubble_rate
+
+    @property
+    def vacuum_energy(self) -> float:
+        """Λ = 3H² = (1 − β)²/(3η), an energy density in reduced Planck units (T3)."""
+        return (1.0 - self.momentum) ** 2 / (3.0 * self.lr)
+
+    @property
+    def hubble_time_steps(self) -> float:
+        """The Hubble time 1/H measured in optimiser steps: 3/(1 − β) (T3)."""
+        return 3.0 / (1.0 - self.momentum)
+
+    @property
+    def hubble_time(self) -> float:
+        """The Hubble time 1/H in continuum time units, equally the Hubble length (T9)."""
+        return 1.0 / self.hubble_rate
+
+    @property
+    def efolds_per_step(self) -> float:
+        """Expansion per optimiser step, H·Δt = (1 − β)/3 e-folds (T3, T9)."""
+        return (1.0 - self.momentum) / 3.0
+
+    def efolds(self, steps: float) -> float:
+        """e-folds after `steps` optimiser steps, N_e = n (1 − β)/3 (T9)."""
+        return steps * self.efolds_per_step
+
+    def __repr__(self) -> str:
+        return (
+            f"Cosmology(lr={self.lr:.6g}, momentum={self.momentum:.6g} | "
+            f"time_step={self.time_step:.6g}, hubble_rate={self.hubble_rate:.6g}, "
+            f"vacuum_energy={self.vacuum_energy:.6g}, "
+            f"hubble_time_steps={self.hubble_time_steps:.6g})"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class PowerLaw:
+    """A power-law universe a ∝ t^p, whose Hubble friction falls as 3p/t (T11).
+
+    With t_n = (n + n0)·Δt the per-step momentum is β_n = 1 − 3p/(n + n0); `n0` defaults to
+    ceil(3p), the first offset with β_0 ≥ 0. Known cases: radiation (p = 1/2), matter
+    (p = 2/3) and p = 1, whose momentum n/(n + 3) is the (k − 1)/(k + 2) sequence of
+    Nesterov's accelerated gradient (Su, Boyd & Candès 2016; applied here in heavy-ball
+    form, which shares its continuum ODE ẍ + (3/t) ẋ + ∇L = 0).
+
+    Example:
+        >>> PowerLaw(1.0).momentum(0), PowerLaw(1.0).momentum(3)
+        (0.0, 0.5)
+    """
+
+    power: float
+    n0: int | None = None
+
+    def __post_init__(self) -> None:
+        p = float(self.power)
+        if not (math.isfinite(p) and p > 0):
+            raise ValueError(
+                f"Invalid power-law exponent p={self.power!r}; it must be > 0 "
+                "(radiation 1/2, matter 2/3, Nesterov 1)."
+            )
+        object.__setattr__(self, "power", p)
+        least = math.ceil(3 * p - 1e-12)
+        if self.n0 is None:
+            object.__setattr__(self, "n0", max(least, 1))
+        elif int(self.n0) != self.n0 or self.n0 < least or self.n0 < 1:
+            raise ValueError(
+                f"Invalid n0={self.n0!r} for p={p!r}; it must be an integer ≥ max(3p, 1) = "
+                f"{max(least, 1)} so that the first momentum 1 − 3p/n0 is ≥ 0."
+            )
+
+    @property
+    def offset(self) -> int:
+        """The step offset n0 (an int after construction)."""
+        return int(self.n0)  # type: ignore[arg-type]
+
+    def momentum(self, step: int) -> float:
+        """β_n = 1 − 3p/(n + n0) at optimiser step `step` (0-based) (T11)."""
+        return 1.0 - 3.0 * self.power / (step + self.offset)
+
+
+EXPANSIONS: Final[dict[str, PowerLaw | None]] = {
+    "de_sitter": None,
+    "radiation": PowerLaw(0.5),
+    "matter": PowerLaw(2.0 / 3.0),
+    "nesterov": PowerLaw(1.0),
+}
+
+
+def resolve_expansion(expansion: str | PowerLaw | None) -> PowerLaw | None:
+    """Map an expansion name or `PowerLaw` to the history; None means de Sitter (T11)."""
+    if expansion is None or isinstance(expansion, PowerLaw):
+        return expansion
+    if isinstance(expansion, str) and expansion in EXPANSIONS:
+        return EXPANSIONS[expansion]
+    raise ValueError(
+        f'Invalid expansion "{expansion}". Must be one of {sorted(EXPANSIONS)} '
+        "or a PowerLaw(p, n0=...)."
+    )
