@@ -68,9 +68,7 @@ class Cosmology:
     momentum: float
 
     def __post_init__(self) -> None:
-        object.__setattr__(
-            self, "lr", _positive("lr", self.lr, "Pass a positive learning rate.")
-        )
+        object.__setattr__(self, "lr", _positive("lr", self.lr, "Pass a positive learning rate."))
         object.__setattr__(self, "momentum", _check_momentum(self.momentum, ""))
 
     @classmethod
@@ -192,15 +190,17 @@ class Cosmology:
 class PowerLaw:
     """A power-law universe a ∝ t^p, whose Hubble friction falls as 3p/t (T11).
 
-    With t_n = (n + n0)·Δt the per-step momentum is β_n = 1 − 3p/(n + n0); `n0` defaults to
-    ceil(3p), the first offset with β_0 ≥ 0. Known cases: radiation (p = 1/2), matter
-    (p = 2/3) and p = 1, whose momentum n/(n + 3) is the (k − 1)/(k + 2) sequence of
-    Nesterov's accelerated gradient (Su, Boyd & Candès 2016; applied here in heavy-ball
-    form, which shares its continuum ODE ẍ + (3/t) ẋ + ∇L = 0).
+    With t_n = (n + n0)·Δt the per-step momentum is β_n = 1 − 3p/(n + n0). `n0` must exceed
+    3p, so every β_n is strictly positive (torch keeps no momentum buffer on a step with
+    β = 0, which would drop the velocity carried into the next step); it defaults to
+    floor(3p) + 1. Known cases: radiation (p = 1/2), matter (p = 2/3) and p = 1, whose
+    momentum (n + 1)/(n + 4) is the (k − 1)/(k + 2) sequence (k = n + 2) of Nesterov's
+    accelerated gradient (Su, Boyd & Candès 2016; applied here in heavy-ball form, which
+    shares its continuum ODE ẍ + (3/t) ẋ + ∇L = 0).
 
     Example:
-        >>> PowerLaw(1.0).momentum(0), PowerLaw(1.0).momentum(3)
-        (0.0, 0.5)
+        >>> PowerLaw(1.0).momentum(0), PowerLaw(1.0).momentum(2)
+        (0.25, 0.5)
     """
 
     power: float
@@ -214,13 +214,13 @@ class PowerLaw:
                 "(radiation 1/2, matter 2/3, Nesterov 1)."
             )
         object.__setattr__(self, "power", p)
-        least = math.ceil(3 * p - 1e-12)
+        least = math.floor(3 * p) + 1
         if self.n0 is None:
-            object.__setattr__(self, "n0", max(least, 1))
-        elif int(self.n0) != self.n0 or self.n0 < least or self.n0 < 1:
+            object.__setattr__(self, "n0", least)
+        elif int(self.n0) != self.n0 or self.n0 <= 3 * p:
             raise ValueError(
-                f"Invalid n0={self.n0!r} for p={p!r}; it must be an integer ≥ max(3p, 1) = "
-                f"{max(least, 1)} so that the first momentum 1 − 3p/n0 is ≥ 0."
+                f"Invalid n0={self.n0!r} for p={p!r}; it must be an integer > 3p = {3 * p:.6g} "
+                f"(e.g. n0={least}) so that every momentum 1 − 3p/(n + n0) is > 0."
             )
 
     @property
