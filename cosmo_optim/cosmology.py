@@ -10,10 +10,13 @@ universe a ∝ t^p (T11).
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
-__all__ = ["EXPANSIONS", "Cosmology", "PowerLaw", "resolve_expansion"]
+__all__ = ["EXPANSIONS", "UNITS", "Cosmology", "PowerLaw", "from_units", "resolve_expansion"]
+
+UNITS: Final = ("vacuum_energy", "hubble_rate", "time_step", "momentum")
 
 # Rounding can leave 1 − sqrt(3Λ)·Δt a hair below zero when the user meant β = 0.
 _MOMENTUM_ROUNDING: Final = 1e-12
@@ -184,6 +187,57 @@ class Cosmology:
             f"vacuum_energy={self.vacuum_energy:.6g}, "
             f"hubble_time_steps={self.hubble_time_steps:.6g})"
         )
+
+
+def from_units(spec: Mapping[str, Any], where: str = "Cosmology") -> Cosmology:
+    """The `Cosmology` named by exactly two of `UNITS`, or by a `cosmology` entry (T3).
+
+    `spec` maps unit names to values (None means not given); `where` prefixes error messages.
+
+    Example:
+        >>> round(from_units({"hubble_rate": 1.0, "momentum": 0.7}).time_step, 12)
+        0.1
+    """
+    given = {k: spec[k] for k in UNITS if spec.get(k) is not None}
+    if spec.get("cosmology") is not None:
+        if given:
+            raise ValueError(
+                f"{where}: got cosmology together with {sorted(given)}; "
+                "give either a Cosmology or exactly two physics units, not both."
+            )
+        cosmology = spec["cosmology"]
+        if not isinstance(cosmology, Cosmology):
+            raise ValueError(
+                f"{where}: invalid cosmology {cosmology!r}; it must be a cosmo_optim.Cosmology."
+            )
+        return cosmology
+    if len(given) != 2:
+        raise ValueError(
+            f"{where}: got {sorted(given) or 'no physics units'}; give exactly two of "
+            f"{list(UNITS)} (e.g. vacuum_energy=3.3, time_step=0.03) or cosmology=Cosmology(...)."
+        )
+    lam, h = given.get("vacuum_energy"), given.get("hubble_rate")
+    dt, beta = given.get("time_step"), given.get("momentum")
+    if lam is not None and h is not None:
+        raise ValueError(
+            f"{where}: vacuum_energy and hubble_rate are not independent (Λ = 3H²); "
+            "pair one of them with time_step or momentum."
+        )
+    if lam is not None:
+        return Cosmology.from_vacuum_energy(lam, time_step=dt, momentum=beta)
+    if h is not None:
+        return Cosmology.from_hubble_rate(h, time_step=dt, momentum=beta)
+    return Cosmology(lr_of(dt, where), beta)  # type: ignore[arg-type]
+
+
+def lr_of(time_step: float, where: str) -> float:
+    """η = Δt² (T2)."""
+    if not (isinstance(time_step, (int, float)) and math.isfinite(time_step) and time_step > 0):
+        raise ValueError(
+            f"{where}: invalid time_step: {time_step!r}; it must be a finite number > 0 "
+            "(time_step = sqrt(lr))."
+        )
+    return float(time_step) ** 2
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,56 +14,11 @@ from typing import Any
 import torch
 from torch.optim import Optimizer
 
-from cosmo_optim.cosmology import Cosmology, PowerLaw, resolve_expansion
+from cosmo_optim.cosmology import UNITS, Cosmology, PowerLaw, from_units, lr_of, resolve_expansion
 
 __all__ = ["CosmoSGD", "cosmology_of"]
 
-_UNITS = ("vacuum_energy", "hubble_rate", "time_step", "momentum")
-_SPEC_KEYS = ("cosmology", *_UNITS, "expansion")
-
-
-def _de_sitter(spec: Mapping[str, Any], where: str) -> Cosmology:
-    """The `Cosmology` named by exactly two of the physics units, or by `cosmology` (T3)."""
-    given = {k: spec[k] for k in _UNITS if spec.get(k) is not None}
-    if spec.get("cosmology") is not None:
-        if given:
-            raise ValueError(
-                f"{where}: got cosmology together with {sorted(given)}; "
-                "give either a Cosmology or exactly two physics units, not both."
-            )
-        cosmology = spec["cosmology"]
-        if not isinstance(cosmology, Cosmology):
-            raise ValueError(
-                f"{where}: invalid cosmology {cosmology!r}; it must be a cosmo_optim.Cosmology."
-            )
-        return cosmology
-    if len(given) != 2:
-        raise ValueError(
-            f"{where}: got {sorted(given) or 'no physics units'}; give exactly two of "
-            f"{list(_UNITS)} (e.g. vacuum_energy=3.3, time_step=0.03) or cosmology=Cosmology(...)."
-        )
-    lam, h = given.get("vacuum_energy"), given.get("hubble_rate")
-    dt, beta = given.get("time_step"), given.get("momentum")
-    if lam is not None and h is not None:
-        raise ValueError(
-            f"{where}: vacuum_energy and hubble_rate are not independent (Λ = 3H²); "
-            "pair one of them with time_step or momentum."
-        )
-    if lam is not None:
-        return Cosmology.from_vacuum_energy(lam, time_step=dt, momentum=beta)
-    if h is not None:
-        return Cosmology.from_hubble_rate(h, time_step=dt, momentum=beta)
-    return Cosmology(_lr_of(dt, where), beta)  # type: ignore[arg-type]
-
-
-def _lr_of(time_step: Any, where: str) -> float:
-    """η = Δt² (T2)."""
-    if not (isinstance(time_step, (int, float)) and math.isfinite(time_step) and time_step > 0):
-        raise ValueError(
-            f"{where}: invalid time_step: {time_step!r}; it must be a finite number > 0 "
-            "(time_step = sqrt(lr))."
-        )
-    return float(time_step) ** 2
+_SPEC_KEYS = ("cosmology", *UNITS, "expansion")
 
 
 def _power_law_lr(spec: Mapping[str, Any], history: PowerLaw, where: str) -> float:
@@ -79,7 +34,7 @@ def _power_law_lr(spec: Mapping[str, Any], history: PowerLaw, where: str) -> flo
             f"{where}: a power-law expansion (p={history.power:g}) sets the momentum "
             f"β_n = 1 − 3p/(n + n0) itself; give time_step alone (got {extra or 'no time_step'})."
         )
-    return _lr_of(dt, where)
+    return lr_of(dt, where)
 
 
 def cosmology_of(optimizer: Optimizer, group: int = 0) -> Cosmology:
@@ -196,7 +151,7 @@ class CosmoSGD(torch.optim.SGD):
         history = resolve_expansion(spec.get("expansion", "de_sitter"))
         if history is not None:
             return _power_law_lr(spec, history, where), history.momentum(0), history
-        cosmology = _de_sitter(spec, where)
+        cosmology = from_units(spec, where)
         return cosmology.lr, cosmology.momentum, None
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:

@@ -1,0 +1,122 @@
+"""The `cosmo-optim` command line (also `python -m cosmo_optim`).
+
+Each sub-command is one function registered in `COMMANDS`; user errors print one line and
+exit with status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from collections.abc import Callable, Sequence
+
+from cosmo_optim.cosmology import UNITS, Cosmology, from_units
+
+__all__ = ["main"]
+
+
+class UsageError(Exception):
+    """A mistake on the command line: reported in one line, exit status 2."""
+
+
+def _cosmology_from_args(args: argparse.Namespace) -> Cosmology:
+    units = {k: getattr(args, k) for k in UNITS}
+    given = [f"--{k.replace('_', '-')}" for k in ("lr", *UNITS) if getattr(args, k) is not None]
+    if len(given) != 2:
+        raise UsageError(
+            "give exactly two of --lr or --time-step, --momentum, --vacuum-energy, "
+            f"--hubble-rate (got {', '.join(given) or 'none'})."
+        )
+    if args.lr is not None:
+        if args.time_step is not None:
+            raise UsageError("give --lr or --time-step, not both (time_step = sqrt(lr)).")
+        if args.momentum is not None and args.vacuum_energy is args.hubble_rate is None:
+            return Cosmology.from_sgd(args.lr, args.momentum)
+        units["time_step"] = math.sqrt(args.lr) if args.lr > 0 else args.lr
+    return from_units(units, "convert")
+
+
+def convert(args: argparse.Namespace) -> int:
+    """Print both parameterisations of one universe (THEORY.md T3)."""
+    c = _cosmology_from_args(args)
+    table = {
+        "lr": c.lr,
+        "momentum": c.momentum,
+        "time_step": c.time_step,
+        "hubble_rate": c.hubble_rate,
+        "vacuum_energy": c.vacuum_energy,
+        "hubble_time_steps": c.hubble_time_steps,
+        "efolds_per_step": c.efolds_per_step,
+    }
+    if args.json:
+        print(json.dumps(table))
+        return 0
+    labels = {
+        "lr": "learning rate η",
+        "momentum": "momentum β",
+        "time_step": "time step Δt = sqrt(η)",
+        "hubble_rate": "Hubble rate H = (1 − β)/(3Δt)",
+        "vacuum_energy": "vacuum energy Λ = 3H²",
+        "hubble_time_steps": "Hubble time 1/H in steps",
+        "efolds_per_step": "e-folds per step HΔt",
+    }
+    width = max(map(len, labels.values()))
+    for key, value in table.items():
+        print(f"{labels[key]:<{width}}  {value:.6g}")
+    return 0
+
+
+def _add_convert(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "convert",
+        help="convert between (lr, momentum) and (Λ, H, Δt)",
+        description="Print both parameterisations of the universe dual to momentum SGD. "
+        "Give two of: --lr or --time-step, --momentum, --vacuum-energy or --hubble-rate.",
+    )
+    p.add_argument("--lr", type=float, help="learning rate η")
+    p.add_argument("--momentum", type=float, help="momentum β in [0, 1)")
+    p.add_argument("--vacuum-energy", type=float, help="vacuum energy Λ")
+    p.add_argument("--hubble-rate", type=float, help="Hubble rate H")
+    p.add_argument("--time-step", type=float, help="time step Δt = sqrt(lr)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(run=convert)
+
+
+def _add_demo(sub: argparse._SubParsersAction) -> None:
+    from cosmo_optim import _demo
+
+    p = sub.add_parser("demo", help=_demo.HELP, description=_demo.DESCRIPTION)
+    _demo.add_arguments(p)
+    p.set_defaults(run=_demo.run)
+
+
+COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_demo, _add_convert]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with every registered sub-command."""
+    parser = argparse.ArgumentParser(
+        prog="cosmo-optim",
+        description="Momentum gradient descent as a scalar field in a de Sitter universe.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in COMMANDS:
+        add(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.run(args))
+    except (UsageError, ValueError) as error:
+        print(f"cosmo-optim {args.command}: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
