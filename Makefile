@@ -18,7 +18,7 @@ demo: $(BIN)/.installed
 	$(BIN)/cosmo-optim demo
 
 lint: $(BIN)/.installed
-	$(BIN)/ruff check cosmo_optim callbacks tests benchmarks examples
+	$(BIN)/ruff check .
 	$(BIN)/mypy
 
 test: lint
