@@ -4,13 +4,19 @@ The public API lives here; modules behind it are implementation.
 """
 
 from cosmo_optim.cosmology import Cosmology, PowerLaw
+from cosmo_optim.ntk import empirical_ntk
 from cosmo_optim.optim import CosmoSGD, cosmology_of
+from cosmo_optim.spectrum import NTKEigen, kernel_distance, ntk_eigen
 
 __all__ = [
     "CosmoSGD",
     "Cosmology",
+    "NTKEigen",
     "PowerLaw",
     "cosmology_of",
+    "empirical_ntk",
+    "kernel_distance",
+    "ntk_eigen",
 ]
 
 __version__ = "0.1.0"

@@ -1,0 +1,167 @@
+"""Per-layer structured NTK rules (THEORY.md T4): capture layer inputs and output cotangents.
+
+Private helpers of :mod:`cosmo_optim.ntk`. A dense layer ``y = x Wᵀ + b`` seen at rows ``s``
+(sequence positions, conv output pixels, or repeated calls of a shared layer) has per-sample
+gradients ``∂f_i/∂W = Σ_s δ_isᵀ x_is`` and ``∂f_i/∂b = Σ_s δ_is``, with ``δ = ∂f/∂y``. So
+
+    Θ_W[i, j] = Σ_{s,t} (x_is · x_jt)(δ_is · δ_jt)        ("gram" form)
+              = <Σ_s δ_isᵀ x_is, Σ_t δ_jtᵀ x_jt>_F        ("psg" form, per-sample gradients)
+
+and an embedding is the same with one-hot ``x`` (``x_is · x_jt = [idx_is == idx_jt]``).
+
+Parameters are recognised by watching every torch function call of one forward pass with a
+``TorchFunctionMode``: a parameter qualifies only if *every* call that touches it is a
+``linear``/``conv1d``/``conv2d``/``embedding`` in the same role (weight or bias), with the
+sample axis first. Anything else (weight tying across kinds, ``F.multi_head_attention_forward``,
+parametrisations, a layer whose input is not batch-first) sends it to the jacobian path, which
+is exact for any parameter.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
+
+# (function, argument names) of the calls a structured rule understands.
+_CONV_ARGS = ("input", "weight", "bias", "stride", "padding", "dilation", "groups")
+_SIGNATURES: dict[Any, tuple[str, tuple[str, ...]]] = {
+    F.linear: ("linear", ("input", "weight", "bias")),
+    torch.conv1d: ("conv1d", _CONV_ARGS),
+    torch.conv2d: ("conv2d", _CONV_ARGS),
+    F.embedding: (
+        "embedding",
+        ("input", "weight", "padding_idx", "max_norm", "norm_type", "scale_grad_by_freq", "sparse"),
+    ),
+}
+# Calls that read metadata only: they never carry a derivative, so they are not "uses".
+_METADATA_CALLS = {"dim", "size", "numel", "is_contiguous", "is_floating_point", "stride"}
+_METADATA_ATTRS = {
+    "dtype", "shape", "device", "requires_grad", "is_nested", "grad_fn", "is_leaf", "ndim",
+    "layout", "is_cuda", "is_sparse", "is_quantized", "is_meta", "names",
+}
+
+
+@dataclass
+class Use:
+    """One call touching a watched parameter: ``kind`` is e.g. ``"linear"``, ``None`` if unknown."""
+
+    kind: str | None
+    role: str
+    args: dict[str, Any] = field(default_factory=dict)
+    out: torch.Tensor | None = None
+
+
+def _is_metadata(func: Any) -> bool:
+    name = getattr(func, "__name__", "")
+    if name == "__get__":
+        return getattr(getattr(func, "__self__", None), "__name__", "") in _METADATA_ATTRS
+    return name in _METADATA_CALLS
+
+
+class UseRecorder(TorchFunctionMode):
+    """Record, per watched parameter, every torch call it enters during a forward pass."""
+
+    def __init__(self, watched: dict[int, str]) -> None:
+        super().__init__()
+        self.watched = watched  # id(tensor) -> parameter name
+        self.uses: dict[str, list[Use]] = {name: [] for name in watched.values()}
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        hits = [(i, a) for i, a in enumerate(args) if id(a) in self.watched]
+        hits += [(k, a) for k, a in kwargs.items() if id(a) in self.watched]
+        hits += [
+            (-1, t) for a in args if isinstance(a, (list, tuple)) for t in a
+            if id(t) in self.watched
+        ]
+        if not hits or _is_metadata(func):
+            return out
+        kind, names = _SIGNATURES.get(func, (None, ()))
+        bound = dict(zip(names, args, strict=False)) | kwargs
+        for key, tensor in hits:
+            role = names[key] if isinstance(key, int) and 0 <= key < len(names) else str(key)
+            known = kind is not None and role in ("weight", "bias")
+            known = known and isinstance(out, torch.Tensor)
+            if known and kind == "embedding" and (role == "bias" or bound.get("max_norm")):
+                known = False
+            self.uses[self.watched[id(tensor)]].append(
+                Use(kind if known else None, role, bound if known else {}, out if known else None)
+            )
+        return out
+
+
+def _conv_geometry(use: Use) -> tuple[Any, ...] | None:
+    """Kernel, dilation, padding, stride as 2-d tuples for ``F.unfold``; None if unsupported."""
+    a = use.args
+    if a.get("groups", 1) != 1 or isinstance(a.get("padding", 0), str):
+        return None
+    dims = 1 if use.kind == "conv1d" else 2
+
+    def two(v: Any, fill: int) -> tuple[int, int]:
+        t = tuple(v) if isinstance(v, (list, tuple)) else (v,) * dims
+        return (fill, *t) if dims == 1 else (t[0], t[1])
+
+    w = a["weight"]
+    kernel = (1, w.shape[-1]) if dims == 1 else tuple(w.shape[-2:])
+    dilation, padding = two(a.get("dilation", 1), 1), two(a.get("padding", 0), 0)
+    return kernel, dilation, padding, two(a.get("stride", 1), 1)
+
+
+def qualifies(uses: list[Use], n: int) -> bool:
+    """True if a structured rule is exact for a parameter with these uses, chunk of n samples."""
+    if not uses or any(u.kind is None for u in uses):
+        return False
+    if len({(u.kind, u.role) for u in uses}) != 1:
+        return False
+    for u in uses:
+        x, y = u.args["input"], u.out
+        assert y is not None
+        if y.dim() == 0 or y.shape[0] != n or (u.kind != "linear" and x.shape[0] != n):
+            return False
+        if u.kind == "linear" and (x.dim() == 0 or x.shape[0] != n):
+            return False
+        if u.kind in ("conv1d", "conv2d") and (_conv_geometry(u) is None or x.dim() != y.dim()):
+            return False
+    return True
+
+
+def rows(use: Use, delta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Layer inputs ``(n, R, d_in)`` (or token ids ``(n, R)``) and cotangents ``(C, n, R, d_out)``.
+
+    ``delta`` is ``∂f_c/∂y`` stacked over output components, shape ``(C, *y.shape)``.
+    """
+    x = use.args["input"]
+    C, n = delta.shape[0], delta.shape[1]
+    if use.kind == "linear":
+        return x.reshape(n, -1, x.shape[-1]), delta.reshape(C, n, -1, delta.shape[-1])
+    if use.kind == "embedding":
+        ids = x.reshape(n, -1)
+        d = delta.reshape(C, n, ids.shape[1], delta.shape[-1])
+        pad = use.args.get("padding_idx")
+        if pad is not None:  # the padding row gets no gradient
+            d = d * (ids != (pad % use.args["weight"].shape[0])).unsqueeze(-1).to(d.dtype)
+        return ids, d
+    geo = _conv_geometry(use)
+    assert geo is not None
+    kernel, dilation, padding, stride = geo
+    x2 = x.unsqueeze(2) if use.kind == "conv1d" else x
+    cols = F.unfold(x2, kernel, dilation=dilation, padding=padding, stride=stride)
+    d = delta.reshape(C, n, delta.shape[2], -1).transpose(2, 3)  # (C, n, L, C_out)
+    return cols.transpose(1, 2), d
+
+
+def row_count_and_width(use: Use) -> tuple[int, int, int]:
+    """(R, d_in, d_out) per sample for the cost model; d_in = vocabulary size for embeddings."""
+    w = use.args["weight"]
+    y = use.out
+    assert y is not None
+    if use.kind == "linear":
+        return y[0].numel() // y.shape[-1], w.shape[1], w.shape[0]
+    if use.kind == "embedding":
+        return y[0].numel() // y.shape[-1], w.shape[0], w.shape[1]
+    return y[0].numel() // y.shape[1], w[0].numel(), w.shape[0]

@@ -1,0 +1,413 @@
+"""Empirical neural tangent kernel of any ``nn.Module`` (THEORY.md T4, T7).
+
+``Θ(x, x') = Σ_p ∂f(x)/∂θ_p · ∂f(x')/∂θ_p = J Jᵀ`` on a probe batch, computed without ever
+holding the N×P Jacobian: layers with a structured rule (``linear``, ``conv1d``, ``conv2d``,
+``embedding``; see :mod:`cosmo_optim._ntk_rules`) need one forward and one backward per output
+component; every other parameter goes through a chunked jacobian contraction.
+
+Strategies (``method=``), with their cost for N samples, C output components and, per layer,
+R rows per sample (sequence positions, conv pixels, repeated calls), fan-in d_in, fan-out d_out:
+
+* ``"structured"`` — the Gram rule ``Θ_W = Σ_{s,t} (x_is·x_jt)(δ_is·δ_jt)`` for every recognised
+  weight: time O(N² R² (d_in + C d_out)), memory O(N R (d_in + C d_out)) stored plus one block of
+  O(b R · N R) for b samples at a time. Biases: per-sample gradients ``Σ_s δ_is``.
+* ``"jacobian"`` — per-sample gradients ``vmap(jacrev)`` of every selected parameter, contracted
+  block by block: time O(C·(forward+backward) per sample + C N² P), memory O(m C P_block) for a
+  chunk of m samples (the whole batch when ``N C P_block`` fits the budget).
+* ``"auto"`` — per recognised parameter the cheaper of the Gram rule and its per-sample-gradient
+  form ``<Σ_s δ_isᵀ x_is, Σ_t δ_jtᵀ x_jt>`` (time O(C N R d_in d_out + C N² d_in d_out), memory
+  O(N C d_in d_out)); the jacobian path for everything else.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+from torch.func import functional_call, jacrev, vmap
+
+from cosmo_optim import _ntk_rules as rules
+
+Output = str | int | Callable[[torch.Tensor], torch.Tensor]
+ParamFilter = Sequence[str] | Callable[[str, nn.Parameter], bool] | None
+
+METHODS = ("auto", "structured", "jacobian")
+_OUTPUTS = ("trace", "full")
+_DEFAULT_BUDGET = 2 << 30  # bytes: used when memory_budget is None
+
+
+def empirical_ntk(
+    model: nn.Module,
+    inputs: torch.Tensor,
+    *,
+    params: ParamFilter = None,
+    output: Output = "trace",
+    method: str = "auto",
+    dtype: torch.dtype | None = None,
+    memory_budget: int | None = None,
+    train_mode: bool = False,
+) -> torch.Tensor:
+    """Empirical NTK ``Θ = J Jᵀ`` of ``model`` on the probe batch ``inputs`` (THEORY.md T4).
+
+    The kernel that drives function-space dynamics ``f̈ + 3H ḟ = −Θ ∂L/∂f`` (T4) and whose
+    eigenmodes are the mean field and perturbations (T7, see :func:`cosmo_optim.ntk_eigen`).
+
+    Args:
+        model: any module mapping ``(N, ...)`` inputs to ``(N, ...)`` outputs, samples independent.
+        inputs: probe batch, samples on dim 0 (floating point, or integer token ids).
+        params: ``None`` (all trainable parameters), a list of parameter names, or a predicate
+            ``(name, param) -> bool``. Parameters with ``requires_grad=False`` never count.
+        output: ``"trace"`` (N×N, summed over output components), ``"full"`` (N×N×C×C), an
+            int (one flattened output component), or a callable mapping outputs ``(N, ...)`` to
+            one scalar per sample ``(N,)``.
+        method: one of :data:`METHODS` (cost of each in the module docstring).
+        dtype: compute in this dtype (e.g. ``torch.float64``); the model is not modified.
+        memory_budget: bytes for the engine's own buffers (kernel, captured layer inputs and
+            cotangents, Jacobian blocks; activations estimated from a one-sample probe).
+            Default 2 GiB. A request that cannot fit raises before the large allocations.
+        train_mode: compute with the model in training mode (default: eval mode). Refused for
+            BatchNorm (couples samples) and active dropout (random).
+
+    Returns:
+        The kernel on ``inputs.device``: ``(N, N)``, or ``(N, N, C, C)`` for ``"full"``.
+
+    Raises:
+        ValueError: invalid ``method``/``output``/``params``/``memory_budget``, or a model that
+            couples samples in training mode.
+
+    The model's train/eval flags, its ``.grad`` fields and the global RNG state are unchanged.
+
+    >>> net = nn.Sequential(nn.Linear(3, 8), nn.Tanh(), nn.Linear(8, 1))
+    >>> empirical_ntk(net, torch.randn(5, 3)).shape
+    torch.Size([5, 5])
+    """
+    if method not in METHODS:
+        raise ValueError(f'Invalid method "{method}". Must be one of {list(METHODS)}')
+    if not (isinstance(output, int) or callable(output) or output in _OUTPUTS):
+        raise ValueError(
+            f"Invalid output: {output!r}; it must be 'trace', 'full', an int or a callable. "
+            "Fix: pass output='trace' for the N×N kernel summed over output components."
+        )
+    if memory_budget is not None and memory_budget <= 0:
+        raise ValueError(f"Invalid memory_budget: {memory_budget!r}; it must be > 0 bytes.")
+    if inputs.dim() == 0 or inputs.shape[0] == 0:
+        raise ValueError(f"Invalid inputs shape: {tuple(inputs.shape)}; it needs N >= 1 samples.")
+    selected = _select(model, params)
+    if train_mode:
+        _refuse_coupling(model)
+    devices = [inputs.device] if inputs.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices), _training(model, train_mode):
+        engine = _Engine(model, selected, inputs, output, method, dtype, memory_budget)
+        return engine.run()
+
+
+def _select(model: nn.Module, params: ParamFilter) -> dict[str, nn.Parameter]:
+    named = dict(model.named_parameters())
+    if params is None:
+        chosen = named
+    elif callable(params):
+        chosen = {n: p for n, p in named.items() if params(n, p)}
+    else:
+        unknown = [n for n in params if n not in named]
+        if unknown or isinstance(params, str):
+            raise ValueError(
+                f"Invalid params: {params!r}; names {unknown} are not parameters of the model. "
+                f"Fix: choose from {list(named)[:8]}..."
+            )
+        chosen = {n: named[n] for n in params}
+    chosen = {n: p for n, p in chosen.items() if p.requires_grad}
+    if not chosen:
+        raise ValueError(
+            f"Invalid params: {params!r}; it selects no trainable parameter. "
+            "Fix: select parameters with requires_grad=True."
+        )
+    return chosen
+
+
+def _refuse_coupling(model: nn.Module) -> None:
+    for name, m in model.named_modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            raise ValueError(
+                f"Invalid train_mode: True with BatchNorm module {name!r}; in training mode it "
+                "normalises over the batch, so samples are coupled and the per-sample NTK is "
+                "undefined. Fix: use train_mode=False (eval mode, running statistics)."
+            )
+        if isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0:
+            raise ValueError(
+                f"Invalid train_mode: True with Dropout module {name!r} (p={m.p}); the NTK of a "
+                "random function is undefined. Fix: use train_mode=False."
+            )
+
+
+@contextlib.contextmanager
+def _training(model: nn.Module, mode: bool) -> Iterator[None]:
+    flags = [(m, m.training) for m in model.modules()]
+    model.train(mode)
+    try:
+        yield
+    finally:
+        for m, flag in flags:
+            m.training = flag
+
+
+def _chunks(n: int, size: int, start: int = 0) -> list[tuple[int, int]]:
+    size = max(1, size)
+    return [(lo, min(lo + size, n)) for lo in range(start, n, size)]
+
+
+def _block(ga: torch.Tensor, gb: torch.Tensor, full: bool) -> torch.Tensor:
+    """``Σ_p G_a[i,c,p] G_b[j,d,p]``: (na, nb), or (na, nb, C, C) when ``full``."""
+    if not full:
+        return ga.reshape(ga.shape[0], -1) @ gb.reshape(gb.shape[0], -1).T
+    (na, C, P), nb = ga.shape, gb.shape[0]
+    prod = ga.reshape(na * C, P) @ gb.reshape(nb * C, P).T
+    return prod.reshape(na, C, nb, C).permute(0, 2, 1, 3)
+
+
+class _Engine:
+    """One kernel request: probe, plan, structured pass, jacobian pass."""
+
+    def __init__(
+        self, model: nn.Module, selected: dict[str, nn.Parameter], inputs: torch.Tensor,
+        output: Output, method: str, dtype: torch.dtype | None, budget: int | None,
+    ) -> None:
+        self.model, self.output, self.method = model, output, method
+        self.budget = _DEFAULT_BUDGET if budget is None else budget
+        self.user_budget = budget is not None
+        cast = (lambda t: t.to(dtype) if t.is_floating_point() else t) if dtype else (lambda t: t)
+        self.x = cast(inputs)
+        self.N = inputs.shape[0]
+        # Detached (cast) copies: the user's parameters and their .grad are never touched.
+        self.base = {n: cast(t.detach()) for n, t in model.named_parameters()}
+        self.base |= {n: cast(t.detach()) for n, t in model.named_buffers()}
+        self.names = list(selected)
+        self.dtype = self.base[self.names[0]].dtype
+        self.isz = torch.empty((), dtype=self.dtype).element_size()
+        self.full = output == "full"
+
+    # ----------------------------------------------------------------------------- forward
+    def _f(self, out: torch.Tensor) -> torch.Tensor:
+        """Model outputs (n, ...) -> the differentiated components (n, C)."""
+        n = out.shape[0]
+        if callable(self.output):
+            f = self.output(out)
+            if f.shape != (n,):
+                raise ValueError(
+                    f"Invalid output callable: it returned shape {tuple(f.shape)}; it must "
+                    f"return one scalar per sample, shape ({n},)."
+                )
+            return f.reshape(n, 1)
+        flat = out.reshape(n, -1)
+        if isinstance(self.output, int):
+            if not -flat.shape[1] <= self.output < flat.shape[1]:
+                raise ValueError(
+                    f"Invalid output: {self.output!r}; the model has {flat.shape[1]} output "
+                    "components per sample. Fix: pick an index in range."
+                )
+            return flat[:, self.output : self.output + 1 or None]
+        return flat
+
+    def _forward(self, lo: int, hi: int, leaves: dict[str, torch.Tensor]) -> Any:
+        recorder = rules.UseRecorder({id(t): n for n, t in leaves.items()})
+        with recorder:
+            out = functional_call(self.model, self.base | leaves, (self.x[lo:hi],))
+        return recorder, self._f(out)
+
+    # -------------------------------------------------------------------------------- plan
+    def _leaves(self, names: Sequence[str]) -> dict[str, torch.Tensor]:
+        return {n: self.base[n].clone().requires_grad_(True) for n in names}
+
+    def run(self) -> torch.Tensor:
+        leaves = self._leaves(self.names)
+        recorder, f1 = self._forward(0, 1, leaves)
+        self.C = f1.shape[1]
+        N, C = self.N, self.C
+        shape = (N, N, C, C) if self.full else (N, N)
+        kernel_bytes = N * N * (C * C if self.full else 1) * self.isz
+        probe_bytes = sum(u.out.numel() for us in recorder.uses.values() for u in us
+                          if u.out is not None) * self.isz
+        structured = {}
+        if self.method != "jacobian":
+            structured = {n: us for n, us in recorder.uses.items() if rules.qualifies(us, 1)}
+        plan = {n: self._form(us) for n, us in structured.items()}
+        stored = sum(cost[1] for cost in plan.values())
+        fallback = [n for n in self.names if n not in plan]
+        jac_min = max((C * self.base[n].numel() * self.isz * 2 for n in fallback), default=0)
+        act = 4 * C * max(probe_bytes, 1)  # activations + cotangents of one sample (estimate)
+        need = kernel_bytes + stored + act + jac_min
+        if need > self.budget:
+            raise ValueError(
+                f"Invalid memory_budget: {self.budget!r} bytes; this request needs at least "
+                f"{need} (kernel {kernel_bytes}, stored layer terms {stored}, largest jacobian "
+                f"block {jac_min}). Fix: raise memory_budget, use fewer samples, output='trace' "
+                "or a params subset."
+            )
+        self.free = self.budget - kernel_bytes - stored
+        K = torch.zeros(shape, dtype=self.dtype, device=self.x.device)
+        if plan:
+            fallback += self._structured(K, plan, leaves, recorder, f1, act)
+        if fallback:
+            self._jacobian(K, sorted(fallback, key=self.names.index), act)
+        return K
+
+    def _form(self, uses: list[rules.Use]) -> tuple[str, int]:
+        """("gram" | "psg", bytes stored for all N) for one parameter, by the cost model."""
+        N, C, isz = self.N, self.C, self.isz
+        dims = [rules.row_count_and_width(u) for u in uses]
+        R, d_in, d_out = sum(d[0] for d in dims), dims[0][1], dims[0][2]
+        if uses[0].role == "bias":
+            return "psg", N * C * d_out * isz
+        c2 = C if self.full else 1
+        gram = N * N * R * R * (d_in + C * c2 * d_out)
+        psg = C * N * R * d_in * d_out + C * c2 * N * N * d_in * d_out
+        psg_bytes = N * C * d_in * d_out * isz
+        if self.method == "structured" or gram <= psg or psg_bytes > self.budget // 2:
+            width = 1 if uses[0].kind == "embedding" else d_in
+            return "gram", N * R * (width + C * d_out) * isz
+        return "psg", psg_bytes
+
+    # -------------------------------------------------------------------- structured pass
+    def _structured(
+        self, K: torch.Tensor, plan: dict[str, tuple[str, int]], leaves: dict[str, torch.Tensor],
+        recorder: rules.UseRecorder, f: torch.Tensor, act: int,
+    ) -> list[str]:
+        """Accumulate the structured terms into K; return the names demoted to the jacobian.
+
+        Chunks: sample 0 alone, then chunks of m >= 2 samples. A layer input whose leading
+        dim follows the chunk size (1, then m) is batch-first, so each row belongs to one
+        sample; anything else is demoted (exact, slower).
+        """
+        store: dict[str, list[Any]] = {n: [] for n in plan}
+        demoted: set[str] = set()
+        counts = {n: len(recorder.uses[n]) for n in plan}
+        m = max(2, self.free // 2 // act)
+        for lo, hi in [(0, 1), *_chunks(self.N, m, start=1)]:
+            if lo > 0:
+                recorder, f = self._forward(lo, hi, leaves)
+            live = [n for n in plan if n not in demoted]
+            for n in live:
+                us = recorder.uses[n]
+                if len(us) != counts[n] or not rules.qualifies(us, hi - lo):
+                    demoted.add(n)
+            live = [n for n in live if n not in demoted]
+            outs = {id(u.out): u.out for n in live for u in recorder.uses[n] if u.out is not None}
+            ys = list(outs.values())
+            per_c = [
+                torch.autograd.grad(f[:, c].sum(), ys, retain_graph=c < self.C - 1,
+                                    allow_unused=True) if ys else ()
+                for c in range(self.C)
+            ]
+            delta = {
+                k: torch.stack([g[i] if g[i] is not None else torch.zeros_like(y) for g in per_c])
+                for i, (k, y) in enumerate(outs.items())
+            }
+            for n in live:
+                terms = [rules.rows(u, delta[id(u.out)]) for u in recorder.uses[n]]
+                store[n].append(self._chunk_term(plan[n][0], recorder.uses[n], terms))
+        for n in plan:
+            if n in demoted:
+                continue
+            if plan[n][0] == "psg":
+                G = torch.cat(store[n])
+                K += _block(G, G, self.full)
+            else:
+                xs, ds = zip(*store[n], strict=True)
+                self._gram(K, torch.cat(xs), torch.cat(ds, dim=1), recorder.uses[n][0].kind)
+        return sorted(demoted)
+
+    def _chunk_term(self, form: str, uses: list[rules.Use], terms: list[Any]) -> Any:
+        """Per chunk: per-sample gradients (n, C, P) for "psg", or rows (X, Δ) for "gram"."""
+        role, kind = uses[0].role, uses[0].kind
+        if role == "bias":  # ∂f_i/∂b = Σ_s δ_is
+            return torch.stack([d.sum(2) for _, d in terms]).sum(0).transpose(0, 1)
+        if form == "gram":
+            return torch.cat([x for x, _ in terms], 1), torch.cat([d for _, d in terms], 2)
+        if kind == "embedding":  # scatter δ into vocabulary rows
+            V = uses[0].args["weight"].shape[0]
+            C, n, _, d_out = terms[0][1].shape
+            G = torch.zeros(n, C, V, d_out, dtype=self.dtype, device=self.x.device)
+            for ids, d in terms:
+                idx = ids.unsqueeze(1).unsqueeze(-1).expand(n, C, ids.shape[1], d_out)
+                G.scatter_add_(2, idx, d.transpose(0, 1))
+            return G.reshape(n, C, -1)
+        G = torch.stack([torch.einsum("cnrd,nre->ncde", d, x) for x, d in terms]).sum(0)
+        return G.reshape(G.shape[0], G.shape[1], -1)
+
+    def _gram(self, K: torch.Tensor, X: torch.Tensor, D: torch.Tensor, kind: str | None) -> None:
+        """K += Σ_{s,t} (x_is·x_jt)(δ_is·δ_jt), in blocks of b samples (rule in module doc)."""
+        C, N, R, d_out = D.shape
+        Dr = D.permute(1, 2, 0, 3).reshape(N * R, C, d_out)
+        emb = kind == "embedding"
+        Xr = X.reshape(N * R) if emb else X.reshape(N * R, -1)
+        per_sample = R * N * R * (2 + (C * C if self.full else 1)) * self.isz
+        for lo, hi in _chunks(N, self.free // 2 // max(per_sample, 1)):
+            xa, da = Xr[lo * R : hi * R], Dr[lo * R : hi * R]
+            XX = (xa[:, None] == Xr[None, :]).to(D.dtype) if emb else xa @ Xr.T
+            if self.full:
+                DD = torch.einsum("acd,bed->abce", da, Dr)
+                K[lo:hi] += (XX[..., None, None] * DD).reshape(hi - lo, R, N, R, C, C).sum((1, 3))
+            else:
+                DD = da.reshape(-1, C * d_out) @ Dr.reshape(N * R, C * d_out).T
+                K[lo:hi] += (XX * DD).reshape(hi - lo, R, N, R).sum((1, 3))
+
+    # ---------------------------------------------------------------------- jacobian pass
+    def _jacobian(self, K: torch.Tensor, names: list[str], act: int) -> None:
+        """K += J_B J_Bᵀ over blocks B of parameters, chunked over samples (see module doc)."""
+        C, N, isz = self.C, self.N, self.isz
+        blocks: list[list[str]] = [[]]
+        limit = max(self.free // 2, 1)
+        for n in names:  # greedy blocks whose N×C×P Jacobian fits half the free budget
+            size = sum(self.base[k].numel() for k in blocks[-1]) + self.base[n].numel()
+            if blocks[-1] and N * C * size * isz > limit:
+                blocks.append([])
+            blocks[-1].append(n)
+        for block in blocks:
+            P = sum(self.base[k].numel() for k in block)
+            per_sample = C * P * isz + act
+            if N * per_sample <= limit:  # whole Jacobian of this block at once
+                G = torch.cat([self._jac(block, lo, hi)
+                               for lo, hi in _chunks(N, limit // max(act, 1) // 2)])
+                K += _block(G, G, self.full)
+                continue
+            chunks = _chunks(N, limit // 2 // per_sample)
+            for a, (alo, ahi) in enumerate(chunks):  # recompute pairs: memory O(m C P)
+                Ga = self._jac(block, alo, ahi)
+                for blo, bhi in chunks[a:]:
+                    Gb = Ga if blo == alo else self._jac(block, blo, bhi)
+                    blk = _block(Ga, Gb, self.full)
+                    K[alo:ahi, blo:bhi] += blk
+                    if blo != alo:
+                        K[blo:bhi, alo:ahi] += blk.transpose(0, 1).transpose(-1, -2) \
+                            if self.full else blk.T
+
+    def _jac(self, block: list[str], lo: int, hi: int) -> torch.Tensor:
+        """Per-sample Jacobian of the outputs w.r.t. ``block``: (hi - lo, C, P_block)."""
+        pb = {k: self.base[k] for k in block}
+
+        def f1(p: dict[str, torch.Tensor], x1: torch.Tensor) -> torch.Tensor:
+            out = functional_call(self.model, self.base | p, (x1.unsqueeze(0),))
+            return self._f(out).reshape(-1)
+
+        try:
+            jac = vmap(jacrev(f1), in_dims=(None, 0))(pb, self.x[lo:hi])
+            rows = [jac[k].reshape(hi - lo, self.C, -1) for k in block]
+        except (RuntimeError, NotImplementedError):  # an op without a batching rule
+            rows = self._jac_loop(block, lo, hi)
+        return torch.cat(rows, dim=2)
+
+    def _jac_loop(self, block: list[str], lo: int, hi: int) -> list[torch.Tensor]:
+        leaves = self._leaves(block)
+        out = functional_call(self.model, self.base | leaves, (self.x[lo:hi],))
+        f = self._f(out)
+        J = {k: torch.zeros(hi - lo, self.C, leaves[k].numel(), dtype=self.dtype) for k in block}
+        for i in range(hi - lo):
+            for c in range(self.C):
+                gs = torch.autograd.grad(f[i, c], list(leaves.values()), retain_graph=True,
+                                         allow_unused=True)
+                for k, g in zip(block, gs, strict=True):
+                    if g is not None:
+                        J[k][i, c] = g.reshape(-1)
+        return [J[k].to(self.x.device) for k in block]
