@@ -135,7 +135,7 @@ def rows(use: Use, delta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
     ``delta`` is ``∂f_c/∂y`` stacked over output components, shape ``(C, *y.shape)``.
     """
-    x = use.args["input"]
+    x = use.args["input"].detach()  # the kernel is a value, not part of any graph
     C, n = delta.shape[0], delta.shape[1]
     if use.kind == "linear":
         return x.reshape(n, -1, x.shape[-1]), delta.reshape(C, n, -1, delta.shape[-1])

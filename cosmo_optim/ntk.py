@@ -22,6 +22,7 @@ R rows per sample (sequence positions, conv pixels, repeated calls), fan-in d_in
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -392,7 +393,9 @@ class _Engine:
             return self._f(out).reshape(-1)
 
         try:
-            jac = vmap(jacrev(f1), in_dims=(None, 0))(pb, self.x[lo:hi])
+            with warnings.catch_warnings():  # torch's "no batching rule, slower" notices
+                warnings.filterwarnings("ignore", message="There is a performance drop")
+                jac = vmap(jacrev(f1), in_dims=(None, 0))(pb, self.x[lo:hi])
             rows = [jac[k].reshape(hi - lo, self.C, -1) for k in block]
         except (RuntimeError, NotImplementedError):  # an op without a batching rule
             rows = self._jac_loop(block, lo, hi)

@@ -1,0 +1,290 @@
+"""empirical_ntk against an independent brute-force reference: J built row by row with autograd."""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable
+
+import pytest
+import torch
+from torch import nn
+
+from cosmo_optim import empirical_ntk
+
+METHODS = ["auto", "structured", "jacobian"]
+
+
+def reference_jacobian(model: nn.Module, x: torch.Tensor, names=None) -> torch.Tensor:
+    """J (N, C, P) by one autograd.grad call per sample and output component, in eval mode."""
+    model = copy.deepcopy(model).eval()
+    ps = [p for n, p in model.named_parameters()
+          if p.requires_grad and (names is None or n in names)]
+    rows = []
+    for i in range(x.shape[0]):
+        out = model(x[i : i + 1]).reshape(-1)
+        per_c = []
+        for o in out:
+            gs = torch.autograd.grad(o, ps, retain_graph=True, allow_unused=True)
+            per_c.append(torch.cat([
+                torch.zeros(p.numel(), dtype=o.dtype) if g is None else g.reshape(-1)
+                for g, p in zip(gs, ps, strict=True)
+            ]))
+        rows.append(torch.stack(per_c))
+    return torch.stack(rows)
+
+
+def reference_ntk(model: nn.Module, x: torch.Tensor, names=None) -> torch.Tensor:
+    J = reference_jacobian(model, x, names)
+    return torch.einsum("icp,jcp->ij", J, J)
+
+
+def assert_close(K: torch.Tensor, R: torch.Tensor, rtol: float) -> None:
+    err = (K - R).abs().max().item() / R.abs().max().item()
+    assert err <= rtol, f"relative error {err:.2e} > {rtol:.0e}"
+
+
+class Erf(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.erf(x)
+
+
+def mlp(act: Callable[[], nn.Module], d_in: int = 3, width: int = 16, d_out: int = 1) -> nn.Module:
+    return nn.Sequential(nn.Linear(d_in, width), act(), nn.Linear(width, width), act(),
+                         nn.Linear(width, d_out))
+
+
+class TinyLM(nn.Module):
+    """Embedding + LayerNorm + TransformerEncoderLayer; optionally tied output projection."""
+
+    def __init__(self, vocab: int = 13, d: int = 8, tied: bool = False) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(vocab, d, padding_idx=0)
+        self.ln = nn.LayerNorm(d)
+        self.enc = nn.TransformerEncoderLayer(d, 2, 16, dropout=0.1, batch_first=True)
+        self.out = nn.Linear(d, vocab, bias=False)
+        if tied:
+            self.out.weight = self.emb.weight
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        return self.out(self.enc(self.ln(self.emb(t)))).mean(1)[:, :3]
+
+
+class Twice(nn.Module):
+    """One block applied twice, plus a layer that sees the batch on dim 1 (sequence first)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inp, self.block, self.seqfirst = nn.Linear(3, 6), nn.Linear(6, 6), nn.Linear(6, 6)
+        self.head = nn.Linear(6, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (N, S, 3)
+        h = torch.tanh(self.block(torch.tanh(self.block(self.inp(x)))))
+        h = self.seqfirst(h.transpose(0, 1)).transpose(0, 1)
+        return self.head(h).sum(1)
+
+
+def cnn() -> nn.Module:
+    net = nn.Sequential(
+        nn.Conv2d(1, 3, 3, padding=1), nn.BatchNorm2d(3), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(3, 4, 3, stride=2, bias=False), nn.Tanh(), nn.AvgPool2d(1),
+        nn.Flatten(), nn.Linear(4, 2),
+    )
+    with torch.no_grad():  # non-trivial running statistics
+        net[1].running_mean.uniform_(-0.5, 0.5)
+        net[1].running_var.uniform_(0.5, 2.0)
+    return net
+
+
+def conv1d_net() -> nn.Module:
+    return nn.Sequential(nn.Conv1d(2, 3, 3, padding=2, dilation=2), nn.GELU(), nn.Flatten(),
+                         nn.Linear(3 * 7, 1))
+
+
+CASES = {
+    "tanh": (lambda: mlp(nn.Tanh), lambda g: torch.randn(6, 3, generator=g)),
+    "relu": (lambda: mlp(nn.ReLU, d_out=2), lambda g: torch.randn(6, 3, generator=g)),
+    "erf": (lambda: mlp(Erf), lambda g: torch.randn(5, 3, generator=g)),
+    "gelu": (lambda: mlp(nn.GELU, d_out=3), lambda g: torch.randn(7, 3, generator=g)),
+    "cnn": (cnn, lambda g: torch.randn(5, 1, 6, 6, generator=g)),
+    "conv1d": (conv1d_net, lambda g: torch.randn(5, 2, 7, generator=g)),
+    "transformer": (TinyLM, lambda g: torch.randint(0, 13, (6, 5), generator=g)),
+    "tied": (lambda: TinyLM(tied=True), lambda g: torch.randint(0, 13, (6, 5), generator=g)),
+    "twice": (Twice, lambda g: torch.randn(5, 4, 3, generator=g)),
+}
+
+
+def build(case: str, dtype: torch.dtype) -> tuple[nn.Module, torch.Tensor]:
+    torch.manual_seed(0)
+    make_model, make_x = CASES[case]
+    model = make_model().to(dtype)
+    x = make_x(torch.Generator().manual_seed(1))
+    return model, x.to(dtype) if x.is_floating_point() else x
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("case", list(CASES))
+def test_kernel_matches_bruteforce_float64(case: str, method: str) -> None:
+    model, x = build(case, torch.float64)
+    assert_close(empirical_ntk(model, x, method=method), reference_ntk(model, x), 1e-8)
+
+
+@pytest.mark.parametrize("case", ["relu", "cnn", "transformer"])
+def test_kernel_matches_bruteforce_float32(case: str) -> None:
+    model, x = build(case, torch.float32)
+    K = empirical_ntk(model, x)
+    assert K.dtype == torch.float32
+    assert_close(K, reference_ntk(copy.deepcopy(model).double(), _f64(x)), 1e-4)
+
+
+def _f64(x: torch.Tensor) -> torch.Tensor:
+    return x.double() if x.is_floating_point() else x
+
+
+def test_dtype_float64_computes_in_float64_without_changing_the_model() -> None:
+    model, x = build("gelu", torch.float32)
+    K = empirical_ntk(model, x, dtype=torch.float64)
+    assert K.dtype == torch.float64
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    assert_close(K, reference_ntk(copy.deepcopy(model).double(), x.double()), 1e-8)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_full_output_blocks_and_trace_is_sum_of_diagonal_blocks(method: str) -> None:
+    model, x = build("gelu", torch.float64)
+    full = empirical_ntk(model, x, output="full", method=method)
+    J = reference_jacobian(model, x)
+    assert full.shape == (7, 7, 3, 3)
+    assert_close(full, torch.einsum("icp,jdp->ijcd", J, J), 1e-8)
+    trace = empirical_ntk(model, x, output="trace", method=method)
+    assert_close(trace, full.diagonal(dim1=2, dim2=3).sum(-1), 1e-12)
+
+
+@pytest.mark.parametrize("case", ["gelu", "cnn", "transformer"])
+def test_int_and_callable_outputs(case: str) -> None:
+    model, x = build(case, torch.float64)
+    J = reference_jacobian(model, x)
+    K1 = empirical_ntk(model, x, output=1)
+    assert_close(K1, J[:, 1] @ J[:, 1].T, 1e-8)
+    Km = empirical_ntk(model, x, output=-1)
+    assert_close(Km, J[:, -1] @ J[:, -1].T, 1e-8)
+    Kc = empirical_ntk(model, x, output=lambda out: out.sum(-1))
+    assert_close(Kc, J.sum(1) @ J.sum(1).T, 1e-8)
+
+
+def test_parameter_subset_by_names_and_predicate() -> None:
+    model, x = build("cnn", torch.float64)
+    names = ["0.weight", "8.bias"]
+    R = reference_ntk(model, x, names)
+    assert_close(empirical_ntk(model, x, params=names), R, 1e-8)
+    assert_close(empirical_ntk(model, x, params=lambda n, p: n in names), R, 1e-8)
+
+
+def test_frozen_parameters_never_count() -> None:
+    model, x = build("transformer", torch.float64)
+    model.emb.weight.requires_grad_(False)
+    model.enc.linear1.requires_grad_(False)
+    R = reference_ntk(model, x)
+    assert_close(empirical_ntk(model, x), R, 1e-8)
+    assert_close(empirical_ntk(model, x, params=["emb.weight", "out.weight"]),
+                 reference_ntk(model, x, ["out.weight"]), 1e-8)
+
+
+def test_exact_under_tiny_memory_budget_with_chunking() -> None:
+    model, x = build("transformer", torch.float64)
+    R = reference_ntk(model, x)
+    for method in METHODS:
+        assert_close(empirical_ntk(model, x, method=method, memory_budget=200_000), R, 1e-8)
+
+
+def test_memory_budget_too_small_raises_before_allocating() -> None:
+    model, x = build("tanh", torch.float64)
+    with pytest.raises(ValueError, match=r"Invalid memory_budget: 1000 bytes; .* needs at least"):
+        empirical_ntk(model, x, memory_budget=1000)
+    with pytest.raises(ValueError, match=r"Invalid memory_budget: -1"):
+        empirical_ntk(model, x, memory_budget=-1)
+
+
+def test_model_without_batching_rule_uses_the_loop() -> None:
+    class DataDependent(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin, self.ln = nn.Linear(3, 4), nn.LayerNorm(4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h = self.ln(self.lin(x))
+            return h * 2 if float(h.abs().max()) > 100 else h  # no vmap rule for .item()
+
+    torch.manual_seed(0)
+    model, x = DataDependent().double(), torch.randn(4, 3, dtype=torch.float64)
+    assert_close(empirical_ntk(model, x), reference_ntk(model, x), 1e-8)
+
+
+def test_batchnorm_and_dropout_in_train_mode_are_refused() -> None:
+    model, x = build("cnn", torch.float64)
+    with pytest.raises(ValueError, match=r"Invalid train_mode: True with BatchNorm module '1'"):
+        empirical_ntk(model, x, train_mode=True)
+    lm, t = build("transformer", torch.float64)
+    with pytest.raises(ValueError, match=r"Invalid train_mode: True with Dropout module"):
+        empirical_ntk(lm, t, train_mode=True)
+
+
+def test_train_mode_kernel_for_deterministic_model() -> None:
+    model, x = build("tanh", torch.float64)
+    assert_close(empirical_ntk(model, x, train_mode=True), reference_ntk(model, x), 1e-8)
+
+
+def test_no_side_effects_on_grad_mode_and_rng() -> None:
+    model, x = build("transformer", torch.float64)
+    model.train()
+    model.ln.eval()  # mixed per-module flags must be restored exactly
+    model.out.weight.grad = torch.ones_like(model.out.weight)
+    flags = [m.training for m in model.modules()]
+    before = [p.detach().clone() for p in model.parameters()]
+    rng = torch.get_rng_state()
+    empirical_ntk(model, x)
+    assert torch.equal(torch.get_rng_state(), rng)
+    assert [m.training for m in model.modules()] == flags
+    assert torch.equal(model.out.weight.grad, torch.ones_like(model.out.weight))
+    assert all(p.grad is None for n, p in model.named_parameters() if n != "out.weight")
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+
+
+def test_kernel_is_symmetric_psd_and_on_input_device() -> None:
+    model, x = build("relu", torch.float64)
+    K = empirical_ntk(model, x)
+    assert K.device == x.device
+    assert not K.requires_grad
+    assert torch.allclose(K, K.T)
+    assert torch.linalg.eigvalsh(K).min() > -1e-10 * K.abs().max()
+
+
+def test_linear_model_kernel_is_closed_form() -> None:
+    # f(x) = w·x + b: Θ(x, x') = x·x' + 1 exactly (T4), independent of the weights.
+    model = nn.Linear(4, 1).double()
+    x = torch.randn(6, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    assert_close(empirical_ntk(model, x), x @ x.T + 1, 1e-12)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"method": "fast"}, r'Invalid method "fast". Must be one of \[\'auto\''),
+        ({"output": "diag"}, r"Invalid output: 'diag'; it must be 'trace', 'full'"),
+        ({"output": 7}, r"Invalid output: 7; the model has 3 output components"),
+        ({"output": lambda o: o}, r"Invalid output callable: it returned shape \(1, 3\); it must"),
+        ({"params": ["nope"]}, r"Invalid params: \['nope'\]; names \['nope'\] are not"),
+        ({"params": lambda n, p: False}, r"Invalid params: .*; it selects no trainable"),
+    ],
+)
+def test_invalid_arguments_raise_clear_errors(kwargs: dict, match: str) -> None:
+    model, x = build("gelu", torch.float64)
+    with pytest.raises(ValueError, match=match):
+        empirical_ntk(model, x, **kwargs)
+
+
+def test_single_sample_and_two_samples() -> None:
+    model, x = build("twice", torch.float64)
+    for n in (1, 2):
+        assert_close(empirical_ntk(model, x[:n]), reference_ntk(model, x[:n]), 1e-8)
+    assert math.isfinite(float(empirical_ntk(model, x[:1])))
