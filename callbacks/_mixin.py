@@ -1,0 +1,207 @@
+"""Lightning plumbing shared by `lightning.pytorch` and `pytorch_lightning` (imports neither).
+
+`lightning.CosmologyMonitor` and `pytorch_lightning.CosmologyMonitor` are this mixin on top of
+each package's own `Callback`; the work is done by `cosmo_optim.monitor.CosmologyTracker`.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+from cosmo_optim import _monitor_tb
+from cosmo_optim.losses import per_sample_loss
+from cosmo_optim.monitor import CosmologyTracker, _check_int, _inputs_targets
+
+__all__ = ["CosmologyMonitorMixin"]
+
+
+class CosmologyMonitorMixin:
+    """Framework-agnostic body of `CosmologyMonitor`; subclasses set the two class attributes."""
+
+    #: the framework's `TensorBoardLogger` (figures, histograms, custom scalars go to those).
+    _tensorboard_logger_cls: Any = type(None)
+    #: the framework's `LightningModule` (to check that `forward` is defined).
+    _lightning_module_cls: type = type(None)
+
+    def __init__(
+        self,
+        loss: Any = None,
+        *,
+        every_n_train_steps: int | None = None,
+        top_k: int = 4,
+        probe_batch: Any = None,
+        probe_size: int = 64,
+        log_figures_every_n_steps: int | None = None,
+        prefix: str = "",
+        history_size: int = 1000,
+    ) -> None:
+        super().__init__()
+        self.loss = None if loss is None else per_sample_loss(loss)
+        if every_n_train_steps is not None:
+            _check_int("every_n_train_steps", every_n_train_steps, 1, "Or None for the "
+                       "Trainer's log_every_n_steps.")
+        self.every_n_train_steps = every_n_train_steps
+        self.top_k = _check_int("top_k", top_k, 1, "Use e.g. top_k=4.")
+        self.probe_size = _check_int("probe_size", probe_size, 1, "Use e.g. probe_size=64.")
+        if log_figures_every_n_steps is not None:
+            _check_int("log_figures_every_n_steps", log_figures_every_n_steps, 1, "Or None to "
+                       "draw figures once, at the end of training.")
+        self.log_figures_every_n_steps = log_figures_every_n_steps
+        if not isinstance(prefix, str):
+            raise ValueError(f"Invalid prefix: {prefix!r}; it must be a string such as 'train/'.")
+        self.prefix = prefix
+        self.history_size = _check_int("history_size", history_size, 1, "Keep at least one.")
+        self.probe_batch = None if probe_batch is None else _inputs_targets(probe_batch, probe_size)
+        self.tracker: CosmologyTracker | None = None
+        self._pending_state: Mapping[str, Any] | None = None
+
+    # ----- configuration ---------------------------------------------------------------------
+    def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        """Check the Trainer's configuration and build the tracker (fit only)."""
+        if stage != "fit":
+            return
+        every = self.every_n_train_steps
+        if every is None:
+            every = trainer.log_every_n_steps
+            if not every or every < 1:
+                raise ValueError(
+                    f"CosmologyMonitor: Trainer(log_every_n_steps={every!r}) gives no probe "
+                    "interval. Fix: pass CosmologyMonitor(every_n_train_steps=...) or set "
+                    "Trainer(log_every_n_steps=...) ≥ 1."
+                )
+        figures = self.log_figures_every_n_steps
+        if figures is not None and figures % every:
+            raise ValueError(
+                f"CosmologyMonitor: log_figures_every_n_steps={figures} is not a multiple of the "
+                f"probe interval every_n_train_steps={every} (figures are drawn at probes). "
+                f"Fix: use log_figures_every_n_steps={every * max(1, round(figures / every))}."
+            )
+        cls = type(pl_module)
+        if getattr(cls, "forward", None) is getattr(self._lightning_module_cls, "forward", None):
+            raise ValueError(
+                f"CosmologyMonitor: {cls.__name__} does not define forward(); the monitor "
+                "evaluates the model on the probe batch through it. Fix: define "
+                "forward(inputs) returning the outputs your loss is applied to."
+            )
+        if self.tracker is None or self.tracker.model is not pl_module:
+            self.tracker = CosmologyTracker(
+                pl_module,
+                self.loss,
+                probe_size=self.probe_size,
+                top_k=self.top_k,
+                every_n_steps=every,
+                log_figures_every_n_steps=figures,
+                history_size=self.history_size,
+                prefix=self.prefix,
+            )
+            if self.probe_batch is not None:
+                self.tracker.set_probe(self.probe_batch)
+        if self._pending_state is not None:
+            self.tracker.load_state_dict(self._pending_state)
+            self._pending_state = None
+
+    def on_train_start(self, trainer: Any, pl_module: Any) -> None:
+        """Read the optimiser and log the physics hyperparameters."""
+        tracker = self._tracker()
+        if len(trainer.optimizers) != 1:
+            warnings.warn(
+                f"CosmologyMonitor: {len(trainer.optimizers)} optimisers; the universe is read "
+                "from the first one.",
+                stacklevel=2,
+            )
+        tracker.optimizer = trainer.optimizers[0] if trainer.optimizers else None
+        params: dict[str, Any] = {
+            "cosmo_optim/probe_size": self.probe_size,
+            "cosmo_optim/top_k": self.top_k,
+            "cosmo_optim/every_n_train_steps": tracker.every_n_steps,
+        }
+        cosmology = tracker.cosmology()
+        if cosmology is not None:
+            params.update({
+                "cosmology/lr": cosmology.lr,
+                "cosmology/momentum": cosmology.momentum,
+                "cosmology/time_step": cosmology.time_step,
+                "cosmology/hubble_rate": cosmology.hubble_rate,
+                "cosmology/vacuum_energy": cosmology.vacuum_energy,
+                "cosmology/hubble_time_steps": cosmology.hubble_time_steps,
+            })
+        for logger in trainer.loggers:
+            logger.log_hyperparams({self.prefix + k: v for k, v in params.items()})
+
+    # ----- the hooks that act ------------------------------------------------------------------
+    def on_train_batch_start(
+        self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int
+    ) -> None:
+        """Take the probe batch from the first training batch; probe the initial state."""
+        if trainer.sanity_checking:
+            return
+        tracker = self._tracker()
+        if not tracker.has_probe:
+            probe = _inputs_targets(batch, self.probe_size) if trainer.is_global_zero else None
+            probe = trainer.strategy.broadcast(probe, src=0)  # the same probe set on every rank
+            tracker.set_probe(tuple(t.cpu() if t is not None else None for t in probe))
+        if trainer.global_step == 0 and tracker.last_step < 0:
+            self._log(trainer, tracker.step(0), 0)
+
+    def on_train_batch_end(
+        self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        """Act once per optimiser step (repeated global steps under accumulation are ignored)."""
+        if trainer.sanity_checking:
+            return
+        step = trainer.global_step
+        self._log(trainer, self._tracker().step(step), step)
+
+    def on_train_end(self, trainer: Any, pl_module: Any) -> None:
+        """Draw the figures of the whole run once more, at the last probe."""
+        tracker = self._tracker()
+        if not tracker.history or not trainer.is_global_zero:
+            return
+        step = tracker.history[-1]["step"]
+        if tracker._figures_step != step:
+            for writer in self._writers(trainer):
+                _monitor_tb.write_figures(writer, tracker, step)
+
+    # ----- output ------------------------------------------------------------------------------
+    def _writers(self, trainer: Any) -> list[Any]:
+        loggers = [lg for lg in trainer.loggers if isinstance(lg, self._tensorboard_logger_cls)]
+        return [logger.experiment for logger in loggers]
+
+    def _log(self, trainer: Any, metrics: dict[str, float] | None, step: int) -> None:
+        if not metrics:
+            return
+        # every rank computed the same values: callbacks such as EarlyStopping agree
+        trainer.callback_metrics.update({k: torch.tensor(v) for k, v in metrics.items()})
+        for logger in trainer.loggers:  # rank-zero-only methods
+            logger.log_metrics(metrics, step=step)
+        if trainer.is_global_zero:
+            tracker = self._tracker()
+            for writer in self._writers(trainer):
+                _monitor_tb.write_extras(writer, tracker, step, figures=tracker.figures_due(step))
+
+    def _tracker(self) -> CosmologyTracker:
+        if self.tracker is None:
+            raise RuntimeError(
+                "CosmologyMonitor used before setup(); add it to Trainer(callbacks=[...])."
+            )
+        return self.tracker
+
+    # ----- checkpointing ---------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """The tracker's state: counters, history, probe set and reference basis."""
+        if self.tracker is not None:
+            return self.tracker.state_dict()
+        return dict(self._pending_state or {})
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Resume the tracker: the run continues without gaps or duplicated probes."""
+        if not state_dict:
+            return
+        if self.tracker is not None:
+            self.tracker.load_state_dict(state_dict)
+        else:
+            self._pending_state = state_dict

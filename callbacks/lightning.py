@@ -1,0 +1,71 @@
+"""`CosmologyMonitor` for `lightning.pytorch` (THEORY.md T3–T10): a thin adaptor.
+
+All the work is done by `cosmo_optim.monitor.CosmologyTracker`; the shared Lightning plumbing
+lives in `cosmo_optim.callbacks._mixin`. The same callback for the standalone
+`pytorch_lightning` package is `cosmo_optim.callbacks.pytorch_lightning.CosmologyMonitor`.
+"""
+
+from __future__ import annotations
+
+from cosmo_optim.callbacks._mixin import CosmologyMonitorMixin
+from lightning.pytorch import Callback, LightningModule
+from lightning.pytorch.loggers import TensorBoardLogger
+
+__all__ = ["CosmologyMonitor"]
+
+
+class CosmologyMonitor(CosmologyMonitorMixin, Callback):
+    r"""Log the universe dual to training: Hubble rate, potential, NTK modes (THEORY.md T3–T10).
+
+    Every ``every_n_train_steps`` optimiser steps (and once before the first step) it evaluates
+    the model on a fixed probe batch, computes the empirical NTK and its top modes there, and
+    reads off the FLRW dual of `cosmo_optim.dual.FLRWDual`. It never changes training: weights
+    are bit-for-bit those of a run without it. Scalars go to every logger (and to
+    ``trainer.callback_metrics``, so ``EarlyStopping``/``ModelCheckpoint`` can monitor them);
+    a ``TensorBoardLogger`` additionally receives histograms, figures, one custom-scalars layout
+    and the physics hyperparameters. Its state is saved in checkpoints, so a run resumed with
+    ``ckpt_path`` continues its histories. Under DDP every rank computes the same read-out on
+    the same probe set (taken on rank 0 and broadcast) and only rank 0 writes.
+
+    Args:
+        loss: the training loss, e.g. ``nn.CrossEntropyLoss()`` (see
+            `cosmo_optim.losses.per_sample_loss`); None skips the tags that need ℓ.
+        every_n_train_steps: probe interval in optimiser steps; default the Trainer's
+            ``log_every_n_steps``.
+        top_k: modes to follow.
+        probe_batch: a Tensor of inputs or ``(inputs, targets)``; default the first
+            ``probe_size`` samples of the first training batch.
+        probe_size: at most this many probe samples N (cost: the NTK is (N·C)², C outputs).
+        log_figures_every_n_steps: draw figures at these steps too (a multiple of the probe
+            interval); they are always drawn once at the end of training.
+        prefix: prepended to every tag.
+        history_size: probes kept in ``monitor.tracker.history``.
+
+    Raises:
+        ValueError: in ``__init__`` for an invalid argument; in ``setup()`` for a Trainer
+            without a probe interval, a figure interval that is not a multiple of it, or a
+            LightningModule without ``forward``. Each message names the fix.
+
+    Logged tags (``{k}`` = 1..top_k; see ``docs/callbacks.md``):
+        ``cosmology/hubble_rate``, ``cosmology/vacuum_energy``, ``cosmology/efolds``,
+        ``cosmology/alpha_eff``, ``cosmology/field`` (one output only),
+        ``cosmology/potential``, ``cosmology/omega_phi``, ``cosmology/slow_roll_epsilon``,
+        ``cosmology/slow_roll_eta``, ``cosmology/stability_margin``, ``cosmology/nonfinite``,
+        ``ntk/lambda_1``, ``ntk/ratio_{k}`` (k ≥ 2), ``ntk/kernel_distance``,
+        ``ntk/basis_rotation``, ``ntk/mean_field_overlap``, ``modes/amplitude_{k}``,
+        ``modes/initial_amplitude_{k}``, ``modes/mass_over_hubble_{k}``, ``modes/active``,
+        ``duality/residual``, ``duality/relative_residual``; histograms ``ntk/spectrum``,
+        ``modes/mass_over_hubble``; figures ``figures/potential``, ``figures/spectrum``,
+        ``figures/modes``. Without a momentum-SGD optimiser (e.g. Adam) there is no de Sitter
+        dual and the H, Λ, e-fold, potential, mass and residual tags are absent.
+
+    Example:
+        >>> from torch import nn
+        >>> monitor = CosmologyMonitor(nn.CrossEntropyLoss(), every_n_train_steps=25, top_k=3)
+        >>> monitor.top_k
+        3
+        >>> # trainer = lightning.pytorch.Trainer(callbacks=[monitor]); trainer.fit(model, data)
+    """
+
+    _tensorboard_logger_cls = TensorBoardLogger
+    _lightning_module_cls = LightningModule

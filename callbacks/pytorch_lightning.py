@@ -1,0 +1,29 @@
+"""`CosmologyMonitor` for the standalone `pytorch_lightning` package (T3–T10): a thin adaptor.
+
+All the work is done by `cosmo_optim.monitor.CosmologyTracker`; the shared Lightning plumbing
+lives in `cosmo_optim.callbacks._mixin`. The same callback for `lightning.pytorch` is
+`cosmo_optim.callbacks.lightning.CosmologyMonitor` (the two class hierarchies are distinct).
+"""
+
+from __future__ import annotations
+
+from cosmo_optim.callbacks._mixin import CosmologyMonitorMixin
+from pytorch_lightning import Callback, LightningModule
+from pytorch_lightning.loggers import TensorBoardLogger
+
+__all__ = ["CosmologyMonitor"]
+
+
+class CosmologyMonitor(CosmologyMonitorMixin, Callback):
+    """`cosmo_optim.callbacks.lightning.CosmologyMonitor` for ``pytorch_lightning`` users.
+
+    Same arguments, tags and behaviour; see that class for the full documentation.
+
+    Example:
+        >>> monitor = CosmologyMonitor(every_n_train_steps=10)
+        >>> monitor.every_n_train_steps
+        10
+    """
+
+    _tensorboard_logger_cls = TensorBoardLogger
+    _lightning_module_cls = LightningModule

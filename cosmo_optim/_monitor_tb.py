@@ -1,0 +1,164 @@
+"""TensorBoard extras and figures of `CosmologyTracker` (private; THEORY.md T5, T7, T10).
+
+Only the writer's duck-typed methods (``add_histogram``, ``add_figure``,
+``add_custom_scalars``) are used, so nothing here imports TensorBoard; matplotlib is imported
+when a figure is drawn, through the object API (``Figure`` + Agg canvas).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+    from cosmo_optim.monitor import CosmologyTracker
+
+__all__ = ["custom_scalar_layout", "figures", "write_extras", "write_figures"]
+
+
+def custom_scalar_layout(prefix: str = "") -> dict[str, Any]:
+    """One TensorBoard custom-scalars category grouping per-mode tags into multi-line charts."""
+    p = re.escape(prefix)
+    return {
+        "cosmo-optim": {
+            "NTK hierarchy λ_k/λ_1": ["Multiline", [rf"^{p}ntk/ratio_\d+$"]],
+            "mode amplitudes f̃ = Uᵀf": ["Multiline", [rf"^{p}modes/amplitude_\d+$"]],
+            "mode amplitudes (basis at first probe)": [
+                "Multiline", [rf"^{p}modes/initial_amplitude_\d+$"]
+            ],
+            "mode masses m_k/H": ["Multiline", [rf"^{p}modes/mass_over_hubble_\d+$"]],
+            "background": [
+                "Multiline",
+                [rf"^{p}cosmology/(omega_phi|slow_roll_epsilon|slow_roll_eta|stability_margin)$"],
+            ],
+            "NTK drift": ["Multiline", [rf"^{p}ntk/(kernel_distance|basis_rotation)$"]],
+        }
+    }
+
+
+def write_extras(writer: Any, tracker: CosmologyTracker, step: int, *, figures: bool) -> None:
+    """Histograms of the latest probe (finite values only), the layout once, and figures."""
+    if not getattr(tracker, "_layout_written", False) and hasattr(writer, "add_custom_scalars"):
+        writer.add_custom_scalars(custom_scalar_layout(tracker.prefix))
+        tracker._layout_written = True
+    if not tracker.history or tracker.history[-1]["step"] != step:
+        return  # a skipped (non-finite) probe has nothing to draw
+    record = tracker.history[-1]
+    if hasattr(writer, "add_histogram"):
+        spectrum = record["eigenvalues"]
+        spectrum = spectrum[torch.isfinite(spectrum)]
+        if spectrum.numel():
+            writer.add_histogram(tracker.prefix + "ntk/spectrum", spectrum, step)
+        dual = tracker.dual
+        if dual is not None:
+            masses = dual.mass_over_hubble
+            masses = masses[torch.isfinite(masses)]
+            if masses.numel():
+                writer.add_histogram(tracker.prefix + "modes/mass_over_hubble", masses, step)
+    if figures:
+        write_figures(writer, tracker, step)
+
+
+def write_figures(writer: Any, tracker: CosmologyTracker, step: int) -> None:
+    """Draw `figures(tracker)` to the writer at `step`."""
+    if not hasattr(writer, "add_figure"):
+        return
+    for tag, fig in figures(tracker).items():
+        writer.add_figure(tracker.prefix + tag, fig, step, close=False)
+    tracker._figures_step = step
+
+
+def _figure(width: float = 5.0, height: float = 3.5) -> Figure:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def figures(tracker: CosmologyTracker) -> dict[str, Figure]:
+    """``figures/potential`` (V with the field's path; T5, T7), ``figures/spectrum`` (λ_k/N at
+    the first and last probe; T7) and ``figures/modes`` (amplitudes in the first probe's basis,
+    actual vs predicted by the discrete NTK map; T10). Empty before the first probe."""
+    history = list(tracker.history)
+    if not history:
+        return {}
+    out: dict[str, Figure] = {}
+    dual = tracker.dual
+    if dual is not None:
+        out["figures/potential"] = _potential(tracker, history)
+    out["figures/spectrum"] = _spectrum(history, dual.num_samples if dual else None)
+    out["figures/modes"] = _modes(history)
+    return out
+
+
+def _potential(tracker: CosmologyTracker, history: list[dict[str, Any]]) -> Figure:
+    dual = tracker.dual
+    assert dual is not None
+    fig = _figure()
+    ax = fig.add_subplot()
+    path = torch.stack([r["mean_field"] for r in history]).to(dual.outputs.dtype)  # (P, C)
+    now = dual.mean_field
+    if dual.num_outputs == 1:
+        x_path = path[:, 0]
+        lo, hi = float(x_path.min()), float(x_path.max())
+        pad = max(0.5 * (hi - lo), 0.5, 0.25 * max(abs(lo), abs(hi)))
+        grid = torch.linspace(lo - pad, hi + pad, 201, dtype=path.dtype)
+        ax.plot(grid, dual.potential(grid), color="C0", label="V(φ) = α_eff ℓ̄(φ) + Λ")
+        ax.set_xlabel("mean field φ̄")
+        x_now = float(now[0])
+    else:  # along the straight line from the first mean field to the current one
+        start, direction = path[0], now - path[0]
+        norm2 = float(direction.pow(2).sum()) or 1.0
+        x_path = (path - start) @ direction / norm2
+        grid = torch.linspace(-0.25, 1.25, 201, dtype=path.dtype)
+        ax.plot(grid, dual.potential(start + grid[:, None] * direction), color="C0",
+                label="V along φ̄_first → φ̄_now")
+        ax.set_xlabel("s  (φ̄ = φ̄_first + s (φ̄_now − φ̄_first))")
+        x_now = 1.0
+    ax.plot(x_path, dual.potential(path), "o-", ms=3, color="C1", alpha=0.7, label="path")
+    ax.plot([x_now], [float(dual.potential(now))], "*", ms=12, color="C3", label="now")
+    ax.set_ylabel("V (reduced Planck units)")
+    ax.set_title(f"Effective potential at step {dual.step}")
+    ax.legend(fontsize="small")
+    return fig
+
+
+def _spectrum(history: list[dict[str, Any]], n: int | None) -> Figure:
+    fig = _figure()
+    ax = fig.add_subplot()
+    scale = 1.0 / n if n else 1.0
+    for record, style in ((history[0], "s--"), (history[-1], "o-")):
+        lam = record["eigenvalues"] * scale
+        ks = torch.arange(1, lam.numel() + 1)
+        keep = lam > 0
+        ax.semilogy(ks[keep], lam[keep], style, label=f"step {record['step']}")
+    ax.set_xlabel("mode k")
+    ax.set_ylabel("λ_k / N" if n else "λ_k")
+    ax.set_title("NTK spectrum")
+    ax.legend(fontsize="small")
+    return fig
+
+
+def _modes(history: list[dict[str, Any]]) -> Figure:
+    fig = _figure()
+    ax = fig.add_subplot()
+    steps = [r["step"] for r in history]
+    actual = torch.stack([r["initial_amplitudes"] for r in history])  # (P, k)
+    for j in range(actual.shape[1]):
+        ax.plot(steps, actual[:, j], "o-", ms=3, color=f"C{j}", label=f"f̃_{j + 1}")
+    for r in history:
+        pred = r.get("prediction")
+        if pred is not None:
+            for j in range(pred["amplitudes"].shape[1]):
+                ax.plot(pred["steps"], pred["amplitudes"][:, j], ":", color=f"C{j}")
+    ax.set_xlabel("optimiser step")
+    ax.set_ylabel("amplitude (basis at first probe)")
+    ax.set_title("Modes: training (solid) vs NTK prediction (dotted)")
+    ax.legend(fontsize="small", ncol=2)
+    return fig

@@ -1,0 +1,337 @@
+"""`CosmologyMonitor` in real Lightning runs: tags, steps and values read back from event files,
+resume, bitwise-identical training, DDP, bad configuration, and the TensorBoard server."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+L = pytest.importorskip("lightning.pytorch")
+pytest.importorskip("tensorboard")
+from cosmo_optim.callbacks import CosmologyMonitor  # noqa: E402
+from lightning.pytorch.callbacks import ModelCheckpoint  # noqa: E402
+from lightning.pytorch.loggers import TensorBoardLogger  # noqa: E402
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
+
+from cosmo_optim import CosmoSGD, cosmology_of  # noqa: E402
+from cosmo_optim.monitor import scalar_tags  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[2]
+STEP_TAGS = ("cosmology/hubble_rate", "ntk/lambda_1", "modes/amplitude_1")
+
+
+class Regressor(L.LightningModule):
+    """A tiny MLP with dropout, trained with MSE by CosmoSGD (or Adam)."""
+
+    def __init__(self, optimizer: str = "cosmo", dropout: float = 0.2) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(3, 16), nn.Tanh(), nn.Dropout(dropout), nn.Linear(16, 1))
+        self.optimizer = optimizer
+
+    def forward(self, x):
+        return self.net(x)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        loss = nn.functional.mse_loss(self(x), y)
+        self.log("train_loss", loss)
+        return loss
+
+    def configure_optimizers(self):
+        if self.optimizer == "adam":
+            return torch.optim.Adam(self.parameters(), lr=1e-2)
+        return CosmoSGD(self.parameters(), vacuum_energy=3.0, time_step=0.1)
+
+
+def data(n: int = 40, batch_size: int = 8) -> DataLoader:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(n, 3, generator=g)
+    return DataLoader(TensorDataset(x, x.sum(1, keepdim=True).sin()), batch_size=batch_size)
+
+
+def trainer(tmp_path, callbacks=(), *, logger=True, **kwargs) -> L.Trainer:
+    options = dict(
+        max_steps=10,
+        accelerator="cpu",
+        devices=1,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        logger=TensorBoardLogger(tmp_path, name="", version=0) if logger else False,
+        callbacks=list(callbacks),
+        num_sanity_val_steps=0,
+        default_root_dir=tmp_path,
+    )
+    options.update(kwargs)
+    return L.Trainer(**options)
+
+
+def events(log_dir) -> EventAccumulator:
+    acc = EventAccumulator(str(log_dir), size_guidance={"scalars": 0, "histograms": 0, "images": 0, "tensors": 0})
+    acc.Reload()
+    return acc
+
+
+def steps_of(acc: EventAccumulator, tag: str) -> list[int]:
+    return [e.step for e in acc.Scalars(tag)]
+
+
+def test_tags_steps_and_values_reach_tensorboard_and_callback_metrics(tmp_path):
+    L.seed_everything(0)
+    model = Regressor()
+    monitor = CosmologyMonitor(nn.MSELoss(), every_n_train_steps=5, top_k=3)
+    fit = trainer(tmp_path, [monitor])
+    fit.fit(model, data())
+    acc = events(tmp_path / "version_0")
+    tags = set(acc.Tags()["scalars"])
+    assert set(scalar_tags(3)) <= tags
+    for tag in STEP_TAGS:
+        assert steps_of(acc, tag) == [0, 5, 10]
+    universe = cosmology_of(fit.optimizers[0])
+    assert [e.value for e in acc.Scalars("cosmology/hubble_rate")] == pytest.approx([universe.hubble_rate] * 3)
+    assert [e.value for e in acc.Scalars("cosmology/vacuum_energy")] == pytest.approx([3.0] * 3)
+    assert acc.Scalars("cosmology/efolds")[-1].value == pytest.approx(10 * universe.efolds_per_step)
+    assert steps_of(acc, "duality/residual") == [5, 10]  # a prediction needs a previous probe
+    assert {"ntk/spectrum", "modes/mass_over_hubble"} <= set(acc.Tags()["histograms"])
+    assert {"figures/potential", "figures/spectrum", "figures/modes"} <= set(acc.Tags()["images"])
+    assert "custom_scalars__config__" in acc.Tags()["tensors"]
+    recorded = monitor.tracker.history[-1]["scalars"]
+    assert float(fit.callback_metrics["ntk/lambda_1"]) == pytest.approx(recorded["ntk/lambda_1"])
+    assert acc.Scalars("ntk/lambda_1")[-1].value == pytest.approx(recorded["ntk/lambda_1"])
+
+
+def test_physics_hyperparameters_are_logged(tmp_path):
+    fit = trainer(tmp_path, [CosmologyMonitor(every_n_train_steps=5)], max_steps=1)
+    fit.fit(Regressor(), data())
+    hparams = fit.logger.hparams
+    assert hparams["cosmology/vacuum_energy"] == pytest.approx(3.0)
+    assert hparams["cosmology/hubble_rate"] == pytest.approx(cosmology_of(fit.optimizers[0]).hubble_rate)
+
+
+def test_default_interval_is_log_every_n_steps_and_one_probe_per_optimiser_step(tmp_path):
+    monitor = CosmologyMonitor()  # no loss: NTK and H/Λ only
+    fit = trainer(
+        tmp_path, [monitor], max_steps=6, log_every_n_steps=3, accumulate_grad_batches=2,
+        num_sanity_val_steps=2, limit_val_batches=1,
+    )
+    fit.fit(Regressor(), data(), data())
+    assert monitor.tracker.every_n_steps == 3
+    assert [r["step"] for r in monitor.tracker.history] == [0, 3, 6]
+    assert "cosmology/omega_phi" not in monitor.tracker.history[-1]["scalars"]
+
+
+@pytest.mark.parametrize("optimizer", ["cosmo", "adam"])
+def test_training_is_bitwise_identical_with_and_without_the_monitor(tmp_path, optimizer):
+    def run(callbacks):
+        L.seed_everything(7)
+        model = Regressor(optimizer, dropout=0.5)
+        trainer(tmp_path, callbacks, logger=False, max_steps=9).fit(model, data())
+        return model.state_dict(), torch.rand(1)
+
+    monitor = CosmologyMonitor(nn.MSELoss(), every_n_train_steps=2)
+    plain, plain_rng = run([])
+    watched, watched_rng = run([monitor])
+    assert len(monitor.tracker.history) == 5
+    assert plain.keys() == watched.keys()
+    for name in plain:
+        assert torch.equal(plain[name], watched[name]), name
+    assert torch.equal(plain_rng, watched_rng)  # the RNG stream continues identically
+    scalars = monitor.tracker.history[-1]["scalars"]
+    assert "ntk/lambda_1" in scalars and "modes/amplitude_1" in scalars
+    assert ("cosmology/hubble_rate" in scalars) == (optimizer == "cosmo")
+
+
+def test_resume_from_ckpt_path_continues_without_gaps_or_duplicates(tmp_path):
+    def monitor():
+        return CosmologyMonitor(nn.MSELoss(), every_n_train_steps=5, top_k=2)
+
+    L.seed_everything(0)
+    straight = monitor()
+    trainer(tmp_path / "straight", [straight], max_steps=15).fit(Regressor(dropout=0.0), data())
+
+    L.seed_everything(0)
+    saver = ModelCheckpoint(tmp_path / "ckpt", every_n_train_steps=5, save_top_k=-1)
+    trainer(tmp_path / "resumed", [monitor(), saver], max_steps=10, enable_checkpointing=True).fit(
+        Regressor(dropout=0.0), data()
+    )
+    ckpt = tmp_path / "ckpt" / "epoch=1-step=10.ckpt"  # saved after the monitor's step-10 probe
+    resumed = monitor()
+    trainer(tmp_path / "resumed", [resumed], max_steps=15).fit(
+        Regressor(dropout=0.0), data(), ckpt_path=ckpt
+    )
+    history = [r["step"] for r in resumed.tracker.history]
+    assert history == [0, 5, 10, 15]
+    acc = events(tmp_path / "resumed" / "version_0")
+    for tag in (*STEP_TAGS, "ntk/kernel_distance"):
+        assert steps_of(acc, tag) == [0, 5, 10, 15], tag
+    expected = straight.tracker.history[-1]["scalars"]
+    got = resumed.tracker.history[-1]["scalars"]
+    for tag in ("ntk/kernel_distance", "cosmology/efolds", "modes/initial_amplitude_2", "duality/residual"):
+        assert got[tag] == pytest.approx(expected[tag], rel=1e-6, abs=1e-9), tag
+
+
+def test_nonfinite_outputs_warn_count_and_training_continues(tmp_path):
+    class Exploding(Regressor):
+        def forward(self, x):
+            out = self.net(x)
+            return out * math.inf if not self.training and self.trainer.global_step == 5 else out
+
+    monitor = CosmologyMonitor(every_n_train_steps=5)
+    fit = trainer(tmp_path, [monitor], max_steps=10)
+    with pytest.warns(RuntimeWarning, match="non-finite outputs or NTK at step 5"):
+        fit.fit(Exploding(), data())
+    assert fit.global_step == 10
+    assert [r["step"] for r in monitor.tracker.history] == [0, 10]
+    acc = events(tmp_path / "version_0")
+    assert [(e.step, e.value) for e in acc.Scalars("cosmology/nonfinite")] == [(0, 0), (5, 1), (10, 1)]
+
+
+def test_pytorch_lightning_variant_logs_the_same_tags(tmp_path):
+    pl = pytest.importorskip("pytorch_lightning")
+    from cosmo_optim.callbacks.pytorch_lightning import CosmologyMonitor as PLMonitor
+
+    class PLRegressor(pl.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.net = nn.Linear(3, 1)
+
+        def forward(self, x):
+            return self.net(x)
+
+        def training_step(self, batch, batch_idx):
+            return nn.functional.mse_loss(self(batch[0]), batch[1])
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.01, momentum=0.9)
+
+    monitor = PLMonitor(nn.MSELoss(), every_n_train_steps=4, top_k=2)
+    assert not isinstance(monitor, L.Callback) and isinstance(monitor, pl.Callback)
+    fit = pl.Trainer(
+        max_steps=8, accelerator="cpu", enable_progress_bar=False, enable_model_summary=False,
+        enable_checkpointing=False, callbacks=[monitor],
+        logger=pl.loggers.TensorBoardLogger(tmp_path, name="", version=0),
+    )
+    fit.fit(PLRegressor(), data())
+    acc = events(tmp_path / "version_0")
+    assert set(scalar_tags(2)) <= set(acc.Tags()["scalars"])
+    assert steps_of(acc, "cosmology/hubble_rate") == [0, 4, 8]
+    assert acc.Scalars("cosmology/hubble_rate")[0].value == pytest.approx(0.1 / (3 * 0.1))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"top_k": 0}, r"Invalid top_k: 0; it must be an integer ≥ 1"),
+        ({"every_n_train_steps": 0}, r"Invalid every_n_train_steps: 0"),
+        ({"probe_size": 2.5}, r"Invalid probe_size: 2.5"),
+        ({"prefix": 3}, r"Invalid prefix: 3; it must be a string"),
+        ({"loss": "mse"}, r"Invalid loss"),
+        ({"probe_batch": {"x": 1}}, r"Fix: pass probe_batch=\(inputs, targets\)"),
+    ],
+)
+def test_invalid_arguments_are_refused_in_init(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        CosmologyMonitor(**kwargs)
+
+
+def test_invalid_trainer_configuration_is_refused_in_setup(tmp_path):
+    monitor = CosmologyMonitor(every_n_train_steps=4, log_figures_every_n_steps=6)
+    with pytest.raises(ValueError, match=r"log_figures_every_n_steps=6 is not a multiple .* Fix: use log_figures_every_n_steps=8"):
+        trainer(tmp_path, [monitor], max_steps=1).fit(Regressor(), data())
+
+    class NoForward(Regressor):
+        forward = L.LightningModule.forward
+
+    with pytest.raises(ValueError, match=r"NoForward does not define forward\(\).*Fix"):
+        trainer(tmp_path, [CosmologyMonitor()], max_steps=1).fit(NoForward(), data())
+
+
+DDP_SCRIPT = """
+import sys, torch
+from torch import nn
+import lightning.pytorch as L
+from lightning.pytorch.loggers import TensorBoardLogger
+sys.path.insert(0, {tests!r})
+from test_lightning import Regressor, data
+from cosmo_optim.callbacks import CosmologyMonitor
+
+L.seed_everything(0)
+monitor = CosmologyMonitor(nn.MSELoss(), every_n_train_steps=2, top_k=2)
+trainer = L.Trainer(
+    max_steps=4, accelerator="cpu", devices=2, strategy="ddp", enable_progress_bar=False,
+    enable_model_summary=False, enable_checkpointing=False, callbacks=[monitor],
+    logger=TensorBoardLogger({log!r}, name="", version=0),
+)
+trainer.fit(Regressor(), data())
+steps = [r["step"] for r in monitor.tracker.history]
+lam = monitor.tracker.history[-1]["scalars"]["ntk/lambda_1"]
+print("RESULT", trainer.global_rank, steps, repr(lam), float(trainer.callback_metrics["ntk/lambda_1"]))
+"""
+
+
+@pytest.mark.slow
+def test_ddp_two_cpu_processes_log_once_from_rank_zero(tmp_path):
+    script = tmp_path / "ddp_run.py"
+    script.write_text(DDP_SCRIPT.format(tests=str(Path(__file__).parent), log=str(tmp_path / "logs")))
+    env = {**os.environ, "PL_DISABLE_FORK": "1", "OMP_NUM_THREADS": "1"}
+    out = subprocess.run(
+        [sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    results = sorted(line.split()[1:] for line in out.stdout.splitlines() if line.startswith("RESULT"))
+    assert [r[0] for r in results] == ["0", "1"]
+    assert results[0][1:] == results[1][1:]  # same probe set, same read-out on both ranks
+    event_files = list((tmp_path / "logs").rglob("events.out.tfevents.*"))
+    assert len(event_files) == 1  # only rank 0 writes
+    acc = events(tmp_path / "logs" / "version_0")
+    assert steps_of(acc, "ntk/lambda_1") == [0, 2, 4]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_tensorboard_server_serves_the_scalar_tags(tmp_path):
+    fit = trainer(tmp_path, [CosmologyMonitor(nn.MSELoss(), every_n_train_steps=5, top_k=2)])
+    fit.fit(Regressor(), data())
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "tensorboard.main", "--logdir", str(tmp_path), "--host", "127.0.0.1",
+         "--port", str(port), "--load_fast=false", "--reload_interval=1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        base = f"http://127.0.0.1:{port}/data/plugin/scalars"
+        deadline, tags = time.monotonic() + 90, {}
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"{base}/tags", timeout=5) as response:
+                    tags = json.load(response)
+                if tags.get("version_0", {}).get("ntk/lambda_1"):
+                    break
+            except OSError:
+                pass
+            time.sleep(0.5)
+        assert set(scalar_tags(2)) <= set(tags["version_0"])
+        with urllib.request.urlopen(f"{base}/scalars?run=version_0&tag=cosmology/hubble_rate", timeout=5) as r:
+            points = json.load(r)
+        assert [p[1] for p in points] == [0, 5, 10]
+        assert points[0][2] == pytest.approx(cosmology_of(fit.optimizers[0]).hubble_rate)
+    finally:
+        server.terminate()
+        server.wait(timeout=20)
