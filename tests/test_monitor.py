@@ -1,0 +1,230 @@
+"""`CosmologyTracker` (framework-free): against closed forms, in plain PyTorch loops."""
+
+from __future__ import annotations
+
+import copy
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch import nn
+
+from cosmo_optim import Cosmology, CosmoSGD
+from cosmo_optim.monitor import CosmologyTracker, scalar_tags
+
+
+def data(n: int = 8, d: int = 3, dtype=torch.float64):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(n, d, generator=g, dtype=dtype)
+    return x, torch.randn(n, 1, generator=g, dtype=dtype)
+
+
+def train(model, opt, x, y, steps):
+    for _ in range(steps):
+        opt.zero_grad()
+        nn.functional.mse_loss(model(x), y).backward()
+        opt.step()
+
+
+def test_spectrum_and_amplitudes_of_a_linear_model_match_its_exact_kernel():
+    torch.manual_seed(0)
+    x, y = data()
+    model = nn.Linear(3, 1).double()
+    tracker = CosmologyTracker(model, nn.MSELoss(), probe_batch=(x, y), top_k=3)
+    s = tracker.probe(0)
+    # f = w·x + b has the constant NTK Θ = X Xᵀ + 1 1ᵀ (T4)
+    kernel = x @ x.T + 1.0
+    lam, vec = torch.linalg.eigh(kernel)
+    lam, vec = lam.flip(0), vec.flip(1)
+    assert s["ntk/lambda_1"] == pytest.approx(float(lam[0]))
+    assert s["ntk/ratio_3"] == pytest.approx(float(lam[2] / lam[0]))
+    assert s["cosmology/alpha_eff"] == pytest.approx(float(lam[0]) / 8)
+    f = model(x).detach().reshape(-1)
+    for k in range(3):  # f̃_k = u_kᵀ f (T7), up to the eigenvector's sign
+        assert abs(s[f"modes/amplitude_{k + 1}"]) == pytest.approx(abs(float(vec[:, k] @ f)))
+    assert s["cosmology/field"] == pytest.approx(float(f.mean()))
+    assert s["ntk/kernel_distance"] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_discrete_prediction_is_exact_for_a_linear_model_trained_full_batch():
+    """Constant NTK, quadratic loss, probe set = training set: the T10 map is exact."""
+    torch.manual_seed(0)
+    x, y = data()
+    model = nn.Linear(3, 1).double()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.8)
+    tracker = CosmologyTracker(model, nn.MSELoss(), probe_batch=(x, y), top_k=4, every_n_steps=5)
+    tracker.attach(opt)
+    train(model, opt, x, y, 15)
+    residuals = [r["scalars"].get("duality/residual") for r in tracker.history]
+    assert residuals[0] is None and len(residuals) == 4
+    assert max(residuals[1:]) < 1e-10
+    assert tracker.history[-1]["scalars"]["duality/relative_residual"] < 1e-8
+
+
+def test_hubble_rate_and_vacuum_energy_equal_the_optimiser_s_in_the_event_file(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    torch.manual_seed(0)
+    x, y = data(dtype=torch.float32)
+    model = nn.Sequential(nn.Linear(3, 8), nn.Tanh(), nn.Linear(8, 1))
+    opt = CosmoSGD(model.parameters(), vacuum_energy=2.0, time_step=0.1)
+    tracker = CosmologyTracker(model, nn.MSELoss(), probe_batch=(x, y), top_k=2,
+                               every_n_steps=4, sink=tmp_path, prefix="run/")
+    tracker.attach(opt)
+    train(model, opt, x, y, 8)
+    tracker.close()
+    acc = EventAccumulator(str(tmp_path), size_guidance={"scalars": 0, "images": 0})
+    acc.Reload()
+    assert set(scalar_tags(2, prefix="run/")) <= set(acc.Tags()["scalars"])
+    universe = Cosmology.from_vacuum_energy(2.0, time_step=0.1)
+    hubble = acc.Scalars("run/cosmology/hubble_rate")
+    assert [e.step for e in hubble] == [0, 4, 8]
+    assert [e.value for e in hubble] == pytest.approx([universe.hubble_rate] * 3)
+    assert [e.value for e in acc.Scalars("run/cosmology/vacuum_energy")] == pytest.approx([2.0] * 3)
+    assert {"run/figures/potential", "run/figures/modes"} <= set(acc.Tags()["images"])
+
+
+def test_callable_sink_receives_every_probe():
+    x, y = data(dtype=torch.float32)
+    model = nn.Linear(3, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.5)
+    calls = []
+    tracker = CosmologyTracker(model, probe_batch=(x, y), top_k=1, every_n_steps=3,
+                               sink=lambda metrics, step: calls.append((step, metrics)))
+    tracker.attach(opt)
+    train(model, opt, x, y, 7)
+    assert [step for step, _ in calls] == [0, 3, 6]
+    assert calls[0][1]["cosmology/hubble_rate"] == pytest.approx(0.5 / (3 * 0.1))
+
+
+@pytest.mark.parametrize("make_opt", [
+    lambda p: CosmoSGD(p, vacuum_energy=3.0, time_step=0.1),
+    lambda p: torch.optim.Adam(p, lr=1e-2),
+], ids=["cosmosgd", "adam"])
+def test_plain_loop_training_is_bitwise_identical_with_dropout(make_opt):
+    x, y = data(16, dtype=torch.float32)
+
+    def run(watch: bool):
+        torch.manual_seed(3)
+        model = nn.Sequential(nn.Linear(3, 16), nn.ReLU(), nn.Dropout(0.5), nn.Linear(16, 1))
+        opt = make_opt(model.parameters())
+        if watch:
+            CosmologyTracker(model, nn.MSELoss(), probe_batch=(x, y), every_n_steps=2).attach(opt)
+        train(model, opt, x, y, 7)
+        return model.state_dict(), torch.rand(3)
+
+    (plain, r1), (watched, r2) = run(False), run(True)
+    assert all(torch.equal(plain[k], watched[k]) for k in plain)
+    assert torch.equal(r1, r2)
+
+
+def test_adam_has_no_de_sitter_dual_but_still_logs_the_modes():
+    x, y = data(dtype=torch.float32)
+    model = nn.Sequential(nn.Linear(3, 8), nn.Tanh(), nn.Linear(8, 1))
+    opt = torch.optim.Adam(model.parameters())
+    tracker = CosmologyTracker(model, nn.MSELoss(), probe_batch=(x, y), top_k=2, every_n_steps=2)
+    tracker.attach(opt)
+    train(model, opt, x, y, 2)
+    assert sorted(tracker.history[-1]["scalars"]) == sorted(scalar_tags(2, dual=False))
+    assert tracker.cosmology() is None
+
+
+@pytest.mark.parametrize("at", [7, 8], ids=["between-probes", "after-velocity-forward"])
+def test_state_dict_resume_continues_without_gaps_or_duplicates(at):
+    x, y = data(dtype=torch.float32)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 8), nn.Tanh(), nn.Linear(8, 1))
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    straight = CosmologyTracker(model, nn.MSELoss(), probe_batch=(x, y), top_k=2, every_n_steps=3)
+    saved = {}
+
+    def snapshot(*_):
+        if straight.last_step == at:  # the tracker's hook ran first: step 8 recorded f_8
+            saved.update(model=copy.deepcopy(model.state_dict()), opt=copy.deepcopy(opt.state_dict()),
+                         tracker=copy.deepcopy(straight.state_dict()))
+
+    straight.attach(opt)
+    opt.register_step_post_hook(snapshot)
+    train(model, opt, x, y, 12)
+
+    model2 = nn.Sequential(nn.Linear(3, 8), nn.Tanh(), nn.Linear(8, 1))
+    model2.load_state_dict(saved["model"])
+    opt2 = torch.optim.SGD(model2.parameters(), lr=0.05, momentum=0.9)
+    opt2.load_state_dict(saved["opt"])
+    resumed = CosmologyTracker(model2, nn.MSELoss(), top_k=2, every_n_steps=3)
+    resumed.load_state_dict(saved["tracker"])
+    resumed.attach(opt2)
+    train(model2, opt2, x, y, 12 - at)
+    assert [r["step"] for r in resumed.history] == [0, 3, 6, 9, 12]
+    for a, b in zip(straight.history, resumed.history, strict=True):
+        assert a["scalars"] == pytest.approx(b["scalars"], nan_ok=True)
+
+
+def test_nonfinite_probe_warns_counts_and_is_skipped():
+    x, y = data(dtype=torch.float32)
+    model = nn.Linear(3, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    tracker = CosmologyTracker(model, nn.MSELoss(), probe_batch=(x, y), every_n_steps=1)
+    tracker.attach(opt)
+    with torch.no_grad():
+        saved = model.weight.clone()
+        model.weight.fill_(float("nan"))
+    with pytest.warns(RuntimeWarning, match="non-finite outputs or NTK at step 1; probe skipped"):
+        assert tracker.step(1) == {"cosmology/nonfinite": 1.0}
+    with torch.no_grad():
+        model.weight.copy_(saved)
+    s = tracker.step(2)
+    assert s is not None and s["cosmology/nonfinite"] == 1.0 and "duality/residual" not in s
+    assert [r["step"] for r in tracker.history] == [0, 2]
+
+
+def test_history_is_bounded_and_figures_are_drawn():
+    x, _ = data(dtype=torch.float32)
+    y = torch.randint(0, 3, (8,))
+    model = nn.Linear(3, 3)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.5)
+    tracker = CosmologyTracker(model, nn.CrossEntropyLoss(), probe_batch=(x, y), top_k=3,
+                               every_n_steps=1, history_size=3)
+    tracker.attach(opt)
+    for _ in range(5):
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+    assert [r["step"] for r in tracker.history] == [3, 4, 5]
+    assert "cosmology/field" not in tracker.history[-1]["scalars"]  # C = 3 outputs
+    assert sorted(tracker.figures()) == ["figures/modes", "figures/potential", "figures/spectrum"]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"top_k": 0}, r"Invalid top_k: 0; it must be an integer ≥ 1"),
+        ({"every_n_steps": -1}, r"Invalid every_n_steps: -1"),
+        ({"every_n_steps": 4, "log_figures_every_n_steps": 6}, r"must be a multiple of every_n_steps=4"),
+        ({"sink": 42}, r"Invalid sink: 42; give a SummaryWriter, a log directory, a callable"),
+        ({"probe_batch": "text"}, r"Fix: pass probe_batch=\(inputs, targets\) explicitly"),
+        ({"history_size": 0}, r"Invalid history_size: 0"),
+    ],
+)
+def test_invalid_arguments_name_the_fix(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        CosmologyTracker(nn.Linear(2, 1), **kwargs)
+
+
+def test_attach_without_a_probe_batch_names_the_fix():
+    model = nn.Linear(2, 1)
+    tracker = CosmologyTracker(model)
+    with pytest.raises(ValueError, match=r"attach\(\) needs a probe batch. Fix: pass probe_batch="):
+        tracker.attach(torch.optim.SGD(model.parameters(), lr=0.1))
+
+
+def test_importing_the_package_imports_no_framework():
+    code = (
+        "import sys, cosmo_optim, cosmo_optim.monitor, cosmo_optim.callbacks\n"
+        "bad = [m for m in ('lightning', 'pytorch_lightning', 'tensorboard', 'transformers',"
+        " 'torch.utils.tensorboard', 'matplotlib.pyplot') if m in sys.modules]\n"
+        "print(bad)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
