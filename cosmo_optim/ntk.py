@@ -154,9 +154,9 @@ def _training(model: nn.Module, mode: bool) -> Iterator[None]:
             m.training = flag
 
 
-def _chunks(n: int, size: int, start: int = 0) -> list[tuple[int, int]]:
+def _chunks(n: int, size: int) -> list[tuple[int, int]]:
     size = max(1, size)
-    return [(lo, min(lo + size, n)) for lo in range(start, n, size)]
+    return [(lo, min(lo + size, n)) for lo in range(0, n, size)]
 
 
 def _block(ga: torch.Tensor, gb: torch.Tensor, full: bool) -> torch.Tensor:
@@ -249,7 +249,7 @@ class _Engine:
         self.free = self.budget - kernel_bytes - stored
         K = torch.zeros(shape, dtype=self.dtype, device=self.x.device)
         if plan:
-            fallback += self._structured(K, plan, leaves, recorder, f1, act)
+            fallback += self._structured(K, plan, leaves, recorder, act)
         if fallback:
             self._jacobian(K, sorted(fallback, key=self.names.index), act)
         return K
@@ -273,21 +273,20 @@ class _Engine:
     # -------------------------------------------------------------------- structured pass
     def _structured(
         self, K: torch.Tensor, plan: dict[str, tuple[str, int]], leaves: dict[str, torch.Tensor],
-        recorder: rules.UseRecorder, f: torch.Tensor, act: int,
+        recorder: rules.UseRecorder, act: int,
     ) -> list[str]:
         """Accumulate the structured terms into K; return the names demoted to the jacobian.
 
-        Chunks: sample 0 alone, then chunks of m >= 2 samples. A layer input whose leading
-        dim follows the chunk size (1, then m) is batch-first, so each row belongs to one
-        sample; anything else is demoted (exact, slower).
+        The probe forward ran sample 0 alone; this pass runs chunks of m >= 2 samples. A layer
+        input whose leading dim follows the chunk size (1, then m) is batch-first, so each row
+        belongs to one sample; anything else is demoted to the jacobian path (exact, slower).
         """
         store: dict[str, list[Any]] = {n: [] for n in plan}
         demoted: set[str] = set()
         counts = {n: len(recorder.uses[n]) for n in plan}
         m = max(2, self.free // 2 // act)
-        for lo, hi in [(0, 1), *_chunks(self.N, m, start=1)]:
-            if lo > 0:
-                recorder, f = self._forward(lo, hi, leaves)
+        for lo, hi in _chunks(self.N, m):
+            recorder, f = self._forward(lo, hi, leaves)
             live = [n for n in plan if n not in demoted]
             for n in live:
                 us = recorder.uses[n]
