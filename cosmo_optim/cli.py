@@ -9,8 +9,10 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import subprocess
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from cosmo_optim.cosmology import UNITS, Cosmology, from_units
 
@@ -92,7 +94,74 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=_demo.run)
 
 
-COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_demo, _add_convert]
+FIGURES = ("fig1", "fig2", "fig3", "fig4", "fig5", "fig6")
+
+
+def _paper_dir() -> Path:
+    """examples/paper/ of the source tree this package is installed from (editable install)."""
+    folder = Path(__file__).resolve().parents[1] / "examples" / "paper"
+    if not folder.is_dir():
+        raise UsageError(
+            f"the paper scripts are not next to this installation ({folder} does not exist); "
+            "run from a clone installed with `pip install -e .`."
+        )
+    return folder
+
+
+def reproduce(args: argparse.Namespace) -> int:
+    """Run the paper's figure scripts (examples/paper/figN_*.py) and list their verdicts."""
+    names = list(FIGURES) if "all" in args.figures else list(dict.fromkeys(args.figures))
+    if args.workers is not None and args.workers < 1:
+        raise UsageError(f"Invalid --workers: {args.workers}; it must be ≥ 1.")
+    folder = _paper_dir()
+    scripts = {n: sorted(folder.glob(f"{n}_*.py")) for n in names}
+    missing = [n for n, found in scripts.items() if not found]
+    if missing:
+        raise UsageError(f"no script for {', '.join(missing)} in {folder}")
+    out = args.out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    verdicts, failed = {}, []
+    for name in names:
+        command = [sys.executable, str(scripts[name][0]), f"--{args.mode}", "--out", str(out)]
+        if args.workers is not None:
+            command += ["--workers", str(args.workers)]
+        print(f"== {name}: {' '.join(command[1:])}", flush=True)
+        if subprocess.run(command).returncode != 0:
+            failed.append(name)
+            continue
+        first = (out / f"{name}_summary.txt").read_text().splitlines()[0]
+        verdicts[name] = first
+    print(f"\n== summary ({args.mode} grids, files in {out})")
+    for name in names:
+        print(verdicts.get(name, f"{name}: script FAILED"))
+    return 1 if failed else 0
+
+
+def _add_reproduce(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "reproduce",
+        help="regenerate the paper's figures (fig1 … fig6 or all)",
+        description="Run the reproduction scripts of examples/paper/: each writes a PNG, a CSV "
+        "and a summary saying whether the paper's finding is reproduced.",
+    )
+    p.add_argument("figures", nargs="+", choices=[*FIGURES, "all"], metavar="FIGURE",
+                   help=f"one or more of {', '.join(FIGURES)}, or all")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--quick", dest="mode", action="store_const", const="quick",
+                      help="the default grids, about a minute per figure on 2 cores")
+    mode.add_argument("--full", dest="mode", action="store_const", const="full",
+                      help="the larger grids (minutes to tens of minutes per figure)")
+    mode.add_argument("--smoke", dest="mode", action="store_const", const="smoke",
+                      help="tiny grids that only check that the scripts run")
+    p.add_argument("--out", type=Path, default=Path("paper-figures"),
+                   help="output directory (default ./paper-figures)")
+    p.add_argument("--workers", type=int, help="worker processes per scan (default 2)")
+    p.set_defaults(run=reproduce, mode="quick")
+
+
+COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
+    _add_demo, _add_convert, _add_reproduce,
+]
 
 
 def build_parser() -> argparse.ArgumentParser:

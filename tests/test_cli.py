@@ -65,3 +65,38 @@ def test_demo_trains_towards_the_minimum(capsys):
     assert lines[0].startswith("Cosmology(")
     first, last = (float(lines[i].split()[-1]) for i in (2, -1))
     assert last < 1e-3 * first
+
+
+def test_reproduce_runs_a_figure_script_and_lists_its_verdict(capsys, tmp_path):
+    assert main(["reproduce", "fig2", "--smoke", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "== summary (smoke grids" in out
+    assert out.strip().splitlines()[-1].startswith("fig2: F2 reproduced: ")
+    assert (tmp_path / "fig2.png").exists() and (tmp_path / "fig2.csv").exists()
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["reproduce", "fig1", "--workers", "0"], "Invalid --workers: 0"),
+    ],
+)
+def test_reproduce_errors_are_one_line_and_exit_2(capsys, argv, message):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+
+
+def test_reproduce_rejects_unknown_figures_with_usage_error(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["reproduce", "fig7"])
+    assert exit_info.value.code == 2
+    assert "invalid choice: 'fig7'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["demo", "convert", "reproduce"])
+def test_every_command_has_help(capsys, command):
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"])
+    assert exit_info.value.code == 0
+    assert "usage: cosmo-optim " + command in capsys.readouterr().out
