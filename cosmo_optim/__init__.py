@@ -3,20 +3,32 @@
 The public API lives here; modules behind it are implementation.
 """
 
+from cosmo_optim.advice import Suggestion, suggest_hyperparameters
 from cosmo_optim.cosmology import Cosmology, PowerLaw
+from cosmo_optim.dual import FLRWDual
+from cosmo_optim.losses import PolynomialPotentialLoss, per_sample_loss
 from cosmo_optim.ntk import empirical_ntk
 from cosmo_optim.optim import CosmoSGD, cosmology_of
+from cosmo_optim.predict import output_velocity, predict_mean_field, predict_trajectory
 from cosmo_optim.spectrum import NTKEigen, kernel_distance, ntk_eigen
 
 __all__ = [
     "CosmoSGD",
     "Cosmology",
+    "FLRWDual",
     "NTKEigen",
+    "PolynomialPotentialLoss",
     "PowerLaw",
+    "Suggestion",
     "cosmology_of",
     "empirical_ntk",
     "kernel_distance",
     "ntk_eigen",
+    "output_velocity",
+    "per_sample_loss",
+    "predict_mean_field",
+    "predict_trajectory",
+    "suggest_hyperparameters",
 ]
 
 __version__ = "0.1.0"

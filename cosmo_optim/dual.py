@@ -1,0 +1,425 @@
+"""`FLRWDual`: the universe a training state is, read off an NTK spectrum (THEORY.md T3–T10).
+
+A probe set of N inputs, the model's outputs f there (C per input), the kernel's eigenpairs
+(λ_k, u_k), a per-sample loss ℓ and the optimiser's (η, β) define a scalar field in de Sitter
+space: the mean field φ̄ rolls in V(φ) = α_eff ℓ̄(φ) + Λ with α_eff = λ_1/N (T5, T7), and every
+other kernel mode is a perturbation of mass m_k² = (λ_k/N) ℓ'' (T8). `FLRWDual` is a frozen
+value object holding that state and deriving every cosmological number from it.
+
+Units: continuum time t = n·sqrt(η) (T2); H, m_k in 1/time; Λ, V, ρ in reduced Planck units.
+For a model with C outputs the kernel is the full output-space kernel, indexed by
+(sample, output) flattened sample-major to N·C rows.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from cosmo_optim.cosmology import Cosmology
+from cosmo_optim.losses import PerSampleLoss, loss_derivatives, per_sample_loss
+
+__all__ = ["MEAN_FIELD_OVERLAP", "MODE_CLASSES", "FLRWDual"]
+
+#: A mode is the mean field when more than half its weight lies in the uniform direction,
+#: overlap² > 1/2 (T7 caveat). For one output at most one mode can pass, since the squared
+#: overlaps of orthonormal modes with a unit vector sum to ≤ 1.
+MEAN_FIELD_OVERLAP: Final = 1.0 / math.sqrt(2.0)
+#: Mode classes, in the order they are tested (T8, T10).
+MODE_CLASSES: Final = ("tachyonic", "unstable", "oscillating", "frozen", "overdamped")
+
+
+def _as_cosmology(cosmology: Any) -> Cosmology:
+    if isinstance(cosmology, Cosmology):
+        return cosmology
+    if isinstance(cosmology, torch.optim.Optimizer):
+        from cosmo_optim.optim import cosmology_of
+
+        return cosmology_of(cosmology)
+    raise ValueError(
+        f"Invalid cosmology: {cosmology!r}; pass a cosmo_optim.Cosmology or a momentum-SGD "
+        "optimiser (torch.optim.SGD / CosmoSGD)."
+    )
+
+
+def _finite(name: str, value: Tensor, fix: str) -> None:
+    if not torch.isfinite(value).all():
+        raise ValueError(f"Invalid {name}: it contains NaN or inf values. {fix}")
+
+
+@dataclass(frozen=True, eq=False)
+class FLRWDual:
+    """The FLRW universe dual to one training state (T3–T10), from `from_kernel`/`from_eigen`.
+
+    Fields: `eigenvalues` (k,) descending and `eigenvectors` (N·C, k) of the NTK on the probe
+    set; the per-sample `loss`; the `outputs` f (N, ...) and optional `targets`; the
+    `cosmology` (η, β); `velocity` ḟ (continuum units, shape of f, zero at the start); `step`
+    n; `mean_kernel_entry` (exact when built from a kernel, else from the kept modes).
+
+    Example:
+        >>> K = torch.tensor([[2.0, 1.9], [1.9, 2.0]], dtype=torch.float64)
+        >>> f = torch.zeros(2, 1, dtype=torch.float64)
+        >>> dual = FLRWDual.from_kernel(K, torch.nn.MSELoss(), f, targets=f + 1,
+        ...                             cosmology=Cosmology(lr=0.01, momentum=0.0))
+        >>> round(dual.alpha_eff, 6), round(dual.hubble_rate, 4), dual.mode_classes(horizon=50)
+        (1.95, 3.3333, ['overdamped', 'frozen'])
+    """
+
+    eigenvalues: Tensor
+    eigenvectors: Tensor
+    loss: PerSampleLoss
+    outputs: Tensor
+    cosmology: Cosmology
+    targets: Tensor | None = None
+    velocity: Tensor | None = None
+    step: int = 0
+    mean_kernel_entry: float = math.nan
+    _cache: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        lam, vec, f = self.eigenvalues, self.eigenvectors, self.outputs
+        set_ = object.__setattr__
+        set_(self, "loss", per_sample_loss(self.loss))
+        set_(self, "cosmology", _as_cosmology(self.cosmology))
+        if f.dim() == 0:
+            raise ValueError("Invalid outputs: a scalar; outputs must have shape (N, ...).")
+        n, c = f.shape[0], f[0].numel()
+        if lam.dim() != 1 or vec.dim() != 2 or vec.shape != (n * c, lam.shape[0]):
+            raise ValueError(
+                f"Mismatched shapes: eigenvalues {tuple(lam.shape)}, eigenvectors "
+                f"{tuple(vec.shape)}, outputs {tuple(f.shape)}; eigenvectors must be "
+                f"(N·C, k) = ({n * c}, k) with k = len(eigenvalues) and N·C the outputs' size."
+            )
+        if lam.shape[0] == 0:
+            raise ValueError("Invalid eigenvalues: empty; keep at least the top mode.")
+        _finite("outputs", f, "The model diverged or was fed bad inputs; lower the lr.")
+        _finite("eigenvalues", lam, "Recompute the NTK in float64.")
+        if bool((lam[:-1] < lam[1:]).any()):
+            raise ValueError("Invalid eigenvalues: they must be sorted in descending order.")
+        dtype = vec.dtype
+        set_(self, "outputs", f.detach().to(dtype))
+        set_(self, "eigenvalues", lam.detach().to(dtype))
+        set_(self, "eigenvectors", vec.detach())
+        v = torch.zeros_like(self.outputs) if self.velocity is None else self.velocity
+        if v.shape != f.shape:
+            raise ValueError(
+                f"Mismatched shapes: velocity {tuple(v.shape)} vs outputs {tuple(f.shape)}."
+            )
+        set_(self, "velocity", v.detach().to(dtype))
+        if math.isnan(self.mean_kernel_entry):  # Σ_k λ_k (u_k·1)² / N² over the kept modes
+            sums = vec.reshape(n, c, -1).sum(dim=0)  # (C, k)
+            set_(self, "mean_kernel_entry", float((lam * sums.pow(2)).sum() / (n * n * c)))
+
+    # ----- constructors -------------------------------------------------------------------
+    @classmethod
+    def from_eigen(
+        cls,
+        eigenvalues: Tensor,
+        eigenvectors: Tensor,
+        loss: Any,
+        outputs: Tensor,
+        *,
+        cosmology: Any,
+        targets: Tensor | None = None,
+        velocity: Tensor | None = None,
+        step: int = 0,
+    ) -> FLRWDual:
+        """From the top-k NTK eigenpairs (e.g. `ntk_eigen(...)`'s) (T7); sorts them descending."""
+        if eigenvalues.dim() == 1 and eigenvectors.dim() == 2 and (
+            eigenvectors.shape[1] == eigenvalues.shape[0]
+        ):
+            order = torch.argsort(eigenvalues, descending=True)
+            eigenvalues, eigenvectors = eigenvalues[order], eigenvectors[:, order]
+        return cls(
+            eigenvalues, eigenvectors, loss, outputs, cosmology, targets, velocity, step
+        )
+
+    @classmethod
+    def from_kernel(
+        cls,
+        kernel: Tensor,
+        loss: Any,
+        outputs: Tensor,
+        *,
+        cosmology: Any,
+        targets: Tensor | None = None,
+        velocity: Tensor | None = None,
+        step: int = 0,
+        k: int | None = None,
+    ) -> FLRWDual:
+        """From an NTK on the probe set: (N, N), (N, N, C, C) or (N·C, N·C); keeps the top `k`."""
+        n, c = outputs.shape[0], outputs[0].numel()
+        if kernel.dim() == 4:
+            if kernel.shape != (n, n, c, c):
+                raise ValueError(
+                    f"Mismatched shapes: kernel {tuple(kernel.shape)} vs outputs "
+                    f"{tuple(outputs.shape)}; a full kernel must be (N, N, C, C) = {(n, n, c, c)}."
+                )
+            kernel = kernel.permute(0, 2, 1, 3).reshape(n * c, n * c)
+        if kernel.shape != (n * c, n * c):
+            raise ValueError(
+                f"Mismatched shapes: kernel {tuple(kernel.shape)} vs outputs "
+                f"{tuple(outputs.shape)}; expected ({n * c}, {n * c}) (N·C rows). "
+                "A multi-output model needs the full output-space kernel (output='full')."
+            )
+        _finite("kernel", kernel, "Recompute the NTK (float64 helps).")
+        kernel = 0.5 * (kernel + kernel.T).detach()
+        lam, vec = torch.linalg.eigh(kernel)
+        keep = n * c if k is None else int(k)
+        if not 1 <= keep <= n * c:
+            raise ValueError(f"Invalid k: {k!r}; it must be between 1 and N·C = {n * c}.")
+        lam, vec = lam.flip(0)[:keep], vec.flip(1)[:, :keep]
+        entry = float(kernel.reshape(n, c, n, c).diagonal(dim1=1, dim2=3).mean())
+        return cls(lam, vec, loss, outputs, cosmology, targets, velocity, step, entry)
+
+    def replace(self, **changes: Any) -> FLRWDual:
+        """A copy with some fields changed (frozen value object)."""
+        fields = {
+            k: getattr(self, k)
+            for k in ("eigenvalues", "eigenvectors", "loss", "outputs", "cosmology", "targets",
+                      "velocity", "step")
+        }
+        if not {"eigenvalues", "eigenvectors"} & set(changes):
+            fields["mean_kernel_entry"] = self.mean_kernel_entry
+        fields.update(changes)
+        return FLRWDual(**fields)
+
+    # ----- sizes and the background (T3, T9) ----------------------------------------------
+    @property
+    def num_samples(self) -> int:
+        """N, the number of probe inputs."""
+        return int(self.outputs.shape[0])
+
+    @property
+    def num_outputs(self) -> int:
+        """C, the outputs per input."""
+        return int(self.outputs[0].numel())
+
+    @property
+    def hubble_rate(self) -> float:
+        """H = (1 − β)/(3 sqrt(η)), 1/time (T3)."""
+        return self.cosmology.hubble_rate
+
+    @property
+    def vacuum_energy(self) -> float:
+        """Λ = (1 − β)²/(3η) (T3)."""
+        return self.cosmology.vacuum_energy
+
+    @property
+    def hubble_time_steps(self) -> float:
+        """Hubble time 1/H in optimiser steps, 3/(1 − β) (T3)."""
+        return self.cosmology.hubble_time_steps
+
+    @property
+    def efolds(self) -> float:
+        """e-folds so far, N_e = n (1 − β)/3 (T9)."""
+        return self.cosmology.efolds(self.step)
+
+    @property
+    def alpha_eff(self) -> float:
+        """α_eff = λ_1/N, the mean field's coupling (T7, paper Eq. 23)."""
+        return float(self.eigenvalues[0]) / self.num_samples
+
+    # ----- the mean field and its potential (T5, T6, T7, T9) -----------------------------
+    @property
+    def mean_field(self) -> Tensor:
+        """φ̄ = (1/N) Σ_i f_i, shape (C,) (the projection on the uniform direction, T7)."""
+        return self.outputs.reshape(self.num_samples, -1).mean(dim=0)
+
+    @property
+    def mean_field_velocity(self) -> Tensor:
+        """φ̄̇ = (1/N) Σ_i ḟ_i, shape (C,), 1/time."""
+        return self.velocity.reshape(self.num_samples, -1).mean(dim=0)  # type: ignore[union-attr]
+
+    def _uniform_outputs(self, phi: Tensor) -> Tensor:
+        """Outputs equal to φ on every probe input, for M values: (M·N, ...)."""
+        m, n = phi.shape[0], self.num_samples
+        rows = phi.reshape(m, 1, -1).expand(m, n, self.num_outputs)
+        return rows.reshape(m * n, *self.outputs.shape[1:])
+
+    def _mean_loss(self, phi: Tensor) -> Tensor:
+        """ℓ̄(φ) = (1/N) Σ_i ℓ(φ, y_i) for phi of shape (M, C)."""
+        y = self.targets
+        if y is not None:
+            y = y.repeat(phi.shape[0], *([1] * (y.dim() - 1)))
+        values = self.loss.per_sample(self._uniform_outputs(phi), y)
+        return values.reshape(phi.shape[0], self.num_samples).mean(dim=1)
+
+    def potential(self, phi: float | Tensor) -> Tensor:
+        """V(φ) = α_eff ℓ̄(φ) + Λ with ℓ̄ the loss averaged over targets (T5, T7).
+
+        `phi` is a number or a tensor of shape (...,) for one output, (..., C) for C outputs.
+        """
+        p = torch.as_tensor(phi, dtype=self.outputs.dtype)
+        batch = p.shape if self.num_outputs == 1 else p.shape[:-1]
+        flat = p.reshape(-1, self.num_outputs)
+        with torch.no_grad():
+            v = self.alpha_eff * self._mean_loss(flat) + self.vacuum_energy
+        return v.reshape(batch)
+
+    def potential_samples(
+        self, lower: float | None = None, upper: float | None = None, num: int = 201
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(φ, V(φ)) sampled on [lower, upper], default φ̄ ± max(1, |φ̄|); one output only."""
+        if self.num_outputs != 1:
+            raise ValueError(
+                f"potential_samples needs one output per input, got C={self.num_outputs}; "
+                "call potential(phi) with phi of shape (..., C) instead."
+            )
+        centre = float(self.mean_field[0])
+        width = max(1.0, abs(centre))
+        lo = centre - width if lower is None else lower
+        hi = centre + width if upper is None else upper
+        phi = torch.linspace(lo, hi, num, dtype=self.outputs.dtype)
+        return phi.numpy(), self.potential(phi).numpy()
+
+    def _background(self) -> tuple[Tensor, Tensor, Tensor]:
+        """ℓ̄, ℓ̄', ℓ̄'' at φ̄ (shapes (), (C,), (C, C))."""
+        if "background" not in self._cache:
+            n = self.num_samples
+            u = self._uniform_outputs(self.mean_field.reshape(1, -1))
+            v, g, h = loss_derivatives(self.loss, u, self.targets)
+            assert h is not None
+            self._cache["background"] = (v.mean(), g.sum(0) / n, h.sum(0) / n)
+        return self._cache["background"]
+
+    @property
+    def vacuum_domination(self) -> float:
+        """Ω_φ = (½ φ̄̇² + α_eff ℓ̄(φ̄))/Λ; the duality with gravity needs Ω_φ ≪ 1 (T6)."""
+        rho = 0.5 * float(self.mean_field_velocity.pow(2).sum())
+        return (rho + self.alpha_eff * float(self._background()[0])) / self.vacuum_energy
+
+    @property
+    def slow_roll(self) -> tuple[float, float]:
+        """(ε_V, η_V) = (½ |V'|²/V², V''/V) at φ̄ (T9); the largest curvature for C > 1."""
+        ell, grad, hess = self._background()
+        v = self.alpha_eff * float(ell) + self.vacuum_energy
+        eps = 0.5 * (self.alpha_eff * float(grad.norm()) / v) ** 2
+        eta = self.alpha_eff * float(torch.linalg.eigvalsh(hess).max()) / v
+        return eps, eta
+
+    # ----- modes (T7, T8, T10) -------------------------------------------------------------
+    @property
+    def mode_curvatures(self) -> Tensor:
+        """κ_k = m_k² = (λ_k/N) u_kᵀ ℓ''(f) u_k, 1/time² (T8).
+
+        ℓ''(f) is the block-diagonal per-sample Hessian at the current outputs; at a uniform
+        state f = φ̄·1 this is exactly (λ_k/N) ℓ''(φ̄) of T8.
+        """
+        if "curv" not in self._cache:
+            _, _, hess = loss_derivatives(self.loss, self.outputs, self.targets)
+            assert hess is not None
+            n, c = self.num_samples, self.num_outputs
+            u = self.eigenvectors.reshape(n, c, -1)
+            quad = torch.einsum("nak,nab,nbk->k", u, hess.to(u.dtype), u)
+            self._cache["curv"] = self.eigenvalues / n * quad
+        return self._cache["curv"]
+
+    @property
+    def mode_masses(self) -> Tensor:
+        """m_k = sqrt(κ_k), 1/time (T8); NaN for a negative curvature (tachyonic mode)."""
+        k = self.mode_curvatures
+        return torch.where(k >= 0, k.clamp(min=0).sqrt(), torch.full_like(k, math.nan))
+
+    @property
+    def mass_over_hubble(self) -> Tensor:
+        """m_k/H: > 3/2 oscillates in the continuum, < 3/2 is overdamped (T8)."""
+        return self.mode_masses / self.hubble_rate
+
+    @property
+    def relaxation_steps(self) -> Tensor:
+        """The overdamped relaxation time 3H/m_k² in optimiser steps, (1 − β)/(η κ_k) (T8)."""
+        c = self.cosmology
+        return (1.0 - c.momentum) / (c.lr * self.mode_curvatures)
+
+    @property
+    def stability_margins(self) -> Tensor:
+        """η κ_k / 2(1 + β) per mode; the discrete map diverges on a mode at ≥ 1 (T10)."""
+        c = self.cosmology
+        return c.lr * self.mode_curvatures / (2.0 * (1.0 + c.momentum))
+
+    @property
+    def stability_margin(self) -> float:
+        """The largest of `stability_margins` (T10)."""
+        return float(self.stability_margins.max())
+
+    def mode_classes(self, horizon: float | None = None, frozen_factor: float = 10.0) -> list[str]:
+        """Each mode's fate over `horizon` steps (default: one Hubble time) (T8, T10).
+
+        Tested in order, with the exact discrete thresholds for curvature κ = m²:
+        "tachyonic" κ < 0 (grows); "unstable" η κ ≥ 2(1 + β); "oscillating"
+        η κ > (1 − sqrt β)² (shrinks by sqrt β per step); "frozen" when its relaxation time
+        (1 − β)/(η κ) steps exceeds `frozen_factor` × horizon; otherwise "overdamped".
+        """
+        c = self.cosmology
+        horizon = self.hubble_time_steps if horizon is None else float(horizon)
+        if not (horizon > 0 and frozen_factor > 0):
+            raise ValueError(
+                f"Invalid horizon={horizon!r} or frozen_factor={frozen_factor!r}; both must be > 0."
+            )
+        out = []
+        for kappa in self.mode_curvatures.tolist():
+            ek = c.lr * kappa
+            if ek < 0:
+                out.append("tachyonic")
+            elif ek >= 2.0 * (1.0 + c.momentum):
+                out.append("unstable")
+            elif ek > (1.0 - math.sqrt(c.momentum)) ** 2:
+                out.append("oscillating")
+            elif ek == 0 or (1.0 - c.momentum) / ek > frozen_factor * horizon:
+                out.append("frozen")
+            else:
+                out.append("overdamped")
+        return out
+
+    def active_modes(self, horizon: float | None = None, frozen_factor: float = 10.0) -> int:
+        """How many modes move within `horizon` steps: all but the frozen ones (T8)."""
+        return sum(k != "frozen" for k in self.mode_classes(horizon, frozen_factor))
+
+    @property
+    def uniform_overlaps(self) -> Tensor:
+        """|u_k·1|/sqrt(N) per mode; for C outputs, the norm of u_k's projection on the
+        C uniform directions (T7)."""
+        n = self.num_samples
+        sums = self.eigenvectors.reshape(n, self.num_outputs, -1).sum(dim=0)
+        return sums.norm(dim=0) / math.sqrt(n)
+
+    def mean_field_mode(self, threshold: float = MEAN_FIELD_OVERLAP) -> int | None:
+        """The best-aligned mode if its uniform overlap exceeds `threshold`, else None (T7)."""
+        overlaps = self.uniform_overlaps
+        best = int(torch.argmax(overlaps))
+        return best if float(overlaps[best]) > threshold else None
+
+    def max_learning_rate(self, momentum: Any = None, tolerance: float = 0.1) -> Any:
+        """η_max = tolerance·(1 − β)²/(3 α_eff ℓ̄(φ̄)): the lr keeping Ω_φ ≤ tolerance at rest (T6).
+
+        `momentum` defaults to the optimiser's β; an array gives the curve of paper Fig. 2.
+        Infinite when the loss is zero at φ̄.
+        """
+        if not tolerance > 0:
+            raise ValueError(f"Invalid tolerance: {tolerance!r}; it must be > 0 (an Ω_φ bound).")
+        beta = self.cosmology.momentum if momentum is None else np.asarray(momentum, float)
+        if np.any((np.asarray(beta) < 0) | (np.asarray(beta) >= 1)):
+            raise ValueError(f"Invalid momentum: {momentum!r}; it must satisfy 0 ≤ β < 1.")
+        energy = 3.0 * self.alpha_eff * float(self._background()[0])
+        with np.errstate(divide="ignore"):
+            return tolerance * (1.0 - beta) ** 2 / energy if energy > 0 else np.inf * (1.0 - beta)
+
+    def summary(self) -> dict[str, Any]:
+        """The scalar read-out as plain Python numbers."""
+        eps, eta = self.slow_roll
+        mf = self.mean_field_mode()
+        return {
+            "step": self.step, "lr": self.cosmology.lr, "momentum": self.cosmology.momentum,
+            "hubble_rate": self.hubble_rate, "vacuum_energy": self.vacuum_energy,
+            "hubble_time_steps": self.hubble_time_steps, "efolds": self.efolds,
+            "alpha_eff": self.alpha_eff, "mean_kernel_entry": self.mean_kernel_entry,
+            "mean_field": self.mean_field.tolist(), "vacuum_domination": self.vacuum_domination,
+            "epsilon_V": eps, "eta_V": eta, "stability_margin": self.stability_margin,
+            "mean_field_mode": mf, "max_learning_rate": float(self.max_learning_rate()),
+        }

@@ -1,0 +1,227 @@
+"""Per-sample losses ℓ(f, y) and their output derivatives ℓ', ℓ'' (THEORY.md T4, T5, T7, T8).
+
+The dual sees a training loss only through its per-sample form: the mean-reduced training loss
+is `L = (1/N) Σ_i ℓ(f(x_i), y_i)` (T4), so the force on output i is `ℓ'(f_i)/N` and the mass
+of a mode needs the curvature `ℓ''` (T8). `PerSampleLoss` turns a torch loss module (MSE,
+cross-entropy, any elementwise `_Loss`), `PolynomialPotentialLoss` (paper Eq. 28) or a user
+callable into that form, and `loss_derivatives` differentiates it with autograd: for a model
+with C outputs ℓ' is a C-vector and ℓ'' a C×C Hessian per sample.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["PerSampleLoss", "PolynomialPotentialLoss", "loss_derivatives", "per_sample_loss"]
+
+_REDUCTIONS = ("mean", "sum", "none")
+
+
+class PolynomialPotentialLoss(nn.Module):
+    """The paper's polynomial loss ℓ(f) = scale·(f − center)^power (Eq. 28; T5).
+
+    With an even `power` it is a potential with its minimum at `center`: power 2 is chaotic
+    inflation's m²φ²/2 with m² = 2·scale. The target is ignored (the minimum is the target).
+    Used as a training loss it reduces over the batch like torch losses (`reduction` "mean",
+    "sum" or "none"); for a model with several outputs the per-sample loss sums over them.
+    `per_sample(f)` is ℓ(f_i), shape (N,), whose mean is the "mean" training loss (T4).
+
+    Args:
+        center: the minimum c of the potential (output units).
+        power: the exponent p, a positive even integer (2 and 4 in the paper).
+        scale: the prefactor (loss units per output unit^p), > 0.
+        reduction: "mean" (default), "sum" or "none".
+
+    Example:
+        >>> loss = PolynomialPotentialLoss(center=1.0, power=4, scale=0.5)
+        >>> loss(torch.tensor([[0.0], [2.0]])).item()
+        0.5
+        >>> loss.per_sample(torch.tensor([[0.0], [3.0]])).tolist()
+        [0.5, 8.0]
+    """
+
+    def __init__(
+        self, center: float = 1.0, power: int = 2, scale: float = 1.0, reduction: str = "mean"
+    ) -> None:
+        super().__init__()
+        if not (float(power) == int(power) and int(power) >= 2 and int(power) % 2 == 0):
+            raise ValueError(
+                f"Invalid power: {power!r}; it must be an even integer ≥ 2 so that the loss "
+                "is a potential bounded below (the paper uses 2 and 4)."
+            )
+        if not (math.isfinite(float(scale)) and float(scale) > 0):
+            raise ValueError(f"Invalid scale: {scale!r}; it must be a finite number > 0.")
+        if not math.isfinite(float(center)):
+            raise ValueError(f"Invalid center: {center!r}; it must be a finite number.")
+        if reduction not in _REDUCTIONS:
+            raise ValueError(f'Invalid reduction "{reduction}". Must be one of {_REDUCTIONS}.')
+        self.center, self.power, self.scale = float(center), int(power), float(scale)
+        self.reduction = reduction
+
+    def per_sample(self, input: Tensor, target: Tensor | None = None) -> Tensor:
+        """ℓ(f_i) = scale·Σ_outputs (f_i − center)^power, shape (N,) (Eq. 28)."""
+        values = self.scale * (input - self.center) ** self.power
+        return values.reshape(values.shape[0], -1).sum(dim=1) if values.dim() > 1 else values
+
+    def forward(self, input: Tensor, target: Tensor | None = None) -> Tensor:
+        values = self.per_sample(input)
+        if self.reduction == "mean":
+            return values.mean()
+        return values.sum() if self.reduction == "sum" else values
+
+    def extra_repr(self) -> str:
+        return f"center={self.center}, power={self.power}, scale={self.scale}"
+
+
+class PerSampleLoss:
+    """A loss in the dual's form: `per_sample(f, y)` is ℓ(f_i, y_i) with mean equal to L (T4).
+
+    `training_loss(f, y)` is the loss the optimiser actually minimises (the user's module
+    itself when one was given, so training is bit-for-bit the user's). Build it with
+    `per_sample_loss(loss)`.
+    """
+
+    def __init__(
+        self,
+        per_sample: Callable[[Tensor, Tensor | None], Tensor],
+        training_loss: Callable[[Tensor, Tensor | None], Tensor] | None = None,
+        name: str = "loss",
+    ) -> None:
+        self._per_sample = per_sample
+        self._training = training_loss
+        self.name = name
+
+    def per_sample(self, outputs: Tensor, targets: Tensor | None = None) -> Tensor:
+        """ℓ(f_i, y_i) for every sample, shape (N,); checked for shape."""
+        values = self._per_sample(outputs, targets)
+        if not isinstance(values, Tensor) or values.shape != (outputs.shape[0],):
+            shape = getattr(values, "shape", type(values).__name__)
+            raise ValueError(
+                f"The per-sample loss {self.name} returned shape {tuple(shape)}, expected "
+                f"({outputs.shape[0]},): one loss per sample whose mean is the training loss "
+                "(use reduction='none' and average over the non-batch dimensions)."
+            )
+        return values
+
+    def training_loss(self, outputs: Tensor, targets: Tensor | None = None) -> Tensor:
+        """The scalar training loss L; the mean of `per_sample` unless a module was given."""
+        if self._training is not None:
+            return self._training(outputs, targets)
+        return self.per_sample(outputs, targets).mean()
+
+    def __call__(self, outputs: Tensor, targets: Tensor | None = None) -> Tensor:
+        return self.per_sample(outputs, targets)
+
+    def __repr__(self) -> str:
+        return f"PerSampleLoss({self.name})"
+
+
+def _needs_target(name: str) -> Callable[[Tensor | None], Tensor]:
+    def check(targets: Tensor | None) -> Tensor:
+        if targets is None:
+            raise ValueError(f"{name} needs targets; pass targets=... (one per input).")
+        return targets
+
+    return check
+
+
+def _from_torch_loss(module: nn.modules.loss._Loss) -> PerSampleLoss:
+    """Elementwise or per-sample torch losses, reduced per sample so that mean_i ℓ_i = L."""
+    name = type(module).__name__
+    reduction = getattr(module, "reduction", "mean")
+    if reduction not in ("mean", "sum"):
+        raise ValueError(
+            f"Invalid {name}(reduction={reduction!r}) as a training loss; the dual needs a "
+            "scalar loss: use reduction='mean' (or 'sum')."
+        )
+    if any(getattr(module, a, None) is not None for a in ("weight", "pos_weight")):
+        raise ValueError(
+            f"{name} with class weights is not a plain mean of per-sample losses; "
+            "pass a callable returning per-sample losses instead."
+        )
+    unreduced = copy.copy(module)
+    unreduced.reduction = "none"
+    target_of = _needs_target(name)
+
+    def per_sample(outputs: Tensor, targets: Tensor | None) -> Tensor:
+        values = unreduced(outputs, target_of(targets))
+        n = outputs.shape[0]
+        values = values.reshape(n, -1)
+        if reduction == "sum":  # L = Σ_all = N · mean_i(Σ_dims)
+            return n * values.sum(dim=1)
+        return values.mean(dim=1)
+
+    return PerSampleLoss(per_sample, lambda f, y: module(f, target_of(y)), name)
+
+
+def per_sample_loss(loss: Any) -> PerSampleLoss:
+    """Convert a training loss into the per-sample ℓ(f, y) the dual differentiates (T4).
+
+    Accepts a `PerSampleLoss`, `PolynomialPotentialLoss`, a torch loss module with
+    reduction "mean" or "sum" (MSELoss, L1Loss, HuberLoss, CrossEntropyLoss,
+    BCEWithLogitsLoss, ...), or a callable `fn(outputs, targets) -> Tensor` of shape (N,)
+    returning per-sample losses (their mean is then the training loss).
+
+    Example:
+        >>> ell = per_sample_loss(torch.nn.MSELoss())
+        >>> ell(torch.tensor([[1.0, 3.0]]), torch.tensor([[0.0, 0.0]])).tolist()
+        [5.0]
+    """
+    if isinstance(loss, PerSampleLoss):
+        return loss
+    if isinstance(loss, PolynomialPotentialLoss):
+        return PerSampleLoss(loss.per_sample, lambda f, y: loss.per_sample(f).mean(), repr(loss))
+    if isinstance(loss, nn.modules.loss._Loss):
+        return _from_torch_loss(loss)
+    if callable(loss):
+        return PerSampleLoss(loss, None, getattr(loss, "__name__", type(loss).__name__))
+    raise ValueError(
+        f"Invalid loss: {loss!r}; give a torch loss module, PolynomialPotentialLoss, or a "
+        "callable fn(outputs, targets) returning per-sample losses of shape (N,)."
+    )
+
+
+def loss_derivatives(
+    loss: Any, outputs: Tensor, targets: Tensor | None = None, *, order: int = 2
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """ℓ, ℓ' and ℓ'' of a per-sample loss at the outputs, by autograd (T4, T8).
+
+    Returns `(values, gradient, hessian)` with shapes (N,), (N, C) and (N, C, C) where C is
+    the number of outputs per sample (outputs of shape (N,) count as C = 1); `hessian` is
+    None for `order=1`. Because the loss is a sum of per-sample terms, one backward pass of
+    Σ_i ℓ_i gives every ℓ'(f_i), and C more give every per-sample Hessian.
+
+    Example:
+        >>> v, g, h = loss_derivatives(PolynomialPotentialLoss(1.0, 4), torch.tensor([0.0, 2.0]))
+        >>> g.flatten().tolist(), h.flatten().tolist()
+        ([-4.0, 4.0], [12.0, 12.0])
+    """
+    ell = per_sample_loss(loss)
+    if order not in (1, 2):
+        raise ValueError(f"Invalid order: {order!r}; must be 1 or 2.")
+    n = outputs.shape[0]
+    with torch.enable_grad():
+        f = outputs.detach().clone().requires_grad_(True)
+        values = ell.per_sample(f, targets)
+        (grad,) = torch.autograd.grad(values.sum(), f, create_graph=order == 2)
+        grad_flat = grad.reshape(n, -1)
+        hessian = None
+        if order == 2:
+            c = grad_flat.shape[1]
+            rows = []
+            for j in range(c):
+                if not grad_flat.requires_grad:  # ℓ is linear in f
+                    rows.append(torch.zeros_like(grad_flat))
+                    continue
+                (row,) = torch.autograd.grad(
+                    grad_flat[:, j].sum(), f, retain_graph=True, allow_unused=True
+                )
+                rows.append(torch.zeros_like(grad_flat) if row is None else row.reshape(n, c))
+            hessian = torch.stack(rows, dim=1).detach()
+    return values.detach(), grad_flat.detach(), hessian

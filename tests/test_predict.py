@@ -1,0 +1,166 @@
+"""Trajectory predictions against independent references: SGD on linear models (whose NTK is
+exactly constant) and closed-form damped oscillators (T2, T7, T10)."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from cosmo_optim import (
+    Cosmology,
+    FLRWDual,
+    PolynomialPotentialLoss,
+    output_velocity,
+    predict_mean_field,
+    predict_trajectory,
+)
+from cosmo_optim.predict import INTEGRATORS
+
+D = torch.float64
+
+
+def brute_force_ntk(model, inputs):
+    """Full output-space NTK (N·C, N·C) from per-output autograd rows (test-only reference)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    out = model(inputs).reshape(-1)
+    rows = [torch.cat([g.reshape(-1) for g in torch.autograd.grad(o, params, retain_graph=True)]) for o in out]
+    jac = torch.stack(rows)
+    return (jac @ jac.T).detach()
+
+
+def train(model, loss, inputs, targets, lr, momentum, steps):
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
+    outs = [model(inputs).detach()]
+    for _ in range(steps):
+        opt.zero_grad()
+        loss(model(inputs), targets).backward()
+        opt.step()
+        outs.append(model(inputs).detach())
+    return torch.stack(outs), opt
+
+
+@pytest.mark.parametrize(
+    ("loss", "outputs"),
+    [(nn.MSELoss(), 1), (nn.MSELoss(), 3), (nn.CrossEntropyLoss(), 3), (PolynomialPotentialLoss(0.5, 4, 0.3), 1)],
+)
+def test_discrete_map_reproduces_sgd_on_a_linear_model(loss, outputs):
+    torch.manual_seed(0)
+    n, steps, lr, beta = 6, 60, 0.05, 0.8
+    x = torch.randn(n, 4, dtype=D)
+    model = nn.Linear(4, outputs).to(D)
+    y = torch.randint(0, outputs, (n,)) if isinstance(loss, nn.CrossEntropyLoss) else torch.randn(n, outputs, dtype=D)
+    f0 = model(x).detach()
+    dual = FLRWDual.from_kernel(brute_force_ntk(model, x), loss, f0, targets=y, cosmology=Cosmology(lr, beta))
+    actual, _ = train(model, loss, x, y, lr, beta, steps)
+    predicted = predict_trajectory(dual, steps, method="discrete")
+    np.testing.assert_allclose(predicted.outputs, actual.reshape(steps + 1, n, outputs).numpy(), atol=1e-10, rtol=0)
+
+
+def test_momentum_buffers_give_the_velocity_that_continues_training_exactly():
+    torch.manual_seed(1)
+    n, lr, beta = 5, 0.05, 0.9
+    x, y = torch.randn(n, 3, dtype=D), torch.randn(n, 1, dtype=D)
+    model, loss = nn.Linear(3, 1).to(D), nn.MSELoss()
+    first, opt = train(model, loss, x, y, lr, beta, 10)
+    velocity = output_velocity(model, x, opt)
+    # Linear model: the JVP of the last displacement −η b is f_10 − f_9 exactly (T1, T2).
+    np.testing.assert_allclose(velocity * math.sqrt(lr), first[-1] - first[-2], atol=1e-12)
+    dual = FLRWDual.from_kernel(brute_force_ntk(model, x), loss, first[-1], targets=y,
+                                cosmology=opt, velocity=velocity, step=10)
+    rest = []
+    for _ in range(30):
+        opt.zero_grad()
+        loss(model(x), y).backward()
+        opt.step()
+        rest.append(model(x).detach())
+    predicted = predict_trajectory(dual, 30, method="discrete")
+    np.testing.assert_allclose(predicted.outputs[1:], torch.stack(rest).numpy(), atol=1e-10, rtol=0)
+
+
+def test_velocity_is_zero_before_the_first_step():
+    model = nn.Linear(2, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    assert output_velocity(model, torch.randn(4, 2), opt).abs().max().item() == 0.0
+
+
+def damped_oscillator(x0, v0, gamma, k2, t):
+    """Closed form of x'' + γ x' + k² x = 0 (under-, critically and over-damped)."""
+    disc = gamma**2 / 4 - k2
+    if disc < 0:
+        w = math.sqrt(-disc)
+        b = (v0 + gamma / 2 * x0) / w
+        return np.exp(-gamma * t / 2) * (x0 * np.cos(w * t) + b * np.sin(w * t))
+    r1, r2 = -gamma / 2 + math.sqrt(disc), -gamma / 2 - math.sqrt(disc)
+    a = (v0 - r2 * x0) / (r1 - r2)
+    return a * np.exp(r1 * t) + (x0 - a) * np.exp(r2 * t)
+
+
+@pytest.mark.parametrize("integrator", sorted(INTEGRATORS))
+@pytest.mark.parametrize("alpha", [0.5, 40.0])  # overdamped and oscillating (3H = 5)
+def test_continuum_matches_the_closed_form_damped_oscillator(integrator, alpha):
+    lr, beta, center, v0 = 0.01, 0.5, 1.0, 0.3
+    cosmo = Cosmology(lr, beta)
+    dual = FLRWDual.from_kernel(torch.tensor([[alpha]], dtype=D), PolynomialPotentialLoss(center, 2, 1.0),
+                                torch.zeros(1, 1, dtype=D), cosmology=cosmo, velocity=torch.full((1, 1), v0, dtype=D))
+    pred = predict_trajectory(dual, 200, integrator=integrator, velocity="backward")
+    # φ̈ + 3Hφ̇ + α·2(φ − c) = 0 with δ = φ − c.
+    exact = center + damped_oscillator(-center, v0, cosmo.friction, 2 * alpha, pred.times)
+    atol = 1e-5 if integrator == "rk4" else 1e-7  # fixed step h = sqrt(η)/8
+    np.testing.assert_allclose(pred.mean_field[:, 0], exact, atol=atol)
+    mean = predict_mean_field(dual, 200, integrator=integrator, velocity="backward")
+    np.testing.assert_allclose(mean.mean_field[:, 0], exact, atol=atol)
+
+
+def test_quadratic_modes_decouple_into_independent_oscillators():
+    n = 4
+    q, _ = torch.linalg.qr(torch.randn(n, n, dtype=D, generator=torch.Generator().manual_seed(3)))
+    lam = torch.tensor([8.0, 2.0, 0.5, 0.1], dtype=D)
+    kernel = q @ torch.diag(lam) @ q.T
+    f0 = torch.randn(n, 1, dtype=D, generator=torch.Generator().manual_seed(4))
+    y = torch.zeros(n, 1, dtype=D)
+    cosmo = Cosmology(0.01, 0.9)
+    dual = FLRWDual.from_kernel(kernel, nn.MSELoss(), f0, targets=y, cosmology=cosmo)
+    pred = predict_trajectory(dual, 300, velocity="backward")
+    a0 = (dual.eigenvectors.T @ f0[:, 0]).numpy()
+    for k in range(n):  # ä_k + 3H ȧ_k + (λ_k/N)·2 a_k = 0 (T7, exact for quadratic ℓ)
+        exact = damped_oscillator(a0[k], 0.0, cosmo.friction, dual.eigenvalues[k].item() / n * 2, pred.times)
+        np.testing.assert_allclose(pred.modes[:, k], exact, atol=1e-8)
+
+
+def test_forward_velocity_removes_the_start_up_lag_of_the_continuum():
+    # A rolling field: ODE started at rest lags the heavy-ball map by one step's motion (T10).
+    dual = FLRWDual.from_kernel(torch.tensor([[0.1]], dtype=D), PolynomialPotentialLoss(1.0, 2, 0.5),
+                                torch.zeros(1, 1, dtype=D), cosmology=Cosmology(0.01, 0.5))
+    discrete = predict_trajectory(dual, 1500, method="discrete").mean_field[:, 0]
+    gap = {v: np.abs(predict_trajectory(dual, 1500, velocity=v).mean_field[:, 0] - discrete).max() for v in ("forward", "backward")}
+    assert gap["forward"] < 0.3 * gap["backward"]
+
+
+def test_mean_field_alpha_choices():
+    kernel = torch.tensor([[3.0, 1.0], [1.0, 3.0]], dtype=D)
+    dual = FLRWDual.from_kernel(kernel, PolynomialPotentialLoss(1.0, 2, 1.0), torch.zeros(2, 1, dtype=D),
+                                cosmology=Cosmology(0.01, 0.0))
+    top = predict_mean_field(dual, 1, method="discrete").mean_field[1, 0]
+    assert top == pytest.approx(0.01 * 2.0 * 2.0)  # η α ℓ'(0) with α = λ_1/N = 2
+    assert predict_mean_field(dual, 1, method="discrete", alpha=1.0).mean_field[1, 0] == pytest.approx(0.02)
+    with pytest.raises(ValueError, match="Invalid alpha"):
+        predict_mean_field(dual, 1, alpha="median")
+
+
+def test_bad_arguments_give_clear_errors():
+    dual = FLRWDual.from_kernel(torch.tensor([[1.0]], dtype=D), PolynomialPotentialLoss(), torch.zeros(1, 1, dtype=D),
+                                cosmology=Cosmology(0.01, 0.0))
+    with pytest.raises(ValueError, match="Invalid steps: 0"):
+        predict_trajectory(dual, 0)
+    with pytest.raises(ValueError, match='Invalid method "euler"'):
+        predict_trajectory(dual, 3, method="euler")
+    with pytest.raises(ValueError, match=r'Invalid integrator "lsoda". Must be one of \['):
+        predict_trajectory(dual, 3, integrator="lsoda")
+    with pytest.raises(ValueError, match="Invalid dual"):
+        predict_trajectory("dual", 3)
+    unstable = FLRWDual.from_kernel(torch.tensor([[300.0]], dtype=D), PolynomialPotentialLoss(), torch.zeros(1, 1, dtype=D),
+                                    cosmology=Cosmology(0.01, 0.0))
+    with pytest.raises(ValueError, match="diverged"):
+        predict_trajectory(unstable, 2000, method="discrete")
