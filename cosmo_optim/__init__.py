@@ -3,7 +3,6 @@
 The public API lives here; modules behind it are implementation.
 """
 
-from cosmo_optim.advice import Suggestion, suggest_hyperparameters
 from cosmo_optim.cosmology import Cosmology, PowerLaw
 from cosmo_optim.dual import FLRWDual
 from cosmo_optim.losses import PolynomialPotentialLoss, per_sample_loss
@@ -19,7 +18,6 @@ __all__ = [
     "NTKEigen",
     "PolynomialPotentialLoss",
     "PowerLaw",
-    "Suggestion",
     "cosmology_of",
     "empirical_ntk",
     "kernel_distance",
@@ -28,7 +26,6 @@ __all__ = [
     "per_sample_loss",
     "predict_mean_field",
     "predict_trajectory",
-    "suggest_hyperparameters",
 ]
 
 __version__ = "0.1.0"
