@@ -211,3 +211,53 @@ def finish(out: Path, name: str, fig: Any, rows: Sequence[dict[str, Any]],
 def verdict(ok: bool) -> str:
     """'yes' or 'NO', the word every summary's first line uses."""
     return "yes" if ok else "NO"
+
+
+# ------------------------------------------------------------------ input-dependent networks
+#: Learning rate and momentum that set the Hubble length of the input intervals (T3, T9):
+#: 1/H = 3 sqrt(η)/(1 − β) = 0.3 for η = 0.01, β = 0.
+HUBBLE_LR, HUBBLE_MOMENTUM = 0.01, 0.0
+
+
+def interval_inputs(n: int, hubble_lengths: float) -> torch.Tensor:
+    """``n`` equally spaced 1-D inputs on an interval of ``hubble_lengths``·(1/H) around X0."""
+    half = 0.5 * hubble_lengths * Cosmology(HUBBLE_LR, HUBBLE_MOMENTUM).hubble_time
+    return torch.linspace(X0 - half, X0 + half, n, dtype=DTYPE).reshape(n, 1)
+
+
+def input_dependent_run(config: dict[str, Any]) -> dict[str, Any]:
+    """Train a network on ``n`` interval inputs and predict it from its initial kernel (T7, T8).
+
+    Keys of ``config``: the network's (width, depth, activation, sigma_w, seed), ``n``,
+    ``hubble_lengths``, ``power``, ``optimiser`` (η, β) and ``steps``. Returns scalars plus
+    arrays: the trained mean field, its predictions with α_eff = λ_1/N ("top") and with the
+    mean kernel entry ("entry"), and the actual and predicted mode amplitudes u_kᵀ f.
+    """
+    from cosmo_optim import predict_mean_field, predict_trajectory
+
+    lr, beta = config["optimiser"]
+    steps = int(config["steps"])
+    model = make_mlp(config)
+    x = interval_inputs(int(config["n"]), float(config["hubble_lengths"]))
+    loss = PolynomialPotentialLoss(1.0, config["power"], 1.0 / config["power"])
+    dual = make_dual(model, x, loss, lr, beta)
+    u = dual.eigenvectors.numpy()
+    lam = dual.eigenvalues.numpy()
+    mean_mode = dual.mean_field_mode()
+    result: dict[str, Any] = {
+        "alpha_eff": dual.alpha_eff, "mean_kernel_entry": dual.mean_kernel_entry,
+        "lambda": lam, "overlap_top": float(dual.uniform_overlaps[0]),
+        "mean_mode": -1 if mean_mode is None else mean_mode,
+        "stability_margin": dual.stability_margin,
+        "frozen_predicted": dual.mode_classes(horizon=steps)[1:].count("frozen"),
+    }
+    if dual.stability_margin > 0.5:  # outside the continuum limit (T10): not compared
+        return result | {"compared": False}
+    top = predict_mean_field(dual, steps, alpha="top").mean_field[:, 0]
+    entry = predict_mean_field(dual, steps, alpha="mean_entry").mean_field[:, 0]
+    modes_pred = predict_trajectory(dual, steps).modes
+    outputs = train(model, x, loss, lr, beta, steps)
+    return result | {
+        "compared": True, "mean_trained": outputs.mean(axis=1), "mean_top": top,
+        "mean_entry": entry, "modes_trained": outputs @ u, "modes_pred": modes_pred,
+    }
