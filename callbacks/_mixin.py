@@ -34,7 +34,7 @@ class CosmologyMonitorMixin:
         every_n_train_steps: int | None = None,
         top_k: int = 4,
         probe_batch: Any = None,
-        probe_size: int = 64,
+        probe_size: int = 16,
         log_figures_every_n_steps: int | None = None,
         prefix: str = "",
         history_size: int = 1000,

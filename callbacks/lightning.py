@@ -7,9 +7,10 @@ lives in `cosmo_optim.callbacks._mixin`. The same callback for the standalone
 
 from __future__ import annotations
 
-from cosmo_optim.callbacks._mixin import CosmologyMonitorMixin
 from lightning.pytorch import Callback, LightningModule
 from lightning.pytorch.loggers import TensorBoardLogger
+
+from cosmo_optim.callbacks._mixin import CosmologyMonitorMixin
 
 __all__ = ["CosmologyMonitor"]
 

@@ -7,9 +7,10 @@ lives in `cosmo_optim.callbacks._mixin`. The same callback for `lightning.pytorc
 
 from __future__ import annotations
 
-from cosmo_optim.callbacks._mixin import CosmologyMonitorMixin
 from pytorch_lightning import Callback, LightningModule
 from pytorch_lightning.loggers import TensorBoardLogger
+
+from cosmo_optim.callbacks._mixin import CosmologyMonitorMixin
 
 __all__ = ["CosmologyMonitor"]
 

@@ -143,6 +143,24 @@ def _untouched(model: nn.Module, device: torch.device) -> Iterator[None]:
                 m.training = flag
 
 
+@contextlib.contextmanager
+def _one_thread() -> Iterator[None]:
+    """Run the probe's small CPU kernels on one intra-op thread, then restore the count.
+
+    Probe-sized problems (an (N·C)² eigendecomposition, per-step autograd calls of the
+    prediction) are faster on one thread, and multi-threaded LAPACK on a busy machine can be
+    a hundred times slower (OpenMP oversubscription). Training itself is never affected.
+    """
+    threads = torch.get_num_threads()
+    if threads > 1:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        if threads > 1:
+            torch.set_num_threads(threads)
+
+
 class CosmologyTracker:
     """The training monitor's engine: probes a model and reads its FLRW dual (T3–T10).
 
@@ -201,7 +219,7 @@ class CosmologyTracker:
         *,
         optimizer: Optimizer | None = None,
         probe_batch: Any = None,
-        probe_size: int = 64,
+        probe_size: int = 16,
         top_k: int = 4,
         every_n_steps: int = 50,
         log_figures_every_n_steps: int | None = None,
@@ -377,10 +395,12 @@ class CosmologyTracker:
         if not self.has_probe:
             return None
         if (step + 1) % n == 0:
-            self._previous_outputs = (step, self._forward())
+            with _one_thread():
+                self._previous_outputs = (step, self._forward())
         if step % n:
             return None
-        metrics = self.probe(step)
+        with _one_thread():
+            metrics = self.probe(step)
         if metrics is not None:
             self._emit(metrics, step, figures=self.figures_due(step))
         return metrics

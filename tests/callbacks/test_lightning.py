@@ -20,12 +20,12 @@ from torch.utils.data import DataLoader, TensorDataset
 
 L = pytest.importorskip("lightning.pytorch")
 pytest.importorskip("tensorboard")
-from cosmo_optim.callbacks import CosmologyMonitor  # noqa: E402
 from lightning.pytorch.callbacks import ModelCheckpoint  # noqa: E402
 from lightning.pytorch.loggers import TensorBoardLogger  # noqa: E402
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
 
 from cosmo_optim import CosmoSGD, cosmology_of  # noqa: E402
+from cosmo_optim.callbacks import CosmologyMonitor  # noqa: E402
 from cosmo_optim.monitor import scalar_tags  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
