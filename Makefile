@@ -4,12 +4,12 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip install --constraint constraints.txt
 
-.PHONY: demo test lint install clean
+.PHONY: demo test lint docs install clean
 
 $(BIN)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) --upgrade pip
-	$(PIP) -e ".[dev,lightning]"
+	$(PIP) -e ".[dev,lightning,docs]"
 	touch $@
 
 install: $(BIN)/.installed
@@ -21,8 +21,13 @@ lint: $(BIN)/.installed
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
+docs: $(BIN)/.installed
+	$(BIN)/mkdocs build --strict
+
 test: lint
 	$(BIN)/pytest
+	$(BIN)/mkdocs build --strict --site-dir "$$(mktemp -d)"
+	$(BIN)/cosmo-optim reproduce all --quick --out "$$(mktemp -d)"
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info

@@ -13,6 +13,7 @@ import subprocess
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from cosmo_optim.cosmology import UNITS, Cosmology, from_units
 
@@ -94,6 +95,78 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=_demo.run)
 
 
+def _load(spec: str, what: str) -> Any:
+    """The object named by ``module:attribute`` (the current directory is importable)."""
+    import importlib
+
+    module_name, _, attribute = spec.partition(":")
+    if not module_name or not attribute:
+        raise UsageError(f"Invalid {what} {spec!r}; write it as module:function, e.g. mynets:make")
+    if "" not in sys.path:
+        sys.path.insert(0, "")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as error:
+        raise UsageError(f"cannot import module {module_name!r} for {what}: {error}") from None
+    if not hasattr(module, attribute):
+        raise UsageError(f"module {module_name!r} has no attribute {attribute!r} for {what}")
+    return getattr(module, attribute)
+
+
+def check(args: argparse.Namespace) -> int:
+    """Run `check_duality` on a user's model factory; exit 1 when the duality fails (T4–T10)."""
+    import torch
+
+    from cosmo_optim.duality import check_duality
+    from cosmo_optim.losses import PolynomialPotentialLoss
+
+    if args.steps < 1:
+        raise UsageError(f"Invalid --steps: {args.steps}; it must be ≥ 1.")
+    given = [k for k in ("lr", *UNITS) if getattr(args, k) is not None]
+    if not given:
+        args.lr, args.momentum = 1e-3, 0.9
+    universe = _cosmology_from_args(args)
+    made = _load(args.factory, "the model factory")()
+    model, data = (made[0], made[1:]) if isinstance(made, tuple) else (made, ())
+    if not isinstance(model, torch.nn.Module):
+        raise UsageError(f"{args.factory} returned {type(model).__name__}, not a torch nn.Module")
+    if args.data is not None:
+        data = _load(args.data, "the data factory")()
+        data = data if isinstance(data, tuple) else (data,)
+    if not data:
+        raise UsageError(
+            f"no probe inputs: let {args.factory} return (model, inputs[, targets]) or give "
+            "--data module:function returning inputs or (inputs, targets)"
+        )
+    inputs, targets = data[0], (data[1] if len(data) > 1 else None)
+    loss = torch.nn.MSELoss() if targets is not None else PolynomialPotentialLoss(1.0, 2, 0.5)
+    report = check_duality(model, loss, inputs, targets, cosmology=universe, steps=args.steps,
+                           dtype=torch.float64, progress=False)
+    print(report.to_markdown())
+    return 0 if report.passed else 1
+
+
+def _add_check(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "check",
+        help="test whether a model trains like its FLRW dual (exit 1 if not)",
+        description="Build a model with FACTORY (module:function, importable from the current "
+        "directory), train a copy full-batch with momentum SGD on its probe inputs and compare "
+        "with the dual's predictions (check_duality). The factory returns a model, or "
+        "(model, inputs[, targets]); else give --data. Loss: MSE with targets, else "
+        "ℓ = (f − 1)²/2. Prints the report; exit 0 if the duality holds, 1 if not.",
+    )
+    p.add_argument("factory", help="module:function returning the model")
+    p.add_argument("--data", help="module:function returning inputs or (inputs, targets)")
+    p.add_argument("--steps", type=int, default=200, help="training steps (default 200)")
+    p.add_argument("--lr", type=float, help="learning rate η (default 1e-3 with momentum 0.9)")
+    p.add_argument("--momentum", type=float, help="momentum β in [0, 1)")
+    p.add_argument("--vacuum-energy", type=float, help="vacuum energy Λ")
+    p.add_argument("--hubble-rate", type=float, help="Hubble rate H")
+    p.add_argument("--time-step", type=float, help="time step Δt = sqrt(lr)")
+    p.set_defaults(run=check)
+
+
 FIGURES = ("fig1", "fig2", "fig3", "fig4", "fig5", "fig6")
 
 
@@ -160,7 +233,7 @@ def _add_reproduce(sub: argparse._SubParsersAction) -> None:
 
 
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
-    _add_demo, _add_convert, _add_reproduce,
+    _add_demo, _add_convert, _add_check, _add_reproduce,
 ]
 
 

@@ -59,12 +59,73 @@ def test_python_dash_m_and_help_work():
     assert "--vacuum-energy" in out
 
 
-def test_demo_trains_towards_the_minimum(capsys):
-    assert main(["demo", "--hubble-times", "4"]) == 0
-    lines = capsys.readouterr().out.splitlines()
-    assert lines[0].startswith("Cosmology(")
-    first, last = (float(lines[i].split()[-1]) for i in (2, -1))
-    assert last < 1e-3 * first
+def test_demo_reports_both_networks_and_writes_figures_and_logs(capsys, tmp_path):
+    assert main(["demo", "--steps", "60", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "## 1. The paper's setting" in out and "## 2. Handwritten digits" in out
+    assert "relative error" in out and "PASS" in out and "test accuracy" in out
+    assert f"tensorboard --logdir {tmp_path}" in out
+    assert {"paper_potential.png", "paper_modes.png", "digits_spectrum.png"} <= {
+        p.name for p in tmp_path.glob("*.png")
+    }
+    assert list((tmp_path / "paper").glob("events.out.tfevents.*"))
+    assert list((tmp_path / "digits").glob("events.out.tfevents.*"))
+
+
+def test_demo_rejects_bad_steps(capsys):
+    assert main(["demo", "--steps", "0"]) == 2
+    assert "Invalid --steps: 0" in capsys.readouterr().err
+
+
+FACTORIES = """
+import torch
+
+def lazy():
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(1, 256), torch.nn.Tanh(), torch.nn.Linear(256, 1))
+    return net, torch.linspace(-0.2, 0.2, 8).reshape(-1, 1)
+
+def model_only():
+    return torch.nn.Linear(1, 1)
+
+def inputs():
+    return torch.ones(4, 1), torch.zeros(4, 1)
+"""
+
+
+@pytest.fixture
+def factories(tmp_path, monkeypatch):
+    (tmp_path / "userfactories.py").write_text(FACTORIES)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+
+
+def test_check_prints_the_report_and_exit_status_follows_the_verdict(capsys, factories):
+    pytest.importorskip("cosmo_optim.duality")
+    # Ω_φ ≈ 0.42 > 0.1 at lr 1e-4: the report says the duality does not hold, exit 1.
+    assert main(["check", "userfactories:lazy", "--lr", "1e-4", "--momentum", "0.9"]) == 1
+    out = capsys.readouterr().out
+    assert "FLRW duality check: does not hold" in out and "not vacuum dominated" in out
+    # The data may come from a separate factory; the report shows the universe used.
+    assert main(["check", "userfactories:model_only", "--data", "userfactories:inputs",
+                 "--lr", "1e-3", "--momentum", "0.5", "--steps", "20"]) in (0, 1)
+    assert "| lr η, momentum β | 0.001, 0.5 |" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["check", "nosuchmodule:make"], "cannot import module 'nosuchmodule'"),
+        (["check", "userfactories:missing"], "has no attribute 'missing'"),
+        (["check", "userfactories"], "write it as module:function"),
+        (["check", "userfactories:model_only"], "no probe inputs"),
+        (["check", "userfactories:lazy", "--momentum", "1.5", "--lr", "0.1"], "Invalid momentum"),
+    ],
+)
+def test_check_errors_are_one_line_and_exit_2(capsys, factories, argv, message):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and "Traceback" not in err
 
 
 def test_reproduce_runs_a_figure_script_and_lists_its_verdict(capsys, tmp_path):
@@ -94,7 +155,7 @@ def test_reproduce_rejects_unknown_figures_with_usage_error(capsys):
     assert "invalid choice: 'fig7'" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("command", ["demo", "convert", "reproduce"])
+@pytest.mark.parametrize("command", ["demo", "convert", "check", "reproduce"])
 def test_every_command_has_help(capsys, command):
     with pytest.raises(SystemExit) as exit_info:
         main([command, "--help"])
