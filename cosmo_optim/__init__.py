@@ -6,6 +6,7 @@ The public API lives here; modules behind it are implementation.
 from cosmo_optim.cosmology import Cosmology, PowerLaw
 from cosmo_optim.dual import FLRWDual
 from cosmo_optim.losses import PolynomialPotentialLoss, per_sample_loss
+from cosmo_optim.monitor import CosmologyTracker
 from cosmo_optim.ntk import empirical_ntk
 from cosmo_optim.optim import CosmoSGD, cosmology_of
 from cosmo_optim.predict import output_velocity, predict_mean_field, predict_trajectory
@@ -14,6 +15,7 @@ from cosmo_optim.spectrum import NTKEigen, kernel_distance, ntk_eigen
 __all__ = [
     "CosmoSGD",
     "Cosmology",
+    "CosmologyTracker",
     "FLRWDual",
     "NTKEigen",
     "PolynomialPotentialLoss",
