@@ -117,7 +117,6 @@ def check(args: argparse.Namespace) -> int:
     """Run `check_duality` on a user's model factory; exit 1 when the duality fails (T4–T10)."""
     import torch
 
-    from cosmo_optim.duality import check_duality
     from cosmo_optim.losses import PolynomialPotentialLoss
 
     if args.steps < 1:
@@ -140,6 +139,10 @@ def check(args: argparse.Namespace) -> int:
         )
     inputs, targets = data[0], (data[1] if len(data) > 1 else None)
     loss = torch.nn.MSELoss() if targets is not None else PolynomialPotentialLoss(1.0, 2, 0.5)
+    try:
+        from cosmo_optim.duality import check_duality
+    except ImportError as error:
+        raise UsageError(f"this installation has no duality check ({error})") from None
     report = check_duality(model, loss, inputs, targets, cosmology=universe, steps=args.steps,
                            dtype=torch.float64, progress=False)
     print(report.to_markdown())
