@@ -5,6 +5,7 @@ The public API lives here; modules behind it are implementation.
 
 from cosmo_optim.cosmology import Cosmology, PowerLaw
 from cosmo_optim.dual import FLRWDual
+from cosmo_optim.duality import DualityReport, check_duality
 from cosmo_optim.losses import PolynomialPotentialLoss, per_sample_loss
 from cosmo_optim.monitor import CosmologyTracker
 from cosmo_optim.ntk import empirical_ntk
@@ -15,11 +16,13 @@ from cosmo_optim.spectrum import NTKEigen, kernel_distance, ntk_eigen
 __all__ = [
     "CosmoSGD",
     "Cosmology",
+    "DualityReport",
     "CosmologyTracker",
     "FLRWDual",
     "NTKEigen",
     "PolynomialPotentialLoss",
     "PowerLaw",
+    "check_duality",
     "cosmology_of",
     "empirical_ntk",
     "kernel_distance",

@@ -152,7 +152,10 @@ class FLRWDual:
         step: int = 0,
         k: int | None = None,
     ) -> FLRWDual:
-        """From an NTK on the probe set: (N, N), (N, N, C, C) or (N·C, N·C); keeps the top `k`."""
+        """From an NTK on the probe set: (N, N), (N, N, C, C) or (N·C, N·C); keeps the top `k`.
+
+        The NTK is positive semi-definite (T4): round-off negative eigenvalues become 0.
+        """
         n, c = outputs.shape[0], outputs[0].numel()
         if kernel.dim() == 4:
             if kernel.shape != (n, n, c, c):
@@ -173,7 +176,7 @@ class FLRWDual:
         keep = n * c if k is None else int(k)
         if not 1 <= keep <= n * c:
             raise ValueError(f"Invalid k: {k!r}; it must be between 1 and N·C = {n * c}.")
-        lam, vec = lam.flip(0)[:keep], vec.flip(1)[:, :keep]
+        lam, vec = lam.flip(0)[:keep].clamp(min=0), vec.flip(1)[:, :keep]  # Θ is PSD (T4)
         entry = float(kernel.reshape(n, c, n, c).diagonal(dim1=1, dim2=3).mean())
         return cls(lam, vec, loss, outputs, cosmology, targets, velocity, step, entry)
 
