@@ -146,6 +146,7 @@ class DualityReport:
             ax.plot(pre, d.potential(torch.from_numpy(pre)).numpy(), "-", lw=1.5, label="ODE")
             ax.set(xlabel="φ̄ (mean output)", ylabel="V")
             ax.legend(fontsize=8)
+            fig.tight_layout()
             figs["potential"] = fig
         fig = Figure(figsize=(6, 3.5))
         ax = fig.add_subplot()
@@ -157,6 +158,7 @@ class DualityReport:
                     color=line.get_color(), label=f"mode {k} ODE")
         ax.set(xlabel="step", ylabel="u_kᵀ f / sqrt(N)")
         ax.legend(fontsize=7, ncol=2)
+        fig.tight_layout()
         figs["modes"] = fig
         fig = Figure(figsize=(7, 3))
         ax1, ax2 = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
