@@ -11,7 +11,7 @@ the uniform direction (T7 caveat: reported, never assumed).
 * ``--quick``: width {64, 256} × depth {1, 2} × {relu, erf} × σ_w {0.5, 1.0, 1.41} ×
   interval {1, 2, 4} Hubble lengths × 2 seeds, N = 32: 144 kernels.
 * ``--full``: width {64, 256, 1024} × depth {1, 2, 3} × {relu, erf} ×
-  σ_w {0.5, 0.75, 1.0, 1.41} × interval {1, 2, 4, 8} × 3 seeds, N = 64: 1728 kernels.
+  σ_w {0.5, 0.75, 1.0, 1.41} × interval {1, 2, 4, 8} × 3 seeds, N = 64: 864 kernels.
 
 Why: the architecture axes are fig1's (so the two α distributions cover the same networks);
 the interval grows until the kernel varies appreciably across it, where the uniform top mode
