@@ -3,6 +3,7 @@
 The public API lives here; modules behind it are implementation.
 """
 
+from cosmo_optim.advice import Suggestion, suggest_hyperparameters
 from cosmo_optim.cosmology import Cosmology, PowerLaw
 from cosmo_optim.dual import FLRWDual
 from cosmo_optim.duality import DualityReport, check_duality
@@ -22,6 +23,7 @@ __all__ = [
     "NTKEigen",
     "PolynomialPotentialLoss",
     "PowerLaw",
+    "Suggestion",
     "check_duality",
     "cosmology_of",
     "empirical_ntk",
@@ -31,6 +33,7 @@ __all__ = [
     "per_sample_loss",
     "predict_mean_field",
     "predict_trajectory",
+    "suggest_hyperparameters",
 ]
 
 __version__ = "0.1.0"

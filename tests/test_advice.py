@@ -1,0 +1,224 @@
+"""suggest_hyperparameters: Polyak's optimum on quadratics, stability, batch noise, errors."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from cosmo_optim import CosmoSGD, PolynomialPotentialLoss, Suggestion, suggest_hyperparameters
+
+
+def linear_problem(n=40, d=5, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    scales = torch.tensor([3.0, 2.0, 1.0, 0.5, 0.2], dtype=torch.float64)[:d]
+    x = torch.randn(n, d, generator=g, dtype=torch.float64) * scales
+    y = torch.randn(n, 1, generator=g, dtype=torch.float64)
+    model = nn.Linear(d, 1, bias=False).double()
+    with torch.no_grad():
+        model.weight.zero_()
+    return model, x, y
+
+
+def hessian_eigenvalues(model, x, y):
+    """Independent reference: the parameter Hessian of the MSE loss, (2/N) XᵀX."""
+    w0 = model.weight.detach().clone()
+
+    def loss(w):
+        return nn.functional.mse_loss(x @ w.T, y)
+
+    h = torch.autograd.functional.hessian(loss, w0).reshape(w0.numel(), w0.numel())
+    return np.linalg.eigvalsh(h.numpy())
+
+
+def polyak(kappa_max, kappa_min):
+    """Polyak (1964): the heavy-ball optimum for a quadratic with curvatures in [μ, L]."""
+    lr = 4.0 / (math.sqrt(kappa_max) + math.sqrt(kappa_min)) ** 2
+    momentum = ((math.sqrt(kappa_max) - math.sqrt(kappa_min)) / (math.sqrt(kappa_max) + math.sqrt(kappa_min))) ** 2
+    return lr, momentum
+
+
+def test_linear_model_with_quadratic_loss_gets_polyaks_heavy_ball_optimum():
+    model, x, y = linear_problem()
+    s = suggest_hyperparameters(model, nn.MSELoss(), x, y, horizon_steps=2000,
+                                target_loss=0.0, residual_fraction=1.0, safety=1.0)
+    eig = hessian_eigenvalues(model, x, y)
+    lr, momentum = polyak(eig.max(), eig.min())
+    assert s.lr == pytest.approx(lr, rel=1e-8)
+    assert s.momentum == pytest.approx(momentum, rel=1e-8)
+    assert s.active_bound == "residual_fraction"
+    np.testing.assert_allclose(s.softest_curvatures, s.curvatures)  # MSE: ℓ'' is constant
+    assert (s.lr, s.momentum) == (s.cosmology.lr, s.cosmology.momentum)
+
+
+def test_polyak_parameters_sit_on_the_exact_discrete_thresholds_of_T10():
+    model, x, y = linear_problem()
+    s = suggest_hyperparameters(model, nn.MSELoss(), x, y, horizon_steps=2000,
+                                target_loss=0.0, residual_fraction=1.0, safety=1.0)
+    root = math.sqrt(s.momentum)
+    assert s.lr * s.kappa_min == pytest.approx((1 - root) ** 2, rel=1e-8)  # critical damping
+    assert s.lr * s.kappa_max == pytest.approx((1 + root) ** 2, rel=1e-8)
+    assert s.lr * s.kappa_max < 2 * (1 + s.momentum)  # inside the edge of stability
+
+
+def test_residual_fraction_picks_the_range_of_the_modes_that_carry_the_residual():
+    model, x, y = linear_problem()
+    full = suggest_hyperparameters(model, nn.MSELoss(), x, y, horizon_steps=2000,
+                                   target_loss=0.0, residual_fraction=1.0, safety=1.0)
+    part = suggest_hyperparameters(model, nn.MSELoss(), x, y, horizon_steps=2000,
+                                   target_loss=0.0, residual_fraction=0.5, safety=1.0)
+    assert len(part.relevant_modes) < len(full.relevant_modes)
+    assert part.kappa_min >= full.kappa_min
+    assert part.kappa_min == pytest.approx(min(part.curvatures[part.relevant_modes]))
+
+
+def test_suggestion_is_stable_on_every_mode_of_the_linear_model():
+    model, x, y = linear_problem()
+    for safety in (1.0, 0.5):
+        s = suggest_hyperparameters(model, nn.MSELoss(), x, y, horizon_steps=200, safety=safety)
+        eig = hessian_eigenvalues(model, x, y)
+        assert np.all(s.lr * eig < 2 * (1 + s.momentum))
+        assert s.stability_margin < 1
+
+
+def test_suggestion_is_stable_on_every_gauss_newton_mode_of_a_classifier():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 16), nn.Tanh(), nn.Linear(16, 3)).double()
+    x = torch.randn(24, 4, dtype=torch.float64)
+    y = torch.randint(0, 3, (24,))
+    s = suggest_hyperparameters(model, nn.CrossEntropyLoss(), x, y, horizon_steps=100)
+    # Independent reference: the Gauss-Newton matrix (1/N) Jᵀ ℓ'' J in parameter space.
+    params = dict(model.named_parameters())
+    jac = torch.func.jacrev(lambda p: torch.func.functional_call(model, p, (x,)))(params)
+    j = torch.cat([v.reshape(24, 3, -1) for v in jac.values()], dim=2)  # (N, C, P)
+    p = torch.softmax(model(x), dim=1).detach()
+    hess = torch.diag_embed(p) - p[:, :, None] * p[:, None, :]
+    gn = torch.einsum("nap,nab,nbq->pq", j, hess, j) / 24
+    assert s.lr * float(torch.linalg.eigvalsh(gn.detach()).max()) < 2 * (1 + s.momentum)
+
+
+def test_predicted_loss_is_exact_for_a_linear_model_with_quadratic_loss():
+    model, x, y = linear_problem()
+    least = torch.linalg.lstsq(x, y).solution
+    floor = nn.functional.mse_loss(x @ least, y).item()
+    target = 0.5 * (nn.functional.mse_loss(model(x), y).item() + floor)
+    s = suggest_hyperparameters(model, nn.MSELoss(), x, y, horizon_steps=60, target_loss=target)
+    opt = s.optimizer(model.parameters())
+    assert isinstance(opt, CosmoSGD)
+    actual = []
+    for _ in range(61):
+        opt.zero_grad()
+        loss = nn.functional.mse_loss(model(x), y)
+        actual.append(loss.item())
+        loss.backward()
+        opt.step()
+    predicted = s.predict_loss(range(61))
+    np.testing.assert_allclose(predicted, actual, rtol=1e-6, atol=1e-12)
+    assert s.predict_loss(0) == pytest.approx(s.initial_loss)
+    assert s.predicted_steps == int(np.flatnonzero(np.asarray(actual) <= s.target_loss)[0])
+
+
+def test_predict_loss_extends_beyond_the_horizon_and_rejects_negative_steps():
+    model, x, y = linear_problem()
+    s = suggest_hyperparameters(model, nn.MSELoss(), x, y, horizon_steps=10)
+    assert s.predict_loss(30) <= s.predict_loss(10)
+    assert s.predict_loss([0, 5]).shape == (2,)
+    with pytest.raises(ValueError, match="Invalid steps: -1"):
+        s.predict_loss(-1)
+
+
+def per_sample_gradients(model, x, y):
+    grads = []
+    for i in range(x.shape[0]):
+        model.zero_grad()
+        nn.functional.mse_loss(model(x[i : i + 1]), y[i : i + 1]).backward()
+        grads.append(torch.cat([p.grad.reshape(-1) for p in model.parameters()]).clone())
+    return torch.stack(grads)
+
+
+def test_mini_batch_lowers_the_lr_by_the_gradient_noise_scale():
+    model, x, y = linear_problem()
+    with torch.no_grad():
+        model.weight.normal_()
+    n = x.shape[0]
+    g = per_sample_gradients(model, x, y)  # independent: autograd per sample
+    mean = g.mean(0)
+    noise_scale = float((g - mean).pow(2).sum(1).mean() / mean.pow(2).sum())
+    full = suggest_hyperparameters(model, nn.MSELoss(), x, y, horizon_steps=100)
+    assert full.lr_batch_factor == 1.0
+    assert full.noise_scale == pytest.approx(noise_scale, rel=1e-8)
+    previous = full.lr
+    for batch in (20, 8, 2):
+        s = suggest_hyperparameters(model, nn.MSELoss(), x, y, horizon_steps=100, batch_size=batch)
+        expected = 1 / (1 + noise_scale * (n - batch) / ((n - 1) * batch))
+        assert s.lr_batch_factor == pytest.approx(expected, rel=1e-8)
+        assert s.lr < previous  # smaller batches, smaller steps
+        assert math.sqrt(s.lr * s.kappa_min) == pytest.approx(1 - math.sqrt(s.momentum))
+        assert "gradient-noise scale" in s.rationale
+        previous = s.lr
+
+
+def test_rationale_names_the_modes_and_the_active_bound():
+    model, x, y = linear_problem()
+    s = suggest_hyperparameters(model, nn.MSELoss(), x, y, horizon_steps=50)
+    assert isinstance(s, Suggestion)
+    assert "Active bound" in s.rationale and "edge of stability" in s.rationale
+    assert f"{s.lr:.4g}" in s.rationale
+
+
+def test_quartic_potential_damps_the_mass_at_the_end_of_the_roll():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(1, 16), nn.Tanh(), nn.Linear(16, 1))
+    x = torch.linspace(-1, 1, 16)[:, None]
+    loss = PolynomialPotentialLoss(center=1.0, power=4)
+    s = suggest_hyperparameters(model, loss, x, horizon_steps=200, target_loss=0.01)
+    # ℓ'' = 12 (f − 1)² falls as the field rolls to the minimum: the masses to damp are
+    # those at the end of the roll, below those at initialisation.
+    rel = s.relevant_modes
+    assert np.all(s.softest_curvatures[rel] < 0.5 * s.curvatures[rel])
+    assert s.kappa_min <= max(s.softest_curvatures[rel].min(), s.kappa_max / 4)
+    assert s.predicted_steps is not None and s.stability_margin < 1
+
+
+def test_no_trainable_parameters_is_refused():
+    model, x, y = linear_problem()
+    model.requires_grad_(False)
+    with pytest.raises(ValueError, match="no trainable parameters"):
+        suggest_hyperparameters(model, nn.MSELoss(), x, y, horizon_steps=10)
+
+
+def test_nan_loss_is_refused():
+    model, x, y = linear_problem()
+    x[3, 0] = float("nan")
+    with pytest.raises(ValueError, match="Invalid loss at initialisation: nan"):
+        suggest_hyperparameters(model, nn.MSELoss(), x, y, horizon_steps=10)
+
+
+@pytest.mark.parametrize("horizon", [0, -5, 2.5, None])
+def test_horizon_must_be_a_positive_integer(horizon):
+    model, x, y = linear_problem()
+    with pytest.raises(ValueError, match=f"Invalid horizon_steps: {horizon!r}; it must be an integer ≥ 1"):
+        suggest_hyperparameters(model, nn.MSELoss(), x, y, horizon_steps=horizon)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"batch_size": 0}, "Invalid batch_size: 0"),
+        ({"residual_fraction": 0.0}, r"Invalid residual_fraction: 0.0; it must be in \(0, 1\]"),
+        ({"safety": 1.5}, r"Invalid safety: 1.5; it must be in \(0, 1\]"),
+        ({"target_loss": float("inf")}, "Invalid target_loss: inf"),
+        ({"probe_size": 0}, "Invalid probe_size: 0"),
+    ],
+)
+def test_other_bad_arguments_name_the_value_and_the_constraint(kwargs, message):
+    model, x, y = linear_problem()
+    with pytest.raises(ValueError, match=message):
+        suggest_hyperparameters(model, nn.MSELoss(), x, y, horizon_steps=10, **kwargs)
+
+
+def test_targets_already_reached_are_refused():
+    model, x, _ = linear_problem()
+    with pytest.raises(ValueError, match=r"residual .* is zero"):
+        suggest_hyperparameters(model, nn.MSELoss(), x, model(x).detach(), horizon_steps=10)
