@@ -17,8 +17,8 @@ from cosmo_optim.spectrum import NTKEigen, kernel_distance, ntk_eigen
 __all__ = [
     "CosmoSGD",
     "Cosmology",
-    "DualityReport",
     "CosmologyTracker",
+    "DualityReport",
     "FLRWDual",
     "NTKEigen",
     "PolynomialPotentialLoss",
