@@ -6,7 +6,7 @@ PIP := $(BIN)/python -m pip install --constraint constraints.txt
 
 .PHONY: demo test lint docs install clean
 
-$(BIN)/.installed: pyproject.toml constraints.txt
+$(BIN)/.installed: pyproject.toml constraints.txt Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) --upgrade pip
 	$(PIP) -e ".[dev,lightning,docs]"

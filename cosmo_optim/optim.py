@@ -193,6 +193,20 @@ class CosmoSGD(torch.optim.SGD):
         if self._schedule_hook is None:
             self._schedule_hook = self.register_step_pre_hook(_advance_expansion)
 
+    @classmethod
+    def from_suggestion(cls, params: Iterable[Any], suggestion: Any, **sgd_kwargs: Any) -> CosmoSGD:
+        """A `CosmoSGD` at the universe `suggest_hyperparameters` chose (its `.cosmology`).
+
+        `sgd_kwargs` (weight_decay, foreach, ...) are passed on as for the constructor.
+        """
+        cosmology = getattr(suggestion, "cosmology", None)
+        if not isinstance(cosmology, Cosmology):
+            raise ValueError(
+                f"Invalid suggestion: {type(suggestion).__name__} has no Cosmology in "
+                "`.cosmology`; pass the result of cosmo_optim.suggest_hyperparameters."
+            )
+        return cls(params, cosmology=cosmology, **sgd_kwargs)
+
     def cosmology(self, group: int = 0) -> Cosmology:
         """The universe of `group` now, derived from its current `lr` and `momentum` (T3)."""
         return cosmology_of(self, group)

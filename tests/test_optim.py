@@ -283,3 +283,14 @@ def test_cosmology_of_rejects_optimisers_without_a_de_sitter_dual():
         cosmology_of(torch.optim.SGD(params, lr=0.1, momentum=0.9, nesterov=True))
     with pytest.raises(ValueError, match=r"Invalid group=3; the optimiser has 1 param group"):
         cosmology_of(torch.optim.SGD(params, lr=0.1), group=3)
+
+
+def test_from_suggestion_runs_at_the_suggested_universe():
+    class Suggested:
+        cosmology = Cosmology.from_sgd(0.05, 0.7)
+
+    opt = CosmoSGD.from_suggestion(mlp().parameters(), Suggested(), weight_decay=1e-3)
+    assert opt.cosmology() == Suggested.cosmology
+    assert opt.param_groups[0]["weight_decay"] == 1e-3
+    with pytest.raises(ValueError, match=r"Invalid suggestion: dict has no Cosmology in `\.cosmology`"):
+        CosmoSGD.from_suggestion(mlp().parameters(), {"lr": 0.1})
