@@ -151,6 +151,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, object]]:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--smoke", action="store_true", help="tiny model, N = 8: checks it works")
     ap.add_argument("--sizes", type=int, nargs="+", default=[64, 256, 1024])
+    ap.add_argument("--models", nargs="+", default=None,
+                    help="substrings selecting model rows, e.g. CNN Transformer")
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--max-gb", type=float, default=8.0, help="skip jac above this memory")
     ap.add_argument("--threads", type=int, default=torch.get_num_threads(),
@@ -161,6 +163,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, object]]:
         print(json.dumps(child(*json.loads(args.child))))
         return []
     models = SMOKE_MODELS if args.smoke else MODELS
+    if args.models:
+        models = {k: v for k, v in models.items() if any(m in k for m in args.models)}
     sizes = [8] if args.smoke else args.sizes
     repeats = 1 if args.smoke else args.repeats
     print(f"| model | N | {' | '.join(METHODS)} | engine/floor | jac/engine (time, mem) |")

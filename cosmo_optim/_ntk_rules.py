@@ -7,14 +7,18 @@ gradients ``∂f_i/∂W = Σ_s δ_isᵀ x_is`` and ``∂f_i/∂b = Σ_s δ_is``,
     Θ_W[i, j] = Σ_{s,t} (x_is · x_jt)(δ_is · δ_jt)        ("gram" form)
               = <Σ_s δ_isᵀ x_is, Σ_t δ_jtᵀ x_jt>_F        ("psg" form, per-sample gradients)
 
-and an embedding is the same with one-hot ``x`` (``x_is · x_jt = [idx_is == idx_jt]``).
+and an embedding is the same with one-hot ``x`` (``x_is · x_jt = [idx_is == idx_jt]``). A
+``layer_norm`` affine ``y = x̂ ⊙ w + b`` has ``∂f_i/∂w = Σ_s δ_is ⊙ x̂_is`` (per-sample form only).
+Per-sample conv weight gradients are computed one kernel offset at a time (a batched matmul of
+the cotangents with a strided slice of the padded input), never the full ``unfold`` matrix.
 
 Parameters are recognised by watching every torch function call of one forward pass with a
 ``TorchFunctionMode``: a parameter qualifies only if *every* call that touches it is a
-``linear``/``conv1d``/``conv2d``/``embedding`` in the same role (weight or bias), with the
-sample axis first. Anything else (weight tying across kinds, ``F.multi_head_attention_forward``,
-parametrisations, a layer whose input is not batch-first) sends it to the jacobian path, which
-is exact for any parameter.
+``linear``/``conv1d``/``conv2d``/``embedding``/``layer_norm`` in the same role (weight or bias),
+with the sample axis first. Self-attention calls of ``F.multi_head_attention_forward`` are
+re-dispatched as two ``F.linear`` calls (:mod:`cosmo_optim._ntk_attention`). Anything else
+(weight tying across kinds, parametrisations, a layer whose input is not batch-first) sends it
+to the jacobian path, which is exact for any parameter.
 """
 
 from __future__ import annotations
@@ -26,6 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
+from cosmo_optim import _ntk_attention as attention
+
 # (function, argument names) of the calls a structured rule understands.
 _CONV_ARGS = ("input", "weight", "bias", "stride", "padding", "dilation", "groups")
 _SIGNATURES: dict[Any, tuple[str, tuple[str, ...]]] = {
@@ -36,6 +42,7 @@ _SIGNATURES: dict[Any, tuple[str, tuple[str, ...]]] = {
         "embedding",
         ("input", "weight", "padding_idx", "max_norm", "norm_type", "scale_grad_by_freq", "sparse"),
     ),
+    F.layer_norm: ("layer_norm", ("input", "normalized_shape", "weight", "bias", "eps")),
 }
 # Calls that read metadata only: they never carry a derivative, so they are not "uses".
 _METADATA_CALLS = {"dim", "size", "numel", "is_contiguous", "is_floating_point", "stride"}
@@ -72,6 +79,11 @@ class UseRecorder(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
+        if func is F.multi_head_attention_forward:
+            bound = attention.bind(args, kwargs)
+            if attention.supported(bound):
+                with self:  # record the projections as F.linear calls
+                    return attention.decompose(bound)
         out = func(*args, **kwargs)
         hits = [(i, a) for i, a in enumerate(args) if id(a) in self.watched]
         hits += [(k, a) for k, a in kwargs.items() if id(a) in self.watched]
@@ -100,6 +112,11 @@ def _conv_geometry(use: Use) -> tuple[Any, ...] | None:
     a = use.args
     if a.get("groups", 1) != 1 or isinstance(a.get("padding", 0), str):
         return None
+    return _conv_params(use)
+
+
+def _conv_params(use: Use) -> tuple[Any, ...]:
+    a = use.args
     dims = 1 if use.kind == "conv1d" else 2
 
     def two(v: Any, fill: int) -> tuple[int, int]:
@@ -125,9 +142,89 @@ def qualifies(uses: list[Use], n: int) -> bool:
             return False
         if u.kind == "linear" and (x.dim() == 0 or x.shape[0] != n):
             return False
-        if u.kind in ("conv1d", "conv2d") and (_conv_geometry(u) is None or x.dim() != y.dim()):
+        if u.kind in ("conv1d", "conv2d") and (_conv_pads(u) is None or x.dim() != y.dim()):
             return False
     return True
+
+
+def gram_ok(uses: list[Use]) -> bool:
+    """True if the Gram form is available (the per-sample form always is)."""
+    k = uses[0].kind
+    return k in ("linear", "embedding") or (
+        k in ("conv1d", "conv2d") and all(_conv_geometry(u) is not None for u in uses))
+
+
+def _conv_pads(use: Use) -> list[tuple[int, int]] | None:
+    """(left, right) zero padding per spatial dim of a conv call; None if unsupported."""
+    kernel, dilation, padding, _ = _conv_params(use)
+    pad = use.args.get("padding", 0)
+    if pad == "valid":
+        return [(0, 0), (0, 0)]
+    if pad == "same":
+        tot = [d * (k - 1) for k, d in zip(kernel, dilation, strict=True)]
+        return [(t // 2, t - t // 2) for t in tot]
+    if isinstance(pad, str):
+        return None
+    return [(p, p) for p in padding]
+
+
+def per_sample_grad(use: Use, delta: torch.Tensor) -> torch.Tensor:
+    """``∂f_ic/∂θ`` of one call, flattened: (n, C, P). ``delta`` is (C, *y.shape).
+
+    Time O(C n R d_in d_out) (a batched matmul; conv: one per kernel offset), memory
+    O(n C P) plus, for a conv, one strided input slice (n, C_in, L) at a time.
+    """
+    C, n = delta.shape[0], delta.shape[1]
+    kind, x = use.kind, use.args["input"].detach()
+    if use.role == "bias":  # Σ_s δ_is over every axis but the channel axis
+        if kind in ("conv1d", "conv2d"):
+            return delta.reshape(C, n, delta.shape[2], -1).sum(-1).transpose(0, 1)
+        width = use.args["bias"].numel()
+        return delta.reshape(C, n, -1, width).sum(2).transpose(0, 1)
+    if kind == "linear":
+        d = delta.reshape(C, n, -1, delta.shape[-1])
+        G = torch.einsum("cnrd,nre->ncde", d, x.reshape(n, -1, x.shape[-1]))
+        return G.reshape(n, C, -1)
+    if kind == "embedding":  # scatter δ into vocabulary rows
+        ids, d = rows(use, delta)
+        V, d_out = use.args["weight"].shape
+        G = torch.zeros(n, C, V, d_out, dtype=delta.dtype, device=delta.device)
+        idx = ids.unsqueeze(1).unsqueeze(-1).expand(n, C, ids.shape[1], d_out)
+        G.scatter_add_(2, idx, d.transpose(0, 1))
+        return G.reshape(n, C, -1)
+    if kind == "layer_norm":  # ∂f/∂w = Σ_s δ_is ⊙ x̂_is
+        shape = tuple(use.args["normalized_shape"])
+        xh = F.layer_norm(x, shape, None, None, use.args.get("eps", 1e-5))
+        width = use.args["weight"].numel()
+        return torch.einsum("cnrd,nrd->ncd", delta.reshape(C, n, -1, width),
+                            xh.reshape(n, -1, width))
+    return _conv_psg(use, x, delta)
+
+
+def _conv_psg(use: Use, x: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+    """Per-sample conv weight gradients, one kernel offset at a time (no ``unfold``)."""
+    kernel, dilation, _, stride = _conv_params(use)
+    pads = _conv_pads(use)
+    assert pads is not None
+    g = use.args.get("groups", 1)
+    C, n, c_out = delta.shape[0], delta.shape[1], delta.shape[2]
+    if use.kind == "conv1d":
+        x, delta, pads = x.unsqueeze(2), delta.unsqueeze(3), [(0, 0), pads[-1]]
+    Ho, Wo = delta.shape[-2], delta.shape[-1]
+    xp = F.pad(x, (*pads[1], *pads[0]))
+    c_in = x.shape[1]
+    d = delta.reshape(C, n, g, c_out // g, Ho * Wo).permute(1, 2, 0, 3, 4)
+    d = d.reshape(n * g, C * (c_out // g), Ho * Wo)
+    G = torch.empty(n, g, C, c_out // g, c_in // g, kernel[0], kernel[1],
+                    dtype=delta.dtype, device=delta.device)
+    for a in range(kernel[0]):
+        for b in range(kernel[1]):
+            r0, c0 = a * dilation[0], b * dilation[1]
+            sl = xp[:, :, r0 : r0 + stride[0] * (Ho - 1) + 1 : stride[0],
+                    c0 : c0 + stride[1] * (Wo - 1) + 1 : stride[1]]
+            sl = sl.reshape(n * g, c_in // g, Ho * Wo)
+            G[..., a, b] = torch.bmm(d, sl.transpose(1, 2)).view(n, g, C, c_out // g, c_in // g)
+    return G.permute(0, 2, 1, 3, 4, 5, 6).reshape(n, C, -1)
 
 
 def rows(use: Use, delta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -157,11 +254,13 @@ def rows(use: Use, delta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 def row_count_and_width(use: Use) -> tuple[int, int, int]:
     """(R, d_in, d_out) per sample for the cost model; d_in = vocabulary size for embeddings."""
-    w = use.args["weight"]
+    w = use.args["weight"] if use.args.get("weight") is not None else use.args["bias"]
     y = use.out
     assert y is not None
     if use.kind == "linear":
         return y[0].numel() // y.shape[-1], w.shape[1], w.shape[0]
     if use.kind == "embedding":
         return y[0].numel() // y.shape[-1], w.shape[0], w.shape[1]
+    if use.kind == "layer_norm":
+        return y[0].numel() // w.numel(), w.numel(), w.numel()
     return y[0].numel() // y.shape[1], w[0].numel(), w.shape[0]

@@ -100,7 +100,7 @@ def empirical_ntk(
     if train_mode:
         _refuse_coupling(model)
     devices = [inputs.device] if inputs.device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices), _training(model, train_mode):
+    with torch.random.fork_rng(devices=devices), _training(model, train_mode), _no_fastpath():
         engine = _Engine(model, selected, inputs, output, method, dtype, memory_budget)
         return engine.run()
 
@@ -141,6 +141,17 @@ def _refuse_coupling(model: nn.Module) -> None:
                 f"Invalid train_mode: True with Dropout module {name!r} (p={m.p}); the NTK of a "
                 "random function is undefined. Fix: use train_mode=False."
             )
+
+
+@contextlib.contextmanager
+def _no_fastpath() -> Iterator[None]:
+    """Keep ``nn.MultiheadAttention`` on ``F.multi_head_attention_forward`` (no fused kernels)."""
+    flag = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        yield
+    finally:
+        torch.backends.mha.set_fastpath_enabled(flag)
 
 
 @contextlib.contextmanager
@@ -259,13 +270,14 @@ class _Engine:
         N, C, isz = self.N, self.C, self.isz
         dims = [rules.row_count_and_width(u) for u in uses]
         R, d_in, d_out = sum(d[0] for d in dims), dims[0][1], dims[0][2]
-        if uses[0].role == "bias":
+        if uses[0].role == "bias" or uses[0].kind == "layer_norm":
             return "psg", N * C * d_out * isz
         c2 = C if self.full else 1
         gram = N * N * R * R * (d_in + C * c2 * d_out)
         psg = C * N * R * d_in * d_out + C * c2 * N * N * d_in * d_out
         psg_bytes = N * C * d_in * d_out * isz
-        if self.method == "structured" or gram <= psg or psg_bytes > self.budget // 2:
+        gram_first = self.method == "structured" or gram <= psg or psg_bytes > self.budget // 2
+        if rules.gram_ok(uses) and gram_first:
             width = 1 if uses[0].kind == "embedding" else d_in
             return "gram", N * R * (width + C * d_out) * isz
         return "psg", psg_bytes
@@ -305,8 +317,7 @@ class _Engine:
                 for i, (k, y) in enumerate(outs.items())
             }
             for n in live:
-                terms = [rules.rows(u, delta[id(u.out)]) for u in recorder.uses[n]]
-                store[n].append(self._chunk_term(plan[n][0], recorder.uses[n], terms))
+                store[n].append(self._chunk_term(plan[n][0], recorder.uses[n], delta))
         for n in plan:
             if n in demoted:
                 continue
@@ -318,23 +329,15 @@ class _Engine:
                 self._gram(K, torch.cat(xs), torch.cat(ds, dim=1), recorder.uses[n][0].kind)
         return sorted(demoted)
 
-    def _chunk_term(self, form: str, uses: list[rules.Use], terms: list[Any]) -> Any:
+    def _chunk_term(self, form: str, uses: list[rules.Use], delta: dict[int, torch.Tensor]) -> Any:
         """Per chunk: per-sample gradients (n, C, P) for "psg", or rows (X, Δ) for "gram"."""
-        role, kind = uses[0].role, uses[0].kind
-        if role == "bias":  # ∂f_i/∂b = Σ_s δ_is
-            return torch.stack([d.sum(2) for _, d in terms]).sum(0).transpose(0, 1)
         if form == "gram":
+            terms = [rules.rows(u, delta[id(u.out)]) for u in uses]
             return torch.cat([x for x, _ in terms], 1), torch.cat([d for _, d in terms], 2)
-        if kind == "embedding":  # scatter δ into vocabulary rows
-            V = uses[0].args["weight"].shape[0]
-            C, n, _, d_out = terms[0][1].shape
-            G = torch.zeros(n, C, V, d_out, dtype=self.dtype, device=self.x.device)
-            for ids, d in terms:
-                idx = ids.unsqueeze(1).unsqueeze(-1).expand(n, C, ids.shape[1], d_out)
-                G.scatter_add_(2, idx, d.transpose(0, 1))
-            return G.reshape(n, C, -1)
-        G = torch.stack([torch.einsum("cnrd,nre->ncde", d, x) for x, d in terms]).sum(0)
-        return G.reshape(G.shape[0], G.shape[1], -1)
+        G = rules.per_sample_grad(uses[0], delta[id(uses[0].out)])
+        for u in uses[1:]:  # a layer called several times: gradients add (cross terms exact)
+            G = G + rules.per_sample_grad(u, delta[id(u.out)])
+        return G
 
     def _gram(self, K: torch.Tensor, X: torch.Tensor, D: torch.Tensor, kind: str | None) -> None:
         """K += Σ_{s,t} (x_is·x_jt)(δ_is·δ_jt), in blocks of b samples (rule in module doc)."""

@@ -194,7 +194,7 @@ def test_exact_under_tiny_memory_budget_with_chunking() -> None:
     model, x = build("transformer", torch.float64)
     R = reference_ntk(model, x)
     for method in METHODS:
-        assert_close(empirical_ntk(model, x, method=method, memory_budget=200_000), R, 1e-8)
+        assert_close(empirical_ntk(model, x, method=method, memory_budget=300_000), R, 1e-8)
 
 
 def test_memory_budget_too_small_raises_before_allocating() -> None:
