@@ -49,7 +49,7 @@ class CosmologyMonitorMixin:
         self.probe_size = _check_int("probe_size", probe_size, 1, "Use e.g. probe_size=64.")
         if log_figures_every_n_steps is not None:
             _check_int("log_figures_every_n_steps", log_figures_every_n_steps, 1, "Or None to "
-                       "draw figures once, at the end of training.")
+                       "draw no figures.")
         self.log_figures_every_n_steps = log_figures_every_n_steps
         if not isinstance(prefix, str):
             raise ValueError(f"Invalid prefix: {prefix!r}; it must be a string such as 'train/'.")
@@ -157,14 +157,13 @@ class CosmologyMonitorMixin:
         self._log(trainer, self._tracker().step(step), step)
 
     def on_train_end(self, trainer: Any, pl_module: Any) -> None:
-        """Draw the figures of the whole run once more, at the last probe."""
+        """With figures enabled, draw those of the whole run once more, at the last probe."""
         tracker = self._tracker()
-        if not tracker.history or not trainer.is_global_zero:
+        step = tracker.final_figures_step()
+        if step is None or not trainer.is_global_zero:
             return
-        step = tracker.history[-1]["step"]
-        if tracker._figures_step != step:
-            for writer in self._writers(trainer):
-                _monitor_tb.write_figures(writer, tracker, step)
+        for writer in self._writers(trainer):
+            _monitor_tb.write_figures(writer, tracker, step)
 
     # ----- output ------------------------------------------------------------------------------
     def _writers(self, trainer: Any) -> list[Any]:

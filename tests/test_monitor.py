@@ -70,7 +70,8 @@ def test_hubble_rate_and_vacuum_energy_equal_the_optimiser_s_in_the_event_file(t
     model = nn.Sequential(nn.Linear(3, 8), nn.Tanh(), nn.Linear(8, 1))
     opt = CosmoSGD(model.parameters(), vacuum_energy=2.0, time_step=0.1)
     tracker = CosmologyTracker(model, nn.MSELoss(), probe_batch=(x, y), top_k=2,
-                               every_n_steps=4, sink=tmp_path, prefix="run/")
+                               every_n_steps=4, sink=tmp_path, prefix="run/",
+                               log_figures_every_n_steps=8)
     tracker.attach(opt)
     train(model, opt, x, y, 8)
     tracker.close()
@@ -83,6 +84,30 @@ def test_hubble_rate_and_vacuum_energy_equal_the_optimiser_s_in_the_event_file(t
     assert [e.value for e in hubble] == pytest.approx([universe.hubble_rate] * 3)
     assert [e.value for e in acc.Scalars("run/cosmology/vacuum_energy")] == pytest.approx([2.0] * 3)
     assert {"run/figures/potential", "run/figures/modes"} <= set(acc.Tags()["images"])
+
+
+def test_figures_are_opt_in_and_drawn_at_their_steps_and_at_close(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    x, y = data(dtype=torch.float32)
+
+    def images(log_dir, **kwargs):
+        torch.manual_seed(0)
+        model = nn.Linear(3, 1)
+        opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.5)
+        tracker = CosmologyTracker(model, nn.MSELoss(), probe_batch=(x, y), top_k=1,
+                                   every_n_steps=2, sink=log_dir, **kwargs)
+        tracker.attach(opt)
+        train(model, opt, x, y, 7)  # probes at 0, 2, 4, 6
+        tracker.close()
+        acc = EventAccumulator(str(log_dir), size_guidance={"images": 0})
+        acc.Reload()
+        return {tag: [e.step for e in acc.Images(tag)] for tag in acc.Tags()["images"]}
+
+    assert images(tmp_path / "default") == {}
+    drawn = images(tmp_path / "every4", log_figures_every_n_steps=4)
+    assert drawn == {tag: [0, 4, 6] for tag in
+                     ("figures/potential", "figures/spectrum", "figures/modes")}
 
 
 def test_callable_sink_receives_every_probe():

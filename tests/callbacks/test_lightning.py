@@ -91,7 +91,8 @@ def steps_of(acc: EventAccumulator, tag: str) -> list[int]:
 def test_tags_steps_and_values_reach_tensorboard_and_callback_metrics(tmp_path):
     L.seed_everything(0)
     model = Regressor()
-    monitor = CosmologyMonitor(nn.MSELoss(), every_n_train_steps=5, top_k=3)
+    monitor = CosmologyMonitor(nn.MSELoss(), every_n_train_steps=5, top_k=3,
+                               log_figures_every_n_steps=10)
     fit = trainer(tmp_path, [monitor])
     fit.fit(model, data())
     acc = events(tmp_path / "version_0")
@@ -130,6 +131,21 @@ def test_default_interval_is_log_every_n_steps_and_one_probe_per_optimiser_step(
     assert monitor.tracker.every_n_steps == 3
     assert [r["step"] for r in monitor.tracker.history] == [0, 3, 6]
     assert "cosmology/omega_phi" not in monitor.tracker.history[-1]["scalars"]
+
+
+def test_figures_are_opt_in_and_drawn_at_their_steps_and_at_the_end(tmp_path):
+    for name, every, expected in (("default", None, {}), ("every4", 4, [0, 4, 8, 10])):
+        L.seed_everything(0)
+        monitor = CosmologyMonitor(nn.MSELoss(), every_n_train_steps=2,
+                                   log_figures_every_n_steps=every)
+        trainer(tmp_path / name, [monitor]).fit(Regressor(), data())  # probes 0, 2, ..., 10
+        images = events(tmp_path / name / "version_0").Tags()["images"]
+        if every is None:
+            assert images == []
+            continue
+        assert set(images) == {"figures/potential", "figures/spectrum", "figures/modes"}
+        for tag in images:
+            assert [e.step for e in events(tmp_path / name / "version_0").Images(tag)] == expected
 
 
 @pytest.mark.parametrize("optimizer", ["cosmo", "adam"])
