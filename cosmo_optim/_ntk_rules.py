@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch.func import vmap
 from torch.overrides import TorchFunctionMode
 
 from cosmo_optim import _ntk_attention as attention
@@ -202,29 +203,31 @@ def per_sample_grad(use: Use, delta: torch.Tensor) -> torch.Tensor:
 
 
 def _conv_psg(use: Use, x: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
-    """Per-sample conv weight gradients, one kernel offset at a time (no ``unfold``)."""
-    kernel, dilation, _, stride = _conv_params(use)
+    """Per-sample conv weight gradients (no ``unfold``): torch's weight-gradient kernel
+    (``convolution_backward``) vmapped over samples and output components, which batches them
+    as one grouped convolution. Time ≈ the layer's weight gradient; memory O(n C P)."""
+    _, dilation, _, stride = _conv_params(use)
     pads = _conv_pads(use)
     assert pads is not None
+    w = use.args["weight"].detach()
     g = use.args.get("groups", 1)
-    C, n, c_out = delta.shape[0], delta.shape[1], delta.shape[2]
     if use.kind == "conv1d":
-        x, delta, pads = x.unsqueeze(2), delta.unsqueeze(3), [(0, 0), pads[-1]]
-    Ho, Wo = delta.shape[-2], delta.shape[-1]
-    xp = F.pad(x, (*pads[1], *pads[0]))
-    c_in = x.shape[1]
-    d = delta.reshape(C, n, g, c_out // g, Ho * Wo).permute(1, 2, 0, 3, 4)
-    d = d.reshape(n * g, C * (c_out // g), Ho * Wo)
-    G = torch.empty(n, g, C, c_out // g, c_in // g, kernel[0], kernel[1],
-                    dtype=delta.dtype, device=delta.device)
-    for a in range(kernel[0]):
-        for b in range(kernel[1]):
-            r0, c0 = a * dilation[0], b * dilation[1]
-            sl = xp[:, :, r0 : r0 + stride[0] * (Ho - 1) + 1 : stride[0],
-                    c0 : c0 + stride[1] * (Wo - 1) + 1 : stride[1]]
-            sl = sl.reshape(n * g, c_in // g, Ho * Wo)
-            G[..., a, b] = torch.bmm(d, sl.transpose(1, 2)).view(n, g, C, c_out // g, c_in // g)
-    return G.permute(0, 2, 1, 3, 4, 5, 6).reshape(n, C, -1)
+        pads, dilation, stride = pads[-1:], dilation[-1:], stride[-1:]
+    if any(a != b for a, b in pads):  # asymmetric ("same" with an even kernel): pad first
+        x = F.pad(x, [p for pair in reversed(pads) for p in pair])
+        pads = [(0, 0)] * len(pads)
+    padding = [a for a, _ in pads]
+
+    def weight_grad(xi: torch.Tensor, di: torch.Tensor) -> torch.Tensor:
+        return torch.ops.aten.convolution_backward(
+            di[None], xi[None], w, None, list(stride), padding, list(dilation), False,
+            [0] * len(padding), g, [False, True, False])[1]
+
+    delta = delta.contiguous()  # cotangents may come back with broadcast strides
+    if delta.shape[0] == 1:
+        return vmap(weight_grad)(x, delta[0]).reshape(x.shape[0], 1, -1)
+    G = vmap(vmap(weight_grad, in_dims=(None, 0)), in_dims=(0, 1))(x, delta)
+    return G.reshape(G.shape[0], G.shape[1], -1)
 
 
 def rows(use: Use, delta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

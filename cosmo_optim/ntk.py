@@ -179,6 +179,25 @@ def _block(ga: torch.Tensor, gb: torch.Tensor, full: bool) -> torch.Tensor:
     return prod.reshape(na, C, nb, C).permute(0, 2, 1, 3)
 
 
+def _accumulate(K: torch.Tensor, G: torch.Tensor, full: bool) -> None:
+    """``K += G Gᵀ`` in place; for the trace kernel only the blocks on and above the diagonal
+    are multiplied (the product is symmetric), which saves up to half the time."""
+    if full:
+        K += _block(G, G, True)
+        return
+    N = G.shape[0]
+    G = G.reshape(N, -1)
+    nb = 1 if N < 128 else 2 if N < 512 else 4
+    cut = [N * k // nb for k in range(nb + 1)]
+    for a in range(nb):
+        ga = G[cut[a] : cut[a + 1]]
+        K[cut[a] : cut[a + 1], cut[a] : cut[a + 1]].addmm_(ga, ga.T)
+        if a + 1 < nb:
+            blk = ga @ G[cut[a + 1] :].T
+            K[cut[a] : cut[a + 1], cut[a + 1] :] += blk
+            K[cut[a + 1] :, cut[a] : cut[a + 1]] += blk.T
+
+
 class _Engine:
     """One kernel request: probe, plan, structured pass, jacobian pass."""
 
@@ -312,8 +331,9 @@ class _Engine:
                                     allow_unused=True) if ys else ()
                 for c in range(self.C)
             ]
-            delta = {
+            delta = {  # (C, *y.shape); a view when C == 1
                 k: torch.stack([g[i] if g[i] is not None else torch.zeros_like(y) for g in per_c])
+                if self.C > 1 or per_c[0][i] is None else per_c[0][i].unsqueeze(0)
                 for i, (k, y) in enumerate(outs.items())
             }
             for n in live:
@@ -322,11 +342,15 @@ class _Engine:
             if n in demoted:
                 continue
             if plan[n][0] == "psg":
-                G = torch.cat(store[n])
-                K += _block(G, G, self.full)
+                G = store[n][0] if len(store[n]) == 1 else torch.cat(store[n])
+                store[n] = []
+                _accumulate(K, G, self.full)
             else:
                 xs, ds = zip(*store[n], strict=True)
-                self._gram(K, torch.cat(xs), torch.cat(ds, dim=1), recorder.uses[n][0].kind)
+                store[n] = []
+                X = xs[0] if len(xs) == 1 else torch.cat(xs)
+                D = ds[0] if len(ds) == 1 else torch.cat(ds, dim=1)
+                self._gram(K, X, D, recorder.uses[n][0].kind)
         return sorted(demoted)
 
     def _chunk_term(self, form: str, uses: list[rules.Use], delta: dict[int, torch.Tensor]) -> Any:

@@ -101,6 +101,54 @@ def conv1d_net() -> nn.Module:
                          nn.Linear(3 * 7, 1))
 
 
+class ConvZoo(nn.Module):
+    """Convs with groups, "same" padding (even kernel: asymmetric), stride with dilation."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1 = nn.Conv2d(2, 4, 3, padding="same", dilation=2)
+        self.c2 = nn.Conv2d(4, 6, 3, stride=2, padding=1, groups=2)
+        self.c3 = nn.Conv2d(6, 3, (2, 3), stride=(1, 2), dilation=(2, 1), padding=(1, 0))
+        self.d1 = nn.Conv1d(2, 4, 4, padding="same", groups=2)
+        self.head = nn.Linear(3 * 4 * 1 + 4 * 7, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (N, 2, 7, 7)
+        h = self.c3(torch.tanh(self.c2(torch.tanh(self.c1(x)))))
+        s = torch.tanh(self.d1(x[:, :, 3]))
+        return self.head(torch.cat([h.flatten(1), s.flatten(1)], 1))
+
+
+class Attention(nn.Module):
+    """Self-attention with masks, attention weights and a 2-d LayerNorm (structured rules)."""
+
+    def __init__(self, mode: str, d: int = 8, S: int = 5) -> None:
+        super().__init__()
+        self.mode = mode
+        self.inp = nn.Linear(3, d)
+        self.enc = nn.TransformerEncoderLayer(d, 2, 16, dropout=0.0, batch_first=True,
+                                              norm_first=mode == "causal")
+        self.mha = nn.MultiheadAttention(d, 2, batch_first=True)
+        self.ln = nn.LayerNorm((S, d))
+        self.head = nn.Linear(d, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (N, S, 3)
+        h = self.inp(x)
+        S = h.shape[1]
+        pad = x[:, :, 0] > 1.0  # data-dependent key padding (never a whole row here)
+        pad[:, 0] = False
+        if self.mode == "padding":
+            h = self.enc(h, src_key_padding_mask=pad)
+        elif self.mode == "causal":
+            mask = nn.Transformer.generate_square_subsequent_mask(S, dtype=h.dtype)
+            h = self.enc(h, src_mask=mask, is_causal=True)
+        else:
+            h = self.enc(h)
+        a, w = self.mha(h, h, h, key_padding_mask=pad if self.mode != "plain" else None,
+                        need_weights=True, average_attn_weights=self.mode == "plain")
+        h = self.ln(h + a) * (1 + w.reshape(h.shape[0], -1)[:, :1, None])
+        return self.head(h).mean(1)
+
+
 CASES = {
     "tanh": (lambda: mlp(nn.Tanh), lambda g: torch.randn(6, 3, generator=g)),
     "relu": (lambda: mlp(nn.ReLU, d_out=2), lambda g: torch.randn(6, 3, generator=g)),
@@ -111,6 +159,12 @@ CASES = {
     "transformer": (TinyLM, lambda g: torch.randint(0, 13, (6, 5), generator=g)),
     "tied": (lambda: TinyLM(tied=True), lambda g: torch.randint(0, 13, (6, 5), generator=g)),
     "twice": (Twice, lambda g: torch.randn(5, 4, 3, generator=g)),
+    "convzoo": (ConvZoo, lambda g: torch.randn(5, 2, 7, 7, generator=g)),
+    "attention": (lambda: Attention("plain"), lambda g: torch.randn(5, 5, 3, generator=g)),
+    "attention_padding": (lambda: Attention("padding"),
+                          lambda g: torch.randn(5, 5, 3, generator=g)),
+    "attention_causal": (lambda: Attention("causal"),
+                         lambda g: torch.randn(5, 5, 3, generator=g)),
 }
 
 
@@ -288,3 +342,18 @@ def test_single_sample_and_two_samples() -> None:
     for n in (1, 2):
         assert_close(empirical_ntk(model, x[:n]), reference_ntk(model, x[:n]), 1e-8)
     assert math.isfinite(float(empirical_ntk(model, x[:1])))
+
+
+def test_attention_layer_norm_and_grouped_conv_take_the_structured_rules() -> None:
+    from cosmo_optim import _ntk_rules as rules
+
+    for case in ("attention", "attention_padding", "attention_causal", "convzoo"):
+        model, x = build(case, torch.float64)
+        leaves = {n: p.detach().clone().requires_grad_(True) for n, p in model.named_parameters()}
+        recorder = rules.UseRecorder({id(t): n for n, t in leaves.items()})
+        with recorder:
+            torch.func.functional_call(model.eval(), leaves, (x,))
+        kinds = {n: {u.kind for u in us} for n, us in recorder.uses.items()}
+        unknown = [n for n, k in kinds.items() if None in k]
+        assert not unknown, f"{case}: {unknown} fall back to the jacobian path"
+        assert all(rules.qualifies(us, x.shape[0]) for us in recorder.uses.values())
