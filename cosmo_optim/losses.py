@@ -5,7 +5,9 @@ is `L = (1/N) Σ_i ℓ(f(x_i), y_i)` (T4), so the force on output i is `ℓ'(f_i
 of a mode needs the curvature `ℓ''` (T8). `PerSampleLoss` turns a torch loss module (MSE,
 cross-entropy, any elementwise `_Loss`), `PolynomialPotentialLoss` (paper Eq. 28) or a user
 callable into that form, and `loss_derivatives` differentiates it with autograd: for a model
-with C outputs ℓ' is a C-vector and ℓ'' a C×C Hessian per sample.
+with C outputs ℓ' is a C-vector and ℓ'' a C×C Hessian per sample. `PerSampleLoss.gradient`
+gives ℓ' alone, in closed form for the built-in losses (MSE, cross-entropy, the polynomial
+potential) and by autograd otherwise: the trajectory prediction calls it once per step.
 """
 
 from __future__ import annotations
@@ -21,6 +23,10 @@ from torch import Tensor, nn
 __all__ = ["PerSampleLoss", "PolynomialPotentialLoss", "loss_derivatives", "per_sample_loss"]
 
 _REDUCTIONS = ("mean", "sum", "none")
+
+#: A loss's closed-form ℓ': given the targets, a function of the outputs returning
+#: ∂(Σ_i ℓ_i)/∂f, or None for inputs it does not cover (then autograd is used).
+GradientHook = Callable[[Tensor | None], Callable[[Tensor], Tensor | None]]
 
 
 class PolynomialPotentialLoss(nn.Module):
@@ -92,9 +98,11 @@ class PerSampleLoss:
         per_sample: Callable[[Tensor, Tensor | None], Tensor],
         training_loss: Callable[[Tensor, Tensor | None], Tensor] | None = None,
         name: str = "loss",
+        gradient: GradientHook | None = None,
     ) -> None:
         self._per_sample = per_sample
         self._training = training_loss
+        self._gradient = gradient
         self.name = name
 
     def per_sample(self, outputs: Tensor, targets: Tensor | None = None) -> Tensor:
@@ -108,6 +116,38 @@ class PerSampleLoss:
                 "(use reduction='none' and average over the non-batch dimensions)."
             )
         return values
+
+    def gradient(self, outputs: Tensor, targets: Tensor | None = None) -> Tensor:
+        """ℓ'(f_i, y_i) = ∂ℓ_i/∂f_i for every sample, the shape of `outputs` (T4).
+
+        In closed form when the loss has one (the built-in losses, for the inputs they cover),
+        else one autograd call on Σ_i ℓ_i.
+
+        >>> ell = per_sample_loss(torch.nn.MSELoss())
+        >>> ell.gradient(torch.tensor([[1.0, 3.0]]), torch.tensor([[0.0, 0.0]])).tolist()
+        [[1.0, 3.0]]
+        """
+        return self.gradient_at(targets)(outputs)
+
+    def gradient_at(self, targets: Tensor | None = None) -> Callable[[Tensor], Tensor]:
+        """`gradient` with the targets fixed: f ↦ ℓ'(f, targets), for repeated calls (the
+        target-only work of a closed form is done once)."""
+        closed = None if self._gradient is None else self._gradient(targets)
+
+        def autograd(outputs: Tensor) -> Tensor:
+            with torch.enable_grad():
+                f = outputs.detach().requires_grad_(True)
+                (g,) = torch.autograd.grad(self.per_sample(f, targets).sum(), f)
+            return g
+
+        if closed is None:
+            return autograd
+
+        def gradient(outputs: Tensor) -> Tensor:
+            g = closed(outputs)
+            return autograd(outputs) if g is None else g
+
+        return gradient
 
     def training_loss(self, outputs: Tensor, targets: Tensor | None = None) -> Tensor:
         """The scalar training loss L; the mean of `per_sample` unless a module was given."""
@@ -157,7 +197,75 @@ def _from_torch_loss(module: nn.modules.loss._Loss) -> PerSampleLoss:
             return n * values.sum(dim=1)
         return values.mean(dim=1)
 
-    return PerSampleLoss(per_sample, lambda f, y: module(f, target_of(y)), name)
+    return PerSampleLoss(per_sample, lambda f, y: module(f, target_of(y)), name,
+                         _closed_form_gradient(module, reduction))
+
+
+def _closed_form_gradient(module: nn.Module, reduction: str) -> GradientHook | None:
+    """∂/∂f of `_from_torch_loss`'s per-sample loss for MSE and cross-entropy, or None.
+
+    Exact types only (a subclass may override `forward`). The hook takes the targets and
+    returns ℓ' as a function of the outputs (target-only work done once); that function
+    returns None, for the autograd fallback, on inputs it does not cover.
+    """
+    kind = type(module)
+    if kind is nn.MSELoss:
+
+        def mse(y: Tensor | None) -> Callable[[Tensor], Tensor | None]:
+            def grad(f: Tensor) -> Tensor | None:
+                if y is None or y.shape != f.shape or not y.is_floating_point():
+                    return None
+                n = f.shape[0]
+                scale = 2.0 * n if reduction == "sum" else 2.0 / max(f[0].numel(), 1)
+                return scale * (f - y.to(f.dtype))  # ℓ_i = mean_d (f − y)², or n·Σ_d (f − y)²
+
+            return grad
+
+        return mse
+    if kind is nn.CrossEntropyLoss:
+        eps = float(getattr(module, "label_smoothing", 0.0))
+        ignore = int(getattr(module, "ignore_index", -100))
+        Prepared = tuple[Tensor, Tensor | None, Tensor | None]
+
+        def cross_entropy(y: Tensor | None) -> Callable[[Tensor], Tensor | None]:
+            # ℓ = −Σ_c q_c log p_c, p = softmax(f)  ⇒  ℓ' = p Σ_c q_c − q (0 for ignored rows),
+            # q the (label-smoothed) target distribution
+            cache: dict[tuple[int, int, torch.dtype, torch.device], Prepared | None] = {}
+
+            def prepare(f: Tensor) -> Prepared | None:  # (q, Σ_c q_c or None if 1, row mask)
+                assert y is not None
+                n, c = f.shape
+                if y.shape == (n,) and not y.is_floating_point():  # class indices
+                    kept = y != ignore
+                    hit = torch.zeros(n, c, dtype=f.dtype, device=f.device)
+                    hit[kept.nonzero()[:, 0], y[kept].long()] = 1.0
+                    q = (1.0 - eps) * hit + eps / c
+                    return q, None, None if bool(kept.all()) else kept.to(f.dtype)[:, None]
+                if y.shape == f.shape and y.is_floating_point():  # class probabilities
+                    q = y.to(f.dtype) * (1.0 - eps) + eps / c
+                    return q, q.sum(dim=1, keepdim=True), None
+                return None
+
+            def grad(f: Tensor) -> Tensor | None:
+                if y is None or f.dim() != 2 or not f.is_floating_point():
+                    return None
+                key = (f.shape[0], f.shape[1], f.dtype, f.device)
+                if key not in cache:
+                    cache[key] = prepare(f)
+                prepared = cache[key]
+                if prepared is None:
+                    return None
+                q, total, mask = prepared
+                p = torch.softmax(f, dim=1)
+                g = (p if total is None else p * total) - q
+                if mask is not None:
+                    g = g * mask
+                return f.shape[0] * g if reduction == "sum" else g
+
+            return grad
+
+        return cross_entropy
+    return None
 
 
 def per_sample_loss(loss: Any) -> PerSampleLoss:
@@ -176,7 +284,15 @@ def per_sample_loss(loss: Any) -> PerSampleLoss:
     if isinstance(loss, PerSampleLoss):
         return loss
     if isinstance(loss, PolynomialPotentialLoss):
-        return PerSampleLoss(loss.per_sample, lambda f, y: loss.per_sample(f).mean(), repr(loss))
+        gradient = None
+        if type(loss).per_sample is PolynomialPotentialLoss.per_sample:
+
+            def gradient(y: Tensor | None) -> Callable[[Tensor], Tensor]:
+                p, a, c = loss.power, loss.power * loss.scale, loss.center
+                return lambda f: a * (f - c) ** (p - 1)  # ℓ' = p·scale·(f − c)^(p−1)
+
+        return PerSampleLoss(loss.per_sample, lambda f, y: loss.per_sample(f).mean(), repr(loss),
+                             gradient)
     if isinstance(loss, nn.modules.loss._Loss):
         return _from_torch_loss(loss)
     if callable(loss):

@@ -86,3 +86,51 @@ def test_bad_losses_give_clear_errors():
         per_sample_loss(nn.MSELoss(reduction="none"))
     with pytest.raises(ValueError, match="Invalid loss"):
         per_sample_loss(3.0)
+
+
+def _autograd_gradient(ell, f, y):
+    g = f.detach().clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(ell.per_sample(g, y).sum(), g)
+    return grad
+
+
+_G = torch.Generator().manual_seed(0)
+_F = torch.randn(6, 4, generator=_G, dtype=torch.float64)
+_CLOSED_FORM_CASES = {
+    "mse-mean": (nn.MSELoss(), _F, torch.randn(6, 4, generator=_G, dtype=torch.float64)),
+    "mse-sum": (nn.MSELoss(reduction="sum"), _F, torch.randn(6, 4, generator=_G, dtype=torch.float64)),
+    "mse-3d": (nn.MSELoss(), _F.reshape(6, 2, 2), torch.randn(6, 2, 2, generator=_G, dtype=torch.float64)),
+    "ce-index": (nn.CrossEntropyLoss(), _F, torch.tensor([0, 3, 1, 2, 3, 0])),
+    "ce-sum": (nn.CrossEntropyLoss(reduction="sum"), _F, torch.tensor([0, 3, 1, 2, 3, 0])),
+    "ce-ignore-smooth": (nn.CrossEntropyLoss(ignore_index=1, label_smoothing=0.2), _F,
+                         torch.tensor([0, 1, 1, 2, 3, 0])),
+    "ce-probabilities": (nn.CrossEntropyLoss(label_smoothing=0.1), _F,
+                         torch.softmax(torch.randn(6, 4, generator=_G, dtype=torch.float64), dim=1)),
+    "potential": (PolynomialPotentialLoss(0.5, 4, 0.3), _F[:, :1], None),
+}
+
+
+@pytest.mark.parametrize("case", list(_CLOSED_FORM_CASES))
+def test_closed_form_gradient_equals_autograd(case):
+    loss, f, y = _CLOSED_FORM_CASES[case]
+    ell = per_sample_loss(loss)
+    assert ell._gradient is not None  # the closed form, not the fallback, is under test
+    closed = ell._gradient(y)(f)
+    assert closed is not None
+    assert torch.allclose(closed, _autograd_gradient(ell, f, y), rtol=1e-12, atol=1e-14)
+    assert torch.equal(ell.gradient(f, y), closed)
+    at = ell.gradient_at(y)
+    assert torch.equal(at(f), closed) and torch.equal(at(2 * f), ell.gradient(2 * f, y))
+
+
+def test_gradient_falls_back_to_autograd_for_other_losses_and_inputs():
+    f = torch.randn(5, 3, generator=_G)
+    huber = per_sample_loss(nn.HuberLoss())  # no closed form: autograd
+    y = torch.randn(5, 3, generator=_G)
+    assert torch.allclose(huber.gradient(f, y), _autograd_gradient(huber, f, y))
+    user = per_sample_loss(lambda out, tgt: (out - 1.0).pow(3).sum(dim=1))
+    assert torch.allclose(user.gradient(f), 3 * (f - 1.0) ** 2)
+    mse = per_sample_loss(nn.MSELoss())  # broadcast target: the closed form declines
+    y_col = torch.randn(5, 1, generator=_G)
+    assert mse._gradient(y_col)(f) is None
+    assert torch.allclose(mse.gradient(f, y_col), _autograd_gradient(mse, f, y_col))
