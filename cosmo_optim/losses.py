@@ -99,10 +99,12 @@ class PerSampleLoss:
         training_loss: Callable[[Tensor, Tensor | None], Tensor] | None = None,
         name: str = "loss",
         gradient: GradientHook | None = None,
+        hessian: GradientHook | None = None,
     ) -> None:
         self._per_sample = per_sample
         self._training = training_loss
         self._gradient = gradient
+        self._hessian = hessian
         self.name = name
 
     def per_sample(self, outputs: Tensor, targets: Tensor | None = None) -> Tensor:
@@ -197,12 +199,16 @@ def _from_torch_loss(module: nn.modules.loss._Loss) -> PerSampleLoss:
             return n * values.sum(dim=1)
         return values.mean(dim=1)
 
-    return PerSampleLoss(per_sample, lambda f, y: module(f, target_of(y)), name,
-                         _closed_form_gradient(module, reduction))
+    gradient, hessian = _closed_forms(module, reduction) or (None, None)
+    return PerSampleLoss(per_sample, lambda f, y: module(f, target_of(y)), name, gradient,
+                         hessian)
 
 
-def _closed_form_gradient(module: nn.Module, reduction: str) -> GradientHook | None:
-    """∂/∂f of `_from_torch_loss`'s per-sample loss for MSE and cross-entropy, or None.
+def _closed_forms(
+    module: nn.Module, reduction: str
+) -> tuple[GradientHook, GradientHook] | None:
+    """(ℓ', ℓ'') hooks of `_from_torch_loss`'s per-sample loss for MSE and cross-entropy, or
+    None. ℓ'' is per sample, (N, C, C) over the flattened per-sample outputs.
 
     Exact types only (a subclass may override `forward`). The hook takes the targets and
     returns ℓ' as a function of the outputs (target-only work done once); that function
@@ -221,37 +227,30 @@ def _closed_form_gradient(module: nn.Module, reduction: str) -> GradientHook | N
 
             return grad
 
-        return mse
+        def mse_hessian(y: Tensor | None) -> Callable[[Tensor], Tensor | None]:
+            def hess(f: Tensor) -> Tensor | None:  # a constant multiple of the identity
+                if y is None or y.shape != f.shape or not y.is_floating_point():
+                    return None
+                n, d = f.shape[0], max(f[0].numel(), 1)
+                scale = 2.0 * n if reduction == "sum" else 2.0 / d
+                eye = torch.eye(d, dtype=f.dtype, device=f.device)
+                return (scale * eye).expand(n, d, d).clone()
+
+            return hess
+
+        return mse, mse_hessian
     if kind is nn.CrossEntropyLoss:
         eps = float(getattr(module, "label_smoothing", 0.0))
         ignore = int(getattr(module, "ignore_index", -100))
-        Prepared = tuple[Tensor, Tensor | None, Tensor | None]
-
         def cross_entropy(y: Tensor | None) -> Callable[[Tensor], Tensor | None]:
-            # ℓ = −Σ_c q_c log p_c, p = softmax(f)  ⇒  ℓ' = p Σ_c q_c − q (0 for ignored rows),
-            # q the (label-smoothed) target distribution
-            cache: dict[tuple[int, int, torch.dtype, torch.device], Prepared | None] = {}
-
-            def prepare(f: Tensor) -> Prepared | None:  # (q, Σ_c q_c or None if 1, row mask)
-                assert y is not None
-                n, c = f.shape
-                if y.shape == (n,) and not y.is_floating_point():  # class indices
-                    kept = y != ignore
-                    hit = torch.zeros(n, c, dtype=f.dtype, device=f.device)
-                    hit[kept.nonzero()[:, 0], y[kept].long()] = 1.0
-                    q = (1.0 - eps) * hit + eps / c
-                    return q, None, None if bool(kept.all()) else kept.to(f.dtype)[:, None]
-                if y.shape == f.shape and y.is_floating_point():  # class probabilities
-                    q = y.to(f.dtype) * (1.0 - eps) + eps / c
-                    return q, q.sum(dim=1, keepdim=True), None
-                return None
+            cache: dict[tuple[int, int, torch.dtype, torch.device], _Prepared | None] = {}
 
             def grad(f: Tensor) -> Tensor | None:
                 if y is None or f.dim() != 2 or not f.is_floating_point():
                     return None
                 key = (f.shape[0], f.shape[1], f.dtype, f.device)
                 if key not in cache:
-                    cache[key] = prepare(f)
+                    cache[key] = _ce_targets(f, y, eps, ignore)
                 prepared = cache[key]
                 if prepared is None:
                     return None
@@ -264,7 +263,43 @@ def _closed_form_gradient(module: nn.Module, reduction: str) -> GradientHook | N
 
             return grad
 
-        return cross_entropy
+        def cross_entropy_hessian(y: Tensor | None) -> Callable[[Tensor], Tensor | None]:
+            def hess(f: Tensor) -> Tensor | None:  # Σ_c q_c (diag p − p pᵀ) per sample
+                if y is None or f.dim() != 2 or not f.is_floating_point():
+                    return None
+                prepared = _ce_targets(f, y, eps, ignore)
+                if prepared is None:
+                    return None
+                _, total, mask = prepared
+                p = torch.softmax(f, dim=1)
+                h = torch.diag_embed(p) - p[:, :, None] * p[:, None, :]
+                weight = total if total is not None else mask
+                if weight is not None:
+                    h = h * weight[:, :, None]
+                return f.shape[0] * h if reduction == "sum" else h
+
+            return hess
+
+        return cross_entropy, cross_entropy_hessian
+    return None
+
+
+_Prepared = tuple[Tensor, Tensor | None, Tensor | None]
+
+
+def _ce_targets(f: Tensor, y: Tensor, eps: float, ignore: int) -> _Prepared | None:
+    """Cross-entropy's target distribution q (label smoothing ε), Σ_c q_c (None when 1) and the
+    kept-row mask (None when no row is ignored), for outputs f (N, C); None if not covered."""
+    n, c = f.shape
+    if y.shape == (n,) and not y.is_floating_point():  # class indices
+        kept = y != ignore
+        hit = torch.zeros(n, c, dtype=f.dtype, device=f.device)
+        hit[kept.nonzero()[:, 0], y[kept].long()] = 1.0
+        q = (1.0 - eps) * hit + eps / c
+        return q, None, None if bool(kept.all()) else kept.to(f.dtype)[:, None]
+    if y.shape == f.shape and y.is_floating_point():  # class probabilities
+        q = y.to(f.dtype) * (1.0 - eps) + eps / c
+        return q, q.sum(dim=1, keepdim=True), None
     return None
 
 
@@ -284,15 +319,20 @@ def per_sample_loss(loss: Any) -> PerSampleLoss:
     if isinstance(loss, PerSampleLoss):
         return loss
     if isinstance(loss, PolynomialPotentialLoss):
-        gradient = None
+        gradient = hessian = None
         if type(loss).per_sample is PolynomialPotentialLoss.per_sample:
 
             def gradient(y: Tensor | None) -> Callable[[Tensor], Tensor]:
                 p, a, c = loss.power, loss.power * loss.scale, loss.center
                 return lambda f: a * (f - c) ** (p - 1)  # ℓ' = p·scale·(f − c)^(p−1)
 
+            def hessian(y: Tensor | None) -> Callable[[Tensor], Tensor]:
+                p, a, c = loss.power, loss.power * (loss.power - 1) * loss.scale, loss.center
+                # elementwise: diagonal p(p−1)·scale·(f − c)^(p−2) over each sample's outputs
+                return lambda f: torch.diag_embed(a * (f.reshape(f.shape[0], -1) - c) ** (p - 2))
+
         return PerSampleLoss(loss.per_sample, lambda f, y: loss.per_sample(f).mean(), repr(loss),
-                             gradient)
+                             gradient, hessian)
     if isinstance(loss, nn.modules.loss._Loss):
         return _from_torch_loss(loss)
     if callable(loss):
@@ -306,7 +346,8 @@ def per_sample_loss(loss: Any) -> PerSampleLoss:
 def loss_derivatives(
     loss: Any, outputs: Tensor, targets: Tensor | None = None, *, order: int = 2
 ) -> tuple[Tensor, Tensor, Tensor | None]:
-    """ℓ, ℓ' and ℓ'' of a per-sample loss at the outputs, by autograd (T4, T8).
+    """ℓ, ℓ' and ℓ'' of a per-sample loss at the outputs (T4, T8): in closed form for the
+    built-in losses (MSE, cross-entropy, the polynomial potential), else by autograd.
 
     Returns `(values, gradient, hessian)` with shapes (N,), (N, C) and (N, C, C) where C is
     the number of outputs per sample (outputs of shape (N,) count as C = 1); `hessian` is
@@ -322,6 +363,9 @@ def loss_derivatives(
     if order not in (1, 2):
         raise ValueError(f"Invalid order: {order!r}; must be 1 or 2.")
     n = outputs.shape[0]
+    closed = _closed_derivatives(ell, outputs, targets, order)
+    if closed is not None:
+        return closed
     with torch.enable_grad():
         f = outputs.detach().clone().requires_grad_(True)
         values = ell.per_sample(f, targets)
@@ -341,3 +385,25 @@ def loss_derivatives(
                 rows.append(torch.zeros_like(grad_flat) if row is None else row.reshape(n, c))
             hessian = torch.stack(rows, dim=1).detach()
     return values.detach(), grad_flat.detach(), hessian
+
+
+def _closed_derivatives(
+    ell: PerSampleLoss, outputs: Tensor, targets: Tensor | None, order: int
+) -> tuple[Tensor, Tensor, Tensor | None] | None:
+    """`loss_derivatives` from the loss's closed forms, or None to use autograd."""
+    if ell._gradient is None or (order == 2 and ell._hessian is None):
+        return None
+    f = outputs.detach()
+    n = f.shape[0]
+    hessian = None
+    if order == 2:
+        assert ell._hessian is not None
+        hessian = ell._hessian(targets)(f)
+        if hessian is None:
+            return None
+    grad = ell._gradient(targets)(f)
+    if grad is None:
+        return None
+    with torch.no_grad():
+        values = ell.per_sample(f, targets)
+    return values, grad.reshape(n, -1), hessian

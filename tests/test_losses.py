@@ -134,3 +134,22 @@ def test_gradient_falls_back_to_autograd_for_other_losses_and_inputs():
     y_col = torch.randn(5, 1, generator=_G)
     assert mse._gradient(y_col)(f) is None
     assert torch.allclose(mse.gradient(f, y_col), _autograd_gradient(mse, f, y_col))
+
+
+@pytest.mark.parametrize("case", list(_CLOSED_FORM_CASES))
+def test_closed_form_loss_derivatives_equal_autograd(case):
+    from cosmo_optim.losses import PerSampleLoss
+
+    loss, f, y = _CLOSED_FORM_CASES[case]
+    ell = per_sample_loss(loss)
+    assert ell._hessian is not None
+    by_autograd = PerSampleLoss(ell._per_sample)  # the same ℓ without closed forms
+    for order in (1, 2):
+        closed = loss_derivatives(ell, f, y, order=order)
+        reference = loss_derivatives(by_autograd, f, y, order=order)
+        for got, want in zip(closed, reference, strict=True):
+            if want is None:
+                assert got is None
+            else:
+                assert got.shape == want.shape
+                assert torch.allclose(got, want, rtol=1e-12, atol=1e-14)
