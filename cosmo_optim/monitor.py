@@ -271,6 +271,8 @@ class CosmologyTracker:
                 "sink(metrics, step), or None."
             )
         self._handle: Any = None
+        self._cosmology_key: tuple[Any, ...] | None = None
+        self._cosmology: Cosmology | None = None
         self._layout_written = False
         self._inputs: Tensor | None = None
         self._targets: Tensor | None = None
@@ -344,9 +346,19 @@ class CosmologyTracker:
         if self.optimizer is None:
             return None
         try:
-            return cosmology_of(self.optimizer, self.group)
-        except ValueError:
+            g = self.optimizer.param_groups[self.group]
+        except IndexError:
             return None
+        # called after every optimiser step: rebuild only when the group's hyperparameters change
+        key = (id(self.optimizer), *(None if g.get(name) is None else float(g[name])
+                                     for name in ("lr", "momentum", "nesterov", "dampening")))
+        if self._cosmology_key != key:
+            try:
+                self._cosmology = cosmology_of(self.optimizer, self.group)
+            except ValueError:
+                self._cosmology = None
+            self._cosmology_key = key
+        return self._cosmology
 
     def attach(self, optimizer: Optimizer) -> Any:
         """Track a plain PyTorch loop: probe now (step 0) and after every `optimizer.step()`.
