@@ -2,8 +2,10 @@
 
 ``Θ(x, x') = Σ_p ∂f(x)/∂θ_p · ∂f(x')/∂θ_p = J Jᵀ`` on a probe batch, computed without ever
 holding the N×P Jacobian: layers with a structured rule (``linear``, ``conv1d``, ``conv2d``,
-``embedding``; see :mod:`cosmo_optim._ntk_rules`) need one forward and one backward per output
-component; every other parameter goes through a chunked jacobian contraction.
+``embedding``, ``layer_norm`` affine parameters, and the projections of self-attention
+``nn.MultiheadAttention``, re-dispatched as ``linear`` calls; see :mod:`cosmo_optim._ntk_rules`)
+need one forward and one backward per output component; every other parameter goes through a
+chunked jacobian contraction.
 
 Strategies (``method=``), with their cost for N samples, C output components and, per layer,
 R rows per sample (sequence positions, conv pixels, repeated calls), fan-in d_in, fan-out d_out:
@@ -16,7 +18,9 @@ R rows per sample (sequence positions, conv pixels, repeated calls), fan-in d_in
   chunk of m samples (the whole batch when ``N C P_block`` fits the budget).
 * ``"auto"`` — per recognised parameter the cheaper of the Gram rule and its per-sample-gradient
   form ``<Σ_s δ_isᵀ x_is, Σ_t δ_jtᵀ x_jt>`` (time O(C N R d_in d_out + C N² d_in d_out), memory
-  O(N C d_in d_out)); the jacobian path for everything else.
+  O(N C d_in d_out); for a conv, torch's weight-gradient kernel vmapped over samples, never the
+  ``unfold`` matrix); the jacobian path for everything else. LayerNorm affine parameters, grouped
+  convs and convs with string padding always use the per-sample form.
 """
 
 from __future__ import annotations
