@@ -42,6 +42,7 @@ ParamFilter = Sequence[str] | Callable[[str, nn.Parameter], bool] | None
 METHODS = ("auto", "structured", "jacobian")
 _OUTPUTS = ("trace", "full")
 _DEFAULT_BUDGET = 2 << 30  # bytes: used when memory_budget is None
+_SYMMETRIC_FROM = 512  # N from which the Gram form multiplies only blocks above the diagonal
 
 
 def empirical_ntk(
@@ -375,15 +376,25 @@ class _Engine:
         emb = kind == "embedding"
         Xr = X.reshape(N * R) if emb else X.reshape(N * R, -1)
         per_sample = R * N * R * (2 + (C * C if self.full else 1)) * self.isz
-        for lo, hi in _chunks(N, self.free // 2 // max(per_sample, 1)):
+        size = self.free // 2 // max(per_sample, 1)
+        if not self.full and N >= _SYMMETRIC_FROM:  # blocks on and above the diagonal only
+            size = min(size, -(-N // min(N // 256, 8)) if N >= 512 else -(-N // 2))
+        for lo, hi in _chunks(N, size):
             xa, da = Xr[lo * R : hi * R], Dr[lo * R : hi * R]
-            XX = (xa[:, None] == Xr[None, :]).to(D.dtype) if emb else xa @ Xr.T
             if self.full:
+                XX = (xa[:, None] == Xr[None, :]).to(D.dtype) if emb else xa @ Xr.T
                 DD = torch.einsum("acd,bed->abce", da, Dr)
                 K[lo:hi] += (XX[..., None, None] * DD).reshape(hi - lo, R, N, R, C, C).sum((1, 3))
-            else:
-                DD = da.reshape(-1, C * d_out) @ Dr.reshape(N * R, C * d_out).T
-                K[lo:hi] += (XX * DD).reshape(hi - lo, R, N, R).sum((1, 3))
+                continue
+            sym = N >= _SYMMETRIC_FROM
+            c0 = lo if sym else 0
+            xb, db = Xr[c0 * R :], Dr[c0 * R :]
+            XX = (xa[:, None] == xb[None, :]).to(D.dtype) if emb else xa @ xb.T
+            DD = da.reshape(-1, C * d_out) @ db.reshape(-1, C * d_out).T
+            blk = (XX * DD).reshape(hi - lo, R, N - c0, R).sum((1, 3))
+            K[lo:hi, c0:] += blk
+            if sym and hi < N:
+                K[hi:, lo:hi] += blk[:, hi - lo :].T
 
     # ---------------------------------------------------------------------- jacobian pass
     def _jacobian(self, K: torch.Tensor, names: list[str], act: int) -> None:

@@ -357,3 +357,13 @@ def test_attention_layer_norm_and_grouped_conv_take_the_structured_rules() -> No
         unknown = [n for n, k in kinds.items() if None in k]
         assert not unknown, f"{case}: {unknown} fall back to the jacobian path"
         assert all(rules.qualifies(us, x.shape[0]) for us in recorder.uses.values())
+
+
+def test_symmetric_blocked_gram_is_exact(monkeypatch: pytest.MonkeyPatch) -> None:
+    from cosmo_optim import ntk
+
+    monkeypatch.setattr(ntk, "_SYMMETRIC_FROM", 2)
+    for case in ("tanh", "transformer", "twice"):
+        model, x = build(case, torch.float64)
+        for method in ("structured", "auto"):
+            assert_close(empirical_ntk(model, x, method=method), reference_ntk(model, x), 1e-8)
