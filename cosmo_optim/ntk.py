@@ -344,8 +344,9 @@ class _Engine:
             }
             for n in live:
                 store[n].append(self._chunk_term(plan[n][0], recorder.uses[n], delta))
+        merged = self._merge_biases(plan, demoted, recorder)
         for n in plan:
-            if n in demoted:
+            if n in demoted or n in merged.values():
                 continue
             if plan[n][0] == "psg":
                 G = store[n][0] if len(store[n]) == 1 else torch.cat(store[n])
@@ -356,8 +357,26 @@ class _Engine:
                 store[n] = []
                 X = xs[0] if len(xs) == 1 else torch.cat(xs)
                 D = ds[0] if len(ds) == 1 else torch.cat(ds, dim=1)
-                self._gram(K, X, D, recorder.uses[n][0].kind)
+                self._gram(K, X, D, recorder.uses[n][0].kind, plus_one=n in merged)
         return sorted(demoted)
+
+    def _merge_biases(
+        self, plan: dict[str, tuple[str, int]], demoted: set[str], recorder: rules.UseRecorder,
+    ) -> dict[str, str]:
+        """{weight: bias} for Gram-form weights whose bias is used in exactly the same calls:
+        ``Θ_W + Θ_b = Σ_{s,t} (x_is·x_jt + 1)(δ_is·δ_jt)``, one Gram instead of two."""
+        live = [n for n in plan if n not in demoted]
+        outs = {n: [id(u.out) for u in recorder.uses[n]] for n in live}
+        merged: dict[str, str] = {}
+        for w in live:
+            if plan[w][0] != "gram" or recorder.uses[w][0].kind == "embedding":
+                continue
+            for b in live:
+                if recorder.uses[b][0].role == "bias" and outs[b] == outs[w] \
+                        and b not in merged.values():
+                    merged[w] = b
+                    break
+        return merged
 
     def _chunk_term(self, form: str, uses: list[rules.Use], delta: dict[int, torch.Tensor]) -> Any:
         """Per chunk: per-sample gradients (n, C, P) for "psg", or rows (X, Δ) for "gram"."""
@@ -369,8 +388,12 @@ class _Engine:
             G = G + rules.per_sample_grad(u, delta[id(u.out)])
         return G
 
-    def _gram(self, K: torch.Tensor, X: torch.Tensor, D: torch.Tensor, kind: str | None) -> None:
-        """K += Σ_{s,t} (x_is·x_jt)(δ_is·δ_jt), in blocks of b samples (rule in module doc)."""
+    def _gram(
+        self, K: torch.Tensor, X: torch.Tensor, D: torch.Tensor, kind: str | None,
+        plus_one: bool = False,
+    ) -> None:
+        """K += Σ_{s,t} (x_is·x_jt [+ 1])(δ_is·δ_jt), in blocks of b samples (rule in module
+        doc; ``plus_one`` adds the kernel of the layer's bias)."""
         C, N, R, d_out = D.shape
         Dr = D.permute(1, 2, 0, 3).reshape(N * R, C, d_out)
         emb = kind == "embedding"
@@ -383,6 +406,7 @@ class _Engine:
             xa, da = Xr[lo * R : hi * R], Dr[lo * R : hi * R]
             if self.full:
                 XX = (xa[:, None] == Xr[None, :]).to(D.dtype) if emb else xa @ Xr.T
+                XX = XX + 1 if plus_one else XX
                 DD = torch.einsum("acd,bed->abce", da, Dr)
                 K[lo:hi] += (XX[..., None, None] * DD).reshape(hi - lo, R, N, R, C, C).sum((1, 3))
                 continue
@@ -390,6 +414,7 @@ class _Engine:
             c0 = lo if sym else 0
             xb, db = Xr[c0 * R :], Dr[c0 * R :]
             XX = (xa[:, None] == xb[None, :]).to(D.dtype) if emb else xa @ xb.T
+            XX = XX + 1 if plus_one else XX
             DD = da.reshape(-1, C * d_out) @ db.reshape(-1, C * d_out).T
             blk = (XX * DD).reshape(hi - lo, R, N - c0, R).sum((1, 3))
             K[lo:hi, c0:] += blk
