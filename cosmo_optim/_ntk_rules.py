@@ -184,7 +184,10 @@ def per_sample_grad(use: Use, delta: torch.Tensor) -> torch.Tensor:
         return delta.reshape(C, n, -1, width).sum(2).transpose(0, 1)
     if kind == "linear":
         d = delta.reshape(C, n, -1, delta.shape[-1])
-        G = torch.einsum("cnrd,nre->ncde", d, x.reshape(n, -1, x.shape[-1]))
+        xr = x.reshape(n, -1, x.shape[-1])
+        if C == 1:  # one batched matmul, no einsum permutes
+            return torch.bmm(d[0].transpose(1, 2), xr).reshape(n, 1, -1)
+        G = torch.einsum("cnrd,nre->ncde", d, xr)
         return G.reshape(n, C, -1)
     if kind == "embedding":  # scatter δ into vocabulary rows
         ids, d = rows(use, delta)
