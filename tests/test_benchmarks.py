@@ -1,0 +1,48 @@
+"""Every benchmark runs in its tiny `--smoke` mode inside the suite, so benchmarks never rot."""
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def load(name: str):
+    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_bench_optim_smoke(capsys):
+    result = load("bench_optim").main(["--smoke"])
+    assert result["median_ratio"] > 0
+    assert "median ratio" in capsys.readouterr().out
+
+
+def test_bench_ntk_smoke(capsys):
+    rows = load("bench_ntk").main(["--smoke", "--threads", "1"])
+    assert len(rows) == 1
+    assert all(isinstance(rows[0][m], dict) for m in ("floor", "engine", "jac", "ntvp"))
+    assert "engine/floor" in capsys.readouterr().out
+
+
+def test_bench_monitor_smoke(capsys):
+    pytest.importorskip("lightning")
+    pytest.importorskip("sklearn")
+    result = load("bench_monitor").main(["--smoke"])
+    assert result["ratio"] > 0
+    assert "overhead ratio" in capsys.readouterr().out
+
+
+def test_bench_advice_smoke(capsys):
+    results = load("bench_advice").main(["--smoke"])
+    assert [r["task"].split()[0] for r in results] == ["digits", "diabetes", "potential"]
+    for r in results:
+        assert r["suggestion"]["diverged"] == 0
+        assert r["cost_steps"] > 0
+    out = capsys.readouterr().out
+    assert "grid best" in out and "never diverges" in out
