@@ -168,11 +168,11 @@ class CosmoSGD(torch.optim.SGD):
             group["momentum"] = own.get("momentum", self.defaults["momentum"])
             history = None
         else:
-            expansion = own.pop("expansion", self._spec["expansion"])
-            own["expansion"] = expansion
-            if resolve_expansion(expansion) is not None and "time_step" not in own:
+            own.setdefault("expansion", self._spec["expansion"])
+            units = len(own) - 1
+            if resolve_expansion(own["expansion"]) is not None and "time_step" not in own:
                 own["time_step"] = self._spec["time_step"] or math.sqrt(self.defaults["lr"])
-            elif len(own) < 3 and "cosmology" not in own:  # incomplete: inherit the rest
+            elif units < 2 and "cosmology" not in own:  # incomplete: inherit the rest
                 own = {**self._spec, **own}
             group["lr"], group["momentum"], history = self._resolve(own, where)
         group["expansion"] = (
