@@ -139,9 +139,7 @@ def qualifies(uses: list[Use], n: int) -> bool:
     for u in uses:
         x, y = u.args["input"], u.out
         assert y is not None
-        if y.dim() == 0 or y.shape[0] != n or (u.kind != "linear" and x.shape[0] != n):
-            return False
-        if u.kind == "linear" and (x.dim() == 0 or x.shape[0] != n):
+        if y.dim() == 0 or x.dim() == 0 or y.shape[0] != n or x.shape[0] != n:
             return False
         if u.kind in ("conv1d", "conv2d") and (_conv_pads(u) is None or x.dim() != y.dim()):
             return False

@@ -213,7 +213,6 @@ class _Engine:
     ) -> None:
         self.model, self.output, self.method = model, output, method
         self.budget = _DEFAULT_BUDGET if budget is None else budget
-        self.user_budget = budget is not None
         cast = (lambda t: t.to(dtype) if t.is_floating_point() else t) if dtype else (lambda t: t)
         self.x = cast(inputs)
         self.N = inputs.shape[0]
@@ -400,8 +399,9 @@ class _Engine:
         Xr = X.reshape(N * R) if emb else X.reshape(N * R, -1)
         per_sample = R * N * R * (2 + (C * C if self.full else 1)) * self.isz
         size = self.free // 2 // max(per_sample, 1)
-        if not self.full and N >= _SYMMETRIC_FROM:  # blocks on and above the diagonal only
-            size = min(size, -(-N // min(N // 256, 8)) if N >= 512 else -(-N // 2))
+        sym = not self.full and N >= _SYMMETRIC_FROM  # blocks on and above the diagonal only
+        if sym:
+            size = min(size, -(-N // min(max(N // 256, 2), 8)))
         for lo, hi in _chunks(N, size):
             xa, da = Xr[lo * R : hi * R], Dr[lo * R : hi * R]
             if self.full:
@@ -410,7 +410,6 @@ class _Engine:
                 DD = torch.einsum("acd,bed->abce", da, Dr)
                 K[lo:hi] += (XX[..., None, None] * DD).reshape(hi - lo, R, N, R, C, C).sum((1, 3))
                 continue
-            sym = N >= _SYMMETRIC_FROM
             c0 = lo if sym else 0
             xb, db = Xr[c0 * R :], Dr[c0 * R :]
             XX = (xa[:, None] == xb[None, :]).to(D.dtype) if emb else xa @ xb.T
@@ -438,7 +437,7 @@ class _Engine:
             if N * per_sample <= limit:  # whole Jacobian of this block at once
                 G = torch.cat([self._jac(block, lo, hi)
                                for lo, hi in _chunks(N, limit // max(act, 1) // 2)])
-                K += _block(G, G, self.full)
+                _accumulate(K, G, self.full)
                 continue
             chunks = _chunks(N, limit // 2 // per_sample)
             for a, (alo, ahi) in enumerate(chunks):  # recompute pairs: memory O(m C P)
@@ -472,7 +471,8 @@ class _Engine:
         leaves = self._leaves(block)
         out = functional_call(self.model, self.base | leaves, (self.x[lo:hi],))
         f = self._f(out)
-        J = {k: torch.zeros(hi - lo, self.C, leaves[k].numel(), dtype=self.dtype) for k in block}
+        J = {k: torch.zeros(hi - lo, self.C, leaves[k].numel(), dtype=self.dtype,
+                            device=self.x.device) for k in block}
         for i in range(hi - lo):
             for c in range(self.C):
                 gs = torch.autograd.grad(f[i, c], list(leaves.values()), retain_graph=True,
@@ -480,4 +480,4 @@ class _Engine:
                 for k, g in zip(block, gs, strict=True):
                     if g is not None:
                         J[k][i, c] = g.reshape(-1)
-        return [J[k].to(self.x.device) for k in block]
+        return [J[k] for k in block]
