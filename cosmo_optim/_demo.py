@@ -27,7 +27,7 @@ from torch import nn
 from cosmo_optim.cosmology import Cosmology
 from cosmo_optim.dual import FLRWDual
 from cosmo_optim.losses import PolynomialPotentialLoss
-from cosmo_optim.monitor import CosmologyTracker
+from cosmo_optim.monitor import CosmologyTracker, _one_thread
 from cosmo_optim.ntk import empirical_ntk
 from cosmo_optim.optim import CosmoSGD
 from cosmo_optim.predict import predict_mean_field, predict_trajectory
@@ -223,14 +223,3 @@ def run(args: argparse.Namespace) -> int:
     print(f"\nwrote {out}/: {logs} and PNG figures ({time.perf_counter() - start:.0f} s)")
     print(f"look: tensorboard --logdir {out.parent if args.out is None else out}")
     return 0 if ok else 1
-
-
-class _one_thread:
-    """Small networks run faster on one thread; restore the count afterwards."""
-
-    def __enter__(self) -> None:
-        self.threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-
-    def __exit__(self, *exc: object) -> None:
-        torch.set_num_threads(self.threads)

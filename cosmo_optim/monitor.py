@@ -32,7 +32,7 @@ from cosmo_optim import _monitor_tb
 from cosmo_optim.cosmology import Cosmology
 from cosmo_optim.dual import FLRWDual
 from cosmo_optim.losses import PerSampleLoss, per_sample_loss
-from cosmo_optim.ntk import empirical_ntk
+from cosmo_optim.ntk import _training, empirical_ntk
 from cosmo_optim.optim import cosmology_of
 from cosmo_optim.predict import predict_trajectory
 from cosmo_optim.spectrum import kernel_distance, ntk_eigen
@@ -132,15 +132,9 @@ def _inputs_targets(batch: Any, size: int) -> tuple[Tensor, Tensor | None]:
 @contextlib.contextmanager
 def _untouched(model: nn.Module, device: torch.device) -> Iterator[None]:
     """Eval mode and a saved/restored global RNG: a probe leaves training bit-for-bit alone."""
-    flags = [(m, m.training) for m in model.modules()]
     devices = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        model.eval()
-        try:
-            yield
-        finally:
-            for m, flag in flags:
-                m.training = flag
+    with torch.random.fork_rng(devices=devices), _training(model, False):
+        yield
 
 
 @contextlib.contextmanager
@@ -271,8 +265,8 @@ class CosmologyTracker:
                 "sink(metrics, step), or None."
             )
         self._handle: Any = None
-        self._cosmology_key: tuple[Any, ...] | None = None
-        self._cosmology: Cosmology | None = None
+        self._efolds_key: tuple[Any, ...] | None = None
+        self._efolds_rate = 0.0
         self._layout_written = False
         self._inputs: Tensor | None = None
         self._targets: Tensor | None = None
@@ -345,20 +339,26 @@ class CosmologyTracker:
         """The optimiser's de Sitter universe (T3), or None without momentum-SGD form."""
         if self.optimizer is None:
             return None
-        try:
-            g = self.optimizer.param_groups[self.group]
-        except IndexError:
+        try:  # also None for a group index the optimiser does not have
+            return cosmology_of(self.optimizer, self.group)
+        except ValueError:
             return None
-        # called after every optimiser step: rebuild only when the group's hyperparameters change
+
+    def _efolds_per_step(self) -> float:
+        """(1 − β)/3 of the tracked group (T9), 0 without a de Sitter dual.
+
+        Read after every optimiser step, so it is cached on what it depends on: the momentum
+        (and the form of the optimiser), not the learning rate a scheduler changes every step.
+        """
+        groups = self.optimizer.param_groups if self.optimizer is not None else []
+        g = groups[self.group] if -len(groups) <= self.group < len(groups) else {}
         key = (id(self.optimizer), *(None if g.get(name) is None else float(g[name])
-                                     for name in ("lr", "momentum", "nesterov", "dampening")))
-        if self._cosmology_key != key:
-            try:
-                self._cosmology = cosmology_of(self.optimizer, self.group)
-            except ValueError:
-                self._cosmology = None
-            self._cosmology_key = key
-        return self._cosmology
+                                     for name in ("momentum", "nesterov", "dampening")))
+        if self._efolds_key != key:
+            cosmology = self.cosmology()
+            self._efolds_rate = 0.0 if cosmology is None else cosmology.efolds_per_step
+            self._efolds_key = key
+        return self._efolds_rate
 
     def attach(self, optimizer: Optimizer) -> Any:
         """Track a plain PyTorch loop: probe now (step 0) and after every `optimizer.step()`.
@@ -401,9 +401,8 @@ class CosmologyTracker:
         """
         if step <= self.last_step:
             return None
-        cosmology = self.cosmology()
-        if cosmology is not None:  # e-folds accrue with the β of each step (T9)
-            self.efolds += (step - max(self.last_step, 0)) * cosmology.efolds_per_step
+        # e-folds accrue with the β of each step (T9)
+        self.efolds += (step - max(self.last_step, 0)) * self._efolds_per_step()
         self.last_step = step
         n = self.every_n_steps
         if not self.has_probe:
@@ -501,19 +500,19 @@ class CosmologyTracker:
             s[f"modes/amplitude_{j + 1}"] = float(amplitudes[j])
             s[f"modes/initial_amplitude_{j + 1}"] = float(initial[j])
         cosmology = self.cosmology()
-        dual = None
+        dual, velocity = None, None
         if cosmology is not None:
             s["cosmology/hubble_rate"] = cosmology.hubble_rate
             s["cosmology/vacuum_energy"] = cosmology.vacuum_energy
             s["cosmology/efolds"] = self.efolds
             if self.loss is not None:
+                velocity = self._velocity(step, f, cosmology)
                 dual = FLRWDual.from_eigen(
                     lam, vec, self.loss, f, cosmology=cosmology, targets=self._targets,
-                    velocity=self._velocity(step, f, cosmology), step=step,
+                    velocity=velocity, step=step,
                 )
                 s.update(self._dual_scalars(dual))
-        overlaps = _uniform_overlaps(vec, n) if dual is None else dual.uniform_overlaps
-        s["ntk/mean_field_overlap"] = float(overlaps.max())
+        s["ntk/mean_field_overlap"] = float(_uniform_overlaps(vec, n).max())
         s["cosmology/nonfinite"] = float(self.nonfinite)
         s.update(self._residual(step, f))
         record: dict[str, Any] = {
@@ -524,7 +523,7 @@ class CosmologyTracker:
             "prediction": None,
         }
         self._last = {"step": step, "eigenvectors": vec, "outputs": f, "prediction": None}
-        if dual is not None and self._velocity(step, f, dual.cosmology) is not None:
+        if dual is not None and velocity is not None:
             self._predict(dual, record)
         s = {self.prefix + key: value for key, value in sorted(s.items())}
         record["scalars"] = s
