@@ -319,20 +319,32 @@ def per_sample_loss(loss: Any) -> PerSampleLoss:
     if isinstance(loss, PerSampleLoss):
         return loss
     if isinstance(loss, PolynomialPotentialLoss):
+        if loss.reduction not in ("mean", "sum"):
+            raise ValueError(
+                f"Invalid {loss!r} (reduction={loss.reduction!r}) as a training loss; the dual "
+                "needs a scalar loss: use reduction='mean' (or 'sum')."
+            )
+        total = loss.reduction == "sum"  # L = Σ_i ℓ_i = mean_i(N ℓ_i)
+
+        def factor(f: Tensor) -> int:
+            return f.shape[0] if total else 1
+
         gradient = hessian = None
         if type(loss).per_sample is PolynomialPotentialLoss.per_sample:
 
             def gradient(y: Tensor | None) -> Callable[[Tensor], Tensor]:
                 p, a, c = loss.power, loss.power * loss.scale, loss.center
-                return lambda f: a * (f - c) ** (p - 1)  # ℓ' = p·scale·(f − c)^(p−1)
+                return lambda f: factor(f) * a * (f - c) ** (p - 1)  # ℓ' = p·scale·(f − c)^(p−1)
 
             def hessian(y: Tensor | None) -> Callable[[Tensor], Tensor]:
                 p, a, c = loss.power, loss.power * (loss.power - 1) * loss.scale, loss.center
                 # elementwise: diagonal p(p−1)·scale·(f − c)^(p−2) over each sample's outputs
-                return lambda f: torch.diag_embed(a * (f.reshape(f.shape[0], -1) - c) ** (p - 2))
+                return lambda f: factor(f) * torch.diag_embed(
+                    a * (f.reshape(f.shape[0], -1) - c) ** (p - 2)
+                )
 
-        return PerSampleLoss(loss.per_sample, lambda f, y: loss.per_sample(f).mean(), repr(loss),
-                             gradient, hessian)
+        return PerSampleLoss(lambda f, y: factor(f) * loss.per_sample(f), lambda f, y: loss(f),
+                             repr(loss), gradient, hessian)
     if isinstance(loss, nn.modules.loss._Loss):
         return _from_torch_loss(loss)
     if callable(loss):

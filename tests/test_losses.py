@@ -153,3 +153,22 @@ def test_closed_form_loss_derivatives_equal_autograd(case):
             else:
                 assert got.shape == want.shape
                 assert torch.allclose(got, want, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_polynomial_potential_reduction_is_the_training_loss_and_its_derivatives(reduction):
+    loss = PolynomialPotentialLoss(center=1.0, power=4, scale=0.5, reduction=reduction)
+    ell = per_sample_loss(loss)
+    f = torch.linspace(-1.0, 2.0, 5, dtype=torch.float64)[:, None].requires_grad_()
+    assert torch.allclose(ell.training_loss(f, None), loss(f))
+    assert torch.allclose(ell.per_sample(f).mean(), loss(f))
+    (by_autograd,) = torch.autograd.grad(loss(f), f)
+    _, grad, hess = loss_derivatives(ell, f.detach())
+    assert torch.allclose(grad / f.shape[0], by_autograd, rtol=1e-12)
+    expected = 0.5 * 4 * 3 * (f.detach() - 1.0) ** 2 * (f.shape[0] if reduction == "sum" else 1)
+    assert torch.allclose(hess[:, 0, 0], expected[:, 0], rtol=1e-12)
+
+
+def test_polynomial_potential_without_reduction_is_refused():
+    with pytest.raises(ValueError, match=r"reduction='none'\) as a training loss; the dual needs a scalar loss"):
+        per_sample_loss(PolynomialPotentialLoss(reduction="none"))
