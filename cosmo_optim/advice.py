@@ -211,10 +211,13 @@ def _relevant_modes(
     return order[: min(count, int(reachable.sum()))].sort().values
 
 
-def _polyak(kappa_max: float, kappa_min: float) -> tuple[float, float]:
-    """Heavy-ball optimum (Polyak) for curvatures in [κ_min, κ_max]: (η, β) (T10)."""
-    root_sum = math.sqrt(kappa_max) + math.sqrt(kappa_min)
-    return 4.0 / root_sum**2, ((math.sqrt(kappa_max) - math.sqrt(kappa_min)) / root_sum) ** 2
+def _polyak_lr(kappa_max: float, kappa_min: float) -> float:
+    """Heavy-ball optimum (Polyak) for curvatures in [κ_min, κ_max]: η = 4/(√κ_max + √κ_min)².
+
+    Its momentum, ((√κ_max − √κ_min)/(√κ_max + √κ_min))², is (1 − √(η κ_min))²: κ_min sits
+    on the critical damping of T10, which is how the caller derives β after scaling η.
+    """
+    return 4.0 / (math.sqrt(kappa_max) + math.sqrt(kappa_min)) ** 2
 
 
 def _noise_scale(kernel: Tensor, grad: Tensor) -> float:
@@ -348,7 +351,7 @@ def suggest_hyperparameters(
     kernel = empirical_ntk(model, inputs[idx], output="full", dtype=torch.float64)
     dual = FLRWDual.from_kernel(kernel, ell, f, targets=y, cosmology=Cosmology(1.0, 0.0))
     n = dual.num_samples
-    _, grad, _ = loss_derivatives(ell, f, y, order=1)
+    values, grad, _ = loss_derivatives(ell, f, y, order=1)
     residual = dual.eigenvectors.T @ (grad.reshape(-1) / n)  # Uᵀ ∂L/∂f (T4, T7)
     kappa = dual.mode_curvatures
     measured_max = float(kappa.max())
@@ -361,7 +364,7 @@ def suggest_hyperparameters(
 
     relevant = _relevant_modes(kappa, dual.eigenvalues, residual, float(residual_fraction))
     target = 0.1 * initial if target_loss is None else float(target_loss)
-    probe_initial = float(ell.per_sample(f, y).mean())
+    probe_initial = float(values.mean())
     scale = initial / probe_initial if probe_initial > 0 else 1.0
     noise = _noise_scale(kernel, grad)
     factor = _batch_factor(noise, batch_size, num_inputs)
@@ -427,7 +430,7 @@ def _plan(
         active = "residual_fraction"
     else:
         active = "horizon" if is_horizon else "time_to_target"
-    lr = _polyak(kappa_max, kappa_min)[0] * factor
+    lr = _polyak_lr(kappa_max, kappa_min) * factor
     momentum = (1.0 - math.sqrt(lr * kappa_min)) ** 2  # κ_min critically damped (T10)
     return _Plan(Cosmology(lr, momentum), kappa_max, kappa_min, fraction_min, need_min, active)
 
