@@ -47,6 +47,7 @@ from cosmo_optim.losses import PerSampleLoss, loss_derivatives, per_sample_loss
 from cosmo_optim.ntk import empirical_ntk
 from cosmo_optim.optim import CosmoSGD
 from cosmo_optim.predict import predict_trajectory
+from cosmo_optim.spectrum import flat_kernel
 
 __all__ = ["Suggestion", "suggest_hyperparameters"]
 
@@ -222,8 +223,8 @@ def _polyak_lr(kappa_max: float, kappa_min: float) -> float:
 
 def _noise_scale(kernel: Tensor, grad: Tensor) -> float:
     """B_noise = tr Σ/|G|² from the kernel blocks: |g_i|² = ℓ'_iᵀ Θ_ii ℓ'_i (samples)."""
-    n, c = grad.shape
-    flat = kernel.permute(0, 2, 1, 3).reshape(n * c, n * c)
+    n = grad.shape[0]
+    flat = flat_kernel(kernel)
     g = grad.reshape(-1).to(flat.dtype)
     mean_sq = float(g @ flat @ g) / n**2  # |G|², G = (1/N) Σ_i g_i
     blocks = kernel.diagonal(dim1=0, dim2=1).permute(2, 0, 1)  # (N, C, C) = Θ_ii

@@ -23,6 +23,7 @@ from torch import Tensor
 
 from cosmo_optim.cosmology import Cosmology
 from cosmo_optim.losses import PerSampleLoss, loss_derivatives, per_sample_loss
+from cosmo_optim.spectrum import flat_kernel
 
 __all__ = ["MEAN_FIELD_OVERLAP", "MODE_CLASSES", "FLRWDual"]
 
@@ -163,7 +164,7 @@ class FLRWDual:
                     f"Mismatched shapes: kernel {tuple(kernel.shape)} vs outputs "
                     f"{tuple(outputs.shape)}; a full kernel must be (N, N, C, C) = {(n, n, c, c)}."
                 )
-            kernel = kernel.permute(0, 2, 1, 3).reshape(n * c, n * c)
+            kernel = flat_kernel(kernel)
         if kernel.shape != (n * c, n * c):
             raise ValueError(
                 f"Mismatched shapes: kernel {tuple(kernel.shape)} vs outputs "

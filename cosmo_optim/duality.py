@@ -23,6 +23,7 @@ from cosmo_optim.cosmology import Cosmology
 from cosmo_optim.dual import FLRWDual, _as_cosmology
 from cosmo_optim.losses import per_sample_loss
 from cosmo_optim.predict import Prediction, predict_trajectory
+from cosmo_optim.spectrum import flat_kernel
 
 __all__ = ["DualityReport", "check_duality"]
 
@@ -183,10 +184,6 @@ def _kernel_distance(k0: Tensor, k1: Tensor) -> float:
     return float(kernel_distance(k0, k1))
 
 
-def _flat_kernel(kernel: Tensor, n: int, c: int) -> Tensor:
-    return kernel.permute(0, 2, 1, 3).reshape(n * c, n * c) if kernel.dim() == 4 else kernel
-
-
 def check_duality(
     model: nn.Module,
     loss: Any,
@@ -253,7 +250,7 @@ def check_duality(
             raise ValueError("The model's outputs at initialisation contain NaN or inf; "
                              "check the inputs and the initialisation.")
         n, nc = f0.shape[0], f0[0].numel()
-        k0 = _flat_kernel(kernel_of(net, inputs).detach(), n, nc)
+        k0 = flat_kernel(kernel_of(net, inputs).detach())
         dual = FLRWDual.from_kernel(k0, ell, f0, cosmology=c, targets=targets, k=k)
         opt = torch.optim.SGD(net.parameters(), lr=c.lr, momentum=c.momentum)
         outs = [f0]
@@ -272,7 +269,7 @@ def check_duality(
                 )
             outs.append(out)
             if step % probe_every == 0 or step == steps:
-                kn = _flat_kernel(kernel_of(net, inputs).detach(), n, nc)
+                kn = flat_kernel(kernel_of(net, inputs).detach())
                 probe_steps.append(step)
                 drift.append(_kernel_distance(k0, kn))
                 alphas.append(float(torch.linalg.eigvalsh(0.5 * (kn + kn.T))[-1]) / n)

@@ -35,7 +35,7 @@ from cosmo_optim.losses import PerSampleLoss, per_sample_loss
 from cosmo_optim.ntk import _training, empirical_ntk
 from cosmo_optim.optim import cosmology_of
 from cosmo_optim.predict import predict_trajectory
-from cosmo_optim.spectrum import kernel_distance, ntk_eigen
+from cosmo_optim.spectrum import flat_kernel, kernel_distance, ntk_eigen
 
 __all__ = ["SCALAR_TAGS", "CosmologyTracker", "scalar_tags"]
 
@@ -456,9 +456,7 @@ class CosmologyTracker:
                 self.model, self._inputs.to(device), output="full" if f[0].numel() > 1 else "trace"
             )
         kernel = kernel.detach().double().cpu()
-        if kernel.dim() == 4:  # (N, N, C, C) -> (N·C, N·C), sample-major as in FLRWDual
-            n, c = kernel.shape[0], kernel.shape[2]
-            kernel = kernel.permute(0, 2, 1, 3).reshape(n * c, n * c)
+        kernel = flat_kernel(kernel)
         if not (torch.isfinite(f).all() and torch.isfinite(kernel).all()):
             return self._skip(step)
         return self._read_out(step, f, kernel)

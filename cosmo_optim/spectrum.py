@@ -128,6 +128,21 @@ def _fix_signs(vecs: torch.Tensor) -> torch.Tensor:
     return vecs * signs
 
 
+def flat_kernel(kernel: torch.Tensor) -> torch.Tensor:
+    """The output-space kernel (N, N, C, C) as an (N·C, N·C) matrix, sample-major (T7).
+
+    Row i·C + c is output component c of sample i, as in ``outputs.reshape(-1)``; a 2-D kernel
+    is returned as it is.
+
+    >>> flat_kernel(torch.zeros(3, 3, 2, 2)).shape
+    torch.Size([6, 6])
+    """
+    if kernel.dim() != 4:
+        return kernel
+    n, c = kernel.shape[0], kernel.shape[2]
+    return kernel.permute(0, 2, 1, 3).reshape(n * c, n * c)
+
+
 def kernel_distance(K0: torch.Tensor, K1: torch.Tensor) -> torch.Tensor:
     """Kernel distance ``1 − <K0, K1>_F / (‖K0‖_F ‖K1‖_F)`` (Fort et al. 2020), in [0, 2].
 
