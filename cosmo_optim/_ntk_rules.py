@@ -9,8 +9,8 @@ gradients ``∂f_i/∂W = Σ_s δ_isᵀ x_is`` and ``∂f_i/∂b = Σ_s δ_is``,
 
 and an embedding is the same with one-hot ``x`` (``x_is · x_jt = [idx_is == idx_jt]``). A
 ``layer_norm`` affine ``y = x̂ ⊙ w + b`` has ``∂f_i/∂w = Σ_s δ_is ⊙ x̂_is`` (per-sample form only).
-Per-sample conv weight gradients are computed one kernel offset at a time (a batched matmul of
-the cotangents with a strided slice of the padded input), never the full ``unfold`` matrix.
+Per-sample conv weight gradients come from torch's weight-gradient kernel vmapped over samples
+(one grouped convolution), never the full ``unfold`` matrix.
 
 Parameters are recognised by watching every torch function call of one forward pass with a
 ``TorchFunctionMode``: a parameter qualifies only if *every* call that touches it is a
@@ -170,8 +170,8 @@ def _conv_pads(use: Use) -> list[tuple[int, int]] | None:
 def per_sample_grad(use: Use, delta: torch.Tensor) -> torch.Tensor:
     """``∂f_ic/∂θ`` of one call, flattened: (n, C, P). ``delta`` is (C, *y.shape).
 
-    Time O(C n R d_in d_out) (a batched matmul; conv: one per kernel offset), memory
-    O(n C P) plus, for a conv, one strided input slice (n, C_in, L) at a time.
+    Time O(C n R d_in d_out) (a batched matmul; conv: a vmapped weight-gradient kernel),
+    memory O(n C P).
     """
     C, n = delta.shape[0], delta.shape[1]
     kind, x = use.kind, use.args["input"].detach()
