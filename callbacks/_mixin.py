@@ -13,8 +13,9 @@ from typing import Any
 import torch
 
 from cosmo_optim import _monitor_tb
+from cosmo_optim._common import check_int
 from cosmo_optim.losses import per_sample_loss
-from cosmo_optim.monitor import CosmologyTracker, _check_int, _inputs_targets
+from cosmo_optim.monitor import CosmologyTracker, _inputs_targets
 
 __all__ = ["CosmologyMonitorMixin"]
 
@@ -42,19 +43,19 @@ class CosmologyMonitorMixin:
         super().__init__()
         self.loss = None if loss is None else per_sample_loss(loss)
         if every_n_train_steps is not None:
-            _check_int("every_n_train_steps", every_n_train_steps, 1, "Or None for the "
+            check_int("every_n_train_steps", every_n_train_steps, 1, "Or None for the "
                        "Trainer's log_every_n_steps.")
         self.every_n_train_steps = every_n_train_steps
-        self.top_k = _check_int("top_k", top_k, 1, "Use e.g. top_k=4.")
-        self.probe_size = _check_int("probe_size", probe_size, 1, "Use e.g. probe_size=64.")
+        self.top_k = check_int("top_k", top_k, 1, "Use e.g. top_k=4.")
+        self.probe_size = check_int("probe_size", probe_size, 1, "Use e.g. probe_size=64.")
         if log_figures_every_n_steps is not None:
-            _check_int("log_figures_every_n_steps", log_figures_every_n_steps, 1, "Or None to "
+            check_int("log_figures_every_n_steps", log_figures_every_n_steps, 1, "Or None to "
                        "draw no figures.")
         self.log_figures_every_n_steps = log_figures_every_n_steps
         if not isinstance(prefix, str):
             raise ValueError(f"Invalid prefix: {prefix!r}; it must be a string such as 'train/'.")
         self.prefix = prefix
-        self.history_size = _check_int("history_size", history_size, 1, "Keep at least one.")
+        self.history_size = check_int("history_size", history_size, 1, "Keep at least one.")
         self.probe_batch = None if probe_batch is None else _inputs_targets(probe_batch, probe_size)
         self.tracker: CosmologyTracker | None = None
         self._pending_state: Mapping[str, Any] | None = None

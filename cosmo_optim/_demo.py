@@ -24,10 +24,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from cosmo_optim._common import one_thread
 from cosmo_optim.cosmology import Cosmology
 from cosmo_optim.dual import FLRWDual
 from cosmo_optim.losses import PolynomialPotentialLoss
-from cosmo_optim.monitor import CosmologyTracker, _one_thread
+from cosmo_optim.monitor import CosmologyTracker
 from cosmo_optim.ntk import empirical_ntk
 from cosmo_optim.optim import CosmoSGD
 from cosmo_optim.predict import predict_mean_field, predict_trajectory
@@ -214,7 +215,7 @@ def run(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(args.seed)
     start = time.perf_counter()
-    with _one_thread():
+    with one_thread():
         paper, ok = _paper(out, args.steps)
         print("\n".join(paper), flush=True)
         print()

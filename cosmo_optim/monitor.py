@@ -29,10 +29,11 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from cosmo_optim import _monitor_tb
+from cosmo_optim._common import check_int, one_thread, training
 from cosmo_optim.cosmology import Cosmology
 from cosmo_optim.dual import FLRWDual
 from cosmo_optim.losses import PerSampleLoss, per_sample_loss
-from cosmo_optim.ntk import _training, empirical_ntk
+from cosmo_optim.ntk import empirical_ntk
 from cosmo_optim.optim import cosmology_of
 from cosmo_optim.predict import predict_trajectory
 from cosmo_optim.spectrum import flat_kernel, kernel_distance, ntk_eigen
@@ -102,12 +103,6 @@ def scalar_tags(
     return tags
 
 
-def _check_int(name: str, value: Any, least: int, fix: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < least:
-        raise ValueError(f"Invalid {name}: {value!r}; it must be an integer ≥ {least}. {fix}")
-    return value
-
-
 def _inputs_targets(batch: Any, size: int) -> tuple[Tensor, Tensor | None]:
     """The first `size` samples of a batch: a tensor, or a sequence (inputs, targets, ...)."""
     if isinstance(batch, Tensor):
@@ -133,26 +128,8 @@ def _inputs_targets(batch: Any, size: int) -> tuple[Tensor, Tensor | None]:
 def _untouched(model: nn.Module, device: torch.device) -> Iterator[None]:
     """Eval mode and a saved/restored global RNG: a probe leaves training bit-for-bit alone."""
     devices = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices), _training(model, False):
+    with torch.random.fork_rng(devices=devices), training(model, False):
         yield
-
-
-@contextlib.contextmanager
-def _one_thread() -> Iterator[None]:
-    """Run the probe's small CPU kernels on one intra-op thread, then restore the count.
-
-    Probe-sized problems (an (N·C)² eigendecomposition, per-step autograd calls of the
-    prediction) are faster on one thread, and multi-threaded LAPACK on a busy machine can be
-    a hundred times slower (OpenMP oversubscription). Training itself is never affected.
-    """
-    threads = torch.get_num_threads()
-    if threads > 1:
-        torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        if threads > 1:
-            torch.set_num_threads(threads)
 
 
 class CosmologyTracker:
@@ -228,13 +205,13 @@ class CosmologyTracker:
             raise ValueError(f"Invalid model: {type(model).__name__}; it must be an nn.Module.")
         self.model = model
         self.loss: PerSampleLoss | None = None if loss is None else per_sample_loss(loss)
-        self.probe_size = _check_int("probe_size", probe_size, 1, "Use e.g. probe_size=64.")
-        self.top_k = _check_int("top_k", top_k, 1, "Use e.g. top_k=4.")
-        self.every_n_steps = _check_int(
+        self.probe_size = check_int("probe_size", probe_size, 1, "Use e.g. probe_size=64.")
+        self.top_k = check_int("top_k", top_k, 1, "Use e.g. top_k=4.")
+        self.every_n_steps = check_int(
             "every_n_steps", every_n_steps, 1, "Probe every n ≥ 1 optimiser steps."
         )
         if log_figures_every_n_steps is not None:
-            _check_int("log_figures_every_n_steps", log_figures_every_n_steps, 1, "Or None.")
+            check_int("log_figures_every_n_steps", log_figures_every_n_steps, 1, "Or None.")
             if log_figures_every_n_steps % self.every_n_steps:
                 raise ValueError(
                     f"Invalid log_figures_every_n_steps: {log_figures_every_n_steps!r}; it must "
@@ -243,7 +220,7 @@ class CosmologyTracker:
                 )
         self.log_figures_every_n_steps = log_figures_every_n_steps
         self.history: deque[dict[str, Any]] = deque(
-            maxlen=_check_int("history_size", history_size, 1, "Keep at least one probe.")
+            maxlen=check_int("history_size", history_size, 1, "Keep at least one probe.")
         )
         if not isinstance(prefix, str):
             raise ValueError(f"Invalid prefix: {prefix!r}; it must be a string such as 'train/'.")
@@ -408,11 +385,11 @@ class CosmologyTracker:
         if not self.has_probe:
             return None
         if (step + 1) % n == 0:
-            with _one_thread():
+            with one_thread():
                 self._previous_outputs = (step, self._forward())
         if step % n:
             return None
-        with _one_thread():
+        with one_thread():
             metrics = self.probe(step)
         if metrics is not None:
             self._emit(metrics, step, figures=self.figures_due(step))

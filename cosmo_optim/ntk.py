@@ -35,6 +35,7 @@ from torch import nn
 from torch.func import functional_call, jacrev, vmap
 
 from cosmo_optim import _ntk_rules as rules
+from cosmo_optim._common import training
 
 Output = str | int | Callable[[torch.Tensor], torch.Tensor]
 ParamFilter = Sequence[str] | Callable[[str, nn.Parameter], bool] | None
@@ -105,7 +106,7 @@ def empirical_ntk(
     if train_mode:
         _refuse_coupling(model)
     devices = [inputs.device] if inputs.device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices), _training(model, train_mode), _no_fastpath():
+    with torch.random.fork_rng(devices=devices), training(model, train_mode), _no_fastpath():
         engine = _Engine(model, selected, inputs, output, method, dtype, memory_budget)
         return engine.run()
 
@@ -157,17 +158,6 @@ def _no_fastpath() -> Iterator[None]:
         yield
     finally:
         torch.backends.mha.set_fastpath_enabled(flag)
-
-
-@contextlib.contextmanager
-def _training(model: nn.Module, mode: bool) -> Iterator[None]:
-    flags = [(m, m.training) for m in model.modules()]
-    model.train(mode)
-    try:
-        yield
-    finally:
-        for m, flag in flags:
-            m.training = flag
 
 
 def _chunks(n: int, size: int) -> list[tuple[int, int]]:

@@ -1,0 +1,103 @@
+"""Private helpers shared by the public modules: argument checks, training flags, threads, and
+the guard that leaves a user's model, buffers and random state exactly as they were.
+
+Nothing here is public API; public modules import from here, never from each other's
+underscore names.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import random
+import re
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+_UNITS = {
+    "": 1, "b": 1,
+    "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+    "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40,
+}
+
+
+def check_int(name: str, value: Any, least: int, fix: str) -> int:
+    """``value`` if it is an integer ≥ ``least`` (bools refused), else a ValueError naming it."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < least:
+        raise ValueError(f"Invalid {name}: {value!r}; it must be an integer ≥ {least}. {fix}")
+    return value
+
+
+def parse_bytes(name: str, value: Any) -> int:
+    """A memory size in bytes from an int, a float or a string such as ``"1GB"``/``"512MiB"``.
+
+    Decimal (kB, MB, GB, TB) and binary (KiB, MiB, GiB, TiB) units, case-insensitive. NaN,
+    infinities, zero, negatives, bools and unknown units are refused with a ValueError.
+    """
+    size: float | None = None
+    if isinstance(value, str):
+        match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([A-Za-z]*)\s*", value)
+        if match and match.group(2).lower() in _UNITS:
+            size = float(match.group(1)) * _UNITS[match.group(2).lower()]
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        size = float(value)
+    if size is None or not math.isfinite(size) or size < 1:
+        raise ValueError(
+            f"Invalid {name}: {value!r}; it must be a positive number of bytes, as an int, a "
+            "float or a string like '1GB' or '512MiB'. Fix: e.g. memory_budget='2GiB'."
+        )
+    return int(size)
+
+
+@contextlib.contextmanager
+def training(model: nn.Module, mode: bool) -> Iterator[None]:
+    """Every submodule in train (``mode=True``) or eval mode; each module's own flag restored."""
+    flags = [(m, m.training) for m in model.modules()]
+    model.train(mode)
+    try:
+        yield
+    finally:
+        for m, flag in flags:
+            m.training = flag
+
+
+@contextlib.contextmanager
+def one_thread() -> Iterator[None]:
+    """Run small CPU kernels on one intra-op thread, then restore the count.
+
+    Probe-sized problems (an (N·C)² eigendecomposition, per-step autograd calls of a
+    prediction) are faster on one thread, and multi-threaded LAPACK on a busy machine can be
+    a hundred times slower (OpenMP oversubscription). Training itself is never affected.
+    """
+    threads = torch.get_num_threads()
+    if threads > 1:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        if threads > 1:
+            torch.set_num_threads(threads)
+
+
+@contextlib.contextmanager
+def preserved(model: nn.Module, device: torch.device | None = None) -> Iterator[None]:
+    """Leave ``model``'s buffers and every random state (torch, CUDA on ``device``, NumPy,
+    Python) exactly as they were, whatever runs inside (BatchNorm statistics, spectral-norm
+    power iterations, dropout draws)."""
+    buffers = [(b, b.detach().clone()) for b in model.buffers()]
+    devices = [device] if device is not None and device.type == "cuda" else []
+    np_state, py_state = np.random.get_state(), random.getstate()  # noqa: NPY002
+    try:
+        with torch.random.fork_rng(devices=devices):
+            yield
+    finally:
+        np.random.set_state(np_state)  # noqa: NPY002
+        random.setstate(py_state)
+        with torch.no_grad():
+            for b, saved in buffers:
+                if not torch.equal(b, saved):
+                    b.copy_(saved)
