@@ -45,7 +45,7 @@ class _Outputs(nn.Module):
 
 
 class CosmologyCallback(_TrainerCallback):
-    """Log the universe dual to a ``transformers.Trainer`` run (THEORY.md T3–T10).
+    """Log the universe dual to a ``transformers.Trainer`` run (docs/theory.md T3–T10).
 
     Same read-out and tags as `cosmo_optim.callbacks.CosmologyMonitor` (see
     ``docs/callbacks.md``), probed every ``every_n_steps`` optimiser steps (default: the

@@ -1,4 +1,4 @@
-"""`CosmologyMonitor` for `lightning.pytorch` (THEORY.md T3–T10): a thin adaptor.
+"""`CosmologyMonitor` for `lightning.pytorch` (docs/theory.md T3–T10): a thin adaptor.
 
 All the work is done by `cosmo_optim.monitor.CosmologyTracker`; the shared Lightning plumbing
 lives in `cosmo_optim.callbacks._mixin`. The same callback for the standalone
@@ -16,7 +16,7 @@ __all__ = ["CosmologyMonitor"]
 
 
 class CosmologyMonitor(CosmologyMonitorMixin, Callback):
-    r"""Log the universe dual to training: Hubble rate, potential, NTK modes (THEORY.md T3–T10).
+    r"""Log the universe dual to training: Hubble rate, potential, NTK modes (docs/theory.md T3–T10).
 
     Every ``every_n_train_steps`` optimiser steps (and once before the first step) it evaluates
     the model on a fixed probe batch, computes the empirical NTK and its top modes there, and

@@ -1,4 +1,4 @@
-"""TensorBoard extras and figures of `CosmologyTracker` (private; THEORY.md T5, T7, T10).
+"""TensorBoard extras and figures of `CosmologyTracker` (private; docs/theory.md T5, T7, T10).
 
 Only the writer's duck-typed methods (``add_histogram``, ``add_figure``,
 ``add_custom_scalars``) are used, so nothing here imports TensorBoard; matplotlib is imported

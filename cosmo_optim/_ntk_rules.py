@@ -1,4 +1,4 @@
-"""Per-layer structured NTK rules (THEORY.md T4): capture layer inputs and output cotangents.
+"""Per-layer structured NTK rules (docs/theory.md T4): capture layer inputs and output cotangents.
 
 Private helpers of :mod:`cosmo_optim.ntk`. A dense layer ``y = x Wᵀ + b`` seen at rows ``s``
 (sequence positions, conv output pixels, or repeated calls of a shared layer) has per-sample

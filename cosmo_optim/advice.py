@@ -1,6 +1,6 @@
 """Physics-informed hyperparameters: lr and momentum from one NTK, without a grid search.
 
-The FLRW dual of training (THEORY.md T4–T10) depends on the optimiser's (η, β) analytically,
+The FLRW dual of training (docs/theory.md T4–T10) depends on the optimiser's (η, β) analytically,
 so one kernel at initialisation is enough to choose them. On a probe set of N inputs with C
 outputs each, the NTK modes u_k (T7) have curvatures κ_k = m_k² = (λ_k/N) u_kᵀ ℓ'' u_k (T8),
 computed by `FLRWDual.mode_curvatures`. Then:

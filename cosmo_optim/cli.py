@@ -42,7 +42,7 @@ def _cosmology_from_args(args: argparse.Namespace) -> Cosmology:
 
 
 def convert(args: argparse.Namespace) -> int:
-    """Print both parameterisations of one universe (THEORY.md T3)."""
+    """Print both parameterisations of one universe (docs/theory.md T3)."""
     c = _cosmology_from_args(args)
     table = {
         "lr": c.lr,

@@ -1,4 +1,4 @@
-"""The optimiser's hyperparameters read as a de Sitter universe (THEORY.md T1–T3, T9, T11).
+"""The optimiser's hyperparameters read as a de Sitter universe (docs/theory.md T1–T3, T9, T11).
 
 Momentum SGD with learning rate η and momentum β is, in the continuum limit with time step
 Δt = sqrt(η), a field rolling with Hubble friction 3H = (1 − β)/Δt (T2, T3). The vacuum

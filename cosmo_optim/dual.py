@@ -1,4 +1,4 @@
-"""`FLRWDual`: the universe a training state is, read off an NTK spectrum (THEORY.md T3–T10).
+"""`FLRWDual`: the universe a training state is, read off an NTK spectrum (docs/theory.md T3–T10).
 
 A probe set of N inputs, the model's outputs f there (C per input), the kernel's eigenpairs
 (λ_k, u_k), a per-sample loss ℓ and the optimiser's (η, β) define a scalar field in de Sitter

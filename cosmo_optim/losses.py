@@ -1,4 +1,4 @@
-"""Per-sample losses ℓ(f, y) and their output derivatives ℓ', ℓ'' (THEORY.md T4, T5, T7, T8).
+"""Per-sample losses ℓ(f, y) and their output derivatives ℓ', ℓ'' (docs/theory.md T4, T5, T7, T8).
 
 The dual sees a training loss only through its per-sample form: the mean-reduced training loss
 is `L = (1/N) Σ_i ℓ(f(x_i), y_i)` (T4), so the force on output i is `ℓ'(f_i)/N` and the mass

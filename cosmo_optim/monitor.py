@@ -1,4 +1,4 @@
-"""`CosmologyTracker`: watch a training run's universe evolve (THEORY.md T3–T10).
+"""`CosmologyTracker`: watch a training run's universe evolve (docs/theory.md T3–T10).
 
 A framework-free engine. Every `every_n_steps` optimiser steps it evaluates the model on a fixed
 probe batch, computes the empirical NTK there (T4), its top modes (T7), the `FLRWDual` read-out

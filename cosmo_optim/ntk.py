@@ -1,4 +1,4 @@
-"""Empirical neural tangent kernel of any ``nn.Module`` (THEORY.md T4, T7).
+"""Empirical neural tangent kernel of any ``nn.Module`` (docs/theory.md T4, T7).
 
 ``Θ(x, x') = Σ_p ∂f(x)/∂θ_p · ∂f(x')/∂θ_p = J Jᵀ`` on a probe batch, computed without ever
 holding the N×P Jacobian: layers with a structured rule (``linear``, ``conv1d``, ``conv2d``,
@@ -57,7 +57,7 @@ def empirical_ntk(
     memory_budget: int | None = None,
     train_mode: bool = False,
 ) -> torch.Tensor:
-    """Empirical NTK ``Θ = J Jᵀ`` of ``model`` on the probe batch ``inputs`` (THEORY.md T4).
+    """Empirical NTK ``Θ = J Jᵀ`` of ``model`` on the probe batch ``inputs`` (docs/theory.md T4).
 
     The kernel that drives function-space dynamics ``f̈ + 3H ḟ = −Θ ∂L/∂f`` (T4) and whose
     eigenmodes are the mean field and perturbations (T7, see :func:`cosmo_optim.ntk_eigen`).

@@ -1,4 +1,4 @@
-"""`CosmoSGD`: PyTorch's momentum SGD configured in physics units (THEORY.md T1–T3, T11).
+"""`CosmoSGD`: PyTorch's momentum SGD configured in physics units (docs/theory.md T1–T3, T11).
 
 It is `torch.optim.SGD` with derived hyperparameters, not a new update rule: each param group
 stores the ordinary `lr` and `momentum`, which stay authoritative (schedulers, checkpoints and
@@ -61,7 +61,7 @@ def cosmology_of(optimizer: Optimizer, group: int = 0) -> Cosmology:
         )
     if g.get("nesterov") or g.get("dampening", 0) != 0:
         raise ValueError(
-            "The dual (THEORY.md T1) is heavy-ball momentum with dampening=0 and "
+            "The dual (docs/theory.md T1) is heavy-ball momentum with dampening=0 and "
             f"nesterov=False; this group has dampening={g.get('dampening')!r}, "
             f"nesterov={g.get('nesterov')!r}."
         )

@@ -1,4 +1,4 @@
-"""Top eigenmodes of the empirical NTK and the kernel distance (THEORY.md T7).
+"""Top eigenmodes of the empirical NTK and the kernel distance (docs/theory.md T7).
 
 ``Θ = U diag(λ_1 ≥ λ_2 ≥ …) Uᵀ`` on the probe set: the mode amplitudes ``f̃ = Uᵀ f`` obey
 ``f̃̈_k + 3H f̃̇_k = −(λ_k/N) [Uᵀ ℓ'(f)]_k`` (T7), so the top modes are the mean field and the
@@ -39,7 +39,7 @@ def ntk_eigen(
     tol: float | None = None,
     **ntk_kwargs: Any,
 ) -> NTKEigen:
-    """The k largest eigenvalues and eigenvectors of the empirical NTK (THEORY.md T7).
+    """The k largest eigenvalues and eigenvectors of the empirical NTK (docs/theory.md T7).
 
     Args:
         model_or_kernel: a model (the kernel is computed with
@@ -147,7 +147,7 @@ def kernel_distance(K0: torch.Tensor, K1: torch.Tensor) -> torch.Tensor:
     """Kernel distance ``1 − <K0, K1>_F / (‖K0‖_F ‖K1‖_F)`` (Fort et al. 2020), in [0, 2].
 
     0 when the kernels are proportional, so it tracks how much the NTK *rotates* during
-    training, i.e. the departure from the lazy (NTK) limit assumed in THEORY.md T4, T7.
+    training, i.e. the departure from the lazy (NTK) limit assumed in docs/theory.md T4, T7.
 
     >>> K = torch.eye(3)
     >>> float(kernel_distance(K, 2 * K))

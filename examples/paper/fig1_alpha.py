@@ -1,7 +1,7 @@
 """Figure 1: the homogeneous kernel α = Θ(x0, x0) across architecture and initialisation (F1).
 
 A network evaluated at one input x0 is a homogeneous field; its equation of motion is
-φ̈ + 3Hφ̇ + α ℓ'(φ) = 0 with α its empirical NTK at x0 (THEORY.md T5). The paper finds that α
+φ̈ + 3Hφ̇ + α ℓ'(φ) = 0 with α its empirical NTK at x0 (docs/theory.md T5). The paper finds that α
 depends most on the initialisation standard deviation, then on the activation (erf above
 relu) and the depth, and little on the width (F1).
 

@@ -2,13 +2,13 @@
 
 The network's field equation holds whatever the learning rate, but a self-gravitating universe
 evolves the same way only while the field's energy ρ_φ = ½φ̇² + α ℓ(φ) stays well below the
-vacuum energy Λ = (1 − β)²/(3η) (THEORY.md T6). At rest (φ̇ = 0) Ω_φ = ρ_φ/Λ ≤ tol bounds the
+vacuum energy Λ = (1 − β)²/(3η) (docs/theory.md T6). At rest (φ̇ = 0) Ω_φ = ρ_φ/Λ ≤ tol bounds the
 learning rate: η ≤ η_max = tol (1 − β)²/(3 α ℓ(φ_0)), which falls as momentum grows (F2).
 `FLRWDual.max_learning_rate` gives the curve; this script draws it for several networks and
 then checks it by training: at η = η_max(β) the measured max_n Ω_φ(n) must stay ≤ tol
 (within 5%: the field only loses energy to Hubble friction), and at 3 η_max(β) it must exceed
 tol. Checks whose η_max is so large that the discrete map is far from its continuum limit
-(stability margin ηκ/2(1 + β) > 0.5, THEORY.md T10) are listed but not counted. Ω_φ(n)
+(stability margin ηκ/2(1 + β) > 0.5, docs/theory.md T10) are listed but not counted. Ω_φ(n)
 uses the measured φ_n, the backward difference φ̇_n = (φ_n − φ_{n−1})/Δt with Δt = sqrt(η)
 (zero at rest, as the optimiser's zero initial velocity, T1) and α at initialisation.
 

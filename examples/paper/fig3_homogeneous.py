@@ -1,7 +1,7 @@
 """Figure 3: predicted vs trained output of homogeneous networks at the end of training (F3).
 
 A network at one input x0 is a homogeneous field φ = f(x0) obeying φ̈ + 3Hφ̇ + α ℓ'(φ) = 0
-with α = Θ(x0, x0) frozen at initialisation (THEORY.md T5). For every network of the scan the
+with α = Θ(x0, x0) frozen at initialisation (docs/theory.md T5). For every network of the scan the
 script integrates that equation (`predict_mean_field`, continuum ODE from the state at
 initialisation, T2/T5), trains the network with momentum SGD for the same number of steps,
 and compares the end points. The paper finds excellent agreement across its scan, the worst

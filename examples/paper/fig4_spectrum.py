@@ -1,6 +1,6 @@
 """Figure 4: the top NTK eigenvalue of input-dependent networks, and the eigenvalue hierarchy (F4).
 
-On N inputs the kernel's top mode is the mean field, with coupling α_eff = λ_1/N (THEORY.md
+On N inputs the kernel's top mode is the mean field, with coupling α_eff = λ_1/N (docs/theory.md
 T7); the other modes are perturbations with masses suppressed by λ_k/λ_1 (T8). The paper finds
 λ_1 distributed like the α of homogeneous networks, and a large hierarchy λ_1 ≫ λ_2 ≫ … (F4).
 For every network the script computes both: α = Θ(x0, x0) at the interval's centre x0 = 1,

@@ -3,7 +3,7 @@ the perturbations stay frozen (F5).
 
 Networks see N equally spaced inputs on an interval of a few Hubble lengths around x0 = 1
 (paper_common) and are trained on the same potential at every input, ℓ(f) = (f − 1)^p / p.
-From the kernel at initialisation, U diag(λ) Uᵀ, the script predicts (THEORY.md T7, T8):
+From the kernel at initialisation, U diag(λ) Uᵀ, the script predicts (docs/theory.md T7, T8):
 
 * the mean field φ̄ = mean_i f(x_i) from the homogeneous equation with α_eff = λ_1/N (Eq. 23,
   `predict_mean_field`), and

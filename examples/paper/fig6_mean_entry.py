@@ -1,7 +1,7 @@
 """Figure 6: the mean-field prediction with the mean kernel entry instead of λ_1/N (F6).
 
 The homogeneous equation φ̄̈ + 3Hφ̄̇ + α ℓ'(φ̄) = 0 needs one coupling α for N inputs. Eq. 23
-(THEORY.md T7) uses α_eff = λ_1/N, the top eigenvalue; the paper's appendix B uses the mean
+(docs/theory.md T7) uses α_eff = λ_1/N, the top eigenvalue; the paper's appendix B uses the mean
 kernel entry (1/N²) Σ_ij Θ(x_i, x_j) instead and finds no significant difference across its
 networks (F6). They agree when the top mode is uniform and carries the kernel's mass: then
 mean entry = Σ_k λ_k (u_k·1)²/N² ≈ λ_1/N. The script predicts the mean field both ways for

@@ -4,7 +4,7 @@ The networks are fully connected, in the NTK parameterisation (Jacot et al. 2018
 `neural-tangents`, which the paper's erf activation suggests): weights and biases are drawn
 from N(0, 1) and a dense layer computes ``y = (σ_w/sqrt(fan_in)) W x + σ_b b``. The
 initialisation standard deviation σ_w then sets the scale of the kernel while the width only
-sets its fluctuations, the regime the paper's findings F1 and F4 describe (THEORY.md).
+sets its fluctuations, the regime the paper's findings F1 and F4 describe (docs/theory.md).
 
 Everything runs in float64 on the CPU. Scans run in worker processes (one torch thread each)
 and show a tqdm progress bar; every figure script has ``--smoke`` (seconds, for the tests),
@@ -40,7 +40,7 @@ MODES = ("smoke", "quick", "full")
 SIGMA_B = 0.1
 #: The homogeneous networks' single input, and the centre of the input-dependent intervals.
 #: Not 0: with small biases an erf network is nearly odd about x = 0 and its top kernel mode
-#: is then a dipole, not the mean field (THEORY.md T7 caveat), and a relu network is
+#: is then a dipole, not the mean field (docs/theory.md T7 caveat), and a relu network is
 #: positively homogeneous there. At x0 = 1 the α of fig1 and the λ_1/N of fig4 compare directly.
 X0 = 1.0
 DTYPE = torch.float64
