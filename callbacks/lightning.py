@@ -16,7 +16,7 @@ __all__ = ["CosmologyMonitor"]
 
 
 class CosmologyMonitor(CosmologyMonitorMixin, Callback):
-    r"""Log the universe dual to training: Hubble rate, potential, NTK modes (docs/theory.md T3–T10).
+    r"""Log the universe dual to training: Hubble rate, potential, modes (docs/theory.md T3–T10).
 
     Every ``every_n_train_steps`` optimiser steps (and once before the first step) it evaluates
     the model on a fixed probe batch, computes the empirical NTK and its top modes there, and
