@@ -26,6 +26,7 @@ R rows per sample (sequence positions, conv pixels, repeated calls), fan-in d_in
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -156,6 +157,14 @@ def _select(model: nn.Module, params: ParamFilter) -> dict[str, nn.Parameter]:
         raise ValueError(
             f"Invalid params: {params!r}; it selects no trainable parameter. "
             "Fix: select parameters with requires_grad=True."
+        )
+    hooked = [n for n, p in chosen.items() if p._backward_hooks]
+    if hooked:
+        warnings.warn(
+            f"Parameters {hooked} have gradient hooks (Tensor.register_hook). The kernel is "
+            "J Jᵀ of the forward's true derivatives and ignores them, while training applies "
+            "them: the kernel is not the one that drives training through these parameters.",
+            stacklevel=3,
         )
     return chosen
 
