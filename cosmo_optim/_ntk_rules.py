@@ -142,9 +142,12 @@ class UseRecorder(TorchFunctionMode):
                 use.args, use.out = bound, out
                 use.versions = (bound["input"]._version, out._version)
             self.uses[self.watched[id(tensor)]].append(use)
+        if captured is None:
+            return out
         # The model gets a copy: in-place ops downstream (ReLU(inplace=True), ``h += x``) then
         # never overwrite the output whose cotangent the rule reads. One memory copy per call.
-        return out if captured is None else captured.clone()
+        self.out_bytes += captured.numel() * captured.element_size()
+        return captured.clone()
 
 
 def _conv_geometry(use: Use) -> tuple[Any, ...] | None:

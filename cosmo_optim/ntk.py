@@ -13,14 +13,25 @@ R rows per sample (sequence positions, conv pixels, repeated calls), fan-in d_in
 * ``"structured"`` — the Gram rule ``Θ_W = Σ_{s,t} (x_is·x_jt)(δ_is·δ_jt)`` for every recognised
   weight: time O(N² R² (d_in + C d_out)), memory O(N R (d_in + C d_out)) stored plus one block of
   O(b R · N R) for b samples at a time. Biases: per-sample gradients ``Σ_s δ_is``.
-* ``"jacobian"`` — per-sample gradients ``vmap(jacrev)`` of every selected parameter, contracted
-  block by block: time O(C·(forward+backward) per sample + C N² P), memory O(m C P_block) for a
-  chunk of m samples (the whole batch when ``N C P_block`` fits the budget).
+* ``"jacobian"`` — per-sample gradients of every selected parameter, contracted block by block:
+  ``vmap(jacrev)`` where its batching rules are trusted, else one sample's forward and C
+  backward passes at a time (:mod:`cosmo_optim._ntk_exact`). Time O(C·(forward+backward) per
+  sample + C N² P), memory O(m C P_block) for a chunk of m samples, m chosen from the budget.
 * ``"auto"`` — per recognised parameter the cheaper of the Gram rule and its per-sample-gradient
   form ``<Σ_s δ_isᵀ x_is, Σ_t δ_jtᵀ x_jt>`` (time O(C N R d_in d_out + C N² d_in d_out), memory
   O(N C d_in d_out); for a conv, torch's weight-gradient kernel vmapped over samples, never the
   ``unfold`` matrix); the jacobian path for everything else. LayerNorm affine parameters, grouped
   convs and convs with string padding always use the per-sample form.
+
+Never silently wrong: a rule is used for a parameter only while its assumptions hold, checked at
+run time in every chunk. Every recognised call is batch-first and in one role; the model gets a
+copy of each captured output, so in-place ops downstream (``ReLU(inplace=True)``, ``h += x``,
+hooks) cannot overwrite it, and version counters prove the captured input and output unchanged;
+every captured output must receive a cotangent; call options a rule does not model
+(``max_norm``, ``scale_grad_by_freq``) and parametrised weights are not recognised calls. A
+parameter that fails any of these takes the exact jacobian path, whose ``vmap`` rows are checked
+against the one-sample loop once per chunk size. ``verify=True`` recomputes a few entries from
+the user's module by plain autograd (docs/performance.md gives the cost).
 """
 
 from __future__ import annotations
@@ -303,7 +314,7 @@ class _Engine:
         plan = {n: self._form(us) for n, us in structured.items()}
         stored = sum(cost[1] for cost in plan.values())
         fallback = [n for n in self.names if n not in plan]
-        jac_min = max((C * self.base[n].numel() * self.isz * 2 for n in fallback), default=0)
+        jac_min = max((4 * C * self.base[n].numel() * self.isz for n in fallback), default=0)
         act = (2 + 2 * C) * max(recorder.out_bytes, 1)  # one sample's graph and cotangents
         need = kernel_bytes + stored + act + jac_min
         if need > self.budget:
