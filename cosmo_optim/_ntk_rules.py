@@ -67,6 +67,7 @@ class Use:
     args: dict[str, Any] = field(default_factory=dict)
     out: torch.Tensor | None = None
     versions: tuple[int, int] = (0, 0)
+    call: int = -1  # index among the forward's recognised calls
 
 
 def intact(use: Use) -> bool:
@@ -101,11 +102,18 @@ def _is_metadata(func: Any) -> bool:
 
 
 class UseRecorder(TorchFunctionMode):
-    """Record, per watched parameter, every torch call it enters during a forward pass."""
+    """Record, per watched parameter, every torch call it enters during a forward pass.
 
-    def __init__(self, watched: dict[int, str]) -> None:
+    The outputs of the recognised calls numbered in ``protect`` reach the model as copies, so
+    in-place ops downstream (``ReLU(inplace=True)``, ``h += x``, a hook editing its output)
+    cannot overwrite the tensor whose cotangent a rule reads (:func:`overwritten` finds them).
+    """
+
+    def __init__(self, watched: dict[int, str], protect: frozenset[int] = frozenset()) -> None:
         super().__init__()
         self.watched = watched  # id(tensor) -> parameter name
+        self.protect = protect
+        self.calls = 0
         self.uses: dict[str, list[Use]] = {name: [] for name in watched.values()}
         self.functions: set[Any] = set()  # every torch function the forward called
         self.out_bytes = 0  # bytes of every tensor the forward produced (activation estimate)
@@ -139,15 +147,21 @@ class UseRecorder(TorchFunctionMode):
             use = Use(kind if known else None, role)
             if known:
                 captured = out
-                use.args, use.out = bound, out
+                use.args, use.out, use.call = bound, out, self.calls
                 use.versions = (bound["input"]._version, out._version)
             self.uses[self.watched[id(tensor)]].append(use)
         if captured is None:
             return out
-        # The model gets a copy: in-place ops downstream (ReLU(inplace=True), ``h += x``) then
-        # never overwrite the output whose cotangent the rule reads. One memory copy per call.
+        self.calls += 1
+        if self.calls - 1 not in self.protect:
+            return out
         self.out_bytes += captured.numel() * captured.element_size()
         return captured.clone()
+
+    def overwritten(self) -> frozenset[int]:
+        """Recognised calls whose output an in-place op changed after the call."""
+        return frozenset(u.call for us in self.uses.values() for u in us
+                         if u.out is not None and u.out._version != u.versions[1])
 
 
 def _conv_geometry(use: Use) -> tuple[Any, ...] | None:

@@ -288,7 +288,7 @@ class _Engine:
         return flat
 
     def _forward(self, lo: int, hi: int, leaves: dict[str, torch.Tensor]) -> Any:
-        recorder = rules.UseRecorder({id(t): n for n, t in leaves.items()})
+        recorder = rules.UseRecorder({id(t): n for n, t in leaves.items()}, self.protect)
         with recorder:
             out = self.call(leaves, self.x[lo:hi])
         return recorder, out
@@ -303,7 +303,11 @@ class _Engine:
 
     def run(self) -> torch.Tensor:
         leaves = self._leaves(self.names)
+        self.protect: frozenset[int] = frozenset()
         recorder, f1 = self._forward(0, 1, leaves)
+        if recorder.overwritten():  # in-place ops after recognised calls: copy those outputs
+            self.protect = recorder.overwritten()
+            recorder, f1 = self._forward(0, 1, leaves)
         self.C = f1.shape[1]
         N, C = self.N, self.C
         shape = (N, N, C, C) if self.full else (N, N)
