@@ -24,9 +24,10 @@ R rows per sample (sequence positions, conv pixels, repeated calls), fan-in d_in
   convs and convs with string padding always use the per-sample form.
 
 Never silently wrong: a rule is used for a parameter only while its assumptions hold, checked at
-run time in every chunk. Every recognised call is batch-first and in one role; the model gets a
-copy of each captured output, so in-place ops downstream (``ReLU(inplace=True)``, ``h += x``,
-hooks) cannot overwrite it, and version counters prove the captured input and output unchanged;
+run time in every chunk. Every recognised call is batch-first and in one role; where the
+one-sample probe sees an in-place op (``ReLU(inplace=True)``, ``h += x``, a hook) overwrite a
+captured output, the model gets a copy of it, and version counters prove every captured input
+and output unchanged;
 every captured output must receive a cotangent; call options a rule does not model
 (``max_norm``, ``scale_grad_by_freq``) and parametrised weights are not recognised calls. A
 parameter that fails any of these takes the exact jacobian path, whose ``vmap`` rows are checked
@@ -133,7 +134,7 @@ def empirical_ntk(
     if train_mode:
         _refuse_coupling(model)
     with preserved(model, inputs.device), training(model, train_mode), _no_fastpath(), \
-            torch.compiler.set_stance("force_eager"):
+            _eager():
         engine = _Engine(model, selected, inputs, output, method, dtype, budget)
         kernel = engine.run()
         if samples:
@@ -193,6 +194,13 @@ def _refuse_coupling(model: nn.Module) -> None:
                 f"Invalid train_mode: True with Dropout module {name!r} (p={m.p}); the NTK of a "
                 "random function is undefined. Fix: use train_mode=False."
             )
+
+
+def _eager() -> contextlib.AbstractContextManager[Any]:
+    """Compiled modules run their original eager code, so every op is seen (torch >= 2.6).
+    Older torch: the missing-cotangent check sends traced layers to the exact path."""
+    set_stance = getattr(torch.compiler, "set_stance", None)
+    return set_stance("force_eager") if set_stance else contextlib.nullcontext()
 
 
 @contextlib.contextmanager
