@@ -6,8 +6,12 @@ too bold where it grows (progressive sharpening). The scheduler re-reads the NTK
 curvatures κ_k = (λ_k/N) u_kᵀ ℓ'' u_k (T8) on a probe batch at geometrically spaced steps
 and resets (η, β) by the same rule as the one-shot advice (Polyak's heavy ball: the slowest
 relevant mode critically damped, the stiffest mode at η κ_max = safety·(1 + √β)², inside
-the edge of stability η κ < 2(1 + β), T10). If the training loss it is shown jumps above
-`backoff` times the loss at the last plan, the safety is halved and it re-plans at once.
+the edge of stability η κ < 2(1 + β), T10). The safety starts at the one-shot advice's 1/8
+(the kernel at initialisation says nothing of the early catapult) and doubles at every
+re-plan whose loss fell, up to `safety`; the lr at most doubles per re-plan (a curvature
+read as nearly zero on a saturated probe is not a licence for a huge step). If the
+training loss it is shown jumps above `backoff` times the loss at the last plan, the
+safety is halved and it re-plans at once.
 
 Cost: one forward pass, one output-space NTK and one eigendecomposition on the probe batch
 (O((N·C)³)) per re-plan, about log₂(horizon_steps/first_replan) re-plans.
@@ -28,6 +32,11 @@ from cosmo_optim.losses import per_sample_loss
 
 __all__ = ["CosmologyScheduler"]
 
+#: The first plan's safety: the one-shot advice's default (catapult headroom, advice.py).
+_START_SAFETY = 0.125
+#: The lr grows by at most this factor per re-plan.
+_MAX_LR_GROWTH = 2.0
+
 
 class CosmologyScheduler:
     """Re-plans the lr and momentum of a momentum-SGD optimiser from the current NTK (T8, T10).
@@ -43,9 +52,9 @@ class CosmologyScheduler:
         probe_inputs, probe_targets: the probe batch the NTK is read on (N·C ≲ 400 rows).
         horizon_steps: how many steps training will run (the slowest mode worth damping
             must get 3 e-folds in the steps that remain).
-        safety: in (0, 1]; the stiffest curvature is planned at 1/safety times the measured
-            one (stability margin ≤ safety). Re-planning allows a bolder value than the
-            one-shot advice's 1/8.
+        safety: in (0, 1]; the largest safety the schedule grows to: the stiffest curvature is
+            planned at 1/safety times the measured one (stability margin ≤ safety). It starts
+            at min(safety, 1/8), the one-shot advice's value.
         residual_fraction: share of |Uᵀ ∂L/∂f|² the relevant modes must carry, in (0, 1].
         batch_size, num_inputs: mini-batch size and data-set size (None: full batch); the lr
             is lowered by the gradient-noise scale as in `suggest_hyperparameters`.
@@ -104,7 +113,8 @@ class CosmologyScheduler:
             raise ValueError("Invalid probe_inputs: no samples; pass a batch (N, ...), N ≥ 1.")
         self.optimizer, self.model, self.ell = optimizer, model, per_sample_loss(loss)
         self.inputs, self.targets = probe_inputs, probe_targets
-        self.horizon_steps, self.safety = horizon_steps, float(safety)
+        self.horizon_steps, self.max_safety = horizon_steps, float(safety)
+        self.safety = min(self.max_safety, _START_SAFETY)
         self.residual_fraction, self.backoff = float(residual_fraction), float(backoff)
         self.batch_size = batch_size
         self.num_inputs = int(probe_inputs.shape[0]) if num_inputs is None else int(num_inputs)
@@ -130,6 +140,8 @@ class CosmologyScheduler:
         elif self.step_count >= self._next:
             self._interval *= 2
             self._next = self.step_count + self._interval
+            if loss is None or loss < last:  # training went well: a bolder margin
+                self.safety = min(self.max_safety, 2.0 * self.safety)
             self.replan()
 
     def replan(self) -> Cosmology:
@@ -152,14 +164,17 @@ class CosmologyScheduler:
                               self.num_inputs)
         chosen = plan(read.curvatures, read.curvatures, relevant, self.safety, remaining,
                       True, factor)
+        lr, momentum = chosen.cosmology.lr, chosen.cosmology.momentum
+        if self.history:  # at most double the lr per re-plan (a trust region on κ_max)
+            lr = min(lr, _MAX_LR_GROWTH * float(self.optimizer.param_groups[0]["lr"]))
         for group in self.optimizer.param_groups:
-            group["lr"], group["momentum"] = chosen.cosmology.lr, chosen.cosmology.momentum
+            group["lr"], group["momentum"] = lr, momentum
         self.history.append({
-            "step": self.step_count, "lr": chosen.cosmology.lr,
-            "momentum": chosen.cosmology.momentum, "kappa_max": chosen.kappa_max,
+            "step": self.step_count, "lr": lr, "momentum": momentum,
+            "kappa_max": chosen.kappa_max,
             "kappa_min": chosen.kappa_min, "safety": self.safety, "loss": value,
         })
-        return chosen.cosmology
+        return Cosmology(lr, momentum)
 
     def state_dict(self) -> dict[str, Any]:
         """The scheduler's counters and history (the optimiser holds lr and momentum)."""
