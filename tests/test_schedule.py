@@ -1,6 +1,7 @@
 """CosmologyScheduler: the re-plan is Polyak's heavy ball on the current curvatures (T8, T10),
 on schedule, backs off after a loss jump, resumes from its state, leaves the model alone."""
 
+import itertools
 import math
 import random
 
@@ -46,7 +47,7 @@ def test_safety_doubles_while_the_loss_falls_up_to_its_cap_and_the_lr_at_most_do
     safeties = [h["safety"] for h in sched.history]
     assert safeties[:4] == [0.125, 0.25, 0.5, 0.5]
     lrs = [h["lr"] for h in sched.history]
-    assert all(b <= 2 * a * (1 + 1e-12) for a, b in zip(lrs, lrs[1:]))
+    assert all(b <= 2 * a * (1 + 1e-12) for a, b in itertools.pairwise(lrs))
 
 
 def train(model, opt, sched, x, y, steps, jump_at=None):
