@@ -7,7 +7,8 @@ initialisation and batch order), a step budget, and a target training loss (on t
 training set, evaluated after every step):
 
 * ``one-shot``: `suggest_hyperparameters` at initialisation (one NTK), then plain SGD;
-* ``re-plan``: `CosmologyScheduler` (re-reads the NTK at steps 10, 30, 70, …);
+* ``re-plan``: `CosmologyScheduler` with the target loss (re-reads the NTK on 64 probe
+  inputs at steps 10, 30, 70, …);
 * ``grid``: 5 learning rates log-spaced over two decades × β ∈ {0, 0.5, 0.9, 0.95, 0.99},
   the best by mean steps to target over the seeds;
 * ``Adam``: lr ∈ {1e-3, 3e-3, 1e-2, 3e-2, 1e-1}, the best by mean steps.
@@ -228,7 +229,8 @@ def one_seed(task: Task, seed: int, batch: int | None, lrs: np.ndarray,
     start = time.perf_counter()
     sched = CosmologyScheduler(opt, model, task.loss, task.inputs[probe],
                                None if task.targets is None else task.targets[probe],
-                               horizon_steps=task.budget, batch_size=batch, num_inputs=n)
+                               horizon_steps=task.budget, batch_size=batch, num_inputs=n,
+                               target_loss=task.target)
     spent = [time.perf_counter() - start]
 
     def replan(value: float | None) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 from typing import Final, NamedTuple
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -15,12 +16,15 @@ from cosmo_optim.cosmology import Cosmology
 from cosmo_optim.dual import FLRWDual
 from cosmo_optim.losses import PerSampleLoss, loss_derivatives
 from cosmo_optim.ntk import empirical_ntk
+from cosmo_optim.predict import predict_trajectory
 from cosmo_optim.spectrum import flat_kernel
 
 #: Default probe: as many inputs as keep the output-space kernel at N·C ≤ this many rows.
 MAX_PROBE_ROWS: Final = 400
 #: A mode is worth damping if, critically damped, it gets this many e-folds in the horizon.
 HORIZON_EFOLDS: Final = 3.0
+#: At most this many rounds of plan → predicted time to target → plan.
+PLAN_ITERATIONS: Final = 4
 #: Modes with λ_k below this fraction of λ_1 are numerically in the kernel's null space.
 NULL_RTOL: Final = 1e-10
 
@@ -136,3 +140,63 @@ def plan(high: Tensor, low: Tensor, relevant: Tensor, safety: float, need: int,
     lr = polyak_lr(kappa_max, kappa_min) * factor
     momentum = (1.0 - math.sqrt(lr * kappa_min)) ** 2  # κ_min critically damped (T10)
     return Plan(Cosmology(lr, momentum), kappa_max, kappa_min, fraction_min, need_min, active)
+
+
+def trajectory(dual: FLRWDual, steps: int, scale: float) -> tuple[np.ndarray, Tensor | None]:
+    """Loss at n = 0 … steps and the outputs, under the discrete heavy-ball map (T10).
+
+    The kernel is frozen (lazy limit); the outputs are None if the map left every finite
+    value (the linearisation then predicts divergence).
+    """
+    try:
+        modes = predict_trajectory(dual, steps, method="discrete").outputs
+    except ValueError:  # the map diverged: η κ ≥ 2(1 + β) somewhere along the way
+        return np.full(steps + 1, np.inf), None
+    assert modes is not None
+    n = dual.num_samples
+    outputs = torch.from_numpy(modes).reshape(steps + 1, *dual.outputs.shape)
+    y = dual.targets
+    if y is not None:
+        y = y.repeat(steps + 1, *([1] * (y.dim() - 1)))
+    with torch.no_grad():
+        flat = outputs.reshape((steps + 1) * n, *dual.outputs.shape[1:])
+        values = dual.loss.per_sample(flat, y).reshape(steps + 1, n).mean(dim=1)
+    return scale * values.numpy(), outputs
+
+
+class Search(NamedTuple):
+    """The fixed point of plan → predicted time to target → plan."""
+
+    plan: Plan
+    dual: FLRWDual
+    curve: np.ndarray
+    predicted: int | None
+    need: int
+    low: Tensor
+
+
+def fixed_point(read: ModeReadout, relevant: Tensor, safety: float, horizon_steps: int,
+                 target: float, scale: float, factor: float) -> Search:
+    """Plan until the steps needed stop changing (at most PLAN_ITERATIONS rounds).
+
+    The modes needed are those that must move before the target is reached, with their
+    masses anywhere on the predicted roll (T8: m_k² follows ℓ'' along the path). Later
+    rounds predict over twice the previous time to target only (the map is the cost).
+    """
+    kappa, dual = read.curvatures, read.dual
+    need, window, low, high = horizon_steps, horizon_steps, kappa, kappa
+    for _ in range(PLAN_ITERATIONS):
+        chosen = plan(high, low, relevant, safety, need, need == horizon_steps, factor)
+        dual = dual.replace(cosmology=chosen.cosmology)
+        curve, path = trajectory(dual, window, scale)
+        if window < horizon_steps and not (curve <= target).any():
+            curve, path = trajectory(dual, horizon_steps, scale)
+        hits = np.flatnonzero(curve <= target)
+        predicted = int(hits[0]) if hits.size else None
+        new_need = horizon_steps if predicted is None else max(predicted, 1)
+        if new_need == need or path is None:
+            break
+        need, window = new_need, min(horizon_steps, 2 * new_need)
+        at_need = dual.replace(outputs=path[need].to(dual.outputs.dtype)).mode_curvatures
+        low, high = torch.minimum(kappa, at_need), torch.maximum(kappa, at_need)
+    return Search(chosen, dual, curve, predicted, need, low)

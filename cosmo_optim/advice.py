@@ -55,24 +55,22 @@ from cosmo_optim._common import preserved
 from cosmo_optim._planning import (
     MAX_PROBE_ROWS,  # noqa: F401  (the documented default probe size, kept importable here)
     ModeReadout,
-    Plan,
+    Search,
     batch_factor,
+    fixed_point,
     noise_scale,
-    plan,
     probe_indices,
     read_modes,
     relevant_modes,
+    trajectory,
 )
 from cosmo_optim.cosmology import Cosmology
 from cosmo_optim.dual import FLRWDual
 from cosmo_optim.losses import PerSampleLoss, per_sample_loss
 from cosmo_optim.optim import CosmoSGD
-from cosmo_optim.predict import predict_trajectory
 
 __all__ = ["Suggestion", "suggest_hyperparameters"]
 
-#: At most this many rounds of plan → predicted time to target → plan.
-_PLAN_ITERATIONS: Final = 4
 #: The trial's loss decrease may differ from the predicted one by this fraction (lazy limit).
 _TRIAL_TOLERANCE: Final = 0.25
 #: The trial costs at most horizon_steps / this many probe-set steps (≤ 4 % of training).
@@ -205,30 +203,8 @@ def _initial_loss(ell: PerSampleLoss, outputs: Tensor, targets: Tensor | None) -
     return value
 
 
-def _trajectory(dual: FLRWDual, steps: int, scale: float) -> tuple[np.ndarray, Tensor | None]:
-    """Loss at n = 0 … steps and the outputs, under the discrete heavy-ball map (T10).
-
-    The kernel is frozen (lazy limit); the outputs are None if the map left every finite
-    value (the linearisation then predicts divergence).
-    """
-    try:
-        modes = predict_trajectory(dual, steps, method="discrete").outputs
-    except ValueError:  # the map diverged: η κ ≥ 2(1 + β) somewhere along the way
-        return np.full(steps + 1, np.inf), None
-    assert modes is not None
-    n = dual.num_samples
-    outputs = torch.from_numpy(modes).reshape(steps + 1, *dual.outputs.shape)
-    y = dual.targets
-    if y is not None:
-        y = y.repeat(steps + 1, *([1] * (y.dim() - 1)))
-    with torch.no_grad():
-        flat = outputs.reshape((steps + 1) * n, *dual.outputs.shape[1:])
-        values = dual.loss.per_sample(flat, y).reshape(steps + 1, n).mean(dim=1)
-    return scale * values.numpy(), outputs
-
-
 def _predicted_losses(dual: FLRWDual, steps: int, scale: float) -> np.ndarray:
-    return _trajectory(dual, steps, scale)[0]
+    return trajectory(dual, steps, scale)[0]
 
 
 def suggest_hyperparameters(
@@ -318,7 +294,7 @@ def suggest_hyperparameters(
         scale = initial / probe_initial if probe_initial > 0 else 1.0
         noise = noise_scale(read.kernel, read.grad)
         factor = batch_factor(noise, batch_size, num_inputs)
-        found = _fixed_point(read, relevant, float(safety), horizon_steps, target, scale, factor)
+        found = fixed_point(read, relevant, float(safety), horizon_steps, target, scale, factor)
         trial = _trial(model, ell, inputs[idx], probe_y, found, horizon_steps)
     predictable = trial.error <= _TRIAL_TOLERANCE
     text = _rationale(read, found, relevant, float(residual_fraction), float(safety), initial,
@@ -355,44 +331,6 @@ def _check_curvature(kappa: Tensor) -> None:
         )
 
 
-class _Search(NamedTuple):
-    """The fixed point of plan → predicted time to target → plan."""
-
-    plan: Plan
-    dual: FLRWDual
-    curve: np.ndarray
-    predicted: int | None
-    need: int
-    low: Tensor
-
-
-def _fixed_point(read: ModeReadout, relevant: Tensor, safety: float, horizon_steps: int,
-                 target: float, scale: float, factor: float) -> _Search:
-    """Plan until the steps needed stop changing (at most _PLAN_ITERATIONS rounds).
-
-    The modes needed are those that must move before the target is reached, with their
-    masses anywhere on the predicted roll (T8: m_k² follows ℓ'' along the path). Later
-    rounds predict over twice the previous time to target only (the map is the cost).
-    """
-    kappa, dual = read.curvatures, read.dual
-    need, window, low, high = horizon_steps, horizon_steps, kappa, kappa
-    for _ in range(_PLAN_ITERATIONS):
-        chosen = plan(high, low, relevant, safety, need, need == horizon_steps, factor)
-        dual = dual.replace(cosmology=chosen.cosmology)
-        curve, path = _trajectory(dual, window, scale)
-        if window < horizon_steps and not (curve <= target).any():
-            curve, path = _trajectory(dual, horizon_steps, scale)
-        hits = np.flatnonzero(curve <= target)
-        predicted = int(hits[0]) if hits.size else None
-        new_need = horizon_steps if predicted is None else max(predicted, 1)
-        if new_need == need or path is None:
-            break
-        need, window = new_need, min(horizon_steps, 2 * new_need)
-        at_need = dual.replace(outputs=path[need].to(dual.outputs.dtype)).mode_curvatures
-        low, high = torch.minimum(kappa, at_need), torch.maximum(kappa, at_need)
-    return _Search(chosen, dual, curve, predicted, need, low)
-
-
 class _Trial(NamedTuple):
     steps: int
     predicted_drop: float  # predicted probe-loss decrease over the trial
@@ -401,7 +339,7 @@ class _Trial(NamedTuple):
 
 
 def _trial(model: nn.Module, ell: PerSampleLoss, inputs: Tensor, targets: Tensor | None,
-           found: _Search, horizon_steps: int) -> _Trial:
+           found: Search, horizon_steps: int) -> _Trial:
     """Train a copy on the probe set at the plan for a few steps; compare with the map (T4).
 
     Over a quarter of the predicted time to target (at most horizon_steps/_TRIAL_FRACTION
@@ -430,7 +368,7 @@ def _trial(model: nn.Module, ell: PerSampleLoss, inputs: Tensor, targets: Tensor
 
 
 def _rationale(
-    read: ModeReadout, found: _Search, relevant: Tensor, fraction: float, safety: float,
+    read: ModeReadout, found: Search, relevant: Tensor, fraction: float, safety: float,
     initial: float, target: float, horizon_steps: int, noise: float, factor: float,
     batch_size: int | None, num_inputs: int, trial: _Trial,
 ) -> str:
@@ -479,7 +417,7 @@ def _rationale(
     return "\n".join(lines)
 
 
-def _prediction_line(found: _Search, target: float, horizon_steps: int, curve: np.ndarray,
+def _prediction_line(found: Search, target: float, horizon_steps: int, curve: np.ndarray,
                      trial: _Trial) -> str:
     if trial.error > _TRIAL_TOLERANCE:
         return (

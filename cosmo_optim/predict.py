@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from cosmo_optim._common import preserved
 from cosmo_optim.dual import FLRWDual
 
 __all__ = [
@@ -253,6 +254,7 @@ def output_velocity(model: nn.Module, inputs: Tensor, optimizer: torch.optim.Opt
     After torch's step θ_{n+1} = θ_n − η b_n (T1), the last displacement is −η b_n, so this is
     the backward difference (f_{n+1} − f_n)/Δt of the linearised outputs, in continuum units
     (Δt = sqrt(η) of group 0). Parameters without a buffer (before the first step) move at 0.
+    The model's buffers and the random states are left as they were.
 
     Example:
         >>> model = torch.nn.Linear(2, 1)
@@ -276,5 +278,27 @@ def output_velocity(model: nn.Module, inputs: Tensor, optimizer: torch.optim.Opt
     def f(*ps: Tensor) -> Tensor:
         return functional_call(model, dict(zip(names, ps, strict=True)), (inputs,))
 
-    velocity = jvp(f, params, tangents)[1]
+    device = params[0].device if params else inputs.device
+    with preserved(model, device):  # BatchNorm statistics, dropout draws: left as they were
+        try:
+            velocity = jvp(f, params, tangents)[1]
+        except NotImplementedError:  # an op without forward AD (e.g. spectral norm's power
+            velocity = _jvp_by_double_backward(f, params, tangents)  # iteration in train mode)
     return velocity.detach()
+
+
+def _jvp_by_double_backward(f: Callable[..., Tensor], params: tuple[Tensor, ...],
+                            tangents: tuple[Tensor, ...]) -> Tensor:
+    """J v as the gradient in u of (Jᵀu)·v: two reverse passes, for ops without forward AD."""
+    with torch.enable_grad():
+        leaves = tuple(p.detach().requires_grad_(True) for p in params)
+        out = f(*leaves)
+        u = torch.zeros_like(out, requires_grad=True)
+        pulled = torch.autograd.grad(out, leaves, grad_outputs=u, create_graph=True,
+                                     allow_unused=True)
+        pairs = [(g, v) for g, v in zip(pulled, tangents, strict=True) if g is not None]
+        if not pairs:
+            return torch.zeros_like(out)
+        (jv,) = torch.autograd.grad([g for g, _ in pairs], u,
+                                    grad_outputs=[v for _, v in pairs], allow_unused=True)
+    return torch.zeros_like(out) if jv is None else jv

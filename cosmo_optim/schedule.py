@@ -10,8 +10,8 @@ the edge of stability η κ < 2(1 + β), T10). The safety starts at the one-shot
 (the kernel at initialisation says nothing of the early catapult) and doubles at every
 re-plan whose loss fell, up to `safety`; the lr at most doubles per re-plan (a curvature
 read as nearly zero on a saturated probe is not a licence for a huge step). If the
-training loss it is shown jumps above `backoff` times the loss at the last plan, the
-safety is halved and it re-plans at once.
+training loss it is shown jumps above `backoff` times the training loss at the last plan,
+the safety is halved and it re-plans at once.
 
 Cost: one forward pass, one output-space NTK and one eigendecomposition on the probe batch
 (O((N·C)³)) per re-plan, about log₂(horizon_steps/first_replan) re-plans.
@@ -26,7 +26,14 @@ import torch
 from torch import Tensor, nn
 
 from cosmo_optim._common import preserved
-from cosmo_optim._planning import batch_factor, noise_scale, plan, read_modes, relevant_modes
+from cosmo_optim._planning import (
+    batch_factor,
+    fixed_point,
+    noise_scale,
+    plan,
+    read_modes,
+    relevant_modes,
+)
 from cosmo_optim.cosmology import Cosmology
 from cosmo_optim.losses import per_sample_loss
 
@@ -60,6 +67,9 @@ class CosmologyScheduler:
             is lowered by the gradient-noise scale as in `suggest_hyperparameters`.
         first_replan: the step of the first re-plan (≥ 1).
         backoff: a loss above `backoff` × the loss at the last plan halves the safety.
+        target_loss: the loss training aims for (optional). Given, each re-plan damps the
+            slowest mode that must move before the predicted time to target, as
+            `suggest_hyperparameters` does; else the slowest that can move in the steps left.
 
     Attributes:
         history: one dict per plan: step, lr, momentum, kappa_max, kappa_min, safety, loss.
@@ -96,6 +106,7 @@ class CosmologyScheduler:
         num_inputs: int | None = None,
         first_replan: int = 10,
         backoff: float = 2.0,
+        target_loss: float | None = None,
     ) -> None:
         for name, value, least in (("horizon_steps", horizon_steps, 1),
                                    ("first_replan", first_replan, 1)):
@@ -117,9 +128,13 @@ class CosmologyScheduler:
         self.safety = min(self.max_safety, _START_SAFETY)
         self.residual_fraction, self.backoff = float(residual_fraction), float(backoff)
         self.batch_size = batch_size
+        if target_loss is not None and not math.isfinite(float(target_loss)):
+            raise ValueError(f"Invalid target_loss: {target_loss!r}; it must be a finite number.")
+        self.target_loss = None if target_loss is None else float(target_loss)
         self.num_inputs = int(probe_inputs.shape[0]) if num_inputs is None else int(num_inputs)
         self.step_count, self._next, self._interval = 0, first_replan, first_replan
         self.history: list[dict[str, float]] = []
+        self._reference = math.inf  # the loss at the last plan (probe loss until step() says)
         self.replan()
 
     @property
@@ -133,25 +148,34 @@ class CosmologyScheduler:
         self.step_count += 1
         if self.step_count >= self.horizon_steps:
             return
-        last = self.history[-1]["loss"] if self.history else math.nan
+        last = self._reference
         if loss is not None and (not math.isfinite(loss) or loss > self.backoff * last):
             self.safety /= 2.0
-            self.replan()
+            self.replan(loss)
         elif self.step_count >= self._next:
             self._interval *= 2
             self._next = self.step_count + self._interval
             if loss is None or loss < last:  # training went well: a bolder margin
                 self.safety = min(self.max_safety, 2.0 * self.safety)
-            self.replan()
+            self.replan(loss)
+        else:
+            return
+        if loss is not None and math.isfinite(loss):
+            self._reference = loss  # the training loss at this plan: the next jump's baseline
 
-    def replan(self) -> Cosmology:
-        """Read the curvatures now and set lr and momentum on every param group (T8, T10)."""
+    def replan(self, loss: float | None = None) -> Cosmology:
+        """Read the curvatures now and set lr and momentum on every param group (T8, T10).
+
+        `loss`, the current training loss if known, rescales the probe's predicted loss
+        curve to the training loss when a `target_loss` is planned for.
+        """
         first = next(iter(self.model.parameters()))
         with preserved(self.model, first.device):
             with torch.no_grad():
                 outputs = self.model(self.inputs)
             read = read_modes(self.model, self.ell, self.inputs, outputs, self.targets)
         value = float(read.values.mean())
+        self._reference = value
         try:
             relevant = relevant_modes(read.curvatures, read.dual.eigenvalues, read.residual,
                                       self.residual_fraction)
@@ -162,8 +186,14 @@ class CosmologyScheduler:
         remaining = max(self.horizon_steps - self.step_count, 1)
         factor = batch_factor(noise_scale(read.kernel, read.grad), self.batch_size,
                               self.num_inputs)
-        chosen = plan(read.curvatures, read.curvatures, relevant, self.safety, remaining,
-                      True, factor)
+        if self.target_loss is None:
+            chosen = plan(read.curvatures, read.curvatures, relevant, self.safety, remaining,
+                          True, factor)
+        else:
+            known = loss is not None and math.isfinite(loss) and value > 0
+            scale = loss / value if known else 1.0  # type: ignore[operator]
+            chosen = fixed_point(read, relevant, self.safety, remaining, self.target_loss,
+                                 scale, factor).plan
         lr, momentum = chosen.cosmology.lr, chosen.cosmology.momentum
         if self.history:  # at most double the lr per re-plan (a trust region on κ_max)
             lr = min(lr, _MAX_LR_GROWTH * float(self.optimizer.param_groups[0]["lr"]))
@@ -179,10 +209,12 @@ class CosmologyScheduler:
     def state_dict(self) -> dict[str, Any]:
         """The scheduler's counters and history (the optimiser holds lr and momentum)."""
         return {"step_count": self.step_count, "next": self._next, "interval": self._interval,
-                "safety": self.safety, "history": [dict(h) for h in self.history]}
+                "safety": self.safety, "reference": self._reference,
+                "history": [dict(h) for h in self.history]}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Resume from `state_dict()`."""
         self.step_count, self._next = int(state["step_count"]), int(state["next"])
         self._interval, self.safety = int(state["interval"]), float(state["safety"])
+        self._reference = float(state["reference"])
         self.history = [dict(h) for h in state["history"]]

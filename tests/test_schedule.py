@@ -120,3 +120,17 @@ def test_bad_arguments_name_the_value_and_the_constraint(kwargs, message):
     args = {"horizon_steps": 10} | kwargs
     with pytest.raises(ValueError, match=message):
         CosmologyScheduler(opt, model, nn.MSELoss(), x, y, **args)
+
+
+def test_with_a_target_the_replan_damps_the_modes_needed_before_it_as_the_one_shot_advice_does():
+    from cosmo_optim import suggest_hyperparameters
+
+    model, x, y = linear_problem()
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    sched = CosmologyScheduler(opt, model, nn.MSELoss(), x, y, horizon_steps=500, target_loss=0.5)
+    s = suggest_hyperparameters(model, nn.MSELoss(), x, y, horizon_steps=500, target_loss=0.5)
+    # Same probe, same safety (1/8) at the first plan: the same fixed point, hence the same plan.
+    assert sched.history[0]["lr"] == pytest.approx(s.lr, rel=1e-9)
+    assert sched.history[0]["momentum"] == pytest.approx(s.momentum, rel=1e-9)
+    with pytest.raises(ValueError, match="Invalid target_loss: nan"):
+        CosmologyScheduler(opt, model, nn.MSELoss(), x, y, horizon_steps=5, target_loss=math.nan)
