@@ -1,7 +1,6 @@
 """check_duality end to end: isolation, exactness on linear models, verdicts, errors and the
 paper's homogeneous scan (T4–T10, paper Fig. 3)."""
 
-import inspect
 import itertools
 import json
 import math
@@ -13,7 +12,7 @@ import torch
 from matplotlib.figure import Figure
 from torch import nn
 
-from cosmo_optim import Cosmology, PolynomialPotentialLoss, check_duality, empirical_ntk
+from cosmo_optim import Cosmology, PolynomialPotentialLoss, check_duality
 
 D = torch.float64
 
@@ -154,8 +153,6 @@ def test_divergence_is_a_result_not_an_error():
     report.to_markdown()
 
 
-@pytest.mark.skipif("verify" not in inspect.signature(empirical_ntk).parameters,
-                    reason="empirical_ntk(verify=...) lands with the NTK self-check (issue #10)")
 def test_verify_ntk_checks_the_first_kernel_only(monkeypatch):
     import cosmo_optim.ntk as ntk_module
 
