@@ -14,7 +14,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from cosmo_optim.monitor import CosmologyTracker
+from cosmo_optim.monitor import CosmologyTracker, MonitorConfig
+from cosmo_optim.monitor.sinks import Sinks
 
 _TrainerCallback: Any
 try:
@@ -98,18 +99,15 @@ class CosmologyCallback(_TrainerCallback):
             raise ImportError(
                 "CosmologyCallback needs transformers. Fix: pip install 'cosmo-optim[hf]'."
             )
-        self.options: dict[str, Any] = {
-            "top_k": top_k, "probe_size": probe_size, "prefix": prefix,
-            "log_figures_every_n_steps": log_figures_every_n_steps,
-        }
-        self.loss, self.every_n_steps, self.sink = loss, every_n_steps, sink
+        self.config = MonitorConfig(
+            loss, probe_size, top_k, every_n_steps, log_figures_every_n_steps, prefix=prefix
+        )
+        Sinks(sink)  # validate it now
+        self.sink = sink
         self.input_key, self.label_key = input_key, label_key
         self.probe_batch = None if probe_batch is None else self._probe(probe_batch)
         self.tracker: CosmologyTracker | None = None
         self._writer: Any = None
-        # validate every argument now, with the engine's messages
-        CosmologyTracker(nn.Linear(1, 1), loss, every_n_steps=every_n_steps or 1, sink=sink,
-                         **self.options)
 
     def _probe(self, batch: Mapping[str, Tensor]) -> tuple[Tensor, Tensor | None]:
         if self.input_key not in batch:
@@ -127,7 +125,7 @@ class CosmologyCallback(_TrainerCallback):
             loader = kwargs["train_dataloader"]
             with torch.random.fork_rng():  # a collator may draw random numbers (MLM masking)
                 examples = [loader.dataset[i] for i in range(
-                    min(self.options["probe_size"], len(loader.dataset)))]
+                    min(self.config.probe_size, len(loader.dataset)))]
                 probe = self._probe(loader.collate_fn(examples))
         sink = self.sink
         if state.is_world_process_zero and "tensorboard" in (args.report_to or []):
@@ -139,11 +137,12 @@ class CosmologyCallback(_TrainerCallback):
                 or os.path.join(args.output_dir, "runs")
             )
             sink = self._writer = SummaryWriter(log_dir)
-        self.tracker = CosmologyTracker(
-            _Outputs(model, self.input_key), self.loss, optimizer=optimizer,
+        self.tracker = CosmologyTracker.from_config(
+            _Outputs(model, self.input_key),
+            self.config.with_interval(max(int(args.logging_steps), 1)),
+            optimizer=optimizer,
             probe_batch=tuple(t.cpu() if t is not None else None for t in probe),
-            every_n_steps=self.every_n_steps or max(int(args.logging_steps), 1),
-            sink=sink if state.is_world_process_zero else None, **self.options,
+            sink=sink if state.is_world_process_zero else None,
         )
         if state.global_step == 0:
             self.tracker.step(0)
@@ -162,10 +161,8 @@ class CosmologyCallback(_TrainerCallback):
         if self.tracker is None:
             return
         if self._writer is not None:
-            from cosmo_optim import _monitor_tb
-
             step = self.tracker.final_figures_step()
             if step is not None:
-                _monitor_tb.write_figures(self._writer, self.tracker, step)
+                self.tracker.write_figures(self._writer, step)
             self._writer.close()
             self._writer = None

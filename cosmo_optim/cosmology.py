@@ -14,7 +14,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
-__all__ = ["EXPANSIONS", "UNITS", "Cosmology", "PowerLaw", "from_units", "resolve_expansion"]
+__all__ = [
+    "EXPANSIONS", "UNITS", "Cosmology", "PowerLaw", "as_cosmology", "from_units",
+    "power_law_momentum", "resolve_expansion",
+]
 
 UNITS: Final = ("vacuum_energy", "hubble_rate", "time_step", "momentum")
 
@@ -284,7 +287,13 @@ class PowerLaw:
 
     def momentum(self, step: int) -> float:
         """β_n = 1 − 3p/(n + n0) at optimiser step `step` (0-based) (T11)."""
-        return 1.0 - 3.0 * self.power / (step + self.offset)
+        return power_law_momentum(self.power, self.offset, step)
+
+
+def power_law_momentum(power: float, n0: int, step: int) -> float:
+    """β_n = 1 − 3p/(n + n0): the momentum of step n in a universe a ∝ t^p with t_n = (n + n0)Δt
+    (T11). The one definition, used by `PowerLaw` and by `CosmoSGD`'s schedule."""
+    return 1.0 - 3.0 * power / (step + n0)
 
 
 EXPANSIONS: Final[dict[str, PowerLaw | None]] = {
@@ -293,6 +302,23 @@ EXPANSIONS: Final[dict[str, PowerLaw | None]] = {
     "matter": PowerLaw(2.0 / 3.0),
     "nesterov": PowerLaw(1.0),
 }
+
+
+def as_cosmology(cosmology: Any) -> Cosmology:
+    """`cosmology` itself, or the universe of a heavy-ball momentum-SGD optimiser's first group
+    (`cosmo_optim.optim.cosmology_of`, T3); a ValueError for anything else."""
+    if isinstance(cosmology, Cosmology):
+        return cosmology
+    import torch
+
+    if isinstance(cosmology, torch.optim.Optimizer):
+        from cosmo_optim.optim import cosmology_of
+
+        return cosmology_of(cosmology)
+    raise ValueError(
+        f"Invalid cosmology: {cosmology!r}; pass a cosmo_optim.Cosmology or a momentum-SGD "
+        "optimiser (torch.optim.SGD / CosmoSGD)."
+    )
 
 
 def resolve_expansion(expansion: str | PowerLaw | None) -> PowerLaw | None:

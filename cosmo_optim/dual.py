@@ -21,11 +21,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from cosmo_optim.cosmology import Cosmology
+from cosmo_optim.cosmology import Cosmology, as_cosmology
 from cosmo_optim.losses import PerSampleLoss, loss_derivatives, per_sample_loss
-from cosmo_optim.spectrum import flat_kernel
+from cosmo_optim.spectrum import flat_kernel, uniform_overlaps
 
-__all__ = ["MEAN_FIELD_OVERLAP", "MODE_CLASSES", "FLRWDual"]
+__all__ = ["MEAN_FIELD_OVERLAP", "MODE_CLASSES", "FLRWDual", "vacuum_domination"]
 
 #: A mode is the mean field when more than half its weight lies in the uniform direction,
 #: overlap² > 1/2 (T7 caveat). For one output at most one mode can pass, since the squared
@@ -35,17 +35,19 @@ MEAN_FIELD_OVERLAP: Final = 1.0 / math.sqrt(2.0)
 MODE_CLASSES: Final = ("tachyonic", "unstable", "oscillating", "frozen", "overdamped")
 
 
-def _as_cosmology(cosmology: Any) -> Cosmology:
-    if isinstance(cosmology, Cosmology):
-        return cosmology
-    if isinstance(cosmology, torch.optim.Optimizer):
-        from cosmo_optim.optim import cosmology_of
+# Kept until duality.py imports `cosmo_optim.cosmology.as_cosmology` (the lead drops it at merge).
+_as_cosmology = as_cosmology
 
-        return cosmology_of(cosmology)
-    raise ValueError(
-        f"Invalid cosmology: {cosmology!r}; pass a cosmo_optim.Cosmology or a momentum-SGD "
-        "optimiser (torch.optim.SGD / CosmoSGD)."
-    )
+
+def vacuum_domination(speed_squared: Any, loss_energy: Any, vacuum_energy: float) -> Any:
+    """Ω_φ = (½ |φ̄̇|² + α_eff ℓ̄(φ̄))/Λ: the field's energy density over the vacuum's (T6).
+
+    `speed_squared` is |φ̄̇|² (1/time², summed over the C outputs), `loss_energy` the potential
+    energy above the vacuum α_eff ℓ̄(φ̄) = V(φ̄) − Λ; numbers or arrays/tensors alike. The
+    duality with gravity needs Ω_φ ≪ 1. The one definition, used by `FLRWDual` and the
+    duality check.
+    """
+    return (0.5 * speed_squared + loss_energy) / vacuum_energy
 
 
 def _finite(name: str, value: Tensor, fix: str) -> None:
@@ -86,7 +88,7 @@ class FLRWDual:
         lam, vec, f = self.eigenvalues, self.eigenvectors, self.outputs
         set_ = object.__setattr__
         set_(self, "loss", per_sample_loss(self.loss))
-        set_(self, "cosmology", _as_cosmology(self.cosmology))
+        set_(self, "cosmology", as_cosmology(self.cosmology))
         if f.dim() == 0:
             raise ValueError("Invalid outputs: a scalar; outputs must have shape (N, ...).")
         n, c = f.shape[0], f[0].numel()
@@ -295,8 +297,9 @@ class FLRWDual:
     @property
     def vacuum_domination(self) -> float:
         """Ω_φ = (½ φ̄̇² + α_eff ℓ̄(φ̄))/Λ; the duality with gravity needs Ω_φ ≪ 1 (T6)."""
-        rho = 0.5 * float(self.mean_field_velocity.pow(2).sum())
-        return (rho + self.alpha_eff * float(self._background()[0])) / self.vacuum_energy
+        speed_squared = float(self.mean_field_velocity.pow(2).sum())
+        loss_energy = self.alpha_eff * float(self._background()[0])
+        return float(vacuum_domination(speed_squared, loss_energy, self.vacuum_energy))
 
     @property
     def slow_roll(self) -> tuple[float, float]:
@@ -389,9 +392,7 @@ class FLRWDual:
     def uniform_overlaps(self) -> Tensor:
         """|u_k·1|/sqrt(N) per mode; for C outputs, the norm of u_k's projection on the
         C uniform directions (T7)."""
-        n = self.num_samples
-        sums = self.eigenvectors.reshape(n, self.num_outputs, -1).sum(dim=0)
-        return sums.norm(dim=0) / math.sqrt(n)
+        return uniform_overlaps(self.eigenvectors, self.num_samples)
 
     def mean_field_mode(self, threshold: float = MEAN_FIELD_OVERLAP) -> int | None:
         """The best-aligned mode if its uniform overlap exceeds `threshold`, else None (T7)."""

@@ -14,7 +14,15 @@ from typing import Any
 import torch
 from torch.optim import Optimizer
 
-from cosmo_optim.cosmology import UNITS, Cosmology, PowerLaw, from_units, lr_of, resolve_expansion
+from cosmo_optim.cosmology import (
+    UNITS,
+    Cosmology,
+    PowerLaw,
+    from_units,
+    lr_of,
+    power_law_momentum,
+    resolve_expansion,
+)
 
 __all__ = ["CosmoSGD", "cosmology_of"]
 
@@ -218,5 +226,5 @@ def _advance_expansion(optimizer: Optimizer, args: Any, kwargs: Any) -> None:
         history = group.get("expansion")
         if history:
             n = group["expansion_step"]
-            group["momentum"] = 1.0 - 3.0 * history["power"] / (n + history["n0"])
+            group["momentum"] = power_law_momentum(history["power"], history["n0"], n)
             group["expansion_step"] = n + 1

@@ -263,9 +263,11 @@ def test_invalid_arguments_are_refused_in_init(kwargs, match):
 
 
 def test_invalid_trainer_configuration_is_refused_in_setup(tmp_path):
-    monitor = CosmologyMonitor(every_n_train_steps=4, log_figures_every_n_steps=6)
-    with pytest.raises(ValueError, match=r"log_figures_every_n_steps=6 is not a multiple .* Fix: use log_figures_every_n_steps=8"):
-        trainer(tmp_path, [monitor], max_steps=1).fit(Regressor(), data())
+    with pytest.raises(ValueError, match=r"Invalid log_figures_every_n_steps: 6; it must be a multiple of every_n_train_steps=4 .* Fix: use log_figures_every_n_steps=8"):
+        CosmologyMonitor(every_n_train_steps=4, log_figures_every_n_steps=6)
+    monitor = CosmologyMonitor(log_figures_every_n_steps=6)  # the interval comes from the Trainer
+    with pytest.raises(ValueError, match=r"multiple of every_n_train_steps=4 .* Fix: use log_figures_every_n_steps=8"):
+        trainer(tmp_path, [monitor], max_steps=1, log_every_n_steps=4).fit(Regressor(), data())
 
     class NoForward(Regressor):
         forward = L.LightningModule.forward

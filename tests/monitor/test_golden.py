@@ -32,5 +32,5 @@ def test_every_logged_value_equals_the_golden_run_recorded_before_the_refactor(n
     ]  # the same events in the same order first, for a readable diff
     assert actual == expected
     assert len(actual_hparams) == len(expected_hparams)
-    for got, want in zip(actual_hparams, expected_hparams):
+    for got, want in zip(actual_hparams, expected_hparams, strict=True):
         assert {k: got[1][k] for k in want[1]} == want[1]

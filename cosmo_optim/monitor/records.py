@@ -1,0 +1,95 @@
+"""Typed records of the monitor: one probe's results, and the state carried between probes.
+
+`ProbeRecord` is what `CosmologyTracker.history` holds. It also answers ``record["step"]``,
+``record["scalars"]`` etc. (the dict form of earlier versions), and `as_dict`/`from_dict`
+convert it for checkpoints, which keep plain dicts and tensors only (loadable with
+``torch.load(weights_only=True)``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from torch import Tensor
+
+__all__ = ["LastProbe", "PredictedModes", "ProbeRecord", "Reference"]
+
+
+@dataclass(frozen=True)
+class PredictedModes:
+    """The discrete NTK map's prediction (T10) from one probe to the next: the optimiser
+    steps and the mode amplitudes (P, k) in the basis of the first probe."""
+
+    steps: list[int]
+    amplitudes: Tensor
+
+
+@dataclass(frozen=True)
+class ProbeRecord:
+    """One probe: its step, logged scalars (prefixed tags), NTK eigenvalues λ_k (k,), mean
+    field φ̄ (C,), mode amplitudes in the first probe's basis (k,), and the prediction to the
+    next probe (None without a dual or when the map diverges, T10)."""
+
+    step: int
+    scalars: dict[str, float]
+    eigenvalues: Tensor
+    mean_field: Tensor
+    initial_amplitudes: Tensor
+    prediction: PredictedModes | None = None
+
+    def __getitem__(self, key: str) -> Any:
+        """``record["scalars"]``: the dict access of earlier versions."""
+        if key not in self.keys():
+            raise KeyError(key)
+        if key == "prediction" and self.prediction is not None:
+            return asdict(self.prediction)
+        return getattr(self, key)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """``record.get(key)`` as for a dict."""
+        return self[key] if key in self.keys() else default
+
+    def keys(self) -> list[str]:
+        """The field names."""
+        return [f.name for f in fields(self)]
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain dicts and tensors (for a checkpoint)."""
+        return {key: self[key] for key in self.keys()}
+
+    @classmethod
+    def from_dict(cls, record: Mapping[str, Any] | ProbeRecord) -> ProbeRecord:
+        """Inverse of `as_dict` (also accepts a record)."""
+        if isinstance(record, ProbeRecord):
+            return record
+        values = {key: record[key] for key in ("step", "scalars", "eigenvalues", "mean_field",
+                                               "initial_amplitudes")}
+        pred = record.get("prediction")
+        return cls(**values, prediction=None if pred is None else PredictedModes(**pred))
+
+
+@dataclass(frozen=True)
+class Reference:
+    """The first probe: the NTK (N·C, N·C) and its top eigenvectors (N·C, k), against which
+    kernel drift, basis rotation and initial-basis amplitudes are measured (T4, T7)."""
+
+    kernel: Tensor
+    eigenvectors: Tensor
+
+
+@dataclass(frozen=True)
+class LastProbe:
+    """The latest probe: eigenvectors (warm start of the next eigensolve), outputs f, and the
+    outputs it predicts at step ``prediction[0]`` (T10), if any."""
+
+    step: int
+    eigenvectors: Tensor
+    outputs: Tensor
+    prediction: tuple[int, Tensor] | None = None
+
+
+def as_state(value: Reference | LastProbe | None) -> dict[str, Any] | None:
+    """A reference or last probe as a plain dict (None stays None)."""
+    return None if value is None else {f.name: getattr(value, f.name) for f in fields(value)}
