@@ -10,6 +10,7 @@ universe a ∝ t^p (T11).
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
@@ -25,15 +26,25 @@ UNITS: Final = ("vacuum_energy", "hubble_rate", "time_step", "momentum")
 _MOMENTUM_ROUNDING: Final = 1e-12
 
 
+def _real(name: str, value: Any) -> float:
+    """`value` as a float if it is a real number (bools and strings refused)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(
+            f"Invalid {name}: {value!r}; it must be a real number (not "
+            f"{type(value).__name__}). Fix: pass e.g. {name}=0.1."
+        )
+    return float(value)
+
+
 def _positive(name: str, value: float, fix: str) -> float:
-    value = float(value)
+    value = _real(name, value)
     if not (math.isfinite(value) and value > 0):
         raise ValueError(f"Invalid {name}: {value!r}; it must be a finite number > 0. {fix}")
     return value
 
 
 def _check_momentum(momentum: float, origin: str) -> float:
-    momentum = float(momentum)
+    momentum = _real("momentum", momentum)
     if -_MOMENTUM_ROUNDING < momentum < 0:
         momentum = 0.0
     if not (math.isfinite(momentum) and 0 <= momentum < 1):
@@ -76,6 +87,13 @@ class Cosmology:
     def __post_init__(self) -> None:
         object.__setattr__(self, "lr", _positive("lr", self.lr, "Pass a positive learning rate."))
         object.__setattr__(self, "momentum", _check_momentum(self.momentum, ""))
+        derived = (self.hubble_rate, self.vacuum_energy)
+        if not all(math.isfinite(x) and x > 0 for x in derived):
+            raise ValueError(
+                f"Invalid lr: {self.lr!r} with momentum {self.momentum!r}; the Hubble rate "
+                f"and vacuum energy ({derived[0]!r}, {derived[1]!r}) fall outside the float "
+                "range. Fix: use an lr between about 1e-300 and 1e300."
+            )
 
     @classmethod
     def from_sgd(cls, lr: float, momentum: float) -> Cosmology:
@@ -235,12 +253,14 @@ def from_units(spec: Mapping[str, Any], where: str = "Cosmology") -> Cosmology:
 
 def lr_of(time_step: float, where: str) -> float:
     """η = Δt² (T2)."""
-    if not (isinstance(time_step, (int, float)) and math.isfinite(time_step) and time_step > 0):
+    ok = isinstance(time_step, numbers.Real) and not isinstance(time_step, bool)
+    lr = float(time_step) * float(time_step) if ok else math.nan
+    if not (ok and time_step > 0 and math.isfinite(lr) and lr > 0):
         raise ValueError(
-            f"{where}: invalid time_step: {time_step!r}; it must be a finite number > 0 "
-            "(time_step = sqrt(lr))."
+            f"{where}: invalid time_step: {time_step!r}; it must be a real number > 0 whose "
+            "square lr = time_step² is a finite float > 0 (time_step = sqrt(lr))."
         )
-    return float(time_step) ** 2
+    return lr
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,6 +8,7 @@ Lightning's `LearningRateMonitor` see plain SGD), and the physical view is deriv
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -62,6 +63,11 @@ def cosmology_of(optimizer: Optimizer, group: int = 0) -> Cosmology:
             f"Invalid group={group!r}; the optimiser has {len(groups)} param group(s)."
         )
     g = groups[group]
+    if not isinstance(optimizer, torch.optim.SGD):
+        raise ValueError(
+            f"{type(optimizer).__name__} is not heavy-ball momentum SGD, so it has no de Sitter "
+            "dual (docs/theory.md T1, T3); use torch.optim.SGD or cosmo_optim.CosmoSGD."
+        )
     if "momentum" not in g:
         raise ValueError(
             f"{type(optimizer).__name__} has no 'momentum' hyperparameter, so it has no "
@@ -103,6 +109,8 @@ class CosmoSGD(torch.optim.SGD):
         expansion: ``"de_sitter"``, ``"radiation"``, ``"matter"``, ``"nesterov"`` or a
             `PowerLaw`.
         weight_decay, maximize, foreach, differentiable, fused: as for `torch.optim.SGD`.
+        lr: refused with a ValueError pointing at ``Cosmology.from_sgd(lr, momentum)`` (to
+            keep the physics view) and ``torch.optim.SGD`` (plain SGD).
 
     Raises:
         ValueError: the units do not name one universe (wrong count, Λ with H, momentum < 0),
@@ -132,7 +140,15 @@ class CosmoSGD(torch.optim.SGD):
         foreach: bool | None = None,
         differentiable: bool = False,
         fused: bool | None = None,
+        lr: float | None = None,
     ) -> None:
+        if lr is not None:
+            beta = 0.0 if momentum is None else momentum
+            raise ValueError(
+                f"CosmoSGD takes physics units, not lr={lr!r}. Fix: CosmoSGD(params, "
+                f"cosmology=Cosmology.from_sgd(lr={lr!r}, momentum={beta!r})), or "
+                f"torch.optim.SGD(params, lr={lr!r}, momentum={beta!r}) (the monitor reads both)."
+            )
         self._spec = {
             "cosmology": cosmology,
             "vacuum_energy": vacuum_energy,
@@ -174,6 +190,7 @@ class CosmoSGD(torch.optim.SGD):
                     "either plain lr/momentum or physics units, not both."
                 )
             group["momentum"] = own.get("momentum", self.defaults["momentum"])
+            _check_plain_group(group, where)
             history = None
         else:
             own.setdefault("expansion", self._spec["expansion"])
@@ -218,6 +235,22 @@ class CosmoSGD(torch.optim.SGD):
     def cosmology(self, group: int = 0) -> Cosmology:
         """The universe of `group` now, derived from its current `lr` and `momentum` (T3)."""
         return cosmology_of(self, group)
+
+
+def _check_plain_group(group: dict[str, Any], where: str) -> None:
+    """A group given plain lr/momentum: lr a real number ≥ 0, momentum real in [0, 1) (T3)."""
+    lr, beta = group["lr"], group["momentum"]
+    real = not isinstance(lr, bool) and isinstance(lr, (numbers.Real, torch.Tensor))
+    if not (real and float(lr) >= 0):
+        raise ValueError(
+            f"{where}: invalid lr: {lr!r}; it must be a real number ≥ 0. Fix: e.g. lr=0.01."
+        )
+    real = not isinstance(beta, bool) and isinstance(beta, numbers.Real)
+    if not (real and 0 <= float(beta) < 1):
+        raise ValueError(
+            f"{where}: invalid momentum: {beta!r}; it must be a real number with "
+            "0 ≤ momentum < 1 (momentum 1 has no Hubble friction). Fix: e.g. momentum=0.9."
+        )
 
 
 def _advance_expansion(optimizer: Optimizer, args: Any, kwargs: Any) -> None:

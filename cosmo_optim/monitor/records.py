@@ -9,7 +9,7 @@ convert it for checkpoints, which keep plain dicts and tensors only (loadable wi
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from typing import Any
 
 from torch import Tensor
@@ -44,7 +44,7 @@ class ProbeRecord:
         if key not in self.keys():
             raise KeyError(key)
         if key == "prediction" and self.prediction is not None:
-            return asdict(self.prediction)
+            return {"steps": self.prediction.steps, "amplitudes": self.prediction.amplitudes}
         return getattr(self, key)
 
     def get(self, key: str, default: Any = None) -> Any:

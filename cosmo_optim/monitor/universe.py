@@ -71,7 +71,7 @@ def dual_warnings(optimizer: Optimizer, config: MonitorConfig) -> list[str]:
         tags = scalar_tags(config.top_k, dual=False, loss=config.loss is not None,
                            prefix=config.prefix)
         out.append(
-            f"CosmologyTracker: {name} has no de Sitter dual ({error}) No Hubble rate, vacuum "
+            f"CosmologyTracker: no de Sitter dual for {name}: {error} No Hubble rate, vacuum "
             "energy, e-folds, potential, Ω_φ, slow roll, masses or duality residual are "
             f"reported; still logged: {', '.join(tags)}."
         )
