@@ -19,7 +19,10 @@ from cosmo_optim.dual import FLRWDual
 from cosmo_optim.monitor.figures import figures
 from cosmo_optim.monitor.records import ProbeRecord
 
-__all__ = ["Sink", "Sinks", "custom_scalar_layout", "write_figures", "write_histograms"]
+__all__ = [
+    "Sink", "Sinks", "TensorBoardExtras", "custom_scalar_layout", "write_figures",
+    "write_histograms",
+]
 
 #: A callable sink: ``sink(metrics, step)``.
 Sink = Callable[[dict[str, float], int], None]
@@ -113,3 +116,44 @@ class Sinks:
         if self.log_dir is not None and self._writer is not None:
             self._writer.close()
             self._writer = None
+
+
+class TensorBoardExtras:
+    """What a probe adds to a ``SummaryWriter`` besides scalars: the custom-scalars layout
+    (once per writer), the probe's histograms, and the figures every
+    `log_figures_every_n_steps` steps and once more at the end of the run."""
+
+    def __init__(self, prefix: str, figures_every: int | None) -> None:
+        self.prefix, self.figures_every = prefix, figures_every
+        self.figures_step = -1  # the step figures were last drawn at
+        self._layouts: set[int] = set()
+
+    def figures_due(self, step: int) -> bool:
+        """Whether figures are scheduled at `step`."""
+        return self.figures_every is not None and step % self.figures_every == 0
+
+    def final_step(self, history: Sequence[ProbeRecord]) -> int | None:
+        """The last probe's step if the end-of-run figures are still to be drawn, else None
+        (always None when figures are off)."""
+        if self.figures_every is None or not history:
+            return None
+        step = history[-1].step
+        return None if self.figures_step == step else step
+
+    def write(self, writer: Any, history: Sequence[ProbeRecord], dual: FLRWDual | None,
+              step: int) -> None:
+        """The layout (once), this probe's histograms, and the figures when due."""
+        if id(writer) not in self._layouts and hasattr(writer, "add_custom_scalars"):
+            writer.add_custom_scalars(custom_scalar_layout(self.prefix))
+            self._layouts.add(id(writer))
+        if not history or history[-1].step != step:
+            return  # a skipped (non-finite) probe has nothing to draw
+        write_histograms(writer, history[-1], dual, self.prefix)
+        if self.figures_due(step):
+            self.write_figures(writer, history, dual, step)
+
+    def write_figures(self, writer: Any, history: Sequence[ProbeRecord], dual: FLRWDual | None,
+                      step: int) -> None:
+        """Draw the figures of the run to the writer at `step`."""
+        if write_figures(writer, history, dual, self.prefix, step):
+            self.figures_step = step

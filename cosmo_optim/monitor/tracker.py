@@ -22,7 +22,7 @@ from cosmo_optim.dual import FLRWDual
 from cosmo_optim.monitor import probe as probes
 from cosmo_optim.monitor.config import MonitorConfig
 from cosmo_optim.monitor.records import LastProbe, ProbeRecord, Reference, as_state
-from cosmo_optim.monitor.sinks import Sinks, custom_scalar_layout, write_figures, write_histograms
+from cosmo_optim.monitor.sinks import Sinks, TensorBoardExtras
 from cosmo_optim.monitor.universe import EfoldsRate, cosmology_or_none, dual_warnings
 
 __all__ = ["CosmologyTracker"]
@@ -126,7 +126,7 @@ class CosmologyTracker:
         self._hooks: list[Any] = []
         self._rate = EfoldsRate()
         self._warned: set[int] = set()
-        self._layouts: set[int] = set()
+        self.extras = TensorBoardExtras(config.prefix, config.log_figures_every_n_steps)
         self._inputs: Tensor | None = None
         self._targets: Tensor | None = None
         if probe_batch is not None:
@@ -152,7 +152,7 @@ class CosmologyTracker:
         self._previous_outputs: tuple[int, Tensor] | None = None  # (step, f) before a probe
         self._reference: Reference | None = None
         self._last: LastProbe | None = None
-        self._figures_step = -1
+        self.extras.figures_step = -1
         self.dual: FLRWDual | None = None  # the latest probe's read-out
 
     def state_dict(self) -> dict[str, Any]:
@@ -164,7 +164,7 @@ class CosmologyTracker:
             "inputs": self._inputs, "targets": self._targets,
             "previous_outputs": self._previous_outputs,
             "reference": as_state(self._reference), "last": as_state(self._last),
-            "figures_step": self._figures_step,
+            "figures_step": self.extras.figures_step,
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -187,7 +187,7 @@ class CosmologyTracker:
         self._reference = None if ref is None else Reference(ref["kernel"], ref["eigenvectors"])
         self._last = None if last is None else LastProbe(
             last["step"], last["eigenvectors"], last["outputs"], last.get("prediction"))
-        self._figures_step = int(state.get("figures_step", -1))
+        self.extras.figures_step = int(state.get("figures_step", -1))
 
     # ----- probe batch and optimiser -----------------------------------------------------
     @property
@@ -311,36 +311,22 @@ class CosmologyTracker:
             self.dual = result.dual
         return result.scalars
 
-    # ----- figures and TensorBoard extras ------------------------------------------------
+    # ----- figures and TensorBoard extras (`sinks.TensorBoardExtras`) --------------------
     def figures_due(self, step: int) -> bool:
         """Whether figures are scheduled at `step`."""
-        every = self.config.log_figures_every_n_steps
-        return every is not None and step % every == 0
+        return self.extras.figures_due(step)
 
     def final_figures_step(self) -> int | None:
-        """The last probe's step if the end-of-run figures are still to be drawn, else None
-        (always None when figures are off)."""
-        if self.config.log_figures_every_n_steps is None or not self.history:
-            return None
-        step = self.history[-1].step
-        return None if self._figures_step == step else step
+        """The last probe's step if the end-of-run figures are still to be drawn, else None."""
+        return self.extras.final_step(self.history)
 
     def write_extras(self, writer: Any, step: int) -> None:
-        """To a ``SummaryWriter``: the custom-scalars layout (once), this probe's histograms,
-        and the figures when due."""
-        if id(writer) not in self._layouts and hasattr(writer, "add_custom_scalars"):
-            writer.add_custom_scalars(custom_scalar_layout(self.config.prefix))
-            self._layouts.add(id(writer))
-        if not self.history or self.history[-1].step != step:
-            return  # a skipped (non-finite) probe has nothing to draw
-        write_histograms(writer, self.history[-1], self.dual, self.config.prefix)
-        if self.figures_due(step):
-            self.write_figures(writer, step)
+        """The custom-scalars layout (once), this probe's histograms, figures when due."""
+        self.extras.write(writer, self.history, self.dual, step)
 
     def write_figures(self, writer: Any, step: int) -> None:
         """Draw `figures()` to a ``SummaryWriter`` at `step`."""
-        if write_figures(writer, self.history, self.dual, self.config.prefix, step):
-            self._figures_step = step
+        self.extras.write_figures(writer, self.history, self.dual, step)
 
     def figures(self) -> dict[str, Any]:
         """Matplotlib figures of the run so far, by tag (see `cosmo_optim.monitor.figures`)."""
