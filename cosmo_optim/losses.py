@@ -349,6 +349,11 @@ def per_sample_loss(loss: Any) -> PerSampleLoss:
     """
     if isinstance(loss, PerSampleLoss):
         return loss
+    if isinstance(loss, type):
+        raise ValueError(
+            f"Invalid loss: the class {loss.__name__}, not an instance. "
+            f"Fix: pass {loss.__name__}() (e.g. nn.CrossEntropyLoss())."
+        )
     if isinstance(loss, PolynomialPotentialLoss):
         if loss.reduction not in ("mean", "sum"):
             raise ValueError(

@@ -9,7 +9,11 @@ it (``log_every_n_steps``, ``logging_steps``): `with_interval` closes it.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
+
+from torch import Tensor
 
 from cosmo_optim._common import check_int
 from cosmo_optim.losses import PerSampleLoss, per_sample_loss
@@ -33,6 +37,9 @@ class MonitorConfig:
         history_size: probes kept in the tracker's `history`.
         prefix: prepended to every tag.
         group: the optimiser's param group whose (lr, momentum) define the universe.
+        output: for a model whose ``forward`` returns a tuple, dict or ``ModelOutput``: the
+            key/attribute (``"logits"``) or a callable (``lambda out: out[0]``) selecting the
+            outputs the loss is applied to.
         interval_name: how the user spelled `every_n_steps` (``every_n_train_steps`` in
             Lightning), for error messages.
 
@@ -52,6 +59,7 @@ class MonitorConfig:
     history_size: int = 1000
     prefix: str = ""
     group: int = 0
+    output: str | Callable[[Any], Tensor] | None = None
     interval_name: str = field(default="every_n_steps", compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -73,6 +81,11 @@ class MonitorConfig:
         if isinstance(self.group, bool) or not isinstance(self.group, int):
             raise ValueError(
                 f"Invalid group: {self.group!r}; it must be the integer index of a param group."
+            )
+        if not (self.output is None or isinstance(self.output, str) or callable(self.output)):
+            raise ValueError(
+                f"Invalid output: {self.output!r}; give a key such as 'logits' or a callable "
+                "out -> Tensor (e.g. output=lambda out: out[0])."
             )
         self._check_figures()
 

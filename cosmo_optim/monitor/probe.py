@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from cosmo_optim._common import preserved, training
 from cosmo_optim.cosmology import Cosmology
 from cosmo_optim.dual import FLRWDual
+from cosmo_optim.losses import PerSampleLoss
 from cosmo_optim.monitor.config import MonitorConfig
 from cosmo_optim.monitor.records import LastProbe, PredictedModes, ProbeRecord, Reference
 from cosmo_optim.ntk import empirical_ntk
@@ -27,8 +28,8 @@ from cosmo_optim.predict import predict_trajectory
 from cosmo_optim.spectrum import flat_kernel, kernel_distance, ntk_eigen, uniform_overlaps
 
 __all__ = [
-    "ProbeResult", "RunSoFar", "device_of", "measure", "model_outputs", "probe", "read_out",
-    "skipped", "take_probe_batch",
+    "ProbeResult", "RunSoFar", "Selected", "check_loss", "device_of", "measure", "model_outputs",
+    "probe", "read_out", "skipped", "take_probe_batch",
 ]
 
 
@@ -87,24 +88,70 @@ def device_of(model: nn.Module) -> torch.device:
     return p.device if p is not None else torch.device("cpu")
 
 
-def model_outputs(model: nn.Module, inputs: Tensor) -> Tensor:
+class Selected(nn.Module):
+    """`model` with its outputs selected by `output` (a key/attribute or a callable), so that
+    the NTK engine sees a tensor-to-tensor map. Without `output` a non-tensor result is an
+    error naming the fix."""
+
+    def __init__(self, model: nn.Module, output: Any = None) -> None:
+        super().__init__()
+        self.model, self.output = model, output
+
+    def forward(self, inputs: Tensor) -> Tensor:
+        out = self.model(inputs)
+        if callable(self.output):
+            out = self.output(out)
+        elif isinstance(self.output, str):
+            out = out[self.output] if isinstance(out, Mapping) else getattr(out, self.output)
+        if not isinstance(out, Tensor):
+            kind = type(out).__name__
+            raise ValueError(
+                f"CosmologyTracker: the model returned a {kind}, not a Tensor of outputs. "
+                "Fix: pass output='logits' (a key or attribute) or output=lambda out: out[0] "
+                "to select the outputs the loss is applied to."
+            )
+        return out
+
+
+def model_outputs(model: nn.Module, inputs: Tensor, output: Any = None) -> Tensor:
     """f on the probe inputs in eval mode, float64 on the CPU; nothing about the model or any
-    random state changes."""
+    random state changes. `output` selects f from a tuple/dict result (`Selected`)."""
     device = device_of(model)
     with preserved(model, device), training(model, False), torch.no_grad():
-        out = model(inputs.to(device))
+        out = Selected(model, output)(inputs.to(device))
     return out.detach().double().cpu()
 
 
-def measure(model: nn.Module, inputs: Tensor) -> tuple[Tensor, Tensor]:
+def measure(model: nn.Module, inputs: Tensor, output: Any = None) -> tuple[Tensor, Tensor]:
     """(f, Θ): the outputs (N, ...) and the flat output-space NTK (N·C, N·C), float64 (T4)."""
-    f = model_outputs(model, inputs)
+    f = model_outputs(model, inputs, output)
     device = device_of(model)
+    net = model if output is None else Selected(model, output)
     with preserved(model, device), training(model, False):
         kernel = empirical_ntk(
-            model, inputs.to(device), output="full" if f[0].numel() > 1 else "trace"
+            net, inputs.to(device), output="full" if f[0].numel() > 1 else "trace"
         )
     return f, flat_kernel(kernel.detach().double().cpu())
+
+
+def check_loss(loss: PerSampleLoss, f: Tensor, targets: Tensor | None) -> None:
+    """The loss must give one value per probe sample on these outputs and targets; else a
+    one-line ValueError naming the shapes and the fix (checked at the first probe)."""
+    try:
+        shape_got = tuple(loss.per_sample(f, targets).shape)
+        got = f"shape {shape_got}"
+        ok = shape_got == (f.shape[0],)
+    except Exception as error:  # whatever the user's loss raises is reported in one line
+        got, ok = f"{type(error).__name__}: {error}".splitlines()[0], False
+    if not ok:
+        shape = None if targets is None else tuple(targets.shape)
+        raise ValueError(
+            f"CosmologyTracker: the loss {loss.name} does not give one value per sample on the "
+            f"model's outputs of shape {tuple(f.shape)} with targets of shape {shape} (got "
+            f"{got}). Fix: pass the loss the model is trained with (e.g. nn.CrossEntropyLoss() "
+            "for class logits, nn.MSELoss() for regression), or output=... to select the "
+            "outputs it is applied to."
+        )
 
 
 def skipped(run: RunSoFar, prefix: str) -> ProbeResult:
@@ -124,6 +171,8 @@ def read_out(
 ) -> ProbeResult:
     """Every scalar of one probe at step ``run.step`` from outputs f and kernel Θ (T3–T10)."""
     n, step = f.shape[0], run.step
+    if run.reference is None and config.loss is not None:
+        check_loss(config.loss, f, targets)
     k = min(config.top_k, kernel.shape[0])
     warm = None if run.last is None else run.last.eigenvectors
     lam, vec = ntk_eigen(kernel, k=k, warm_start=warm)
@@ -248,7 +297,7 @@ def probe(
     run: RunSoFar,
 ) -> ProbeResult:
     """`measure` then `read_out`, or `skipped` when f or Θ is not finite."""
-    f, kernel = measure(model, inputs)
+    f, kernel = measure(model, inputs, config.output)
     if not (torch.isfinite(f).all() and torch.isfinite(kernel).all()):
         return skipped(run, config.prefix)
     return read_out(f, kernel, config=config, cosmology=cosmology, targets=targets, run=run)

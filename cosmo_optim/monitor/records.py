@@ -14,7 +14,9 @@ from typing import Any
 
 from torch import Tensor
 
-__all__ = ["LastProbe", "PredictedModes", "ProbeRecord", "Reference"]
+__all__ = [
+    "LastProbe", "PredictedModes", "ProbeRecord", "Reference", "as_state", "from_json", "to_json",
+]
 
 
 @dataclass(frozen=True)
@@ -93,3 +95,35 @@ class LastProbe:
 def as_state(value: Reference | LastProbe | None) -> dict[str, Any] | None:
     """A reference or last probe as a plain dict (None stays None)."""
     return None if value is None else {f.name: getattr(value, f.name) for f in fields(value)}
+
+
+def to_json(value: Any) -> Any:
+    """Plain JSON values from a tracker state: tensors and tuples tagged so that `from_json`
+    restores them exactly (floats round-trip by their repr; NaN and inf as JSON allows)."""
+    if isinstance(value, Tensor):
+        t = value.detach().cpu()
+        return {"__tensor__": t.tolist(), "dtype": str(t.dtype).removeprefix("torch."),
+                "shape": list(t.shape)}
+    if isinstance(value, tuple):
+        return {"__tuple__": [to_json(v) for v in value]}
+    if isinstance(value, list):
+        return [to_json(v) for v in value]
+    if isinstance(value, Mapping):
+        return {str(k): to_json(v) for k, v in value.items()}
+    return value
+
+
+def from_json(value: Any) -> Any:
+    """Inverse of `to_json`."""
+    import torch
+
+    if isinstance(value, Mapping):
+        if "__tensor__" in value:
+            dtype = getattr(torch, value["dtype"])
+            return torch.tensor(value["__tensor__"], dtype=dtype).reshape(value["shape"])
+        if "__tuple__" in value:
+            return tuple(from_json(v) for v in value["__tuple__"])
+        return {k: from_json(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [from_json(v) for v in value]
+    return value

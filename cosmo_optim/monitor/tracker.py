@@ -23,7 +23,12 @@ from cosmo_optim.monitor import probe as probes
 from cosmo_optim.monitor.config import MonitorConfig
 from cosmo_optim.monitor.records import LastProbe, ProbeRecord, Reference, as_state
 from cosmo_optim.monitor.sinks import Sinks, TensorBoardExtras
-from cosmo_optim.monitor.universe import EfoldsRate, cosmology_or_none, dual_warnings
+from cosmo_optim.monitor.universe import (
+    EfoldsRate,
+    cosmology_or_none,
+    dual_warnings,
+    unwrap_optimizer,
+)
 
 __all__ = ["CosmologyTracker"]
 
@@ -63,6 +68,8 @@ class CosmologyTracker:
             lazily), or a callable ``sink(metrics, step)``; None keeps results in `history`.
         prefix: prepended to every tag, e.g. ``"train/"``.
         group: the optimiser's param group whose (lr, momentum) define the universe.
+        output: for a ``forward`` returning a tuple, dict or ``ModelOutput``: the key
+            (``"logits"``) or a callable (``lambda out: out[0]``) selecting the outputs.
 
     Raises:
         ValueError: on an invalid argument, naming the fix.
@@ -99,10 +106,11 @@ class CosmologyTracker:
         sink: Any = None,
         prefix: str = "",
         group: int = 0,
+        output: Any = None,
     ) -> None:
         config = MonitorConfig(
             loss, probe_size, top_k, every_n_steps, log_figures_every_n_steps, history_size,
-            prefix, group,
+            prefix, group, output,
         )
         self._setup(model, config, optimizer=optimizer, probe_batch=probe_batch, sink=sink)
 
@@ -214,6 +222,7 @@ class CosmologyTracker:
         Warns once per optimiser when part of the read-out cannot be measured (no heavy-ball
         dual, or param groups with different (lr, momentum)).
         """
+        optimizer = unwrap_optimizer(optimizer)
         if not isinstance(optimizer, Optimizer):
             raise ValueError(f"Invalid optimizer: {optimizer!r}; it must be a torch Optimizer.")
         self.detach()
@@ -277,7 +286,8 @@ class CosmologyTracker:
         if (step + 1) % n == 0:
             assert self._inputs is not None
             with one_thread():
-                self._previous_outputs = (step, probes.model_outputs(self.model, self._inputs))
+                self._previous_outputs = (
+                    step, probes.model_outputs(self.model, self._inputs, self.config.output))
         if step % n:
             return None
         metrics = self.probe(step)

@@ -13,7 +13,18 @@ from cosmo_optim.monitor.config import MonitorConfig
 from cosmo_optim.monitor.tags import scalar_tags
 from cosmo_optim.optim import cosmology_of
 
-__all__ = ["EfoldsRate", "cosmology_or_none", "dual_warnings"]
+__all__ = ["EfoldsRate", "cosmology_or_none", "dual_warnings", "unwrap_optimizer"]
+
+
+def unwrap_optimizer(optimizer: Any) -> Any:
+    """The torch optimiser inside a framework's wrapper (accelerate's ``AcceleratedOptimizer``
+    ``.optimizer``, Lightning's ``LightningOptimizer`` ``._optimizer``), else `optimizer`."""
+    for _ in range(8):  # wrappers of wrappers, never a cycle
+        inner = getattr(optimizer, "optimizer", None) or getattr(optimizer, "_optimizer", None)
+        if not isinstance(inner, Optimizer) or inner is optimizer:
+            return optimizer
+        optimizer = inner
+    return optimizer
 
 
 def cosmology_or_none(optimizer: Optimizer | None, group: int) -> Cosmology | None:
