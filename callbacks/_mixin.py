@@ -25,6 +25,11 @@ class CosmologyMonitorMixin:
     _tensorboard_logger_cls: Any = type(None)
     #: the framework's `LightningModule` (to check that `forward` is defined).
     _lightning_module_cls: type = type(None)
+    #: the framework's `Trainer` and the import of this callback for it (namespace check).
+    _trainer_cls: Any = type(None)
+    _import: str = ""
+    #: the framework's configuration error (as `LearningRateMonitor` raises).
+    _misconfiguration: type[Exception] = ValueError
 
     def __init__(
         self,
@@ -60,11 +65,17 @@ class CosmologyMonitorMixin:
     prefix = property(lambda self: self.config.prefix, doc="Prepended to every tag.")
     history_size = property(lambda self: self.config.history_size, doc="Probes kept.")
 
+    @property
+    def state_key(self) -> str:
+        """The checkpoint key: the class and the options, so several monitors coexist."""
+        return f"{type(self).__qualname__}{self.config.key()}"
+
     # ----- configuration ---------------------------------------------------------------------
     def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
         """Check the Trainer's configuration and build the tracker (fit only)."""
         if stage != "fit":
             return
+        self._check_trainer(trainer)
         every = self.config.every_n_steps
         if every is None:
             every = trainer.log_every_n_steps
@@ -90,13 +101,30 @@ class CosmologyMonitorMixin:
             self.tracker.load_state_dict(self._pending_state)
             self._pending_state = None
 
+    def _check_trainer(self, trainer: Any) -> None:
+        if not isinstance(trainer, self._trainer_cls):
+            pl = type(trainer).__module__.startswith("pytorch_lightning")
+            kind = "pytorch_lightning.Trainer" if pl else "lightning.pytorch.Trainer"
+            other = "cosmo_optim.callbacks.pytorch_lightning" if pl else "cosmo_optim.callbacks"
+            raise self._misconfiguration(
+                f"CosmologyMonitor from {self._import} was given a {kind}, whose loggers it "
+                f"does not recognise (histograms, layout and figures would be lost). Fix: from "
+                f"{other} import CosmologyMonitor."
+            )
+        if not trainer.loggers:
+            raise self._misconfiguration(
+                "Cannot use `CosmologyMonitor` callback with `Trainer` that has no logger. "
+                "Fix: pass Trainer(logger=TensorBoardLogger(...)) (or any logger), or use "
+                "cosmo_optim.CosmologyTracker(sink=...) without a logger."
+            )
+
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
         """Read the optimiser and log the physics hyperparameters."""
         tracker = self._tracker()
-        if len(trainer.optimizers) != 1:
+        if len(trainer.optimizers) > 1:
             warnings.warn(
-                f"CosmologyMonitor: {len(trainer.optimizers)} optimisers; the universe is read "
-                "from the first one.",
+                f"CosmologyMonitor: {len(trainer.optimizers)} optimisers; the universe and the "
+                "e-folds are read from the first one (its steps only).",
                 stacklevel=2,
             )
         if trainer.optimizers:
@@ -116,8 +144,11 @@ class CosmologyMonitorMixin:
                 "cosmology/vacuum_energy": cosmology.vacuum_energy,
                 "cosmology/hubble_time_steps": cosmology.hubble_time_steps,
             })
-        for logger in trainer.loggers:
-            logger.log_hyperparams({tracker.prefix + k: v for k, v in params.items()})
+        ours = {tracker.prefix + k: v for k, v in params.items()}
+        for logger in trainer.loggers:  # merged: the HParams dashboard shows one set
+            theirs = getattr(logger, "hparams", None)
+            logger.log_hyperparams({**(dict(theirs) if isinstance(theirs, Mapping) else {}),
+                                    **ours})
 
     # ----- the hooks that act ------------------------------------------------------------------
     def on_train_batch_start(

@@ -7,8 +7,9 @@ lives in `cosmo_optim.callbacks._mixin`. The same callback for the standalone
 
 from __future__ import annotations
 
-from lightning.pytorch import Callback, LightningModule
+from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from cosmo_optim.callbacks._mixin import CosmologyMonitorMixin
 
@@ -67,3 +68,6 @@ class CosmologyMonitor(CosmologyMonitorMixin, Callback):
 
     _tensorboard_logger_cls = TensorBoardLogger
     _lightning_module_cls = LightningModule
+    _trainer_cls = Trainer
+    _import = "cosmo_optim.callbacks"
+    _misconfiguration = MisconfigurationException
