@@ -11,7 +11,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
-from cosmo_optim.callbacks._mixin import CosmologyMonitorMixin
+from ._mixin import CosmologyMonitorMixin
 
 __all__ = ["CosmologyMonitor"]
 

@@ -11,7 +11,7 @@ from pytorch_lightning import Callback, LightningModule, Trainer
 from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
-from cosmo_optim.callbacks._mixin import CosmologyMonitorMixin
+from ._mixin import CosmologyMonitorMixin
 
 __all__ = ["CosmologyMonitor"]
 

@@ -315,3 +315,34 @@ def test_efolds_count_the_observed_optimiser_s_steps_only():
         train(other, opt2, x, y, 1)
         tracker.step(2 * step)  # e.g. a global step counting both optimisers
     assert tracker.efolds == pytest.approx(4 * 0.3 / 3, rel=1e-12)
+
+
+class DictModel(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Linear(3, 1).double()
+
+    def forward(self, x):
+        return {"logits": self.net(x), "hidden": x}
+
+
+def test_a_forward_returning_a_dict_needs_an_output_selector_and_then_matches_the_plain_model():
+    x, y = data()
+    model = DictModel()
+    with pytest.raises(ValueError, match=r"the model returned a dict, not a Tensor of outputs. Fix: pass output='logits'"):
+        CosmologyTracker(model, nn.MSELoss(), probe_batch=(x, y), top_k=2).probe(0)
+    by_key = CosmologyTracker(model, nn.MSELoss(), probe_batch=(x, y), top_k=2, output="logits").probe(0)
+    by_callable = CosmologyTracker(model, nn.MSELoss(), probe_batch=(x, y), top_k=2,
+                                   output=lambda out: out["logits"]).probe(0)
+    plain = CosmologyTracker(model.net, nn.MSELoss(), probe_batch=(x, y), top_k=2).probe(0)
+    assert by_key == by_callable == plain
+
+
+def test_a_loss_that_does_not_fit_the_outputs_is_one_line_naming_the_fix():
+    x = torch.randn(8, 3, dtype=torch.float64)
+    y = torch.randint(0, 4, (8,))
+    model = nn.Linear(3, 4).double()
+    tracker = CosmologyTracker(model, nn.MSELoss(), probe_batch=(x, y), top_k=2)
+    with pytest.raises(ValueError, match=r"the loss MSELoss does not give one value per sample on the model's outputs of shape \(8, 4\) with targets of shape \(8,\)") as error, pytest.warns(UserWarning):
+        tracker.probe(0)
+    assert "\n" not in str(error.value)
