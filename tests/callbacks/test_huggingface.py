@@ -15,11 +15,11 @@ if os.environ.get("CI"):  # CI installs the hf extra (.ci/run): there these test
 else:
     transformers = pytest.importorskip("transformers")
     pytest.importorskip("accelerate")
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from cosmo_optim import cosmology_of  # noqa: E402
-from cosmo_optim.callbacks import CosmologyCallback  # noqa: E402
-from cosmo_optim.monitor import scalar_tags  # noqa: E402
+from cosmo_optim import cosmology_of
+from cosmo_optim.callbacks import CosmologyCallback
+from cosmo_optim.monitor import scalar_tags
 
 
 class Classifier(nn.Module):
