@@ -47,7 +47,7 @@ class MonitorConfig:
         ValueError: naming the bad value, the constraint and the fix.
 
     Example:
-        >>> MonitorConfig(top_k=3).with_interval(10).every_n_steps
+        >>> MonitorConfig(top_k=3, every_n_steps=None).with_interval(10).every_n_steps
         10
     """
 
