@@ -54,9 +54,15 @@ class Tokens(nn.Module):
 
 
 def conv(norm: Callable[[int], nn.Module], dims: int = 2) -> Build:
+    """Two convolutions with width/16 channels (at least 4), then a linear read-out."""
     Conv = nn.Conv3d if dims == 3 else nn.Conv2d
-    return lambda w: nn.Sequential(Conv(3, w, 3, padding=1), norm(w), nn.ReLU(), Conv(w, w, 3),
-                                   nn.ReLU(), nn.Flatten(), nn.LazyLinear(1))
+
+    def build(width: int) -> nn.Module:
+        c = max(width // 16, 4)
+        return nn.Sequential(Conv(3, c, 3, padding=1), norm(c), nn.ReLU(), Conv(c, c, 3),
+                             nn.ReLU(), nn.Flatten(), nn.LazyLinear(1))
+
+    return build
 
 
 # name: (model, its input shape, a twin whose parameters all take structured rules, its input

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+import torch.autograd.forward_ad as fwAD
 import torch.nn.functional as F
 from torch import Tensor
 from torch.func import vmap
@@ -67,6 +68,7 @@ class Use:
     args: dict[str, Any] = field(default_factory=dict)
     out: torch.Tensor | None = None
     versions: tuple[int, int] = (0, 0)
+    call: int = -1  # index among the forward's recognised calls
 
 
 def intact(use: Use) -> bool:
@@ -90,7 +92,17 @@ def _modelled(kind: str, args: dict[str, Any]) -> bool:
     """
     if kind == "embedding":
         return not args.get("max_norm") and not args.get("scale_grad_by_freq")
+    if kind == "linear":  # torch also accepts a 1-d weight (a dot product)
+        return isinstance(args.get("weight"), Tensor) and args["weight"].dim() == 2
     return True
+
+
+def _plain(t: Any) -> bool:
+    """A tensor outside any torch.func transform and without a forward-mode tangent: the
+    values a rule reads are the batch's, and backward reaches them."""
+    if not isinstance(t, Tensor) or torch._C._functorch.is_functorch_wrapped_tensor(t):
+        return False
+    return fwAD.unpack_dual(t).tangent is None
 
 
 def _is_metadata(func: Any) -> bool:
@@ -101,11 +113,21 @@ def _is_metadata(func: Any) -> bool:
 
 
 class UseRecorder(TorchFunctionMode):
-    """Record, per watched parameter, every torch call it enters during a forward pass."""
+    """Record, per watched parameter, every torch call it enters during a forward pass.
 
-    def __init__(self, watched: dict[int, str]) -> None:
+    The outputs of the recognised calls numbered in ``protect`` reach the model as copies, so
+    in-place ops downstream (``ReLU(inplace=True)``, ``h += x``, a hook editing its output)
+    cannot overwrite the tensor whose cotangent a rule reads (:func:`overwritten` finds them).
+    """
+
+    def __init__(self, watched: dict[int, str], protect: frozenset[int] = frozenset(),
+                 foreign: dict[int, str] | None = None) -> None:
         super().__init__()
         self.watched = watched  # id(tensor) -> parameter name
+        self.protect = protect
+        self.foreign = foreign or {}  # id(user's own parameter) -> name: must never be seen
+        self.foreign_seen: set[str] = set()
+        self.calls = 0
         self.uses: dict[str, list[Use]] = {name: [] for name in watched.values()}
         self.functions: set[Any] = set()  # every torch function the forward called
         self.out_bytes = 0  # bytes of every tensor the forward produced (activation estimate)
@@ -121,12 +143,12 @@ class UseRecorder(TorchFunctionMode):
         out = func(*args, **kwargs)
         if isinstance(out, Tensor):
             self.out_bytes += out.numel() * out.element_size()
+        flat = [*args, *kwargs.values()]
+        flat += [t for a in flat if isinstance(a, (list, tuple)) for t in a]
+        self.foreign_seen.update(self.foreign[id(a)] for a in flat if id(a) in self.foreign)
         hits = [(i, a) for i, a in enumerate(args) if id(a) in self.watched]
         hits += [(k, a) for k, a in kwargs.items() if id(a) in self.watched]
-        hits += [
-            (-1, t) for a in args if isinstance(a, (list, tuple)) for t in a
-            if id(t) in self.watched
-        ]
+        hits += [(-1, t) for t in flat[len(args) + len(kwargs):] if id(t) in self.watched]
         if not hits or _is_metadata(func):
             return out
         kind, names = _SIGNATURES.get(func, (None, ()))
@@ -135,16 +157,25 @@ class UseRecorder(TorchFunctionMode):
         for key, tensor in hits:
             role = names[key] if isinstance(key, int) and 0 <= key < len(names) else str(key)
             known = kind is not None and role in ("weight", "bias") and _modelled(kind, bound)
-            known = known and isinstance(out, torch.Tensor) and isinstance(bound["input"], Tensor)
+            known = known and _plain(out) and _plain(bound.get("input"))
             use = Use(kind if known else None, role)
             if known:
                 captured = out
-                use.args, use.out = bound, out
+                use.args, use.out, use.call = bound, out, self.calls
                 use.versions = (bound["input"]._version, out._version)
             self.uses[self.watched[id(tensor)]].append(use)
-        # The model gets a copy: in-place ops downstream (ReLU(inplace=True), ``h += x``) then
-        # never overwrite the output whose cotangent the rule reads. One memory copy per call.
-        return out if captured is None else captured.clone()
+        if captured is None:
+            return out
+        self.calls += 1
+        if self.calls - 1 not in self.protect:
+            return out
+        self.out_bytes += captured.numel() * captured.element_size()
+        return captured.clone()
+
+    def overwritten(self) -> frozenset[int]:
+        """Recognised calls whose output an in-place op changed after the call."""
+        return frozenset(u.call for us in self.uses.values() for u in us
+                         if u.out is not None and u.out._version != u.versions[1])
 
 
 def _conv_geometry(use: Use) -> tuple[Any, ...] | None:

@@ -15,7 +15,7 @@ import torch
 from test_ntk_zoo import assert_exact, brute_force_ntk, seeded
 from torch import nn
 
-from cosmo_optim import _ntk_exact, _ntk_rules, empirical_ntk
+from cosmo_optim import _ntk_exact, _ntk_guards, _ntk_rules, empirical_ntk
 
 
 def prelu_net() -> nn.Module:
@@ -47,22 +47,33 @@ def test_missing_cotangent_demotes_instead_of_counting_zero(
 
 def test_version_check_alone_catches_an_overwritten_output(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    """Without the protective copy of captured outputs, ReLU(inplace=True) overwrites them; the
+    """Without the protective copies, ReLU(inplace=True) overwrites the captured outputs; the
     version-counter check must then send those parameters to the exact path."""
-    original = _ntk_rules.UseRecorder.__torch_function__
-
-    def no_copy(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
-        seen = {id(u.out) for us in self.uses.values() for u in us}
-        out = original(self, func, types, args, kwargs)
-        fresh = [u.out for us in self.uses.values() for u in us
-                 if u.out is not None and id(u.out) not in seen]
-        return fresh[0] if fresh else out  # the captured tensor itself, not its copy
-
-    monkeypatch.setattr(_ntk_rules.UseRecorder, "__torch_function__", no_copy)
+    monkeypatch.setattr(_ntk_rules.UseRecorder, "overwritten", lambda self: frozenset())
     model = seeded(lambda: nn.Sequential(nn.Linear(4, 16), nn.ReLU(inplace=True),
                                          nn.Linear(16, 3)))
     x = torch.randn(7, 4, dtype=torch.float64)
     assert_exact(empirical_ntk(model, x, method="structured"), brute_force_ntk(model, x))
+
+
+def test_outputs_are_copied_only_where_the_model_writes_in_place() -> None:
+    model = seeded(lambda: nn.Sequential(nn.Linear(4, 16), nn.ReLU(inplace=True),
+                                         nn.Linear(16, 16), nn.Tanh(), nn.Linear(16, 3)))
+    leaves = {n: p.detach().clone().requires_grad_() for n, p in model.named_parameters()}
+    recorder = _ntk_rules.UseRecorder({id(t): n for n, t in leaves.items()})
+    with recorder:
+        torch.func.functional_call(model, leaves, (torch.randn(2, 4, dtype=torch.float64),))
+    assert recorder.overwritten() == {0}  # only the first layer's output feeds ReLU(inplace)
+
+
+def test_hidden_route_guard_alone_catches_a_wrong_rule(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A rule whose gradient differs from autograd's on the one-sample probe is not used."""
+    psg, rows = _ntk_rules.per_sample_grad, _ntk_rules.rows
+    monkeypatch.setattr(_ntk_rules, "per_sample_grad", lambda u, d: 1.01 * psg(u, d))
+    monkeypatch.setattr(_ntk_rules, "rows", lambda u, d: (rows(u, d)[0], 1.01 * rows(u, d)[1]))
+    model = seeded(lambda: nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 2)))
+    x = torch.randn(6, 4, dtype=torch.float64)
+    assert_exact(empirical_ntk(model, x), brute_force_ntk(model, x))
 
 
 def test_verify_passes_on_exact_kernels_and_returns_the_same_kernel() -> None:
@@ -80,6 +91,7 @@ def test_verify_raises_with_the_measured_error_when_a_rule_is_wrong(
     psg, rows = _ntk_rules.per_sample_grad, _ntk_rules.rows  # both forms off by 1 %
     monkeypatch.setattr(_ntk_rules, "per_sample_grad", lambda u, d: 1.01 * psg(u, d))
     monkeypatch.setattr(_ntk_rules, "rows", lambda u, d: (rows(u, d)[0], 1.01 * rows(u, d)[1]))
+    monkeypatch.setattr(_ntk_guards, "hidden_route", lambda *a: set())  # the guard that would
     model = seeded(lambda: nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 2)))
     x = torch.randn(6, 4, dtype=torch.float64)
     empirical_ntk(model, x)  # silently wrong without the check ...
