@@ -166,7 +166,8 @@ def _digits(out: Path, steps: int) -> list[str]:
         from sklearn.datasets import load_digits
     except ImportError as error:
         raise ValueError(
-            "the demo's digits part needs scikit-learn: pip install scikit-learn"
+            "the demo's digits part needs scikit-learn. Fix: pip install 'cosmo-optim[demo]' "
+            "(scikit-learn and TensorBoard), or run `make demo` from a clone"
         ) from error
     data = load_digits()
     x_all = torch.tensor(data.data / 16.0, dtype=torch.float64)

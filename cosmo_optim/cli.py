@@ -276,6 +276,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="cosmo-optim",
         description="Momentum gradient descent as a scalar field in a de Sitter universe.",
     )
+    from cosmo_optim import __version__
+
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in COMMANDS:
         add(sub)

@@ -195,3 +195,24 @@ def test_every_command_has_help(capsys, command):
         main([command, "--help"])
     assert exit_info.value.code == 0
     assert "usage: cosmo-optim " + command in capsys.readouterr().out
+
+
+def test_version_prints_the_package_version(capsys):
+    import cosmo_optim
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0
+    assert capsys.readouterr().out.strip() == f"cosmo-optim {cosmo_optim.__version__}"
+
+
+def test_the_demo_extra_brings_what_the_demo_imports():
+    tomllib = pytest.importorskip("tomllib")  # Python ≥ 3.11
+    from pathlib import Path
+
+    extras = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())[
+        "project"]["optional-dependencies"]
+    assert any(r.startswith("scikit-learn") for r in extras["demo"])
+    assert any(r.startswith("tensorboard") for r in extras["demo"])
+    makefile = (Path(__file__).resolve().parents[1] / "Makefile").read_text()
+    assert "demo" in makefile.split("-e \".[")[1].split("]")[0] and "hf" in makefile.split("-e \".[")[1].split("]")[0]
