@@ -29,11 +29,6 @@ from cosmo_optim.spectrum import flat_kernel
 __all__ = ["MEAN_FIELD_OVERLAP", "MODE_CLASSES", "FLRWDual", "vacuum_domination"]
 
 
-
-# Kept until duality.py imports `cosmo_optim.cosmology.as_cosmology` (the lead drops it at merge).
-_as_cosmology = as_cosmology
-
-
 def vacuum_domination(speed_squared: Any, loss_energy: Any, vacuum_energy: float) -> Any:
     """Ω_φ = (½ |φ̄̇|² + α_eff ℓ̄(φ̄))/Λ: the field's energy density over the vacuum's (T6).
 

@@ -27,8 +27,8 @@ import torch
 from torch import Tensor, nn
 
 from cosmo_optim._common import one_thread, preserved
-from cosmo_optim.cosmology import Cosmology
-from cosmo_optim.dual import MEAN_FIELD_OVERLAP, FLRWDual, _as_cosmology
+from cosmo_optim.cosmology import Cosmology, as_cosmology
+from cosmo_optim.dual import MEAN_FIELD_OVERLAP, FLRWDual
 from cosmo_optim.losses import PerSampleLoss, per_sample_loss
 from cosmo_optim.predict import Prediction, predict_trajectory
 from cosmo_optim.spectrum import flat_kernel
@@ -300,7 +300,7 @@ def check_duality(
         >>> report.passed, report.deviations["mean_field_end_discrete"] < 1e-10
         (True, True)
     """
-    c = _as_cosmology(cosmology)
+    c = as_cosmology(cosmology)
     steps, probe_every = _check_arguments(inputs, targets, steps, probe_every)
     kernel_of = _kernel_function(ntk, verify_ntk)
     tol = _Tolerances(float(drift_tolerance), float(vacuum_tolerance), float(deviation_tolerance))
