@@ -42,11 +42,12 @@ class CosmologyMonitorMixin:
         log_figures_every_n_steps: int | None = None,
         prefix: str = "",
         history_size: int = 1000,
+        verify_ntk: bool = False,
     ) -> None:
         super().__init__()
         self.config = MonitorConfig(
             loss, probe_size, top_k, every_n_train_steps, log_figures_every_n_steps,
-            history_size, prefix, interval_name="every_n_train_steps",
+            history_size, prefix, verify_ntk=verify_ntk, interval_name="every_n_train_steps",
         )
         self.probe_batch = (
             None if probe_batch is None else take_probe_batch(probe_batch, probe_size)

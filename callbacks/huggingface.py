@@ -102,6 +102,9 @@ class CosmologyCallback(_TrainerCallback, _ExportableState):
         log_figures_every_n_steps: draw figures at these steps and once more at the end;
             None (default) draws none (they cost ≈ 0.2 s, more than a dozen probes).
         prefix: prepended to every tag.
+        verify_ntk: check the first probe's kernel against brute force (a few entries, one
+            forward and C backward passes each) and raise if it is off; see
+            ``empirical_ntk(verify=True)``.
 
     Raises:
         ImportError: ``transformers`` is not installed.
@@ -124,6 +127,7 @@ class CosmologyCallback(_TrainerCallback, _ExportableState):
         label_key: str = "labels",
         log_figures_every_n_steps: int | None = None,
         prefix: str = "",
+        verify_ntk: bool = False,
     ) -> None:
         if not _HAVE_TRANSFORMERS:
             raise ImportError(
@@ -131,7 +135,7 @@ class CosmologyCallback(_TrainerCallback, _ExportableState):
             )
         self.config = MonitorConfig(
             loss, probe_size, top_k, every_n_steps, log_figures_every_n_steps, prefix=prefix,
-            output=_logits,
+            output=_logits, verify_ntk=verify_ntk,
         )
         self.input_key, self.label_key = input_key, label_key
         self.probe_batch = None if probe_batch is None else self._probe(probe_batch)

@@ -45,6 +45,9 @@ class CosmologyMonitor(CosmologyMonitorMixin, Callback):
             the custom-scalars layout are always written).
         prefix: prepended to every tag.
         history_size: probes kept in ``monitor.tracker.history``.
+        verify_ntk: check the first probe's kernel against brute force (a few entries, one
+            forward and C backward passes each) and raise if it is off; see
+            ``empirical_ntk(verify=True)``.
 
     Raises:
         ValueError: in ``__init__`` for an invalid argument; in ``setup()`` for a Trainer

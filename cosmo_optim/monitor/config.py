@@ -40,6 +40,9 @@ class MonitorConfig:
         output: for a model whose ``forward`` returns a tuple, dict or ``ModelOutput``: the
             key/attribute (``"logits"``) or a callable (``lambda out: out[0]``) selecting the
             outputs the loss is applied to.
+        verify_ntk: recompute a few entries of the first probe's kernel by brute force and
+            raise if they disagree (`empirical_ntk(..., verify=True)`; one forward and C
+            backward passes of 3 samples, once per run).
         interval_name: how the user spelled `every_n_steps` (``every_n_train_steps`` in
             Lightning), for error messages.
 
@@ -60,6 +63,7 @@ class MonitorConfig:
     prefix: str = ""
     group: int = 0
     output: str | Callable[[Any], Tensor] | None = None
+    verify_ntk: bool = False
     interval_name: str = field(default="every_n_steps", compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -87,6 +91,8 @@ class MonitorConfig:
                 f"Invalid output: {self.output!r}; give a key such as 'logits' or a callable "
                 "out -> Tensor (e.g. output=lambda out: out[0])."
             )
+        if not isinstance(self.verify_ntk, bool):
+            raise ValueError(f"Invalid verify_ntk: {self.verify_ntk!r}; it must be True or False.")
         self._check_figures()
 
     def _check_figures(self) -> None:

@@ -122,14 +122,17 @@ def model_outputs(model: nn.Module, inputs: Tensor, output: Any = None) -> Tenso
     return out.detach().double().cpu()
 
 
-def measure(model: nn.Module, inputs: Tensor, output: Any = None) -> tuple[Tensor, Tensor]:
-    """(f, Θ): the outputs (N, ...) and the flat output-space NTK (N·C, N·C), float64 (T4)."""
+def measure(model: nn.Module, inputs: Tensor, output: Any = None,
+            verify: bool = False) -> tuple[Tensor, Tensor]:
+    """(f, Θ): the outputs (N, ...) and the flat output-space NTK (N·C, N·C), float64 (T4);
+    `verify` has the kernel checked against brute force (`empirical_ntk`'s self-check)."""
     f = model_outputs(model, inputs, output)
     device = device_of(model)
     net = model if output is None else Selected(model, output)
     with preserved(model, device), training(model, False):
         kernel = empirical_ntk(
-            net, inputs.to(device), output="full" if f[0].numel() > 1 else "trace"
+            net, inputs.to(device), output="full" if f[0].numel() > 1 else "trace",
+            verify=verify,
         )
     return f, flat_kernel(kernel.detach().double().cpu())
 
@@ -297,7 +300,8 @@ def probe(
     run: RunSoFar,
 ) -> ProbeResult:
     """`measure` then `read_out`, or `skipped` when f or Θ is not finite."""
-    f, kernel = measure(model, inputs, config.output)
+    first = run.reference is None
+    f, kernel = measure(model, inputs, config.output, verify=config.verify_ntk and first)
     if not (torch.isfinite(f).all() and torch.isfinite(kernel).all()):
         return skipped(run, config.prefix)
     return read_out(f, kernel, config=config, cosmology=cosmology, targets=targets, run=run)

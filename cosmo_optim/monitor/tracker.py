@@ -70,6 +70,9 @@ class CosmologyTracker:
         group: the optimiser's param group whose (lr, momentum) define the universe.
         output: for a ``forward`` returning a tuple, dict or ``ModelOutput``: the key
             (``"logits"``) or a callable (``lambda out: out[0]``) selecting the outputs.
+        verify_ntk: check the first probe's kernel against brute force (a few entries, one
+            forward and C backward passes each) and raise if it is off; see
+            ``empirical_ntk(verify=True)``.
 
     Raises:
         ValueError: on an invalid argument, naming the fix.
@@ -107,10 +110,11 @@ class CosmologyTracker:
         prefix: str = "",
         group: int = 0,
         output: Any = None,
+        verify_ntk: bool = False,
     ) -> None:
         config = MonitorConfig(
             loss, probe_size, top_k, every_n_steps, log_figures_every_n_steps, history_size,
-            prefix, group, output,
+            prefix, group, output, verify_ntk,
         )
         self._setup(model, config, optimizer=optimizer, probe_batch=probe_batch, sink=sink)
 

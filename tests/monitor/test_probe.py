@@ -82,3 +82,29 @@ def test_take_probe_batch_copies_the_first_samples_and_drops_non_per_sample_targ
     assert take_probe_batch((x, torch.randn(3)), 4)[1] is None
     with pytest.raises(ValueError, match=r"inputs of shape \(0, 2\) are empty"):
         take_probe_batch(torch.zeros(0, 2), 4)
+
+
+def test_verify_ntk_checks_the_first_probe_only(monkeypatch):
+    """verify_ntk=True asks empirical_ntk for its self-check on the first probe, never later."""
+    import torch
+    from torch import nn
+
+    import cosmo_optim.monitor.probe as probe_module
+    from cosmo_optim import CosmologyTracker
+
+    calls = []
+    real = probe_module.empirical_ntk
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs.get("verify", False))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(probe_module, "empirical_ntk", spy)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(2, 8), nn.Tanh(), nn.Linear(8, 1))
+    x, y = torch.randn(8, 2), torch.randn(8, 1)
+    tracker = CosmologyTracker(model, nn.MSELoss(), probe_batch=(x, y), every_n_steps=1,
+                               verify_ntk=True)
+    for step in range(3):
+        tracker.probe(step)
+    assert calls == [True, False, False]
