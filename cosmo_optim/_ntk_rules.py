@@ -23,6 +23,7 @@ to the jacobian path, which is exact for any parameter.
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -53,6 +54,10 @@ _METADATA_ATTRS = {
 }
 
 
+# Calls that flatten the leading dims of a batch-first tensor, as before transformers' Conv1D.
+_FLATTENS = {torch.Tensor.view, torch.Tensor.reshape, torch.reshape}
+
+
 @dataclass
 class Use:
     """One call touching a watched parameter: ``kind`` is e.g. ``"linear"``, ``None`` if unknown."""
@@ -77,15 +82,22 @@ class UseRecorder(TorchFunctionMode):
         super().__init__()
         self.watched = watched  # id(tensor) -> parameter name
         self.uses: dict[str, list[Use]] = {name: [] for name in watched.values()}
+        self.flat: dict[int, tuple[Any, int]] = {}  # id(rows) -> (weakref(rows), leading dim)
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
+        if func is torch.addmm:
+            out = _conv1d_addmm(self, args, kwargs)
+            if out is not None:
+                return out
         if func is F.multi_head_attention_forward:
             bound = attention.bind(args, kwargs)
             if attention.supported(bound):
                 with self:  # record the projections as F.linear calls
                     return attention.decompose(bound)
         out = func(*args, **kwargs)
+        if func in _FLATTENS:
+            _note_flatten(self, args[0], out)
         hits = [(i, a) for i, a in enumerate(args) if id(a) in self.watched]
         hits += [(k, a) for k, a in kwargs.items() if id(a) in self.watched]
         hits += [
@@ -106,6 +118,45 @@ class UseRecorder(TorchFunctionMode):
                 Use(kind if known else None, role, bound if known else {}, out if known else None)
             )
         return out
+
+
+def _note_flatten(rec: UseRecorder, src: Any, out: Any) -> None:
+    """Remember ``out = src.view(-1, d)`` of a tensor ``src`` (n, ..., d): rows sample-major."""
+    if isinstance(src, torch.Tensor) and isinstance(out, torch.Tensor) and src.dim() >= 3 \
+            and out.dim() == 2 and out.shape == (src.shape[:-1].numel(), src.shape[-1]):
+        rec.flat[id(out)] = (weakref.ref(out), src.shape[0])
+
+
+def _conv1d_addmm(rec: UseRecorder, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """transformers' ``Conv1D``: ``addmm(b, x.view(-1, d_in), W)``, ``W`` stored (d_in, d_out).
+
+    When ``W`` (or ``b``) is watched and ``x`` (n, ..., d_in) was flattened sample-major, run
+    the same addmm, view its output as (n, R, d_out) and record a ``linear`` use on that view
+    (``transposed``: the parameter is ``Wᵀ`` of ``F.linear``). The caller gets a view of it, so
+    the cotangent of the recorded output is the layer's per-sample cotangent. Anything else
+    (``beta``/``alpha``, other shapes, rows of unknown order): None, the call is recorded as an
+    unknown use and the parameter takes the jacobian path.
+    """
+    names = ("input", "mat1", "mat2")
+    a = dict(zip(names, args, strict=False)) | kwargs
+    if set(a) != set(names):
+        return None
+    b, x, w = a["input"], a["mat1"], a["mat2"]
+    if not all(isinstance(t, torch.Tensor) for t in (b, x, w)):
+        return None
+    if (id(w) not in rec.watched and id(b) not in rec.watched) or id(x) in rec.watched:
+        return None
+    ref, n = rec.flat.get(id(x), (None, 0))
+    if ref is None or ref() is not x or w.dim() != 2 or b.shape != (w.shape[1],) \
+            or x.shape[0] % n:
+        return None
+    y = torch.addmm(b, x, w).view(n, -1, w.shape[1])
+    bound = {"input": x.view(n, -1, x.shape[1]), "weight": w.detach().t(), "bias": b,
+             "transposed": True}
+    for t, role in ((w, "weight"), (b, "bias")):
+        if id(t) in rec.watched:
+            rec.uses[rec.watched[id(t)]].append(Use("linear", role, bound, y))
+    return y.view(-1, w.shape[1])
 
 
 def _conv_geometry(use: Use) -> tuple[Any, ...] | None:

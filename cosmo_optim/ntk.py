@@ -21,6 +21,16 @@ R rows per sample (sequence positions, conv pixels, repeated calls), fan-in d_in
   O(N C d_in d_out); for a conv, torch's weight-gradient kernel vmapped over samples, never the
   ``unfold`` matrix); the jacobian path for everything else. LayerNorm affine parameters, grouped
   convs and convs with string padding always use the per-sample form.
+* ``"sketch"`` — an unbiased estimate ``Θ̂ = Φ Φᵀ`` from ``k × k`` Kronecker sketches
+  ``Pᵀ G_i Q`` of every weight's per-sample gradient, built from each layer's rows without
+  forming ``G_i`` (k = ``sketch_dim``; :mod:`cosmo_optim._ntk_sketch`): time O(N R k (d_in +
+  d_out + k)) per weight on top of one forward and C backwards, plus O(C² N² L k²) for the
+  product over L weights; memory O(N C L k²). Error model in docs/performance.md.
+
+``distributed=True`` (``torch.distributed`` initialised, every rank calling with the same probe
+batch) splits the samples across ranks: each computes the features of its shard (exact
+per-sample gradients, or sketches), the shards are all-gathered one parameter at a time, and
+every rank returns the same N×N kernel (:mod:`cosmo_optim._ntk_distributed`).
 """
 
 from __future__ import annotations
@@ -34,13 +44,16 @@ import torch
 from torch import nn
 from torch.func import functional_call, jacrev, vmap
 
+from cosmo_optim import _ntk_distributed as distributed_ntk
 from cosmo_optim import _ntk_rules as rules
-from cosmo_optim._common import training
+from cosmo_optim import _ntk_sketch as sketch
+from cosmo_optim._common import check_int, training
 
 Output = str | int | Callable[[torch.Tensor], torch.Tensor]
 ParamFilter = Sequence[str] | Callable[[str, nn.Parameter], bool] | None
 
-METHODS = ("auto", "structured", "jacobian")
+METHODS = ("auto", "structured", "jacobian", "sketch")
+DEFAULT_SKETCH_DIM = 128  # k: each weight's per-sample gradient sketched to k × k numbers
 _OUTPUTS = ("trace", "full")
 _DEFAULT_BUDGET = 2 << 30  # bytes: used when memory_budget is None
 _SYMMETRIC_FROM = 512  # N from which the Gram form multiplies only blocks above the diagonal
@@ -56,6 +69,9 @@ def empirical_ntk(
     dtype: torch.dtype | None = None,
     memory_budget: int | None = None,
     train_mode: bool = False,
+    sketch_dim: int | None = None,
+    sketch_seed: int = 0,
+    distributed: bool = False,
 ) -> torch.Tensor:
     """Empirical NTK ``Θ = J Jᵀ`` of ``model`` on the probe batch ``inputs`` (docs/theory.md T4).
 
@@ -77,9 +93,16 @@ def empirical_ntk(
             Default 2 GiB. A request that cannot fit raises before the large allocations.
         train_mode: compute with the model in training mode (default: eval mode). Refused for
             BatchNorm (couples samples) and active dropout (random).
+        sketch_dim: ``k`` for ``method="sketch"`` (default :data:`DEFAULT_SKETCH_DIM`); the
+            relative error falls like ``1/sqrt(k)`` (docs/performance.md). Only with "sketch".
+        sketch_seed: seed of the sketch's random projections (a private generator: the
+            result is reproducible and the global RNG untouched).
+        distributed: split the probe samples across the ranks of the initialised
+            ``torch.distributed`` group; every rank must call with the same ``inputs``.
 
     Returns:
-        The kernel on ``inputs.device``: ``(N, N)``, or ``(N, N, C, C)`` for ``"full"``.
+        The kernel on ``inputs.device``: ``(N, N)``, or ``(N, N, C, C)`` for ``"full"``. It
+        is exact for every method but ``"sketch"``, which returns an unbiased estimate.
 
     Raises:
         ValueError: invalid ``method``/``output``/``params``/``memory_budget``, or a model that
@@ -102,13 +125,32 @@ def empirical_ntk(
         raise ValueError(f"Invalid memory_budget: {memory_budget!r}; it must be > 0 bytes.")
     if inputs.dim() == 0 or inputs.shape[0] == 0:
         raise ValueError(f"Invalid inputs shape: {tuple(inputs.shape)}; it needs N >= 1 samples.")
+    k = _sketch_dim(method, sketch_dim)
     selected = _select(model, params)
     if train_mode:
         _refuse_coupling(model)
     devices = [inputs.device] if inputs.device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices), training(model, train_mode), _no_fastpath():
         engine = _Engine(model, selected, inputs, output, method, dtype, memory_budget)
+        if distributed:
+            return distributed_ntk.kernel(engine, k, sketch_seed)
+        if k is not None:
+            return sketch.sketch_kernel(engine, k, sketch_seed)
         return engine.run()
+
+
+def _sketch_dim(method: str, sketch_dim: int | None) -> int | None:
+    """k for the sketch, None for the exact methods (a sketch_dim there is refused)."""
+    if method != "sketch":
+        if sketch_dim is not None:
+            raise ValueError(
+                f"Invalid sketch_dim: {sketch_dim!r} with method={method!r}; it only applies "
+                "to method='sketch'. Fix: pass method='sketch' or drop sketch_dim."
+            )
+        return None
+    if sketch_dim is None:
+        return DEFAULT_SKETCH_DIM
+    return check_int("sketch_dim", sketch_dim, 1, "Fix: e.g. sketch_dim=128.")
 
 
 def _select(model: nn.Module, params: ParamFilter) -> dict[str, nn.Parameter]:
