@@ -38,7 +38,7 @@ _ROWS_KINDS = ("linear", "embedding")
 def gram(fa: torch.Tensor, fb: torch.Tensor, full: bool) -> torch.Tensor:
     """``Σ_f φ_a[i,c,f] φ_b[j,d,f]``: (na, nb), or (na, nb, C, C) when ``full``."""
     if not full:
-        return fa.reshape(fa.shape[0], -1) @ fb.reshape(fb.shape[0], -1).T
+        return fa.flatten(1) @ fb.flatten(1).T
     (na, C, Fd), nb = fa.shape, fb.shape[0]
     prod = fa.reshape(na * C, Fd) @ fb.reshape(nb * C, Fd).T
     return prod.reshape(na, C, nb, C).permute(0, 2, 1, 3)
