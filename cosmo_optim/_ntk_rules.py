@@ -185,7 +185,7 @@ def qualifies(uses: list[Use], n: int) -> bool:
     """True if a structured rule is exact for a parameter with these uses, chunk of n samples."""
     if not uses or any(u.kind is None for u in uses):
         return False
-    if len({(u.kind, u.role) for u in uses}) != 1:
+    if len({(u.kind, u.role) for u in uses}) != 1 and not tied(uses):
         return False
     for u in uses:
         x, y = u.args["input"], u.out
@@ -197,9 +197,19 @@ def qualifies(uses: list[Use], n: int) -> bool:
     return True
 
 
+def tied(uses: list[Use]) -> bool:
+    """True for an embedding tied to an ``nn.Linear`` output projection (GPT-2's ``wte`` and
+    ``lm_head``): both per-sample gradients live in the same (vocabulary, width) layout, so they
+    add (per-sample form only)."""
+    return {u.kind for u in uses} == {"embedding", "linear"} and all(
+        u.role == "weight" and not u.args.get("transposed") for u in uses)
+
+
 def gram_ok(uses: list[Use]) -> bool:
     """True if the Gram form is available (the per-sample form always is)."""
     k = uses[0].kind
+    if tied(uses):
+        return False
     return k in ("linear", "embedding") or (
         k in ("conv1d", "conv2d") and all(_conv_geometry(u) is not None for u in uses))
 

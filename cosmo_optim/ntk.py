@@ -301,6 +301,8 @@ class _Engine:
         if self.method != "jacobian":
             structured = {n: us for n, us in recorder.uses.items() if rules.qualifies(us, 1)}
         plan = {n: self._form(us) for n, us in structured.items()}
+        plan = {n: f for n, f in plan.items()  # tied weights: per-sample form only if it fits
+                if not rules.tied(structured[n]) or f[1] <= self.budget // 2}
         stored = sum(cost[1] for cost in plan.values())
         fallback = [n for n in self.names if n not in plan]
         jac_min = max((C * self.base[n].numel() * self.isz * 2 for n in fallback), default=0)
