@@ -174,23 +174,26 @@ class FeatureMap:
         ys = list(outs.values())
         per_c = [torch.autograd.grad(f[:, c].sum(), ys, retain_graph=c < e.C - 1,
                                      allow_unused=True) if ys else () for c in range(e.C)]
-        delta = {key: torch.stack([g[i] if g[i] is not None else torch.zeros_like(y)
-                                   for g in per_c])
-                 for i, (key, y) in enumerate(outs.items())}
-        feats = []
+        delta = {  # (C, *y.shape); a view when C == 1
+            key: per_c[0][i].unsqueeze(0) if e.C == 1 and per_c[0][i] is not None else
+            torch.stack([g[i] if g[i] is not None else torch.zeros_like(y) for g in per_c])
+            for i, (key, y) in enumerate(outs.items())}
+        out = f.new_empty((n, e.C, sum(self.width(m) for m in e.names)))
+        at = 0
         for m in e.names:
             if m not in ok:  # exact per-sample gradients (jacobian path), then projected
-                G = e._jac([m], lo, hi)
-                feats.append(self.proj[m].dense(G))
+                phi = self.proj[m].dense(e._jac([m], lo, hi))
             elif m in self.rows:
-                feats.append(sketch_rows(self.proj[m], recorder.uses[m], delta, e.C))
+                phi = sketch_rows(self.proj[m], recorder.uses[m], delta, e.C)
             else:
                 us = recorder.uses[m]
                 G = rules.per_sample_grad(us[0], delta[id(us[0].out)])
                 for u in us[1:]:
                     G = G + rules.per_sample_grad(u, delta[id(u.out)])
-                feats.append(self.proj[m].dense(G))
-        return torch.cat([t.detach() for t in feats], dim=2)
+                phi = self.proj[m].dense(G)
+            out[:, :, at : at + phi.shape[2]] = phi.detach()
+            at += phi.shape[2]
+        return out
 
     def all(self, lo: int, hi: int) -> torch.Tensor:
         """Features of samples ``[lo, hi)`` in chunks that fit the engine's memory budget."""
