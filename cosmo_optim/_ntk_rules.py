@@ -29,6 +29,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch import Tensor
 from torch.func import vmap
 from torch.overrides import TorchFunctionMode
 
@@ -60,12 +61,41 @@ _FLATTENS = {torch.Tensor.view, torch.Tensor.reshape, torch.reshape}
 
 @dataclass
 class Use:
-    """One call touching a watched parameter: ``kind`` is e.g. ``"linear"``, ``None`` if unknown."""
+    """One call touching a watched parameter: ``kind`` is e.g. ``"linear"``, ``None`` if unknown.
+
+    ``versions`` holds the autograd version counters of the captured input and output at the
+    call: a rule may read them only while both are unchanged (:func:`intact`).
+    """
 
     kind: str | None
     role: str
     args: dict[str, Any] = field(default_factory=dict)
     out: torch.Tensor | None = None
+    versions: tuple[int, int] = (0, 0)
+
+
+def intact(use: Use) -> bool:
+    """True if the tensors a rule reads still hold the values the call saw.
+
+    An in-place op after the call (``h.relu_()``, ``h += x``, a forward hook editing its
+    output) bumps the version counter of the tensor it writes, and of every view of it.
+    """
+    x, y = use.args.get("input"), use.out
+    if not isinstance(x, Tensor) or y is None:
+        return False
+    return use.versions == (x._version, y._version)
+
+
+def _modelled(kind: str, args: dict[str, Any]) -> bool:
+    """False for call options a rule does not model; such parameters take the exact path.
+
+    ``max_norm`` renormalises embedding rows in place and ``scale_grad_by_freq`` rescales the
+    backward by in-batch token counts (not the derivative of the forward); ``sparse`` only
+    changes the gradient's storage and is modelled.
+    """
+    if kind == "embedding":
+        return not args.get("max_norm") and not args.get("scale_grad_by_freq")
+    return True
 
 
 def _is_metadata(func: Any) -> bool:
@@ -83,6 +113,8 @@ class UseRecorder(TorchFunctionMode):
         self.watched = watched  # id(tensor) -> parameter name
         self.uses: dict[str, list[Use]] = {name: [] for name in watched.values()}
         self.flat: dict[int, tuple[Any, int]] = {}  # id(rows) -> (weakref(rows), leading dim)
+        self.functions: set[Any] = set()  # every torch function the forward called
+        self.out_bytes = 0  # bytes of every tensor the forward produced (activation estimate)
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -95,9 +127,12 @@ class UseRecorder(TorchFunctionMode):
             if attention.supported(bound):
                 with self:  # record the projections as F.linear calls
                     return attention.decompose(bound)
+        self.functions.add(func)
         out = func(*args, **kwargs)
         if func in _FLATTENS:
             _note_flatten(self, args[0], out)
+        if isinstance(out, Tensor):
+            self.out_bytes += out.numel() * out.element_size()
         hits = [(i, a) for i, a in enumerate(args) if id(a) in self.watched]
         hits += [(k, a) for k, a in kwargs.items() if id(a) in self.watched]
         hits += [
@@ -108,16 +143,20 @@ class UseRecorder(TorchFunctionMode):
             return out
         kind, names = _SIGNATURES.get(func, (None, ()))
         bound = dict(zip(names, args, strict=False)) | kwargs
+        captured = None
         for key, tensor in hits:
             role = names[key] if isinstance(key, int) and 0 <= key < len(names) else str(key)
-            known = kind is not None and role in ("weight", "bias")
-            known = known and isinstance(out, torch.Tensor)
-            if known and kind == "embedding" and (role == "bias" or bound.get("max_norm")):
-                known = False
-            self.uses[self.watched[id(tensor)]].append(
-                Use(kind if known else None, role, bound if known else {}, out if known else None)
-            )
-        return out
+            known = kind is not None and role in ("weight", "bias") and _modelled(kind, bound)
+            known = known and isinstance(out, torch.Tensor) and isinstance(bound["input"], Tensor)
+            use = Use(kind if known else None, role)
+            if known:
+                captured = out
+                use.args, use.out = bound, out
+                use.versions = (bound["input"]._version, out._version)
+            self.uses[self.watched[id(tensor)]].append(use)
+        # The model gets a copy: in-place ops downstream (ReLU(inplace=True), ``h += x``) then
+        # never overwrite the output whose cotangent the rule reads. One memory copy per call.
+        return out if captured is None else captured.clone()
 
 
 def _note_flatten(rec: UseRecorder, src: Any, out: Any) -> None:
@@ -150,13 +189,16 @@ def _conv1d_addmm(rec: UseRecorder, args: tuple[Any, ...], kwargs: dict[str, Any
     if ref is None or ref() is not x or w.dim() != 2 or b.shape != (w.shape[1],) \
             or x.shape[0] % n:
         return None
+    rec.functions.add(torch.addmm)
     y = torch.addmm(b, x, w).view(n, -1, w.shape[1])
+    rec.out_bytes += y.numel() * y.element_size()
     bound = {"input": x.view(n, -1, x.shape[1]), "weight": w.detach().t(), "bias": b,
              "transposed": True}
     for t, role in ((w, "weight"), (b, "bias")):
         if id(t) in rec.watched:
-            rec.uses[rec.watched[id(t)]].append(Use("linear", role, bound, y))
-    return y.view(-1, w.shape[1])
+            use = Use("linear", role, bound, y, (bound["input"]._version, y._version))
+            rec.uses[rec.watched[id(t)]].append(use)
+    return y.view(-1, w.shape[1]).clone()  # a copy, as for every captured output
 
 
 def _conv_geometry(use: Use) -> tuple[Any, ...] | None:
@@ -182,7 +224,8 @@ def _conv_params(use: Use) -> tuple[Any, ...]:
 
 
 def qualifies(uses: list[Use], n: int) -> bool:
-    """True if a structured rule is exact for a parameter with these uses, chunk of n samples."""
+    """True if a structured rule is exact for a parameter with these uses, chunk of n samples:
+    every call known, in one role, batch-first, and its captured tensors still intact."""
     if not uses or any(u.kind is None for u in uses):
         return False
     if len({(u.kind, u.role) for u in uses}) != 1 and not tied(uses):
@@ -190,6 +233,8 @@ def qualifies(uses: list[Use], n: int) -> bool:
     for u in uses:
         x, y = u.args["input"], u.out
         assert y is not None
+        if not intact(u):
+            return False
         if y.dim() == 0 or x.dim() == 0 or y.shape[0] != n or x.shape[0] != n:
             return False
         if u.kind in ("conv1d", "conv2d") and (_conv_pads(u) is None or x.dim() != y.dim()):

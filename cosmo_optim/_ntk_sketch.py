@@ -30,6 +30,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from cosmo_optim import _ntk_exact as exact
 from cosmo_optim import _ntk_rules as rules
 
 _ROWS_KINDS = ("linear", "embedding")
@@ -135,8 +136,10 @@ def sketch_rows(proj: Projection, uses: list[rules.Use], delta: dict[int, torch.
 class FeatureMap:
     """Features of the probe samples ``[lo, hi)`` for every selected parameter of ``engine``.
 
-    ``engine`` is the :class:`cosmo_optim.ntk._Engine` of the request (its forward, leaves and
-    jacobian pass are reused, so outputs, dtype and parameter selection match the exact path).
+    ``engine`` is the :class:`cosmo_optim.ntk._Engine` of the request (its forward, leaves,
+    cotangents and per-sample Jacobian are reused, so outputs, dtype, parameter selection and
+    the run-time checks of the rules match the exact path: a parameter whose rule fails them
+    in any chunk gets exact per-sample gradients for that chunk, projected by the same map).
     """
 
     def __init__(self, engine: Any, k: int | None, seed: int) -> None:
@@ -151,9 +154,10 @@ class FeatureMap:
         self.rows = {n for n, us in recorder.uses.items() if rows_form(us, 1, k)}
         self.psg = {n for n, us in recorder.uses.items()
                     if n not in self.rows and rules.qualifies(us, 1)}
-        self.act = 4 * engine.C * max(1, sum(
-            u.out.numel() for us in recorder.uses.values() for u in us if u.out is not None
-        ) * engine.isz)
+        self.act = (2 + 2 * engine.C) * max(recorder.out_bytes, 1)  # as the exact engine
+        vmap_ok = not recorder.functions & exact.VMAP_UNSAFE
+        self.jacobian = exact.PerSampleJacobian(engine.call, engine.base, engine.x, engine.C,
+                                                vmap_ok)
 
     def width(self, name: str) -> int:
         """Features per output component of one parameter."""
@@ -171,18 +175,13 @@ class FeatureMap:
         ok = {m for m in ok if (rows_form(recorder.uses[m], n, self.k) if m in self.rows
                                 else rules.qualifies(recorder.uses[m], n))}
         outs = {id(u.out): u.out for m in ok for u in recorder.uses[m] if u.out is not None}
-        ys = list(outs.values())
-        per_c = [torch.autograd.grad(f[:, c].sum(), ys, retain_graph=c < e.C - 1,
-                                     allow_unused=True) if ys else () for c in range(e.C)]
-        delta = {  # (C, *y.shape); a view when C == 1
-            key: per_c[0][i].unsqueeze(0) if e.C == 1 and per_c[0][i] is not None else
-            torch.stack([g[i] if g[i] is not None else torch.zeros_like(y) for g in per_c])
-            for i, (key, y) in enumerate(outs.items())}
+        delta = e._cotangents(f, outs)  # (C, *y.shape) per captured output reaching f
+        ok = {m for m in ok if all(id(u.out) in delta for u in recorder.uses[m])}
         out = f.new_empty((n, e.C, sum(self.width(m) for m in e.names)))
         at = 0
         for m in e.names:
             if m not in ok:  # exact per-sample gradients (jacobian path), then projected
-                phi = self.proj[m].dense(e._jac([m], lo, hi))
+                phi = self.proj[m].dense(self.jacobian.rows([m], lo, hi))
             elif m in self.rows:
                 phi = sketch_rows(self.proj[m], recorder.uses[m], delta, e.C)
             else:

@@ -36,18 +36,18 @@ every rank returns the same N×N kernel (:mod:`cosmo_optim._ntk_distributed`).
 from __future__ import annotations
 
 import contextlib
-import warnings
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
 from torch import nn
-from torch.func import functional_call, jacrev, vmap
+from torch.func import functional_call
 
 from cosmo_optim import _ntk_distributed as distributed_ntk
+from cosmo_optim import _ntk_exact as exact
 from cosmo_optim import _ntk_rules as rules
 from cosmo_optim import _ntk_sketch as sketch
-from cosmo_optim._common import check_int, training
+from cosmo_optim._common import check_int, parse_bytes, preserved, training
 
 Output = str | int | Callable[[torch.Tensor], torch.Tensor]
 ParamFilter = Sequence[str] | Callable[[str, nn.Parameter], bool] | None
@@ -67,11 +67,12 @@ def empirical_ntk(
     output: Output = "trace",
     method: str = "auto",
     dtype: torch.dtype | None = None,
-    memory_budget: int | None = None,
+    memory_budget: int | float | str | None = None,
     train_mode: bool = False,
     sketch_dim: int | None = None,
     sketch_seed: int = 0,
     distributed: bool = False,
+    verify: bool | int = False,
 ) -> torch.Tensor:
     """Empirical NTK ``Θ = J Jᵀ`` of ``model`` on the probe batch ``inputs`` (docs/theory.md T4).
 
@@ -84,13 +85,16 @@ def empirical_ntk(
         params: ``None`` (all trainable parameters), a list of parameter names, or a predicate
             ``(name, param) -> bool``. Parameters with ``requires_grad=False`` never count.
         output: ``"trace"`` (N×N, summed over output components), ``"full"`` (N×N×C×C), an
-            int (one flattened output component), or a callable mapping outputs ``(N, ...)`` to
-            one scalar per sample ``(N,)``.
+            int (one flattened output component), or a callable mapping the model's output to
+            ``(N,)`` or ``(N, ...)`` (traced over its components), e.g. ``lambda out:
+            out.logits`` for a model returning a dict, tuple or dataclass.
         method: one of :data:`METHODS` (cost of each in the module docstring).
         dtype: compute in this dtype (e.g. ``torch.float64``); the model is not modified.
         memory_budget: bytes for the engine's own buffers (kernel, captured layer inputs and
-            cotangents, Jacobian blocks; activations estimated from a one-sample probe).
-            Default 2 GiB. A request that cannot fit raises before the large allocations.
+            cotangents, Jacobian blocks; activations estimated from a one-sample probe), as a
+            number or a string such as ``"1GB"`` or ``"512MiB"``. Default 2 GiB. Every path
+            is chosen from this estimate before it allocates; a request that cannot fit
+            raises first.
         train_mode: compute with the model in training mode (default: eval mode). Refused for
             BatchNorm (couples samples) and active dropout (random).
         sketch_dim: ``k`` for ``method="sketch"`` (default :data:`DEFAULT_SKETCH_DIM`); the
@@ -99,16 +103,26 @@ def empirical_ntk(
             result is reproducible and the global RNG untouched).
         distributed: split the probe samples across the ranks of the initialised
             ``torch.distributed`` group; every rank must call with the same ``inputs``.
+        verify: recompute the entries of ``verify`` samples (``True``: 3) by brute force, from
+            the user's module with plain autograd, and raise if they disagree beyond the
+            dtype's tolerance. Costs one forward and C backward passes per checked sample
+            (docs/performance.md).
 
     Returns:
         The kernel on ``inputs.device``: ``(N, N)``, or ``(N, N, C, C)`` for ``"full"``. It
         is exact for every method but ``"sketch"``, which returns an unbiased estimate.
 
     Raises:
-        ValueError: invalid ``method``/``output``/``params``/``memory_budget``, or a model that
-            couples samples in training mode.
+        ValueError: invalid ``method``/``output``/``params``/``memory_budget``/``verify``, a
+            model output that needs a selector, or a model that couples samples in training
+            mode.
+        RuntimeError: ``verify`` found an entry off by more than the tolerance.
 
-    The model's train/eval flags, its ``.grad`` fields and the global RNG state are unchanged.
+    Every rule checks its assumptions at run time (captured tensors unmodified, cotangents
+    present, call options it models) and hands a parameter that fails them to the exact
+    per-sample path. Compiled modules run their original eager code. The model's train/eval
+    flags, parameters, buffers, ``.grad`` fields and the torch, NumPy and Python RNG states are
+    unchanged.
 
     >>> net = nn.Sequential(nn.Linear(3, 8), nn.Tanh(), nn.Linear(8, 1))
     >>> empirical_ntk(net, torch.randn(5, 3)).shape
@@ -121,22 +135,41 @@ def empirical_ntk(
             f"Invalid output: {output!r}; it must be 'trace', 'full', an int or a callable. "
             "Fix: pass output='trace' for the N×N kernel summed over output components."
         )
-    if memory_budget is not None and memory_budget <= 0:
-        raise ValueError(f"Invalid memory_budget: {memory_budget!r}; it must be > 0 bytes.")
+    budget = _DEFAULT_BUDGET if memory_budget is None else parse_bytes("memory_budget",
+                                                                        memory_budget)
+    samples = _verify_samples(verify)
     if inputs.dim() == 0 or inputs.shape[0] == 0:
         raise ValueError(f"Invalid inputs shape: {tuple(inputs.shape)}; it needs N >= 1 samples.")
     k = _sketch_dim(method, sketch_dim)
     selected = _select(model, params)
     if train_mode:
         _refuse_coupling(model)
-    devices = [inputs.device] if inputs.device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices), training(model, train_mode), _no_fastpath():
-        engine = _Engine(model, selected, inputs, output, method, dtype, memory_budget)
+    if samples and k is not None:
+        raise ValueError(
+            f"Invalid verify: {verify!r} with method='sketch'; verify compares entries with the "
+            "exact kernel, and the sketch is a random estimate of it. Fix: drop verify, or "
+            "use an exact method."
+        )
+    with preserved(model, inputs.device), training(model, train_mode), _no_fastpath(), \
+            torch.compiler.set_stance("force_eager"):
+        engine = _Engine(model, selected, inputs, output, method, dtype, budget)
         if distributed:
-            return distributed_ntk.kernel(engine, k, sketch_seed)
-        if k is not None:
-            return sketch.sketch_kernel(engine, k, sketch_seed)
-        return engine.run()
+            kernel = distributed_ntk.kernel(engine, k, sketch_seed)
+        elif k is not None:
+            kernel = sketch.sketch_kernel(engine, k, sketch_seed)
+        else:
+            kernel = engine.run()
+        if samples:
+            exact.verify(kernel, model, inputs, engine.names, engine.select, samples, engine.full)
+    return kernel
+
+
+def _verify_samples(verify: bool | int) -> int:
+    if verify is True:
+        return 3
+    if verify is False:
+        return 0
+    return check_int("verify", verify, 2, "Use verify=True (3 samples) or a sample count ≥ 2.")
 
 
 def _sketch_dim(method: str, sketch_dim: int | None) -> int | None:
@@ -241,33 +274,38 @@ class _Engine:
 
     def __init__(
         self, model: nn.Module, selected: dict[str, nn.Parameter], inputs: torch.Tensor,
-        output: Output, method: str, dtype: torch.dtype | None, budget: int | None,
+        output: Output, method: str, dtype: torch.dtype | None, budget: int,
     ) -> None:
-        self.model, self.output, self.method = model, output, method
-        self.budget = _DEFAULT_BUDGET if budget is None else budget
+        self.model, self.output, self.method, self.budget = model, output, method, budget
         cast = (lambda t: t.to(dtype) if t.is_floating_point() else t) if dtype else (lambda t: t)
         self.x = cast(inputs)
         self.N = inputs.shape[0]
-        # Detached (cast) copies: the user's parameters and their .grad are never touched.
+        # Detached (cast) copies: the user's parameters and their .grad are never touched;
+        # buffers are cloned, so in-place updates inside forward (power iterations) stay ours.
         self.base = {n: cast(t.detach()) for n, t in model.named_parameters()}
-        self.base |= {n: cast(t.detach()) for n, t in model.named_buffers()}
+        self.base |= {n: cast(t.detach()).clone() for n, t in model.named_buffers()}
         self.names = list(selected)
         self.dtype = self.base[self.names[0]].dtype
         self.isz = torch.empty((), dtype=self.dtype).element_size()
         self.full = output == "full"
 
     # ----------------------------------------------------------------------------- forward
-    def _f(self, out: torch.Tensor) -> torch.Tensor:
-        """Model outputs (n, ...) -> the differentiated components (n, C)."""
-        n = out.shape[0]
+    def select(self, out: Any, n: int) -> torch.Tensor:
+        """Model outputs for n samples -> the differentiated components (n, C)."""
         if callable(self.output):
-            f = self.output(out)
-            if f.shape != (n,):
-                raise ValueError(
-                    f"Invalid output callable: it returned shape {tuple(f.shape)}; it must "
-                    f"return one scalar per sample, shape ({n},)."
-                )
-            return f.reshape(n, 1)
+            out = self.output(out)
+        if not isinstance(out, torch.Tensor):
+            kind = type(out).__name__
+            raise ValueError(
+                f"Invalid output: the model returned a {kind}, not a tensor, so the kernel "
+                "does not know which values are the network's output. Fix: pass a selector, "
+                "e.g. output=lambda out: out[0] or output=lambda out: out.logits."
+            )
+        if out.dim() == 0 or out.shape[0] != n:
+            raise ValueError(
+                f"Invalid output: the selected output has shape {tuple(out.shape)} for {n} "
+                f"samples; it must have the samples on dim 0, shape ({n},) or ({n}, ...)."
+            )
         flat = out.reshape(n, -1)
         if isinstance(self.output, int):
             if not -flat.shape[1] <= self.output < flat.shape[1]:
@@ -281,8 +319,12 @@ class _Engine:
     def _forward(self, lo: int, hi: int, leaves: dict[str, torch.Tensor]) -> Any:
         recorder = rules.UseRecorder({id(t): n for n, t in leaves.items()})
         with recorder:
-            out = functional_call(self.model, self.base | leaves, (self.x[lo:hi],))
-        return recorder, self._f(out)
+            out = self.call(leaves, self.x[lo:hi])
+        return recorder, out
+
+    def call(self, params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        """The selected outputs (n, C) of the model with ``params`` replacing its own."""
+        return self.select(functional_call(self.model, self.base | params, (x,)), x.shape[0])
 
     # -------------------------------------------------------------------------------- plan
     def _leaves(self, names: Sequence[str]) -> dict[str, torch.Tensor]:
@@ -295,8 +337,6 @@ class _Engine:
         N, C = self.N, self.C
         shape = (N, N, C, C) if self.full else (N, N)
         kernel_bytes = N * N * (C * C if self.full else 1) * self.isz
-        probe_bytes = sum(u.out.numel() for us in recorder.uses.values() for u in us
-                          if u.out is not None) * self.isz
         structured = {}
         if self.method != "jacobian":
             structured = {n: us for n, us in recorder.uses.items() if rules.qualifies(us, 1)}
@@ -306,7 +346,7 @@ class _Engine:
         stored = sum(cost[1] for cost in plan.values())
         fallback = [n for n in self.names if n not in plan]
         jac_min = max((C * self.base[n].numel() * self.isz * 2 for n in fallback), default=0)
-        act = 4 * C * max(probe_bytes, 1)  # activations + cotangents of one sample (estimate)
+        act = (2 + 2 * C) * max(recorder.out_bytes, 1)  # one sample's graph and cotangents
         need = kernel_bytes + stored + act + jac_min
         if need > self.budget:
             raise ValueError(
@@ -320,7 +360,9 @@ class _Engine:
         if plan:
             fallback += self._structured(K, plan, leaves, recorder, act)
         if fallback:
-            self._jacobian(K, sorted(fallback, key=self.names.index), act)
+            vmap_ok = not recorder.functions & exact.VMAP_UNSAFE
+            rows = exact.PerSampleJacobian(self.call, self.base, self.x, C, vmap_ok)
+            self._jacobian(K, rows, sorted(fallback, key=self.names.index), act)
         return K
 
     def _form(self, uses: list[rules.Use]) -> tuple[str, int]:
@@ -364,19 +406,12 @@ class _Engine:
                     demoted.add(n)
             live = [n for n in live if n not in demoted]
             outs = {id(u.out): u.out for n in live for u in recorder.uses[n] if u.out is not None}
-            ys = list(outs.values())
-            per_c = [
-                torch.autograd.grad(f[:, c].sum(), ys, retain_graph=c < self.C - 1,
-                                    allow_unused=True) if ys else ()
-                for c in range(self.C)
-            ]
-            delta = {  # (C, *y.shape); a view when C == 1
-                k: torch.stack([g[i] if g[i] is not None else torch.zeros_like(y) for g in per_c])
-                if self.C > 1 or per_c[0][i] is None else per_c[0][i].unsqueeze(0)
-                for i, (k, y) in enumerate(outs.items())
-            }
+            delta = self._cotangents(f, outs)
             for n in live:
-                store[n].append(self._chunk_term(plan[n][0], recorder.uses[n], delta))
+                if all(id(u.out) in delta for u in recorder.uses[n]):
+                    store[n].append(self._chunk_term(plan[n][0], recorder.uses[n], delta))
+                else:  # a captured output the graph never reached (e.g. a traced copy)
+                    demoted.add(n)
         merged = self._merge_biases(plan, demoted, recorder)
         for n in plan:
             if n in demoted or n in merged.values():
@@ -392,6 +427,23 @@ class _Engine:
                 D = ds[0] if len(ds) == 1 else torch.cat(ds, dim=1)
                 self._gram(K, X, D, recorder.uses[n][0].kind, plus_one=n in merged)
         return sorted(demoted)
+
+    def _cotangents(self, f: torch.Tensor, outs: dict[int, torch.Tensor]) -> dict[int, Any]:
+        """``∂f_c/∂y`` stacked over components, (C, *y.shape), for each captured output ``y``
+        that ``f`` depends on; outputs with no cotangent for any component are left out."""
+        ys = list(outs.values())
+        if not ys:
+            return {}
+        per_c = [torch.autograd.grad(f[:, c].sum(), ys, retain_graph=c < self.C - 1,
+                                     allow_unused=True) for c in range(self.C)]
+        delta = {}
+        for i, (k, y) in enumerate(outs.items()):
+            gs = [g[i] for g in per_c]
+            if all(g is None for g in gs):
+                continue
+            delta[k] = gs[0].unsqueeze(0) if self.C == 1 else torch.stack(  # a view when C = 1
+                [torch.zeros_like(y) if g is None else g for g in gs])
+        return delta
 
     def _merge_biases(
         self, plan: dict[str, tuple[str, int]], demoted: set[str], recorder: rules.UseRecorder,
@@ -455,8 +507,14 @@ class _Engine:
                 K[hi:, lo:hi] += blk[:, hi - lo :].T
 
     # ---------------------------------------------------------------------- jacobian pass
-    def _jacobian(self, K: torch.Tensor, names: list[str], act: int) -> None:
-        """K += J_B J_Bᵀ over blocks B of parameters, chunked over samples (see module doc)."""
+    def _jacobian(self, K: torch.Tensor, rows: exact.PerSampleJacobian, names: list[str],
+                  act: int) -> None:
+        """K += J_B J_Bᵀ over blocks B of parameters, chunked over samples (see module doc).
+
+        Block and chunk sizes come from the budget before anything is allocated. Computing the
+        rows of m samples holds them twice (per-parameter Jacobians, then their concatenation)
+        beside m one-sample graphs (``act`` bytes each); pairs of chunks hold two sets of rows.
+        """
         C, N, isz = self.C, self.N, self.isz
         blocks: list[list[str]] = [[]]
         limit = max(self.free // 2, 1)
@@ -466,52 +524,19 @@ class _Engine:
                 blocks.append([])
             blocks[-1].append(n)
         for block in blocks:
-            P = sum(self.base[k].numel() for k in block)
-            per_sample = C * P * isz + act
-            if N * per_sample <= limit:  # whole Jacobian of this block at once
-                G = torch.cat([self._jac(block, lo, hi)
-                               for lo, hi in _chunks(N, limit // max(act, 1) // 2)])
+            row = C * sum(self.base[k].numel() for k in block) * isz  # one sample's rows
+            if N * row <= limit:  # whole Jacobian of this block, built in chunks
+                G = torch.cat([rows.rows(block, lo, hi)
+                               for lo, hi in _chunks(N, limit // (2 * row + act))])
                 _accumulate(K, G, self.full)
                 continue
-            chunks = _chunks(N, limit // 2 // per_sample)
+            chunks = _chunks(N, self.free // (4 * row + act))
             for a, (alo, ahi) in enumerate(chunks):  # recompute pairs: memory O(m C P)
-                Ga = self._jac(block, alo, ahi)
+                Ga = rows.rows(block, alo, ahi)
                 for blo, bhi in chunks[a:]:
-                    Gb = Ga if blo == alo else self._jac(block, blo, bhi)
+                    Gb = Ga if blo == alo else rows.rows(block, blo, bhi)
                     blk = _block(Ga, Gb, self.full)
                     K[alo:ahi, blo:bhi] += blk
                     if blo != alo:
                         K[blo:bhi, alo:ahi] += blk.transpose(0, 1).transpose(-1, -2) \
                             if self.full else blk.T
-
-    def _jac(self, block: list[str], lo: int, hi: int) -> torch.Tensor:
-        """Per-sample Jacobian of the outputs w.r.t. ``block``: (hi - lo, C, P_block)."""
-        pb = {k: self.base[k] for k in block}
-
-        def f1(p: dict[str, torch.Tensor], x1: torch.Tensor) -> torch.Tensor:
-            out = functional_call(self.model, self.base | p, (x1.unsqueeze(0),))
-            return self._f(out).reshape(-1)
-
-        try:
-            with warnings.catch_warnings():  # torch's "no batching rule, slower" notices
-                warnings.filterwarnings("ignore", message="There is a performance drop")
-                jac = vmap(jacrev(f1), in_dims=(None, 0))(pb, self.x[lo:hi])
-            rows = [jac[k].reshape(hi - lo, self.C, -1) for k in block]
-        except (RuntimeError, NotImplementedError):  # an op without a batching rule
-            rows = self._jac_loop(block, lo, hi)
-        return torch.cat(rows, dim=2)
-
-    def _jac_loop(self, block: list[str], lo: int, hi: int) -> list[torch.Tensor]:
-        leaves = self._leaves(block)
-        out = functional_call(self.model, self.base | leaves, (self.x[lo:hi],))
-        f = self._f(out)
-        J = {k: torch.zeros(hi - lo, self.C, leaves[k].numel(), dtype=self.dtype,
-                            device=self.x.device) for k in block}
-        for i in range(hi - lo):
-            for c in range(self.C):
-                gs = torch.autograd.grad(f[i, c], list(leaves.values()), retain_graph=True,
-                                         allow_unused=True)
-                for k, g in zip(block, gs, strict=True):
-                    if g is not None:
-                        J[k][i, c] = g.reshape(-1)
-        return [J[k] for k in block]

@@ -1,0 +1,147 @@
+"""Exact per-sample Jacobians for the NTK engine and its brute-force self-check (docs/theory.md T4).
+
+Private helpers of :mod:`cosmo_optim.ntk`. Parameters without a structured rule get their
+per-sample Jacobian rows ``J[i, c, :] = ∂f_ic/∂θ`` here, two ways:
+
+* ``vmap(jacrev)`` over a chunk of samples: fast, but only as exact as torch's batching rules.
+  Some rules broadcast wrongly instead of raising (``prelu``), so a forward that calls a
+  function in :data:`VMAP_UNSAFE` never takes it, and every new chunk size is checked once
+  against the loop below on one sample; a mismatch switches the request to the loop.
+* the loop: one sample's forward and ``C`` backward passes at a time. Exact for any module
+  whose samples are independent, memory O(C P + one sample's activations).
+
+:func:`verify` recomputes a few kernel entries from the user's own module with plain autograd
+(no ``functional_call``, no rule), the reference behind ``empirical_ntk(..., verify=True)``.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import Tensor, nn
+from torch.func import jacrev, vmap
+
+#: Functions whose ``vmap`` batching rule was seen to return wrong values without raising.
+VMAP_UNSAFE = frozenset({torch.prelu})
+
+#: Relative tolerance of a recomputed entry, by compute dtype (rounding of P-term sums).
+TOLERANCE = {torch.float64: 1e-8, torch.float32: 1e-4}
+_LOW_PRECISION_TOLERANCE = 2e-2
+
+Forward = Callable[[dict[str, Tensor], Tensor], Tensor]  # (params, x chunk) -> f (n, C)
+
+
+def tolerance(dtype: torch.dtype) -> float:
+    """Relative tolerance for entries computed in ``dtype``."""
+    return TOLERANCE.get(dtype, _LOW_PRECISION_TOLERANCE)
+
+
+def relative_error(a: Tensor, b: Tensor) -> float:
+    """``max|a − b| / max|b|`` (0 when both vanish)."""
+    scale = b.abs().max().item()
+    diff = (a - b).abs().max().item()
+    return diff / scale if scale > 0 else diff
+
+
+class PerSampleJacobian:
+    """Rows ``(n, C, P_block)`` of the per-sample Jacobian for blocks of named parameters."""
+
+    def __init__(self, forward: Forward, base: dict[str, Tensor], x: Tensor, C: int,
+                 vmap_ok: bool) -> None:
+        self.forward, self.base, self.x, self.C = forward, base, x, C
+        self.vmap_ok = vmap_ok
+        self._checked: set[int] = set()  # chunk sizes whose vmap rows matched the loop
+
+    def rows(self, block: Sequence[str], lo: int, hi: int) -> Tensor:
+        """``∂f_ic/∂θ_block`` for samples ``lo..hi-1``, flattened per parameter and concatenated."""
+        if self.vmap_ok:
+            rows = self._vmap(block, lo, hi)
+            if rows is not None and self._agrees(rows, block, lo, hi):
+                return rows
+            self.vmap_ok = False
+        return torch.cat([self._loop(block, i) for i in range(lo, hi)])
+
+    def _vmap(self, block: Sequence[str], lo: int, hi: int) -> Tensor | None:
+        params = {k: self.base[k] for k in block}
+
+        def f1(p: dict[str, Tensor], x1: Tensor) -> Tensor:
+            return self.forward(p, x1.unsqueeze(0)).reshape(-1)
+
+        try:
+            with warnings.catch_warnings():  # torch's "no batching rule, slower" notices
+                warnings.filterwarnings("ignore", message="There is a performance drop")
+                jac = vmap(jacrev(f1), in_dims=(None, 0))(params, self.x[lo:hi])
+        except (RuntimeError, NotImplementedError, TypeError):  # no batching rule for an op
+            return None
+        return torch.cat([jac[k].reshape(hi - lo, self.C, -1) for k in block], dim=2)
+
+    def _agrees(self, rows: Tensor, block: Sequence[str], lo: int, hi: int) -> bool:
+        """Check the first sample of each new chunk size against the loop, once."""
+        if hi - lo in self._checked:
+            return True
+        exact = self._loop(block, lo)[0]
+        ok = relative_error(rows[0], exact) <= tolerance(rows.dtype)
+        if ok:
+            self._checked.add(hi - lo)
+        return ok
+
+    def _loop(self, block: Sequence[str], i: int) -> Tensor:
+        """One sample's forward, then one backward per output component: (1, C, P_block)."""
+        leaves = [self.base[k].clone().requires_grad_(True) for k in block]
+        f = self.forward(dict(zip(block, leaves, strict=True)), self.x[i : i + 1])
+        return gradient_rows(f.reshape(-1), leaves).unsqueeze(0)
+
+
+def gradient_rows(f: Tensor, params: Sequence[Tensor]) -> Tensor:
+    """``∂f_c/∂θ`` for every component of a one-sample output ``f`` (C,): (C, P), zeros where
+    a parameter does not reach ``f``."""
+    rows = []
+    for c in range(f.shape[0]):
+        gs: Sequence[Tensor | None] = [None] * len(params)
+        if f[c].requires_grad:
+            gs = torch.autograd.grad(f[c], list(params), retain_graph=c < f.shape[0] - 1,
+                                     allow_unused=True)
+        rows.append(torch.cat([torch.zeros(p.numel(), dtype=f.dtype, device=f.device)
+                               if g is None else _dense(g).reshape(-1)
+                               for g, p in zip(gs, params, strict=True)]))
+    return torch.stack(rows)
+
+
+def _dense(g: Tensor) -> Tensor:
+    return g.to_dense() if g.layout != torch.strided else g
+
+
+def verify(kernel: Tensor, model: nn.Module, x: Tensor, names: Sequence[str],
+           select: Callable[[object, int], Tensor], samples: int, full: bool) -> None:
+    """Recompute ``kernel`` on a few samples by brute force and raise if it disagrees.
+
+    The samples are the first, the last (chunk edges) and random others; each costs one forward
+    of one sample and ``C`` backward passes of the user's own module (plain autograd, no
+    ``functional_call``); memory O(samples · C · P). The tolerance follows the coarser of the
+    model's and the kernel's dtypes (:data:`TOLERANCE`).
+
+    Raises:
+        RuntimeError: with the measured relative error, if it exceeds the tolerance.
+    """
+    N = x.shape[0]
+    gen = torch.Generator().manual_seed(N)
+    middle = (torch.randperm(max(N - 2, 0), generator=gen)[: max(samples - 2, 0)] + 1).tolist()
+    picks = sorted({0, N - 1, *middle})
+    named = dict(model.named_parameters())
+    params = [named[n] for n in names]
+    J = torch.stack([gradient_rows(select(model(x[i : i + 1]), 1).reshape(-1), params)
+                     for i in picks])
+    idx = torch.tensor(picks, device=kernel.device)
+    reference = torch.einsum("icp,jdp->ijcd" if full else "icp,jcp->ij", J, J)
+    computed = kernel[idx][:, idx]
+    dtype = max(kernel.dtype, J.dtype, key=tolerance)
+    err = relative_error(computed.to(reference.dtype), reference)
+    if err > tolerance(dtype):
+        raise RuntimeError(
+            f"empirical_ntk self-check failed: entries for samples {picks} differ from a "
+            f"brute-force autograd Jacobian by {err:.3g} (relative; tolerance {tolerance(dtype):g} "
+            f"for {dtype}). The kernel is not exact for this model. Fix: use "
+            "method='jacobian', and please report the model so a rule can be corrected."
+        )
