@@ -34,6 +34,7 @@ from cosmo_optim import _ntk_exact as exact
 from cosmo_optim import _ntk_rules as rules
 
 _ROWS_KINDS = ("linear", "embedding")
+EXACT_SIDE = 4  # a weight side of at most EXACT_SIDE·k entries is not projected (if the smaller)
 
 
 def gram(fa: torch.Tensor, fb: torch.Tensor, full: bool) -> torch.Tensor:
@@ -53,11 +54,31 @@ def _orthogonal(d: int, k: int, gen: torch.Generator) -> torch.Tensor:
     return (q * torch.sign(torch.diagonal(r)) * math.sqrt(d / k)).to(torch.float32)
 
 
+def _exact_side(d0: int, d1: int, k: int, out_side: int | None) -> int | None:
+    """The side (0, 1) of a d0 × d1 weight left unprojected, or None (both projected).
+
+    A side of at most ``EXACT_SIDE·k`` entries stays exact, the cotangent side first: the
+    cotangents of one output are often nearly rank one across rows and samples (the residual
+    stream of a transformer), where a projection's relative variance is largest (≈ 2/k).
+    """
+    small = [side for side, d in enumerate((d0, d1)) if d <= EXACT_SIDE * k]
+    if out_side in small:
+        return out_side
+    return min(small, key=lambda side: (d0, d1)[side]) if small else None
+
+
+def out_side(uses: list[rules.Use]) -> int | None:
+    """The weight side that holds the layer's cotangents (0 or 1), None if unknown or mixed."""
+    sides = {1 if u.kind == "embedding" or u.args.get("transposed") else 0 for u in uses
+             if u.kind is not None and u.role == "weight" and u.kind != "layer_norm"}
+    return sides.pop() if len(sides) == 1 else None
+
+
 class Projection:
     """The random map of one parameter (or the identity when ``k`` is None: exact features)."""
 
     def __init__(self, shape: torch.Size, k: int | None, gen: torch.Generator,
-                 like: torch.Tensor) -> None:
+                 like: torch.Tensor, out_side: int | None = None) -> None:
         self.kind, self.dtype = "dense", like.dtype
         self.P: torch.Tensor | None = None
         self.Q: torch.Tensor | None = None
@@ -69,8 +90,9 @@ class Projection:
             d0, d1 = shape[0], numel // shape[0]
             self.kind, self.d0, self.d1 = "kron", d0, d1
             P, Q = _orthogonal(d0, k, gen), _orthogonal(d1, k, gen)
-            self.P = P.to(device=dev, dtype=like.dtype) if d0 > k else None
-            self.Q = Q.to(device=dev, dtype=like.dtype) if d1 > k else None
+            keep = _exact_side(d0, d1, k, out_side)
+            self.P = P.to(device=dev, dtype=like.dtype) if d0 > k and keep != 0 else None
+            self.Q = Q.to(device=dev, dtype=like.dtype) if d1 > k and keep != 1 else None
         elif numel > k * k:  # CountSketch: bucket b(p), sign s(p)
             self.kind, self.k2 = "count", k * k
             self.bucket = torch.randint(k * k, (numel,), generator=gen).to(dev)
@@ -144,11 +166,12 @@ class FeatureMap:
 
     def __init__(self, engine: Any, k: int | None, seed: int) -> None:
         self.e, self.k = engine, k
-        gen = torch.Generator().manual_seed(seed)
-        like = engine.base[engine.names[0]]
-        self.proj = {n: Projection(engine.base[n].shape, k, gen, like) for n in engine.names}
         leaves = engine._leaves(engine.names)
         recorder, f1 = engine._forward(0, 1, leaves)
+        gen = torch.Generator().manual_seed(seed)
+        like = engine.base[engine.names[0]]
+        self.proj = {n: Projection(engine.base[n].shape, k, gen, like, out_side(recorder.uses[n]))
+                     for n in engine.names}
         engine.C, engine.free = f1.shape[1], engine.budget
         self.leaves, self.counts = leaves, {n: len(us) for n, us in recorder.uses.items()}
         self.rows = {n for n, us in recorder.uses.items() if rows_form(us, 1, k)}
@@ -161,10 +184,10 @@ class FeatureMap:
 
     def width(self, name: str) -> int:
         """Features per output component of one parameter."""
-        p, k = self.proj[name], self.k
+        p = self.proj[name]
         if p.kind == "kron":
-            assert k is not None
-            return min(p.d0, k) * min(p.d1, k)
+            return (p.d0 if p.P is None else p.P.shape[1]) * (
+                p.d1 if p.Q is None else p.Q.shape[1])
         return p.k2 if p.kind == "count" else self.e.base[name].numel()
 
     def chunk(self, lo: int, hi: int) -> torch.Tensor:
