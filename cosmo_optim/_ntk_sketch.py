@@ -10,7 +10,9 @@ orthogonalised Gaussian matrix), so ``E[P Pᵀ] = I`` and
 ``E<S_i, S_j> = <G_i, G_j>``. For a layer seen at rows ``r`` (positions, repeated calls, a tied
 embedding and output projection) ``G_i = Σ_r u_ir w_irᵀ``, hence
 ``S_i = Σ_r (Pᵀu_ir)(Qᵀw_ir)ᵀ``: the per-sample gradient is never formed (time
-O(N R k (d0 + d1 + k)) per weight, memory O(N C k²)). A side of size ≤ k is not projected (exact).
+O(N R k (d0 + d1 + 4k)) per weight, memory O(N C k·min(d0, d1, 4k))). A side of ≤ k entries is
+never projected, and the smaller of at most ``EXACT_SIDE·k`` entries (the cotangent side
+first) is kept exact: one projected side halves the variance for nearly rank-one gradients.
 Parameters of other shapes (biases, LayerNorm) keep their exact per-sample gradient when it has
 ≤ k² entries, else a CountSketch (random sign, random bucket among k²). Parameters no structured
 rule covers get exact per-sample gradients from the jacobian path, then the same projection, so

@@ -21,15 +21,16 @@ R rows per sample (sequence positions, conv pixels, repeated calls), fan-in d_in
   O(N C d_in d_out); for a conv, torch's weight-gradient kernel vmapped over samples, never the
   ``unfold`` matrix); the jacobian path for everything else. LayerNorm affine parameters, grouped
   convs and convs with string padding always use the per-sample form.
-* ``"sketch"`` — an unbiased estimate ``Θ̂ = Φ Φᵀ`` from ``k × k`` Kronecker sketches
-  ``Pᵀ G_i Q`` of every weight's per-sample gradient, built from each layer's rows without
-  forming ``G_i`` (k = ``sketch_dim``; :mod:`cosmo_optim._ntk_sketch`): time O(N R k (d_in +
-  d_out + k)) per weight on top of one forward and C backwards, plus O(C² N² L k²) for the
-  product over L weights; memory O(N C L k²). Error model in docs/performance.md.
+* ``"sketch"`` — an unbiased estimate ``Θ̂ = Φ Φᵀ`` from Kronecker sketches ``Pᵀ G_i Q`` of
+  every weight's per-sample gradient, built from each layer's rows without forming ``G_i``
+  (k = ``sketch_dim`` columns per projected side, a side of ≤ 4k entries kept exact;
+  :mod:`cosmo_optim._ntk_sketch`): time O(N R k (d_in + d_out + 4k)) per weight on top of one
+  forward and C backwards, plus O(C² N² F) for the product over F ≈ Σ_weights k·min(d, 4k)
+  features; memory O(N C F). Error model in docs/performance.md.
 
 ``distributed=True`` (``torch.distributed`` initialised, every rank calling with the same probe
 batch) splits the samples across ranks: each computes the features of its shard (exact
-per-sample gradients, or sketches), the shards are all-gathered one parameter at a time, and
+per-sample gradients, or sketches), the shards are all-gathered in blocks of parameters, and
 every rank returns the same N×N kernel (:mod:`cosmo_optim._ntk_distributed`).
 """
 
@@ -53,7 +54,7 @@ Output = str | int | Callable[[torch.Tensor], torch.Tensor]
 ParamFilter = Sequence[str] | Callable[[str, nn.Parameter], bool] | None
 
 METHODS = ("auto", "structured", "jacobian", "sketch")
-DEFAULT_SKETCH_DIM = 128  # k: each weight's per-sample gradient sketched to k × k numbers
+DEFAULT_SKETCH_DIM = 128  # k: each weight's per-sample gradient sketched to k×k (≤ k×4k) numbers
 _OUTPUTS = ("trace", "full")
 _DEFAULT_BUDGET = 2 << 30  # bytes: used when memory_budget is None
 _SYMMETRIC_FROM = 512  # N from which the Gram form multiplies only blocks above the diagonal
