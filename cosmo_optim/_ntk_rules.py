@@ -72,6 +72,7 @@ class Use:
     args: dict[str, Any] = field(default_factory=dict)
     out: torch.Tensor | None = None
     versions: tuple[int, int] = (0, 0)
+    call: int = -1  # index among the forward's recognised calls
 
 
 def intact(use: Use) -> bool:
@@ -106,11 +107,18 @@ def _is_metadata(func: Any) -> bool:
 
 
 class UseRecorder(TorchFunctionMode):
-    """Record, per watched parameter, every torch call it enters during a forward pass."""
+    """Record, per watched parameter, every torch call it enters during a forward pass.
 
-    def __init__(self, watched: dict[int, str]) -> None:
+    The outputs of the recognised calls numbered in ``protect`` reach the model as copies, so
+    in-place ops downstream (``ReLU(inplace=True)``, ``h += x``, a hook editing its output)
+    cannot overwrite the tensor whose cotangent a rule reads (:func:`overwritten` finds them).
+    """
+
+    def __init__(self, watched: dict[int, str], protect: frozenset[int] = frozenset()) -> None:
         super().__init__()
         self.watched = watched  # id(tensor) -> parameter name
+        self.protect = protect
+        self.calls = 0
         self.uses: dict[str, list[Use]] = {name: [] for name in watched.values()}
         self.flat: dict[int, tuple[Any, int]] = {}  # id(rows) -> (weakref(rows), leading dim)
         self.functions: set[Any] = set()  # every torch function the forward called
@@ -151,12 +159,21 @@ class UseRecorder(TorchFunctionMode):
             use = Use(kind if known else None, role)
             if known:
                 captured = out
-                use.args, use.out = bound, out
+                use.args, use.out, use.call = bound, out, self.calls
                 use.versions = (bound["input"]._version, out._version)
             self.uses[self.watched[id(tensor)]].append(use)
-        # The model gets a copy: in-place ops downstream (ReLU(inplace=True), ``h += x``) then
-        # never overwrite the output whose cotangent the rule reads. One memory copy per call.
-        return out if captured is None else captured.clone()
+        if captured is None:
+            return out
+        self.calls += 1
+        if self.calls - 1 not in self.protect:
+            return out
+        self.out_bytes += captured.numel() * captured.element_size()
+        return captured.clone()
+
+    def overwritten(self) -> frozenset[int]:
+        """Recognised calls whose output an in-place op changed after the call."""
+        return frozenset(u.call for us in self.uses.values() for u in us
+                         if u.out is not None and u.out._version != u.versions[1])
 
 
 def _note_flatten(rec: UseRecorder, src: Any, out: Any) -> None:
@@ -194,11 +211,15 @@ def _conv1d_addmm(rec: UseRecorder, args: tuple[Any, ...], kwargs: dict[str, Any
     rec.out_bytes += y.numel() * y.element_size()
     bound = {"input": x.view(n, -1, x.shape[1]), "weight": w.detach().t(), "bias": b,
              "transposed": True}
+    call, rec.calls = rec.calls, rec.calls + 1
     for t, role in ((w, "weight"), (b, "bias")):
         if id(t) in rec.watched:
-            use = Use("linear", role, bound, y, (bound["input"]._version, y._version))
+            use = Use("linear", role, bound, y, (bound["input"]._version, y._version), call)
             rec.uses[rec.watched[id(t)]].append(use)
-    return y.view(-1, w.shape[1]).clone()  # a copy, as for every captured output
+    if call not in rec.protect:
+        return y.view(-1, w.shape[1])
+    rec.out_bytes += y.numel() * y.element_size()
+    return y.view(-1, w.shape[1]).clone()  # a copy: in-place edits downstream were seen
 
 
 def _conv_geometry(use: Use) -> tuple[Any, ...] | None:

@@ -169,7 +169,11 @@ class FeatureMap:
     def __init__(self, engine: Any, k: int | None, seed: int) -> None:
         self.e, self.k = engine, k
         leaves = engine._leaves(engine.names)
+        engine.protect = frozenset()
         recorder, f1 = engine._forward(0, 1, leaves)
+        if recorder.overwritten():  # as the exact engine: copy outputs edited in place
+            engine.protect = recorder.overwritten()
+            recorder, f1 = engine._forward(0, 1, leaves)
         gen = torch.Generator().manual_seed(seed)
         like = engine.base[engine.names[0]]
         self.proj = {n: Projection(engine.base[n].shape, k, gen, like, out_side(recorder.uses[n]))

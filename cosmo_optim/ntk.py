@@ -13,9 +13,10 @@ R rows per sample (sequence positions, conv pixels, repeated calls), fan-in d_in
 * ``"structured"`` — the Gram rule ``Θ_W = Σ_{s,t} (x_is·x_jt)(δ_is·δ_jt)`` for every recognised
   weight: time O(N² R² (d_in + C d_out)), memory O(N R (d_in + C d_out)) stored plus one block of
   O(b R · N R) for b samples at a time. Biases: per-sample gradients ``Σ_s δ_is``.
-* ``"jacobian"`` — per-sample gradients ``vmap(jacrev)`` of every selected parameter, contracted
-  block by block: time O(C·(forward+backward) per sample + C N² P), memory O(m C P_block) for a
-  chunk of m samples (the whole batch when ``N C P_block`` fits the budget).
+* ``"jacobian"`` — per-sample gradients of every selected parameter, contracted block by block:
+  ``vmap(jacrev)`` where its batching rules are trusted, else one sample's forward and C
+  backward passes at a time (:mod:`cosmo_optim._ntk_exact`). Time O(C·(forward+backward) per
+  sample + C N² P), memory O(m C P_block) for a chunk of m samples, m chosen from the budget.
 * ``"auto"`` — per recognised parameter the cheaper of the Gram rule and its per-sample-gradient
   form ``<Σ_s δ_isᵀ x_is, Σ_t δ_jtᵀ x_jt>`` (time O(C N R d_in d_out + C N² d_in d_out), memory
   O(N C d_in d_out); for a conv, torch's weight-gradient kernel vmapped over samples, never the
@@ -32,11 +33,23 @@ R rows per sample (sequence positions, conv pixels, repeated calls), fan-in d_in
 batch) splits the samples across ranks: each computes the features of its shard (exact
 per-sample gradients, or sketches), the shards are all-gathered in blocks of parameters, and
 every rank returns the same N×N kernel (:mod:`cosmo_optim._ntk_distributed`).
+
+Never silently wrong: a rule is used for a parameter only while its assumptions hold, checked at
+run time in every chunk. Every recognised call is batch-first and in one role; where the
+one-sample probe sees an in-place op (``ReLU(inplace=True)``, ``h += x``, a hook) overwrite a
+captured output, the model gets a copy of it, and version counters prove every captured input
+and output unchanged;
+every captured output must receive a cotangent; call options a rule does not model
+(``max_norm``, ``scale_grad_by_freq``) and parametrised weights are not recognised calls. A
+parameter that fails any of these takes the exact jacobian path, whose ``vmap`` rows are checked
+against the one-sample loop once per chunk size. ``verify=True`` recomputes a few entries from
+the user's module by plain autograd (docs/performance.md gives the cost).
 """
 
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -152,7 +165,7 @@ def empirical_ntk(
             "use an exact method."
         )
     with preserved(model, inputs.device), training(model, train_mode), _no_fastpath(), \
-            torch.compiler.set_stance("force_eager"):
+            _eager():
         engine = _Engine(model, selected, inputs, output, method, dtype, budget)
         if distributed:
             kernel = distributed_ntk.kernel(engine, k, sketch_seed)
@@ -207,6 +220,14 @@ def _select(model: nn.Module, params: ParamFilter) -> dict[str, nn.Parameter]:
             f"Invalid params: {params!r}; it selects no trainable parameter. "
             "Fix: select parameters with requires_grad=True."
         )
+    hooked = [n for n, p in chosen.items() if p._backward_hooks]
+    if hooked:
+        warnings.warn(
+            f"Parameters {hooked} have gradient hooks (Tensor.register_hook). The kernel is "
+            "J Jᵀ of the forward's true derivatives and ignores them, while training applies "
+            "them: the kernel is not the one that drives training through these parameters.",
+            stacklevel=3,
+        )
     return chosen
 
 
@@ -223,6 +244,13 @@ def _refuse_coupling(model: nn.Module) -> None:
                 f"Invalid train_mode: True with Dropout module {name!r} (p={m.p}); the NTK of a "
                 "random function is undefined. Fix: use train_mode=False."
             )
+
+
+def _eager() -> contextlib.AbstractContextManager[Any]:
+    """Compiled modules run their original eager code, so every op is seen (torch >= 2.6).
+    Older torch: the missing-cotangent check sends traced layers to the exact path."""
+    set_stance = getattr(torch.compiler, "set_stance", None)
+    return set_stance("force_eager") if set_stance else contextlib.nullcontext()
 
 
 @contextlib.contextmanager
@@ -318,7 +346,7 @@ class _Engine:
         return flat
 
     def _forward(self, lo: int, hi: int, leaves: dict[str, torch.Tensor]) -> Any:
-        recorder = rules.UseRecorder({id(t): n for n, t in leaves.items()})
+        recorder = rules.UseRecorder({id(t): n for n, t in leaves.items()}, self.protect)
         with recorder:
             out = self.call(leaves, self.x[lo:hi])
         return recorder, out
@@ -333,7 +361,11 @@ class _Engine:
 
     def run(self) -> torch.Tensor:
         leaves = self._leaves(self.names)
+        self.protect: frozenset[int] = frozenset()
         recorder, f1 = self._forward(0, 1, leaves)
+        if recorder.overwritten():  # in-place ops after recognised calls: copy those outputs
+            self.protect = recorder.overwritten()
+            recorder, f1 = self._forward(0, 1, leaves)
         self.C = f1.shape[1]
         N, C = self.N, self.C
         shape = (N, N, C, C) if self.full else (N, N)
@@ -346,7 +378,7 @@ class _Engine:
                 if not rules.tied(structured[n]) or f[1] <= self.budget // 2}
         stored = sum(cost[1] for cost in plan.values())
         fallback = [n for n in self.names if n not in plan]
-        jac_min = max((C * self.base[n].numel() * self.isz * 2 for n in fallback), default=0)
+        jac_min = max((4 * C * self.base[n].numel() * self.isz for n in fallback), default=0)
         act = (2 + 2 * C) * max(recorder.out_bytes, 1)  # one sample's graph and cotangents
         need = kernel_bytes + stored + act + jac_min
         if need > self.budget:

@@ -30,6 +30,12 @@ def test_bench_ntk_smoke(capsys):
     assert "engine/floor" in capsys.readouterr().out
 
 
+def test_bench_ntk_exact_smoke(capsys):
+    rows = load("bench_ntk_exact").main(["--smoke"])
+    assert len(rows) == 8 and all(r["ratio"] > 0 and r["twin"] > 0 for r in rows)
+    assert "cost of exactness" in capsys.readouterr().out
+
+
 def test_bench_monitor_smoke(capsys):
     pytest.importorskip("lightning")
     pytest.importorskip("sklearn")

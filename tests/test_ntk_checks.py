@@ -47,22 +47,23 @@ def test_missing_cotangent_demotes_instead_of_counting_zero(
 
 def test_version_check_alone_catches_an_overwritten_output(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    """Without the protective copy of captured outputs, ReLU(inplace=True) overwrites them; the
+    """Without the protective copies, ReLU(inplace=True) overwrites the captured outputs; the
     version-counter check must then send those parameters to the exact path."""
-    original = _ntk_rules.UseRecorder.__torch_function__
-
-    def no_copy(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
-        seen = {id(u.out) for us in self.uses.values() for u in us}
-        out = original(self, func, types, args, kwargs)
-        fresh = [u.out for us in self.uses.values() for u in us
-                 if u.out is not None and id(u.out) not in seen]
-        return fresh[0] if fresh else out  # the captured tensor itself, not its copy
-
-    monkeypatch.setattr(_ntk_rules.UseRecorder, "__torch_function__", no_copy)
+    monkeypatch.setattr(_ntk_rules.UseRecorder, "overwritten", lambda self: frozenset())
     model = seeded(lambda: nn.Sequential(nn.Linear(4, 16), nn.ReLU(inplace=True),
                                          nn.Linear(16, 3)))
     x = torch.randn(7, 4, dtype=torch.float64)
     assert_exact(empirical_ntk(model, x, method="structured"), brute_force_ntk(model, x))
+
+
+def test_outputs_are_copied_only_where_the_model_writes_in_place() -> None:
+    model = seeded(lambda: nn.Sequential(nn.Linear(4, 16), nn.ReLU(inplace=True),
+                                         nn.Linear(16, 16), nn.Tanh(), nn.Linear(16, 3)))
+    leaves = {n: p.detach().clone().requires_grad_() for n, p in model.named_parameters()}
+    recorder = _ntk_rules.UseRecorder({id(t): n for n, t in leaves.items()})
+    with recorder:
+        torch.func.functional_call(model, leaves, (torch.randn(2, 4, dtype=torch.float64),))
+    assert recorder.overwritten() == {0}  # only the first layer's output feeds ReLU(inplace)
 
 
 def test_verify_passes_on_exact_kernels_and_returns_the_same_kernel() -> None:

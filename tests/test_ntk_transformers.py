@@ -122,3 +122,25 @@ def test_gpt2_sketch_wide_is_exact_and_narrow_is_unbiased() -> None:
                      for s in range(20)])
     se = S.std(0) / 20**0.5
     assert ((S.mean(0) - R).abs() <= 5 * se + 1e-12 * R.abs().max()).all()
+
+
+def test_conv1d_output_edited_in_place_stays_exact() -> None:
+    """An in-place op on a Conv1D output (seen by the one-sample probe) gets the model a copy."""
+
+    class Inplace(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = transformers.pytorch_utils.Conv1D(4, 3)
+            self.head = nn.Linear(4, 1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = self.conv(x)
+            y.mul_(2.0).tanh_()
+            return self.head(y).sum(1)
+
+    torch.manual_seed(0)
+    model, x = Inplace().double(), torch.randn(4, 5, 3, dtype=torch.float64)
+    for method in ("auto", "structured", "sketch"):
+        kw = {"sketch_dim": 1000} if method == "sketch" else {}
+        K, R = empirical_ntk(model, x, method=method, **kw), reference_ntk(model, x)
+        assert (K - R).abs().max() <= 1e-8 * R.abs().max()

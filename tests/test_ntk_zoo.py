@@ -395,3 +395,16 @@ def test_tuple_and_dict_outputs_need_a_selector() -> None:
     model = seeded(TupleOut)
     K = empirical_ntk(model, x, output=lambda out: out[1][:, 0])
     assert_exact(K, brute_force_ntk(model, x, select=lambda out: out[1][:, 0]))
+
+
+def test_gradient_hooks_on_parameters_are_named_in_a_warning() -> None:
+    """A hook that rescales a parameter's gradient changes training, not the derivative: the
+    kernel is the derivative's (brute force with the hook removed), and a warning says so."""
+    model = seeded(lambda: nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 2)))
+    x = torch.randn(5, 4, dtype=torch.float64)
+    R = brute_force_ntk(model, x)
+    model[0].weight.register_hook(lambda g: 2.0 * g)
+    with pytest.warns(UserWarning, match=r"\['0.weight'\] have gradient hooks"):
+        K = empirical_ntk(model, x)
+    assert_exact(K, R)
+
