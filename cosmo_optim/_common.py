@@ -88,7 +88,8 @@ def preserved(model: nn.Module, device: torch.device | None = None) -> Iterator[
     """Leave ``model``'s buffers and every random state (torch, CUDA on ``device``, NumPy,
     Python) exactly as they were, whatever runs inside (BatchNorm statistics, spectral-norm
     power iterations, dropout draws)."""
-    buffers = [(b, b.detach().clone()) for b in model.buffers()]
+    buffers = [(m, name, b, b.detach().clone()) for m in model.modules()
+               for name, b in m._buffers.items() if b is not None]
     devices = [device] if device is not None and device.type == "cuda" else []
     np_state, py_state = np.random.get_state(), random.getstate()  # noqa: NPY002
     try:
@@ -98,6 +99,7 @@ def preserved(model: nn.Module, device: torch.device | None = None) -> Iterator[
         np.random.set_state(np_state)  # noqa: NPY002
         random.setstate(py_state)
         with torch.no_grad():
-            for b, saved in buffers:
+            for m, name, b, saved in buffers:
+                m._buffers[name] = b  # a forward may rebind a buffer (self.n = self.n + 1)
                 if not torch.equal(b, saved):
                     b.copy_(saved)

@@ -104,12 +104,13 @@ def gradient_rows(f: Tensor, params: Sequence[Tensor]) -> Tensor:
             gs = torch.autograd.grad(f[c], list(params), retain_graph=c < f.shape[0] - 1,
                                      allow_unused=True)
         rows.append(torch.cat([torch.zeros(p.numel(), dtype=f.dtype, device=f.device)
-                               if g is None else _dense(g).reshape(-1)
+                               if g is None else dense(g).reshape(-1)
                                for g, p in zip(gs, params, strict=True)]))
     return torch.stack(rows)
 
 
-def _dense(g: Tensor) -> Tensor:
+def dense(g: Tensor) -> Tensor:
+    """A gradient in strided layout (sparse embedding gradients are densified)."""
     return g.to_dense() if g.layout != torch.strided else g
 
 
@@ -131,7 +132,7 @@ def verify(kernel: Tensor, model: nn.Module, x: Tensor, names: Sequence[str],
     picks = sorted({0, N - 1, *middle})
     named = dict(model.named_parameters())
     params = [named[n] for n in names]
-    J = torch.stack([gradient_rows(select(model(x[i : i + 1]), 1).reshape(-1), params)
+    J = torch.stack([gradient_rows(select(model(x[i : i + 1].clone()), 1).reshape(-1), params)
                      for i in picks])
     idx = torch.tensor(picks, device=kernel.device)
     reference = torch.einsum("icp,jdp->ijcd" if full else "icp,jcp->ij", J, J)

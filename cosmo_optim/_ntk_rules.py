@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+import torch.autograd.forward_ad as fwAD
 import torch.nn.functional as F
 from torch import Tensor
 from torch.func import vmap
@@ -96,7 +97,17 @@ def _modelled(kind: str, args: dict[str, Any]) -> bool:
     """
     if kind == "embedding":
         return not args.get("max_norm") and not args.get("scale_grad_by_freq")
+    if kind == "linear":  # torch also accepts a 1-d weight (a dot product)
+        return isinstance(args.get("weight"), Tensor) and args["weight"].dim() == 2
     return True
+
+
+def _plain(t: Any) -> bool:
+    """A tensor outside any torch.func transform and without a forward-mode tangent: the
+    values a rule reads are the batch's, and backward reaches them."""
+    if not isinstance(t, Tensor) or torch._C._functorch.is_functorch_wrapped_tensor(t):
+        return False
+    return fwAD.unpack_dual(t).tangent is None
 
 
 def _is_metadata(func: Any) -> bool:
@@ -114,10 +125,13 @@ class UseRecorder(TorchFunctionMode):
     cannot overwrite the tensor whose cotangent a rule reads (:func:`overwritten` finds them).
     """
 
-    def __init__(self, watched: dict[int, str], protect: frozenset[int] = frozenset()) -> None:
+    def __init__(self, watched: dict[int, str], protect: frozenset[int] = frozenset(),
+                 foreign: dict[int, str] | None = None) -> None:
         super().__init__()
         self.watched = watched  # id(tensor) -> parameter name
         self.protect = protect
+        self.foreign = foreign or {}  # id(user's own parameter) -> name: must never be seen
+        self.foreign_seen: set[str] = set()
         self.calls = 0
         self.uses: dict[str, list[Use]] = {name: [] for name in watched.values()}
         self.flat: dict[int, tuple[Any, int]] = {}  # id(rows) -> (weakref(rows), leading dim)
@@ -141,12 +155,12 @@ class UseRecorder(TorchFunctionMode):
             _note_flatten(self, args[0], out)
         if isinstance(out, Tensor):
             self.out_bytes += out.numel() * out.element_size()
+        flat = [*args, *kwargs.values()]
+        flat += [t for a in flat if isinstance(a, (list, tuple)) for t in a]
+        self.foreign_seen.update(self.foreign[id(a)] for a in flat if id(a) in self.foreign)
         hits = [(i, a) for i, a in enumerate(args) if id(a) in self.watched]
         hits += [(k, a) for k, a in kwargs.items() if id(a) in self.watched]
-        hits += [
-            (-1, t) for a in args if isinstance(a, (list, tuple)) for t in a
-            if id(t) in self.watched
-        ]
+        hits += [(-1, t) for t in flat[len(args) + len(kwargs):] if id(t) in self.watched]
         if not hits or _is_metadata(func):
             return out
         kind, names = _SIGNATURES.get(func, (None, ()))
@@ -155,7 +169,7 @@ class UseRecorder(TorchFunctionMode):
         for key, tensor in hits:
             role = names[key] if isinstance(key, int) and 0 <= key < len(names) else str(key)
             known = kind is not None and role in ("weight", "bias") and _modelled(kind, bound)
-            known = known and isinstance(out, torch.Tensor) and isinstance(bound["input"], Tensor)
+            known = known and _plain(out) and _plain(bound.get("input"))
             use = Use(kind if known else None, role)
             if known:
                 captured = out

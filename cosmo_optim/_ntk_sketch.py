@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from cosmo_optim import _ntk_exact as exact
+from cosmo_optim import _ntk_guards as guards
 from cosmo_optim import _ntk_rules as rules
 
 _ROWS_KINDS = ("linear", "embedding")
@@ -169,20 +170,17 @@ class FeatureMap:
     def __init__(self, engine: Any, k: int | None, seed: int) -> None:
         self.e, self.k = engine, k
         leaves = engine._leaves(engine.names)
-        engine.protect = frozenset()
-        recorder, f1 = engine._forward(0, 1, leaves)
-        if recorder.overwritten():  # as the exact engine: copy outputs edited in place
-            engine.protect = recorder.overwritten()
-            recorder, f1 = engine._forward(0, 1, leaves)
+        recorder, f1 = engine._probe(leaves)  # the exact engine's probe and guards
+        engine.C, engine.alone = f1.shape[1], f1[0].detach()
+        structured = engine._rules_for(recorder, f1, leaves)
         gen = torch.Generator().manual_seed(seed)
         like = engine.base[engine.names[0]]
         self.proj = {n: Projection(engine.base[n].shape, k, gen, like, out_side(recorder.uses[n]))
                      for n in engine.names}
-        engine.C, engine.free = f1.shape[1], engine.budget
+        engine.free = engine.budget
         self.leaves, self.counts = leaves, {n: len(us) for n, us in recorder.uses.items()}
-        self.rows = {n for n, us in recorder.uses.items() if rows_form(us, 1, k)}
-        self.psg = {n for n, us in recorder.uses.items()
-                    if n not in self.rows and rules.qualifies(us, 1)}
+        self.rows = {n for n, us in structured.items() if rows_form(us, 1, k)}
+        self.psg = set(structured) - self.rows
         self.act = (2 + 2 * engine.C) * max(recorder.out_bytes, 1)  # as the exact engine
         vmap_ok = not recorder.functions & exact.VMAP_UNSAFE
         self.jacobian = exact.PerSampleJacobian(engine.call, engine.base, engine.x, engine.C,
@@ -200,12 +198,16 @@ class FeatureMap:
         """(hi - lo, C, F) features of samples ``[lo, hi)``, parameters in ``engine.names``."""
         e, n = self.e, hi - lo
         recorder, f = e._forward(lo, hi, self.leaves)
+        if lo == 0:  # sample 0 alone and in company: refuse models that couple samples
+            guards.refuse_coupling(e.alone, f[0].detach())
         ok = {m for m in self.rows | self.psg if len(recorder.uses[m]) == self.counts[m]}
         ok = {m for m in ok if (rows_form(recorder.uses[m], n, self.k) if m in self.rows
                                 else rules.qualifies(recorder.uses[m], n))}
         outs = {id(u.out): u.out for m in ok for u in recorder.uses[m] if u.out is not None}
         delta = e._cotangents(f, outs)  # (C, *y.shape) per captured output reaching f
-        ok = {m for m in ok if all(id(u.out) in delta for u in recorder.uses[m])}
+        foreign = guards.foreign_rows(f, outs, delta)  # rows not owned by their sample
+        ok = {m for m in ok if all(id(u.out) in delta and id(u.out) not in foreign
+                                   for u in recorder.uses[m])}
         out = f.new_empty((n, e.C, sum(self.width(m) for m in e.names)))
         at = 0
         for m in e.names:

@@ -59,6 +59,7 @@ from torch.func import functional_call
 
 from cosmo_optim import _ntk_distributed as distributed_ntk
 from cosmo_optim import _ntk_exact as exact
+from cosmo_optim import _ntk_guards as guards
 from cosmo_optim import _ntk_rules as rules
 from cosmo_optim import _ntk_sketch as sketch
 from cosmo_optim._common import check_int, parse_bytes, preserved, training
@@ -144,7 +145,13 @@ def empirical_ntk(
     """
     if method not in METHODS:
         raise ValueError(f'Invalid method "{method}". Must be one of {list(METHODS)}')
-    if not (isinstance(output, int) or callable(output) or output in _OUTPUTS):
+    if not isinstance(inputs, torch.Tensor):
+        raise ValueError(
+            f"Invalid inputs: a {type(inputs).__name__}; it must be one tensor with the samples "
+            "on dim 0. Fix: stack the samples, e.g. torch.stack(inputs)."
+        )
+    if isinstance(output, bool) or not (
+            isinstance(output, int) or callable(output) or output in _OUTPUTS):
         raise ValueError(
             f"Invalid output: {output!r}; it must be 'trace', 'full', an int or a callable. "
             "Fix: pass output='trace' for the N×N kernel summed over output components."
@@ -156,8 +163,7 @@ def empirical_ntk(
         raise ValueError(f"Invalid inputs shape: {tuple(inputs.shape)}; it needs N >= 1 samples.")
     k = _sketch_dim(method, sketch_dim)
     selected = _select(model, params)
-    if train_mode:
-        _refuse_coupling(model)
+    _refuse_coupling(model, train_mode)
     if samples and k is not None:
         raise ValueError(
             f"Invalid verify: {verify!r} with method='sketch'; verify compares entries with the "
@@ -231,8 +237,17 @@ def _select(model: nn.Module, params: ParamFilter) -> dict[str, nn.Parameter]:
     return chosen
 
 
-def _refuse_coupling(model: nn.Module) -> None:
+def _refuse_coupling(model: nn.Module, train_mode: bool) -> None:
     for name, m in model.named_modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is None:
+            raise ValueError(
+                f"Invalid model: BatchNorm module {name!r} has track_running_stats=False, so it "
+                "normalises over the batch in every mode: samples are coupled and the "
+                "per-sample NTK is undefined. Fix: track running statistics, or use a "
+                "per-sample normalisation (LayerNorm, GroupNorm)."
+            )
+        if not train_mode:
+            continue
         if isinstance(m, nn.modules.batchnorm._BatchNorm):
             raise ValueError(
                 f"Invalid train_mode: True with BatchNorm module {name!r}; in training mode it "
@@ -309,11 +324,12 @@ class _Engine:
         cast = (lambda t: t.to(dtype) if t.is_floating_point() else t) if dtype else (lambda t: t)
         self.x = cast(inputs)
         self.N = inputs.shape[0]
-        # Detached (cast) copies: the user's parameters and their .grad are never touched;
-        # buffers are cloned, so in-place updates inside forward (power iterations) stay ours.
+        # Detached (cast) views: the user's parameters and their .grad are never touched; the
+        # probe replaces those the forward writes into with copies.
         self.base = {n: cast(t.detach()) for n, t in model.named_parameters()}
-        self.base |= {n: cast(t.detach()).clone() for n, t in model.named_buffers()}
+        self.base |= {n: cast(t.detach()) for n, t in model.named_buffers()}
         self.names = list(selected)
+        self.originals = {id(p): n for n, p in selected.items()}
         self.dtype = self.base[self.names[0]].dtype
         self.isz = torch.empty((), dtype=self.dtype).element_size()
         self.full = output == "full"
@@ -346,33 +362,75 @@ class _Engine:
         return flat
 
     def _forward(self, lo: int, hi: int, leaves: dict[str, torch.Tensor]) -> Any:
-        recorder = rules.UseRecorder({id(t): n for n, t in leaves.items()}, self.protect)
+        recorder = rules.UseRecorder({id(t): n for n, t in leaves.items()}, self.protect,
+                                     self.originals)
         with recorder:
             out = self.call(leaves, self.x[lo:hi])
+        if recorder.foreign_seen:
+            raise ValueError(
+                f"Invalid model: parameters {sorted(recorder.foreign_seen)} are reached through "
+                "references the module does not register (e.g. a Python list), which "
+                "torch.func.functional_call cannot substitute, so their derivatives would be "
+                "lost. Fix: register them (nn.ParameterList, nn.ModuleList) or read them from "
+                "the module's attributes in forward."
+            )
         return recorder, out
 
     def call(self, params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-        """The selected outputs (n, C) of the model with ``params`` replacing its own."""
-        return self.select(functional_call(self.model, self.base | params, (x,)), x.shape[0])
+        """The selected outputs (n, C) of the model with ``params`` replacing its own, on a copy
+        of the inputs (a forward that writes into its input must not reach the caller's)."""
+        with torch.no_grad():
+            for n, pristine in self.written.items():
+                self.base[n].copy_(pristine)
+        out = functional_call(self.model, self.base | params, (x.clone(),))
+        return self.select(out, x.shape[0])
 
     # -------------------------------------------------------------------------------- plan
     def _leaves(self, names: Sequence[str]) -> dict[str, torch.Tensor]:
         return {n: self.base[n].clone().requires_grad_(True) for n in names}
 
-    def run(self) -> torch.Tensor:
-        leaves = self._leaves(self.names)
+    def _probe(self, leaves: dict[str, torch.Tensor]) -> tuple[rules.UseRecorder, torch.Tensor]:
+        """Sample 0 alone: which calls touch each parameter, and which outputs the model
+        overwrites in place (those are copied from now on). Refuses random forwards."""
         self.protect: frozenset[int] = frozenset()
+        self.written: dict[str, torch.Tensor] = {}
+        views, self.base = self.base, {n: t.clone() for n, t in self.base.items()}
+        before = guards.rng_states(self.x.device)
         recorder, f1 = self._forward(0, 1, leaves)
-        if recorder.overwritten():  # in-place ops after recognised calls: copy those outputs
+        if recorder.overwritten():
             self.protect = recorder.overwritten()
             recorder, f1 = self._forward(0, 1, leaves)
+        guards.refuse_randomness(before, self.x.device, recorder.functions)
+        # Tensors the forward writes into (Embedding(max_norm=...) rows, spectral-norm power
+        # iterations in training mode) stay private copies, reset before every forward so
+        # that each computes the same function; the others go back to views.
+        self.written = {n: views[n].clone() for n, c in self.base.items() if c._version}
+        self.base = {n: c if n in self.written else views[n] for n, c in self.base.items()}
+        return recorder, f1
+
+    def _rules_for(self, recorder: rules.UseRecorder, f1: torch.Tensor,
+                   leaves: dict[str, torch.Tensor]) -> dict[str, list[rules.Use]]:
+        """Parameters whose structured rule holds on the probe: recognised, batch-first calls
+        that are the parameter's only route to the outputs."""
+        if self.method == "jacobian":
+            return {}
+        found = {n: us for n, us in recorder.uses.items() if rules.qualifies(us, 1)}
+        outs = {id(u.out): u.out for us in found.values() for u in us if u.out is not None}
+        delta = self._cotangents(f1, outs)
+        found = {n: us for n, us in found.items() if all(id(u.out) in delta for u in us)}
+        hidden = guards.hidden_route(f1, {n: leaves[n] for n in found},
+                                     lambda n: self._chunk_term("psg", found[n], delta))
+        return {n: us for n, us in found.items() if n not in hidden}
+
+    def run(self) -> torch.Tensor:
+        leaves = self._leaves(self.names)
+        recorder, f1 = self._probe(leaves)
         self.C = f1.shape[1]
         N, C = self.N, self.C
         shape = (N, N, C, C) if self.full else (N, N)
         kernel_bytes = N * N * (C * C if self.full else 1) * self.isz
-        structured = {}
-        if self.method != "jacobian":
-            structured = {n: us for n, us in recorder.uses.items() if rules.qualifies(us, 1)}
+        self.alone = f1[0].detach()
+        structured = self._rules_for(recorder, f1, leaves)
         plan = {n: self._form(us) for n, us in structured.items()}
         plan = {n: f for n, f in plan.items()  # tied weights: per-sample form only if it fits
                 if not rules.tied(structured[n]) or f[1] <= self.budget // 2}
@@ -392,6 +450,9 @@ class _Engine:
         K = torch.zeros(shape, dtype=self.dtype, device=self.x.device)
         if plan:
             fallback += self._structured(K, plan, leaves, recorder, act)
+        else:  # no chunked pass will compare sample 0 alone and in company: do it here
+            with torch.no_grad():
+                guards.refuse_coupling(self.alone, self.call(leaves, self.x[: min(N, 4)])[0])
         if fallback:
             vmap_ok = not recorder.functions & exact.VMAP_UNSAFE
             rows = exact.PerSampleJacobian(self.call, self.base, self.x, C, vmap_ok)
@@ -432,6 +493,8 @@ class _Engine:
         m = max(2, self.free // 2 // act)
         for lo, hi in _chunks(self.N, m):
             recorder, f = self._forward(lo, hi, leaves)
+            if lo == 0:
+                guards.refuse_coupling(self.alone, f[0].detach())
             live = [n for n in plan if n not in demoted]
             for n in live:
                 us = recorder.uses[n]
@@ -440,10 +503,12 @@ class _Engine:
             live = [n for n in live if n not in demoted]
             outs = {id(u.out): u.out for n in live for u in recorder.uses[n] if u.out is not None}
             delta = self._cotangents(f, outs)
+            foreign = guards.foreign_rows(f, outs, delta)
             for n in live:
-                if all(id(u.out) in delta for u in recorder.uses[n]):
+                if all(id(u.out) in delta and id(u.out) not in foreign
+                       for u in recorder.uses[n]):
                     store[n].append(self._chunk_term(plan[n][0], recorder.uses[n], delta))
-                else:  # a captured output the graph never reached (e.g. a traced copy)
+                else:  # no cotangent (e.g. a traced copy), or rows not owned by their sample
                     demoted.add(n)
         merged = self._merge_biases(plan, demoted, recorder)
         for n in plan:
@@ -464,11 +529,12 @@ class _Engine:
     def _cotangents(self, f: torch.Tensor, outs: dict[int, torch.Tensor]) -> dict[int, Any]:
         """``∂f_c/∂y`` stacked over components, (C, *y.shape), for each captured output ``y``
         that ``f`` depends on; outputs with no cotangent for any component are left out."""
+        outs = {k: y for k, y in outs.items() if y.requires_grad}  # else: used under no_grad
         ys = list(outs.values())
         if not ys:
             return {}
-        per_c = [torch.autograd.grad(f[:, c].sum(), ys, retain_graph=c < self.C - 1,
-                                     allow_unused=True) for c in range(self.C)]
+        per_c = [torch.autograd.grad(f[:, c].sum(), ys, retain_graph=True, allow_unused=True)
+                 for c in range(self.C)]  # the guards' passes follow and free the graph
         delta = {}
         for i, (k, y) in enumerate(outs.items()):
             gs = [g[i] for g in per_c]

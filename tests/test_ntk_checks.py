@@ -15,7 +15,7 @@ import torch
 from test_ntk_zoo import assert_exact, brute_force_ntk, seeded
 from torch import nn
 
-from cosmo_optim import _ntk_exact, _ntk_rules, empirical_ntk
+from cosmo_optim import _ntk_exact, _ntk_guards, _ntk_rules, empirical_ntk
 
 
 def prelu_net() -> nn.Module:
@@ -66,6 +66,16 @@ def test_outputs_are_copied_only_where_the_model_writes_in_place() -> None:
     assert recorder.overwritten() == {0}  # only the first layer's output feeds ReLU(inplace)
 
 
+def test_hidden_route_guard_alone_catches_a_wrong_rule(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A rule whose gradient differs from autograd's on the one-sample probe is not used."""
+    psg, rows = _ntk_rules.per_sample_grad, _ntk_rules.rows
+    monkeypatch.setattr(_ntk_rules, "per_sample_grad", lambda u, d: 1.01 * psg(u, d))
+    monkeypatch.setattr(_ntk_rules, "rows", lambda u, d: (rows(u, d)[0], 1.01 * rows(u, d)[1]))
+    model = seeded(lambda: nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 2)))
+    x = torch.randn(6, 4, dtype=torch.float64)
+    assert_exact(empirical_ntk(model, x), brute_force_ntk(model, x))
+
+
 def test_verify_passes_on_exact_kernels_and_returns_the_same_kernel() -> None:
     model, x = prelu_net(), torch.randn(9, 4, dtype=torch.float64)
     for output in ("trace", "full", 1):
@@ -81,6 +91,7 @@ def test_verify_raises_with_the_measured_error_when_a_rule_is_wrong(
     psg, rows = _ntk_rules.per_sample_grad, _ntk_rules.rows  # both forms off by 1 %
     monkeypatch.setattr(_ntk_rules, "per_sample_grad", lambda u, d: 1.01 * psg(u, d))
     monkeypatch.setattr(_ntk_rules, "rows", lambda u, d: (rows(u, d)[0], 1.01 * rows(u, d)[1]))
+    monkeypatch.setattr(_ntk_guards, "hidden_route", lambda *a: set())  # the guard that would
     model = seeded(lambda: nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 2)))
     x = torch.randn(6, 4, dtype=torch.float64)
     empirical_ntk(model, x)  # silently wrong without the check ...

@@ -408,3 +408,214 @@ def test_gradient_hooks_on_parameters_are_named_in_a_warning() -> None:
         K = empirical_ntk(model, x)
     assert_exact(K, R)
 
+
+
+# ----------------------------------------------------- models a hostile new user brought
+class SortUnsort(nn.Module):
+    """Samples reordered around a layer (as sort-by-length pipelines do), then restored."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(3, 8), nn.Linear(8, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        perm = torch.argsort(x[:, 0])
+        return self.b(torch.tanh(self.a(x[perm]))[torch.argsort(perm)])
+
+
+class TimeMajorTrimmed(nn.Module):
+    """Time-major rows trimmed to the batch's longest sequence: L = n by coincidence."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb, self.a, self.h = nn.Embedding(10, 4), nn.Linear(4, 8), nn.Linear(8, 1)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        mask = ids != 0
+        length = int(mask.sum(1).max())
+        ids, mask = ids[:, :length].T, mask[:, :length].T
+        return self.h((torch.tanh(self.a(self.emb(ids))) * mask.unsqueeze(-1)).sum(0))
+
+
+class PhysicsInformed(nn.Module):
+    """Returns u and du/dx: the weights also act inside the backward graph built in forward."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(2, 8), nn.Tanh(), nn.Linear(8, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.enable_grad():
+            x = x.clone().requires_grad_(True)
+            u = self.net(x)
+            du = torch.autograd.grad(u.sum(), x, create_graph=True)[0]
+        return torch.cat([u, du], dim=1)
+
+
+class ForwardModeInside(PhysicsInformed):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        import torch.autograd.forward_ad as fwAD
+        with fwAD.dual_level():
+            u, du = fwAD.unpack_dual(self.net(fwAD.make_dual(x, torch.ones_like(x))))
+        return torch.cat([u, du], 1)
+
+
+class ListKeyword(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(3, 8), nn.Linear(8, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.b(torch.tanh(self.a(x))) * torch.cat(tensors=[self.a.bias, self.b.bias]).sum()
+
+
+class NoGradInside(ListKeyword):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            h = torch.tanh(self.a(x))
+        return self.b(h)
+
+
+class WritesItsInput(ListKeyword):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x.mul_(0.5)
+        return self.b(torch.tanh(self.a(x)))
+
+
+class VmapInside(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.h = nn.Linear(3, 4), nn.Linear(4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        per_position = torch.func.vmap(lambda xi: torch.tanh(self.a(xi)), in_dims=1, out_dims=1)
+        return self.h(per_position(x)).sum(1)
+
+
+class VectorWeight(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.w, self.a = nn.Parameter(torch.randn(5)), nn.Linear(3, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(torch.tanh(self.a(x)), self.w).unsqueeze(1)  # a 1-d weight
+
+
+HOSTILE = {
+    "sort_unsort": (SortUnsort, lambda: torch.randn(6, 3, dtype=torch.float64)),
+    "time_major_trimmed": (TimeMajorTrimmed, lambda: torch.tensor(
+        [[3, 0, 0, 0, 0, 0], [1, 2, 3, 4, 5, 6], [7, 8, 9, 0, 0, 0], [2, 2, 2, 2, 0, 0],
+         [5, 4, 0, 0, 0, 0], [9, 1, 8, 2, 7, 0]])),
+    "physics_informed": (PhysicsInformed, lambda: torch.randn(6, 2, dtype=torch.float64)),
+    "forward_mode_inside": (ForwardModeInside, lambda: torch.randn(6, 2, dtype=torch.float64)),
+    "list_keyword": (ListKeyword, lambda: torch.randn(6, 3, dtype=torch.float64)),
+    "no_grad_inside": (NoGradInside, lambda: torch.randn(6, 3, dtype=torch.float64)),
+    "vmap_inside": (VmapInside, lambda: torch.randn(5, 4, 3, dtype=torch.float64)),
+    "vector_weight": (VectorWeight, lambda: torch.randn(6, 3, dtype=torch.float64)),
+}
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE))
+@pytest.mark.parametrize("method", METHODS)
+def test_models_a_hostile_user_brought(case: str, method: str) -> None:
+    build, make = HOSTILE[case]
+    model, x = seeded(build), make()
+    assert_exact(empirical_ntk(model, x, method=method), brute_force_ntk(model, x))
+
+
+def test_sort_unsort_with_only_two_samples_swapped() -> None:
+    model = seeded(SortUnsort)
+    x = torch.randn(6, 3, dtype=torch.float64)
+    x[:, 0] = torch.tensor([0.0, 2.0, 1.0, 3.0, 4.0, 5.0])
+    assert_exact(empirical_ntk(model, x), brute_force_ntk(model, x))
+
+
+def test_forward_writing_its_input_never_reaches_the_callers_tensor() -> None:
+    model, x = seeded(WritesItsInput), torch.randn(6, 3, dtype=torch.float64)
+    kept = x.clone()
+    R = brute_force_ntk(model, x.clone())
+    assert_exact(empirical_ntk(model, x, verify=True), R)
+    assert torch.equal(x, kept)
+
+
+class BatchMean(nn.Module):
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.how, self.a, self.b = how, nn.Linear(3, 8), nn.Linear(8, 1)
+        self.norm = nn.BatchNorm1d(8, track_running_stats=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.a(x)
+        if self.how == "centred":
+            h = h - h.mean(0)
+        elif self.how == "batch_norm":
+            h = self.norm(h)
+        out = self.b(torch.tanh(h))
+        return out * x.shape[0] if self.how == "scaled" else out
+
+
+@pytest.mark.parametrize("how", ["centred", "batch_norm", "scaled"])
+@pytest.mark.parametrize("method", METHODS)
+def test_models_that_couple_samples_are_refused(how: str, method: str) -> None:
+    model, x = seeded(lambda: BatchMean(how)), torch.randn(6, 3, dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"samples are coupled .*per-sample NTK is undefined"):
+        empirical_ntk(model, x, method=method)
+
+
+class RandomForward(nn.Module):
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.how, self.a, self.b = how, nn.Linear(3, 8), nn.Linear(8, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.tanh(self.a(x))
+        h = F.dropout(h, 0.5) if self.how == "dropout" else F.rrelu(h, training=self.training)
+        return self.b(h)
+
+
+@pytest.mark.parametrize("how", ["dropout", "rrelu"])
+def test_random_forwards_are_refused(how: str) -> None:
+    model, x = seeded(lambda: RandomForward(how)), torch.randn(6, 3, dtype=torch.float64)
+    with pytest.raises(ValueError, match=rf"draws random numbers \({how}"):
+        empirical_ntk(model, x, train_mode=True)
+    if how == "rrelu":  # deterministic in eval mode
+        assert_exact(empirical_ntk(model, x), brute_force_ntk(model, x))
+
+
+class Unregistered(ListKeyword):
+    def __init__(self) -> None:
+        super().__init__()
+        self.refs = [self.a.weight]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.b(torch.tanh(self.a(x))) + (x @ self.refs[0].T).sum(-1, keepdim=True)
+
+
+def test_parameters_behind_unregistered_references_are_refused() -> None:
+    model, x = seeded(Unregistered), torch.randn(6, 3, dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"\['a.weight'\] are reached through references"):
+        empirical_ntk(model, x)
+
+
+def test_a_forward_that_rebinds_a_buffer_leaves_it_as_it_was() -> None:
+    class Counting(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a = nn.Linear(3, 2)
+            self.register_buffer("calls", torch.zeros(()))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            self.calls = self.calls + 1
+            return self.a(x)
+
+    model = seeded(Counting)
+    empirical_ntk(model, torch.randn(5, 3, dtype=torch.float64), verify=True)
+    assert model.calls.item() == 0
+
+
+def test_bad_inputs_and_outputs_are_named() -> None:
+    model = seeded(lambda: nn.Linear(3, 2))
+    with pytest.raises(ValueError, match=r"Invalid inputs: a list; it must be one tensor"):
+        empirical_ntk(model, [torch.randn(3), torch.randn(3)])  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"Invalid output: True"):
+        empirical_ntk(model, torch.randn(4, 3, dtype=torch.float64), output=True)
