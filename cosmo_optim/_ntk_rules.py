@@ -324,6 +324,8 @@ def per_sample_grad(use: Use, delta: torch.Tensor) -> torch.Tensor:
     if kind == "linear":
         d = delta.reshape(C, n, -1, delta.shape[-1])
         xr = x.reshape(n, -1, x.shape[-1])
+        if use.args.get("transposed"):  # weight stored (d_in, d_out): transformers' Conv1D
+            return torch.einsum("cnrd,nre->nced", d, xr).reshape(n, C, -1)
         if C == 1:  # one batched matmul, no einsum permutes
             return torch.bmm(d[0].transpose(1, 2), xr).reshape(n, 1, -1)
         G = torch.einsum("cnrd,nre->ncde", d, xr)
