@@ -144,3 +144,18 @@ def test_conv1d_output_edited_in_place_stays_exact() -> None:
         kw = {"sketch_dim": 1000} if method == "sketch" else {}
         K, R = empirical_ntk(model, x, method=method, **kw), reference_ntk(model, x)
         assert (K - R).abs().max() <= 1e-8 * R.abs().max()
+
+
+def test_gpt2_never_needs_the_per_sample_jacobian(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With batch-first position ids every GPT-2 parameter passes the engine's guards (the
+    rule's probe gradient equals autograd's), exact and sketched."""
+    from cosmo_optim import _ntk_exact
+
+    calls: list[tuple] = []
+    rows = _ntk_exact.PerSampleJacobian.rows
+    monkeypatch.setattr(_ntk_exact.PerSampleJacobian, "rows",
+                        lambda self, *a: calls.append(a) or rows(self, *a))
+    model, x = gpt2()
+    empirical_ntk(model, x)
+    empirical_ntk(model, x, method="sketch", sketch_dim=4)
+    assert not calls, f"{[c[0] for c in calls]} took the per-sample Jacobian"
