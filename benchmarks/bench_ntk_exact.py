@@ -142,7 +142,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, object]]:
         ref = measure(twin, width, inputs(n, twin_shape, tokens), repeats)
         rows.append({"model": name, **got, "twin": ref["ratio"]})
         print(f"| {name} | {got['ratio']:.2f}x | {ref['ratio']:.2f}x | "
-              f"{got['ratio'] / ref['ratio']:.1f}x | +{100 * got['verify']:.0f} % |", flush=True)
+              f"{got['ratio'] / ref['ratio']:.1f}x | {100 * got['verify']:+.0f} % |", flush=True)
     return rows
 
 

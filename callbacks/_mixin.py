@@ -12,10 +12,8 @@ from typing import Any
 
 import torch
 
-from cosmo_optim import _monitor_tb
-from cosmo_optim._common import check_int
-from cosmo_optim.losses import per_sample_loss
-from cosmo_optim.monitor import CosmologyTracker, _inputs_targets
+from cosmo_optim.monitor import CosmologyTracker, MonitorConfig
+from cosmo_optim.monitor.probe import take_probe_batch
 
 __all__ = ["CosmologyMonitorMixin"]
 
@@ -27,6 +25,11 @@ class CosmologyMonitorMixin:
     _tensorboard_logger_cls: Any = type(None)
     #: the framework's `LightningModule` (to check that `forward` is defined).
     _lightning_module_cls: type = type(None)
+    #: the framework's `Trainer` and the import of this callback for it (namespace check).
+    _trainer_cls: Any = type(None)
+    _import: str = ""
+    #: the framework's configuration error (as `LearningRateMonitor` raises).
+    _misconfiguration: type[Exception] = ValueError
 
     def __init__(
         self,
@@ -39,33 +42,42 @@ class CosmologyMonitorMixin:
         log_figures_every_n_steps: int | None = None,
         prefix: str = "",
         history_size: int = 1000,
+        verify_ntk: bool = False,
     ) -> None:
         super().__init__()
-        self.loss = None if loss is None else per_sample_loss(loss)
-        if every_n_train_steps is not None:
-            check_int("every_n_train_steps", every_n_train_steps, 1, "Or None for the "
-                       "Trainer's log_every_n_steps.")
-        self.every_n_train_steps = every_n_train_steps
-        self.top_k = check_int("top_k", top_k, 1, "Use e.g. top_k=4.")
-        self.probe_size = check_int("probe_size", probe_size, 1, "Use e.g. probe_size=64.")
-        if log_figures_every_n_steps is not None:
-            check_int("log_figures_every_n_steps", log_figures_every_n_steps, 1, "Or None to "
-                       "draw no figures.")
-        self.log_figures_every_n_steps = log_figures_every_n_steps
-        if not isinstance(prefix, str):
-            raise ValueError(f"Invalid prefix: {prefix!r}; it must be a string such as 'train/'.")
-        self.prefix = prefix
-        self.history_size = check_int("history_size", history_size, 1, "Keep at least one.")
-        self.probe_batch = None if probe_batch is None else _inputs_targets(probe_batch, probe_size)
+        self.config = MonitorConfig(
+            loss, probe_size, top_k, every_n_train_steps, log_figures_every_n_steps,
+            history_size, prefix, verify_ntk=verify_ntk, interval_name="every_n_train_steps",
+        )
+        self.probe_batch = (
+            None if probe_batch is None else take_probe_batch(probe_batch, probe_size)
+        )
         self.tracker: CosmologyTracker | None = None
         self._pending_state: Mapping[str, Any] | None = None
+
+    # the options, as given (read-only; the validated values live in `config`)
+    loss = property(lambda self: self.config.loss, doc="The per-sample loss, or None.")
+    every_n_train_steps = property(lambda self: self.config.every_n_steps,
+                                   doc="Probe interval, or None for log_every_n_steps.")
+    top_k = property(lambda self: self.config.top_k, doc="Modes followed.")
+    probe_size = property(lambda self: self.config.probe_size, doc="At most N probe samples.")
+    log_figures_every_n_steps = property(lambda self: self.config.log_figures_every_n_steps,
+                                         doc="Figure interval, or None.")
+    prefix = property(lambda self: self.config.prefix, doc="Prepended to every tag.")
+    history_size = property(lambda self: self.config.history_size, doc="Probes kept.")
+
+    @property
+    def state_key(self) -> str:
+        """The checkpoint key: the class and the options, so several monitors coexist."""
+        return f"{type(self).__qualname__}{self.config.key()}"
 
     # ----- configuration ---------------------------------------------------------------------
     def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
         """Check the Trainer's configuration and build the tracker (fit only)."""
         if stage != "fit":
             return
-        every = self.every_n_train_steps
+        self._check_trainer(trainer)
+        every = self.config.every_n_steps
         if every is None:
             every = trainer.log_every_n_steps
             if not every or every < 1:
@@ -74,13 +86,7 @@ class CosmologyMonitorMixin:
                     "interval. Fix: pass CosmologyMonitor(every_n_train_steps=...) or set "
                     "Trainer(log_every_n_steps=...) ≥ 1."
                 )
-        figures = self.log_figures_every_n_steps
-        if figures is not None and figures % every:
-            raise ValueError(
-                f"CosmologyMonitor: log_figures_every_n_steps={figures} is not a multiple of the "
-                f"probe interval every_n_train_steps={every} (figures are drawn at probes). "
-                f"Fix: use log_figures_every_n_steps={every * max(1, round(figures / every))}."
-            )
+        config = self.config.with_interval(every)
         cls = type(pl_module)
         if getattr(cls, "forward", None) is getattr(self._lightning_module_cls, "forward", None):
             raise ValueError(
@@ -89,35 +95,44 @@ class CosmologyMonitorMixin:
                 "forward(inputs) returning the outputs your loss is applied to."
             )
         if self.tracker is None or self.tracker.model is not pl_module:
-            self.tracker = CosmologyTracker(
-                pl_module,
-                self.loss,
-                probe_size=self.probe_size,
-                top_k=self.top_k,
-                every_n_steps=every,
-                log_figures_every_n_steps=figures,
-                history_size=self.history_size,
-                prefix=self.prefix,
-            )
+            self.tracker = CosmologyTracker.from_config(pl_module, config)
             if self.probe_batch is not None:
                 self.tracker.set_probe(self.probe_batch)
         if self._pending_state is not None:
             self.tracker.load_state_dict(self._pending_state)
             self._pending_state = None
 
+    def _check_trainer(self, trainer: Any) -> None:
+        if not isinstance(trainer, self._trainer_cls):
+            pl = type(trainer).__module__.startswith("pytorch_lightning")
+            kind = "pytorch_lightning.Trainer" if pl else "lightning.pytorch.Trainer"
+            other = "cosmo_optim.callbacks.pytorch_lightning" if pl else "cosmo_optim.callbacks"
+            raise self._misconfiguration(
+                f"CosmologyMonitor from {self._import} was given a {kind}, whose loggers it "
+                f"does not recognise (histograms, layout and figures would be lost). Fix: from "
+                f"{other} import CosmologyMonitor."
+            )
+        if not trainer.loggers:
+            raise self._misconfiguration(
+                "Cannot use `CosmologyMonitor` callback with `Trainer` that has no logger. "
+                "Fix: pass Trainer(logger=TensorBoardLogger(...)) (or any logger), or use "
+                "cosmo_optim.CosmologyTracker(sink=...) without a logger."
+            )
+
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
         """Read the optimiser and log the physics hyperparameters."""
         tracker = self._tracker()
-        if len(trainer.optimizers) != 1:
+        if len(trainer.optimizers) > 1:
             warnings.warn(
-                f"CosmologyMonitor: {len(trainer.optimizers)} optimisers; the universe is read "
-                "from the first one.",
+                f"CosmologyMonitor: {len(trainer.optimizers)} optimisers; the universe and the "
+                "e-folds are read from the first one (its steps only).",
                 stacklevel=2,
             )
-        tracker.optimizer = trainer.optimizers[0] if trainer.optimizers else None
+        if trainer.optimizers:
+            tracker.observe(trainer.optimizers[0])
         params: dict[str, Any] = {
-            "cosmo_optim/probe_size": self.probe_size,
-            "cosmo_optim/top_k": self.top_k,
+            "cosmo_optim/probe_size": tracker.probe_size,
+            "cosmo_optim/top_k": tracker.top_k,
             "cosmo_optim/every_n_train_steps": tracker.every_n_steps,
         }
         cosmology = tracker.cosmology()
@@ -130,8 +145,11 @@ class CosmologyMonitorMixin:
                 "cosmology/vacuum_energy": cosmology.vacuum_energy,
                 "cosmology/hubble_time_steps": cosmology.hubble_time_steps,
             })
-        for logger in trainer.loggers:
-            logger.log_hyperparams({self.prefix + k: v for k, v in params.items()})
+        ours = {tracker.prefix + k: v for k, v in params.items()}
+        for logger in trainer.loggers:  # merged: the HParams dashboard shows one set
+            theirs = getattr(logger, "hparams", None)
+            logger.log_hyperparams({**(dict(theirs) if isinstance(theirs, Mapping) else {}),
+                                    **ours})
 
     # ----- the hooks that act ------------------------------------------------------------------
     def on_train_batch_start(
@@ -142,7 +160,7 @@ class CosmologyMonitorMixin:
             return
         tracker = self._tracker()
         if not tracker.has_probe:
-            probe = _inputs_targets(batch, self.probe_size) if trainer.is_global_zero else None
+            probe = take_probe_batch(batch, tracker.probe_size) if trainer.is_global_zero else None
             probe = trainer.strategy.broadcast(probe, src=0)  # the same probe set on every rank
             tracker.set_probe(tuple(t.cpu() if t is not None else None for t in probe))
         if trainer.global_step == 0 and tracker.last_step < 0:
@@ -164,7 +182,7 @@ class CosmologyMonitorMixin:
         if step is None or not trainer.is_global_zero:
             return
         for writer in self._writers(trainer):
-            _monitor_tb.write_figures(writer, tracker, step)
+            tracker.write_figures(writer, step)
 
     # ----- output ------------------------------------------------------------------------------
     def _writers(self, trainer: Any) -> list[Any]:
@@ -181,7 +199,7 @@ class CosmologyMonitorMixin:
         if trainer.is_global_zero:
             tracker = self._tracker()
             for writer in self._writers(trainer):
-                _monitor_tb.write_extras(writer, tracker, step, figures=tracker.figures_due(step))
+                tracker.write_extras(writer, step)
 
     def _tracker(self) -> CosmologyTracker:
         if self.tracker is None:

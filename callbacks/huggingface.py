@@ -1,75 +1,110 @@
 """`CosmologyCallback`: the monitor as a Hugging Face ``transformers`` `TrainerCallback` (T3–T10).
 
-A thin adaptor over `cosmo_optim.monitor.CosmologyTracker`. Importable without
-``transformers`` (for docs and introspection); constructing the callback then raises an
-ImportError naming the extra to install (``pip install cosmo-optim[hf]``).
+A thin adaptor over `cosmo_optim.monitor.MonitorConfig` + `CosmologyTracker`. Importable
+without ``transformers`` (for docs and introspection); constructing the callback then raises
+an ImportError naming the extra to install (``pip install cosmo-optim[hf]``).
 """
 
 from __future__ import annotations
 
-import os
+import inspect
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from cosmo_optim.monitor import CosmologyTracker
+from cosmo_optim.monitor import CosmologyTracker, MonitorConfig
+from cosmo_optim.monitor.records import from_json, to_json
 
 _TrainerCallback: Any
+_ExportableState: Any
 try:
     import transformers
+    from transformers.trainer_callback import ExportableState as _ExportableState
 
     _TrainerCallback = transformers.TrainerCallback
     _HAVE_TRANSFORMERS = True
 except ImportError:  # the optional extra is absent
-    _TrainerCallback = object
+    _TrainerCallback = _ExportableState = object
     _HAVE_TRANSFORMERS = False
 
 __all__ = ["CosmologyCallback"]
 
 
-class _Outputs(nn.Module):
-    """``model(**{input_key: x})`` as a tensor-to-tensor module (logits), for the NTK engine."""
+class _Inputs(nn.Module):
+    """The model on probe samples picked by index: ``model(**batch[idx]).logits``.
 
-    def __init__(self, model: nn.Module, input_key: str) -> None:
+    Every tensor the collator produced (input ids, attention masks, token type ids, pixel
+    values) goes to the model, row-aligned with the samples, so the NTK engine sees a map
+    from sample indices (N,) to outputs (N, ...)."""
+
+    def __init__(self, model: nn.Module, batch: Mapping[str, Tensor], label_key: str) -> None:
         super().__init__()
         self.model = model
-        self.input_key = input_key
+        self.batch = {k: v for k, v in batch.items() if k != label_key}
 
-    def forward(self, inputs: Tensor) -> Tensor:
-        out: Any = self.model(**{self.input_key: inputs})
-        if isinstance(out, Mapping) or hasattr(out, "keys"):
-            return out["logits"]
-        return out[0] if isinstance(out, (tuple, list)) else out
+    def forward(self, index: Tensor) -> Any:
+        rows = index.long()
+        return self.model(**{k: v.to(rows.device)[rows] for k, v in self.batch.items()})
 
 
-class CosmologyCallback(_TrainerCallback):
+def _logits(out: Any) -> Tensor:
+    """``out.logits`` / ``out["logits"]`` of a ModelOutput or dict, else ``out[0]``."""
+    if isinstance(out, Tensor):
+        return out
+    if isinstance(out, Mapping) or hasattr(out, "keys"):
+        return out["logits"]
+    return out[0]
+
+
+def _find_trainer() -> Any:
+    """The ``transformers.Trainer`` whose callback handler is calling us (up the stack)."""
+    frame = inspect.currentframe()
+    for _ in range(12):
+        frame = frame.f_back if frame is not None else None
+        if frame is None:
+            return None
+        owner = frame.f_locals.get("self")
+        if isinstance(owner, transformers.Trainer):
+            return owner
+    return None
+
+
+class CosmologyCallback(_TrainerCallback, _ExportableState):
     """Log the universe dual to a ``transformers.Trainer`` run (docs/theory.md T3–T10).
 
     Same read-out and tags as `cosmo_optim.callbacks.CosmologyMonitor` (see
     ``docs/callbacks.md``), probed every ``every_n_steps`` optimiser steps (default: the
-    Trainer's ``logging_steps``) on a fixed probe batch. The model is evaluated as
-    ``model(**{input_key: inputs}).logits``; other keys (attention masks) are not passed, so
-    use an unpadded probe batch. Only a momentum-SGD optimiser (``optimizers=(SGD/CosmoSGD,
-    None)``) has a de Sitter dual; with the default AdamW only the NTK and mode tags appear.
-    Scalars go to TensorBoard in ``args.logging_dir`` when ``"tensorboard"`` is in
-    ``args.report_to`` (main process only), and to ``sink`` if given.
+    Trainer's ``logging_steps``) on a fixed probe batch. The scalars are logged through the
+    Trainer (``trainer.log``): they appear in ``state.log_history`` and in every ``report_to``
+    integration (TensorBoard beside ``train/loss`` as ``train/cosmology/...``, W&B, MLflow,
+    ...). With TensorBoard reporting, the histograms, custom-scalars layout and figures go to
+    the Trainer's own TensorBoard run. Every model input the collator produces (attention
+    masks, token type ids) reaches the model on the probe batch. The callback's state (e-folds,
+    history, first-probe basis) is saved in checkpoints (``trainer_state.json``, transformers'
+    stateful-callback mechanism), so ``resume_from_checkpoint`` continues the same series.
+
+    Only heavy-ball momentum SGD (``optimizers=(SGD/CosmoSGD, None)``) has a de Sitter dual;
+    with the default AdamW only the NTK and mode tags appear, and the callback warns once.
 
     Args:
         loss: the per-sample loss of the logits (e.g. ``nn.CrossEntropyLoss()``); None skips
             the tags that need ℓ.
         every_n_steps: probe interval in optimiser steps; default ``args.logging_steps``.
         top_k: modes to follow.
-        probe_batch: a dict with ``input_key`` (and ``label_key``) tensors; default the first
-            ``probe_size`` training examples, collated by the Trainer's data collator.
+        probe_batch: a dict of model inputs (and ``label_key``), one row per sample; default
+            the first ``probe_size`` training examples, collated by the Trainer's collator.
         probe_size: at most this many probe samples.
-        input_key: the model input holding the samples (``"input_ids"``).
+        input_key: a model input with one row per sample (``"input_ids"``).
         label_key: the targets' key (``"labels"``).
         log_figures_every_n_steps: draw figures at these steps and once more at the end;
             None (default) draws none (they cost ≈ 0.2 s, more than a dozen probes).
         prefix: prepended to every tag.
-        sink: without TensorBoard reporting, a ``SummaryWriter`` or ``sink(metrics, step)``.
+        verify_ntk: check the first probe's kernel against brute force (a few entries, one
+            forward and C backward passes each) and raise if it is off; see
+            ``empirical_ntk(verify=True)``.
 
     Raises:
         ImportError: ``transformers`` is not installed.
@@ -92,80 +127,129 @@ class CosmologyCallback(_TrainerCallback):
         label_key: str = "labels",
         log_figures_every_n_steps: int | None = None,
         prefix: str = "",
-        sink: Any = None,
+        verify_ntk: bool = False,
     ) -> None:
         if not _HAVE_TRANSFORMERS:
             raise ImportError(
                 "CosmologyCallback needs transformers. Fix: pip install 'cosmo-optim[hf]'."
             )
-        self.options: dict[str, Any] = {
-            "top_k": top_k, "probe_size": probe_size, "prefix": prefix,
-            "log_figures_every_n_steps": log_figures_every_n_steps,
-        }
-        self.loss, self.every_n_steps, self.sink = loss, every_n_steps, sink
+        self.config = MonitorConfig(
+            loss, probe_size, top_k, every_n_steps, log_figures_every_n_steps, prefix=prefix,
+            output=_logits, verify_ntk=verify_ntk,
+        )
         self.input_key, self.label_key = input_key, label_key
         self.probe_batch = None if probe_batch is None else self._probe(probe_batch)
         self.tracker: CosmologyTracker | None = None
+        self.saved_state: dict[str, Any] | None = None  # from a checkpoint, until training starts
+        self._trainer: Any = None
         self._writer: Any = None
-        # validate every argument now, with the engine's messages
-        CosmologyTracker(nn.Linear(1, 1), loss, every_n_steps=every_n_steps or 1, sink=sink,
-                         **self.options)
 
-    def _probe(self, batch: Mapping[str, Tensor]) -> tuple[Tensor, Tensor | None]:
+    def _probe(self, batch: Mapping[str, Any]) -> dict[str, Tensor]:
         if self.input_key not in batch:
             raise ValueError(
                 f"Invalid probe batch: no {self.input_key!r} key (keys {sorted(batch)}). "
-                "Fix: pass input_key=... naming the model input that holds the samples."
+                "Fix: pass input_key=... naming a model input with one row per sample."
             )
-        return batch[self.input_key], batch.get(self.label_key)
+        n = min(len(batch[self.input_key]), self.config.probe_size)
+        return {k: v[:n].detach().cpu().clone() for k, v in batch.items()
+                if isinstance(v, Tensor) and v.dim() > 0 and len(v) == len(batch[self.input_key])}
+
+    # ----- transformers' stateful-callback mechanism (ExportableState) --------------------
+    def state(self) -> dict[str, Any]:
+        """What ``trainer_state.json`` keeps: the tracker's state as JSON values."""
+        saved = self.tracker.state_dict() if self.tracker is not None else self.saved_state
+        return {"args": {}, "attributes": {"saved_state": to_json(saved)}}
+
+    def _restore(self, state: Any) -> None:
+        stored = (getattr(state, "stateful_callbacks", None) or {}).get(type(self).__name__)
+        if isinstance(stored, list):  # several CosmologyCallbacks: ours by the same prefix
+            stored = next((s for s in stored if self._matches(s)), None)
+        saved = None if not stored else stored.get("attributes", {}).get("saved_state")
+        if saved and self.tracker is not None:
+            self.tracker.load_state_dict(from_json(saved))
+
+    def _matches(self, stored: Mapping[str, Any]) -> bool:
+        saved = from_json(stored.get("attributes", {}).get("saved_state") or {})
+        history = saved.get("history") or [{"scalars": {}}]
+        return all(k.startswith(self.config.prefix) for k in history[-1]["scalars"])
+
+    # ----- the events -----------------------------------------------------------------------
+    def on_init_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        """Warn that transformers would rebuild this callback without its loss."""
+        if getattr(args, "restore_callback_states_from_checkpoint", False):
+            warnings.warn(
+                "CosmologyCallback: restore_callback_states_from_checkpoint=True makes "
+                "transformers rebuild callbacks from JSON arguments, which cannot hold the loss; "
+                "the rebuilt callback would log no loss-dependent tags. CosmologyCallback "
+                "restores itself from the checkpoint: leave that option False.",
+                UserWarning,
+                stacklevel=2,
+            )
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        """Build the tracker, take the probe batch, and probe the initial state (step 0)."""
+        """Build the tracker, take the probe batch, restore a checkpoint's state, and probe
+        the initial state (step 0)."""
         model, optimizer = kwargs["model"], kwargs.get("optimizer")
-        probe = self.probe_batch
-        if probe is None:
-            loader = kwargs["train_dataloader"]
-            with torch.random.fork_rng():  # a collator may draw random numbers (MLM masking)
-                examples = [loader.dataset[i] for i in range(
-                    min(self.options["probe_size"], len(loader.dataset)))]
-                probe = self._probe(loader.collate_fn(examples))
-        sink = self.sink
-        if state.is_world_process_zero and "tensorboard" in (args.report_to or []):
-            from torch.utils.tensorboard import SummaryWriter
-
-            log_dir = (
-                getattr(args, "logging_dir", None)  # transformers < 5
-                or os.environ.get("TENSORBOARD_LOGGING_DIR")  # transformers ≥ 5
-                or os.path.join(args.output_dir, "runs")
-            )
-            sink = self._writer = SummaryWriter(log_dir)
-        self.tracker = CosmologyTracker(
-            _Outputs(model, self.input_key), self.loss, optimizer=optimizer,
-            probe_batch=tuple(t.cpu() if t is not None else None for t in probe),
-            every_n_steps=self.every_n_steps or max(int(args.logging_steps), 1),
-            sink=sink if state.is_world_process_zero else None, **self.options,
+        probe = self.probe_batch if self.probe_batch is not None else self._first_examples(
+            kwargs["train_dataloader"])
+        index = torch.arange(len(probe[self.input_key]))
+        self._trainer = _find_trainer()
+        self.tracker = CosmologyTracker.from_config(
+            _Inputs(model, probe, self.label_key),
+            self.config.with_interval(max(int(args.logging_steps), 1)),
+            probe_batch=(index, probe.get(self.label_key)),
         )
-        if state.global_step == 0:
-            self.tracker.step(0)
-        else:
+        if optimizer is not None:
+            self.tracker.observe(optimizer)
+        self._restore(state)
+        if self.saved_state and self.tracker.last_step < 0:
+            self.tracker.load_state_dict(from_json(self.saved_state))
+        if state.global_step == 0 and self.tracker.last_step < 0:
+            self._log(args, state, self.tracker.step(0), 0)
+        elif self.tracker.last_step < state.global_step:
             self.tracker.last_step = state.global_step
 
+    def _first_examples(self, loader: Any) -> dict[str, Tensor]:
+        with torch.random.fork_rng():  # a collator may draw random numbers (MLM masking)
+            size = min(self.config.probe_size, len(loader.dataset))
+            return self._probe(loader.collate_fn([loader.dataset[i] for i in range(size)]))
+
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        """After each optimiser step: probe when due."""
+        """After each optimiser step: probe when due and log through the Trainer."""
         if self.tracker is not None:
-            if self.tracker.optimizer is None and kwargs.get("optimizer") is not None:
-                self.tracker.optimizer = kwargs["optimizer"]
-            self.tracker.step(state.global_step)
+            self._log(args, state, self.tracker.step(state.global_step), state.global_step)
+
+    def _log(self, args: Any, state: Any, metrics: dict[str, float] | None, step: int) -> None:
+        if not metrics or self.tracker is None:
+            return
+        if self._trainer is not None:
+            control = self._trainer.control
+            flags = control.should_log, control.should_save, control.should_evaluate
+            self._trainer.log(dict(metrics))  # resets should_log: the Trainer's own logs stay due
+            control = self._trainer.control
+            control.should_log, control.should_save, control.should_evaluate = flags
+        else:  # called outside a Trainer: keep the history at least
+            state.log_history.append({**metrics, "step": step})
+        writer = self._writer = self._tensorboard_writer() or self._writer
+        if writer is not None and state.is_world_process_zero:
+            self.tracker.write_extras(writer, step)
+
+    def _tensorboard_writer(self) -> Any:
+        """The SummaryWriter of the Trainer's own TensorBoardCallback, if it reports there."""
+        if self._trainer is None:
+            return None
+        for callback in self._trainer.callback_handler.callbacks:
+            if type(callback).__name__ == "TensorBoardCallback":
+                return getattr(callback, "tb_writer", None)
+        return None
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        """Draw the final figures (if enabled) and close the TensorBoard writer."""
+        """Draw the final figures (if enabled) to the Trainer's TensorBoard run."""
         if self.tracker is None:
             return
-        if self._writer is not None:
-            from cosmo_optim import _monitor_tb
-
-            step = self.tracker.final_figures_step()
-            if step is not None:
-                _monitor_tb.write_figures(self._writer, self.tracker, step)
-            self._writer.close()
-            self._writer = None
+        writer, step = self._writer, self.tracker.final_figures_step()
+        if writer is not None and step is not None and state.is_world_process_zero:
+            self.tracker.write_figures(writer, step)  # reopens the run TensorBoard closed
+            writer.close()
+        self.tracker.detach()
+        self._trainer = self._writer = None

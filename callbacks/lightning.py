@@ -7,10 +7,11 @@ lives in `cosmo_optim.callbacks._mixin`. The same callback for the standalone
 
 from __future__ import annotations
 
-from lightning.pytorch import Callback, LightningModule
+from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
-from cosmo_optim.callbacks._mixin import CosmologyMonitorMixin
+from ._mixin import CosmologyMonitorMixin
 
 __all__ = ["CosmologyMonitor"]
 
@@ -44,25 +45,21 @@ class CosmologyMonitor(CosmologyMonitorMixin, Callback):
             the custom-scalars layout are always written).
         prefix: prepended to every tag.
         history_size: probes kept in ``monitor.tracker.history``.
+        verify_ntk: check the first probe's kernel against brute force (a few entries, one
+            forward and C backward passes each) and raise if it is off; see
+            ``empirical_ntk(verify=True)``.
 
     Raises:
         ValueError: in ``__init__`` for an invalid argument; in ``setup()`` for a Trainer
             without a probe interval, a figure interval that is not a multiple of it, or a
             LightningModule without ``forward``. Each message names the fix.
 
-    Logged tags (``{k}`` = 1..top_k; see ``docs/callbacks.md``):
-        ``cosmology/hubble_rate``, ``cosmology/vacuum_energy``, ``cosmology/efolds``,
-        ``cosmology/alpha_eff``, ``cosmology/field`` (one output only),
-        ``cosmology/potential``, ``cosmology/omega_phi``, ``cosmology/slow_roll_epsilon``,
-        ``cosmology/slow_roll_eta``, ``cosmology/stability_margin``, ``cosmology/nonfinite``,
-        ``ntk/lambda_1``, ``ntk/ratio_{k}`` (k ≥ 2), ``ntk/kernel_distance``,
-        ``ntk/basis_rotation``, ``ntk/mean_field_overlap``, ``modes/amplitude_{k}``,
-        ``modes/initial_amplitude_{k}``, ``modes/mass_over_hubble_{k}``, ``modes/active``,
-        ``duality/residual``, ``duality/relative_residual``; histograms ``ntk/spectrum``,
-        ``modes/mass_over_hubble``; with ``log_figures_every_n_steps`` set, figures
-        ``figures/potential``, ``figures/spectrum``, ``figures/modes``. Without a momentum-SGD
-        optimiser (e.g. Adam) there is no de Sitter dual and the H, Λ, e-fold, potential, mass
-        and residual tags are absent.
+    Logged tags: the scalars of `cosmo_optim.monitor.SCALAR_TAGS` (``{k}`` = 1..top_k;
+    the meaning of each in ``docs/callbacks.md``), the histograms of
+    `cosmo_optim.monitor.tags.HISTOGRAM_TAGS` and, with ``log_figures_every_n_steps`` set, the
+    figures of `cosmo_optim.monitor.tags.FIGURE_TAGS`. Without a heavy-ball momentum-SGD
+    optimiser (Adam, RMSprop, Nesterov, ...) there is no de Sitter dual: the tags that need it
+    are absent and the monitor warns once, naming the tags still logged.
 
     Example:
         >>> from torch import nn
@@ -74,3 +71,6 @@ class CosmologyMonitor(CosmologyMonitorMixin, Callback):
 
     _tensorboard_logger_cls = TensorBoardLogger
     _lightning_module_cls = LightningModule
+    _trainer_cls = Trainer
+    _import = "cosmo_optim.callbacks"
+    _misconfiguration = MisconfigurationException

@@ -7,10 +7,11 @@ lives in `cosmo_optim.callbacks._mixin`. The same callback for `lightning.pytorc
 
 from __future__ import annotations
 
-from pytorch_lightning import Callback, LightningModule
+from pytorch_lightning import Callback, LightningModule, Trainer
 from pytorch_lightning.loggers import TensorBoardLogger
+from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
-from cosmo_optim.callbacks._mixin import CosmologyMonitorMixin
+from ._mixin import CosmologyMonitorMixin
 
 __all__ = ["CosmologyMonitor"]
 
@@ -28,3 +29,6 @@ class CosmologyMonitor(CosmologyMonitorMixin, Callback):
 
     _tensorboard_logger_cls = TensorBoardLogger
     _lightning_module_cls = LightningModule
+    _trainer_cls = Trainer
+    _import = "cosmo_optim.callbacks.pytorch_lightning"
+    _misconfiguration = MisconfigurationException

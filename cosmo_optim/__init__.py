@@ -12,11 +12,13 @@ from cosmo_optim.monitor import CosmologyTracker
 from cosmo_optim.ntk import empirical_ntk
 from cosmo_optim.optim import CosmoSGD, cosmology_of
 from cosmo_optim.predict import output_velocity, predict_mean_field, predict_trajectory
+from cosmo_optim.schedule import CosmologyScheduler
 from cosmo_optim.spectrum import NTKEigen, kernel_distance, ntk_eigen
 
 __all__ = [
     "CosmoSGD",
     "Cosmology",
+    "CosmologyScheduler",
     "CosmologyTracker",
     "DualityReport",
     "FLRWDual",

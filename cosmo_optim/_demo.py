@@ -123,8 +123,10 @@ def duality_check(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor 
         f"α_eff = λ_1/N = {dual.alpha_eff:.4g} (mean kernel entry {dual.mean_kernel_entry:.4g});"
         f" λ_1/λ_2 = {ratio}; top mode's uniform overlap {float(dual.uniform_overlaps[0]):.3f}"
         + ("" if mode is not None else " — no mode is the mean field (T7)"),
-        f"vacuum domination Ω_φ = {dual.vacuum_domination:.3g} at the start "
-        f"(η_max for Ω_φ ≤ 0.1: {float(dual.max_learning_rate()):.3g}, η = {universe.lr:.3g})",
+        f"background (T6): Ω_φ = {dual.vacuum_domination:.3g} at the start, "
+        f"{'vacuum dominated' if dual.vacuum_domination <= 0.1 else 'not vacuum dominated'} "
+        f"(η_max for Ω_φ ≤ 0.1: {float(dual.max_learning_rate()):.3g}, η = {universe.lr:.3g}); "
+        "reported apart from the dynamics verdict below",
         f"perturbations m_k/H (k = 2..4): {', '.join(f'{m:.3g}' for m in masses)}; "
         f"T8 classes over {steps} steps: {classes[1:].count('frozen')} of {len(classes) - 1} "
         "frozen",
@@ -132,7 +134,7 @@ def duality_check(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor 
         f"{_fmt(mean_now)}, predicted {_fmt(mean_pred)} (homogeneous ODE, T5/T7), "
         f"{_fmt(continuum.mean_field[-1])} (all modes, T7)",
         f"relative error {err:.2%} of the roll (pass < {TOLERANCE:.0%}): "
-        f"{'PASS' if ok else 'FAIL'}; largest perturbation change / mean change: "
+        f"dynamics {'PASS' if ok else 'FAIL'}; largest perturbation change / mean change: "
         f"{float(change[1:].max() / change[0]) if len(change) > 1 else 0.0:.2%}",
     ]
     return lines, ok
@@ -164,7 +166,8 @@ def _digits(out: Path, steps: int) -> list[str]:
         from sklearn.datasets import load_digits
     except ImportError as error:
         raise ValueError(
-            "the demo's digits part needs scikit-learn: pip install scikit-learn"
+            "the demo's digits part needs scikit-learn. Fix: pip install 'cosmo-optim[demo]' "
+            "(scikit-learn and TensorBoard), or run `make demo` from a clone"
         ) from error
     data = load_digits()
     x_all = torch.tensor(data.data / 16.0, dtype=torch.float64)

@@ -4,14 +4,14 @@ Private helpers of :mod:`cosmo_optim.ntk`. A rule computes ``∂f_i/∂W = Σ_s 
 rows a recognised call saw. That is exact only if (1) the call is the parameter's only route to
 the outputs, (2) row ``s`` of a chunk belongs to sample ``i`` and to no other, and (3) each
 sample's output is the one it would have alone. Each guard tests one of these on the data at
-hand, at the cost of a one-sample backward or one partial backward per chunk:
+hand, at the cost of a few one-sample backward passes and one small sub-batch:
 
 * :func:`hidden_route` — the rule's gradient for the one-sample probe must equal autograd's
   gradient of the leaf (routes the recorder cannot see: ``autograd.grad`` or forward-mode AD
   inside ``forward``, calls with torch functions disabled);
-* :func:`foreign_rows` — a backward of ``Σ_i w_i f_i`` with distinct weights must scale row
-  ``s``'s cotangent by its own sample's weight (rows reordered by the model, e.g. sorted by
-  length, or samples mixed downstream of the layer);
+* :func:`foreign_rows` — on a sub-batch spread over the batch, a backward of ``Σ_i w_i f_i``
+  with distinct weights must scale row ``s``'s cotangent by its own sample's weight (rows
+  reordered by the model, e.g. sorted by length, or samples mixed downstream of the layer);
 * :func:`refuse_coupling` — a sample's output in a chunk must equal its output alone (batch
   statistics, outputs scaled by the batch size);
 * :func:`refuse_randomness` — the forward must draw no random numbers (functional dropout,
@@ -48,24 +48,27 @@ def hidden_route(f1: Tensor, leaves: dict[str, Tensor],
     return bad
 
 
-def foreign_rows(f: Tensor, outs: dict[int, Tensor], delta: dict[int, Tensor]) -> set[int]:
+def foreign_rows(f: Tensor, outs: dict[int, Tensor]) -> set[int]:
     """Ids of captured outputs whose rows do not each belong to their own sample.
 
-    With ``δ = ∂(Σ_i f_i0)/∂y`` already computed, one more backward of ``Σ_i w_i f_i0`` to the
-    captured outputs must give ``w_s δ_s`` row by row when row ``s`` feeds sample ``s`` alone.
+    Two backward passes of component 0 to the captured outputs, of ``Σ_i f_i`` and of
+    ``Σ_i w_i f_i`` with distinct weights, must differ by ``w_s`` in row ``s`` when row ``s``
+    feeds sample ``s`` alone. Rows a model reorders (sorting by length) or mixes (a mean over
+    the batch downstream of the layer) fail. Run on a sub-batch: ``f`` is (k, C).
     """
-    ids = [k for k in outs if k in delta]
-    if not ids or f.shape[0] < 2:
+    ys = [y for y in outs.values() if y.requires_grad]
+    if not ys or f.shape[0] < 2:
         return set()  # one sample owns every row
-    n = f.shape[0]
-    w = 1.0 + torch.arange(n, dtype=f.dtype, device=f.device) / n  # distinct, positive
-    weighted = torch.autograd.grad(f[:, 0] @ w, [outs[k] for k in ids], allow_unused=True)
+    k = f.shape[0]
+    w = 1.0 + torch.arange(k, dtype=f.dtype, device=f.device) / k  # distinct, positive
+    plain = torch.autograd.grad(f[:, 0].sum(), ys, retain_graph=True, allow_unused=True)
+    weighted = torch.autograd.grad(f[:, 0] @ w, ys, allow_unused=True)
     bad = set()
-    for k, g in zip(ids, weighted, strict=True):
-        expected = delta[k][0] * w.reshape(n, *([1] * (delta[k].dim() - 2)))
-        got = torch.zeros_like(expected) if g is None else g
-        if relative_error(got, expected) > tolerance(f.dtype):
-            bad.add(k)
+    for y, g, gw in zip(ys, plain, weighted, strict=True):
+        if g is None or gw is None or y.shape[0] != k:
+            continue  # no cotangent or not batch-first: other checks demote these
+        if relative_error(gw, g * w.reshape(k, *([1] * (g.dim() - 1)))) > tolerance(f.dtype):
+            bad.add(id(y))
     return bad
 
 

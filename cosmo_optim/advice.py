@@ -10,7 +10,7 @@ computed by `FLRWDual.mode_curvatures`. Then:
    ones; the slowest of them, κ_min, is the slowest mode that must be damped. A mode so light
    that even the optimal schedule cannot move it within `horizon_steps` is not worth damping
    (it would push β towards 1): κ_min is floored where the critically damped mode gets
-   `_HORIZON_EFOLDS` e-folds over the horizon. The rationale names the active bound.
+   `HORIZON_EFOLDS` (3) e-folds over the horizon. The rationale names the active bound.
 2. **Stiffest mode.** κ_max is the largest curvature of *all* modes (stability must hold on
    every mode, T10), divided by `safety` ≤ 1 to leave headroom for the curvature growth of
    networks outside the lazy limit.
@@ -28,10 +28,20 @@ computed by `FLRWDual.mode_curvatures`. Then:
 5. **Prediction.** The loss curve is the exact discrete heavy-ball map in mode space with the
    kernel frozen (T10, `predict_trajectory(method="discrete")`): exact for a linear model
    with quadratic loss, the lazy-limit prediction otherwise, noise-free for mini-batches.
+6. **Can it predict?** A short trial (a copy of the model trained full batch on the probe set
+   at the suggested (η, β) for a quarter of the predicted time, at most `horizon_steps/25`
+   steps) compares the probe loss with the prediction. If the loss decrease is off by more
+   than `_TRIAL_TOLERANCE`, the network is outside the lazy regime (T4): `predicted_steps` is
+   None and the rationale says the time to target cannot be predicted from one kernel.
+
+Curvature that changes during training (cross-entropy saturating, progressive sharpening) is
+what a single plan cannot follow: `CosmologyScheduler` (cosmo_optim.schedule) re-reads the
+curvatures every few steps and re-plans with the same rule.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -41,24 +51,30 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from cosmo_optim._common import preserved
+from cosmo_optim._planning import (
+    MAX_PROBE_ROWS,  # noqa: F401  (the documented default probe size, kept importable here)
+    ModeReadout,
+    Search,
+    batch_factor,
+    fixed_point,
+    noise_scale,
+    probe_indices,
+    read_modes,
+    relevant_modes,
+    trajectory,
+)
 from cosmo_optim.cosmology import Cosmology
 from cosmo_optim.dual import FLRWDual
-from cosmo_optim.losses import PerSampleLoss, loss_derivatives, per_sample_loss
-from cosmo_optim.ntk import empirical_ntk
+from cosmo_optim.losses import PerSampleLoss, per_sample_loss
 from cosmo_optim.optim import CosmoSGD
-from cosmo_optim.predict import predict_trajectory
-from cosmo_optim.spectrum import flat_kernel
 
 __all__ = ["Suggestion", "suggest_hyperparameters"]
 
-#: Default probe: as many inputs as keep the output-space kernel at N·C ≤ this many rows.
-MAX_PROBE_ROWS: Final = 400
-#: A mode is worth damping if, critically damped, it gets this many e-folds in the horizon.
-_HORIZON_EFOLDS: Final = 3.0
-#: Modes with λ_k below this fraction of λ_1 are numerically in the kernel's null space.
-_NULL_RTOL: Final = 1e-10
-#: At most this many rounds of plan → predicted time to target → plan.
-_PLAN_ITERATIONS: Final = 4
+#: The trial's loss decrease may differ from the predicted one by this fraction (lazy limit).
+_TRIAL_TOLERANCE: Final = 0.25
+#: The trial costs at most horizon_steps / this many probe-set steps (≤ 4 % of training).
+_TRIAL_FRACTION: Final = 25
 
 
 @dataclass(frozen=True, eq=False)
@@ -72,7 +88,9 @@ class Suggestion:
     Attributes:
         lr, momentum: the suggested η and β; `cosmology` is their de Sitter universe (T3).
         predicted_steps: optimiser steps until the predicted loss reaches `target_loss`, or
-            None if not within `horizon_steps` (T10 discrete map, lazy limit).
+            None if not within `horizon_steps` (T10 discrete map, lazy limit) or if the
+            trial showed the network is outside the lazy regime (`predictable` False).
+        predictable: whether the trial's loss followed the lazy-limit prediction (T4).
         target_loss, initial_loss, horizon_steps: the question asked and the starting loss.
         curvatures: κ_k of every probe mode at initialisation, descending in λ_k (T8).
         softest_curvatures: min(κ_k at initialisation, κ_k where the prediction reaches
@@ -91,6 +109,7 @@ class Suggestion:
     momentum: float
     cosmology: Cosmology
     predicted_steps: int | None
+    predictable: bool
     target_loss: float
     initial_loss: float
     horizon_steps: int
@@ -135,9 +154,9 @@ class Suggestion:
     def optimizer(self, params: Iterable[Any], **sgd_kwargs: Any) -> CosmoSGD:
         """A `CosmoSGD` running at the suggested universe; `sgd_kwargs` as for `CosmoSGD`.
 
-        Equivalent to ``CosmoSGD(params, cosmology=suggestion.cosmology, **sgd_kwargs)``.
+        The one way to build it: ``CosmoSGD.from_suggestion(params, suggestion, **sgd_kwargs)``.
         """
-        return CosmoSGD(params, cosmology=self.cosmology, **sgd_kwargs)
+        return CosmoSGD.from_suggestion(params, self, **sgd_kwargs)
 
 
 def _check_arguments(
@@ -184,87 +203,8 @@ def _initial_loss(ell: PerSampleLoss, outputs: Tensor, targets: Tensor | None) -
     return value
 
 
-def _probe(num_inputs: int, num_outputs: int, probe_size: int | None, seed: int) -> Tensor:
-    """Indices of the probe set: all inputs, or a seeded random subset (N·C ≤ MAX_PROBE_ROWS)."""
-    size = max(1, MAX_PROBE_ROWS // num_outputs) if probe_size is None else probe_size
-    if size >= num_inputs:
-        return torch.arange(num_inputs)
-    gen = torch.Generator().manual_seed(seed)
-    return torch.randperm(num_inputs, generator=gen)[:size].sort().values
-
-
-def _relevant_modes(
-    curvatures: Tensor, eigenvalues: Tensor, residual: Tensor, fraction: float
-) -> Tensor:
-    """Fewest reachable modes whose |Uᵀ ∂L/∂f|² adds up to `fraction` of the reachable total."""
-    reachable = (eigenvalues > _NULL_RTOL * eigenvalues[0]) & (curvatures > 0)
-    weight = torch.where(reachable, residual.pow(2), torch.zeros_like(residual))
-    total = float(weight.sum())
-    if not total > 0:
-        raise ValueError(
-            "The projected residual |Uᵀ ∂L/∂f|² is zero on every trainable mode: the initial "
-            "outputs already minimise the loss on the probe set, so there is nothing to tune. "
-            "Check the targets, or pass a larger probe_size."
-        )
-    order = torch.argsort(weight, descending=True)
-    cumulative = torch.cumsum(weight[order], 0)
-    count = int(torch.searchsorted(cumulative, fraction * total * (1 - 1e-12))) + 1
-    return order[: min(count, int(reachable.sum()))].sort().values
-
-
-def _polyak_lr(kappa_max: float, kappa_min: float) -> float:
-    """Heavy-ball optimum (Polyak) for curvatures in [κ_min, κ_max]: η = 4/(√κ_max + √κ_min)².
-
-    Its momentum, ((√κ_max − √κ_min)/(√κ_max + √κ_min))², is (1 − √(η κ_min))²: κ_min sits
-    on the critical damping of T10, which is how the caller derives β after scaling η.
-    """
-    return 4.0 / (math.sqrt(kappa_max) + math.sqrt(kappa_min)) ** 2
-
-
-def _noise_scale(kernel: Tensor, grad: Tensor) -> float:
-    """B_noise = tr Σ/|G|² from the kernel blocks: |g_i|² = ℓ'_iᵀ Θ_ii ℓ'_i (samples)."""
-    n = grad.shape[0]
-    flat = flat_kernel(kernel)
-    g = grad.reshape(-1).to(flat.dtype)
-    mean_sq = float(g @ flat @ g) / n**2  # |G|², G = (1/N) Σ_i g_i
-    blocks = kernel.diagonal(dim1=0, dim2=1).permute(2, 0, 1)  # (N, C, C) = Θ_ii
-    per_sample = torch.einsum("na,nab,nb->n", grad.to(flat.dtype), blocks, grad.to(flat.dtype))
-    trace_sigma = max(float(per_sample.mean()) - mean_sq, 0.0)
-    return trace_sigma / mean_sq if mean_sq > 0 else math.inf
-
-
-def _batch_factor(noise_scale: float, batch_size: int | None, num_inputs: int) -> float:
-    """η_B/η = 1/(1 + B_noise (N − B)/((N − 1) B)) (McCandlish et al. 2018, finite N)."""
-    if batch_size is None or batch_size >= num_inputs:
-        return 1.0
-    noise = noise_scale * (num_inputs - batch_size) / ((num_inputs - 1) * batch_size)
-    return 1.0 / (1.0 + noise)
-
-
-def _trajectory(dual: FLRWDual, steps: int, scale: float) -> tuple[np.ndarray, Tensor | None]:
-    """Loss at n = 0 … steps and the outputs, under the discrete heavy-ball map (T10).
-
-    The kernel is frozen (lazy limit); the outputs are None if the map left every finite
-    value (the linearisation then predicts divergence).
-    """
-    try:
-        modes = predict_trajectory(dual, steps, method="discrete").outputs
-    except ValueError:  # the map diverged: η κ ≥ 2(1 + β) somewhere along the way
-        return np.full(steps + 1, np.inf), None
-    assert modes is not None
-    n = dual.num_samples
-    outputs = torch.from_numpy(modes).reshape(steps + 1, *dual.outputs.shape)
-    y = dual.targets
-    if y is not None:
-        y = y.repeat(steps + 1, *([1] * (y.dim() - 1)))
-    with torch.no_grad():
-        flat = outputs.reshape((steps + 1) * n, *dual.outputs.shape[1:])
-        values = dual.loss.per_sample(flat, y).reshape(steps + 1, n).mean(dim=1)
-    return scale * values.numpy(), outputs
-
-
 def _predicted_losses(dual: FLRWDual, steps: int, scale: float) -> np.ndarray:
-    return _trajectory(dual, steps, scale)[0]
+    return trajectory(dual, steps, scale)[0]
 
 
 def suggest_hyperparameters(
@@ -287,8 +227,10 @@ def suggest_hyperparameters(
     (T8), the slowest relevant one critically damped and the stiffest one inside the edge of
     stability η κ < 2(1 + β) (T10) — Polyak's heavy-ball optimum —, the lr lowered by the
     gradient-noise scale for mini-batches, and the loss curve predicted by the discrete mode
-    map (T10). Costs one forward pass on `inputs`, one output-space NTK and one eigen-
-    decomposition on the probe set (O((N·C)³)), and `horizon_steps` small mode-space steps.
+    map (T10), checked by a short trial on the probe set. Costs one forward pass on `inputs`,
+    one output-space NTK and one eigendecomposition on the probe set (O((N·C)³)), up to
+    `horizon_steps` small mode-space steps per planning round, and a trial of at most
+    `horizon_steps/25` full-batch steps on the probe set.
 
     Args:
         model: the network at initialisation (not modified).
@@ -310,8 +252,9 @@ def suggest_hyperparameters(
         seed: seed of the probe subset.
 
     Returns:
-        A `Suggestion` (lr, momentum, cosmology, predicted_steps, rationale, predict_loss,
-        optimizer).
+        A `Suggestion` (lr, momentum, cosmology, predicted_steps, predictable, rationale,
+        predict_loss, optimizer). The model, its buffers (BatchNorm statistics), `.grad`,
+        train/eval flags and the torch/NumPy/Python random states are left as they were.
 
     Raises:
         ValueError: no trainable parameters, a non-finite initial loss, horizon_steps < 1, or
@@ -332,29 +275,53 @@ def suggest_hyperparameters(
     """
     _check_arguments(horizon_steps, batch_size, target_loss, residual_fraction, safety,
                      probe_size, int(inputs.shape[0]) if inputs.dim() else 0)
+    _check_trainable(model)
+    ell = per_sample_loss(loss)
+    first = next(p for p in model.parameters() if p.requires_grad)
+    with preserved(model, first.device):
+        with torch.no_grad():
+            outputs = model(inputs)
+        initial = _initial_loss(ell, outputs, targets)
+        num_inputs, num_outputs = int(outputs.shape[0]), int(outputs[0].numel())
+        idx = probe_indices(num_inputs, num_outputs, probe_size, seed)
+        probe_y = None if targets is None else targets[idx]
+        read = read_modes(model, ell, inputs[idx], outputs[idx], probe_y)
+        _check_curvature(read.curvatures)
+        relevant = relevant_modes(read.curvatures, read.dual.eigenvalues, read.residual,
+                                  float(residual_fraction))
+        target = 0.1 * initial if target_loss is None else float(target_loss)
+        probe_initial = float(read.values.mean())
+        scale = initial / probe_initial if probe_initial > 0 else 1.0
+        noise = noise_scale(read.kernel, read.grad)
+        factor = batch_factor(noise, batch_size, num_inputs)
+        found = fixed_point(read, relevant, float(safety), horizon_steps, target, scale, factor)
+        trial = _trial(model, ell, inputs[idx], probe_y, found, horizon_steps)
+    predictable = trial.error <= _TRIAL_TOLERANCE
+    text = _rationale(read, found, relevant, float(residual_fraction), float(safety), initial,
+                      target, horizon_steps, noise, factor, batch_size, num_inputs, trial)
+    c = found.plan.cosmology
+    return Suggestion(
+        lr=c.lr, momentum=c.momentum, cosmology=c,
+        predicted_steps=found.predicted if predictable else None, predictable=predictable,
+        target_loss=target, initial_loss=initial, horizon_steps=horizon_steps,
+        curvatures=read.curvatures.numpy(), softest_curvatures=found.low.numpy(),
+        relevant_modes=relevant.numpy(), kappa_max=found.plan.kappa_max,
+        kappa_min=found.plan.kappa_min, active_bound=found.plan.active, noise_scale=noise,
+        lr_batch_factor=factor, stability_margin=found.dual.stability_margin, rationale=text,
+        _dual=found.dual, _loss_scale=scale, _curve={"loss": found.curve},
+    )
+
+
+def _check_trainable(model: nn.Module) -> None:
     if not any(p.requires_grad for p in model.parameters()):
         raise ValueError(
             f"Invalid model: {type(model).__name__} has no trainable parameters "
             "(none with requires_grad=True), so there is nothing to optimise. "
             "Unfreeze some parameters first."
         )
-    ell = per_sample_loss(loss)
-    with torch.no_grad():
-        outputs = model(inputs)
-    initial = _initial_loss(ell, outputs, targets)
-    num_inputs, num_outputs = int(outputs.shape[0]), int(outputs[0].numel())
 
-    idx = _probe(num_inputs, num_outputs, probe_size, seed)
-    f = outputs[idx].detach().to(torch.float64)
-    y = None if targets is None else targets[idx]
-    if y is not None and y.is_floating_point():
-        y = y.to(torch.float64)
-    kernel = empirical_ntk(model, inputs[idx], output="full", dtype=torch.float64)
-    dual = FLRWDual.from_kernel(kernel, ell, f, targets=y, cosmology=Cosmology(1.0, 0.0))
-    n = dual.num_samples
-    values, grad, _ = loss_derivatives(ell, f, y, order=1)
-    residual = dual.eigenvectors.T @ (grad.reshape(-1) / n)  # Uᵀ ∂L/∂f (T4, T7)
-    kappa = dual.mode_curvatures
+
+def _check_curvature(kappa: Tensor) -> None:
     measured_max = float(kappa.max())
     if not measured_max > 0:
         raise ValueError(
@@ -363,132 +330,106 @@ def suggest_hyperparameters(
             "Check the loss and the model's outputs."
         )
 
-    relevant = _relevant_modes(kappa, dual.eigenvalues, residual, float(residual_fraction))
-    target = 0.1 * initial if target_loss is None else float(target_loss)
-    probe_initial = float(values.mean())
-    scale = initial / probe_initial if probe_initial > 0 else 1.0
-    noise = _noise_scale(kernel, grad)
-    factor = _batch_factor(noise, batch_size, num_inputs)
 
-    # Fixed point: the modes needed are those that must move before the target is reached,
-    # with their masses anywhere on the predicted roll (T8: m_k² follows ℓ'' along the path).
-    # Later rounds predict over twice the previous time to target only (the map is the cost).
-    need, window, low, high = horizon_steps, horizon_steps, kappa, kappa
-    for _ in range(_PLAN_ITERATIONS):
-        plan = _plan(high, low, relevant, float(safety), need, need == horizon_steps, factor)
-        dual = dual.replace(cosmology=plan.cosmology)
-        curve, path = _trajectory(dual, window, scale)
-        if window < horizon_steps and not (curve <= target).any():
-            curve, path = _trajectory(dual, horizon_steps, scale)
-        hits = np.flatnonzero(curve <= target)
-        predicted = int(hits[0]) if hits.size else None
-        new_need = horizon_steps if predicted is None else max(predicted, 1)
-        if new_need == need or path is None:
-            break
-        need, window = new_need, min(horizon_steps, 2 * new_need)
-        at_need = dual.replace(outputs=path[need].to(dual.outputs.dtype)).mode_curvatures
-        low, high = torch.minimum(kappa, at_need), torch.maximum(kappa, at_need)
-
-    suggestion = Suggestion(
-        lr=plan.cosmology.lr, momentum=plan.cosmology.momentum, cosmology=plan.cosmology,
-        predicted_steps=predicted, target_loss=target, initial_loss=initial,
-        horizon_steps=horizon_steps, curvatures=kappa.numpy(),
-        softest_curvatures=low.numpy(), relevant_modes=relevant.numpy(),
-        kappa_max=plan.kappa_max, kappa_min=plan.kappa_min, active_bound=plan.active,
-        noise_scale=noise, lr_batch_factor=factor, stability_margin=dual.stability_margin,
-        rationale="", _dual=dual, _loss_scale=scale, _curve={"loss": curve},
-    )
-    text = _rationale(suggestion, dual, plan, need, float(residual_fraction), float(safety),
-                      batch_size, num_inputs, curve)
-    object.__setattr__(suggestion, "rationale", text)
-    return suggestion
+class _Trial(NamedTuple):
+    steps: int
+    predicted_drop: float  # predicted probe-loss decrease over the trial
+    actual_drop: float
+    error: float  # |actual − predicted| / |predicted| (0 when there was no trial)
 
 
-class _Plan(NamedTuple):
-    cosmology: Cosmology
-    kappa_max: float
-    kappa_min: float
-    fraction_min: float  # slowest relevant curvature
-    need_min: float  # slowest curvature that can move within the steps needed
-    active: str
+def _trial(model: nn.Module, ell: PerSampleLoss, inputs: Tensor, targets: Tensor | None,
+           found: Search, horizon_steps: int) -> _Trial:
+    """Train a copy on the probe set at the plan for a few steps; compare with the map (T4).
 
-
-def _plan(
-    high: Tensor, low: Tensor, relevant: Tensor, safety: float, need: int, is_horizon: bool,
-    factor: float,
-) -> _Plan:
-    """(η, β) for curvatures `high` (stiffest on the path) and `low` (softest) (T8, T10).
-
-    κ_max = max(high)/safety over all modes; κ_min = the slowest relevant curvature, floored
-    where a critically damped mode gets _HORIZON_EFOLDS e-folds within `need` steps: with
-    Polyak's parameters sqrt(η κ_min) = 2/(sqrt Q + 1), so sqrt Q ≤ 2 need/E − 1.
+    Over a quarter of the predicted time to target (at most horizon_steps/_TRIAL_FRACTION
+    steps), the probe loss must drop as the frozen-kernel prediction says, within
+    _TRIAL_TOLERANCE; otherwise the kernel moved and no prediction is printed.
     """
-    kappa_max = float(high.max()) / safety
-    fraction_min = float(low[relevant].min())
-    need_min = kappa_max / max(2.0 * need / _HORIZON_EFOLDS - 1.0, 1.0) ** 2
-    kappa_min = min(max(fraction_min, need_min), kappa_max)
-    if fraction_min >= need_min:
-        active = "residual_fraction"
-    else:
-        active = "horizon" if is_horizon else "time_to_target"
-    lr = _polyak_lr(kappa_max, kappa_min) * factor
-    momentum = (1.0 - math.sqrt(lr * kappa_min)) ** 2  # κ_min critically damped (T10)
-    return _Plan(Cosmology(lr, momentum), kappa_max, kappa_min, fraction_min, need_min, active)
+    steps = min((found.predicted or horizon_steps) // 4, horizon_steps // _TRIAL_FRACTION)
+    if steps < 1:
+        return _Trial(0, math.nan, math.nan, 0.0)
+    curve = found.curve / found.curve[0]  # probe-loss ratios (the scale cancels)
+    net = copy.deepcopy(model)
+    c = found.plan.cosmology
+    opt = torch.optim.SGD(net.parameters(), lr=c.lr, momentum=c.momentum)
+    losses = []
+    for _ in range(steps + 1):
+        opt.zero_grad()
+        value = ell.training_loss(net(inputs), targets)
+        losses.append(float(value.detach()))
+        if len(losses) <= steps:
+            value.backward()
+            opt.step()
+    predicted = 1.0 - float(curve[steps])
+    actual = 1.0 - losses[-1] / losses[0] if losses[0] > 0 else 0.0
+    error = abs(actual - predicted) / abs(predicted) if predicted != 0 else math.inf
+    return _Trial(steps, predicted, actual, error if math.isfinite(actual) else math.inf)
 
 
 def _rationale(
-    s: Suggestion, dual: FLRWDual, plan: _Plan, need: int, fraction: float, safety: float,
-    batch_size: int | None, num_inputs: int, curve: np.ndarray,
+    read: ModeReadout, found: Search, relevant: Tensor, fraction: float, safety: float,
+    initial: float, target: float, horizon_steps: int, noise: float, factor: float,
+    batch_size: int | None, num_inputs: int, trial: _Trial,
 ) -> str:
     """The decision in plain language: which modes, which bound was active, what to expect."""
-    c = s.cosmology
-    stiffest = int(np.argmax(s.curvatures))
+    p, dual, curve = found.plan, found.dual, found.curve
+    c = p.cosmology
+    kappa = read.curvatures.numpy()
+    stiffest = int(np.argmax(kappa))
     lines = [
         f"NTK on {dual.num_samples} probe inputs × {dual.num_outputs} outputs "
-        f"({len(s.curvatures)} modes); initial loss {s.initial_loss:.4g}.",
-        f"{len(s.relevant_modes)} mode(s) carry {fraction:.0%} of the projected residual "
-        f"|Uᵀ ∂L/∂f|²; the slowest of them has curvature κ = {plan.fraction_min:.3g} on the "
+        f"({len(kappa)} modes); initial loss {initial:.4g}.",
+        f"{len(relevant)} mode(s) carry {fraction:.0%} of the projected residual "
+        f"|Uᵀ ∂L/∂f|²; the slowest of them has curvature κ = {p.fraction_min:.3g} on the "
         "predicted path (T8).",
     ]
-    if s.active_bound == "residual_fraction":
+    if p.active == "residual_fraction":
         lines.append(
-            f"Active bound: the residual fraction; κ_min = {s.kappa_min:.3g} is damped critically."
+            f"Active bound: the residual fraction; κ_min = {p.kappa_min:.3g} is damped critically."
         )
     else:
-        why = "the horizon" if s.active_bound == "horizon" else "the predicted time to target"
+        why = "the horizon" if p.active == "horizon" else "the predicted time to target"
         lines.append(
-            f"Active bound: {why}. Modes lighter than κ = {plan.need_min:.3g} cannot move "
-            f"within {need} steps, so κ_min = {s.kappa_min:.3g} is damped critically instead."
+            f"Active bound: {why}. Modes lighter than κ = {p.need_min:.3g} cannot move "
+            f"within {found.need} steps, so κ_min = {p.kappa_min:.3g} is damped critically instead."
         )
-    lines.append(
-        f"Stiffest mode {stiffest}: κ = {s.curvatures[stiffest]:.3g}, planned as "
-        f"κ_max = {s.kappa_max:.3g} (safety {safety:g})."
-    )
-    lines.append(
-        f"Heavy-ball optimum (Polyak) for κ in [{s.kappa_min:.3g}, {s.kappa_max:.3g}]: "
+    lines += [
+        f"Stiffest mode {stiffest}: κ = {kappa[stiffest]:.3g}, planned as "
+        f"κ_max = {p.kappa_max:.3g} (safety {safety:g}).",
+        f"Heavy-ball optimum (Polyak) for κ in [{p.kappa_min:.3g}, {p.kappa_max:.3g}]: "
         "κ_min at the oscillation threshold η κ = (1 − √β)² (m = 3H/2, T8/T10), κ_max "
-        "inside the edge of stability η κ < 2(1 + β) (T10)."
-    )
-    if s.lr_batch_factor < 1:
+        "inside the edge of stability η κ < 2(1 + β) (T10).",
+    ]
+    if factor < 1:
         lines.append(
             f"Mini-batches of {batch_size} of {num_inputs}: gradient-noise scale "
-            f"B_noise = {s.noise_scale:.3g} samples lowers the lr by ×{s.lr_batch_factor:.3g}; "
+            f"B_noise = {noise:.3g} samples lowers the lr by ×{factor:.3g}; "
             "β re-derived to keep κ_min critically damped."
         )
     lines.append(
-        f"Suggestion: lr = {s.lr:.4g}, momentum = {s.momentum:.4g}; stability margin "
-        f"η κ/2(1 + β) = {s.stability_margin:.3g} (< 1 on every probe mode); "
+        f"Suggestion: lr = {c.lr:.4g}, momentum = {c.momentum:.4g}; stability margin "
+        f"η κ/2(1 + β) = {dual.stability_margin:.3g} (< 1 on every probe mode); "
         f"H = {c.hubble_rate:.3g}, Λ = {c.vacuum_energy:.3g}, "
         f"Hubble time {c.hubble_time_steps:.3g} steps (T3)."
     )
-    if s.predicted_steps is None:
-        lines.append(
-            f"Prediction (lazy limit, T10 map): target loss {s.target_loss:.4g} not reached "
-            f"within {s.horizon_steps} steps; predicted loss there {curve[-1]:.4g}."
-        )
-    else:
-        lines.append(
-            f"Prediction (lazy limit, T10 map): target loss {s.target_loss:.4g} after "
-            f"{s.predicted_steps} steps; loss {curve[-1]:.4g} at step {len(curve) - 1}."
-        )
+    lines.append(_prediction_line(found, target, horizon_steps, curve, trial))
     return "\n".join(lines)
+
+
+def _prediction_line(found: Search, target: float, horizon_steps: int, curve: np.ndarray,
+                     trial: _Trial) -> str:
+    if trial.error > _TRIAL_TOLERANCE:
+        return (
+            f"Prediction: cannot predict the time to target from one kernel. In a {trial.steps}-"
+            f"step trial on the probe set the loss fell by {trial.actual_drop:.1%} where the "
+            f"lazy-limit map (T10) says {trial.predicted_drop:.1%}: the kernel moves (outside "
+            "the lazy regime, T4). The suggested lr and momentum still hold; re-planning "
+            "(CosmologyScheduler) follows the curvature as it changes."
+        )
+    if found.predicted is None:
+        return (f"Prediction (lazy limit, T10 map): target loss {target:.4g} not reached "
+                f"within {horizon_steps} steps; predicted loss there {curve[-1]:.4g}.")
+    checked = f"; a {trial.steps}-step trial agreed within {trial.error:.0%}" if trial.steps else ""
+    return (f"Prediction (lazy limit, T10 map): target loss {target:.4g} after "
+            f"{found.predicted} steps; loss {curve[-1]:.4g} at step {len(curve) - 1}{checked}.")

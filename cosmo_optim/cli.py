@@ -113,8 +113,28 @@ def _load(spec: str, what: str) -> Any:
     return getattr(module, attribute)
 
 
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0]}" if text else type(error).__name__
+
+
+def _call_factory(spec: str, what: str) -> Any:
+    """Call the user's ``module:function``; its own exception becomes one usage-error line."""
+    factory = _load(spec, what)
+    try:
+        return factory()
+    except Exception as error:  # the user's code: report it, never a traceback
+        raise UsageError(f"{what} {spec} raised {_first_line(error)}") from None
+
+
 def check(args: argparse.Namespace) -> int:
-    """Run `check_duality` on a user's model factory; exit 1 when the duality fails (T4–T10)."""
+    """Run `check_duality` on a user's model factory (T4–T10).
+
+    Exit 0 when the network follows its dual's field equation, 1 when it does not (a
+    diverging run included: that is a result, printed with its reason); the background's
+    Ω_φ (T6) is reported but does not set the status. Usage errors, and exceptions raised
+    by the user's factory or model, exit 2 with one line.
+    """
     import torch
 
     from cosmo_optim.losses import PolynomialPotentialLoss
@@ -125,12 +145,12 @@ def check(args: argparse.Namespace) -> int:
     if not given:
         args.lr, args.momentum = 1e-3, 0.9
     universe = _cosmology_from_args(args)
-    made = _load(args.factory, "the model factory")()
+    made = _call_factory(args.factory, "the model factory")
     model, data = (made[0], made[1:]) if isinstance(made, tuple) else (made, ())
     if not isinstance(model, torch.nn.Module):
         raise UsageError(f"{args.factory} returned {type(model).__name__}, not a torch nn.Module")
     if args.data is not None:
-        data = _load(args.data, "the data factory")()
+        data = _call_factory(args.data, "the data factory")
         data = data if isinstance(data, tuple) else (data,)
     if not data:
         raise UsageError(
@@ -143,8 +163,15 @@ def check(args: argparse.Namespace) -> int:
         from cosmo_optim.duality import check_duality
     except ImportError as error:
         raise UsageError(f"this installation has no duality check ({error})") from None
-    report = check_duality(model, loss, inputs, targets, cosmology=universe, steps=args.steps,
-                           dtype=torch.float64, progress=False)
+    try:
+        report = check_duality(model, loss, inputs, targets, cosmology=universe,
+                               steps=args.steps, dtype=torch.float64, progress=False)
+    except ValueError:
+        raise
+    except Exception as error:  # raised inside the user's module while it was trained
+        raise UsageError(
+            f"the model from {args.factory} raised {_first_line(error)} while being trained"
+        ) from None
     print(report.to_markdown())
     return 0 if report.passed else 1
 
@@ -157,7 +184,10 @@ def _add_check(sub: argparse._SubParsersAction) -> None:
         "directory), train a copy full-batch with momentum SGD on its probe inputs and compare "
         "with the dual's predictions (check_duality). The factory returns a model, or "
         "(model, inputs[, targets]); else give --data. Loss: MSE with targets, else "
-        "ℓ = (f − 1)²/2. Prints the report; exit 0 if the duality holds, 1 if not.",
+        "ℓ = (f − 1)²/2. Prints the report; exit 0 if the network follows its dual's field "
+        "equation, 1 if not (divergence included), 2 on a usage error or when the factory or "
+        "the model raises. The background's vacuum domination (Ω_φ) is reported separately "
+        "and does not set the exit status.",
     )
     p.add_argument("factory", help="module:function returning the model")
     p.add_argument("--data", help="module:function returning inputs or (inputs, targets)")
@@ -246,6 +276,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="cosmo-optim",
         description="Momentum gradient descent as a scalar field in a de Sitter universe.",
     )
+    from cosmo_optim import __version__
+
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in COMMANDS:
         add(sub)

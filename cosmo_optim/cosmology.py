@@ -10,11 +10,15 @@ universe a ∝ t^p (T11).
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
-__all__ = ["EXPANSIONS", "UNITS", "Cosmology", "PowerLaw", "from_units", "resolve_expansion"]
+__all__ = [
+    "EXPANSIONS", "UNITS", "Cosmology", "PowerLaw", "as_cosmology", "from_units",
+    "power_law_momentum", "resolve_expansion",
+]
 
 UNITS: Final = ("vacuum_energy", "hubble_rate", "time_step", "momentum")
 
@@ -22,15 +26,25 @@ UNITS: Final = ("vacuum_energy", "hubble_rate", "time_step", "momentum")
 _MOMENTUM_ROUNDING: Final = 1e-12
 
 
+def _real(name: str, value: Any) -> float:
+    """`value` as a float if it is a real number (bools and strings refused)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(
+            f"Invalid {name}: {value!r}; it must be a real number (not "
+            f"{type(value).__name__}). Fix: pass e.g. {name}=0.1."
+        )
+    return float(value)
+
+
 def _positive(name: str, value: float, fix: str) -> float:
-    value = float(value)
+    value = _real(name, value)
     if not (math.isfinite(value) and value > 0):
         raise ValueError(f"Invalid {name}: {value!r}; it must be a finite number > 0. {fix}")
     return value
 
 
 def _check_momentum(momentum: float, origin: str) -> float:
-    momentum = float(momentum)
+    momentum = _real("momentum", momentum)
     if -_MOMENTUM_ROUNDING < momentum < 0:
         momentum = 0.0
     if not (math.isfinite(momentum) and 0 <= momentum < 1):
@@ -73,6 +87,13 @@ class Cosmology:
     def __post_init__(self) -> None:
         object.__setattr__(self, "lr", _positive("lr", self.lr, "Pass a positive learning rate."))
         object.__setattr__(self, "momentum", _check_momentum(self.momentum, ""))
+        derived = (self.hubble_rate, self.vacuum_energy)
+        if not all(math.isfinite(x) and x > 0 for x in derived):
+            raise ValueError(
+                f"Invalid lr: {self.lr!r} with momentum {self.momentum!r}; the Hubble rate "
+                f"and vacuum energy ({derived[0]!r}, {derived[1]!r}) fall outside the float "
+                "range. Fix: use an lr between about 1e-300 and 1e300."
+            )
 
     @classmethod
     def from_sgd(cls, lr: float, momentum: float) -> Cosmology:
@@ -232,12 +253,14 @@ def from_units(spec: Mapping[str, Any], where: str = "Cosmology") -> Cosmology:
 
 def lr_of(time_step: float, where: str) -> float:
     """η = Δt² (T2)."""
-    if not (isinstance(time_step, (int, float)) and math.isfinite(time_step) and time_step > 0):
+    ok = isinstance(time_step, numbers.Real) and not isinstance(time_step, bool)
+    lr = float(time_step) * float(time_step) if ok else math.nan
+    if not (ok and time_step > 0 and math.isfinite(lr) and lr > 0):
         raise ValueError(
-            f"{where}: invalid time_step: {time_step!r}; it must be a finite number > 0 "
-            "(time_step = sqrt(lr))."
+            f"{where}: invalid time_step: {time_step!r}; it must be a real number > 0 whose "
+            "square lr = time_step² is a finite float > 0 (time_step = sqrt(lr))."
         )
-    return float(time_step) ** 2
+    return lr
 
 
 @dataclass(frozen=True, slots=True)
@@ -284,7 +307,13 @@ class PowerLaw:
 
     def momentum(self, step: int) -> float:
         """β_n = 1 − 3p/(n + n0) at optimiser step `step` (0-based) (T11)."""
-        return 1.0 - 3.0 * self.power / (step + self.offset)
+        return power_law_momentum(self.power, self.offset, step)
+
+
+def power_law_momentum(power: float, n0: int, step: int) -> float:
+    """β_n = 1 − 3p/(n + n0): the momentum of step n in a universe a ∝ t^p with t_n = (n + n0)Δt
+    (T11). The one definition, used by `PowerLaw` and by `CosmoSGD`'s schedule."""
+    return 1.0 - 3.0 * power / (step + n0)
 
 
 EXPANSIONS: Final[dict[str, PowerLaw | None]] = {
@@ -293,6 +322,23 @@ EXPANSIONS: Final[dict[str, PowerLaw | None]] = {
     "matter": PowerLaw(2.0 / 3.0),
     "nesterov": PowerLaw(1.0),
 }
+
+
+def as_cosmology(cosmology: Any) -> Cosmology:
+    """`cosmology` itself, or the universe of a heavy-ball momentum-SGD optimiser's first group
+    (`cosmo_optim.optim.cosmology_of`, T3); a ValueError for anything else."""
+    if isinstance(cosmology, Cosmology):
+        return cosmology
+    import torch
+
+    if isinstance(cosmology, torch.optim.Optimizer):
+        from cosmo_optim.optim import cosmology_of
+
+        return cosmology_of(cosmology)
+    raise ValueError(
+        f"Invalid cosmology: {cosmology!r}; pass a cosmo_optim.Cosmology or a momentum-SGD "
+        "optimiser (torch.optim.SGD / CosmoSGD)."
+    )
 
 
 def resolve_expansion(expansion: str | PowerLaw | None) -> PowerLaw | None:

@@ -15,37 +15,29 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from cosmo_optim.cosmology import Cosmology
+from cosmo_optim._dual_modes import MEAN_FIELD_OVERLAP, MODE_CLASSES, DualModes
+from cosmo_optim.cosmology import Cosmology, as_cosmology
 from cosmo_optim.losses import PerSampleLoss, loss_derivatives, per_sample_loss
 from cosmo_optim.spectrum import flat_kernel
 
-__all__ = ["MEAN_FIELD_OVERLAP", "MODE_CLASSES", "FLRWDual"]
-
-#: A mode is the mean field when more than half its weight lies in the uniform direction,
-#: overlap² > 1/2 (T7 caveat). For one output at most one mode can pass, since the squared
-#: overlaps of orthonormal modes with a unit vector sum to ≤ 1.
-MEAN_FIELD_OVERLAP: Final = 1.0 / math.sqrt(2.0)
-#: Mode classes, in the order they are tested (T8, T10).
-MODE_CLASSES: Final = ("tachyonic", "unstable", "oscillating", "frozen", "overdamped")
+__all__ = ["MEAN_FIELD_OVERLAP", "MODE_CLASSES", "FLRWDual", "vacuum_domination"]
 
 
-def _as_cosmology(cosmology: Any) -> Cosmology:
-    if isinstance(cosmology, Cosmology):
-        return cosmology
-    if isinstance(cosmology, torch.optim.Optimizer):
-        from cosmo_optim.optim import cosmology_of
+def vacuum_domination(speed_squared: Any, loss_energy: Any, vacuum_energy: float) -> Any:
+    """Ω_φ = (½ |φ̄̇|² + α_eff ℓ̄(φ̄))/Λ: the field's energy density over the vacuum's (T6).
 
-        return cosmology_of(cosmology)
-    raise ValueError(
-        f"Invalid cosmology: {cosmology!r}; pass a cosmo_optim.Cosmology or a momentum-SGD "
-        "optimiser (torch.optim.SGD / CosmoSGD)."
-    )
+    `speed_squared` is |φ̄̇|² (1/time², summed over the C outputs), `loss_energy` the potential
+    energy above the vacuum α_eff ℓ̄(φ̄) = V(φ̄) − Λ; numbers or arrays/tensors alike. The
+    duality with gravity needs Ω_φ ≪ 1. The one definition, used by `FLRWDual` and the
+    duality check.
+    """
+    return (0.5 * speed_squared + loss_energy) / vacuum_energy
 
 
 def _finite(name: str, value: Tensor, fix: str) -> None:
@@ -54,7 +46,7 @@ def _finite(name: str, value: Tensor, fix: str) -> None:
 
 
 @dataclass(frozen=True, eq=False)
-class FLRWDual:
+class FLRWDual(DualModes):
     """The FLRW universe dual to one training state (T3–T10), from `from_kernel`/`from_eigen`.
 
     Fields: `eigenvalues` (k,) descending and `eigenvectors` (N·C, k) of the NTK on the probe
@@ -86,7 +78,7 @@ class FLRWDual:
         lam, vec, f = self.eigenvalues, self.eigenvectors, self.outputs
         set_ = object.__setattr__
         set_(self, "loss", per_sample_loss(self.loss))
-        set_(self, "cosmology", _as_cosmology(self.cosmology))
+        set_(self, "cosmology", as_cosmology(self.cosmology))
         if f.dim() == 0:
             raise ValueError("Invalid outputs: a scalar; outputs must have shape (N, ...).")
         n, c = f.shape[0], f[0].numel()
@@ -295,8 +287,9 @@ class FLRWDual:
     @property
     def vacuum_domination(self) -> float:
         """Ω_φ = (½ φ̄̇² + α_eff ℓ̄(φ̄))/Λ; the duality with gravity needs Ω_φ ≪ 1 (T6)."""
-        rho = 0.5 * float(self.mean_field_velocity.pow(2).sum())
-        return (rho + self.alpha_eff * float(self._background()[0])) / self.vacuum_energy
+        speed_squared = float(self.mean_field_velocity.pow(2).sum())
+        loss_energy = self.alpha_eff * float(self._background()[0])
+        return float(vacuum_domination(speed_squared, loss_energy, self.vacuum_energy))
 
     @property
     def slow_roll(self) -> tuple[float, float]:
@@ -306,98 +299,6 @@ class FLRWDual:
         eps = 0.5 * (self.alpha_eff * float(grad.norm()) / v) ** 2
         eta = self.alpha_eff * float(torch.linalg.eigvalsh(hess).max()) / v
         return eps, eta
-
-    # ----- modes (T7, T8, T10) -------------------------------------------------------------
-    @property
-    def mode_curvatures(self) -> Tensor:
-        """κ_k = m_k² = (λ_k/N) u_kᵀ ℓ''(f) u_k, 1/time² (T8).
-
-        ℓ''(f) is the block-diagonal per-sample Hessian at the current outputs; at a uniform
-        state f = φ̄·1 this is exactly (λ_k/N) ℓ''(φ̄) of T8.
-        """
-        if "curv" not in self._cache:
-            _, _, hess = loss_derivatives(self.loss, self.outputs, self.targets)
-            assert hess is not None
-            n, c = self.num_samples, self.num_outputs
-            u = self.eigenvectors.reshape(n, c, -1)
-            quad = torch.einsum("nak,nab,nbk->k", u, hess.to(u.dtype), u)
-            self._cache["curv"] = self.eigenvalues / n * quad
-        return self._cache["curv"]
-
-    @property
-    def mode_masses(self) -> Tensor:
-        """m_k = sqrt(κ_k), 1/time (T8); NaN for a negative curvature (tachyonic mode)."""
-        k = self.mode_curvatures
-        return torch.where(k >= 0, k.clamp(min=0).sqrt(), torch.full_like(k, math.nan))
-
-    @property
-    def mass_over_hubble(self) -> Tensor:
-        """m_k/H: > 3/2 oscillates in the continuum, < 3/2 is overdamped (T8)."""
-        return self.mode_masses / self.hubble_rate
-
-    @property
-    def relaxation_steps(self) -> Tensor:
-        """The overdamped relaxation time 3H/m_k² in optimiser steps, (1 − β)/(η κ_k) (T8)."""
-        c = self.cosmology
-        return (1.0 - c.momentum) / (c.lr * self.mode_curvatures)
-
-    @property
-    def stability_margins(self) -> Tensor:
-        """η κ_k / 2(1 + β) per mode; the discrete map diverges on a mode at ≥ 1 (T10)."""
-        c = self.cosmology
-        return c.lr * self.mode_curvatures / (2.0 * (1.0 + c.momentum))
-
-    @property
-    def stability_margin(self) -> float:
-        """The largest of `stability_margins` (T10)."""
-        return float(self.stability_margins.max())
-
-    def mode_classes(self, horizon: float | None = None, frozen_factor: float = 10.0) -> list[str]:
-        """Each mode's fate over `horizon` steps (default: one Hubble time) (T8, T10).
-
-        Tested in order, with the exact discrete thresholds for curvature κ = m²:
-        "tachyonic" κ < 0 (grows); "unstable" η κ ≥ 2(1 + β); "oscillating"
-        η κ > (1 − sqrt β)² (shrinks by sqrt β per step); "frozen" when its relaxation time
-        (1 − β)/(η κ) steps exceeds `frozen_factor` × horizon; otherwise "overdamped".
-        """
-        c = self.cosmology
-        horizon = self.hubble_time_steps if horizon is None else float(horizon)
-        if not (horizon > 0 and frozen_factor > 0):
-            raise ValueError(
-                f"Invalid horizon={horizon!r} or frozen_factor={frozen_factor!r}; both must be > 0."
-            )
-        out = []
-        for kappa in self.mode_curvatures.tolist():
-            ek = c.lr * kappa
-            if ek < 0:
-                out.append("tachyonic")
-            elif ek >= 2.0 * (1.0 + c.momentum):
-                out.append("unstable")
-            elif ek > (1.0 - math.sqrt(c.momentum)) ** 2:
-                out.append("oscillating")
-            elif ek == 0 or (1.0 - c.momentum) / ek > frozen_factor * horizon:
-                out.append("frozen")
-            else:
-                out.append("overdamped")
-        return out
-
-    def active_modes(self, horizon: float | None = None, frozen_factor: float = 10.0) -> int:
-        """How many modes move within `horizon` steps: all but the frozen ones (T8)."""
-        return sum(k != "frozen" for k in self.mode_classes(horizon, frozen_factor))
-
-    @property
-    def uniform_overlaps(self) -> Tensor:
-        """|u_k·1|/sqrt(N) per mode; for C outputs, the norm of u_k's projection on the
-        C uniform directions (T7)."""
-        n = self.num_samples
-        sums = self.eigenvectors.reshape(n, self.num_outputs, -1).sum(dim=0)
-        return sums.norm(dim=0) / math.sqrt(n)
-
-    def mean_field_mode(self, threshold: float = MEAN_FIELD_OVERLAP) -> int | None:
-        """The best-aligned mode if its uniform overlap exceeds `threshold`, else None (T7)."""
-        overlaps = self.uniform_overlaps
-        best = int(torch.argmax(overlaps))
-        return best if float(overlaps[best]) > threshold else None
 
     def max_learning_rate(self, momentum: Any = None, tolerance: float = 0.1) -> Any:
         """η_max = tolerance·(1 − β)²/(3 α_eff ℓ̄(φ̄)): the lr keeping Ω_φ ≤ tolerance at rest (T6).

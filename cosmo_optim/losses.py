@@ -13,8 +13,10 @@ potential) and by autograd otherwise: the trajectory prediction calls it once pe
 from __future__ import annotations
 
 import copy
+import functools
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -210,78 +212,107 @@ def _closed_forms(
     """(ℓ', ℓ'') hooks of `_from_torch_loss`'s per-sample loss for MSE and cross-entropy, or
     None. ℓ'' is per sample, (N, C, C) over the flattened per-sample outputs.
 
-    Exact types only (a subclass may override `forward`). The hook takes the targets and
-    returns ℓ' as a function of the outputs (target-only work done once); that function
-    returns None, for the autograd fallback, on inputs it does not cover.
+    Exact types only (a subclass may override `forward`). Each hook takes the targets and
+    returns ℓ' (or ℓ'') as a function of the outputs (target-only work done once); that
+    function returns None, for the autograd fallback, on inputs it does not cover.
     """
     kind = type(module)
+    forms: _MSEForms | _CrossEntropyForms
     if kind is nn.MSELoss:
+        forms = _MSEForms(reduction)
+    elif kind is nn.CrossEntropyLoss:
+        forms = _CrossEntropyForms(
+            reduction,
+            float(getattr(module, "label_smoothing", 0.0)),
+            int(getattr(module, "ignore_index", -100)),
+        )
+    else:
+        return None
+    return forms.gradient, forms.hessian
 
-        def mse(y: Tensor | None) -> Callable[[Tensor], Tensor | None]:
-            def grad(f: Tensor) -> Tensor | None:
-                if y is None or y.shape != f.shape or not y.is_floating_point():
-                    return None
-                n = f.shape[0]
-                scale = 2.0 * n if reduction == "sum" else 2.0 / max(f[0].numel(), 1)
-                return scale * (f - y.to(f.dtype))  # ℓ_i = mean_d (f − y)², or n·Σ_d (f − y)²
 
-            return grad
+@dataclass(frozen=True)
+class _MSEForms:
+    """MSE: ℓ_i = mean_d (f − y)² (or N·Σ_d for reduction "sum"); ℓ' = s (f − y), ℓ'' = s·I
+    with s = 2/D (or 2N)."""
 
-        def mse_hessian(y: Tensor | None) -> Callable[[Tensor], Tensor | None]:
-            def hess(f: Tensor) -> Tensor | None:  # a constant multiple of the identity
-                if y is None or y.shape != f.shape or not y.is_floating_point():
-                    return None
-                n, d = f.shape[0], max(f[0].numel(), 1)
-                scale = 2.0 * n if reduction == "sum" else 2.0 / d
-                eye = torch.eye(d, dtype=f.dtype, device=f.device)
-                return (scale * eye).expand(n, d, d).clone()
+    reduction: str
 
-            return hess
+    def _scale(self, f: Tensor) -> float:
+        return 2.0 * f.shape[0] if self.reduction == "sum" else 2.0 / max(f[0].numel(), 1)
 
-        return mse, mse_hessian
-    if kind is nn.CrossEntropyLoss:
-        eps = float(getattr(module, "label_smoothing", 0.0))
-        ignore = int(getattr(module, "ignore_index", -100))
-        def cross_entropy(y: Tensor | None) -> Callable[[Tensor], Tensor | None]:
-            cache: dict[tuple[int, int, torch.dtype, torch.device], _Prepared | None] = {}
+    @staticmethod
+    def _covers(f: Tensor, y: Tensor | None) -> bool:
+        return y is not None and y.shape == f.shape and y.is_floating_point()
 
-            def grad(f: Tensor) -> Tensor | None:
-                if y is None or f.dim() != 2 or not f.is_floating_point():
-                    return None
-                key = (f.shape[0], f.shape[1], f.dtype, f.device)
-                if key not in cache:
-                    cache[key] = _ce_targets(f, y, eps, ignore)
-                prepared = cache[key]
-                if prepared is None:
-                    return None
-                q, total, mask = prepared
-                p = torch.softmax(f, dim=1)
-                g = (p if total is None else p * total) - q
-                if mask is not None:
-                    g = g * mask
-                return f.shape[0] * g if reduction == "sum" else g
+    def gradient(self, y: Tensor | None) -> Callable[[Tensor], Tensor | None]:
+        return functools.partial(self.gradient_at, y)
 
-            return grad
+    def gradient_at(self, y: Tensor | None, f: Tensor) -> Tensor | None:
+        if not self._covers(f, y):
+            return None
+        assert y is not None
+        return self._scale(f) * (f - y.to(f.dtype))
 
-        def cross_entropy_hessian(y: Tensor | None) -> Callable[[Tensor], Tensor | None]:
-            def hess(f: Tensor) -> Tensor | None:  # Σ_c q_c (diag p − p pᵀ) per sample
-                if y is None or f.dim() != 2 or not f.is_floating_point():
-                    return None
-                prepared = _ce_targets(f, y, eps, ignore)
-                if prepared is None:
-                    return None
-                _, total, mask = prepared
-                p = torch.softmax(f, dim=1)
-                h = torch.diag_embed(p) - p[:, :, None] * p[:, None, :]
-                weight = total if total is not None else mask
-                if weight is not None:
-                    h = h * weight[:, :, None]
-                return f.shape[0] * h if reduction == "sum" else h
+    def hessian(self, y: Tensor | None) -> Callable[[Tensor], Tensor | None]:
+        return functools.partial(self.hessian_at, y)
 
-            return hess
+    def hessian_at(self, y: Tensor | None, f: Tensor) -> Tensor | None:
+        if not self._covers(f, y):  # a constant multiple of the identity
+            return None
+        n, d = f.shape[0], max(f[0].numel(), 1)
+        eye = torch.eye(d, dtype=f.dtype, device=f.device)
+        return (self._scale(f) * eye).expand(n, d, d).clone()
 
-        return cross_entropy, cross_entropy_hessian
-    return None
+
+@dataclass(frozen=True)
+class _CrossEntropyForms:
+    """Cross-entropy over logits f (N, C) with target distribution q (label smoothing ε,
+    ignored rows masked): ℓ' = p Σq − q, ℓ'' = Σ_c q_c (diag p − p pᵀ), p = softmax(f)."""
+
+    reduction: str
+    eps: float
+    ignore: int
+
+    def _sum(self, f: Tensor, value: Tensor) -> Tensor:
+        return f.shape[0] * value if self.reduction == "sum" else value
+
+    def gradient(self, y: Tensor | None) -> Callable[[Tensor], Tensor | None]:
+        return functools.partial(self.gradient_at, y, {})
+
+    def gradient_at(self, y: Tensor | None, cache: dict[Any, _Prepared | None],
+                    f: Tensor) -> Tensor | None:
+        if y is None or f.dim() != 2 or not f.is_floating_point():
+            return None
+        key = (f.shape[0], f.shape[1], f.dtype, f.device)
+        if key not in cache:  # the targets' one-hot/smoothing, once per output shape
+            cache[key] = _ce_targets(f, y, self.eps, self.ignore)
+        prepared = cache[key]
+        if prepared is None:
+            return None
+        q, total, mask = prepared
+        p = torch.softmax(f, dim=1)
+        g = (p if total is None else p * total) - q
+        if mask is not None:
+            g = g * mask
+        return self._sum(f, g)
+
+    def hessian(self, y: Tensor | None) -> Callable[[Tensor], Tensor | None]:
+        return functools.partial(self.hessian_at, y)
+
+    def hessian_at(self, y: Tensor | None, f: Tensor) -> Tensor | None:
+        if y is None or f.dim() != 2 or not f.is_floating_point():
+            return None
+        prepared = _ce_targets(f, y, self.eps, self.ignore)
+        if prepared is None:
+            return None
+        _, total, mask = prepared
+        p = torch.softmax(f, dim=1)
+        h = torch.diag_embed(p) - p[:, :, None] * p[:, None, :]
+        weight = total if total is not None else mask
+        if weight is not None:
+            h = h * weight[:, :, None]
+        return self._sum(f, h)
 
 
 _Prepared = tuple[Tensor, Tensor | None, Tensor | None]
@@ -318,6 +349,11 @@ def per_sample_loss(loss: Any) -> PerSampleLoss:
     """
     if isinstance(loss, PerSampleLoss):
         return loss
+    if isinstance(loss, type):
+        raise ValueError(
+            f"Invalid loss: the class {loss.__name__}, not an instance. "
+            f"Fix: pass {loss.__name__}() (e.g. nn.CrossEntropyLoss())."
+        )
     if isinstance(loss, PolynomialPotentialLoss):
         if loss.reduction not in ("mean", "sum"):
             raise ValueError(

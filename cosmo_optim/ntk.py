@@ -361,11 +361,11 @@ class _Engine:
             return flat[:, self.output : self.output + 1 or None]
         return flat
 
-    def _forward(self, lo: int, hi: int, leaves: dict[str, torch.Tensor]) -> Any:
+    def _forward(self, x: torch.Tensor, leaves: dict[str, torch.Tensor]) -> Any:
         recorder = rules.UseRecorder({id(t): n for n, t in leaves.items()}, self.protect,
                                      self.originals)
         with recorder:
-            out = self.call(leaves, self.x[lo:hi])
+            out = self.call(leaves, x)
         if recorder.foreign_seen:
             raise ValueError(
                 f"Invalid model: parameters {sorted(recorder.foreign_seen)} are reached through "
@@ -396,10 +396,10 @@ class _Engine:
         self.written: dict[str, torch.Tensor] = {}
         views, self.base = self.base, {n: t.clone() for n, t in self.base.items()}
         before = guards.rng_states(self.x.device)
-        recorder, f1 = self._forward(0, 1, leaves)
+        recorder, f1 = self._forward(self.x[:1], leaves)
         if recorder.overwritten():
             self.protect = recorder.overwritten()
-            recorder, f1 = self._forward(0, 1, leaves)
+            recorder, f1 = self._forward(self.x[:1], leaves)
         guards.refuse_randomness(before, self.x.device, recorder.functions)
         # Tensors the forward writes into (Embedding(max_norm=...) rows, spectral-norm power
         # iterations in training mode) stay private copies, reset before every forward so
@@ -416,11 +416,29 @@ class _Engine:
             return {}
         found = {n: us for n, us in recorder.uses.items() if rules.qualifies(us, 1)}
         outs = {id(u.out): u.out for us in found.values() for u in us if u.out is not None}
-        delta = self._cotangents(f1, outs)
+        delta = self._cotangents(f1, outs, retain=True)
         found = {n: us for n, us in found.items() if all(id(u.out) in delta for u in us)}
         hidden = guards.hidden_route(f1, {n: leaves[n] for n in found},
                                      lambda n: self._chunk_term("psg", found[n], delta))
-        return {n: us for n, us in found.items() if n not in hidden}
+        found = {n: us for n, us in found.items() if n not in hidden}
+        return {n: found[n] for n in self._owned_rows(found, leaves)}
+
+    def _owned_rows(self, found: dict[str, list[rules.Use]],
+                    leaves: dict[str, torch.Tensor]) -> list[str]:
+        """Names whose calls, on up to 8 samples spread over the batch, see one row per sample
+        in sample order (:func:`guards.foreign_rows`). A model that reorders samples by their
+        values passes only if those samples are already in its order (1 in 8! for random
+        keys); ``verify=True`` checks independently."""
+        k = min(self.N, 8)
+        if k < 2 or not found:
+            return list(found)
+        idx = torch.linspace(0, self.N - 1, k, device=self.x.device).round().long()
+        recorder, f = self._forward(self.x[idx], leaves)
+        uses = {n: recorder.uses[n] for n in found}
+        ok = [n for n, us in uses.items() if len(us) == len(found[n]) and rules.qualifies(us, k)]
+        outs = {id(u.out): u.out for n in ok for u in uses[n] if u.out is not None}
+        foreign = guards.foreign_rows(f, outs)
+        return [n for n in ok if not any(id(u.out) in foreign for u in uses[n])]
 
     def run(self) -> torch.Tensor:
         leaves = self._leaves(self.names)
@@ -492,7 +510,7 @@ class _Engine:
         counts = {n: len(recorder.uses[n]) for n in plan}
         m = max(2, self.free // 2 // act)
         for lo, hi in _chunks(self.N, m):
-            recorder, f = self._forward(lo, hi, leaves)
+            recorder, f = self._forward(self.x[lo:hi], leaves)
             if lo == 0:
                 guards.refuse_coupling(self.alone, f[0].detach())
             live = [n for n in plan if n not in demoted]
@@ -503,12 +521,10 @@ class _Engine:
             live = [n for n in live if n not in demoted]
             outs = {id(u.out): u.out for n in live for u in recorder.uses[n] if u.out is not None}
             delta = self._cotangents(f, outs)
-            foreign = guards.foreign_rows(f, outs, delta)
             for n in live:
-                if all(id(u.out) in delta and id(u.out) not in foreign
-                       for u in recorder.uses[n]):
+                if all(id(u.out) in delta for u in recorder.uses[n]):
                     store[n].append(self._chunk_term(plan[n][0], recorder.uses[n], delta))
-                else:  # no cotangent (e.g. a traced copy), or rows not owned by their sample
+                else:  # a captured output the graph never reached (e.g. a traced copy)
                     demoted.add(n)
         merged = self._merge_biases(plan, demoted, recorder)
         for n in plan:
@@ -526,15 +542,16 @@ class _Engine:
                 self._gram(K, X, D, recorder.uses[n][0].kind, plus_one=n in merged)
         return sorted(demoted)
 
-    def _cotangents(self, f: torch.Tensor, outs: dict[int, torch.Tensor]) -> dict[int, Any]:
+    def _cotangents(self, f: torch.Tensor, outs: dict[int, torch.Tensor],
+                    retain: bool = False) -> dict[int, Any]:
         """``∂f_c/∂y`` stacked over components, (C, *y.shape), for each captured output ``y``
         that ``f`` depends on; outputs with no cotangent for any component are left out."""
         outs = {k: y for k, y in outs.items() if y.requires_grad}  # else: used under no_grad
         ys = list(outs.values())
         if not ys:
             return {}
-        per_c = [torch.autograd.grad(f[:, c].sum(), ys, retain_graph=True, allow_unused=True)
-                 for c in range(self.C)]  # the guards' passes follow and free the graph
+        per_c = [torch.autograd.grad(f[:, c].sum(), ys, retain_graph=retain or c < self.C - 1,
+                                     allow_unused=True) for c in range(self.C)]
         delta = {}
         for i, (k, y) in enumerate(outs.items()):
             gs = [g[i] for g in per_c]

@@ -8,13 +8,22 @@ Lightning's `LearningRateMonitor` see plain SGD), and the physical view is deriv
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 import torch
 from torch.optim import Optimizer
 
-from cosmo_optim.cosmology import UNITS, Cosmology, PowerLaw, from_units, lr_of, resolve_expansion
+from cosmo_optim.cosmology import (
+    UNITS,
+    Cosmology,
+    PowerLaw,
+    from_units,
+    lr_of,
+    power_law_momentum,
+    resolve_expansion,
+)
 
 __all__ = ["CosmoSGD", "cosmology_of"]
 
@@ -54,6 +63,11 @@ def cosmology_of(optimizer: Optimizer, group: int = 0) -> Cosmology:
             f"Invalid group={group!r}; the optimiser has {len(groups)} param group(s)."
         )
     g = groups[group]
+    if not isinstance(optimizer, torch.optim.SGD):
+        raise ValueError(
+            f"{type(optimizer).__name__} is not heavy-ball momentum SGD, so it has no de Sitter "
+            "dual (docs/theory.md T1, T3); use torch.optim.SGD or cosmo_optim.CosmoSGD."
+        )
     if "momentum" not in g:
         raise ValueError(
             f"{type(optimizer).__name__} has no 'momentum' hyperparameter, so it has no "
@@ -95,6 +109,8 @@ class CosmoSGD(torch.optim.SGD):
         expansion: ``"de_sitter"``, ``"radiation"``, ``"matter"``, ``"nesterov"`` or a
             `PowerLaw`.
         weight_decay, maximize, foreach, differentiable, fused: as for `torch.optim.SGD`.
+        lr: refused with a ValueError pointing at ``Cosmology.from_sgd(lr, momentum)`` (to
+            keep the physics view) and ``torch.optim.SGD`` (plain SGD).
 
     Raises:
         ValueError: the units do not name one universe (wrong count, Λ with H, momentum < 0),
@@ -124,7 +140,15 @@ class CosmoSGD(torch.optim.SGD):
         foreach: bool | None = None,
         differentiable: bool = False,
         fused: bool | None = None,
+        lr: float | None = None,
     ) -> None:
+        if lr is not None:
+            beta = 0.0 if momentum is None else momentum
+            raise ValueError(
+                f"CosmoSGD takes physics units, not lr={lr!r}. Fix: CosmoSGD(params, "
+                f"cosmology=Cosmology.from_sgd(lr={lr!r}, momentum={beta!r})), or "
+                f"torch.optim.SGD(params, lr={lr!r}, momentum={beta!r}) (the monitor reads both)."
+            )
         self._spec = {
             "cosmology": cosmology,
             "vacuum_energy": vacuum_energy,
@@ -166,6 +190,7 @@ class CosmoSGD(torch.optim.SGD):
                     "either plain lr/momentum or physics units, not both."
                 )
             group["momentum"] = own.get("momentum", self.defaults["momentum"])
+            _check_plain_group(group, where)
             history = None
         else:
             own.setdefault("expansion", self._spec["expansion"])
@@ -212,11 +237,27 @@ class CosmoSGD(torch.optim.SGD):
         return cosmology_of(self, group)
 
 
+def _check_plain_group(group: dict[str, Any], where: str) -> None:
+    """A group given plain lr/momentum: lr a real number ≥ 0, momentum real in [0, 1) (T3)."""
+    lr, beta = group["lr"], group["momentum"]
+    real = not isinstance(lr, bool) and isinstance(lr, (numbers.Real, torch.Tensor))
+    if not (real and float(lr) >= 0):
+        raise ValueError(
+            f"{where}: invalid lr: {lr!r}; it must be a real number ≥ 0. Fix: e.g. lr=0.01."
+        )
+    real = not isinstance(beta, bool) and isinstance(beta, numbers.Real)
+    if not (real and 0 <= float(beta) < 1):
+        raise ValueError(
+            f"{where}: invalid momentum: {beta!r}; it must be a real number with "
+            "0 ≤ momentum < 1 (momentum 1 has no Hubble friction). Fix: e.g. momentum=0.9."
+        )
+
+
 def _advance_expansion(optimizer: Optimizer, args: Any, kwargs: Any) -> None:
     """Step pre-hook: set β_n = 1 − 3p/(n + n0) on every power-law group (T11)."""
     for group in optimizer.param_groups:
         history = group.get("expansion")
         if history:
             n = group["expansion_step"]
-            group["momentum"] = 1.0 - 3.0 * history["power"] / (n + history["n0"])
+            group["momentum"] = power_law_momentum(history["power"], history["n0"], n)
             group["expansion_step"] = n + 1

@@ -7,12 +7,17 @@ lightest perturbations.
 
 from __future__ import annotations
 
+import math
 from typing import Any, NamedTuple
 
 import torch
 from torch import nn
 
 from cosmo_optim.ntk import empirical_ntk
+
+__all__ = [
+    "EIGEN_METHODS", "NTKEigen", "flat_kernel", "kernel_distance", "ntk_eigen", "uniform_overlaps",
+]
 
 EIGEN_METHODS = ("auto", "dense", "lobpcg")
 _DENSE_MAX_N = 1024  # "auto" uses dense eigh up to this N, LOBPCG above
@@ -159,3 +164,18 @@ def kernel_distance(K0: torch.Tensor, K1: torch.Tensor) -> torch.Tensor:
         )
     inner = (K0 * K1).sum()
     return 1 - inner / (torch.linalg.norm(K0) * torch.linalg.norm(K1))
+
+
+def uniform_overlaps(eigenvectors: torch.Tensor, num_samples: int) -> torch.Tensor:
+    """|u_k·1|/sqrt(N) per mode (k,): how much of mode k is the mean field (T7).
+
+    `eigenvectors` is (N·C, k), rows indexed sample-major; for C outputs each mode's overlap
+    is the norm of its projection on the C uniform directions. A mode is the mean field when
+    this exceeds `cosmo_optim.dual.MEAN_FIELD_OVERLAP`.
+
+    >>> u = torch.tensor([[0.5, 0.5, 0.5, 0.5], [0.5, -0.5, 0.5, -0.5]]).T
+    >>> uniform_overlaps(u, 4).tolist()
+    [1.0, 0.0]
+    """
+    sums = eigenvectors.reshape(num_samples, -1, eigenvectors.shape[1]).sum(dim=0)
+    return sums.norm(dim=0) / math.sqrt(num_samples)

@@ -222,3 +222,57 @@ def test_targets_already_reached_are_refused():
     model, x, _ = linear_problem()
     with pytest.raises(ValueError, match=r"residual .* is zero"):
         suggest_hyperparameters(model, nn.MSELoss(), x, model(x).detach(), horizon_steps=10)
+
+
+def test_a_linear_model_is_predictable_and_says_so():
+    model, x, _ = linear_problem()
+    y = x @ torch.tensor([[1.0], [-1.0], [0.5], [2.0], [0.0]], dtype=torch.float64)  # realisable
+    s = suggest_hyperparameters(model, nn.MSELoss(), x, y, horizon_steps=400)
+    assert s.predictable and s.predicted_steps is not None
+    assert "trial agreed" in s.rationale
+
+
+def test_a_kernel_that_moves_is_reported_as_unpredictable():
+    # A narrow tanh net pushed far (targets 30× its outputs' scale) with the plan at the edge
+    # (safety 1): its kernel moves within the trial, so no time to target is printed.
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(1, 4), nn.Tanh(), nn.Linear(4, 1))
+    x = torch.linspace(-2, 2, 16)[:, None]
+    y = 3.0 * torch.sign(x)
+    s = suggest_hyperparameters(model, nn.MSELoss(), x, y, horizon_steps=2000, safety=1.0,
+                                target_loss=1e-3)
+    assert not s.predictable and s.predicted_steps is None
+    assert "cannot predict the time to target" in s.rationale
+
+
+def test_the_users_model_buffers_grads_modes_and_rng_are_bitwise_untouched():
+    import random
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 8), nn.BatchNorm1d(8), nn.Tanh(), nn.Dropout(0.2), nn.Linear(8, 1))
+    model.train()
+    x, y = torch.randn(16, 3), torch.randn(16, 1)
+    nn.functional.mse_loss(model(x), y).backward()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    grads = [p.grad.clone() for p in model.parameters()]
+    modes = [m.training for m in model.modules()]
+    rng = (torch.get_rng_state(), np.random.get_state()[1].copy(), random.getstate())  # noqa: NPY002
+    suggest_hyperparameters(model, nn.MSELoss(), x, y, horizon_steps=100)
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+    assert all(torch.equal(g, p.grad) for g, p in zip(grads, model.parameters(), strict=True))
+    assert [m.training for m in model.modules()] == modes
+    assert torch.equal(rng[0], torch.get_rng_state())
+    assert np.array_equal(rng[1], np.random.get_state()[1]) and rng[2] == random.getstate()  # noqa: NPY002
+
+
+def test_suggestion_is_frozen_and_builds_its_optimizer_through_cosmosgd_from_suggestion():
+    import dataclasses
+
+    model, x, y = linear_problem()
+    s = suggest_hyperparameters(model, nn.MSELoss(), x, y, horizon_steps=50)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        s.rationale = "changed"  # type: ignore[misc]
+    a = s.optimizer(model.parameters())
+    b = CosmoSGD.from_suggestion(model.parameters(), s)
+    assert a.param_groups[0]["lr"] == b.param_groups[0]["lr"] == s.lr
+    assert a.param_groups[0]["momentum"] == b.param_groups[0]["momentum"] == s.momentum

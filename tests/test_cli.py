@@ -90,6 +90,24 @@ def model_only():
 
 def inputs():
     return torch.ones(4, 1), torch.zeros(4, 1)
+
+def diverging():
+    torch.manual_seed(0)
+    return torch.nn.Linear(2, 1), 30 * torch.randn(4, 2), torch.zeros(4, 1)
+
+def boom():
+    raise RuntimeError("no GPU here\\nsecond line")
+
+class Broken(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = torch.nn.Linear(3, 1)
+
+    def forward(self, x):
+        return self.lin(x)
+
+def broken():
+    return Broken(), torch.ones(4, 2)
 """
 
 
@@ -100,16 +118,26 @@ def factories(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(tmp_path))
 
 
-def test_check_prints_the_report_and_exit_status_follows_the_verdict(capsys, factories):
+def test_check_prints_the_report_and_exit_status_follows_the_dynamics(capsys, factories):
     pytest.importorskip("cosmo_optim.duality")
-    # Ω_φ ≈ 0.42 > 0.1 at lr 1e-4: the report says the duality does not hold, exit 1.
-    assert main(["check", "userfactories:lazy", "--lr", "1e-4", "--momentum", "0.9"]) == 1
+    # Ω_φ ≈ 0.42 > 0.1 at lr 1e-4, but the network follows its field equation: exit 0, and
+    # the report states the background verdict separately.
+    assert main(["check", "userfactories:lazy", "--lr", "1e-4", "--momentum", "0.9"]) == 0
     out = capsys.readouterr().out
-    assert "FLRW duality check: does not hold" in out and "not vacuum dominated" in out
+    assert "FLRW duality check: holds" in out and "background: not vacuum dominated" in out
     # The data may come from a separate factory; the report shows the universe used.
     assert main(["check", "userfactories:model_only", "--data", "userfactories:inputs",
                  "--lr", "1e-3", "--momentum", "0.5", "--steps", "20"]) in (0, 1)
     assert "| lr η, momentum β | 0.001, 0.5 |" in capsys.readouterr().out
+
+
+def test_check_divergence_is_a_result_exit_1_with_the_reason(capsys, factories):
+    assert main(["check", "userfactories:diverging", "--lr", "1", "--momentum", "0.9",
+                 "--steps", "300"]) == 1
+    captured = capsys.readouterr()
+    assert "FLRW duality check: does not hold" in captured.out
+    assert "training diverged: NaN or inf outputs at step" in captured.out
+    assert captured.err == ""
 
 
 @pytest.mark.parametrize(
@@ -120,6 +148,12 @@ def test_check_prints_the_report_and_exit_status_follows_the_verdict(capsys, fac
         (["check", "userfactories"], "write it as module:function"),
         (["check", "userfactories:model_only"], "no probe inputs"),
         (["check", "userfactories:lazy", "--momentum", "1.5", "--lr", "0.1"], "Invalid momentum"),
+        (["check", "userfactories:boom"],
+         "the model factory userfactories:boom raised RuntimeError: no GPU here"),
+        (["check", "userfactories:model_only", "--data", "userfactories:boom"],
+         "the data factory userfactories:boom raised RuntimeError: no GPU here"),
+        (["check", "userfactories:broken"],
+         "the model from userfactories:broken raised RuntimeError: mat1 and mat2"),
     ],
 )
 def test_check_errors_are_one_line_and_exit_2(capsys, factories, argv, message):
@@ -161,3 +195,24 @@ def test_every_command_has_help(capsys, command):
         main([command, "--help"])
     assert exit_info.value.code == 0
     assert "usage: cosmo-optim " + command in capsys.readouterr().out
+
+
+def test_version_prints_the_package_version(capsys):
+    import cosmo_optim
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0
+    assert capsys.readouterr().out.strip() == f"cosmo-optim {cosmo_optim.__version__}"
+
+
+def test_the_demo_extra_brings_what_the_demo_imports():
+    tomllib = pytest.importorskip("tomllib")  # Python ≥ 3.11
+    from pathlib import Path
+
+    extras = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())[
+        "project"]["optional-dependencies"]
+    assert any(r.startswith("scikit-learn") for r in extras["demo"])
+    assert any(r.startswith("tensorboard") for r in extras["demo"])
+    makefile = (Path(__file__).resolve().parents[1] / "Makefile").read_text()
+    assert "demo" in makefile.split("-e \".[")[1].split("]")[0] and "hf" in makefile.split("-e \".[")[1].split("]")[0]

@@ -5,7 +5,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from cosmo_optim import Cosmology, PowerLaw
-from cosmo_optim.cosmology import resolve_expansion
+from cosmo_optim.cosmology import as_cosmology, from_units, power_law_momentum, resolve_expansion
 
 lrs = st.floats(min_value=1e-8, max_value=10.0)
 momenta = st.floats(min_value=0.0, max_value=0.999)
@@ -135,3 +135,39 @@ def test_resolve_expansion_names_the_valid_set():
     assert resolve_expansion("matter") == PowerLaw(2 / 3)
     with pytest.raises(ValueError, match=r'Invalid expansion "closed"\. Must be one of \['):
         resolve_expansion("closed")
+
+
+@pytest.mark.parametrize(
+    ("make", "match"),
+    [
+        (lambda: Cosmology("0.1", 0.9), r"Invalid lr: '0.1'; it must be a real number \(not str\)"),
+        (lambda: Cosmology(True, 0.5), r"Invalid lr: True; it must be a real number \(not bool\)"),
+        (lambda: Cosmology(0.1, False), r"Invalid momentum: False; it must be a real number"),
+        (lambda: Cosmology.from_vacuum_energy("3", momentum=0.5), r"Invalid vacuum_energy: '3'"),
+        (lambda: Cosmology(1e-320, 0.5), r"Invalid lr: 1e-320 .* outside the float range. Fix"),
+        (lambda: Cosmology(1e308, 0.5), r"Invalid lr: 1e\+308 .* outside the float range"),
+        (lambda: Cosmology.from_vacuum_energy(1e308, momentum=0.5), r"Invalid lr"),
+        (lambda: Cosmology.from_hubble_rate(1e-320, momentum=0.5), r"Invalid lr"),
+        (lambda: from_units({"time_step": 1e200, "momentum": 0.5}), r"invalid time_step: 1e\+200"),
+        (lambda: from_units({"time_step": True, "momentum": 0.5}), r"invalid time_step: True"),
+    ],
+)
+def test_only_real_numbers_in_float_range_make_a_universe(make, match):
+    with pytest.raises(ValueError, match=match):
+        make()
+
+
+def test_power_law_momentum_is_one_minus_3p_over_n_plus_n0():
+    assert power_law_momentum(0.5, 2, 1) == 1.0 - 1.5 / 3
+    assert PowerLaw(2 / 3).momentum(5) == power_law_momentum(2 / 3, 3, 5) == 1.0 - 2.0 / 8
+
+
+def test_as_cosmology_takes_a_cosmology_or_a_heavy_ball_optimiser():
+    import torch
+
+    c = Cosmology(0.01, 0.9)
+    assert as_cosmology(c) is c
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.01, momentum=0.9)
+    assert as_cosmology(opt) == c
+    with pytest.raises(ValueError, match=r"Invalid cosmology: 'x'; pass a cosmo_optim.Cosmology"):
+        as_cosmology("x")

@@ -172,3 +172,8 @@ def test_polynomial_potential_reduction_is_the_training_loss_and_its_derivatives
 def test_polynomial_potential_without_reduction_is_refused():
     with pytest.raises(ValueError, match=r"reduction='none'\) as a training loss; the dual needs a scalar loss"):
         per_sample_loss(PolynomialPotentialLoss(reduction="none"))
+
+
+def test_a_loss_class_instead_of_an_instance_names_the_fix():
+    with pytest.raises(ValueError, match=r"Invalid loss: the class CrossEntropyLoss, not an instance. Fix: pass CrossEntropyLoss\(\)"):
+        per_sample_loss(nn.CrossEntropyLoss)

@@ -277,7 +277,7 @@ def test_group_mixing_lr_and_units_is_rejected():
 
 def test_cosmology_of_rejects_optimisers_without_a_de_sitter_dual():
     params = list(mlp().parameters())
-    with pytest.raises(ValueError, match=r"Adam has no 'momentum' hyperparameter"):
+    with pytest.raises(ValueError, match=r"Adam is not heavy-ball momentum SGD, so it has no de Sitter dual"):
         cosmology_of(torch.optim.Adam(params))
     with pytest.raises(ValueError, match=r"dampening=0 and nesterov=False"):
         cosmology_of(torch.optim.SGD(params, lr=0.1, momentum=0.9, nesterov=True))
@@ -294,3 +294,60 @@ def test_from_suggestion_runs_at_the_suggested_universe():
     assert opt.param_groups[0]["weight_decay"] == 1e-3
     with pytest.raises(ValueError, match=r"Invalid suggestion: dict has no Cosmology in `\.cosmology`"):
         CosmoSGD.from_suggestion(mlp().parameters(), {"lr": 0.1})
+
+
+def _params():
+    return [torch.zeros(2, requires_grad=True)]
+
+
+def test_lr_keyword_points_at_cosmology_from_sgd_and_torch_sgd():
+    with pytest.raises(ValueError, match=r"CosmoSGD takes physics units, not lr=0.01. Fix: CosmoSGD\(params, cosmology=Cosmology.from_sgd\(lr=0.01, momentum=0.9\)\), or torch.optim.SGD\(params, lr=0.01, momentum=0.9\)"):
+        CosmoSGD(_params(), lr=0.01, momentum=0.9)
+
+
+@pytest.mark.parametrize(
+    ("group", "match"),
+    [
+        ({"lr": -1.0}, r"param group 0: invalid lr: -1.0; it must be a real number ≥ 0"),
+        ({"lr": "0.1"}, r"param group 0: invalid lr: '0.1'"),
+        ({"lr": True}, r"param group 0: invalid lr: True"),
+        ({"lr": 0.1, "momentum": 1.0}, r"invalid momentum: 1.0; it must be a real number with 0 ≤ momentum < 1"),
+        ({"lr": 0.1, "momentum": -0.1}, r"invalid momentum: -0.1"),
+        ({"vacuum_energy": "3", "time_step": 0.1}, r"Invalid vacuum_energy: '3'; it must be a real number"),
+    ],
+)
+def test_param_groups_with_bad_lr_or_momentum_are_refused(group, match):
+    with pytest.raises(ValueError, match=match):
+        CosmoSGD([{"params": _params(), **group}], vacuum_energy=3.0, time_step=0.1)
+    opt = CosmoSGD(_params(), vacuum_energy=3.0, time_step=0.1)
+    with pytest.raises(ValueError, match=match.replace("group 0", "group 1")):
+        opt.add_param_group({"params": _params(), **group})
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"time_step": True, "momentum": 0.5}, r"invalid time_step: True"),
+        ({"time_step": 1e200, "expansion": "radiation"}, r"invalid time_step: 1e\+200"),
+        ({"time_step": 1e-200, "momentum": 0.5}, r"invalid time_step: 1e-200"),
+        ({"vacuum_energy": 1e308, "momentum": 0.5}, r"Invalid lr"),
+        ({"hubble_rate": "1", "momentum": 0.5}, r"Invalid hubble_rate: '1'"),
+    ],
+)
+def test_extreme_or_non_numeric_units_give_a_value_error(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        CosmoSGD(_params(), **kwargs)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda p: torch.optim.RMSprop(p, lr=1e-3, momentum=0.9),
+        lambda p: torch.optim.Adam(p),
+        lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9, nesterov=True),
+        lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9, dampening=0.1),
+    ],
+)
+def test_only_heavy_ball_sgd_has_a_universe(make):
+    with pytest.raises(ValueError, match=r"de Sitter dual|heavy-ball momentum with dampening=0"):
+        cosmology_of(make(_params()))

@@ -164,3 +164,29 @@ def test_bad_arguments_give_clear_errors():
                                     cosmology=Cosmology(0.01, 0.0))
     with pytest.raises(ValueError, match="diverged"):
         predict_trajectory(unstable, 2000, method="discrete")
+
+
+def test_output_velocity_on_a_model_without_forward_ad_matches_the_jacobian():
+    # Spectral norm's power iteration in train mode has no forward-mode AD: the velocity then
+    # comes from two reverse passes, checked against J θ̇ with a brute-force Jacobian.
+    from torch.nn.utils import parametrizations
+
+    torch.manual_seed(0)
+    model = nn.Sequential(parametrizations.spectral_norm(nn.Linear(3, 5)), nn.Tanh(), nn.Linear(5, 1)).double()
+    x = torch.randn(4, 3, dtype=torch.float64)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    model.eval()  # one step without moving the power iteration, so the reference sees the same weights
+    nn.functional.mse_loss(model(x), torch.ones(4, 1, dtype=torch.float64)).backward()
+    opt.step()
+    model.train()
+    buffers = [b.clone() for b in model.buffers()]
+    got = output_velocity(model, x, opt)
+    assert all(torch.equal(a, b) for a, b in zip(buffers, model.buffers(), strict=True))
+    names = [n for n, _ in model.named_parameters()]
+    params = tuple(p.detach() for p in model.parameters())
+    jac = torch.autograd.functional.jacobian(
+        lambda *ps: torch.func.functional_call(model, dict(zip(names, ps, strict=True)), (x,)), params)
+    theta_dot = [-0.01 * opt.state[p]["momentum_buffer"] / 0.1 for p in model.parameters()]
+    want = sum((j.reshape(4, -1) @ t.reshape(-1)).reshape(4, 1) for j, t in zip(jac, theta_dot, strict=True))
+    # The reference ran one train-mode forward (one power iteration), as output_velocity did.
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-12)

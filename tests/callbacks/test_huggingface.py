@@ -1,30 +1,39 @@
-"""`CosmologyCallback` in a real `transformers.Trainer` run (skipped without the `hf` extra)."""
+"""`CosmologyCallback` under a real ``transformers.Trainer`` (tiny models built from configs)."""
 
 from __future__ import annotations
+
+import math
+import os
 
 import pytest
 import torch
 from torch import nn
 
-transformers = pytest.importorskip("transformers")
-pytest.importorskip("accelerate")  # transformers.Trainer needs it
-pytest.importorskip("tensorboard")
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
+if os.environ.get("CI"):  # CI installs the hf extra (.ci/run): there these tests never skip
+    import accelerate  # noqa: F401
+    import transformers
+else:
+    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("accelerate")
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from cosmo_optim import cosmology_of  # noqa: E402
-from cosmo_optim.callbacks import CosmologyCallback  # noqa: E402
-from cosmo_optim.monitor import scalar_tags  # noqa: E402
+from cosmo_optim import cosmology_of
+from cosmo_optim.callbacks import CosmologyCallback
+from cosmo_optim.monitor import scalar_tags
 
 
 class Classifier(nn.Module):
-    """Any module returning {"loss", "logits"} trains under `transformers.Trainer`."""
+    """Any module returning {"loss", "logits"} trains under `transformers.Trainer`; it records
+    the keyword inputs it was called with."""
 
     def __init__(self) -> None:
         super().__init__()
         self.net = nn.Sequential(nn.Linear(4, 16), nn.Tanh(), nn.Linear(16, 3))
+        self.seen: set[str] = set()
 
-    def forward(self, x, labels=None):
-        logits = self.net(x)
+    def forward(self, x, labels=None, mask=None):
+        self.seen |= {"mask"} if mask is not None else set()
+        logits = self.net(x if mask is None else x * mask)
         out = {"logits": logits}
         if labels is not None:
             out["loss"] = nn.functional.cross_entropy(logits, labels)
@@ -32,43 +41,141 @@ class Classifier(nn.Module):
 
 
 class Examples(torch.utils.data.Dataset):
-    def __init__(self, n: int = 32) -> None:
+    def __init__(self, n: int = 32, mask: bool = False) -> None:
         g = torch.Generator().manual_seed(0)
         self.x = torch.randn(n, 4, generator=g)
         self.y = torch.randint(0, 3, (n,), generator=g)
+        self.mask = (torch.rand(n, 4, generator=g) > 0.3).float() if mask else None
 
     def __len__(self) -> int:
         return len(self.x)
 
     def __getitem__(self, i):
-        return {"x": self.x[i], "labels": self.y[i]}
+        item = {"x": self.x[i], "labels": self.y[i]}
+        if self.mask is not None:
+            item["mask"] = self.mask[i]
+        return item
 
 
-def test_trainer_run_logs_tags_steps_and_the_optimiser_s_hubble_rate(tmp_path, monkeypatch):
-    monkeypatch.setenv("TENSORBOARD_LOGGING_DIR", str(tmp_path / "tb"))
+def run(tmp_path, max_steps=6, callback=None, resume=None, save_steps=None, dataset=None, **kwargs):
     torch.manual_seed(0)
     model = Classifier()
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     args = transformers.TrainingArguments(
-        output_dir=str(tmp_path), max_steps=6, logging_steps=3,
-        per_device_train_batch_size=8, report_to=["tensorboard"], save_strategy="no",
-        use_cpu=True, disable_tqdm=True, lr_scheduler_type="constant",
+        output_dir=str(tmp_path), max_steps=max_steps, logging_steps=3,
+        per_device_train_batch_size=8, report_to=kwargs.pop("report_to", ["tensorboard"]),
+        save_strategy="steps" if save_steps else "no", save_steps=save_steps or 500,
+        use_cpu=True, disable_tqdm=True, lr_scheduler_type="constant", seed=0, **kwargs,
     )
-    callback = CosmologyCallback(nn.CrossEntropyLoss(), input_key="x", top_k=2)
+    callback = callback or CosmologyCallback(nn.CrossEntropyLoss(), input_key="x", top_k=2)
     trainer = transformers.Trainer(
-        model=model, args=args, train_dataset=Examples(), optimizers=(opt, None),
+        model=model, args=args, train_dataset=dataset or Examples(), optimizers=(opt, None),
         callbacks=[callback],
     )
-    trainer.train()
-    assert [r["step"] for r in callback.tracker.history] == [0, 3, 6]
-    acc = EventAccumulator(str(tmp_path / "tb"), size_guidance={"scalars": 0})
+    trainer.train(resume_from_checkpoint=resume)
+    return trainer, callback, opt
+
+
+def series(trainer):
+    """The monitor's rows of `state.log_history`: (step, {tag: value})."""
+    return [(e["step"], {k: v for k, v in e.items() if "/" in k})
+            for e in trainer.state.log_history if "cosmology/nonfinite" in e]
+
+
+def test_scalars_go_through_the_trainer_to_log_history_and_its_tensorboard_run(tmp_path, monkeypatch):
+    monkeypatch.setenv("TENSORBOARD_LOGGING_DIR", str(tmp_path / "tb"))
+    trainer, callback, opt = run(tmp_path)
+    assert [r.step for r in callback.tracker.history] == [0, 3, 6]
+    logged = series(trainer)
+    assert [step for step, _ in logged] == [0, 3, 6]
+    assert set(scalar_tags(2, outputs=3)) <= set(logged[-1][1])
+    acc = EventAccumulator(str(tmp_path / "tb"), size_guidance={"scalars": 0, "histograms": 0})
     acc.Reload()
-    assert set(scalar_tags(2, outputs=3)) <= set(acc.Tags()["scalars"])
-    hubble = acc.Scalars("cosmology/hubble_rate")
+    tags = set(acc.Tags()["scalars"])
+    assert "train/loss" in tags  # the Trainer's own run: the cosmology sits beside the loss
+    assert {"train/" + t for t in scalar_tags(2, outputs=3)} <= tags
+    hubble = acc.Scalars("train/cosmology/hubble_rate")
     assert [e.step for e in hubble] == [0, 3, 6]
     assert hubble[0].value == pytest.approx(cosmology_of(opt).hubble_rate)
+    assert "ntk/spectrum" in acc.Tags()["histograms"]
 
 
-def test_probe_batch_without_the_input_key_names_the_fix():
-    with pytest.raises(ValueError, match=r"no 'input_ids' key .* Fix: pass input_key="):
-        CosmologyCallback(probe_batch={"x": torch.zeros(2, 4)})
+def test_interrupted_and_resumed_run_logs_the_same_series_as_an_uninterrupted_one(tmp_path):
+    straight, _, _ = run(tmp_path / "a", max_steps=12, report_to=[])
+    run(tmp_path / "b", max_steps=12, save_steps=6, report_to=[])  # leaves checkpoint-6
+    resumed, callback, _ = run(tmp_path / "c", max_steps=12, report_to=[], save_steps=6,
+                               resume=str(tmp_path / "b" / "checkpoint-6"))
+    expected = series(straight)
+    got = series(resumed)  # the checkpoint's log history, then the resumed run's rows
+    assert [s for s, _ in got] == [s for s, _ in expected] == [0, 3, 6, 9, 12]
+    for (_, a), (_, b) in zip(got, expected, strict=True):
+        assert a.keys() == b.keys()
+        for key in a:
+            assert a[key] == pytest.approx(b[key], rel=1e-9, abs=1e-12) or (math.isnan(a[key]) and math.isnan(b[key])), key
+    assert got[-1][1]["cosmology/efolds"] == pytest.approx(12 * 0.1 / 3)
+    assert [r.step for r in callback.tracker.history] == [0, 3, 6, 9, 12]
+
+
+def test_probe_batch_keeps_every_model_input(tmp_path):
+    callback = CosmologyCallback(nn.CrossEntropyLoss(), input_key="x", top_k=2)
+    trainer, callback, _ = run(tmp_path, max_steps=3, callback=callback, report_to=[],
+                               dataset=Examples(mask=True))
+    assert "mask" in trainer.model.seen and callback.tracker.history[0].step == 0
+
+
+def test_a_tiny_gpt2_with_padded_batches_is_probed_with_its_attention_mask(tmp_path):
+    config = transformers.GPT2Config(n_layer=1, n_head=2, n_embd=16, vocab_size=11, n_positions=8)
+    torch.manual_seed(0)
+    model = transformers.GPT2LMHeadModel(config)
+    ids = torch.randint(1, 11, (8, 5))
+    mask = torch.ones_like(ids)
+    mask[::2, 3:] = 0  # padded rows
+    probe = {"input_ids": ids, "attention_mask": mask}
+    calls = []
+    model.register_forward_pre_hook(lambda m, a, kw: calls.append(kw.get("attention_mask")), with_kwargs=True)
+    callback = CosmologyCallback(probe_batch=probe, probe_size=4, top_k=2)
+    data = [{"input_ids": ids[i], "attention_mask": mask[i], "labels": ids[i]} for i in range(8)]
+    args = transformers.TrainingArguments(
+        output_dir=str(tmp_path), max_steps=2, logging_steps=1, per_device_train_batch_size=4,
+        report_to=[], save_strategy="no", use_cpu=True, disable_tqdm=True,
+    )
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    transformers.Trainer(model=model, args=args, train_dataset=data, optimizers=(opt, None),
+                         callbacks=[callback]).train()
+    assert [r.step for r in callback.tracker.history] == [0, 1, 2]
+    assert any(m is not None and m.shape[0] <= 4 and (m == 0).any() for m in calls)
+    assert math.isfinite(callback.tracker.history[-1].scalars["ntk/lambda_1"])
+
+
+def test_adamw_warns_once_and_logs_no_hubble_rate(tmp_path):
+    torch.manual_seed(0)
+    model = Classifier()
+    callback = CosmologyCallback(nn.CrossEntropyLoss(), input_key="x", top_k=2)
+    args = transformers.TrainingArguments(
+        output_dir=str(tmp_path), max_steps=3, logging_steps=3, per_device_train_batch_size=8,
+        report_to=[], save_strategy="no", use_cpu=True, disable_tqdm=True,
+    )
+    trainer = transformers.Trainer(model=model, args=args, train_dataset=Examples(), callbacks=[callback])
+    with pytest.warns(UserWarning, match=r"no de Sitter dual for AdamW.*still logged: cosmology/alpha_eff"):
+        trainer.train()
+    assert "cosmology/hubble_rate" not in callback.tracker.history[-1].scalars
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"probe_batch": {"x": torch.zeros(2, 4)}}, r"no 'input_ids' key .* Fix: pass input_key="),
+        ({"loss": nn.CrossEntropyLoss}, r"the class CrossEntropyLoss, not an instance. Fix: pass CrossEntropyLoss\(\)"),
+        ({"top_k": 0}, r"Invalid top_k: 0"),
+        ({"every_n_steps": 0}, r"Invalid every_n_steps: 0"),
+    ],
+)
+def test_invalid_arguments_name_the_fix(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        CosmologyCallback(**kwargs)
+
+
+def test_a_loss_that_does_not_fit_the_logits_is_one_line_naming_the_fix(tmp_path):
+    callback = CosmologyCallback(nn.MSELoss(), input_key="x", top_k=2)
+    with pytest.raises(ValueError, match=r"the loss MSELoss does not give one value per sample on the model's outputs of shape \(16, 3\) .*Fix: pass the loss the model is trained with"):
+        run(tmp_path, max_steps=1, callback=callback, report_to=[])

@@ -153,7 +153,7 @@ def test_training_is_bitwise_identical_with_and_without_the_monitor(tmp_path, op
     def run(callbacks):
         L.seed_everything(7)
         model = Regressor(optimizer, dropout=0.5)
-        trainer(tmp_path, callbacks, logger=False, max_steps=9).fit(model, data())
+        trainer(tmp_path, callbacks, max_steps=9).fit(model, data())
         return model.state_dict(), torch.rand(1)
 
     monitor = CosmologyMonitor(nn.MSELoss(), every_n_train_steps=2)
@@ -263,9 +263,11 @@ def test_invalid_arguments_are_refused_in_init(kwargs, match):
 
 
 def test_invalid_trainer_configuration_is_refused_in_setup(tmp_path):
-    monitor = CosmologyMonitor(every_n_train_steps=4, log_figures_every_n_steps=6)
-    with pytest.raises(ValueError, match=r"log_figures_every_n_steps=6 is not a multiple .* Fix: use log_figures_every_n_steps=8"):
-        trainer(tmp_path, [monitor], max_steps=1).fit(Regressor(), data())
+    with pytest.raises(ValueError, match=r"Invalid log_figures_every_n_steps: 6; it must be a multiple of every_n_train_steps=4 .* Fix: use log_figures_every_n_steps=8"):
+        CosmologyMonitor(every_n_train_steps=4, log_figures_every_n_steps=6)
+    monitor = CosmologyMonitor(log_figures_every_n_steps=6)  # the interval comes from the Trainer
+    with pytest.raises(ValueError, match=r"multiple of every_n_train_steps=4 .* Fix: use log_figures_every_n_steps=8"):
+        trainer(tmp_path, [monitor], max_steps=1, log_every_n_steps=4).fit(Regressor(), data())
 
     class NoForward(Regressor):
         forward = L.LightningModule.forward
@@ -351,3 +353,135 @@ def test_tensorboard_server_serves_the_scalar_tags(tmp_path):
     finally:
         server.terminate()
         server.wait(timeout=20)
+
+
+def _pl_regressor():
+    pl = pytest.importorskip("pytorch_lightning")
+
+    class PLRegressor(pl.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.net = nn.Linear(3, 1)
+
+        def forward(self, x):
+            return self.net(x)
+
+        def training_step(self, batch, batch_idx):
+            return nn.functional.mse_loss(self(batch[0]), batch[1])
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.01, momentum=0.9)
+
+    return pl, PLRegressor
+
+
+def test_namespace_mix_up_is_an_error_naming_the_right_import(tmp_path):
+    pl, PLRegressor = _pl_regressor()
+    fit = pl.Trainer(max_steps=2, accelerator="cpu", enable_progress_bar=False, enable_model_summary=False,
+                     enable_checkpointing=False, callbacks=[CosmologyMonitor(every_n_train_steps=1)],
+                     logger=pl.loggers.TensorBoardLogger(tmp_path, name="", version=0))
+    with pytest.raises(Exception, match=r"was given a pytorch_lightning.Trainer.*Fix: from cosmo_optim.callbacks.pytorch_lightning import CosmologyMonitor"):
+        fit.fit(PLRegressor(), data())
+    from cosmo_optim.callbacks.pytorch_lightning import CosmologyMonitor as PLMonitor
+
+    with pytest.raises(Exception, match=r"was given a lightning.pytorch.Trainer.*Fix: from cosmo_optim.callbacks import CosmologyMonitor"):
+        PLMonitor(every_n_train_steps=1).setup(trainer(tmp_path), Regressor(), "fit")
+
+
+def test_a_trainer_without_logger_is_refused_like_learning_rate_monitor(tmp_path):
+    from lightning.pytorch.utilities.exceptions import MisconfigurationException
+
+    with pytest.raises(MisconfigurationException, match=r"Cannot use `CosmologyMonitor` callback with `Trainer` that has no logger. Fix"):
+        trainer(tmp_path, [CosmologyMonitor(every_n_train_steps=1)], logger=False).fit(Regressor(), data())
+
+
+def test_state_key_includes_the_configuration_and_two_monitors_resume_separately(tmp_path):
+    def monitors():
+        return [CosmologyMonitor(nn.MSELoss(), every_n_train_steps=5, top_k=2, prefix="a/"),
+                CosmologyMonitor(nn.MSELoss(), every_n_train_steps=5, top_k=1, prefix="b/")]
+
+    first = monitors()
+    assert first[0].state_key != first[1].state_key
+    assert first[0].state_key.startswith("CosmologyMonitor{") and "'top_k': 2" in first[0].state_key
+    saver = ModelCheckpoint(tmp_path / "ckpt", every_n_train_steps=5, save_top_k=-1)
+    L.seed_everything(0)
+    trainer(tmp_path / "one", [*first, saver], max_steps=5, enable_checkpointing=True).fit(Regressor(dropout=0.0), data())
+    ckpt = torch.load(tmp_path / "ckpt" / "epoch=0-step=5.ckpt", weights_only=False)
+    assert {first[0].state_key, first[1].state_key} <= set(ckpt["callbacks"])
+    second = monitors()
+    L.seed_everything(0)
+    trainer(tmp_path / "two", second, max_steps=10).fit(Regressor(dropout=0.0), data(),
+                                                        ckpt_path=tmp_path / "ckpt" / "epoch=0-step=5.ckpt")
+    for monitor, prefix in zip(second, ("a/", "b/"), strict=True):
+        assert [r.step for r in monitor.tracker.history] == [0, 5, 10]
+        assert all(k.startswith(prefix) for k in monitor.tracker.history[0].scalars)
+
+
+def _hparams_of(log_dir) -> set[str]:
+    """The hyperparameter names of the last HParams session written to TensorBoard."""
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    names: set[str] = set()
+    for path in sorted(Path(log_dir).glob("events.out.tfevents.*")):
+        for event in EventFileLoader(str(path)).Load():
+            for value in event.summary.value:
+                if value.tag == "_hparams_/session_start_info":
+                    data = plugin_data_pb2.HParamsPluginData.FromString(value.metadata.plugin_data.content)
+                    names = set(data.session_start_info.hparams)
+    return names
+
+
+@pytest.mark.parametrize("save", [True, False])
+def test_physics_hyperparameters_merge_with_the_module_s(tmp_path, save):
+    class Saving(Regressor):
+        def __init__(self, width: int = 16):
+            super().__init__()
+            if save:
+                self.save_hyperparameters()
+
+    trainer(tmp_path, [CosmologyMonitor(every_n_train_steps=2)], max_steps=2).fit(Saving(), data())
+    names = _hparams_of(tmp_path / "version_0")
+    assert {"cosmology/lr", "cosmology/hubble_rate", "cosmo_optim/top_k"} <= names
+    assert ("width" in names) == save
+
+
+def test_efolds_count_only_the_observed_optimiser_s_steps_under_manual_optimisation(tmp_path):
+    class TwoOptimisers(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.automatic_optimization = False
+            self.net, self.other = nn.Linear(3, 1), nn.Linear(3, 1)
+
+        def forward(self, x):
+            return self.net(x)
+
+        def training_step(self, batch, batch_idx):
+            x, y = batch
+            for opt, module in zip(self.optimizers(), (self.net, self.other), strict=True):
+                opt.zero_grad()
+                self.manual_backward(nn.functional.mse_loss(module(x), y))
+                opt.step()
+
+        def configure_optimizers(self):
+            return (torch.optim.SGD(self.net.parameters(), lr=0.01, momentum=0.7),
+                    torch.optim.SGD(self.other.parameters(), lr=0.01, momentum=0.7))
+
+    monitor = CosmologyMonitor(nn.MSELoss(), every_n_train_steps=2, top_k=1)
+    with pytest.warns(UserWarning, match="2 optimisers; the universe and the e-folds are read from the first one"):
+        fit = trainer(tmp_path, [monitor], max_steps=8)
+        fit.fit(TwoOptimisers(), data())
+    assert fit.global_step == 8  # Lightning counts both optimisers' steps: 4 batches
+    last = monitor.tracker.history[-1]
+    assert last.step == 8 and last.scalars["cosmology/efolds"] == pytest.approx(4 * 0.3 / 3)
+
+
+def test_dir_lists_the_lazy_callbacks():
+    import cosmo_optim.callbacks as callbacks
+
+    assert {"CosmologyCallback", "CosmologyMonitor"} <= set(dir(callbacks))
+
+
+def test_a_loss_class_is_refused_with_the_fix():
+    with pytest.raises(ValueError, match=r"the class CrossEntropyLoss, not an instance. Fix: pass CrossEntropyLoss\(\)"):
+        CosmologyMonitor(nn.CrossEntropyLoss)

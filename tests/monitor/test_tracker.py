@@ -127,6 +127,7 @@ def test_callable_sink_receives_every_probe():
     lambda p: CosmoSGD(p, vacuum_energy=3.0, time_step=0.1),
     lambda p: torch.optim.Adam(p, lr=1e-2),
 ], ids=["cosmosgd", "adam"])
+@pytest.mark.filterwarnings("ignore:CosmologyTracker. no de Sitter dual")
 def test_plain_loop_training_is_bitwise_identical_with_dropout(make_opt):
     x, y = data(16, dtype=torch.float32)
 
@@ -144,6 +145,7 @@ def test_plain_loop_training_is_bitwise_identical_with_dropout(make_opt):
     assert torch.equal(r1, r2)
 
 
+@pytest.mark.filterwarnings("ignore:CosmologyTracker. no de Sitter dual")
 def test_adam_has_no_de_sitter_dual_but_still_logs_the_modes():
     x, y = data(dtype=torch.float32)
     model = nn.Sequential(nn.Linear(3, 8), nn.Tanh(), nn.Linear(8, 1))
@@ -253,3 +255,94 @@ def test_importing_the_package_imports_no_framework():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def _warnings_of(make_opt, steps=3, **kwargs):
+    x, y = data()
+    model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 1)).double()
+    opt = make_opt(model)
+    tracker = CosmologyTracker(model, nn.MSELoss(), probe_batch=(x, y), top_k=2, every_n_steps=1, **kwargs)
+    with pytest.warns(UserWarning) as record:
+        tracker.attach(opt)
+        train(model, opt, x, y, steps)
+        tracker.attach(opt)  # attaching again does not warn again
+    return [str(w.message) for w in record if "CosmologyTracker" in str(w.message)], tracker
+
+
+@pytest.mark.parametrize(
+    "make_opt",
+    [
+        lambda m: torch.optim.Adam(m.parameters(), lr=1e-3),
+        lambda m: torch.optim.AdamW(m.parameters(), lr=1e-3),
+        lambda m: torch.optim.RMSprop(m.parameters(), lr=1e-3, momentum=0.9),
+        lambda m: torch.optim.Adagrad(m.parameters(), lr=1e-3),
+        lambda m: torch.optim.SGD(m.parameters(), lr=1e-3, momentum=0.9, nesterov=True),
+        lambda m: torch.optim.SGD(m.parameters(), lr=1e-3, momentum=0.9, dampening=0.5),
+    ],
+)
+def test_optimisers_without_a_heavy_ball_dual_warn_once_and_get_no_hubble_rate(make_opt):
+    messages, tracker = _warnings_of(make_opt)
+    assert len(messages) == 1
+    assert "no de Sitter dual for " in messages[0]
+    assert "still logged: cosmology/alpha_eff, cosmology/field" in messages[0]
+    assert "ntk/lambda_1" in messages[0] and "cosmology/hubble_rate," not in messages[0]
+    scalars = tracker.history[-1].scalars
+    assert sorted(scalars) == sorted(scalar_tags(2, dual=False))
+    assert tracker.efolds == 0.0
+
+
+def test_param_groups_with_different_lr_or_momentum_warn_once_naming_the_group():
+    def make(m):
+        first, second = list(m.parameters())[:2], list(m.parameters())[2:]
+        return torch.optim.SGD([{"params": first}, {"params": second, "lr": 0.2}], lr=0.1, momentum=0.9)
+
+    messages, tracker = _warnings_of(make, group=1)
+    assert len(messages) == 1
+    assert "differ in (lr, momentum)" in messages[0] and "read from group 1 only" in messages[0]
+    assert tracker.history[-1].scalars["cosmology/hubble_rate"] == Cosmology(0.2, 0.9).hubble_rate
+
+
+def test_efolds_count_the_observed_optimiser_s_steps_only():
+    x, y = data()
+    model = nn.Linear(3, 1).double()
+    other = nn.Linear(3, 1).double()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.7)
+    opt2 = torch.optim.SGD(other.parameters(), lr=0.01, momentum=0.0)
+    tracker = CosmologyTracker(model, nn.MSELoss(), probe_batch=(x, y), top_k=1, every_n_steps=2)
+    tracker.observe(opt)
+    for step in range(1, 5):
+        train(model, opt, x, y, 1)
+        train(other, opt2, x, y, 1)
+        tracker.step(2 * step)  # e.g. a global step counting both optimisers
+    assert tracker.efolds == pytest.approx(4 * 0.3 / 3, rel=1e-12)
+
+
+class DictModel(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Linear(3, 1).double()
+
+    def forward(self, x):
+        return {"logits": self.net(x), "hidden": x}
+
+
+def test_a_forward_returning_a_dict_needs_an_output_selector_and_then_matches_the_plain_model():
+    x, y = data()
+    model = DictModel()
+    with pytest.raises(ValueError, match=r"the model returned a dict, not a Tensor of outputs. Fix: pass output='logits'"):
+        CosmologyTracker(model, nn.MSELoss(), probe_batch=(x, y), top_k=2).probe(0)
+    by_key = CosmologyTracker(model, nn.MSELoss(), probe_batch=(x, y), top_k=2, output="logits").probe(0)
+    by_callable = CosmologyTracker(model, nn.MSELoss(), probe_batch=(x, y), top_k=2,
+                                   output=lambda out: out["logits"]).probe(0)
+    plain = CosmologyTracker(model.net, nn.MSELoss(), probe_batch=(x, y), top_k=2).probe(0)
+    assert by_key == by_callable == plain
+
+
+def test_a_loss_that_does_not_fit_the_outputs_is_one_line_naming_the_fix():
+    x = torch.randn(8, 3, dtype=torch.float64)
+    y = torch.randint(0, 4, (8,))
+    model = nn.Linear(3, 4).double()
+    tracker = CosmologyTracker(model, nn.MSELoss(), probe_batch=(x, y), top_k=2)
+    with pytest.raises(ValueError, match=r"the loss MSELoss does not give one value per sample on the model's outputs of shape \(8, 4\) with targets of shape \(8,\)") as error, pytest.warns(UserWarning):
+        tracker.probe(0)
+    assert "\n" not in str(error.value)

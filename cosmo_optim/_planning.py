@@ -1,0 +1,202 @@
+"""The heavy-ball plan from NTK mode curvatures, shared by the one-shot advice and the
+re-planning scheduler (docs/theory.md T4, T7, T8, T10). Private: `advice.py` and
+`schedule.py` import from here; the rationale lives in advice.py's module docstring.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Final, NamedTuple
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from cosmo_optim.cosmology import Cosmology
+from cosmo_optim.dual import FLRWDual
+from cosmo_optim.losses import PerSampleLoss, loss_derivatives
+from cosmo_optim.ntk import empirical_ntk
+from cosmo_optim.predict import predict_trajectory
+from cosmo_optim.spectrum import flat_kernel
+
+#: Default probe: as many inputs as keep the output-space kernel at N·C ≤ this many rows.
+MAX_PROBE_ROWS: Final = 400
+#: A mode is worth damping if, critically damped, it gets this many e-folds in the horizon.
+HORIZON_EFOLDS: Final = 3.0
+#: At most this many rounds of plan → predicted time to target → plan.
+PLAN_ITERATIONS: Final = 4
+#: Modes with λ_k below this fraction of λ_1 are numerically in the kernel's null space.
+NULL_RTOL: Final = 1e-10
+
+
+class ModeReadout(NamedTuple):
+    """One NTK read-out on a probe set: the dual (at η = 1, β = 0), its full kernel, the
+    per-sample losses and ℓ' there, the projected residual Uᵀ ∂L/∂f and κ_k (T4, T7, T8)."""
+
+    dual: FLRWDual
+    kernel: Tensor
+    values: Tensor
+    grad: Tensor
+    residual: Tensor
+    curvatures: Tensor
+
+
+def probe_indices(num_inputs: int, num_outputs: int, probe_size: int | None, seed: int) -> Tensor:
+    """Indices of the probe set: all inputs, or a seeded random subset (N·C ≤ MAX_PROBE_ROWS)."""
+    size = max(1, MAX_PROBE_ROWS // num_outputs) if probe_size is None else probe_size
+    if size >= num_inputs:
+        return torch.arange(num_inputs)
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randperm(num_inputs, generator=gen)[:size].sort().values
+
+
+def read_modes(model: nn.Module, ell: PerSampleLoss, inputs: Tensor, outputs: Tensor,
+               targets: Tensor | None) -> ModeReadout:
+    """The float64 output-space NTK on `inputs` (outputs already computed) and its modes."""
+    f = outputs.detach().to(torch.float64)
+    y = targets
+    if y is not None and y.is_floating_point():
+        y = y.to(torch.float64)
+    kernel = empirical_ntk(model, inputs, output="full", dtype=torch.float64)
+    dual = FLRWDual.from_kernel(kernel, ell, f, targets=y, cosmology=Cosmology(1.0, 0.0))
+    values, grad, _ = loss_derivatives(ell, f, y, order=1)
+    residual = dual.eigenvectors.T @ (grad.reshape(-1) / dual.num_samples)  # Uᵀ ∂L/∂f
+    return ModeReadout(dual, kernel, values, grad, residual, dual.mode_curvatures)
+
+
+def relevant_modes(curvatures: Tensor, eigenvalues: Tensor, residual: Tensor,
+                   fraction: float) -> Tensor:
+    """Fewest reachable modes whose |Uᵀ ∂L/∂f|² adds up to `fraction` of the reachable total."""
+    reachable = (eigenvalues > NULL_RTOL * eigenvalues[0]) & (curvatures > 0)
+    weight = torch.where(reachable, residual.pow(2), torch.zeros_like(residual))
+    total = float(weight.sum())
+    if not total > 0:
+        raise ValueError(
+            "The projected residual |Uᵀ ∂L/∂f|² is zero on every trainable mode: the "
+            "outputs already minimise the loss on the probe set, so there is nothing to tune. "
+            "Check the targets, or pass a larger probe_size."
+        )
+    order = torch.argsort(weight, descending=True)
+    cumulative = torch.cumsum(weight[order], 0)
+    count = int(torch.searchsorted(cumulative, fraction * total * (1 - 1e-12))) + 1
+    return order[: min(count, int(reachable.sum()))].sort().values
+
+
+def polyak_lr(kappa_max: float, kappa_min: float) -> float:
+    """Heavy-ball optimum (Polyak) for curvatures in [κ_min, κ_max]: η = 4/(√κ_max + √κ_min)².
+
+    Its momentum, ((√κ_max − √κ_min)/(√κ_max + √κ_min))², is (1 − √(η κ_min))²: κ_min sits
+    on the critical damping of T10, which is how `plan` derives β after scaling η.
+    """
+    return 4.0 / (math.sqrt(kappa_max) + math.sqrt(kappa_min)) ** 2
+
+
+def noise_scale(kernel: Tensor, grad: Tensor) -> float:
+    """B_noise = tr Σ/|G|² from the kernel blocks: |g_i|² = ℓ'_iᵀ Θ_ii ℓ'_i (samples)."""
+    n = grad.shape[0]
+    flat = flat_kernel(kernel)
+    g = grad.reshape(-1).to(flat.dtype)
+    mean_sq = float(g @ flat @ g) / n**2  # |G|², G = (1/N) Σ_i g_i
+    blocks = kernel.diagonal(dim1=0, dim2=1).permute(2, 0, 1)  # (N, C, C) = Θ_ii
+    per_sample = torch.einsum("na,nab,nb->n", grad.to(flat.dtype), blocks, grad.to(flat.dtype))
+    trace_sigma = max(float(per_sample.mean()) - mean_sq, 0.0)
+    return trace_sigma / mean_sq if mean_sq > 0 else math.inf
+
+
+def batch_factor(noise: float, batch_size: int | None, num_inputs: int) -> float:
+    """η_B/η = 1/(1 + B_noise (N − B)/((N − 1) B)) (McCandlish et al. 2018, finite N)."""
+    if batch_size is None or batch_size >= num_inputs:
+        return 1.0
+    scaled = noise * (num_inputs - batch_size) / ((num_inputs - 1) * batch_size)
+    return 1.0 / (1.0 + scaled)
+
+
+class Plan(NamedTuple):
+    cosmology: Cosmology
+    kappa_max: float
+    kappa_min: float
+    fraction_min: float  # slowest relevant curvature
+    need_min: float  # slowest curvature that can move within the steps needed
+    active: str
+
+
+def plan(high: Tensor, low: Tensor, relevant: Tensor, safety: float, need: int,
+         is_horizon: bool, factor: float) -> Plan:
+    """(η, β) for curvatures `high` (stiffest on the path) and `low` (softest) (T8, T10).
+
+    κ_max = max(high)/safety over all modes; κ_min = the slowest relevant curvature, floored
+    where a critically damped mode gets HORIZON_EFOLDS e-folds within `need` steps: with
+    Polyak's parameters sqrt(η κ_min) = 2/(sqrt Q + 1), so sqrt Q ≤ 2 need/E − 1. The lr is
+    then scaled by the mini-batch `factor` and β re-derived to keep κ_min critically damped.
+    """
+    kappa_max = float(high.max()) / safety
+    fraction_min = float(low[relevant].min())
+    need_min = kappa_max / max(2.0 * need / HORIZON_EFOLDS - 1.0, 1.0) ** 2
+    kappa_min = min(max(fraction_min, need_min), kappa_max)
+    if fraction_min >= need_min:
+        active = "residual_fraction"
+    else:
+        active = "horizon" if is_horizon else "time_to_target"
+    lr = polyak_lr(kappa_max, kappa_min) * factor
+    momentum = (1.0 - math.sqrt(lr * kappa_min)) ** 2  # κ_min critically damped (T10)
+    return Plan(Cosmology(lr, momentum), kappa_max, kappa_min, fraction_min, need_min, active)
+
+
+def trajectory(dual: FLRWDual, steps: int, scale: float) -> tuple[np.ndarray, Tensor | None]:
+    """Loss at n = 0 … steps and the outputs, under the discrete heavy-ball map (T10).
+
+    The kernel is frozen (lazy limit); the outputs are None if the map left every finite
+    value (the linearisation then predicts divergence).
+    """
+    try:
+        modes = predict_trajectory(dual, steps, method="discrete").outputs
+    except ValueError:  # the map diverged: η κ ≥ 2(1 + β) somewhere along the way
+        return np.full(steps + 1, np.inf), None
+    assert modes is not None
+    n = dual.num_samples
+    outputs = torch.from_numpy(modes).reshape(steps + 1, *dual.outputs.shape)
+    y = dual.targets
+    if y is not None:
+        y = y.repeat(steps + 1, *([1] * (y.dim() - 1)))
+    with torch.no_grad():
+        flat = outputs.reshape((steps + 1) * n, *dual.outputs.shape[1:])
+        values = dual.loss.per_sample(flat, y).reshape(steps + 1, n).mean(dim=1)
+    return scale * values.numpy(), outputs
+
+
+class Search(NamedTuple):
+    """The fixed point of plan → predicted time to target → plan."""
+
+    plan: Plan
+    dual: FLRWDual
+    curve: np.ndarray
+    predicted: int | None
+    need: int
+    low: Tensor
+
+
+def fixed_point(read: ModeReadout, relevant: Tensor, safety: float, horizon_steps: int,
+                 target: float, scale: float, factor: float) -> Search:
+    """Plan until the steps needed stop changing (at most PLAN_ITERATIONS rounds).
+
+    The modes needed are those that must move before the target is reached, with their
+    masses anywhere on the predicted roll (T8: m_k² follows ℓ'' along the path). Later
+    rounds predict over twice the previous time to target only (the map is the cost).
+    """
+    kappa, dual = read.curvatures, read.dual
+    need, window, low, high = horizon_steps, horizon_steps, kappa, kappa
+    for _ in range(PLAN_ITERATIONS):
+        chosen = plan(high, low, relevant, safety, need, need == horizon_steps, factor)
+        dual = dual.replace(cosmology=chosen.cosmology)
+        curve, path = trajectory(dual, window, scale)
+        if window < horizon_steps and not (curve <= target).any():
+            curve, path = trajectory(dual, horizon_steps, scale)
+        hits = np.flatnonzero(curve <= target)
+        predicted = int(hits[0]) if hits.size else None
+        new_need = horizon_steps if predicted is None else max(predicted, 1)
+        if new_need == need or path is None:
+            break
+        need, window = new_need, min(horizon_steps, 2 * new_need)
+        at_need = dual.replace(outputs=path[need].to(dual.outputs.dtype)).mode_curvatures
+        low, high = torch.minimum(kappa, at_need), torch.maximum(kappa, at_need)
+    return Search(chosen, dual, curve, predicted, need, low)

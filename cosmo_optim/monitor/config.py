@@ -1,0 +1,127 @@
+"""`MonitorConfig`: every monitor option, validated once (the tracker and each adaptor reuse it).
+
+A frozen value: `CosmologyTracker`, the Lightning `CosmologyMonitor` and the Hugging Face
+`CosmologyCallback` build one from their arguments, so each invalid argument gets the same
+message wherever it is given. The probe interval may stay open (None) until a Trainer supplies
+it (``log_every_n_steps``, ``logging_steps``): `with_interval` closes it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import Tensor
+
+from cosmo_optim._common import check_int
+from cosmo_optim.losses import PerSampleLoss, per_sample_loss
+
+__all__ = ["MonitorConfig"]
+
+
+@dataclass(frozen=True)
+class MonitorConfig:
+    """What to probe, how often, and how to label it (docs/callbacks.md).
+
+    Args:
+        loss: the training loss (converted by `cosmo_optim.losses.per_sample_loss`); None
+            skips the tags that need ℓ.
+        probe_size: at most this many probe samples N.
+        top_k: modes to follow (1 ≤ top_k ≤ N·C).
+        every_n_steps: probe every n optimiser steps (and at step 0); None until a Trainer
+            supplies its logging interval (`with_interval`).
+        log_figures_every_n_steps: draw figures at these steps (a multiple of
+            `every_n_steps`); None draws none.
+        history_size: probes kept in the tracker's `history`.
+        prefix: prepended to every tag.
+        group: the optimiser's param group whose (lr, momentum) define the universe.
+        output: for a model whose ``forward`` returns a tuple, dict or ``ModelOutput``: the
+            key/attribute (``"logits"``) or a callable (``lambda out: out[0]``) selecting the
+            outputs the loss is applied to.
+        verify_ntk: recompute a few entries of the first probe's kernel by brute force and
+            raise if they disagree (`empirical_ntk(..., verify=True)`; one forward and C
+            backward passes of 3 samples, once per run).
+        interval_name: how the user spelled `every_n_steps` (``every_n_train_steps`` in
+            Lightning), for error messages.
+
+    Raises:
+        ValueError: naming the bad value, the constraint and the fix.
+
+    Example:
+        >>> MonitorConfig(top_k=3, every_n_steps=None).with_interval(10).every_n_steps
+        10
+    """
+
+    loss: PerSampleLoss | None = None
+    probe_size: int = 16
+    top_k: int = 4
+    every_n_steps: int | None = 50
+    log_figures_every_n_steps: int | None = None
+    history_size: int = 1000
+    prefix: str = ""
+    group: int = 0
+    output: str | Callable[[Any], Tensor] | None = None
+    verify_ntk: bool = False
+    interval_name: str = field(default="every_n_steps", compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.loss is not None and not isinstance(self.loss, PerSampleLoss):
+            object.__setattr__(self, "loss", per_sample_loss(self.loss))
+        check_int("probe_size", self.probe_size, 1, "Use e.g. probe_size=64.")
+        check_int("top_k", self.top_k, 1, "Use e.g. top_k=4.")
+        if self.every_n_steps is not None:
+            check_int(self.interval_name, self.every_n_steps, 1,
+                      "Probe every n ≥ 1 optimiser steps.")
+        if self.log_figures_every_n_steps is not None:
+            check_int("log_figures_every_n_steps", self.log_figures_every_n_steps, 1,
+                      "Or None to draw no figures.")
+        check_int("history_size", self.history_size, 1, "Keep at least one probe.")
+        if not isinstance(self.prefix, str):
+            raise ValueError(
+                f"Invalid prefix: {self.prefix!r}; it must be a string such as 'train/'."
+            )
+        if isinstance(self.group, bool) or not isinstance(self.group, int):
+            raise ValueError(
+                f"Invalid group: {self.group!r}; it must be the integer index of a param group."
+            )
+        if not (self.output is None or isinstance(self.output, str) or callable(self.output)):
+            raise ValueError(
+                f"Invalid output: {self.output!r}; give a key such as 'logits' or a callable "
+                "out -> Tensor (e.g. output=lambda out: out[0])."
+            )
+        if not isinstance(self.verify_ntk, bool):
+            raise ValueError(f"Invalid verify_ntk: {self.verify_ntk!r}; it must be True or False.")
+        self._check_figures()
+
+    def _check_figures(self) -> None:
+        every, figures = self.every_n_steps, self.log_figures_every_n_steps
+        if every is not None and figures is not None and figures % every:
+            raise ValueError(
+                f"Invalid log_figures_every_n_steps: {figures!r}; it must be a multiple of "
+                f"{self.interval_name}={every} (figures are drawn at probes). Fix: use "
+                f"log_figures_every_n_steps={every * max(1, round(figures / every))}."
+            )
+
+    def with_interval(self, every_n_steps: int) -> MonitorConfig:
+        """This configuration with the probe interval set (if it was open)."""
+        if self.every_n_steps is not None:
+            return self
+        return dataclasses.replace(self, every_n_steps=every_n_steps)
+
+    @property
+    def interval(self) -> int:
+        """The probe interval; a RuntimeError while it is still open."""
+        if self.every_n_steps is None:
+            raise RuntimeError("MonitorConfig: the probe interval is not set yet (with_interval).")
+        return self.every_n_steps
+
+    def key(self) -> str:
+        """A short, stable description of the options (a Lightning callback's `state_key`)."""
+        return repr({
+            "loss": None if self.loss is None else repr(self.loss),
+            "probe_size": self.probe_size, "top_k": self.top_k,
+            "every_n_steps": self.every_n_steps,
+            "prefix": self.prefix, "group": self.group,
+        })

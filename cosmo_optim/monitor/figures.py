@@ -1,0 +1,111 @@
+"""Matplotlib figures of a monitored run (docs/theory.md T5, T7, T10).
+
+Drawn through the object API (``Figure`` + Agg canvas; matplotlib is imported only here and
+only when a figure is drawn), with a fixed layout: constrained/tight layout would triple the
+drawing time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import torch
+
+from cosmo_optim.dual import FLRWDual
+from cosmo_optim.monitor.records import ProbeRecord
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+__all__ = ["figures"]
+
+
+def figures(history: Sequence[ProbeRecord], dual: FLRWDual | None) -> dict[str, Figure]:
+    """``figures/potential`` (V with the field's path; T5, T7; needs the latest `dual`),
+    ``figures/spectrum`` (λ_k/N at the first and last probe; T7) and ``figures/modes``
+    (amplitudes in the first probe's basis, actual vs predicted by the discrete NTK map; T10).
+    Empty before the first probe."""
+    history = list(history)
+    if not history:
+        return {}
+    out: dict[str, Figure] = {}
+    if dual is not None:
+        out["figures/potential"] = _potential(dual, history)
+    out["figures/spectrum"] = _spectrum(history, dual.num_samples if dual else None)
+    out["figures/modes"] = _modes(history)
+    return out
+
+
+def _figure(width: float = 5.0, height: float = 3.5) -> Figure:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=80)
+    fig.subplots_adjust(left=0.16, right=0.97, bottom=0.15, top=0.9)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _potential(dual: FLRWDual, history: list[ProbeRecord]) -> Figure:
+    fig = _figure()
+    ax = fig.add_subplot()
+    path = torch.stack([r.mean_field for r in history]).to(dual.outputs.dtype)  # (P, C)
+    now = dual.mean_field
+    if dual.num_outputs == 1:
+        x_path = path[:, 0]
+        lo, hi = float(x_path.min()), float(x_path.max())
+        pad = max(0.5 * (hi - lo), 0.5, 0.25 * max(abs(lo), abs(hi)))
+        grid = torch.linspace(lo - pad, hi + pad, 201, dtype=path.dtype)
+        ax.plot(grid, dual.potential(grid), color="C0", label="V(φ) = α_eff ℓ̄(φ) + Λ")
+        ax.set_xlabel("mean field φ̄")
+        x_now = float(now[0])
+    else:  # along the straight line from the first mean field to the current one
+        start, direction = path[0], now - path[0]
+        norm2 = float(direction.pow(2).sum()) or 1.0
+        x_path = (path - start) @ direction / norm2
+        grid = torch.linspace(-0.25, 1.25, 201, dtype=path.dtype)
+        ax.plot(grid, dual.potential(start + grid[:, None] * direction), color="C0",
+                label="V along φ̄_first → φ̄_now")
+        ax.set_xlabel("s  (φ̄ = φ̄_first + s (φ̄_now − φ̄_first))")
+        x_now = 1.0
+    ax.plot(x_path, dual.potential(path), "o-", ms=3, color="C1", alpha=0.7, label="path")
+    ax.plot([x_now], [float(dual.potential(now))], "*", ms=12, color="C3", label="now")
+    ax.set_ylabel("V (reduced Planck units)")
+    ax.set_title(f"Effective potential at step {dual.step}")
+    ax.legend(fontsize="small")
+    return fig
+
+
+def _spectrum(history: list[ProbeRecord], n: int | None) -> Figure:
+    fig = _figure()
+    ax = fig.add_subplot()
+    scale = 1.0 / n if n else 1.0
+    for record, style in ((history[0], "s--"), (history[-1], "o-")):
+        lam = record.eigenvalues * scale
+        ks = torch.arange(1, lam.numel() + 1)
+        keep = lam > 0
+        ax.semilogy(ks[keep], lam[keep], style, label=f"step {record.step}")
+    ax.set_xlabel("mode k")
+    ax.set_ylabel("λ_k / N" if n else "λ_k")
+    ax.set_title("NTK spectrum")
+    ax.legend(fontsize="small")
+    return fig
+
+
+def _modes(history: list[ProbeRecord]) -> Figure:
+    fig = _figure()
+    ax = fig.add_subplot()
+    steps = [r.step for r in history]
+    actual = torch.stack([r.initial_amplitudes for r in history])  # (P, k)
+    for j in range(actual.shape[1]):
+        ax.plot(steps, actual[:, j], "o-", ms=3, color=f"C{j}", label=f"f̃_{j + 1}")
+    for r in history:
+        if r.prediction is not None:
+            for j in range(r.prediction.amplitudes.shape[1]):
+                ax.plot(r.prediction.steps, r.prediction.amplitudes[:, j], ":", color=f"C{j}")
+    ax.set_xlabel("optimiser step")
+    ax.set_ylabel("amplitude (basis at first probe)")
+    ax.set_title("Modes: training (solid) vs NTK prediction (dotted)")
+    ax.legend(fontsize="small", ncol=2)
+    return fig

@@ -1,0 +1,129 @@
+"""Typed records of the monitor: one probe's results, and the state carried between probes.
+
+`ProbeRecord` is what `CosmologyTracker.history` holds. It also answers ``record["step"]``,
+``record["scalars"]`` etc. (the dict form of earlier versions), and `as_dict`/`from_dict`
+convert it for checkpoints, which keep plain dicts and tensors only (loadable with
+``torch.load(weights_only=True)``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+
+from torch import Tensor
+
+__all__ = [
+    "LastProbe", "PredictedModes", "ProbeRecord", "Reference", "as_state", "from_json", "to_json",
+]
+
+
+@dataclass(frozen=True)
+class PredictedModes:
+    """The discrete NTK map's prediction (T10) from one probe to the next: the optimiser
+    steps and the mode amplitudes (P, k) in the basis of the first probe."""
+
+    steps: list[int]
+    amplitudes: Tensor
+
+
+@dataclass(frozen=True)
+class ProbeRecord:
+    """One probe: its step, logged scalars (prefixed tags), NTK eigenvalues λ_k (k,), mean
+    field φ̄ (C,), mode amplitudes in the first probe's basis (k,), and the prediction to the
+    next probe (None without a dual or when the map diverges, T10)."""
+
+    step: int
+    scalars: dict[str, float]
+    eigenvalues: Tensor
+    mean_field: Tensor
+    initial_amplitudes: Tensor
+    prediction: PredictedModes | None = None
+
+    def __getitem__(self, key: str) -> Any:
+        """``record["scalars"]``: the dict access of earlier versions."""
+        if key not in self.keys():
+            raise KeyError(key)
+        if key == "prediction" and self.prediction is not None:
+            return {"steps": self.prediction.steps, "amplitudes": self.prediction.amplitudes}
+        return getattr(self, key)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """``record.get(key)`` as for a dict."""
+        return self[key] if key in self.keys() else default
+
+    def keys(self) -> list[str]:
+        """The field names."""
+        return [f.name for f in fields(self)]
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain dicts and tensors (for a checkpoint)."""
+        return {key: self[key] for key in self.keys()}
+
+    @classmethod
+    def from_dict(cls, record: Mapping[str, Any] | ProbeRecord) -> ProbeRecord:
+        """Inverse of `as_dict` (also accepts a record)."""
+        if isinstance(record, ProbeRecord):
+            return record
+        values = {key: record[key] for key in ("step", "scalars", "eigenvalues", "mean_field",
+                                               "initial_amplitudes")}
+        pred = record.get("prediction")
+        return cls(**values, prediction=None if pred is None else PredictedModes(**pred))
+
+
+@dataclass(frozen=True)
+class Reference:
+    """The first probe: the NTK (N·C, N·C) and its top eigenvectors (N·C, k), against which
+    kernel drift, basis rotation and initial-basis amplitudes are measured (T4, T7)."""
+
+    kernel: Tensor
+    eigenvectors: Tensor
+
+
+@dataclass(frozen=True)
+class LastProbe:
+    """The latest probe: eigenvectors (warm start of the next eigensolve), outputs f, and the
+    outputs it predicts at step ``prediction[0]`` (T10), if any."""
+
+    step: int
+    eigenvectors: Tensor
+    outputs: Tensor
+    prediction: tuple[int, Tensor] | None = None
+
+
+def as_state(value: Reference | LastProbe | None) -> dict[str, Any] | None:
+    """A reference or last probe as a plain dict (None stays None)."""
+    return None if value is None else {f.name: getattr(value, f.name) for f in fields(value)}
+
+
+def to_json(value: Any) -> Any:
+    """Plain JSON values from a tracker state: tensors and tuples tagged so that `from_json`
+    restores them exactly (floats round-trip by their repr; NaN and inf as JSON allows)."""
+    if isinstance(value, Tensor):
+        t = value.detach().cpu()
+        return {"__tensor__": t.tolist(), "dtype": str(t.dtype).removeprefix("torch."),
+                "shape": list(t.shape)}
+    if isinstance(value, tuple):
+        return {"__tuple__": [to_json(v) for v in value]}
+    if isinstance(value, list):
+        return [to_json(v) for v in value]
+    if isinstance(value, Mapping):
+        return {str(k): to_json(v) for k, v in value.items()}
+    return value
+
+
+def from_json(value: Any) -> Any:
+    """Inverse of `to_json`."""
+    import torch
+
+    if isinstance(value, Mapping):
+        if "__tensor__" in value:
+            dtype = getattr(torch, value["dtype"])
+            return torch.tensor(value["__tensor__"], dtype=dtype).reshape(value["shape"])
+        if "__tuple__" in value:
+            return tuple(from_json(v) for v in value["__tuple__"])
+        return {k: from_json(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [from_json(v) for v in value]
+    return value

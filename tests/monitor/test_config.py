@@ -1,0 +1,44 @@
+"""`MonitorConfig`: every option validated once, with the message naming the fix."""
+
+from __future__ import annotations
+
+import pytest
+from torch import nn
+
+from cosmo_optim.losses import PerSampleLoss
+from cosmo_optim.monitor import MonitorConfig
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"top_k": 0}, r"Invalid top_k: 0; it must be an integer ≥ 1"),
+        ({"probe_size": 2.5}, r"Invalid probe_size: 2.5"),
+        ({"every_n_steps": 0}, r"Invalid every_n_steps: 0"),
+        ({"every_n_steps": 0, "interval_name": "every_n_train_steps"}, r"Invalid every_n_train_steps: 0"),
+        ({"history_size": True}, r"Invalid history_size: True"),
+        ({"prefix": 1}, r"Invalid prefix: 1; it must be a string"),
+        ({"group": "0"}, r"Invalid group: '0'; it must be the integer index"),
+        ({"every_n_steps": 4, "log_figures_every_n_steps": 6}, r"multiple of every_n_steps=4 .*Fix: use log_figures_every_n_steps=8"),
+        ({"loss": "mse"}, r"Invalid loss"),
+    ],
+)
+def test_invalid_options_name_the_fix(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        MonitorConfig(**kwargs)
+
+
+def test_open_interval_is_checked_when_the_trainer_closes_it():
+    config = MonitorConfig(nn.MSELoss(), every_n_steps=None, log_figures_every_n_steps=6)
+    assert isinstance(config.loss, PerSampleLoss)
+    with pytest.raises(RuntimeError, match="interval is not set"):
+        config.interval  # noqa: B018
+    assert config.with_interval(3).interval == 3
+    with pytest.raises(ValueError, match=r"multiple of every_n_steps=4"):
+        config.with_interval(4)
+
+
+def test_key_changes_with_the_options_that_define_a_monitor():
+    assert MonitorConfig(top_k=3).key() != MonitorConfig(top_k=4).key()
+    assert MonitorConfig(prefix="a/").key() != MonitorConfig().key()
+    assert MonitorConfig().key() == MonitorConfig().key()

@@ -1,0 +1,110 @@
+"""One probe as a pure function, without any trainer or tracker (closed forms of a linear model)."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from cosmo_optim import Cosmology
+from cosmo_optim.monitor import MonitorConfig, ProbeRecord
+from cosmo_optim.monitor.probe import RunSoFar, measure, probe, take_probe_batch
+
+
+def linear_problem():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(6, 3, generator=g, dtype=torch.float64)
+    y = torch.randn(6, 1, generator=g, dtype=torch.float64)
+    model = nn.Linear(3, 1).double()
+    return model, x, y
+
+
+def test_linear_model_probe_matches_its_exact_kernel_and_the_cosmology():
+    model, x, y = linear_problem()
+    kernel = x @ x.T + 1.0  # NTK of f = w·x + b
+    cosmology = Cosmology(0.01, 0.9)
+    result = probe(model, x, y, config=MonitorConfig(nn.MSELoss(), top_k=2, every_n_steps=5),
+                   cosmology=cosmology, run=RunSoFar(step=0))
+    lam = torch.linalg.eigvalsh(kernel).flip(0)
+    s = result.scalars
+    assert s["ntk/lambda_1"] == pytest.approx(float(lam[0]), rel=1e-12)
+    assert s["ntk/ratio_2"] == pytest.approx(float(lam[1] / lam[0]), rel=1e-10)
+    assert s["cosmology/alpha_eff"] == pytest.approx(float(lam[0]) / 6, rel=1e-12)
+    assert s["cosmology/hubble_rate"] == cosmology.hubble_rate
+    assert s["ntk/kernel_distance"] == pytest.approx(0.0, abs=1e-12)
+    assert isinstance(result.record, ProbeRecord) and result.record.step == 0
+    assert result.record["scalars"] is result.record.scalars  # the dict form of earlier versions
+    assert result.last is not None and result.last.prediction is not None  # the T10 map ran
+    assert result.dual is not None and result.dual.hubble_rate == cosmology.hubble_rate
+
+
+def test_without_a_cosmology_only_spectrum_and_modes_are_read():
+    model, x, y = linear_problem()
+    result = probe(model, x, y, config=MonitorConfig(nn.MSELoss(), top_k=2, every_n_steps=5),
+                   cosmology=None, run=RunSoFar(step=0))
+    assert "cosmology/hubble_rate" not in result.scalars and result.dual is None
+    assert "modes/amplitude_2" in result.scalars
+
+
+def test_nonfinite_outputs_are_skipped_and_counted():
+    model, x, y = linear_problem()
+    x[0, 0] = float("nan")
+    result = probe(model, x, y, config=MonitorConfig(top_k=2, every_n_steps=5), cosmology=None,
+                   run=RunSoFar(step=3, nonfinite=2))
+    assert result.scalars == {"cosmology/nonfinite": 3.0}
+    assert result.record is None and result.last is None
+
+
+def test_measuring_leaves_buffers_modes_and_every_random_state_untouched():
+    model = nn.Sequential(nn.Linear(3, 8), nn.BatchNorm1d(8), nn.Dropout(0.5), nn.Linear(8, 1))
+    model.train()
+    x = torch.randn(5, 3)
+    buffers = {k: v.clone() for k, v in model.state_dict().items()}
+    np_state = np.random.get_state()[1].copy()  # noqa: NPY002
+    states = torch.get_rng_state(), np_state, random.getstate()
+    measure(model, x)
+    assert model.training and all(m.training for m in model.modules())
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in buffers.items())
+    assert torch.equal(torch.get_rng_state(), states[0])
+    assert np.array_equal(np.random.get_state()[1], states[1])  # noqa: NPY002
+    assert random.getstate() == states[2]
+
+
+def test_take_probe_batch_copies_the_first_samples_and_drops_non_per_sample_targets():
+    x, y = torch.randn(10, 2), torch.randn(10)
+    inputs, targets = take_probe_batch((x, y), 4)
+    assert torch.equal(inputs, x[:4]) and torch.equal(targets, y[:4])
+    inputs[0, 0] = 99.0
+    assert x[0, 0] != 99.0
+    assert take_probe_batch((x, torch.randn(3)), 4)[1] is None
+    with pytest.raises(ValueError, match=r"inputs of shape \(0, 2\) are empty"):
+        take_probe_batch(torch.zeros(0, 2), 4)
+
+
+def test_verify_ntk_checks_the_first_probe_only(monkeypatch):
+    """verify_ntk=True asks empirical_ntk for its self-check on the first probe, never later."""
+    import torch
+    from torch import nn
+
+    import cosmo_optim.monitor.probe as probe_module
+    from cosmo_optim import CosmologyTracker
+
+    calls = []
+    real = probe_module.empirical_ntk
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs.get("verify", False))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(probe_module, "empirical_ntk", spy)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(2, 8), nn.Tanh(), nn.Linear(8, 1))
+    x, y = torch.randn(8, 2), torch.randn(8, 1)
+    tracker = CosmologyTracker(model, nn.MSELoss(), probe_batch=(x, y), every_n_steps=1,
+                               verify_ntk=True)
+    for step in range(3):
+        tracker.probe(step)
+    assert calls == [True, False, False]
