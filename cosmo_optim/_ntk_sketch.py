@@ -197,7 +197,7 @@ class FeatureMap:
     def chunk(self, lo: int, hi: int) -> torch.Tensor:
         """(hi - lo, C, F) features of samples ``[lo, hi)``, parameters in ``engine.names``."""
         e, n = self.e, hi - lo
-        recorder, f = e._forward(lo, hi, self.leaves)
+        recorder, f = e._forward(e.x[lo:hi], self.leaves)
         if lo == 0:  # sample 0 alone and in company: refuse models that couple samples
             guards.refuse_coupling(e.alone, f[0].detach())
         ok = {m for m in self.rows | self.psg if len(recorder.uses[m]) == self.counts[m]}
@@ -205,9 +205,7 @@ class FeatureMap:
                                 else rules.qualifies(recorder.uses[m], n))}
         outs = {id(u.out): u.out for m in ok for u in recorder.uses[m] if u.out is not None}
         delta = e._cotangents(f, outs)  # (C, *y.shape) per captured output reaching f
-        foreign = guards.foreign_rows(f, outs, delta)  # rows not owned by their sample
-        ok = {m for m in ok if all(id(u.out) in delta and id(u.out) not in foreign
-                                   for u in recorder.uses[m])}
+        ok = {m for m in ok if all(id(u.out) in delta for u in recorder.uses[m])}
         out = f.new_empty((n, e.C, sum(self.width(m) for m in e.names)))
         at = 0
         for m in e.names:
