@@ -15,6 +15,16 @@ not). Cases estimated to take more than a minute or more than `--max-gb` are ski
 
     python benchmarks/bench_ntk.py            # the real table (a few minutes on 2 cores)
     python benchmarks/bench_ntk.py --smoke    # a tiny run that only checks it works
+
+`--models gpt2` runs a different table (see `gpt2_child`): a GPT-2-style Hugging Face model
+(6 layers, width 384, vocabulary 8192, 64 tokens, 14.2M parameters, built from a config, no
+weights downloaded), scalar output = the last token's first logit. Per N, one subprocess
+alternates floor / exact / sketch calls (`--repeats` rounds, median of each, so the methods
+share the machine's load) and measures the sketch's error against the exact kernel: the
+largest relative error of the top-4 eigenvalues and the kernel distance. Peak memory of each
+method comes from its own subprocess (first call).
+
+    python benchmarks/bench_ntk.py --models gpt2 --sizes 16 64 256 --threads 1
 """
 
 from __future__ import annotations
@@ -124,6 +134,119 @@ def child(
     return {"time_s": min(times[1:] or times), "peak_mb": peak_mb}
 
 
+GPT2_BUDGET = 16 << 30  # bytes: the exact kernel stores N·P per-sample gradients (4 B each)
+SKETCH_DIMS = (64, 128)
+
+
+class LastLogit(nn.Module):
+    """GPT-2-style LM -> the last token's first logit; position ids batch-first (N, T), so the
+    position embedding takes the embedding rule (with (1, T) it takes the jacobian path)."""
+
+    def __init__(self, smoke: bool) -> None:
+        super().__init__()
+        import transformers
+
+        transformers.logging.set_verbosity_error()
+        d, layers, vocab = (16, 2, 64) if smoke else (384, 6, 8192)
+        cfg = transformers.GPT2Config(vocab_size=vocab, n_positions=1024, n_embd=d,
+                                      n_layer=layers, n_head=max(d // 64, 2), resid_pdrop=0.0,
+                                      embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=0,
+                                      eos_token_id=0)
+        self.lm = transformers.GPT2LMHeadModel(cfg)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        pos = torch.arange(ids.shape[1], device=ids.device).expand_as(ids)
+        return self.lm(ids, position_ids=pos).logits[:, -1, 0]
+
+
+def exact_by_blocks(model: nn.Module, x: torch.Tensor, budget: int) -> torch.Tensor:
+    """The exact kernel as a sum over parameter blocks whose N·P gradients fit ``budget``."""
+    blocks: list[list[str]] = [[]]
+    size = 0
+    for name, p in model.named_parameters():
+        if blocks[-1] and (size + p.numel()) * x.shape[0] * 4 > budget // 2:
+            blocks.append([])
+            size = 0
+        blocks[-1].append(name)
+        size += p.numel()
+    return sum(empirical_ntk(model, x, params=b, memory_budget=budget) for b in blocks)
+
+
+def sketch_errors(K: torch.Tensor, S: torch.Tensor) -> dict[str, float]:
+    from cosmo_optim import kernel_distance
+
+    e, es = (torch.linalg.eigvalsh(k.double()).flip(0)[:4] for k in (K, S))
+    return {"eig4_rel": float(((es - e) / e).abs().max()),
+            "distance": float(kernel_distance(K.double(), S.double()))}
+
+
+def gpt2_child(n: int, repeats: int, threads: int, smoke: bool, mem: str) -> dict[str, object]:
+    """One N: alternate floor / exact / sketches, medians; or one method's peak memory."""
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    model = LastLogit(smoke).eval()
+    x = torch.randint(0, model.lm.config.vocab_size, (n, 8 if smoke else 64))
+    exact_fits = n * sum(p.numel() for p in model.parameters()) * 4 * 2 < GPT2_BUDGET
+    fns: dict[str, Callable[[], object]] = {
+        "floor": lambda: (model.zero_grad(set_to_none=True), model(x).sum().backward())}
+    if exact_fits:
+        fns["exact"] = lambda: empirical_ntk(model, x, memory_budget=GPT2_BUDGET)
+    for k in SKETCH_DIMS:
+        fns[f"sketch{k}"] = lambda k=k: empirical_ntk(model, x, method="sketch", sketch_dim=k,
+                                                      memory_budget=GPT2_BUDGET)
+    if mem:
+        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        fns[mem]()
+        return {"peak_mb": (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024}
+    out: dict[str, object] = {"exact": "skipped (N·P gradients > budget)"}
+    results = {name: fn() for name, fn in fns.items()}  # warm-up; keeps the kernels
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    K = results["exact"] if exact_fits else exact_by_blocks(model, x, GPT2_BUDGET // 4)
+    for name, ts in times.items():
+        med = sorted(ts)[len(ts) // 2]
+        out[name] = {"time_s": med, "spread": (max(ts) - min(ts)) / med}
+        if name.startswith("sketch"):
+            assert isinstance(K, torch.Tensor)
+            out[name] |= sketch_errors(K, results[name])  # type: ignore[arg-type]
+    return out
+
+
+def gpt2_table(sizes: list[int], repeats: int, threads: int, smoke: bool) -> list[dict]:
+    methods = ["floor", "exact", *(f"sketch{k}" for k in SKETCH_DIMS)]
+    print("| N | method | time (median) | spread | /floor | peak memory | top-4 eig. err | "
+          "kernel dist. |")
+    print("|---|---|---|---|---|---|---|---|")
+    rows = []
+    for n in sizes:
+        res = gpt2_run([n, repeats, threads, smoke, ""], smoke)
+        for m in methods:
+            r = res.get(m)
+            if not isinstance(r, dict):
+                print(f"| {n} | {m} | {r} | | | | | |", flush=True)
+                continue
+            r["peak_mb"] = gpt2_run([n, 0, threads, smoke, m], smoke)["peak_mb"]
+            ratio = r["time_s"] / res["floor"]["time_s"]
+            err = (f"{r['eig4_rel']:.2%} | {r['distance']:.4f}" if "distance" in r
+                   else "exact | 0")
+            print(f"| {n} | {m} | {r['time_s']:.2f} s | ±{r['spread'] / 2:.0%} | {ratio:.2f}x | "
+                  f"+{max(r['peak_mb'], 0):.0f} MB | {err} |", flush=True)
+            rows.append({"N": n, "method": m, **r})
+    return rows
+
+
+def gpt2_run(args: list[object], smoke: bool) -> dict:
+    if smoke:
+        return gpt2_child(*args)  # type: ignore[arg-type]
+    cmd = [sys.executable, __file__, "--gpt2-child", json.dumps(args)]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
 def skip_reason(name: str, n: int, method: str, max_gb: float) -> str | None:
     model, _ = MODELS.get(name, (None, None))
     P = sum(p.numel() for p in model().parameters()) if model else 0
@@ -158,10 +281,17 @@ def main(argv: list[str] | None = None) -> list[dict[str, object]]:
     ap.add_argument("--threads", type=int, default=torch.get_num_threads(),
                     help="torch threads per run (1 on a shared, loaded machine)")
     ap.add_argument("--child", help=argparse.SUPPRESS)
+    ap.add_argument("--gpt2-child", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
         print(json.dumps(child(*json.loads(args.child))))
         return []
+    if args.gpt2_child:
+        print(json.dumps(gpt2_child(*json.loads(args.gpt2_child))))
+        return []
+    if args.models == ["gpt2"]:
+        sizes = [4] if args.smoke else args.sizes
+        return gpt2_table(sizes, 1 if args.smoke else args.repeats, args.threads, args.smoke)
     models = SMOKE_MODELS if args.smoke else MODELS
     if args.models:
         models = {k: v for k, v in models.items() if any(m in k for m in args.models)}

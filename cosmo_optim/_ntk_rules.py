@@ -23,6 +23,7 @@ to the jacobian path, which is exact for any parameter.
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -53,6 +54,10 @@ _METADATA_ATTRS = {
     "dtype", "shape", "device", "requires_grad", "is_nested", "grad_fn", "is_leaf", "ndim",
     "layout", "is_cuda", "is_sparse", "is_quantized", "is_meta", "names",
 }
+
+
+# Calls that flatten the leading dims of a batch-first tensor, as before transformers' Conv1D.
+_FLATTENS = {torch.Tensor.view, torch.Tensor.reshape, torch.reshape}
 
 
 @dataclass
@@ -129,11 +134,16 @@ class UseRecorder(TorchFunctionMode):
         self.foreign_seen: set[str] = set()
         self.calls = 0
         self.uses: dict[str, list[Use]] = {name: [] for name in watched.values()}
+        self.flat: dict[int, tuple[Any, int]] = {}  # id(rows) -> (weakref(rows), leading dim)
         self.functions: set[Any] = set()  # every torch function the forward called
         self.out_bytes = 0  # bytes of every tensor the forward produced (activation estimate)
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
+        if func is torch.addmm:
+            out = _conv1d_addmm(self, args, kwargs)
+            if out is not None:
+                return out
         if func is F.multi_head_attention_forward:
             bound = attention.bind(args, kwargs)
             if attention.supported(bound):
@@ -141,6 +151,8 @@ class UseRecorder(TorchFunctionMode):
                     return attention.decompose(bound)
         self.functions.add(func)
         out = func(*args, **kwargs)
+        if func in _FLATTENS:
+            _note_flatten(self, args[0], out)
         if isinstance(out, Tensor):
             self.out_bytes += out.numel() * out.element_size()
         flat = [*args, *kwargs.values()]
@@ -178,6 +190,52 @@ class UseRecorder(TorchFunctionMode):
                          if u.out is not None and u.out._version != u.versions[1])
 
 
+def _note_flatten(rec: UseRecorder, src: Any, out: Any) -> None:
+    """Remember ``out = src.view(-1, d)`` of a tensor ``src`` (n, ..., d): rows sample-major."""
+    if isinstance(src, torch.Tensor) and isinstance(out, torch.Tensor) and src.dim() >= 3 \
+            and out.dim() == 2 and out.shape == (src.shape[:-1].numel(), src.shape[-1]):
+        rec.flat[id(out)] = (weakref.ref(out), src.shape[0])
+
+
+def _conv1d_addmm(rec: UseRecorder, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """transformers' ``Conv1D``: ``addmm(b, x.view(-1, d_in), W)``, ``W`` stored (d_in, d_out).
+
+    When ``W`` (or ``b``) is watched and ``x`` (n, ..., d_in) was flattened sample-major, run
+    the same addmm, view its output as (n, R, d_out) and record a ``linear`` use on that view
+    (``transposed``: the parameter is ``Wᵀ`` of ``F.linear``). The caller gets a view of it, so
+    the cotangent of the recorded output is the layer's per-sample cotangent. Anything else
+    (``beta``/``alpha``, other shapes, rows of unknown order): None, the call is recorded as an
+    unknown use and the parameter takes the jacobian path.
+    """
+    names = ("input", "mat1", "mat2")
+    a = dict(zip(names, args, strict=False)) | kwargs
+    if set(a) != set(names):
+        return None
+    b, x, w = a["input"], a["mat1"], a["mat2"]
+    if not all(isinstance(t, torch.Tensor) for t in (b, x, w)):
+        return None
+    if (id(w) not in rec.watched and id(b) not in rec.watched) or id(x) in rec.watched:
+        return None
+    ref, n = rec.flat.get(id(x), (None, 0))
+    if ref is None or ref() is not x or w.dim() != 2 or b.shape != (w.shape[1],) \
+            or x.shape[0] % n:
+        return None
+    rec.functions.add(torch.addmm)
+    y = torch.addmm(b, x, w).view(n, -1, w.shape[1])
+    rec.out_bytes += y.numel() * y.element_size()
+    bound = {"input": x.view(n, -1, x.shape[1]), "weight": w.detach().t(), "bias": b,
+             "transposed": True}
+    call, rec.calls = rec.calls, rec.calls + 1
+    for t, role in ((w, "weight"), (b, "bias")):
+        if id(t) in rec.watched:
+            use = Use("linear", role, bound, y, (bound["input"]._version, y._version), call)
+            rec.uses[rec.watched[id(t)]].append(use)
+    if call not in rec.protect:
+        return y.view(-1, w.shape[1])
+    rec.out_bytes += y.numel() * y.element_size()
+    return y.view(-1, w.shape[1]).clone()  # a copy: in-place edits downstream were seen
+
+
 def _conv_geometry(use: Use) -> tuple[Any, ...] | None:
     """Kernel, dilation, padding, stride as 2-d tuples for ``F.unfold``; None if unsupported."""
     a = use.args
@@ -205,7 +263,7 @@ def qualifies(uses: list[Use], n: int) -> bool:
     every call known, in one role, batch-first, and its captured tensors still intact."""
     if not uses or any(u.kind is None for u in uses):
         return False
-    if len({(u.kind, u.role) for u in uses}) != 1:
+    if len({(u.kind, u.role) for u in uses}) != 1 and not tied(uses):
         return False
     for u in uses:
         x, y = u.args["input"], u.out
@@ -219,9 +277,19 @@ def qualifies(uses: list[Use], n: int) -> bool:
     return True
 
 
+def tied(uses: list[Use]) -> bool:
+    """True for an embedding tied to an ``nn.Linear`` output projection (GPT-2's ``wte`` and
+    ``lm_head``): both per-sample gradients live in the same (vocabulary, width) layout, so they
+    add (per-sample form only)."""
+    return {u.kind for u in uses} == {"embedding", "linear"} and all(
+        u.role == "weight" and not u.args.get("transposed") for u in uses)
+
+
 def gram_ok(uses: list[Use]) -> bool:
     """True if the Gram form is available (the per-sample form always is)."""
     k = uses[0].kind
+    if tied(uses):
+        return False
     return k in ("linear", "embedding") or (
         k in ("conv1d", "conv2d") and all(_conv_geometry(u) is not None for u in uses))
 
@@ -256,6 +324,8 @@ def per_sample_grad(use: Use, delta: torch.Tensor) -> torch.Tensor:
     if kind == "linear":
         d = delta.reshape(C, n, -1, delta.shape[-1])
         xr = x.reshape(n, -1, x.shape[-1])
+        if use.args.get("transposed"):  # weight stored (d_in, d_out): transformers' Conv1D
+            return torch.einsum("cnrd,nre->nced", d, xr).reshape(n, C, -1)
         if C == 1:  # one batched matmul, no einsum permutes
             return torch.bmm(d[0].transpose(1, 2), xr).reshape(n, 1, -1)
         G = torch.einsum("cnrd,nre->ncde", d, xr)

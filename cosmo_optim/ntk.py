@@ -22,6 +22,17 @@ R rows per sample (sequence positions, conv pixels, repeated calls), fan-in d_in
   O(N C d_in d_out); for a conv, torch's weight-gradient kernel vmapped over samples, never the
   ``unfold`` matrix); the jacobian path for everything else. LayerNorm affine parameters, grouped
   convs and convs with string padding always use the per-sample form.
+* ``"sketch"`` — an unbiased estimate ``Θ̂ = Φ Φᵀ`` from Kronecker sketches ``Pᵀ G_i Q`` of
+  every weight's per-sample gradient, built from each layer's rows without forming ``G_i``
+  (k = ``sketch_dim`` columns per projected side, a side of ≤ 4k entries kept exact;
+  :mod:`cosmo_optim._ntk_sketch`): time O(N R k (d_in + d_out + 4k)) per weight on top of one
+  forward and C backwards, plus O(C² N² F) for the product over F ≈ Σ_weights k·min(d, 4k)
+  features; memory O(N C F). Error model in docs/performance.md.
+
+``distributed=True`` (``torch.distributed`` initialised, every rank calling with the same probe
+batch) splits the samples across ranks: each computes the features of its shard (exact
+per-sample gradients, or sketches), the shards are all-gathered in blocks of parameters, and
+every rank returns the same N×N kernel (:mod:`cosmo_optim._ntk_distributed`).
 
 Never silently wrong: a rule is used for a parameter only while its assumptions hold, checked at
 run time in every chunk. Every recognised call is batch-first and in one role; where the
@@ -46,15 +57,18 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
+from cosmo_optim import _ntk_distributed as distributed_ntk
 from cosmo_optim import _ntk_exact as exact
 from cosmo_optim import _ntk_guards as guards
 from cosmo_optim import _ntk_rules as rules
+from cosmo_optim import _ntk_sketch as sketch
 from cosmo_optim._common import check_int, parse_bytes, preserved, training
 
 Output = str | int | Callable[[torch.Tensor], torch.Tensor]
 ParamFilter = Sequence[str] | Callable[[str, nn.Parameter], bool] | None
 
-METHODS = ("auto", "structured", "jacobian")
+METHODS = ("auto", "structured", "jacobian", "sketch")
+DEFAULT_SKETCH_DIM = 128  # k: each weight's per-sample gradient sketched to k×k (≤ k×4k) numbers
 _OUTPUTS = ("trace", "full")
 _DEFAULT_BUDGET = 2 << 30  # bytes: used when memory_budget is None
 _SYMMETRIC_FROM = 512  # N from which the Gram form multiplies only blocks above the diagonal
@@ -70,6 +84,9 @@ def empirical_ntk(
     dtype: torch.dtype | None = None,
     memory_budget: int | float | str | None = None,
     train_mode: bool = False,
+    sketch_dim: int | None = None,
+    sketch_seed: int = 0,
+    distributed: bool = False,
     verify: bool | int = False,
 ) -> torch.Tensor:
     """Empirical NTK ``Θ = J Jᵀ`` of ``model`` on the probe batch ``inputs`` (docs/theory.md T4).
@@ -95,13 +112,20 @@ def empirical_ntk(
             raises first.
         train_mode: compute with the model in training mode (default: eval mode). Refused for
             BatchNorm (couples samples) and active dropout (random).
+        sketch_dim: ``k`` for ``method="sketch"`` (default :data:`DEFAULT_SKETCH_DIM`); the
+            relative error falls like ``1/sqrt(k)`` (docs/performance.md). Only with "sketch".
+        sketch_seed: seed of the sketch's random projections (a private generator: the
+            result is reproducible and the global RNG untouched).
+        distributed: split the probe samples across the ranks of the initialised
+            ``torch.distributed`` group; every rank must call with the same ``inputs``.
         verify: recompute the entries of ``verify`` samples (``True``: 3) by brute force, from
             the user's module with plain autograd, and raise if they disagree beyond the
             dtype's tolerance. Costs one forward and C backward passes per checked sample
             (docs/performance.md).
 
     Returns:
-        The kernel on ``inputs.device``: ``(N, N)``, or ``(N, N, C, C)`` for ``"full"``.
+        The kernel on ``inputs.device``: ``(N, N)``, or ``(N, N, C, C)`` for ``"full"``. It
+        is exact for every method but ``"sketch"``, which returns an unbiased estimate.
 
     Raises:
         ValueError: invalid ``method``/``output``/``params``/``memory_budget``/``verify``, a
@@ -137,12 +161,24 @@ def empirical_ntk(
     samples = _verify_samples(verify)
     if inputs.dim() == 0 or inputs.shape[0] == 0:
         raise ValueError(f"Invalid inputs shape: {tuple(inputs.shape)}; it needs N >= 1 samples.")
+    k = _sketch_dim(method, sketch_dim)
     selected = _select(model, params)
     _refuse_coupling(model, train_mode)
+    if samples and k is not None:
+        raise ValueError(
+            f"Invalid verify: {verify!r} with method='sketch'; verify compares entries with the "
+            "exact kernel, and the sketch is a random estimate of it. Fix: drop verify, or "
+            "use an exact method."
+        )
     with preserved(model, inputs.device), training(model, train_mode), _no_fastpath(), \
             _eager():
         engine = _Engine(model, selected, inputs, output, method, dtype, budget)
-        kernel = engine.run()
+        if distributed:
+            kernel = distributed_ntk.kernel(engine, k, sketch_seed)
+        elif k is not None:
+            kernel = sketch.sketch_kernel(engine, k, sketch_seed)
+        else:
+            kernel = engine.run()
         if samples:
             exact.verify(kernel, model, inputs, engine.names, engine.select, samples, engine.full)
     return kernel
@@ -154,6 +190,20 @@ def _verify_samples(verify: bool | int) -> int:
     if verify is False:
         return 0
     return check_int("verify", verify, 2, "Use verify=True (3 samples) or a sample count ≥ 2.")
+
+
+def _sketch_dim(method: str, sketch_dim: int | None) -> int | None:
+    """k for the sketch, None for the exact methods (a sketch_dim there is refused)."""
+    if method != "sketch":
+        if sketch_dim is not None:
+            raise ValueError(
+                f"Invalid sketch_dim: {sketch_dim!r} with method={method!r}; it only applies "
+                "to method='sketch'. Fix: pass method='sketch' or drop sketch_dim."
+            )
+        return None
+    if sketch_dim is None:
+        return DEFAULT_SKETCH_DIM
+    return check_int("sketch_dim", sketch_dim, 1, "Fix: e.g. sketch_dim=128.")
 
 
 def _select(model: nn.Module, params: ParamFilter) -> dict[str, nn.Parameter]:
@@ -400,6 +450,8 @@ class _Engine:
         self.alone = f1[0].detach()
         structured = self._rules_for(recorder, f1, leaves)
         plan = {n: self._form(us) for n, us in structured.items()}
+        plan = {n: f for n, f in plan.items()  # tied weights: per-sample form only if it fits
+                if not rules.tied(structured[n]) or f[1] <= self.budget // 2}
         stored = sum(cost[1] for cost in plan.values())
         fallback = [n for n in self.names if n not in plan]
         jac_min = max((4 * C * self.base[n].numel() * self.isz for n in fallback), default=0)

@@ -52,3 +52,11 @@ def test_bench_advice_smoke(capsys):
         assert r["cost_steps"] > 0
     out = capsys.readouterr().out
     assert "grid best" in out and "never diverges" in out
+
+
+def test_bench_ntk_gpt2_smoke(capsys):
+    pytest.importorskip("transformers")
+    rows = load("bench_ntk").main(["--models", "gpt2", "--smoke", "--threads", "1"])
+    assert [r["method"] for r in rows] == ["floor", "exact", "sketch64", "sketch128"]
+    assert all(r["time_s"] > 0 for r in rows)
+    assert "kernel dist." in capsys.readouterr().out

@@ -1,0 +1,89 @@
+"""The empirical NTK across the ranks of a ``torch.distributed`` group (docs/theory.md T4).
+
+Private helper of :mod:`cosmo_optim.ntk` (``distributed=True``). Every rank holds the same probe
+batch of N samples and takes the contiguous shard ``[N r / W, N (r+1) / W)``. It computes the
+per-sample features of its shard (exact per-sample gradients, or their sketches, see
+:mod:`cosmo_optim._ntk_sketch`), then the features are exchanged in blocks of parameters
+(``all_gather``: the memory of one block's features for all N samples at a time) and each rank
+multiplies its rows against every sample: ``Θ[shard, :] = Σ_blocks Φ_shard Φ_allᵀ``. A last
+``all_gather`` of the rows gives every rank the same N×N kernel.
+
+Cost per rank, W ranks: forward/backward work of N/W samples; the product N²/W · F (F features
+per sample: P for the exact kernel, ≈ L k² for the sketch); communication N · F numbers
+received per rank, plus the N×N kernel.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from cosmo_optim._ntk_sketch import FeatureMap, gram
+
+
+def kernel(engine: Any, k: int | None, seed: int) -> torch.Tensor:
+    """The kernel of ``engine``'s request, its samples split across the ranks (module doc)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        raise ValueError(
+            "Invalid distributed: True without an initialised torch.distributed process "
+            "group. Fix: call torch.distributed.init_process_group(...) on every rank first, "
+            "or pass distributed=False."
+        )
+    rank, world = dist.get_rank(), dist.get_world_size()
+    _check_same_inputs(engine.x)
+    N = engine.N
+    lo, hi = N * rank // world, N * (rank + 1) // world
+    fm = FeatureMap(engine, k, seed)
+    widths = [fm.width(n) for n in engine.names]
+    F = sum(widths)
+    local = fm.all(lo, hi) if hi > lo else engine.x.new_zeros(
+        (0, engine.C, F), dtype=engine.dtype)
+    sizes = [N * (r + 1) // world - N * r // world for r in range(world)]
+    rows = engine.x.new_zeros((hi - lo, N, engine.C, engine.C) if engine.full else (hi - lo, N),
+                              dtype=engine.dtype)
+    limit = max(engine.free // 4, 1)
+    start = 0
+    for stop in _blocks(widths, N * engine.C * engine.isz, limit):
+        mine = local[:, :, start:stop].contiguous()
+        rows += gram(mine, _gather(mine, sizes), engine.full)
+        start = stop
+    return _gather(rows, sizes)
+
+
+def _blocks(widths: list[int], bytes_per_feature: int, limit: int) -> list[int]:
+    """End offsets of consecutive parameter blocks whose gathered features fit ``limit``."""
+    ends, size, pos = [], 0, 0
+    for w in widths:
+        if size and (size + w) * bytes_per_feature > limit:
+            ends.append(pos)
+            size = 0
+        size, pos = size + w, pos + w
+    return [*ends, pos]
+
+
+def _gather(t: torch.Tensor, sizes: list[int]) -> torch.Tensor:
+    """Concatenate every rank's ``t`` (shard sizes ``sizes`` on dim 0) in rank order."""
+    top = max(sizes)
+    pad = t.new_zeros((top, *t.shape[1:]))
+    pad[: t.shape[0]] = t
+    parts = [torch.empty_like(pad) for _ in sizes]
+    dist.all_gather(parts, pad)
+    return torch.cat([p[:s] for p, s in zip(parts, sizes, strict=True)])
+
+
+def _check_same_inputs(x: torch.Tensor) -> None:
+    """Refuse ranks holding different probe batches (the kernel would be of no batch)."""
+    flat = x.detach().reshape(-1).to(torch.float64)
+    weights = torch.linspace(1.0, 2.0, flat.numel(), dtype=torch.float64, device=flat.device)
+    mine = torch.stack([torch.tensor(float(x.shape[0]), dtype=torch.float64,
+                                     device=flat.device), flat.sum(), flat @ weights])
+    parts = [torch.empty_like(mine) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, mine)
+    if any(not torch.equal(p, parts[0]) for p in parts):
+        raise ValueError(
+            f"Invalid inputs for distributed=True: rank {dist.get_rank()} sees probe batches "
+            "that differ across ranks (shape or values). Fix: pass the same probe batch "
+            "(same samples, same order) on every rank."
+        )

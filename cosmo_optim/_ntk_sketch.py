@@ -1,0 +1,248 @@
+"""Per-sample NTK features: exact per-sample gradients, or unbiased sketches of them (T4).
+
+Private helper of :mod:`cosmo_optim.ntk` (``method="sketch"``) and
+:mod:`cosmo_optim._ntk_distributed`. A feature map ``φ_i`` (shape ``(C, F)`` per sample) with
+``E<φ_i, φ_j> = Θ_ij`` turns the kernel into one matrix product ``Θ ≈ Φ Φᵀ``.
+
+Sketch of a weight ``W`` (viewed as ``d0 × d1``): ``S_i = Pᵀ G_i Q`` with independent random
+``P (d0 × k)``, ``Q (d1 × k)``, each ``√(d/k)`` times k Haar-random orthonormal columns (an
+orthogonalised Gaussian matrix), so ``E[P Pᵀ] = I`` and
+``E<S_i, S_j> = <G_i, G_j>``. For a layer seen at rows ``r`` (positions, repeated calls, a tied
+embedding and output projection) ``G_i = Σ_r u_ir w_irᵀ``, hence
+``S_i = Σ_r (Pᵀu_ir)(Qᵀw_ir)ᵀ``: the per-sample gradient is never formed (time
+O(N R k (d0 + d1 + 4k)) per weight, memory O(N C k·min(d0, d1, 4k))). A side of ≤ k entries is
+never projected, and the smaller of at most ``EXACT_SIDE·k`` entries (the cotangent side
+first) is kept exact: one projected side halves the variance for nearly rank-one gradients.
+Parameters of other shapes (biases, LayerNorm) keep their exact per-sample gradient when it has
+≤ k² entries, else a CountSketch (random sign, random bucket among k²). Parameters no structured
+rule covers get exact per-sample gradients from the jacobian path, then the same projection, so
+the estimator stays unbiased for every parameter (never silently wrong).
+
+Error model (docs/performance.md, "Sketched kernel"): for a direction ``v`` in sample space,
+``g = Σ_i v_i G_i`` and ``vᵀΘ̂v = ‖Pᵀ g Q‖²`` has relative variance
+``≈ 2/k (1/r0 + 1/r1) + 2/k²`` per weight, ``r0, r1`` the effective ranks of ``g gᵀ`` and
+``gᵀ g``; independent weights average it down in proportion to their share of ``vᵀΘv``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from cosmo_optim import _ntk_exact as exact
+from cosmo_optim import _ntk_guards as guards
+from cosmo_optim import _ntk_rules as rules
+
+_ROWS_KINDS = ("linear", "embedding")
+EXACT_SIDE = 4  # a weight side of at most EXACT_SIDE·k entries is not projected (if the smaller)
+
+
+def gram(fa: torch.Tensor, fb: torch.Tensor, full: bool) -> torch.Tensor:
+    """``Σ_f φ_a[i,c,f] φ_b[j,d,f]``: (na, nb), or (na, nb, C, C) when ``full``."""
+    if not full:
+        return fa.flatten(1) @ fb.flatten(1).T
+    (na, C, Fd), nb = fa.shape, fb.shape[0]
+    prod = fa.reshape(na * C, Fd) @ fb.reshape(nb * C, Fd).T
+    return prod.reshape(na, C, nb, C).permute(0, 2, 1, 3)
+
+
+def _orthogonal(d: int, k: int, gen: torch.Generator) -> torch.Tensor:
+    """``√(d/k) U`` with ``U`` (d × min(d, k)) Haar-random orthonormal columns: ``E[P Pᵀ] = I``,
+    and a lower variance than a Gaussian matrix of the same size (none at k = d)."""
+    k = min(k, d)
+    q, r = torch.linalg.qr(torch.randn(d, k, generator=gen, dtype=torch.float64))
+    return (q * torch.sign(torch.diagonal(r)) * math.sqrt(d / k)).to(torch.float32)
+
+
+def _exact_side(d0: int, d1: int, k: int, out_side: int | None) -> int | None:
+    """The side (0, 1) of a d0 × d1 weight left unprojected, or None (both projected).
+
+    A side of at most ``EXACT_SIDE·k`` entries stays exact, the cotangent side first: the
+    cotangents of one output are often nearly rank one across rows and samples (the residual
+    stream of a transformer), where a projection's relative variance is largest (≈ 2/k).
+    """
+    small = [side for side, d in enumerate((d0, d1)) if d <= EXACT_SIDE * k]
+    if out_side in small:
+        return out_side
+    return min(small, key=lambda side: (d0, d1)[side]) if small else None
+
+
+def out_side(uses: list[rules.Use]) -> int | None:
+    """The weight side that holds the layer's cotangents (0 or 1), None if unknown or mixed."""
+    sides = {1 if u.kind == "embedding" or u.args.get("transposed") else 0 for u in uses
+             if u.kind is not None and u.role == "weight" and u.kind != "layer_norm"}
+    return sides.pop() if len(sides) == 1 else None
+
+
+class Projection:
+    """The random map of one parameter (or the identity when ``k`` is None: exact features)."""
+
+    def __init__(self, shape: torch.Size, k: int | None, gen: torch.Generator,
+                 like: torch.Tensor, out_side: int | None = None) -> None:
+        self.kind, self.dtype = "dense", like.dtype
+        self.P: torch.Tensor | None = None
+        self.Q: torch.Tensor | None = None
+        numel = math.prod(shape)
+        if k is None:
+            return
+        dev = like.device
+        if len(shape) >= 2:  # a weight seen as d0 × d1: Kronecker sketch Pᵀ G Q
+            d0, d1 = shape[0], numel // shape[0]
+            self.kind, self.d0, self.d1 = "kron", d0, d1
+            P, Q = _orthogonal(d0, k, gen), _orthogonal(d1, k, gen)
+            keep = _exact_side(d0, d1, k, out_side)
+            self.P = P.to(device=dev, dtype=like.dtype) if d0 > k and keep != 0 else None
+            self.Q = Q.to(device=dev, dtype=like.dtype) if d1 > k and keep != 1 else None
+        elif numel > k * k:  # CountSketch: bucket b(p), sign s(p)
+            self.kind, self.k2 = "count", k * k
+            self.bucket = torch.randint(k * k, (numel,), generator=gen).to(dev)
+            sign = torch.randint(2, (numel,), generator=gen) * 2 - 1
+            self.sign = sign.to(device=dev, dtype=like.dtype)
+
+    def dense(self, G: torch.Tensor) -> torch.Tensor:
+        """Features of exact per-sample gradients ``G`` (n, C, P) -> (n, C, F)."""
+        n, C = G.shape[:2]
+        if self.kind == "count":
+            out = G.new_zeros(n, C, self.k2)
+            return out.index_add_(2, self.bucket, G * self.sign)
+        if self.kind == "dense":
+            return G
+        G = G.reshape(n, C, self.d0, self.d1)
+        if self.P is not None:
+            G = torch.einsum("ncab,ak->nckb", G, self.P)
+        if self.Q is not None:
+            G = G @ self.Q
+        return G.reshape(n, C, -1)
+
+    def side(self, t: torch.Tensor, which: int) -> torch.Tensor:
+        """Project one factor: dense (c, n, R, d) or token ids (n, R) -> (c, n, R, k)."""
+        M = self.P if which == 0 else self.Q
+        if t.dtype in (torch.int64, torch.int32):
+            d = self.d0 if which == 0 else self.d1
+            return (M[t] if M is not None else F.one_hot(t, d).to(self.dtype)).unsqueeze(0)
+        return t if M is None else t @ M
+
+
+def factors(use: rules.Use, delta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(u, w)`` with the use's per-sample gradient ``Σ_r u_r w_rᵀ`` in the parameter's own
+    (d0, d1) layout; each factor (c, n, R, d) with c in {1, C}, or token ids (n, R)."""
+    x, d = rules.rows(use, delta)
+    if use.kind == "embedding":  # weight (V, d): one-hot rows x cotangents
+        return x, d
+    if use.args.get("transposed"):  # weight stored (in, out), e.g. transformers' Conv1D
+        return x.unsqueeze(0), d
+    return d, x.unsqueeze(0)  # nn.Linear weight (out, in)
+
+
+def rows_form(uses: list[rules.Use], n: int, k: int | None) -> bool:
+    """True if every use is a dense-rows weight use (linear or embedding, tying allowed)."""
+    return k is not None and bool(uses) and all(
+        u.kind in _ROWS_KINDS and u.role == "weight" and rules.qualifies([u], n)
+        and rules.gram_ok([u]) for u in uses)
+
+
+def sketch_rows(proj: Projection, uses: list[rules.Use], delta: dict[int, torch.Tensor],
+                C: int) -> torch.Tensor:
+    """``Σ_uses Σ_r (Pᵀu_r)(Qᵀw_r)ᵀ`` per sample and output component: (n, C, k0·k1)."""
+    S = None
+    for u in uses:
+        a, b = factors(u, delta[id(u.out)])
+        a, b = proj.side(a, 0), proj.side(b, 1)
+        a, b = a.expand(C, *a.shape[1:]), b.expand(C, *b.shape[1:])
+        term = torch.einsum("cnrk,cnrl->nckl", a, b)
+        S = term if S is None else S + term
+    assert S is not None
+    return S.reshape(S.shape[0], C, -1)
+
+
+class FeatureMap:
+    """Features of the probe samples ``[lo, hi)`` for every selected parameter of ``engine``.
+
+    ``engine`` is the :class:`cosmo_optim.ntk._Engine` of the request (its forward, leaves,
+    cotangents and per-sample Jacobian are reused, so outputs, dtype, parameter selection and
+    the run-time checks of the rules match the exact path: a parameter whose rule fails them
+    in any chunk gets exact per-sample gradients for that chunk, projected by the same map).
+    """
+
+    def __init__(self, engine: Any, k: int | None, seed: int) -> None:
+        self.e, self.k = engine, k
+        leaves = engine._leaves(engine.names)
+        recorder, f1 = engine._probe(leaves)  # the exact engine's probe and guards
+        engine.C, engine.alone = f1.shape[1], f1[0].detach()
+        structured = engine._rules_for(recorder, f1, leaves)
+        gen = torch.Generator().manual_seed(seed)
+        like = engine.base[engine.names[0]]
+        self.proj = {n: Projection(engine.base[n].shape, k, gen, like, out_side(recorder.uses[n]))
+                     for n in engine.names}
+        engine.free = engine.budget
+        self.leaves, self.counts = leaves, {n: len(us) for n, us in recorder.uses.items()}
+        self.rows = {n for n, us in structured.items() if rows_form(us, 1, k)}
+        self.psg = set(structured) - self.rows
+        self.act = (2 + 2 * engine.C) * max(recorder.out_bytes, 1)  # as the exact engine
+        vmap_ok = not recorder.functions & exact.VMAP_UNSAFE
+        self.jacobian = exact.PerSampleJacobian(engine.call, engine.base, engine.x, engine.C,
+                                                vmap_ok)
+
+    def width(self, name: str) -> int:
+        """Features per output component of one parameter."""
+        p = self.proj[name]
+        if p.kind == "kron":
+            return (p.d0 if p.P is None else p.P.shape[1]) * (
+                p.d1 if p.Q is None else p.Q.shape[1])
+        return p.k2 if p.kind == "count" else self.e.base[name].numel()
+
+    def chunk(self, lo: int, hi: int) -> torch.Tensor:
+        """(hi - lo, C, F) features of samples ``[lo, hi)``, parameters in ``engine.names``."""
+        e, n = self.e, hi - lo
+        recorder, f = e._forward(e.x[lo:hi], self.leaves)
+        if lo == 0:  # sample 0 alone and in company: refuse models that couple samples
+            guards.refuse_coupling(e.alone, f[0].detach())
+        ok = {m for m in self.rows | self.psg if len(recorder.uses[m]) == self.counts[m]}
+        ok = {m for m in ok if (rows_form(recorder.uses[m], n, self.k) if m in self.rows
+                                else rules.qualifies(recorder.uses[m], n))}
+        outs = {id(u.out): u.out for m in ok for u in recorder.uses[m] if u.out is not None}
+        delta = e._cotangents(f, outs)  # (C, *y.shape) per captured output reaching f
+        ok = {m for m in ok if all(id(u.out) in delta for u in recorder.uses[m])}
+        out = f.new_empty((n, e.C, sum(self.width(m) for m in e.names)))
+        at = 0
+        for m in e.names:
+            if m not in ok:  # exact per-sample gradients (jacobian path), then projected
+                phi = self.proj[m].dense(self.jacobian.rows([m], lo, hi))
+            elif m in self.rows:
+                phi = sketch_rows(self.proj[m], recorder.uses[m], delta, e.C)
+            else:
+                us = recorder.uses[m]
+                G = rules.per_sample_grad(us[0], delta[id(us[0].out)])
+                for u in us[1:]:
+                    G = G + rules.per_sample_grad(u, delta[id(u.out)])
+                phi = self.proj[m].dense(G)
+            out[:, :, at : at + phi.shape[2]] = phi.detach()
+            at += phi.shape[2]
+        return out
+
+    def all(self, lo: int, hi: int) -> torch.Tensor:
+        """Features of samples ``[lo, hi)`` in chunks that fit the engine's memory budget."""
+        e = self.e
+        feat_bytes = (hi - lo) * e.C * sum(self.width(m) for m in e.names) * e.isz
+        kernel_bytes = e.N * e.N * (e.C * e.C if e.full else 1) * e.isz
+        free = e.budget - kernel_bytes - feat_bytes
+        if free < self.act:
+            raise ValueError(
+                f"Invalid memory_budget: {e.budget!r} bytes; the features need at least "
+                f"{kernel_bytes + feat_bytes + self.act} (kernel {kernel_bytes}, features "
+                f"{feat_bytes}). Fix: raise memory_budget, lower sketch_dim or use fewer samples."
+            )
+        e.free = free
+        m = max(2, free // 2 // self.act)
+        parts = [self.chunk(a, min(a + m, hi)) for a in range(lo, hi, m)]
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+
+def sketch_kernel(engine: Any, sketch_dim: int, seed: int) -> torch.Tensor:
+    """``Θ̂ = Φ Φᵀ`` from sketched features of every probe sample (see module docstring)."""
+    fm = FeatureMap(engine, sketch_dim, seed)
+    Phi = fm.all(0, engine.N)
+    return gram(Phi, Phi, engine.full)

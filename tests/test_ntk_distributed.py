@@ -1,0 +1,80 @@
+"""distributed=True: two gloo ranks (127.0.0.1) give the single-process kernel to 1e-6."""
+
+from __future__ import annotations
+
+import socket
+import tempfile
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from test_ntk import build
+
+from cosmo_optim import empirical_ntk
+
+# (case, N, output, method): N = 7 splits unevenly (3 + 4); "tied" has a tied embedding,
+# "twice" a layer demoted to the jacobian path, "cnn" per-sample conv gradients.
+REQUESTS = [("tied", 7, "trace", "auto"), ("twice", 5, "full", "auto"),
+            ("cnn", 5, "trace", "auto"), ("tied", 7, "trace", "sketch"),
+            ("transformer", 1, "trace", "auto")]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _kernel(case: str, n: int, output: str, method: str, distributed: bool) -> torch.Tensor:
+    model, x = build(case, torch.float32)
+    x = x[:1].expand(n, *x.shape[1:]).clone() if n > x.shape[0] else x[:n]
+    kw = {"sketch_dim": 4} if method == "sketch" else {}
+    return empirical_ntk(model, x, output=output, method=method, distributed=distributed, **kw)
+
+
+def _worker(rank: int, world: int, port: int, out: str) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+                            world_size=world)
+    try:
+        kernels = [_kernel(*r, distributed=True) for r in REQUESTS]
+        model, x = build("tanh", torch.float32)
+        try:  # a rank holding another probe batch is refused on every rank
+            empirical_ntk(model, x + rank, distributed=True)
+            refused = ""
+        except ValueError as err:
+            refused = str(err)
+        torch.save({"kernels": kernels, "refused": refused}, f"{out}/{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.fixture(scope="module")
+def two_ranks() -> list[dict]:
+    with tempfile.TemporaryDirectory() as out:
+        mp.start_processes(_worker, args=(2, _free_port(), out), nprocs=2, join=True,
+                           start_method="spawn")
+        return [torch.load(f"{out}/{r}.pt") for r in range(2)]
+
+
+@pytest.mark.parametrize("i", range(len(REQUESTS)))
+def test_two_ranks_equal_the_single_process_kernel(two_ranks: list[dict], i: int) -> None:
+    single = _kernel(*REQUESTS[i], distributed=False)
+    for rank in two_ranks:
+        K = rank["kernels"][i]
+        assert K.shape == single.shape
+        err = ((K - single).abs().max() / single.abs().max()).item()
+        assert err <= 1e-6, f"rank kernel differs from single-process by {err:.1e}"
+
+
+def test_different_probe_batches_across_ranks_are_refused(two_ranks: list[dict]) -> None:
+    for rank in two_ranks:
+        assert "differ across ranks" in rank["refused"]
+
+
+def test_distributed_without_process_group_raises() -> None:
+    assert not dist.is_initialized()
+    model, x = build("tanh", torch.float32)
+    with pytest.raises(ValueError, match=r"without an initialised torch\.distributed"):
+        empirical_ntk(model, x, distributed=True)

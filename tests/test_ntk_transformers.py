@@ -1,0 +1,161 @@
+"""A tiny Hugging Face GPT-2 (built from a config, no weights downloaded) against brute force.
+
+GPT-2's ``Conv1D`` is ``torch.addmm(b, x.view(-1, d_in), W)`` with ``W`` stored (d_in, d_out),
+its token embedding is tied to the output projection, and attention runs through
+``F.scaled_dot_product_attention``.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from test_ntk import reference_ntk
+from torch import nn
+
+from cosmo_optim import _ntk_rules as rules
+from cosmo_optim import empirical_ntk
+
+transformers = pytest.importorskip("transformers")
+
+
+class LastLogits(nn.Module):
+    """Logits of the first ``C`` vocabulary entries at the last position; position ids given
+    batch-first (``(N, T)``) when ``batch_positions``, else left to the model (``(1, T)``)."""
+
+    def __init__(self, batch_positions: bool, C: int = 2) -> None:
+        super().__init__()
+        cfg = transformers.GPT2Config(vocab_size=32, n_positions=8, n_embd=8, n_layer=2,
+                                      n_head=2, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+                                      bos_token_id=0, eos_token_id=0)
+        self.lm = transformers.GPT2LMHeadModel(cfg)
+        self.batch_positions, self.C = batch_positions, C
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        kw = {}
+        if self.batch_positions:
+            kw["position_ids"] = torch.arange(ids.shape[1], device=ids.device).expand_as(ids)
+        return self.lm(ids, **kw).logits[:, -1, : self.C]
+
+
+def gpt2(batch_positions: bool = True) -> tuple[nn.Module, torch.Tensor]:
+    torch.manual_seed(0)
+    model = LastLogits(batch_positions).double().eval()
+    return model, torch.randint(0, 32, (5, 6), generator=torch.Generator().manual_seed(1))
+
+
+class TimeMajorConv1D(nn.Module):
+    """A Conv1D fed ``x.transpose(0, 1).reshape(-1, d)``: rows time-major, not sample-major."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = transformers.pytorch_utils.Conv1D(4, 3)
+        self.head = nn.Linear(4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (N, T, 3)
+        t = x.transpose(0, 1).contiguous()
+        y = torch.addmm(self.conv.bias, t.view(-1, 3), self.conv.weight).view(*t.shape[:2], 4)
+        return self.head(torch.tanh(y)).transpose(0, 1).sum(1)
+
+
+@pytest.mark.parametrize("method", ["auto", "structured", "jacobian"])
+@pytest.mark.parametrize("batch_positions", [True, False])
+def test_gpt2_kernel_matches_bruteforce(method: str, batch_positions: bool) -> None:
+    model, x = gpt2(batch_positions)
+    K, R = empirical_ntk(model, x, method=method), reference_ntk(model, x)
+    assert (K - R).abs().max() <= 1e-8 * R.abs().max()
+
+
+def test_gpt2_full_output_matches_bruteforce() -> None:
+    model, x = gpt2()
+    K = empirical_ntk(model, x, output="full")
+    R = empirical_ntk(model, x, output="full", method="jacobian")
+    assert (K - R).abs().max() <= 1e-8 * R.abs().max()
+
+
+def test_gpt2_parameters_take_structured_rules() -> None:
+    """Conv1D (weight and bias), tied wte/lm_head, LayerNorm, and wpe with batch-first
+    position ids: no parameter is left to the jacobian path."""
+    model, x = gpt2()
+    leaves = {n: p.detach().clone().requires_grad_(True) for n, p in model.named_parameters()}
+    recorder = rules.UseRecorder({id(t): n for n, t in leaves.items()})
+    with recorder:
+        torch.func.functional_call(model, leaves, (x,))
+    left = [n for n, us in recorder.uses.items() if not rules.qualifies(us, x.shape[0])]
+    assert not left, f"{left} fall back to the jacobian path"
+    assert rules.tied(recorder.uses["lm.transformer.wte.weight"])
+    conv = recorder.uses["lm.transformer.h.0.attn.c_attn.weight"]
+    assert [u.kind for u in conv] == ["linear"] and conv[0].args["transposed"]
+
+
+def test_time_major_conv1d_rows_fall_back_and_stay_exact() -> None:
+    torch.manual_seed(0)
+    model = TimeMajorConv1D().double()
+    x = torch.randn(4, 3, 3, dtype=torch.float64)  # T = N - 1: chunk sizes cannot mistake it
+    for method in ("auto", "structured"):
+        K, R = empirical_ntk(model, x, method=method), reference_ntk(model, x)
+        assert (K - R).abs().max() <= 1e-8 * R.abs().max()
+
+
+def test_addmm_with_scaling_is_left_to_the_jacobian_path() -> None:
+    class Scaled(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.w, self.b = nn.Parameter(torch.randn(3, 2)), nn.Parameter(torch.randn(2))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = torch.addmm(self.b, x.view(-1, 3), self.w, beta=0.5, alpha=2.0)
+            return y.view(x.shape[0], -1).sum(1)
+
+    torch.manual_seed(0)
+    model, x = Scaled().double(), torch.randn(4, 5, 3, dtype=torch.float64)
+    K, R = empirical_ntk(model, x), reference_ntk(model, x)
+    assert (K - R).abs().max() <= 1e-8 * R.abs().max()
+
+
+def test_gpt2_sketch_wide_is_exact_and_narrow_is_unbiased() -> None:
+    """Model-chosen (1, T) position ids: wpe is sketched from its exact jacobian rows."""
+    model, x = gpt2(batch_positions=False)
+    R = reference_ntk(model, x)
+    wide = empirical_ntk(model, x, method="sketch", sketch_dim=1000)
+    assert (wide - R).abs().max() <= 1e-8 * R.abs().max()
+    S = torch.stack([empirical_ntk(model, x, method="sketch", sketch_dim=4, sketch_seed=s)
+                     for s in range(20)])
+    se = S.std(0) / 20**0.5
+    assert ((S.mean(0) - R).abs() <= 5 * se + 1e-12 * R.abs().max()).all()
+
+
+def test_conv1d_output_edited_in_place_stays_exact() -> None:
+    """An in-place op on a Conv1D output (seen by the one-sample probe) gets the model a copy."""
+
+    class Inplace(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = transformers.pytorch_utils.Conv1D(4, 3)
+            self.head = nn.Linear(4, 1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = self.conv(x)
+            y.mul_(2.0).tanh_()
+            return self.head(y).sum(1)
+
+    torch.manual_seed(0)
+    model, x = Inplace().double(), torch.randn(4, 5, 3, dtype=torch.float64)
+    for method in ("auto", "structured", "sketch"):
+        kw = {"sketch_dim": 1000} if method == "sketch" else {}
+        K, R = empirical_ntk(model, x, method=method, **kw), reference_ntk(model, x)
+        assert (K - R).abs().max() <= 1e-8 * R.abs().max()
+
+
+def test_gpt2_never_needs_the_per_sample_jacobian(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With batch-first position ids every GPT-2 parameter passes the engine's guards (the
+    rule's probe gradient equals autograd's), exact and sketched."""
+    from cosmo_optim import _ntk_exact
+
+    calls: list[tuple] = []
+    rows = _ntk_exact.PerSampleJacobian.rows
+    monkeypatch.setattr(_ntk_exact.PerSampleJacobian, "rows",
+                        lambda self, *a: calls.append(a) or rows(self, *a))
+    model, x = gpt2()
+    empirical_ntk(model, x)
+    empirical_ntk(model, x, method="sketch", sketch_dim=4)
+    assert not calls, f"{[c[0] for c in calls]} took the per-sample Jacobian"
