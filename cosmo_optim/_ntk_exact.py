@@ -109,6 +109,74 @@ def gradient_rows(f: Tensor, params: Sequence[Tensor]) -> Tensor:
     return torch.stack(rows)
 
 
+def chunks(n: int, size: int) -> list[tuple[int, int]]:
+    size = max(1, size)
+    return [(lo, min(lo + size, n)) for lo in range(0, n, size)]
+
+
+def block(ga: torch.Tensor, gb: torch.Tensor, full: bool) -> torch.Tensor:
+    """``Σ_p G_a[i,c,p] G_b[j,d,p]``: (na, nb), or (na, nb, C, C) when ``full``."""
+    if not full:
+        return ga.reshape(ga.shape[0], -1) @ gb.reshape(gb.shape[0], -1).T
+    (na, C, P), nb = ga.shape, gb.shape[0]
+    prod = ga.reshape(na * C, P) @ gb.reshape(nb * C, P).T
+    return prod.reshape(na, C, nb, C).permute(0, 2, 1, 3)
+
+
+def accumulate(K: torch.Tensor, G: torch.Tensor, full: bool) -> None:
+    """``K += G Gᵀ`` in place; for the trace kernel only the blocks on and above the diagonal
+    are multiplied once N >= 128 (the product is symmetric; measured on a quiet machine: 15-25 %
+    saved at N = 128-256, nothing at N = 64)."""
+    if full:
+        K += block(G, G, True)
+        return
+    N = G.shape[0]
+    G = G.reshape(N, -1)
+    nb = 1 if N < 128 else min(N // 64, 8)  # blocks of >= 64 rows stay efficient
+    cut = [N * k // nb for k in range(nb + 1)]
+    for a in range(nb):
+        ga = G[cut[a] : cut[a + 1]]
+        K[cut[a] : cut[a + 1], cut[a] : cut[a + 1]].addmm_(ga, ga.T)
+        if a + 1 < nb:
+            blk = ga @ G[cut[a + 1] :].T
+            K[cut[a] : cut[a + 1], cut[a + 1] :] += blk
+            K[cut[a + 1] :, cut[a] : cut[a + 1]] += blk.T
+
+
+def contract(K: Tensor, rows: PerSampleJacobian, sizes: dict[str, int], free: int, act: int,
+             full: bool) -> None:
+    """K += J_B J_Bᵀ over blocks B of the parameters in ``sizes`` (name -> bytes of one
+    sample's rows), chunked over samples (cost in :mod:`cosmo_optim.ntk`'s docstring).
+
+    Block and chunk sizes come from the ``free`` bytes before anything is allocated. Computing
+    the rows of m samples holds them twice (per-parameter Jacobians, then their concatenation)
+    beside m one-sample graphs (``act`` bytes each); pairs of chunks hold two sets of rows.
+    """
+    N = K.shape[0]
+    blocks: list[list[str]] = [[]]
+    limit = max(free // 2, 1)
+    for n, size in sizes.items():  # greedy blocks whose N×C×P Jacobian fits half the budget
+        if blocks[-1] and N * (sum(sizes[k] for k in blocks[-1]) + size) > limit:
+            blocks.append([])
+        blocks[-1].append(n)
+    for names in blocks:
+        row = sum(sizes[k] for k in names)  # one sample's rows
+        if N * row <= limit:  # whole Jacobian of this block, built in chunks
+            G = torch.cat([rows.rows(names, lo, hi)
+                           for lo, hi in chunks(N, limit // (2 * row + act))])
+            accumulate(K, G, full)
+            continue
+        pieces = chunks(N, free // (4 * row + act))
+        for a, (alo, ahi) in enumerate(pieces):  # recompute pairs: memory O(m C P)
+            Ga = rows.rows(names, alo, ahi)
+            for blo, bhi in pieces[a:]:
+                Gb = Ga if blo == alo else rows.rows(names, blo, bhi)
+                blk = block(Ga, Gb, full)
+                K[alo:ahi, blo:bhi] += blk
+                if blo != alo:
+                    K[blo:bhi, alo:ahi] += blk.transpose(0, 1).transpose(-1, -2) if full else blk.T
+
+
 def dense(g: Tensor) -> Tensor:
     """A gradient in strided layout (sparse embedding gradients are densified)."""
     return g.to_dense() if g.layout != torch.strided else g

@@ -63,6 +63,7 @@ from cosmo_optim import _ntk_guards as guards
 from cosmo_optim import _ntk_rules as rules
 from cosmo_optim import _ntk_sketch as sketch
 from cosmo_optim._common import check_int, parse_bytes, preserved, training
+from cosmo_optim._ntk_exact import accumulate, chunks
 
 Output = str | int | Callable[[torch.Tensor], torch.Tensor]
 ParamFilter = Sequence[str] | Callable[[str, nn.Parameter], bool] | None
@@ -279,40 +280,6 @@ def _no_fastpath() -> Iterator[None]:
         torch.backends.mha.set_fastpath_enabled(flag)
 
 
-def _chunks(n: int, size: int) -> list[tuple[int, int]]:
-    size = max(1, size)
-    return [(lo, min(lo + size, n)) for lo in range(0, n, size)]
-
-
-def _block(ga: torch.Tensor, gb: torch.Tensor, full: bool) -> torch.Tensor:
-    """``Σ_p G_a[i,c,p] G_b[j,d,p]``: (na, nb), or (na, nb, C, C) when ``full``."""
-    if not full:
-        return ga.reshape(ga.shape[0], -1) @ gb.reshape(gb.shape[0], -1).T
-    (na, C, P), nb = ga.shape, gb.shape[0]
-    prod = ga.reshape(na * C, P) @ gb.reshape(nb * C, P).T
-    return prod.reshape(na, C, nb, C).permute(0, 2, 1, 3)
-
-
-def _accumulate(K: torch.Tensor, G: torch.Tensor, full: bool) -> None:
-    """``K += G Gᵀ`` in place; for the trace kernel only the blocks on and above the diagonal
-    are multiplied once N >= 128 (the product is symmetric; measured on a quiet machine: 15-25 %
-    saved at N = 128-256, nothing at N = 64)."""
-    if full:
-        K += _block(G, G, True)
-        return
-    N = G.shape[0]
-    G = G.reshape(N, -1)
-    nb = 1 if N < 128 else min(N // 64, 8)  # blocks of >= 64 rows stay efficient
-    cut = [N * k // nb for k in range(nb + 1)]
-    for a in range(nb):
-        ga = G[cut[a] : cut[a + 1]]
-        K[cut[a] : cut[a + 1], cut[a] : cut[a + 1]].addmm_(ga, ga.T)
-        if a + 1 < nb:
-            blk = ga @ G[cut[a + 1] :].T
-            K[cut[a] : cut[a + 1], cut[a + 1] :] += blk
-            K[cut[a + 1] :, cut[a] : cut[a + 1]] += blk.T
-
-
 class _Engine:
     """One kernel request: probe, plan, structured pass, jacobian pass."""
 
@@ -474,7 +441,9 @@ class _Engine:
         if fallback:
             vmap_ok = not recorder.functions & exact.VMAP_UNSAFE
             rows = exact.PerSampleJacobian(self.call, self.base, self.x, C, vmap_ok)
-            self._jacobian(K, rows, sorted(fallback, key=self.names.index), act)
+            names = sorted(fallback, key=self.names.index)
+            sizes = {n: C * self.base[n].numel() * self.isz for n in names}
+            exact.contract(K, rows, sizes, self.free, act, self.full)
         return K
 
     def _form(self, uses: list[rules.Use]) -> tuple[str, int]:
@@ -509,7 +478,7 @@ class _Engine:
         demoted: set[str] = set()
         counts = {n: len(recorder.uses[n]) for n in plan}
         m = max(2, self.free // 2 // act)
-        for lo, hi in _chunks(self.N, m):
+        for lo, hi in chunks(self.N, m):
             recorder, f = self._forward(self.x[lo:hi], leaves)
             if lo == 0:
                 guards.refuse_coupling(self.alone, f[0].detach())
@@ -533,13 +502,14 @@ class _Engine:
             if plan[n][0] == "psg":
                 G = store[n][0] if len(store[n]) == 1 else torch.cat(store[n])
                 store[n] = []
-                _accumulate(K, G, self.full)
+                accumulate(K, G, self.full)
             else:
                 xs, ds = zip(*store[n], strict=True)
                 store[n] = []
                 X = xs[0] if len(xs) == 1 else torch.cat(xs)
                 D = ds[0] if len(ds) == 1 else torch.cat(ds, dim=1)
-                self._gram(K, X, D, recorder.uses[n][0].kind, plus_one=n in merged)
+                _gram(K, X, D, recorder.uses[n][0].kind, plus_one=n in merged, free=self.free,
+                      full=self.full)
         return sorted(demoted)
 
     def _cotangents(self, f: torch.Tensor, outs: dict[int, torch.Tensor],
@@ -589,70 +559,36 @@ class _Engine:
             G = G + rules.per_sample_grad(u, delta[id(u.out)])
         return G
 
-    def _gram(
-        self, K: torch.Tensor, X: torch.Tensor, D: torch.Tensor, kind: str | None,
-        plus_one: bool = False,
-    ) -> None:
-        """K += Σ_{s,t} (x_is·x_jt [+ 1])(δ_is·δ_jt), in blocks of b samples (rule in module
-        doc; ``plus_one`` adds the kernel of the layer's bias)."""
-        C, N, R, d_out = D.shape
-        Dr = D.permute(1, 2, 0, 3).reshape(N * R, C, d_out)
-        emb = kind == "embedding"
-        Xr = X.reshape(N * R) if emb else X.reshape(N * R, -1)
-        per_sample = R * N * R * (2 + (C * C if self.full else 1)) * self.isz
-        size = self.free // 2 // max(per_sample, 1)
-        sym = not self.full and N >= _SYMMETRIC_FROM  # blocks on and above the diagonal only
-        if sym:
-            size = min(size, -(-N // min(max(N // 256, 2), 8)))
-        for lo, hi in _chunks(N, size):
-            xa, da = Xr[lo * R : hi * R], Dr[lo * R : hi * R]
-            if self.full:
-                XX = (xa[:, None] == Xr[None, :]).to(D.dtype) if emb else xa @ Xr.T
-                XX = XX + 1 if plus_one else XX
-                DD = torch.einsum("acd,bed->abce", da, Dr)
-                K[lo:hi] += (XX[..., None, None] * DD).reshape(hi - lo, R, N, R, C, C).sum((1, 3))
-                continue
-            c0 = lo if sym else 0
-            xb, db = Xr[c0 * R :], Dr[c0 * R :]
-            XX = (xa[:, None] == xb[None, :]).to(D.dtype) if emb else xa @ xb.T
+
+def _gram(
+    K: torch.Tensor, X: torch.Tensor, D: torch.Tensor, kind: str | None, *, plus_one: bool,
+    free: int, full: bool,
+) -> None:
+    """K += Σ_{s,t} (x_is·x_jt [+ 1])(δ_is·δ_jt), in blocks of b samples that fit ``free``
+    bytes (rule in the module doc; ``plus_one`` adds the kernel of the layer's bias)."""
+    C, N, R, d_out = D.shape
+    Dr = D.permute(1, 2, 0, 3).reshape(N * R, C, d_out)
+    emb = kind == "embedding"
+    Xr = X.reshape(N * R) if emb else X.reshape(N * R, -1)
+    per_sample = R * N * R * (2 + (C * C if full else 1)) * D.element_size()
+    size = free // 2 // max(per_sample, 1)
+    sym = not full and N >= _SYMMETRIC_FROM  # blocks on and above the diagonal only
+    if sym:
+        size = min(size, -(-N // min(max(N // 256, 2), 8)))
+    for lo, hi in chunks(N, size):
+        xa, da = Xr[lo * R : hi * R], Dr[lo * R : hi * R]
+        if full:
+            XX = (xa[:, None] == Xr[None, :]).to(D.dtype) if emb else xa @ Xr.T
             XX = XX + 1 if plus_one else XX
-            DD = da.reshape(-1, C * d_out) @ db.reshape(-1, C * d_out).T
-            blk = (XX * DD).reshape(hi - lo, R, N - c0, R).sum((1, 3))
-            K[lo:hi, c0:] += blk
-            if sym and hi < N:
-                K[hi:, lo:hi] += blk[:, hi - lo :].T
-
-    # ---------------------------------------------------------------------- jacobian pass
-    def _jacobian(self, K: torch.Tensor, rows: exact.PerSampleJacobian, names: list[str],
-                  act: int) -> None:
-        """K += J_B J_Bᵀ over blocks B of parameters, chunked over samples (see module doc).
-
-        Block and chunk sizes come from the budget before anything is allocated. Computing the
-        rows of m samples holds them twice (per-parameter Jacobians, then their concatenation)
-        beside m one-sample graphs (``act`` bytes each); pairs of chunks hold two sets of rows.
-        """
-        C, N, isz = self.C, self.N, self.isz
-        blocks: list[list[str]] = [[]]
-        limit = max(self.free // 2, 1)
-        for n in names:  # greedy blocks whose N×C×P Jacobian fits half the free budget
-            size = sum(self.base[k].numel() for k in blocks[-1]) + self.base[n].numel()
-            if blocks[-1] and N * C * size * isz > limit:
-                blocks.append([])
-            blocks[-1].append(n)
-        for block in blocks:
-            row = C * sum(self.base[k].numel() for k in block) * isz  # one sample's rows
-            if N * row <= limit:  # whole Jacobian of this block, built in chunks
-                G = torch.cat([rows.rows(block, lo, hi)
-                               for lo, hi in _chunks(N, limit // (2 * row + act))])
-                _accumulate(K, G, self.full)
-                continue
-            chunks = _chunks(N, self.free // (4 * row + act))
-            for a, (alo, ahi) in enumerate(chunks):  # recompute pairs: memory O(m C P)
-                Ga = rows.rows(block, alo, ahi)
-                for blo, bhi in chunks[a:]:
-                    Gb = Ga if blo == alo else rows.rows(block, blo, bhi)
-                    blk = _block(Ga, Gb, self.full)
-                    K[alo:ahi, blo:bhi] += blk
-                    if blo != alo:
-                        K[blo:bhi, alo:ahi] += blk.transpose(0, 1).transpose(-1, -2) \
-                            if self.full else blk.T
+            DD = torch.einsum("acd,bed->abce", da, Dr)
+            K[lo:hi] += (XX[..., None, None] * DD).reshape(hi - lo, R, N, R, C, C).sum((1, 3))
+            continue
+        c0 = lo if sym else 0
+        xb, db = Xr[c0 * R :], Dr[c0 * R :]
+        XX = (xa[:, None] == xb[None, :]).to(D.dtype) if emb else xa @ xb.T
+        XX = XX + 1 if plus_one else XX
+        DD = da.reshape(-1, C * d_out) @ db.reshape(-1, C * d_out).T
+        blk = (XX * DD).reshape(hi - lo, R, N - c0, R).sum((1, 3))
+        K[lo:hi, c0:] += blk
+        if sym and hi < N:
+            K[hi:, lo:hi] += blk[:, hi - lo :].T
