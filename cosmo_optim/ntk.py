@@ -361,7 +361,8 @@ class _Engine:
         overwrites in place (those are copied from now on). Refuses random forwards."""
         self.protect: frozenset[int] = frozenset()
         self.written: dict[str, torch.Tensor] = {}
-        views, self.base = self.base, {n: t.clone() for n, t in self.base.items()}
+        views = self.base  # the leaves stand in for the selected parameters: copy the rest
+        self.base = {n: t if n in leaves else t.clone() for n, t in views.items()}
         before = guards.rng_states(self.x.device)
         recorder, f1 = self._forward(self.x[:1], leaves)
         if recorder.overwritten():
@@ -371,7 +372,8 @@ class _Engine:
         # Tensors the forward writes into (Embedding(max_norm=...) rows, spectral-norm power
         # iterations in training mode) stay private copies, reset before every forward so
         # that each computes the same function; the others go back to views.
-        self.written = {n: views[n].clone() for n, c in self.base.items() if c._version}
+        self.written = {n: views[n].clone() for n, c in self.base.items()
+                        if n not in leaves and c._version}
         self.base = {n: c if n in self.written else views[n] for n, c in self.base.items()}
         return recorder, f1
 

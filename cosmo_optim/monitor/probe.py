@@ -129,11 +129,9 @@ def measure(model: nn.Module, inputs: Tensor, output: Any = None,
     f = model_outputs(model, inputs, output)
     device = device_of(model)
     net = model if output is None else Selected(model, output)
-    with preserved(model, device), training(model, False):
-        kernel = empirical_ntk(
-            net, inputs.to(device), output="full" if f[0].numel() > 1 else "trace",
-            verify=verify,
-        )
+    kernel = empirical_ntk(  # in eval mode, buffers and random states restored, by itself
+        net, inputs.to(device), output="full" if f[0].numel() > 1 else "trace", verify=verify,
+    )
     return f, flat_kernel(kernel.detach().double().cpu())
 
 
