@@ -29,6 +29,7 @@ from cosmo_optim.monitor.universe import (
     dual_warnings,
     unwrap_optimizer,
 )
+from cosmo_optim.ntk import DEFAULT_SKETCH_DIM
 
 __all__ = ["CosmologyTracker"]
 
@@ -72,7 +73,14 @@ class CosmologyTracker:
             (``"logits"``) or a callable (``lambda out: out[0]``) selecting the outputs.
         verify_ntk: check the first probe's kernel against brute force (a few entries, one
             forward and C backward passes each) and raise if it is off; see
-            ``empirical_ntk(verify=True)``.
+            ``empirical_ntk(verify=True)``. Exact kernels only.
+        ntk_method: ``"auto"`` (default: the exact kernel while N·C·P < `SKETCH_FROM` =
+            2.5·10⁸ per-sample gradient entries, the sketch above), ``"exact"`` or
+            ``"sketch"``. Each probe logs ``ntk/sketch_dim``, k of its kernel (0: exact).
+        sketch_dim: k of the sketched kernel (``empirical_ntk(method="sketch")``).
+        distributed: under ``torch.distributed``, every rank probes with the same probe
+            batch and computes the kernel features of its shard of it
+            (``empirical_ntk(distributed=True)``); all ranks must call `step` together.
 
     Raises:
         ValueError: on an invalid argument, naming the fix.
@@ -111,10 +119,13 @@ class CosmologyTracker:
         group: int = 0,
         output: Any = None,
         verify_ntk: bool = False,
+        ntk_method: str = "auto",
+        sketch_dim: int = DEFAULT_SKETCH_DIM,
+        distributed: bool = False,
     ) -> None:
         config = MonitorConfig(
             loss, probe_size, top_k, every_n_steps, log_figures_every_n_steps, history_size,
-            prefix, group, output, verify_ntk,
+            prefix, group, output, verify_ntk, ntk_method, sketch_dim, distributed,
         )
         self._setup(model, config, optimizer=optimizer, probe_batch=probe_batch, sink=sink)
 
