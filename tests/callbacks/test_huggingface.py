@@ -179,3 +179,51 @@ def test_a_loss_that_does_not_fit_the_logits_is_one_line_naming_the_fix(tmp_path
     callback = CosmologyCallback(nn.MSELoss(), input_key="x", top_k=2)
     with pytest.raises(ValueError, match=r"the loss MSELoss does not give one value per sample on the model's outputs of shape \(16, 3\) .*Fix: pass the loss the model is trained with"):
         run(tmp_path, max_steps=1, callback=callback, report_to=[])
+
+
+HF_DDP_SCRIPT = """
+import json, sys
+from pathlib import Path
+sys.path.insert(0, {tests!r})
+import cosmo_optim._ntk_sketch as features
+from test_huggingface import run, series
+
+shards = []  # the probe samples [lo, hi) whose kernel features this rank computed
+compute = features.FeatureMap.all
+features.FeatureMap.all = lambda self, lo, hi: shards.append([lo, hi]) or compute(self, lo, hi)
+trainer, callback, _ = run(Path({out!r}), report_to=[], ddp_backend="gloo")
+print("RESULT", json.dumps(dict(
+    rank=trainer.args.process_index, series=series(trainer),
+    shards=sorted(set(map(tuple, shards))), distributed=callback.tracker.config.distributed)))
+"""
+
+
+@pytest.mark.slow
+def test_torchrun_ddp_splits_the_probe_kernel_across_ranks(tmp_path):
+    """Two gloo ranks under torchrun: each computes the kernel features of half the probe
+    batch, both log the same read-out, and the first probe (same weights everywhere) equals
+    the one-process run's."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = tmp_path / "ddp.py"
+    script.write_text(HF_DDP_SCRIPT.format(tests=str(Path(__file__).parent), out=str(tmp_path / "out")))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    out = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script)],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    ranks = sorted((json.loads(line[7:]) for line in out.stdout.splitlines() if line.startswith("RESULT ")),
+                   key=lambda r: r["rank"])
+    assert [r["rank"] for r in ranks] == [0, 1]
+    assert [r["shards"] for r in ranks] == [[[0, 8]], [[8, 16]]]  # each rank half the probe batch
+    assert all(r["distributed"] for r in ranks)
+    assert ranks[0]["series"] == ranks[1]["series"]  # every rank reads out the same values
+    trainer, callback, _ = run(tmp_path / "single", report_to=[])
+    assert not callback.tracker.config.distributed
+    (step, split), (_, whole) = ranks[0]["series"][0], series(trainer)[0]
+    assert step == 0 and split["ntk/sketch_dim"] == whole["ntk/sketch_dim"] == 0.0
+    assert split["ntk/lambda_1"] == pytest.approx(whole["ntk/lambda_1"], rel=1e-5)

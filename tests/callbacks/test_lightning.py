@@ -511,3 +511,16 @@ def test_dir_lists_the_lazy_callbacks():
 def test_a_loss_class_is_refused_with_the_fix():
     with pytest.raises(ValueError, match=r"the class CrossEntropyLoss, not an instance. Fix: pass CrossEntropyLoss\(\)"):
         CosmologyMonitor(nn.CrossEntropyLoss)
+
+
+def test_a_strategy_that_shards_parameters_is_refused_at_setup(tmp_path):
+    """FSDP needs a GPU, so a DDP strategy named as FSDP stands in for it: the check reads the
+    strategy's class hierarchy, and the real FSDPStrategy/DeepSpeedStrategy carry these names."""
+    from lightning.pytorch.strategies import DDPStrategy
+    from lightning.pytorch.utilities.exceptions import MisconfigurationException
+
+    FSDPStrategy = type("FSDPStrategy", (DDPStrategy,), {})
+    fit = L.Trainer(strategy=FSDPStrategy(), accelerator="cpu", devices=2,
+                    logger=TensorBoardLogger(str(tmp_path)))
+    with pytest.raises(MisconfigurationException, match=r"FSDPStrategy shards the parameters.*Fix: use strategy='ddp'"):
+        CosmologyMonitor().setup(fit, Regressor(), "fit")
