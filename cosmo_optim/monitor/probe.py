@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from cosmo_optim._common import preserved, training
+from cosmo_optim._common import one_thread, preserved, training
 from cosmo_optim.cosmology import Cosmology
 from cosmo_optim.dual import FLRWDual
 from cosmo_optim.losses import PerSampleLoss
@@ -323,10 +323,12 @@ def probe(
     cosmology: Cosmology | None,
     run: RunSoFar,
 ) -> ProbeResult:
-    """`measure` then `read_out`, or `skipped` when f or Θ is not finite."""
+    """`measure` (the model's forward and NTK, on the threads training uses) then `read_out`
+    (on one thread), or `skipped` when f or Θ is not finite."""
     first = run.reference is None
-    f, kernel, k = measure(model, inputs, config, first=first)
+    f, kernel, k = measure(model, inputs, config, first=first)  # as many threads as training
     if not (torch.isfinite(f).all() and torch.isfinite(kernel).all()):
         return skipped(run, config.prefix)
-    return read_out(f, kernel, config=config, cosmology=cosmology, targets=targets, run=run,
-                    sketch_dim=k)
+    with one_thread():  # probe-sized linear algebra (docs/callbacks.md, "Cost")
+        return read_out(f, kernel, config=config, cosmology=cosmology, targets=targets,
+                        run=run, sketch_dim=k)

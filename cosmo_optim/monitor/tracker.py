@@ -16,7 +16,6 @@ from typing import Any
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
-from cosmo_optim._common import one_thread
 from cosmo_optim.cosmology import Cosmology
 from cosmo_optim.dual import FLRWDual
 from cosmo_optim.monitor import probe as probes
@@ -39,7 +38,7 @@ class CosmologyTracker:
 
     Each probe (optimiser step n, weights θ_n) computes on the probe batch: outputs f, the full
     output-space NTK (T4), its `top_k` eigenpairs (T7) and, for a momentum-SGD optimiser with a
-    `loss`, the `FLRWDual` (T3–T10). The step before each probe it also records f_{n−1} (one
+    `loss`, the `FLRWDual` (T3–T10). With a loss, the step before each probe it records f_{n−1} (one
     forward pass) so that the field velocity ḟ = (f_n − f_{n−1})/sqrt(η) is known (T2); at
     step 0 it is exactly zero (T1). From each probe it predicts f at the next one with the exact
     discrete NTK map (T10); the residual to what training did is ``duality/residual``.
@@ -298,11 +297,10 @@ class CosmologyTracker:
         n = self.config.interval
         if not self.has_probe:
             return None
-        if (step + 1) % n == 0:
+        if (step + 1) % n == 0 and self.config.loss is not None:  # ḟ feeds the dual only
             assert self._inputs is not None
-            with one_thread():
-                self._previous_outputs = (
-                    step, probes.model_outputs(self.model, self._inputs, self.config.output))
+            self._previous_outputs = (
+                step, probes.model_outputs(self.model, self._inputs, self.config.output))
         if step % n:
             return None
         metrics = self.probe(step)
@@ -318,9 +316,8 @@ class CosmologyTracker:
             raise ValueError("probe() needs a probe batch. Fix: call set_probe(batch) first.")
         run = probes.RunSoFar(step, self.efolds, self.nonfinite, self._previous_outputs,
                               self._reference, self._last)
-        with one_thread():
-            result = probes.probe(self.model, self._inputs, self._targets, config=self.config,
-                                  cosmology=self.cosmology(), run=run)
+        result = probes.probe(self.model, self._inputs, self._targets, config=self.config,
+                              cosmology=self.cosmology(), run=run)
         self._reference, self._last = result.reference, result.last
         if result.record is None:
             self.nonfinite += 1
