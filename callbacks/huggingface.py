@@ -64,7 +64,8 @@ def _logits(out: Any) -> Tensor:
 def _distributed(args: Any) -> bool:
     """True under multi-process DDP (the probe's kernel is split across ranks); an error for
     strategies that shard the parameters, where no rank holds the whole model."""
-    if getattr(args, "world_size", 1) <= 1 or not torch.distributed.is_initialized():
+    if getattr(args, "world_size", 1) <= 1 or not (
+            torch.distributed.is_available() and torch.distributed.is_initialized()):
         return False
     if getattr(args, "fsdp", None) or getattr(args, "deepspeed", None):
         raise ValueError(
