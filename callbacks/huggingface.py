@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -116,6 +116,10 @@ class CosmologyCallback(_TrainerCallback, _ExportableState):
         probe_size: at most this many probe samples.
         input_key: a model input with one row per sample (``"input_ids"``).
         label_key: the targets' key (``"labels"``).
+        output: the outputs f the NTK is taken of: a key/attribute of the model's output or a
+            callable of it; default its logits. A language model's logits have T·V components
+            per sample and a kernel of (N·T·V)² entries: select a few, e.g.
+            ``output=lambda out: out.logits[:, -1, :8]`` (with ``loss=None``).
         log_figures_every_n_steps: draw figures at these steps and once more at the end;
             None (default) draws none (they cost ≈ 0.2 s, more than a dozen probes).
         prefix: prepended to every tag.
@@ -155,6 +159,7 @@ class CosmologyCallback(_TrainerCallback, _ExportableState):
         verify_ntk: bool = False,
         ntk_method: str = "auto",
         sketch_dim: int = DEFAULT_SKETCH_DIM,
+        output: str | Callable[[Any], Tensor] | None = None,
     ) -> None:
         if not _HAVE_TRANSFORMERS:
             raise ImportError(
@@ -162,7 +167,8 @@ class CosmologyCallback(_TrainerCallback, _ExportableState):
             )
         self.config = MonitorConfig(
             loss, probe_size, top_k, every_n_steps, log_figures_every_n_steps, prefix=prefix,
-            output=_logits, verify_ntk=verify_ntk, ntk_method=ntk_method, sketch_dim=sketch_dim,
+            output=_logits if output is None else output, verify_ntk=verify_ntk,
+            ntk_method=ntk_method, sketch_dim=sketch_dim,
         )
         self.input_key, self.label_key = input_key, label_key
         self.probe_batch = None if probe_batch is None else self._probe(probe_batch)

@@ -128,8 +128,11 @@ def kernel_sketch_dim(config: MonitorConfig, model: nn.Module, f: Tensor) -> int
     `SKETCH_FROM` (docs/callbacks.md), where the exact kernel outgrows the default budget."""
     if config.ntk_method != "auto":
         return config.sketch_dim if config.ntk_method == "sketch" else 0
-    params = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return config.sketch_dim if f.numel() * params >= SKETCH_FROM else 0
+    return config.sketch_dim if f.numel() * _trainable(model) >= SKETCH_FROM else 0
+
+
+def _trainable(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
 def measure(model: nn.Module, inputs: Tensor, config: MonitorConfig | None = None, *,
@@ -143,9 +146,8 @@ def measure(model: nn.Module, inputs: Tensor, config: MonitorConfig | None = Non
     if first and config.verify_ntk and k:
         raise ValueError(
             f"Invalid verify_ntk: True, but this model's probe kernel is sketched (N·C·P = "
-            f"{f.numel()} × {sum(p.numel() for p in model.parameters() if p.requires_grad)} ≥ "
-            f"{SKETCH_FROM:.1e}) and the self-check needs an exact kernel. Fix: "
-            "ntk_method='exact' (with a large enough model) or verify_ntk=False."
+            f"{f.numel()} × {_trainable(model)} ≥ {SKETCH_FROM:.1e}) and the self-check "
+            "needs an exact kernel. Fix: ntk_method='exact', or verify_ntk=False."
         )
     device = device_of(model)
     net = model if config.output is None else Selected(model, config.output)

@@ -147,6 +147,36 @@ def test_a_tiny_gpt2_with_padded_batches_is_probed_with_its_attention_mask(tmp_p
     assert math.isfinite(callback.tracker.history[-1].scalars["ntk/lambda_1"])
 
 
+def test_output_selects_a_few_logits_of_a_language_model(tmp_path):
+    """A language model's logits are (N, T, V): `output=` picks the last token's first two,
+    and the first probe's λ_1 is that of the brute-force kernel of those two outputs."""
+    config = transformers.GPT2Config(n_layer=1, n_head=2, n_embd=16, vocab_size=11, n_positions=8)
+    torch.manual_seed(0)
+    model = transformers.GPT2LMHeadModel(config).eval()
+    ids = torch.randint(1, 11, (4, 5))
+    rows = []  # ∂f_(i,c)/∂θ by plain autograd, one output component at a time
+    for i in range(4):
+        for c in range(2):
+            model.zero_grad()
+            model(ids[i : i + 1]).logits[0, -1, c].backward()
+            rows.append(torch.cat([p.grad.reshape(-1) for p in model.parameters()]))
+    J = torch.stack(rows).double()
+    lam_1 = float(torch.linalg.eigvalsh(J @ J.T)[-1])
+    callback = CosmologyCallback(probe_batch={"input_ids": ids}, probe_size=4, top_k=2,
+                                 output=lambda out: out.logits[:, -1, :2])
+    args = transformers.TrainingArguments(
+        output_dir=str(tmp_path), max_steps=1, logging_steps=1, per_device_train_batch_size=4,
+        report_to=[], save_strategy="no", use_cpu=True, disable_tqdm=True,
+    )
+    data = [{"input_ids": ids[i], "labels": ids[i]} for i in range(4)]
+    opt = torch.optim.SGD(model.parameters(), lr=0.0, momentum=0.9)
+    transformers.Trainer(model=model, args=args, train_dataset=data, optimizers=(opt, None),
+                         callbacks=[callback]).train()
+    first = callback.tracker.history[0].scalars
+    assert first["ntk/lambda_1"] == pytest.approx(lam_1, rel=1e-4)
+    assert first["ntk/sketch_dim"] == 0.0
+
+
 def test_adamw_warns_once_and_logs_no_hubble_rate(tmp_path):
     torch.manual_seed(0)
     model = Classifier()
