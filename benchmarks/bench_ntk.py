@@ -29,7 +29,8 @@ method comes from its own subprocess (first call).
 `--models gpt2 --monitor [N ...]` measures the monitor instead (`gpt2_monitor`): the same
 model trained as a language model (batch 16, 64 tokens) with a `CosmologyTracker` at its
 default settings for probe sizes N (default 16 and 64: the exact kernel, and the sketch the
-monitor switches to above N·C·P = 2.5·10⁸), one subprocess per N.
+monitor switches to where the exact kernel does not fit the default budget), one subprocess
+per N.
 
     python benchmarks/bench_ntk.py --models gpt2 --monitor --threads 1
 """

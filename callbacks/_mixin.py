@@ -15,7 +15,6 @@ import torch
 
 from cosmo_optim.monitor import CosmologyTracker, MonitorConfig
 from cosmo_optim.monitor.probe import take_probe_batch
-from cosmo_optim.ntk import DEFAULT_SKETCH_DIM
 
 __all__ = ["CosmologyMonitorMixin"]
 
@@ -46,7 +45,7 @@ class CosmologyMonitorMixin:
         history_size: int = 1000,
         verify_ntk: bool = False,
         ntk_method: str = "auto",
-        sketch_dim: int = DEFAULT_SKETCH_DIM,
+        sketch_dim: int | None = None,
     ) -> None:
         super().__init__()
         self.config = MonitorConfig(
@@ -102,8 +101,6 @@ class CosmologyMonitorMixin:
             )
         if self.tracker is None or self.tracker.model is not pl_module:
             self.tracker = CosmologyTracker.from_config(pl_module, config)
-            if self.probe_batch is not None:
-                self.tracker.set_probe(self.probe_batch)
         if self._pending_state is not None:
             self.tracker.load_state_dict(self._pending_state)
             self._pending_state = None
@@ -174,8 +171,10 @@ class CosmologyMonitorMixin:
         if trainer.sanity_checking:
             return
         tracker = self._tracker()
-        if not tracker.has_probe:
-            probe = take_probe_batch(batch, tracker.probe_size) if trainer.is_global_zero else None
+        if not tracker.has_probe:  # the given probe batch or the first batch, rank 0's
+            probe = None
+            if trainer.is_global_zero:
+                probe = self.probe_batch or take_probe_batch(batch, tracker.probe_size)
             probe = trainer.strategy.broadcast(probe, src=0)  # the same probe set on every rank
             tracker.set_probe(tuple(t.cpu() if t is not None else None for t in probe))
         if trainer.global_step == 0 and tracker.last_step < 0:

@@ -18,7 +18,6 @@ from torch import Tensor, nn
 
 from cosmo_optim.monitor import CosmologyTracker, MonitorConfig
 from cosmo_optim.monitor.records import from_json, to_json
-from cosmo_optim.ntk import DEFAULT_SKETCH_DIM
 
 _TrainerCallback: Any
 _ExportableState: Any
@@ -126,10 +125,11 @@ class CosmologyCallback(_TrainerCallback, _ExportableState):
         verify_ntk: check the first probe's kernel against brute force (a few entries, one
             forward and C backward passes each) and raise if it is off; see
             ``empirical_ntk(verify=True)``. Exact kernels only.
-        ntk_method: ``"auto"`` (the exact kernel, sketched once the probe's N·C·P per-sample
-            gradient entries reach 2.5·10⁸), ``"exact"`` or ``"sketch"``; every probe logs
-            ``ntk/sketch_dim`` (0: exact).
-        sketch_dim: k of the sketched kernel (``empirical_ntk(method="sketch")``).
+        ntk_method: ``"auto"`` (the exact kernel where it fits `empirical_ntk`'s default
+            2 GiB memory budget, else the sketch), ``"exact"`` or ``"sketch"``; every probe
+            logs ``ntk/sketch_dim`` (0: exact).
+        sketch_dim: k of the sketched kernel (``empirical_ntk(method="sketch")``; default
+            128).
 
     Under DDP (``torchrun``) rank 0's probe batch is broadcast and each rank computes the
     kernel features of its shard of it (``empirical_ntk(distributed=True)``); FSDP and
@@ -158,7 +158,7 @@ class CosmologyCallback(_TrainerCallback, _ExportableState):
         prefix: str = "",
         verify_ntk: bool = False,
         ntk_method: str = "auto",
-        sketch_dim: int = DEFAULT_SKETCH_DIM,
+        sketch_dim: int | None = None,
         output: str | Callable[[Any], Tensor] | None = None,
     ) -> None:
         if not _HAVE_TRANSFORMERS:

@@ -50,10 +50,11 @@ class CosmologyMonitor(CosmologyMonitorMixin, Callback):
         verify_ntk: check the first probe's kernel against brute force (a few entries, one
             forward and C backward passes each) and raise if it is off; see
             ``empirical_ntk(verify=True)``. Exact kernels only.
-        ntk_method: ``"auto"`` (the exact kernel, sketched once the probe's N·C·P per-sample
-            gradient entries reach 2.5·10⁸), ``"exact"`` or ``"sketch"``; every probe logs
-            ``ntk/sketch_dim`` (0: exact).
-        sketch_dim: k of the sketched kernel (``empirical_ntk(method="sketch")``).
+        ntk_method: ``"auto"`` (the exact kernel where it fits `empirical_ntk`'s default
+            2 GiB memory budget, else the sketch), ``"exact"`` or ``"sketch"``; every probe
+            logs ``ntk/sketch_dim`` (0: exact).
+        sketch_dim: k of the sketched kernel (``empirical_ntk(method="sketch")``; default
+            128).
 
     Raises:
         ValueError: in ``__init__`` for an invalid argument; in ``setup()`` for a Trainer

@@ -9,7 +9,7 @@ from cosmo_optim.dual import FLRWDual
 from cosmo_optim.duality import DualityReport, check_duality
 from cosmo_optim.losses import PolynomialPotentialLoss, per_sample_loss
 from cosmo_optim.monitor import CosmologyTracker
-from cosmo_optim.ntk import empirical_ntk
+from cosmo_optim.ntk import MemoryBudgetError, empirical_ntk
 from cosmo_optim.optim import CosmoSGD, cosmology_of
 from cosmo_optim.predict import output_velocity, predict_mean_field, predict_trajectory
 from cosmo_optim.schedule import CosmologyScheduler
@@ -22,6 +22,7 @@ __all__ = [
     "CosmologyTracker",
     "DualityReport",
     "FLRWDual",
+    "MemoryBudgetError",
     "NTKEigen",
     "PolynomialPotentialLoss",
     "PowerLaw",

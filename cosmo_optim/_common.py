@@ -25,6 +25,12 @@ _UNITS = {
 }
 
 
+class MemoryBudgetError(ValueError):
+    """An NTK request that cannot be computed within its ``memory_budget``; raised before
+    anything large is allocated. The monitors catch it to fall back to the sketched kernel.
+    Public as ``cosmo_optim.MemoryBudgetError``."""
+
+
 def check_int(name: str, value: Any, least: int, fix: str) -> int:
     """``value`` if it is an integer ≥ ``least`` (bools refused), else a ValueError naming it."""
     if isinstance(value, bool) or not isinstance(value, int) or value < least:
@@ -103,3 +109,32 @@ def preserved(model: nn.Module, device: torch.device | None = None) -> Iterator[
                 m._buffers[name] = b  # a forward may rebind a buffer (self.n = self.n + 1)
                 if not torch.equal(b, saved):
                     b.copy_(saved)
+
+
+def unwrap_parallel(model: nn.Module) -> nn.Module:
+    """The module inside ``DistributedDataParallel``/``DataParallel`` wrappers: their forward
+    runs collectives and buffer broadcasts, which probes (run a different number of times on
+    each rank) must not trigger; the wrapped module holds the same parameters."""
+    while isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+        model = model.module
+    return model
+
+
+def same_on_every_rank(tensors: list[torch.Tensor]) -> bool:
+    """Whether every rank of the ``torch.distributed`` group holds the same ``tensors`` (shapes
+    and values; a collective: every rank must call it). Compares a fingerprint per tensor: its
+    size, sum and a sum weighted by a hash of each entry's position, so that permuted or
+    swapped entries differ too."""
+    import torch.distributed as dist
+
+    rows = []
+    for t in tensors:
+        flat = t.detach().reshape(-1).to(torch.float64)
+        index = torch.arange(flat.numel(), device=flat.device)
+        weights = ((index * 2654435761) % 65521).to(torch.float64) + 1.0
+        rows.append(torch.stack([flat.new_tensor(float(flat.numel())), flat.sum(),
+                                 flat @ weights]))
+    mine = torch.stack(rows) if rows else torch.zeros(0, 3, dtype=torch.float64)
+    parts = [torch.empty_like(mine) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, mine)
+    return all(torch.equal(p, parts[0]) for p in parts)

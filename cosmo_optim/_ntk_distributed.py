@@ -20,6 +20,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from cosmo_optim._common import MemoryBudgetError, same_on_every_rank
 from cosmo_optim._ntk_sketch import FeatureMap, gram
 
 
@@ -32,7 +33,7 @@ def kernel(engine: Any, k: int | None, seed: int) -> torch.Tensor:
             "or pass distributed=False."
         )
     rank, world = dist.get_rank(), dist.get_world_size()
-    _check_same_inputs(engine.x)
+    _check_same_model(engine)
     N = engine.N
     lo, hi = N * rank // world, N * (rank + 1) // world
     failure: Exception | None = None
@@ -61,17 +62,20 @@ def _agree(failure: Exception | None) -> None:
 
     Without this a rank that refuses the model (a coupled forward, a random one, a budget too
     small) would leave the others waiting forever in the next ``all_gather``. The failing rank
-    re-raises its own error; the others raise a RuntimeError naming it.
+    re-raises its own error; the others raise a RuntimeError naming it (a `MemoryBudgetError`
+    if that is what it was, so that a caller falling back to the sketch does so on every rank).
     """
-    mine = None if failure is None else f"{type(failure).__name__}: {failure}"
-    reports: list[str | None] = [None] * dist.get_world_size()
+    mine = None if failure is None else (isinstance(failure, MemoryBudgetError),
+                                         f"{type(failure).__name__}: {failure}")
+    reports: list[tuple[bool, str] | None] = [None] * dist.get_world_size()
     dist.all_gather_object(reports, mine)
     if failure is not None:
         raise failure
-    failed = [(rank, msg) for rank, msg in enumerate(reports) if msg is not None]
+    failed = [(rank, report) for rank, report in enumerate(reports) if report is not None]
     if failed:
-        rank, msg = failed[0]
-        raise RuntimeError(
+        rank, (budget, msg) = failed[0]
+        error = MemoryBudgetError if budget else RuntimeError  # every rank: the same kind
+        raise error(
             f"distributed=True: rank {rank} could not compute its shard of the kernel, so no "
             f"rank returns one ({msg}). Fix the error reported on rank {rank}."
         )
@@ -98,17 +102,15 @@ def _gather(t: torch.Tensor, sizes: list[int]) -> torch.Tensor:
     return torch.cat([p[:s] for p, s in zip(parts, sizes, strict=True)])
 
 
-def _check_same_inputs(x: torch.Tensor) -> None:
-    """Refuse ranks holding different probe batches (the kernel would be of no batch)."""
-    flat = x.detach().reshape(-1).to(torch.float64)
-    weights = torch.linspace(1.0, 2.0, flat.numel(), dtype=torch.float64, device=flat.device)
-    mine = torch.stack([torch.tensor(float(x.shape[0]), dtype=torch.float64,
-                                     device=flat.device), flat.sum(), flat @ weights])
-    parts = [torch.empty_like(mine) for _ in range(dist.get_world_size())]
-    dist.all_gather(parts, mine)
-    if any(not torch.equal(p, parts[0]) for p in parts):
-        raise ValueError(
-            f"Invalid inputs for distributed=True: rank {dist.get_rank()} sees probe batches "
-            "that differ across ranks (shape or values). Fix: pass the same probe batch "
-            "(same samples, same order) on every rank."
-        )
+def _check_same_model(engine: Any) -> None:
+    """Refuse ranks holding different probe batches, weights or buffers: the kernel would be
+    of no one model and batch (a checksum of each is gathered, see `same_on_every_rank`)."""
+    groups = {"probe batches": [engine.x], "parameters or buffers": list(engine.base.values())}
+    for what, tensors in groups.items():
+        if not same_on_every_rank(tensors):
+            raise ValueError(
+                f"Invalid inputs for distributed=True: rank {dist.get_rank()} sees {what} that "
+                "differ across ranks (shape or values). Fix: pass the same probe batch (same "
+                "samples, same order) and the same model state on every rank (broadcast the "
+                "initial weights; under DDP, rank 0's buffers, as DDP does before a forward)."
+            )

@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from cosmo_optim import _ntk_exact as exact
 from cosmo_optim import _ntk_guards as guards
 from cosmo_optim import _ntk_rules as rules
+from cosmo_optim._common import MemoryBudgetError
 
 _ROWS_KINDS = ("linear", "embedding")
 EXACT_SIDE = 4  # a weight side of at most EXACT_SIDE·k entries is not projected (if the smaller)
@@ -230,7 +231,7 @@ class FeatureMap:
         kernel_bytes = e.N * e.N * (e.C * e.C if e.full else 1) * e.isz
         free = e.budget - kernel_bytes - feat_bytes
         if free < self.act:
-            raise ValueError(
+            raise MemoryBudgetError(
                 f"Invalid memory_budget: {e.budget!r} bytes; the features need at least "
                 f"{kernel_bytes + feat_bytes + self.act} (kernel {kernel_bytes}, features "
                 f"{feat_bytes}). Fix: raise memory_budget, lower sketch_dim or use fewer samples."

@@ -62,7 +62,14 @@ from cosmo_optim import _ntk_exact as exact
 from cosmo_optim import _ntk_guards as guards
 from cosmo_optim import _ntk_rules as rules
 from cosmo_optim import _ntk_sketch as sketch
-from cosmo_optim._common import check_int, parse_bytes, preserved, training
+from cosmo_optim._common import (
+    MemoryBudgetError,
+    check_int,
+    parse_bytes,
+    preserved,
+    training,
+    unwrap_parallel,
+)
 from cosmo_optim._ntk_exact import accumulate, chunks
 
 Output = str | int | Callable[[torch.Tensor], torch.Tensor]
@@ -70,9 +77,7 @@ ParamFilter = Sequence[str] | Callable[[str, nn.Parameter], bool] | None
 
 METHODS = ("auto", "structured", "jacobian", "sketch")
 DEFAULT_SKETCH_DIM = 128  # k: each weight's per-sample gradient sketched to k×k (≤ k×4k) numbers
-#: N·C·P (samples × output components × parameters: the per-sample gradient entries, 1 GB in
-#: float32) from which the monitors sketch the kernel (docs/performance.md, "When to use it").
-SKETCH_FROM = 250_000_000
+
 _OUTPUTS = ("trace", "full")
 _DEFAULT_BUDGET = 2 << 30  # bytes: used when memory_budget is None
 _SYMMETRIC_FROM = 512  # N from which the Gram form multiplies only blocks above the diagonal
@@ -135,6 +140,8 @@ def empirical_ntk(
         ValueError: invalid ``method``/``output``/``params``/``memory_budget``/``verify``, a
             model output that needs a selector, or a model that couples samples in training
             mode.
+        MemoryBudgetError: (a ValueError) the request does not fit ``memory_budget``; raised
+            before anything large is allocated.
         RuntimeError: ``verify`` found an entry off by more than the tolerance.
 
     Every rule checks its assumptions at run time (captured tensors unmodified, cotangents
@@ -166,6 +173,7 @@ def empirical_ntk(
     if inputs.dim() == 0 or inputs.shape[0] == 0:
         raise ValueError(f"Invalid inputs shape: {tuple(inputs.shape)}; it needs N >= 1 samples.")
     k = _sketch_dim(method, sketch_dim)
+    model = unwrap_parallel(model)
     selected = _select(model, params)
     _refuse_coupling(model, train_mode)
     if samples and k is not None:
@@ -430,7 +438,7 @@ class _Engine:
         act = (2 + 2 * C) * max(recorder.out_bytes, 1)  # one sample's graph and cotangents
         need = kernel_bytes + stored + act + jac_min
         if need > self.budget:
-            raise ValueError(
+            raise MemoryBudgetError(
                 f"Invalid memory_budget: {self.budget!r} bytes; this request needs at least "
                 f"{need} (kernel {kernel_bytes}, stored layer terms {stored}, largest jacobian "
                 f"block {jac_min}). Fix: raise memory_budget, use fewer samples, output='trace' "

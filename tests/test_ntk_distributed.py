@@ -58,13 +58,30 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
             refused = ""
         except ValueError as err:
             refused = str(err)
+        refusals = []
+        for case in ("weights", "swapped"):
+            m, xs = build("tanh", torch.float32)
+            if case == "weights" and rank == 1:  # e.g. the initial weights never broadcast
+                with torch.no_grad():
+                    next(m.parameters())[0, 0] += 1e-3
+            if case == "swapped":  # same sums, entries swapped on rank 1
+                xs = torch.tensor([[1.0, 2.0, 2.0, 1.0], [0.5, 0.0, 0.0, 0.5]])
+                xs = xs[:, [1, 0, 3, 2]] if rank == 1 else xs  # [2, 1, 1, 2], ...: same sums
+                m = nn.Linear(4, 1)
+                torch.nn.init.constant_(m.weight, 0.1)
+            try:
+                empirical_ntk(m, xs, distributed=True)
+                refusals.append("")
+            except ValueError as err:
+                refusals.append(str(err))
         try:  # refused on rank 0 only: every rank must raise, none may wait forever
             empirical_ntk(Centred(), torch.randn(4, 3, generator=torch.Generator().manual_seed(0)),
                           distributed=True)
             coupled = ""
         except (ValueError, RuntimeError) as err:
             coupled = f"{type(err).__name__}: {err}"
-        torch.save({"kernels": kernels, "refused": refused, "coupled": coupled},
+        torch.save({"kernels": kernels, "refused": refused, "coupled": coupled,
+                    "refusals": refusals},
                    f"{out}/{rank}.pt")
     finally:
         dist.destroy_process_group()
@@ -91,6 +108,13 @@ def test_two_ranks_equal_the_single_process_kernel(two_ranks: list[dict], i: int
 def test_different_probe_batches_across_ranks_are_refused(two_ranks: list[dict]) -> None:
     for rank in two_ranks:
         assert "differ across ranks" in rank["refused"]
+
+
+def test_different_weights_or_swapped_inputs_across_ranks_are_refused(two_ranks: list[dict]) -> None:
+    for rank in two_ranks:
+        weights, swapped = rank["refusals"]
+        assert "parameters or buffers that differ across ranks" in weights
+        assert "probe batches that differ across ranks" in swapped
 
 
 def test_a_refusal_on_one_rank_reaches_every_rank(two_ranks: list[dict]) -> None:

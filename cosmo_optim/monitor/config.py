@@ -47,11 +47,13 @@ class MonitorConfig:
         verify_ntk: recompute a few entries of the first probe's kernel by brute force and
             raise if they disagree (`empirical_ntk(..., verify=True)`; one forward and C
             backward passes of 3 samples, once per run). Exact kernels only.
-        ntk_method: ``"auto"`` (the exact kernel, or the sketch once the N·C·P per-sample
-            gradient entries reach `cosmo_optim.ntk.SKETCH_FROM`), ``"exact"`` or
-            ``"sketch"``. Every probe logs ``ntk/sketch_dim`` (0: exact).
-        sketch_dim: k of the sketched kernel (`empirical_ntk(method="sketch")`); the same
-            projections at every probe, so kernel drift is not sketch noise.
+        ntk_method: ``"auto"`` (the exact kernel, or the sketch when the exact one does not
+            fit `empirical_ntk`'s default memory budget), ``"exact"`` or ``"sketch"``. Every
+            probe logs ``ntk/sketch_dim`` (0: exact); the first probe's choice holds for the
+            run.
+        sketch_dim: k of the sketched kernel (`empirical_ntk(method="sketch")`), default
+            `cosmo_optim.ntk.DEFAULT_SKETCH_DIM`; the same projections at every probe, so
+            kernel drift is not sketch noise.
         distributed: every rank of an initialised ``torch.distributed`` group calls the probe
             with the same probe batch, and each computes the kernel features of its shard
             (`empirical_ntk(distributed=True)`); the Lightning monitor sets it under DDP.
@@ -77,7 +79,7 @@ class MonitorConfig:
     output: str | Callable[[Any], Tensor] | None = None
     verify_ntk: bool = False
     ntk_method: str = "auto"
-    sketch_dim: int = DEFAULT_SKETCH_DIM
+    sketch_dim: int | None = None
     distributed: bool = False
     interval_name: str = field(default="every_n_steps", compare=False, repr=False)
 
@@ -121,7 +123,13 @@ class MonitorConfig:
                 f"{list(NTK_METHODS)}. Fix: use 'auto' (exact below the size docs/callbacks.md "
                 "states, sketched above it)."
             )
-        check_int("sketch_dim", self.sketch_dim, 1, "Use e.g. sketch_dim=128.")
+        if self.sketch_dim is not None:
+            check_int("sketch_dim", self.sketch_dim, 1, "Use e.g. sketch_dim=128.")
+            if self.ntk_method == "exact":
+                raise ValueError(
+                    f"Invalid sketch_dim: {self.sketch_dim!r} with ntk_method='exact', which "
+                    "never sketches. Fix: drop sketch_dim, or ntk_method='auto'/'sketch'."
+                )
         if self.verify_ntk and self.ntk_method == "sketch":
             raise ValueError(
                 "Invalid verify_ntk: True with ntk_method='sketch'; the self-check compares "
@@ -137,6 +145,11 @@ class MonitorConfig:
                 f"{self.interval_name}={every} (figures are drawn at probes). Fix: use "
                 f"log_figures_every_n_steps={every * max(1, round(figures / every))}."
             )
+
+    @property
+    def sketch_k(self) -> int:
+        """k of the sketch, when one is taken."""
+        return DEFAULT_SKETCH_DIM if self.sketch_dim is None else self.sketch_dim
 
     def with_interval(self, every_n_steps: int) -> MonitorConfig:
         """This configuration with the probe interval set (if it was open)."""
@@ -158,6 +171,4 @@ class MonitorConfig:
             "probe_size": self.probe_size, "top_k": self.top_k,
             "every_n_steps": self.every_n_steps,
             "prefix": self.prefix, "group": self.group,
-            **({} if self.ntk_method == "auto" else {"ntk_method": self.ntk_method}),
-            **({} if self.sketch_dim == DEFAULT_SKETCH_DIM else {"sketch_dim": self.sketch_dim}),
-        })
+        })  # not the kernel options: a resumed run with another kernel keeps its state

@@ -9,27 +9,30 @@ prediction (T10). Neither touches a tracker: both are testable without any train
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import math
-from collections.abc import Mapping
+import warnings
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from cosmo_optim._common import one_thread, preserved, training
+from cosmo_optim._common import one_thread, preserved, same_on_every_rank, training
 from cosmo_optim.cosmology import Cosmology
 from cosmo_optim.dual import FLRWDual
 from cosmo_optim.losses import PerSampleLoss
 from cosmo_optim.monitor.config import MonitorConfig
 from cosmo_optim.monitor.records import LastProbe, PredictedModes, ProbeRecord, Reference
-from cosmo_optim.ntk import SKETCH_FROM, empirical_ntk
+from cosmo_optim.ntk import MemoryBudgetError, empirical_ntk
 from cosmo_optim.predict import predict_trajectory
 from cosmo_optim.spectrum import flat_kernel, kernel_distance, ntk_eigen, uniform_overlaps
 
 __all__ = [
-    "ProbeResult", "RunSoFar", "Selected", "check_loss", "device_of", "kernel_sketch_dim",
-    "measure", "model_outputs", "probe", "read_out", "skipped", "take_probe_batch",
+    "ProbeResult", "RunSoFar", "Selected", "check_loss", "device_of", "measure", "model_outputs",
+    "probe", "read_out", "skipped", "take_probe_batch",
 ]
 
 
@@ -122,41 +125,68 @@ def model_outputs(model: nn.Module, inputs: Tensor, output: Any = None) -> Tenso
     return out.detach().double().cpu()
 
 
-def kernel_sketch_dim(config: MonitorConfig, model: nn.Module, f: Tensor) -> int:
-    """k of the sketched kernel the monitor takes for outputs f (N, ...) of `model`, or 0 for
-    the exact kernel: ``"auto"`` sketches once the N·C·P per-sample gradient entries reach
-    `SKETCH_FROM` (docs/callbacks.md), where the exact kernel outgrows the default budget."""
-    if config.ntk_method != "auto":
-        return config.sketch_dim if config.ntk_method == "sketch" else 0
-    return config.sketch_dim if f.numel() * _trainable(model) >= SKETCH_FROM else 0
-
-
-def _trainable(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
-
-
 def measure(model: nn.Module, inputs: Tensor, config: MonitorConfig | None = None, *,
-            first: bool = False) -> tuple[Tensor, Tensor, int]:
+            first: bool = False, known: int | None = None) -> tuple[Tensor, Tensor, int]:
     """(f, Θ, k): the outputs (N, ...), the flat output-space NTK (N·C, N·C), both float64
-    (T4), and k of the sketch it came from (0: the exact kernel; `kernel_sketch_dim`). On the
-    `first` probe `config.verify_ntk` has the kernel checked against brute force."""
+    (T4), and which kernel Θ is (k of the sketch, 0 for the exact kernel).
+
+    ``config.ntk_method="auto"`` takes the exact kernel where it fits `empirical_ntk`'s default
+    memory budget and the sketch where it does not (`MemoryBudgetError`); `known` is the kernel
+    earlier probes took, kept while it fits. On the `first` probe ``config.verify_ntk`` has the
+    kernel checked against brute force (exact kernels only).
+    """
     config = config or MonitorConfig()
+    with rank0_buffers(model, config.distributed):
+        return _measure(model, inputs, config, first, known)
+
+
+def _measure(model: nn.Module, inputs: Tensor, config: MonitorConfig, first: bool,
+             known: int | None) -> tuple[Tensor, Tensor, int]:
     f = model_outputs(model, inputs, config.output)
-    k = kernel_sketch_dim(config, model, f)
-    if first and config.verify_ntk and k:
-        raise ValueError(
-            f"Invalid verify_ntk: True, but this model's probe kernel is sketched (N·C·P = "
-            f"{f.numel()} × {_trainable(model)} ≥ {SKETCH_FROM:.1e}) and the self-check "
-            "needs an exact kernel. Fix: ntk_method='exact', or verify_ntk=False."
-        )
-    device = device_of(model)
     net = model if config.output is None else Selected(model, config.output)
-    kernel = empirical_ntk(  # in eval mode, buffers and random states restored, by itself
-        net, inputs.to(device), output="full" if f[0].numel() > 1 else "trace",
-        method="sketch" if k else "auto", sketch_dim=k or None,
-        verify=config.verify_ntk and first, distributed=config.distributed,
-    )
-    return f, flat_kernel(kernel.detach().double().cpu()), k
+    x, output = inputs.to(device_of(model)), "full" if f[0].numel() > 1 else "trace"
+    verify = config.verify_ntk and first
+    k = {"exact": 0, "sketch": config.sketch_k}.get(config.ntk_method, known or None)
+    if k is None:  # "auto", exact so far or not yet known
+        try:
+            return f, _ntk(net, x, output, 0, verify, config.distributed), 0
+        except MemoryBudgetError:
+            k = config.sketch_k
+    if k and verify:
+        raise ValueError(
+            f"Invalid verify_ntk: True, but this probe's exact kernel does not fit the default "
+            f"memory budget and the monitor sketches it (k = {k}); the self-check needs an exact "
+            "kernel. Fix: verify_ntk=False, or a smaller probe_size."
+        )
+    return f, _ntk(net, x, output, k, verify, config.distributed), k
+
+
+@contextlib.contextmanager
+def rank0_buffers(model: nn.Module, active: bool) -> Iterator[None]:
+    """Under DDP (`active`), rank 0's buffers on every rank while probing, as DDP broadcasts
+    them before each forward (BatchNorm's running statistics drift apart between forwards:
+    each rank updates them from its own batch); each rank's own are restored after."""
+    if not active:
+        yield
+        return
+    saved = [(b, b.detach().clone()) for b in model.buffers()]
+    for b, _ in saved:
+        torch.distributed.broadcast(b.data, src=0)
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for b, own in saved:
+                b.copy_(own)
+
+
+def _ntk(net: nn.Module, x: Tensor, output: str, k: int, verify: bool,
+         distributed: bool) -> Tensor:
+    """The flat NTK, float64 on the CPU: exact (k = 0) or sketched with k (`empirical_ntk`,
+    which runs in eval mode and restores buffers and random states by itself)."""
+    kernel = empirical_ntk(net, x, output=output, method="sketch" if k else "auto",
+                           sketch_dim=k or None, verify=verify, distributed=distributed)
+    return flat_kernel(kernel.detach().double().cpu())
 
 
 def check_loss(loss: PerSampleLoss, f: Tensor, targets: Tensor | None) -> None:
@@ -198,12 +228,21 @@ def read_out(
     """Every scalar of one probe at step ``run.step`` from outputs f and kernel Θ (T3–T10);
     `sketch_dim` says which kernel Θ is (k of the sketch, 0 for the exact kernel)."""
     n, step = f.shape[0], run.step
+    if run.reference is not None and run.reference.sketch_dim != sketch_dim:
+        warnings.warn(
+            f"CosmologyTracker: the kernel at step {step} is {_kind(sketch_dim)}, the first "
+            f"probe's was {_kind(run.reference.sketch_dim)}; ntk/kernel_distance, "
+            "ntk/basis_rotation and the initial-basis amplitudes are measured from this probe "
+            "on (ntk_method or sketch_dim changed, e.g. on resume).",
+            UserWarning, stacklevel=4,
+        )
+        run = dataclasses.replace(run, reference=None)
     if run.reference is None and config.loss is not None:
         check_loss(config.loss, f, targets)
     k = min(config.top_k, kernel.shape[0])
     warm = None if run.last is None else run.last.eigenvectors
     lam, vec = ntk_eigen(kernel, k=k, warm_start=warm)
-    reference = run.reference or Reference(kernel, vec)
+    reference = run.reference or Reference(kernel, vec, sketch_dim)
     ref = reference.eigenvectors
     vec = vec * torch.where((ref * vec).sum(0) < 0, -1.0, 1.0).to(vec)  # continuity
     s, initial = _spectrum_scalars(f, kernel, lam, vec, reference)
@@ -234,6 +273,10 @@ def read_out(
     )
     last = LastProbe(step, vec, f, prediction[1] if prediction else None)
     return ProbeResult(scalars, record, reference, last, dual)
+
+
+def _kind(sketch_dim: int) -> str:
+    return f"a sketch with k = {sketch_dim}" if sketch_dim else "exact"
 
 
 def _spectrum_scalars(
@@ -328,7 +371,15 @@ def probe(
     """`measure` (the model's forward and NTK, on the threads training uses) then `read_out`
     (on one thread), or `skipped` when f or Θ is not finite."""
     first = run.reference is None
-    f, kernel, k = measure(model, inputs, config, first=first)  # as many threads as training
+    if first and config.distributed and not same_on_every_rank(
+            [t for t in (inputs, targets) if t is not None]):
+        raise ValueError(
+            "CosmologyTracker(distributed=True): the probe batch (inputs or targets) differs "
+            f"across ranks (rank {torch.distributed.get_rank()}). Fix: give every rank the same "
+            "probe_batch, e.g. broadcast rank 0's with torch.distributed.broadcast_object_list."
+        )
+    known = None if run.reference is None else run.reference.sketch_dim
+    f, kernel, k = measure(model, inputs, config, first=first, known=known)  # training's threads
     if not (torch.isfinite(f).all() and torch.isfinite(kernel).all()):
         return skipped(run, config.prefix)
     with one_thread():  # probe-sized linear algebra (docs/callbacks.md, "Cost")

@@ -78,10 +78,12 @@ class ProbeRecord:
 @dataclass(frozen=True)
 class Reference:
     """The first probe: the NTK (N·C, N·C) and its top eigenvectors (N·C, k), against which
-    kernel drift, basis rotation and initial-basis amplitudes are measured (T4, T7)."""
+    kernel drift, basis rotation and initial-basis amplitudes are measured (T4, T7), and
+    which kernel it is (`sketch_dim`: k of the sketch, 0 exact; later probes use the same)."""
 
     kernel: Tensor
     eigenvectors: Tensor
+    sketch_dim: int = 0
 
 
 @dataclass(frozen=True)

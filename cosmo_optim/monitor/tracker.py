@@ -16,6 +16,7 @@ from typing import Any
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
+from cosmo_optim._common import unwrap_parallel
 from cosmo_optim.cosmology import Cosmology
 from cosmo_optim.dual import FLRWDual
 from cosmo_optim.monitor import probe as probes
@@ -28,7 +29,6 @@ from cosmo_optim.monitor.universe import (
     dual_warnings,
     unwrap_optimizer,
 )
-from cosmo_optim.ntk import DEFAULT_SKETCH_DIM
 
 __all__ = ["CosmologyTracker"]
 
@@ -73,10 +73,11 @@ class CosmologyTracker:
         verify_ntk: check the first probe's kernel against brute force (a few entries, one
             forward and C backward passes each) and raise if it is off; see
             ``empirical_ntk(verify=True)``. Exact kernels only.
-        ntk_method: ``"auto"`` (default: the exact kernel while N·C·P < `SKETCH_FROM` =
-            2.5·10⁸ per-sample gradient entries, the sketch above), ``"exact"`` or
-            ``"sketch"``. Each probe logs ``ntk/sketch_dim``, k of its kernel (0: exact).
-        sketch_dim: k of the sketched kernel (``empirical_ntk(method="sketch")``).
+        ntk_method: ``"auto"`` (default: the exact kernel where it fits `empirical_ntk`'s
+            default 2 GiB memory budget, else the sketch), ``"exact"`` or ``"sketch"``. Each
+            probe logs ``ntk/sketch_dim``, k of its kernel (0: exact).
+        sketch_dim: k of the sketched kernel (``empirical_ntk(method="sketch")``; default
+            128).
         distributed: under ``torch.distributed``, every rank probes with the same probe
             batch and computes the kernel features of its shard of it
             (``empirical_ntk(distributed=True)``); all ranks must call `step` together.
@@ -119,7 +120,7 @@ class CosmologyTracker:
         output: Any = None,
         verify_ntk: bool = False,
         ntk_method: str = "auto",
-        sketch_dim: int = DEFAULT_SKETCH_DIM,
+        sketch_dim: int | None = None,
         distributed: bool = False,
     ) -> None:
         config = MonitorConfig(
@@ -141,7 +142,7 @@ class CosmologyTracker:
                probe_batch: Any, sink: Any) -> None:
         if not isinstance(model, nn.Module):
             raise ValueError(f"Invalid model: {type(model).__name__}; it must be an nn.Module.")
-        self.model, self.config, self.optimizer = model, config, optimizer
+        self.model, self.config, self.optimizer = unwrap_parallel(model), config, optimizer
         config.interval  # noqa: B018 (raises while the interval is open)
         self.history: deque[ProbeRecord] = deque(maxlen=config.history_size)
         self.sinks = Sinks(sink)
@@ -206,7 +207,8 @@ class CosmologyTracker:
             self._inputs, self._targets = state["inputs"], state.get("targets")
         self._previous_outputs = state.get("previous_outputs")
         ref, last = state["reference"], state["last"]
-        self._reference = None if ref is None else Reference(ref["kernel"], ref["eigenvectors"])
+        self._reference = None if ref is None else Reference(  # no sketch_dim before sketches
+            ref["kernel"], ref["eigenvectors"], int(ref.get("sketch_dim", 0)))
         self._last = None if last is None else LastProbe(
             last["step"], last["eigenvectors"], last["outputs"], last.get("prediction"))
         self.extras.figures_step = int(state.get("figures_step", -1))
@@ -299,8 +301,9 @@ class CosmologyTracker:
             return None
         if (step + 1) % n == 0 and self.config.loss is not None:  # ḟ feeds the dual only
             assert self._inputs is not None
-            self._previous_outputs = (
-                step, probes.model_outputs(self.model, self._inputs, self.config.output))
+            with probes.rank0_buffers(self.model, self.config.distributed):
+                self._previous_outputs = (
+                    step, probes.model_outputs(self.model, self._inputs, self.config.output))
         if step % n:
             return None
         metrics = self.probe(step)

@@ -343,6 +343,56 @@ def test_ddp_splits_the_kernel_across_ranks_and_logs_once_from_rank_zero(tmp_pat
     assert steps_of(acc, "ntk/lambda_1") == [0, 2, 4]
 
 
+BN_DDP_SCRIPT = """
+import json, sys, torch
+from torch import nn
+import lightning.pytorch as L
+from lightning.pytorch.loggers import TensorBoardLogger
+sys.path.insert(0, {tests!r})
+from test_lightning import Regressor, data
+from cosmo_optim import empirical_ntk
+from cosmo_optim.callbacks import CosmologyMonitor
+
+class Normed(Regressor):
+    def __init__(self):
+        super().__init__(dropout=0.0)
+        self.net = nn.Sequential(nn.Linear(3, 16), nn.BatchNorm1d(16), nn.Tanh(), nn.Linear(16, 1))
+
+L.seed_everything(0)
+monitor = CosmologyMonitor(nn.MSELoss(), every_n_train_steps=2, top_k=2)
+trainer = L.Trainer(
+    max_steps=4, accelerator="cpu", devices=2, strategy="ddp", enable_progress_bar=False,
+    enable_model_summary=False, enable_checkpointing=False, callbacks=[monitor],
+    logger=TensorBoardLogger({log!r}, name="", version=0),
+)
+model = Normed()
+trainer.fit(model, data())  # each rank's batches differ: so do its BatchNorm statistics
+x = monitor.tracker.probe_batch[0]
+own = float(torch.linalg.eigvalsh(empirical_ntk(model, x).double())[-1])  # this rank's buffers
+print("RESULT", json.dumps(dict(rank=trainer.global_rank, own=own,
+    mean=float(model.net[1].running_mean.sum()), read_out=monitor.tracker.history[-1].scalars)))
+"""
+
+
+@pytest.mark.slow
+def test_ddp_with_batchnorm_probes_rank_zero_s_buffers_on_every_rank(tmp_path):
+    """Between forwards each rank's running statistics come from its own batches; DDP takes
+    rank 0's before each forward, and so does the probe: both ranks log the kernel of rank
+    0's model (to 1e-5 of rank 0's own single-process kernel), and their own are kept."""
+    script = tmp_path / "bn.py"
+    script.write_text(BN_DDP_SCRIPT.format(tests=str(Path(__file__).parent), log=str(tmp_path / "logs")))
+    env = {**os.environ, "PL_DISABLE_FORK": "1", "OMP_NUM_THREADS": "1"}
+    out = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True,
+                         text=True, timeout=240)
+    assert out.returncode == 0, out.stderr[-3000:]
+    ranks = sorted((json.loads(line[7:]) for line in out.stdout.splitlines() if line.startswith("RESULT ")),
+                   key=lambda r: r["rank"])
+    assert ranks[0]["mean"] != ranks[1]["mean"]  # the ranks' buffers differ, and are kept
+    assert ranks[0]["own"] != pytest.approx(ranks[1]["own"], rel=1e-6)
+    assert ranks[0]["read_out"] == ranks[1]["read_out"]
+    assert ranks[0]["read_out"]["ntk/lambda_1"] == pytest.approx(ranks[0]["own"], rel=1e-5)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

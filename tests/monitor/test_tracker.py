@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import subprocess
 import sys
+import warnings
 
 import pytest
 import torch
@@ -358,19 +359,55 @@ def linear_two_outputs(d: int = 5, n: int = 6):
     return model, x, lam
 
 
-def test_auto_kernel_is_exact_below_the_size_threshold_and_sketched_from_it(monkeypatch):
+def refuse_exact_kernels(monkeypatch):
+    """Make every exact `empirical_ntk` call of the monitor raise MemoryBudgetError, as the
+    engine does when the exact kernel does not fit its budget; returns the calls' methods."""
     import cosmo_optim.monitor.probe as probe_module
+    from cosmo_optim import MemoryBudgetError, empirical_ntk
 
+    calls = []
+
+    def engine(*args, **kwargs):
+        calls.append(kwargs["method"])
+        if kwargs["method"] != "sketch":
+            raise MemoryBudgetError("Invalid memory_budget: (simulated)")
+        return empirical_ntk(*args, **kwargs)
+
+    monkeypatch.setattr(probe_module, "empirical_ntk", engine)
+    return calls
+
+
+def test_auto_kernel_is_exact_where_it_fits_and_sketched_where_it_does_not(monkeypatch):
     model, x, lam = linear_two_outputs()
-    entries = x.shape[0] * 2 * sum(p.numel() for p in model.parameters())  # N·C·P
-    for threshold, expected_k in [(entries + 1, 0), (entries, 50)]:
-        monkeypatch.setattr(probe_module, "SKETCH_FROM", threshold)
-        # k = 50 exceeds every side of W (2 × 5): the sketch projects nothing, so it is exact
-        tracker = CosmologyTracker(model, probe_batch=x, top_k=2, sketch_dim=50)
-        s = tracker.probe(0)
-        assert s["ntk/sketch_dim"] == expected_k and tracker.history[-1].sketch_dim == expected_k
-        assert s["ntk/lambda_1"] == pytest.approx(float(lam[0]), rel=1e-10)
-        assert s["ntk/ratio_2"] == pytest.approx(1.0, rel=1e-10)  # the C = 2 degeneracy
+    exact = CosmologyTracker(model, probe_batch=x, top_k=2, sketch_dim=50)
+    s = exact.probe(0)
+    assert s["ntk/sketch_dim"] == 0 and exact.history[-1].sketch_dim == 0
+    assert s["ntk/lambda_1"] == pytest.approx(float(lam[0]), rel=1e-10)
+    calls = refuse_exact_kernels(monkeypatch)
+    # k = 50 exceeds every side of W (2 × 5): the sketch projects nothing, so it is exact
+    tracker = CosmologyTracker(model, probe_batch=x, top_k=2, sketch_dim=50)
+    first, second = tracker.probe(0), tracker.probe(1)
+    assert first["ntk/sketch_dim"] == second["ntk/sketch_dim"] == 50
+    assert tracker.history[-1].sketch_dim == 50
+    assert first["ntk/lambda_1"] == pytest.approx(float(lam[0]), rel=1e-10)
+    assert first["ntk/ratio_2"] == pytest.approx(1.0, rel=1e-10)  # the C = 2 degeneracy
+    assert calls == ["auto", "sketch", "sketch"]  # the exact kernel is tried once per run
+
+
+def test_a_changed_kernel_on_resume_starts_a_new_reference_with_a_warning():
+    model, x, _ = linear_two_outputs()
+    exact = CosmologyTracker(model, probe_batch=x, top_k=2)
+    exact.probe(0)
+    sketched = CosmologyTracker(model, probe_batch=x, top_k=2, ntk_method="sketch", sketch_dim=1)
+    sketched.load_state_dict(exact.state_dict())
+    with pytest.warns(UserWarning, match=r"kernel at step 5 is a sketch with k = 1, the first probe's was exact"):
+        s = sketched.probe(5)
+    assert s["ntk/kernel_distance"] == pytest.approx(0.0, abs=1e-12)  # measured from this probe
+    assert s["ntk/basis_rotation"] == pytest.approx(0.0, abs=1e-12)
+    assert sketched.state_dict()["reference"]["sketch_dim"] == 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        sketched.probe(6)  # the same kernel as the new reference: no warning
 
 
 def test_a_sketched_kernel_uses_the_same_projections_at_every_probe():
@@ -389,12 +426,10 @@ def test_a_sketched_kernel_uses_the_same_projections_at_every_probe():
 
 
 def test_verify_ntk_on_an_auto_sketched_kernel_names_the_fix(monkeypatch):
-    import cosmo_optim.monitor.probe as probe_module
-
-    monkeypatch.setattr(probe_module, "SKETCH_FROM", 1)
+    refuse_exact_kernels(monkeypatch)
     model, x, _ = linear_two_outputs()
     tracker = CosmologyTracker(model, probe_batch=x, verify_ntk=True)
-    with pytest.raises(ValueError, match=r"verify_ntk: True, but this model's probe kernel is sketched.*ntk_method='exact'"):
+    with pytest.raises(ValueError, match=r"verify_ntk: True, but this probe's exact kernel does not fit.*Fix"):
         tracker.probe(0)
 
 
