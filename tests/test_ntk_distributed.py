@@ -12,8 +12,9 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from test_ntk import build
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
-from cosmo_optim import empirical_ntk
+from cosmo_optim import CosmologyTracker, empirical_ntk
 
 # (case, N, output, method): N = 7 splits unevenly (3 + 4); "tied" has a tied embedding,
 # "twice" a layer demoted to the jacobian path, "cnn" per-sample conv gradients.
@@ -74,6 +75,17 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
                 refusals.append("")
             except ValueError as err:
                 refusals.append(str(err))
+        normed = nn.Sequential(nn.Linear(3, 8), nn.BatchNorm1d(8), nn.Tanh(), nn.Linear(8, 1))
+        xb = torch.randn(5, 3, generator=torch.Generator().manual_seed(2))
+        normed(xb)  # running statistics, the same on both ranks
+        wrapped = empirical_ntk(DistributedDataParallel(normed), xb, distributed=True)
+        tracker = CosmologyTracker(nn.Linear(3, 1), nn.MSELoss(), distributed=True,
+                                   probe_batch=(xb, torch.full((5, 1), float(rank))))
+        try:  # the same inputs, different targets
+            tracker.probe(0)
+            targets = ""
+        except ValueError as err:
+            targets = str(err)
         try:  # refused on rank 0 only: every rank must raise, none may wait forever
             empirical_ntk(Centred(), torch.randn(4, 3, generator=torch.Generator().manual_seed(0)),
                           distributed=True)
@@ -81,7 +93,8 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
         except (ValueError, RuntimeError) as err:
             coupled = f"{type(err).__name__}: {err}"
         torch.save({"kernels": kernels, "refused": refused, "coupled": coupled,
-                    "refusals": refusals},
+                    "refusals": refusals, "wrapped": wrapped, "normed": normed.state_dict(),
+                    "targets": targets},
                    f"{out}/{rank}.pt")
     finally:
         dist.destroy_process_group()
@@ -115,6 +128,21 @@ def test_different_weights_or_swapped_inputs_across_ranks_are_refused(two_ranks:
         weights, swapped = rank["refusals"]
         assert "parameters or buffers that differ across ranks" in weights
         assert "probe batches that differ across ranks" in swapped
+
+
+def test_a_ddp_wrapped_model_gives_the_kernel_of_its_module(two_ranks: list[dict]) -> None:
+    """Its forward would broadcast buffers, run a different number of times on each rank."""
+    normed = nn.Sequential(nn.Linear(3, 8), nn.BatchNorm1d(8), nn.Tanh(), nn.Linear(8, 1))
+    normed.load_state_dict(two_ranks[0]["normed"])
+    xb = torch.randn(5, 3, generator=torch.Generator().manual_seed(2))
+    single = empirical_ntk(normed, xb)
+    for rank in two_ranks:
+        assert ((rank["wrapped"] - single).abs().max() / single.abs().max()).item() <= 1e-6
+
+
+def test_a_monitor_with_other_targets_on_another_rank_is_refused(two_ranks: list[dict]) -> None:
+    for rank in two_ranks:
+        assert "the probe batch (inputs or targets) differs across ranks" in rank["targets"]
 
 
 def test_a_refusal_on_one_rank_reaches_every_rank(two_ranks: list[dict]) -> None:
