@@ -38,6 +38,9 @@ from cosmo_optim import _ntk_rules as rules
 
 _ROWS_KINDS = ("linear", "embedding")
 EXACT_SIDE = 4  # a weight side of at most EXACT_SIDE·k entries is not projected (if the smaller)
+EXACT_SIDE_PROBED = 12  # the same, when the probe chooses the side (at k = 128: 1536, 4 × 384)
+KEPT = 4  # a projected side keeps k // KEPT columns along the probe gradients' top directions
+PROBE = 8  # samples (spread over the batch, the same on every rank) that choose those directions
 
 
 def gram(fa: torch.Tensor, fb: torch.Tensor, full: bool) -> torch.Tensor:
@@ -57,13 +60,58 @@ def _orthogonal(d: int, k: int, gen: torch.Generator) -> torch.Tensor:
     return (q * torch.sign(torch.diagonal(r)) * math.sqrt(d / k)).to(torch.float32)
 
 
-def _exact_side(d0: int, d1: int, k: int, out_side: int | None) -> int | None:
+def _adapted(U: torch.Tensor, k: int, gen: torch.Generator) -> torch.Tensor:
+    """``[U | √((d−r)/(k−r)) B]`` (d × k): the r orthonormal columns of ``U`` kept as they
+    are, and B k − r Haar-random orthonormal columns of their complement, so that
+    ``E[M Mᵀ] = U Uᵀ + (I − U Uᵀ) = I`` for any U chosen independently of the draw."""
+    (d, r), U = U.shape, U.cpu()
+    om = torch.randn(d, k - r, generator=gen, dtype=torch.float64)
+    for _ in range(2):  # project out U twice: orthogonal to working precision
+        om -= U @ (U.T @ om)
+    q, rr = torch.linalg.qr(om)
+    return torch.cat([U, q * torch.sign(torch.diagonal(rr)) * math.sqrt((d - r) / (k - r))], 1)
+
+
+def _second_moment(A: torch.Tensor, B: torch.Tensor) -> Any:
+    """``Y ↦ M Y`` with ``M = Σ_i G_i G_iᵀ = Σ_i A_iᵀ (B_i B_iᵀ) A_i`` for ``G_i = A_iᵀ B_i``
+    (A (n, R, d), B (n, R, d')): the gradients' second moment on A's side, never formed."""
+    K = B @ B.transpose(1, 2)
+    return lambda Y: A.flatten(0, 1).T @ (K @ (A @ Y.to(A))).flatten(0, 1)
+
+
+def _directions(A: torch.Tensor, B: torch.Tensor, r: int, gen: torch.Generator) -> torch.Tensor:
+    """(d × r, orthonormal, float64) the top eigenvectors of ``M`` (:func:`_second_moment`),
+    by a randomized range finder with one power iteration on r + 8 vectors: time
+    O(n R (R d' + 3 d (r + 8)))."""
+    M = _second_moment(A, B)
+    Y = M(torch.randn(A.shape[2], r + 8, generator=gen, dtype=torch.float64))
+    q = torch.linalg.qr(M(Y / Y.norm()).double()).Q
+    S = q.T @ M(q).double()
+    return q @ torch.linalg.eigh((S + S.T) / 2).eigenvectors[:, -r:]
+
+
+def _missed(A: torch.Tensor, B: torch.Tensor, U: torch.Tensor) -> float:
+    """``1 − tr(Uᵀ M U) / tr M``: the share of the gradients ``A_iᵀ B_i`` outside span U."""
+    total = float((B @ B.transpose(1, 2) * (A @ A.transpose(1, 2))).sum())
+    inside = float((U * _second_moment(A, B)(U).double()).sum())
+    return 1 - inside / total if total > 0 else 0.0
+
+
+def _exact_side(d0: int, d1: int, k: int, out_side: int | None,
+                missed: dict[int, float]) -> int | None:
     """The side (0, 1) of a d0 × d1 weight left unprojected, or None (both projected).
 
-    A side of at most ``EXACT_SIDE·k`` entries stays exact, the cotangent side first: the
-    cotangents of one output are often nearly rank one across rows and samples (the residual
-    stream of a transformer), where a projection's relative variance is largest (≈ 2/k).
+    With the probe's held-out shares ``missed`` of both sides, the side of at most
+    ``EXACT_SIDE_PROBED·k`` entries whose gradients the probe's top directions capture worst
+    (where an adapted map's random part would carry the most: a transformer's activations,
+    whose directions differ from sample to sample, while its cotangents share a few). Else a
+    side of at most ``EXACT_SIDE·k`` entries, the cotangent side first: the cotangents of one
+    output are often nearly rank one across rows and samples (the residual stream of a
+    transformer), where a random projection's relative variance is largest (≈ 2/k).
     """
+    if len(missed) == 2 and min(d0, d1) <= EXACT_SIDE_PROBED * k:
+        small = [side for side, d in enumerate((d0, d1)) if d <= EXACT_SIDE_PROBED * k]
+        return max(small, key=lambda side: missed[side])
     small = [side for side, d in enumerate((d0, d1)) if d <= EXACT_SIDE * k]
     if out_side in small:
         return out_side
@@ -80,8 +128,9 @@ def out_side(uses: list[rules.Use]) -> int | None:
 class Projection:
     """The random map of one parameter (or the identity when ``k`` is None: exact features)."""
 
-    def __init__(self, shape: torch.Size, k: int | None, gen: torch.Generator,
-                 like: torch.Tensor, out_side: int | None = None) -> None:
+    def __init__(self, name: str, shape: torch.Size, k: int | None, gen: torch.Generator,
+                 like: torch.Tensor, out_side: int | None = None,
+                 probe: Probe | None = None) -> None:
         self.kind, self.dtype = "dense", like.dtype
         self.P: torch.Tensor | None = None
         self.Q: torch.Tensor | None = None
@@ -92,10 +141,9 @@ class Projection:
         if len(shape) >= 2:  # a weight seen as d0 × d1: Kronecker sketch Pᵀ G Q
             d0, d1 = shape[0], numel // shape[0]
             self.kind, self.d0, self.d1 = "kron", d0, d1
-            P, Q = _orthogonal(d0, k, gen), _orthogonal(d1, k, gen)
-            keep = _exact_side(d0, d1, k, out_side)
-            self.P = P.to(device=dev, dtype=like.dtype) if d0 > k and keep != 0 else None
-            self.Q = Q.to(device=dev, dtype=like.dtype) if d1 > k and keep != 1 else None
+            P, Q = _maps(name, (d0, d1), k, gen, out_side, probe)
+            self.P = None if P is None else P.to(device=dev, dtype=like.dtype)
+            self.Q = None if Q is None else Q.to(device=dev, dtype=like.dtype)
         elif numel > k * k:  # CountSketch: bucket b(p), sign s(p)
             self.kind, self.k2 = "count", k * k
             self.bucket = torch.randint(k * k, (numel,), generator=gen).to(dev)
@@ -158,6 +206,62 @@ def sketch_rows(proj: Projection, uses: list[rules.Use], delta: dict[int, torch.
     return S.reshape(S.shape[0], C, -1)
 
 
+class Probe:
+    """Per-sample gradient factors of ``PROBE`` samples spread over the batch, the same samples
+    on every rank (so a distributed run draws the same adapted maps): one forward and C
+    backward passes to the layer outputs of m = min(N, PROBE) samples, run on first use."""
+
+    def __init__(self, engine: Any, leaves: dict[str, torch.Tensor], names: set[str]) -> None:
+        self.e, self.leaves, self.names = engine, leaves, names
+        self.uses: dict[str, list[rules.Use]] | None = None
+
+    def _run(self) -> None:
+        e, m = self.e, min(self.e.N, PROBE)
+        idx = torch.linspace(0, e.N - 1, m, device=e.x.device).round().long()
+        recorder, f = e._forward(e.x[idx], self.leaves)
+        uses = {n: recorder.uses[n] for n in self.names if rows_form(recorder.uses[n], m, 1)}
+        outs = {id(u.out): u.out for us in uses.values() for u in us if u.out is not None}
+        self.delta = e._cotangents(f, outs)
+        self.uses = {n: us for n, us in uses.items() if all(id(u.out) in self.delta for u in us)}
+
+    def factors(self, name: str, d0: int, d1: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """``(A, B)``, (m·C, R', d0) and (m·C, R', d1), with the probe's per-sample gradients
+        ``G_ic = A_icᵀ B_ic`` (rows of all the weight's uses; token ids one-hot), or None."""
+        if self.uses is None:
+            self._run()
+        assert self.uses is not None
+        if name not in self.uses:
+            return None
+        C, pairs = self.e.C, [factors(u, self.delta[id(u.out)]) for u in self.uses[name]]
+
+        def dense(t: torch.Tensor, d: int) -> torch.Tensor:
+            if t.dtype in (torch.int64, torch.int32):
+                t = F.one_hot(t, d).to(self.e.dtype).unsqueeze(0)
+            return t.detach().expand(C, *t.shape[1:]).flatten(0, 1)
+
+        return (torch.cat([dense(a, d0) for a, _ in pairs], 1),
+                torch.cat([dense(b, d1) for _, b in pairs], 1))
+
+
+def _maps(name: str, dims: tuple[int, int], k: int, gen: torch.Generator,
+          out_side: int | None, probe: Probe | None) -> list[torch.Tensor | None]:
+    """``[P, Q]`` of a d0 × d1 weight (None: side not projected). A side longer than k with
+    probe factors keeps k // KEPT columns along the probe's top directions (:func:`_adapted`),
+    else all k are random (:func:`_orthogonal`). Which side stays exact is chosen on held-out
+    probe samples: directions fitted on the even ones, the share they miss on the odd ones."""
+    r = k // KEPT
+    fac = probe.factors(name, *dims) if probe is not None and r and max(dims) > k else None
+    missed = {}
+    if fac is not None and fac[0].shape[0] > 1 and min(dims) > k:
+        for side in (0, 1):
+            A, B = fac[side], fac[1 - side]
+            missed[side] = _missed(A[1::2], B[1::2], _directions(A[::2], B[::2], r, gen))
+    keep = _exact_side(*dims, k, out_side, missed)
+    return [None if d <= k or side == keep else _orthogonal(d, k, gen) if fac is None else
+            _adapted(_directions(fac[side], fac[1 - side], r, gen), k, gen)
+            for side, d in enumerate(dims)]
+
+
 class FeatureMap:
     """Features of the probe samples ``[lo, hi)`` for every selected parameter of ``engine``.
 
@@ -175,11 +279,13 @@ class FeatureMap:
         structured = engine._rules_for(recorder, f1, leaves)
         gen = torch.Generator().manual_seed(seed)
         like = engine.base[engine.names[0]]
-        self.proj = {n: Projection(engine.base[n].shape, k, gen, like, out_side(recorder.uses[n]))
+        self.rows = {n for n, us in structured.items() if rows_form(us, 1, k)}
+        probe = Probe(engine, leaves, self.rows) if k is not None else None
+        self.proj = {n: Projection(n, engine.base[n].shape, k, gen, like, out_side(recorder.uses[n]),
+                                   probe)
                      for n in engine.names}
         engine.free = engine.budget
         self.leaves, self.counts = leaves, {n: len(us) for n, us in recorder.uses.items()}
-        self.rows = {n for n, us in structured.items() if rows_form(us, 1, k)}
         self.psg = set(structured) - self.rows
         self.act = (2 + 2 * engine.C) * max(recorder.out_bytes, 1)  # as the exact engine
         vmap_ok = not recorder.functions & exact.VMAP_UNSAFE
