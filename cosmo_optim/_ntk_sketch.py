@@ -4,24 +4,34 @@ Private helper of :mod:`cosmo_optim.ntk` (``method="sketch"``) and
 :mod:`cosmo_optim._ntk_distributed`. A feature map ``φ_i`` (shape ``(C, F)`` per sample) with
 ``E<φ_i, φ_j> = Θ_ij`` turns the kernel into one matrix product ``Θ ≈ Φ Φᵀ``.
 
-Sketch of a weight ``W`` (viewed as ``d0 × d1``): ``S_i = Pᵀ G_i Q`` with independent random
-``P (d0 × k)``, ``Q (d1 × k)``, each ``√(d/k)`` times k Haar-random orthonormal columns (an
-orthogonalised Gaussian matrix), so ``E[P Pᵀ] = I`` and
-``E<S_i, S_j> = <G_i, G_j>``. For a layer seen at rows ``r`` (positions, repeated calls, a tied
-embedding and output projection) ``G_i = Σ_r u_ir w_irᵀ``, hence
-``S_i = Σ_r (Pᵀu_ir)(Qᵀw_ir)ᵀ``: the per-sample gradient is never formed (time
-O(N R k (d0 + d1 + 4k)) per weight, memory O(N C k·min(d0, d1, 4k))). A side of ≤ k entries is
-never projected, and the smaller of at most ``EXACT_SIDE·k`` entries (the cotangent side
-first) is kept exact: one projected side halves the variance for nearly rank-one gradients.
-Parameters of other shapes (biases, LayerNorm) keep their exact per-sample gradient when it has
-≤ k² entries, else a CountSketch (random sign, random bucket among k²). Parameters no structured
-rule covers get exact per-sample gradients from the jacobian path, then the same projection, so
-the estimator stays unbiased for every parameter (never silently wrong).
+Sketch of a weight ``W`` (viewed as ``d0 × d1``): ``S_i = Pᵀ G_i Q`` with independent
+``P (d0 × k)``, ``Q (d1 × k)`` such that ``E[P Pᵀ] = I``, ``E[Q Qᵀ] = I``, hence
+``E<S_i, S_j> = <G_i, G_j>`` (docs/theory.md T4: ``Θ_ij = Σ_W <G_i, G_j>``). For a layer seen at
+rows ``r`` (positions, repeated calls, a tied embedding and output projection)
+``G_i = Σ_r u_ir w_irᵀ``, hence ``S_i = Σ_r (Pᵀu_ir)(Qᵀw_ir)ᵀ``: the per-sample gradient is
+never formed (time O(N R k (d0 + d1 + d_kept)) per weight, memory O(N C k·d_kept), d_kept the
+side kept exact, or k). A side of ≤ k entries is never projected.
 
-Error model (docs/performance.md, "Sketched kernel"): for a direction ``v`` in sample space,
-``g = Σ_i v_i G_i`` and ``vᵀΘ̂v = ‖Pᵀ g Q‖²`` has relative variance
-``≈ 2/k (1/r0 + 1/r1) + 2/k²`` per weight, ``r0, r1`` the effective ranks of ``g gᵀ`` and
-``gᵀ g``; independent weights average it down in proportion to their share of ``vᵀΘv``.
+Adapted maps (weights with a rows rule): ``PROBE`` samples spread over the batch (the same on
+every rank) are run once more (one forward, C backward passes to the layer outputs); per side,
+a randomized range finder gives ``U`` (d × r, r = k // KEPT), the top directions of their
+gradients' second moment ``Σ_i G_i G_iᵀ``, and the map is ``[U | √((d−r)/(k−r)) B]`` with B
+k − r Haar-random orthonormal columns of U's complement: ``E[P Pᵀ] = UUᵀ + (I − UUᵀ) = I``
+whatever U is, as U never depends on the draw of B. The side kept exact (at most
+``EXACT_SIDE_PROBED·k`` entries) is the one whose gradients U, fitted on half the probe
+samples, captures worst on the other half. Other weights: ``√(d/k)`` times k Haar-random
+orthonormal columns, and the smaller side of at most ``EXACT_SIDE·k`` entries (the cotangent
+side first) kept exact. Parameters of other shapes (biases, LayerNorm) keep their exact
+per-sample gradient when it has ≤ k² entries, else a CountSketch (random sign, random bucket
+among k²). Parameters no structured rule covers get exact per-sample gradients from the
+jacobian path, then the same projection, so the estimator stays unbiased for every parameter.
+
+Error model (docs/performance.md, "Sketched kernel"): for a unit direction ``v`` in sample
+space, ``g = Σ_i v_i G_i`` (units of the gradient) and ``vᵀΘ̂v = ‖Pᵀ g Q‖²``. With one side
+projected by an adapted map, only ``g_⊥ = (I − UUᵀ) g`` is random: the relative variance of
+``vᵀΘ̂v`` is ``≈ 2/(k − r) · ‖g_⊥ g_⊥ᵀ‖_F² / ‖g‖_F⁴`` per weight (dimensionless; for a fully
+random side ``≈ 2/k · 1/r_eff``, r_eff the effective rank of ``g gᵀ``, largest for nearly
+rank-one g); independent weights average it down in proportion to their share of ``vᵀΘv``.
 """
 
 from __future__ import annotations
@@ -74,7 +84,9 @@ def _adapted(U: torch.Tensor, k: int, gen: torch.Generator) -> torch.Tensor:
 
 def _second_moment(A: torch.Tensor, B: torch.Tensor) -> Any:
     """``Y ↦ M Y`` with ``M = Σ_i G_i G_iᵀ = Σ_i A_iᵀ (B_i B_iᵀ) A_i`` for ``G_i = A_iᵀ B_i``
-    (A (n, R, d), B (n, R, d')): the gradients' second moment on A's side, never formed."""
+    (A (…, R, d), B (…, R, d'), i over the leading axes): the gradients' second moment on A's
+    side, never formed (units: gradient²)."""
+    A, B = A.flatten(0, -3), B.flatten(0, -3)
     K = B @ B.transpose(1, 2)
     return lambda Y: A.flatten(0, 1).T @ (K @ (A @ Y.to(A))).flatten(0, 1)
 
@@ -84,7 +96,7 @@ def _directions(A: torch.Tensor, B: torch.Tensor, r: int, gen: torch.Generator) 
     by a randomized range finder with one power iteration on r + 8 vectors: time
     O(n R (R d' + 3 d (r + 8)))."""
     M = _second_moment(A, B)
-    Y = M(torch.randn(A.shape[2], r + 8, generator=gen, dtype=torch.float64))
+    Y = M(torch.randn(A.shape[-1], r + 8, generator=gen, dtype=torch.float64))
     q = torch.linalg.qr(M(Y / Y.norm()).double()).Q
     S = q.T @ M(q).double()
     return q @ torch.linalg.eigh((S + S.T) / 2).eigenvectors[:, -r:]
@@ -92,6 +104,7 @@ def _directions(A: torch.Tensor, B: torch.Tensor, r: int, gen: torch.Generator) 
 
 def _missed(A: torch.Tensor, B: torch.Tensor, U: torch.Tensor) -> float:
     """``1 − tr(Uᵀ M U) / tr M``: the share of the gradients ``A_iᵀ B_i`` outside span U."""
+    A, B = A.flatten(0, -3), B.flatten(0, -3)
     total = float((B @ B.transpose(1, 2) * (A @ A.transpose(1, 2))).sum())
     inside = float((U * _second_moment(A, B)(U).double()).sum())
     return 1 - inside / total if total > 0 else 0.0
@@ -211,21 +224,22 @@ class Probe:
     on every rank (so a distributed run draws the same adapted maps): one forward and C
     backward passes to the layer outputs of m = min(N, PROBE) samples, run on first use."""
 
-    def __init__(self, engine: Any, leaves: dict[str, torch.Tensor], names: set[str]) -> None:
-        self.e, self.leaves, self.names = engine, leaves, names
+    def __init__(self, engine: Any, leaves: dict[str, torch.Tensor], names: set[str],
+                 k: int) -> None:
+        self.e, self.leaves, self.names, self.k = engine, leaves, names, k
         self.uses: dict[str, list[rules.Use]] | None = None
 
     def _run(self) -> None:
         e, m = self.e, min(self.e.N, PROBE)
         idx = torch.linspace(0, e.N - 1, m, device=e.x.device).round().long()
         recorder, f = e._forward(e.x[idx], self.leaves)
-        uses = {n: recorder.uses[n] for n in self.names if rows_form(recorder.uses[n], m, 1)}
+        uses = {n: recorder.uses[n] for n in self.names if rows_form(recorder.uses[n], m, self.k)}
         outs = {id(u.out): u.out for us in uses.values() for u in us if u.out is not None}
         self.delta = e._cotangents(f, outs)
         self.uses = {n: us for n, us in uses.items() if all(id(u.out) in self.delta for u in us)}
 
     def factors(self, name: str, d0: int, d1: int) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """``(A, B)``, (m·C, R', d0) and (m·C, R', d1), with the probe's per-sample gradients
+        """``(A, B)``, (m, C, R', d0) and (m, C, R', d1), with the probe's per-sample gradients
         ``G_ic = A_icᵀ B_ic`` (rows of all the weight's uses; token ids one-hot), or None."""
         if self.uses is None:
             self._run()
@@ -237,10 +251,10 @@ class Probe:
         def dense(t: torch.Tensor, d: int) -> torch.Tensor:
             if t.dtype in (torch.int64, torch.int32):
                 t = F.one_hot(t, d).to(self.e.dtype).unsqueeze(0)
-            return t.detach().expand(C, *t.shape[1:]).flatten(0, 1)
+            return t.detach().expand(C, *t.shape[1:]).transpose(0, 1)
 
-        return (torch.cat([dense(a, d0) for a, _ in pairs], 1),
-                torch.cat([dense(b, d1) for _, b in pairs], 1))
+        return (torch.cat([dense(a, d0) for a, _ in pairs], 2),
+                torch.cat([dense(b, d1) for _, b in pairs], 2))
 
 
 def _maps(name: str, dims: tuple[int, int], k: int, gen: torch.Generator,
@@ -280,10 +294,9 @@ class FeatureMap:
         gen = torch.Generator().manual_seed(seed)
         like = engine.base[engine.names[0]]
         self.rows = {n for n, us in structured.items() if rows_form(us, 1, k)}
-        probe = Probe(engine, leaves, self.rows) if k is not None else None
-        self.proj = {n: Projection(n, engine.base[n].shape, k, gen, like, out_side(recorder.uses[n]),
-                                   probe)
-                     for n in engine.names}
+        probe = Probe(engine, leaves, self.rows, k) if k is not None else None
+        self.proj = {n: Projection(n, engine.base[n].shape, k, gen, like,
+                                   out_side(recorder.uses[n]), probe) for n in engine.names}
         engine.free = engine.budget
         self.leaves, self.counts = leaves, {n: len(us) for n, us in recorder.uses.items()}
         self.psg = set(structured) - self.rows
