@@ -93,11 +93,11 @@ def _second_moment(A: torch.Tensor, B: torch.Tensor) -> Any:
 
 def _directions(A: torch.Tensor, B: torch.Tensor, r: int, gen: torch.Generator) -> torch.Tensor:
     """(d × r, orthonormal, float64) the top eigenvectors of ``M`` (:func:`_second_moment`),
-    by a randomized range finder with one power iteration on r + 8 vectors: time
-    O(n R (R d' + 3 d (r + 8)))."""
+    by a randomized range finder with one power iteration on r + 8 vectors (any orthonormal
+    U when M = 0): time O(n R (R d' + 3 d (r + 8)))."""
     M = _second_moment(A, B)
     Y = M(torch.randn(A.shape[-1], r + 8, generator=gen, dtype=torch.float64))
-    q = torch.linalg.qr(M(Y / Y.norm()).double()).Q
+    q = torch.linalg.qr(M(Y / Y.norm().clamp_min(torch.finfo(Y.dtype).tiny)).double()).Q
     S = q.T @ M(q).double()
     return q @ torch.linalg.eigh((S + S.T) / 2).eigenvectors[:, -r:]
 

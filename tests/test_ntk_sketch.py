@@ -108,6 +108,27 @@ def test_adapted_sketch_is_unbiased_for_samples_outside_the_probe(
     assert ((mean - R).abs() <= Z * se + 1e-12 * R.abs().max()).all()
 
 
+class DeadBranch(nn.Module):
+    """f = w·x + 0·Σ V x: V (20 × 40) has zero gradients, so its probe directions are arbitrary."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.head, self.dead = nn.Linear(40, 1, bias=False), nn.Linear(40, 20, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(x) + 0.0 * self.dead(x).sum(1, keepdim=True)
+
+
+@pytest.mark.parametrize(("dtype", "rtol"), [(torch.float64, 1e-10), (torch.float32, 1e-5)])
+def test_zero_gradients_give_a_finite_exact_block(dtype: torch.dtype, rtol: float) -> None:
+    """A weight whose gradients vanish on the probe adds exactly 0 (no NaN from its map)."""
+    torch.manual_seed(0)
+    model = DeadBranch().to(dtype)
+    x = torch.randn(3, 40, dtype=dtype)
+    S = sketches(model, x, 12, range(3))
+    assert (S - x @ x.T).abs().max() <= rtol * (x @ x.T).abs().max()
+
+
 def test_error_falls_with_sketch_dim() -> None:
     """Mean squared error over seeds: at 4k it is below the k value (variance ∝ 1/k to 1/k²)."""
     model, x = build("tanh", torch.float64)
