@@ -31,6 +31,13 @@ over four seeds for k = 32, 64, 128, 256 (rms and max of |λ̂_a/λ_a − 1|, a 
 kernel distance), in-process, untimed:
 
     python benchmarks/bench_ntk.py --models gpt2 --sketch-table --sizes 32 --threads 1
+
+`--models gpt2 --monitor [N ...]` measures the monitor instead (`gpt2_monitor`): the same
+model trained as a language model (batch 16, 64 tokens) with a `CosmologyTracker` at its
+default settings for probe sizes N (default 16 and 64: the exact kernel, and the sketch the
+monitor switches to above N·C·P = 2.5·10⁸), one subprocess per N.
+
+    python benchmarks/bench_ntk.py --models gpt2 --monitor --threads 1
 """
 
 from __future__ import annotations
@@ -269,10 +276,69 @@ def gpt2_table(sizes: list[int], repeats: int, threads: int, smoke: bool) -> lis
     return rows
 
 
-def gpt2_run(args: list[object], smoke: bool) -> dict:
+def gpt2_monitor(probe_size: int, steps: int, threads: int, smoke: bool,
+                 every: int) -> dict[str, float]:
+    """Wall time per optimiser step of GPT-2-style LM training (batch 16, next-token
+    cross-entropy, momentum SGD) with a `CosmologyTracker` at its default settings watching the
+    last token's first logit (`LastLogit`), probing at step 0 and every `every` steps. The
+    probe's extra time is a probe step's time minus the median step without a probe; the
+    overhead is that extra over the training time of one probe interval."""
+    from cosmo_optim import CosmologyTracker
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    model = LastLogit(smoke)
+    tokens = (16, 8 if smoke else 64)
+    vocab = model.lm.config.vocab_size
+    probe = torch.randint(0, vocab, (probe_size, tokens[1]))
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+    tracker = CosmologyTracker(model, probe_batch=probe, probe_size=probe_size,
+                               every_n_steps=every)
+    t0 = time.perf_counter()
+    tracker.attach(opt)  # probes step 0
+    first = time.perf_counter() - t0
+    times = []
+    for _ in range(steps):
+        ids = torch.randint(0, vocab, tokens)
+        t0 = time.perf_counter()
+        opt.zero_grad(set_to_none=True)
+        model.lm(ids, labels=ids).loss.backward()
+        opt.step()  # the tracker's hook probes when due
+        times.append(time.perf_counter() - t0)
+    probed = [r.step for r in tracker.history]
+    plain = sorted(t for i, t in enumerate(times, 1) if i not in probed)
+    step_s = plain[len(plain) // 2]
+    extra = sorted([first] + [times[i - 1] - step_s for i in probed if i > 0])
+    probe_s = extra[len(extra) // 2]
+    return {"step_s": step_s, "probe_s": probe_s, "probes": len(probed),
+            "sketch_dim": tracker.history[-1].sketch_dim,
+            "overhead": probe_s / (every * step_s)}
+
+
+def gpt2_monitor_table(sizes: list[int], threads: int, smoke: bool) -> list[dict]:
+    from cosmo_optim.monitor import MonitorConfig
+
+    every = 2 if smoke else MonitorConfig().interval
+    print(f"\nMonitor at its defaults (top_k = 4, a probe every {every} steps), "
+          f"{2 * every + 1} training steps:\n")
+    print("| probe_size | kernel | training step | probe (median of 3) | probe in steps | "
+          "overhead |")
+    print("|---|---|---|---|---|---|")
+    rows = []
+    for n in sizes:
+        r = gpt2_run([n, 2 * every + 1, threads, smoke, every], smoke, "--gpt2-monitor")
+        kernel = f"sketch k = {r['sketch_dim']}" if r["sketch_dim"] else "exact"
+        print(f"| {n} | {kernel} | {r['step_s']:.2f} s | {r['probe_s']:.2f} s | "
+              f"{r['probe_s'] / r['step_s']:.1f} | {r['overhead']:.1%} |", flush=True)
+        rows.append({"probe_size": n, **r})
+    return rows
+
+
+def gpt2_run(args: list[object], smoke: bool, child: str = "--gpt2-child") -> dict:
     if smoke:
-        return gpt2_child(*args)  # type: ignore[arg-type]
-    cmd = [sys.executable, __file__, "--gpt2-child", json.dumps(args)]
+        fn = gpt2_child if child == "--gpt2-child" else gpt2_monitor
+        return fn(*args)  # type: ignore[arg-type]
+    cmd = [sys.executable, __file__, child, json.dumps(args)]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
@@ -314,6 +380,9 @@ def main(argv: list[str] | None = None) -> list[dict[str, object]]:
                     help="with --models gpt2: the sketch's eigenvalue errors over four seeds")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--gpt2-child", help=argparse.SUPPRESS)
+    ap.add_argument("--gpt2-monitor", help=argparse.SUPPRESS)
+    ap.add_argument("--monitor", type=int, nargs="*", default=None, metavar="N",
+                    help="with --models gpt2: the monitor's overhead at these probe sizes")
     args = ap.parse_args(argv)
     if args.child:
         print(json.dumps(child(*json.loads(args.child))))
@@ -321,10 +390,16 @@ def main(argv: list[str] | None = None) -> list[dict[str, object]]:
     if args.gpt2_child:
         print(json.dumps(gpt2_child(*json.loads(args.gpt2_child))))
         return []
+    if args.gpt2_monitor:
+        print(json.dumps(gpt2_monitor(*json.loads(args.gpt2_monitor))))
+        return []
     if args.models == ["gpt2"] and args.sketch_table:
         gpt2_sketch_table([4] if args.smoke else args.sizes, args.threads, args.smoke)
         return []
     if args.models == ["gpt2"]:
+        if args.monitor is not None:
+            sizes = [4] if args.smoke else args.monitor or [16, 64]
+            return gpt2_monitor_table(sizes, args.threads, args.smoke)
         sizes = [4] if args.smoke else args.sizes
         return gpt2_table(sizes, 1 if args.smoke else args.repeats, args.threads, args.smoke)
     models = SMOKE_MODELS if args.smoke else MODELS

@@ -6,6 +6,7 @@ each package's own `Callback`; the work is done by `cosmo_optim.monitor.Cosmolog
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from collections.abc import Mapping
 from typing import Any
@@ -14,6 +15,7 @@ import torch
 
 from cosmo_optim.monitor import CosmologyTracker, MonitorConfig
 from cosmo_optim.monitor.probe import take_probe_batch
+from cosmo_optim.ntk import DEFAULT_SKETCH_DIM
 
 __all__ = ["CosmologyMonitorMixin"]
 
@@ -43,11 +45,14 @@ class CosmologyMonitorMixin:
         prefix: str = "",
         history_size: int = 1000,
         verify_ntk: bool = False,
+        ntk_method: str = "auto",
+        sketch_dim: int = DEFAULT_SKETCH_DIM,
     ) -> None:
         super().__init__()
         self.config = MonitorConfig(
             loss, probe_size, top_k, every_n_train_steps, log_figures_every_n_steps,
-            history_size, prefix, verify_ntk=verify_ntk, interval_name="every_n_train_steps",
+            history_size, prefix, verify_ntk=verify_ntk, ntk_method=ntk_method,
+            sketch_dim=sketch_dim, interval_name="every_n_train_steps",
         )
         self.probe_batch = (
             None if probe_batch is None else take_probe_batch(probe_batch, probe_size)
@@ -86,7 +91,8 @@ class CosmologyMonitorMixin:
                     "interval. Fix: pass CosmologyMonitor(every_n_train_steps=...) or set "
                     "Trainer(log_every_n_steps=...) ≥ 1."
                 )
-        config = self.config.with_interval(every)
+        config = dataclasses.replace(self.config.with_interval(every),
+                                     distributed=trainer.world_size > 1)
         cls = type(pl_module)
         if getattr(cls, "forward", None) is getattr(self._lightning_module_cls, "forward", None):
             raise ValueError(
@@ -111,6 +117,15 @@ class CosmologyMonitorMixin:
                 f"CosmologyMonitor from {self._import} was given a {kind}, whose loggers it "
                 f"does not recognise (histograms, layout and figures would be lost). Fix: from "
                 f"{other} import CosmologyMonitor."
+            )
+        sharded = [c.__name__ for c in type(trainer.strategy).__mro__
+                   if c.__name__ in ("FSDPStrategy", "DeepSpeedStrategy", "ModelParallelStrategy")]
+        if trainer.world_size > 1 and sharded:
+            raise self._misconfiguration(
+                f"CosmologyMonitor: strategy {type(trainer.strategy).__name__} shards the "
+                "parameters across ranks, and the probe's NTK needs every rank to hold all of "
+                "them. Fix: use strategy='ddp' (the kernel is then split across ranks), or "
+                "remove the monitor."
             )
         if not trainer.loggers:
             raise self._misconfiguration(

@@ -7,9 +7,10 @@ an ImportError naming the extra to install (``pip install cosmo-optim[hf]``).
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -17,6 +18,7 @@ from torch import Tensor, nn
 
 from cosmo_optim.monitor import CosmologyTracker, MonitorConfig
 from cosmo_optim.monitor.records import from_json, to_json
+from cosmo_optim.ntk import DEFAULT_SKETCH_DIM
 
 _TrainerCallback: Any
 _ExportableState: Any
@@ -59,6 +61,21 @@ def _logits(out: Any) -> Tensor:
     return out[0]
 
 
+def _distributed(args: Any) -> bool:
+    """True under multi-process DDP (the probe's kernel is split across ranks); an error for
+    strategies that shard the parameters, where no rank holds the whole model."""
+    if getattr(args, "world_size", 1) <= 1 or not (
+            torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return False
+    if getattr(args, "fsdp", None) or getattr(args, "deepspeed", None):
+        raise ValueError(
+            "CosmologyCallback: FSDP and DeepSpeed shard the parameters across ranks, and the "
+            "probe's NTK needs every rank to hold all of them. Fix: train with plain DDP "
+            "(torchrun without fsdp/deepspeed), or remove the callback."
+        )
+    return True
+
+
 def _find_trainer() -> Any:
     """The ``transformers.Trainer`` whose callback handler is calling us (up the stack)."""
     frame = inspect.currentframe()
@@ -99,12 +116,24 @@ class CosmologyCallback(_TrainerCallback, _ExportableState):
         probe_size: at most this many probe samples.
         input_key: a model input with one row per sample (``"input_ids"``).
         label_key: the targets' key (``"labels"``).
+        output: the outputs f the NTK is taken of: a key/attribute of the model's output or a
+            callable of it; default its logits. A language model's logits have T·V components
+            per sample and a kernel of (N·T·V)² entries: select a few, e.g.
+            ``output=lambda out: out.logits[:, -1, :8]`` (with ``loss=None``).
         log_figures_every_n_steps: draw figures at these steps and once more at the end;
             None (default) draws none (they cost ≈ 0.2 s, more than a dozen probes).
         prefix: prepended to every tag.
         verify_ntk: check the first probe's kernel against brute force (a few entries, one
             forward and C backward passes each) and raise if it is off; see
-            ``empirical_ntk(verify=True)``.
+            ``empirical_ntk(verify=True)``. Exact kernels only.
+        ntk_method: ``"auto"`` (the exact kernel, sketched once the probe's N·C·P per-sample
+            gradient entries reach 2.5·10⁸), ``"exact"`` or ``"sketch"``; every probe logs
+            ``ntk/sketch_dim`` (0: exact).
+        sketch_dim: k of the sketched kernel (``empirical_ntk(method="sketch")``).
+
+    Under DDP (``torchrun``) rank 0's probe batch is broadcast and each rank computes the
+    kernel features of its shard of it (``empirical_ntk(distributed=True)``); FSDP and
+    DeepSpeed, which shard the parameters, are refused.
 
     Raises:
         ImportError: ``transformers`` is not installed.
@@ -128,6 +157,9 @@ class CosmologyCallback(_TrainerCallback, _ExportableState):
         log_figures_every_n_steps: int | None = None,
         prefix: str = "",
         verify_ntk: bool = False,
+        ntk_method: str = "auto",
+        sketch_dim: int = DEFAULT_SKETCH_DIM,
+        output: str | Callable[[Any], Tensor] | None = None,
     ) -> None:
         if not _HAVE_TRANSFORMERS:
             raise ImportError(
@@ -135,7 +167,8 @@ class CosmologyCallback(_TrainerCallback, _ExportableState):
             )
         self.config = MonitorConfig(
             loss, probe_size, top_k, every_n_steps, log_figures_every_n_steps, prefix=prefix,
-            output=_logits, verify_ntk=verify_ntk,
+            output=_logits if output is None else output, verify_ntk=verify_ntk,
+            ntk_method=ntk_method, sketch_dim=sketch_dim,
         )
         self.input_key, self.label_key = input_key, label_key
         self.probe_batch = None if probe_batch is None else self._probe(probe_batch)
@@ -192,11 +225,17 @@ class CosmologyCallback(_TrainerCallback, _ExportableState):
         model, optimizer = kwargs["model"], kwargs.get("optimizer")
         probe = self.probe_batch if self.probe_batch is not None else self._first_examples(
             kwargs["train_dataloader"])
+        distributed = _distributed(args)
+        if distributed:  # one probe batch for every rank (a collator may draw random numbers)
+            shared = [probe]
+            torch.distributed.broadcast_object_list(shared, src=0)
+            probe = shared[0]
         index = torch.arange(len(probe[self.input_key]))
         self._trainer = _find_trainer()
+        config = self.config.with_interval(max(int(args.logging_steps), 1))
         self.tracker = CosmologyTracker.from_config(
             _Inputs(model, probe, self.label_key),
-            self.config.with_interval(max(int(args.logging_steps), 1)),
+            dataclasses.replace(config, distributed=distributed),
             probe_batch=(index, probe.get(self.label_key)),
         )
         if optimizer is not None:

@@ -27,8 +27,10 @@ class CosmologyMonitor(CosmologyMonitorMixin, Callback):
     a ``TensorBoardLogger`` additionally receives histograms, one custom-scalars layout, the
     physics hyperparameters and, when ``log_figures_every_n_steps`` is set, figures. Its state
     is saved in checkpoints, so a run resumed with ``ckpt_path`` continues its histories. Under
-    DDP every rank computes the same read-out on the same probe set (taken on rank 0 and
-    broadcast) and only rank 0 writes.
+    DDP the probe set is taken on rank 0 and broadcast, each rank computes the kernel features
+    of its shard of it (``empirical_ntk(distributed=True)``), every rank reads out the same
+    values and only rank 0 writes. Strategies that shard parameters (FSDP, DeepSpeed) are
+    refused at ``setup``.
 
     Args:
         loss: the training loss, e.g. ``nn.CrossEntropyLoss()`` (see
@@ -47,12 +49,17 @@ class CosmologyMonitor(CosmologyMonitorMixin, Callback):
         history_size: probes kept in ``monitor.tracker.history``.
         verify_ntk: check the first probe's kernel against brute force (a few entries, one
             forward and C backward passes each) and raise if it is off; see
-            ``empirical_ntk(verify=True)``.
+            ``empirical_ntk(verify=True)``. Exact kernels only.
+        ntk_method: ``"auto"`` (the exact kernel, sketched once the probe's N·C·P per-sample
+            gradient entries reach 2.5·10⁸), ``"exact"`` or ``"sketch"``; every probe logs
+            ``ntk/sketch_dim`` (0: exact).
+        sketch_dim: k of the sketched kernel (``empirical_ntk(method="sketch")``).
 
     Raises:
         ValueError: in ``__init__`` for an invalid argument; in ``setup()`` for a Trainer
             without a probe interval, a figure interval that is not a multiple of it, or a
-            LightningModule without ``forward``. Each message names the fix.
+            LightningModule without ``forward``; a `MisconfigurationException` for a Trainer
+            without a logger or with a parameter-sharding strategy. Each message names the fix.
 
     Logged tags: the scalars of `cosmo_optim.monitor.SCALAR_TAGS` (``{k}`` = 1..top_k;
     the meaning of each in ``docs/callbacks.md``), the histograms of

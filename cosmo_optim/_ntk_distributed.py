@@ -35,11 +35,15 @@ def kernel(engine: Any, k: int | None, seed: int) -> torch.Tensor:
     _check_same_inputs(engine.x)
     N = engine.N
     lo, hi = N * rank // world, N * (rank + 1) // world
-    fm = FeatureMap(engine, k, seed)
-    widths = [fm.width(n) for n in engine.names]
-    F = sum(widths)
-    local = fm.all(lo, hi) if hi > lo else engine.x.new_zeros(
-        (0, engine.C, F), dtype=engine.dtype)
+    failure: Exception | None = None
+    try:  # every check runs on the rank's own shard: a refusal must reach every rank
+        fm = FeatureMap(engine, k, seed)
+        widths = [fm.width(n) for n in engine.names]
+        local = fm.all(lo, hi) if hi > lo else engine.x.new_zeros(
+            (0, engine.C, sum(widths)), dtype=engine.dtype)
+    except Exception as error:  # re-raised below, on this rank as it was
+        failure = error
+    _agree(failure)
     sizes = [N * (r + 1) // world - N * r // world for r in range(world)]
     rows = engine.x.new_zeros((hi - lo, N, engine.C, engine.C) if engine.full else (hi - lo, N),
                               dtype=engine.dtype)
@@ -50,6 +54,27 @@ def kernel(engine: Any, k: int | None, seed: int) -> torch.Tensor:
         rows += gram(mine, _gather(mine, sizes), engine.full)
         start = stop
     return _gather(rows, sizes)
+
+
+def _agree(failure: Exception | None) -> None:
+    """Raise on every rank when any rank failed to compute its shard's features.
+
+    Without this a rank that refuses the model (a coupled forward, a random one, a budget too
+    small) would leave the others waiting forever in the next ``all_gather``. The failing rank
+    re-raises its own error; the others raise a RuntimeError naming it.
+    """
+    mine = None if failure is None else f"{type(failure).__name__}: {failure}"
+    reports: list[str | None] = [None] * dist.get_world_size()
+    dist.all_gather_object(reports, mine)
+    if failure is not None:
+        raise failure
+    failed = [(rank, msg) for rank, msg in enumerate(reports) if msg is not None]
+    if failed:
+        rank, msg = failed[0]
+        raise RuntimeError(
+            f"distributed=True: rank {rank} could not compute its shard of the kernel, so no "
+            f"rank returns one ({msg}). Fix the error reported on rank {rank}."
+        )
 
 
 def _blocks(widths: list[int], bytes_per_feature: int, limit: int) -> list[int]:

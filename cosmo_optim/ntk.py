@@ -70,6 +70,9 @@ ParamFilter = Sequence[str] | Callable[[str, nn.Parameter], bool] | None
 
 METHODS = ("auto", "structured", "jacobian", "sketch")
 DEFAULT_SKETCH_DIM = 128  # k: each weight's per-sample gradient sketched to k×k (≤ k×4k) numbers
+#: N·C·P (samples × output components × parameters: the per-sample gradient entries, 1 GB in
+#: float32) from which the monitors sketch the kernel (docs/performance.md, "When to use it").
+SKETCH_FROM = 250_000_000
 _OUTPUTS = ("trace", "full")
 _DEFAULT_BUDGET = 2 << 30  # bytes: used when memory_budget is None
 _SYMMETRIC_FROM = 512  # N from which the Gram form multiplies only blocks above the diagonal

@@ -30,6 +30,13 @@ def test_bench_ntk_smoke(capsys):
     assert "engine/floor" in capsys.readouterr().out
 
 
+def test_bench_ntk_gpt2_monitor_smoke(capsys):
+    pytest.importorskip("transformers")
+    (row,) = load("bench_ntk").main(["--smoke", "--models", "gpt2", "--monitor", "--threads", "1"])
+    assert row["probes"] == 3 and row["sketch_dim"] == 0  # steps 0, 2, 4; a tiny model: exact
+    assert row["step_s"] > 0 and "overhead" in capsys.readouterr().out
+
+
 def test_bench_ntk_exact_smoke(capsys):
     rows = load("bench_ntk_exact").main(["--smoke"])
     assert len(rows) == 8 and all(r["ratio"] > 0 and r["twin"] > 0 for r in rows)

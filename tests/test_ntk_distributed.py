@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import socket
 import tempfile
+from datetime import timedelta
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from test_ntk import build
+from torch import nn
 
 from cosmo_optim import empirical_ntk
 
@@ -18,6 +20,17 @@ from cosmo_optim import empirical_ntk
 REQUESTS = [("tied", 7, "trace", "auto"), ("twice", 5, "full", "auto"),
             ("cnn", 5, "trace", "auto"), ("tied", 7, "trace", "sketch"),
             ("transformer", 1, "trace", "auto")]
+
+
+class Centred(nn.Module):
+    """Couples samples (subtracts the batch mean): only the rank holding sample 0 can tell."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(3, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.lin(x - x.mean(0))
 
 
 def _free_port() -> int:
@@ -36,7 +49,7 @@ def _kernel(case: str, n: int, output: str, method: str, distributed: bool) -> t
 def _worker(rank: int, world: int, port: int, out: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
-                            world_size=world)
+                            world_size=world, timeout=timedelta(seconds=120))  # no endless hang
     try:
         kernels = [_kernel(*r, distributed=True) for r in REQUESTS]
         model, x = build("tanh", torch.float32)
@@ -45,7 +58,14 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
             refused = ""
         except ValueError as err:
             refused = str(err)
-        torch.save({"kernels": kernels, "refused": refused}, f"{out}/{rank}.pt")
+        try:  # refused on rank 0 only: every rank must raise, none may wait forever
+            empirical_ntk(Centred(), torch.randn(4, 3, generator=torch.Generator().manual_seed(0)),
+                          distributed=True)
+            coupled = ""
+        except (ValueError, RuntimeError) as err:
+            coupled = f"{type(err).__name__}: {err}"
+        torch.save({"kernels": kernels, "refused": refused, "coupled": coupled},
+                   f"{out}/{rank}.pt")
     finally:
         dist.destroy_process_group()
 
@@ -71,6 +91,14 @@ def test_two_ranks_equal_the_single_process_kernel(two_ranks: list[dict], i: int
 def test_different_probe_batches_across_ranks_are_refused(two_ranks: list[dict]) -> None:
     for rank in two_ranks:
         assert "differ across ranks" in rank["refused"]
+
+
+def test_a_refusal_on_one_rank_reaches_every_rank(two_ranks: list[dict]) -> None:
+    """Only rank 0 (holding sample 0) sees the coupling; rank 1 must not wait in all_gather."""
+    assert two_ranks[0]["coupled"].startswith("ValueError")
+    assert "couple" in two_ranks[0]["coupled"]
+    assert two_ranks[1]["coupled"].startswith("RuntimeError: distributed=True: rank 0")
+    assert "couple" in two_ranks[1]["coupled"]
 
 
 def test_distributed_without_process_group_raises() -> None:

@@ -17,8 +17,12 @@ from torch import Tensor
 
 from cosmo_optim._common import check_int
 from cosmo_optim.losses import PerSampleLoss, per_sample_loss
+from cosmo_optim.ntk import DEFAULT_SKETCH_DIM
 
-__all__ = ["MonitorConfig"]
+__all__ = ["NTK_METHODS", "MonitorConfig"]
+
+#: How a monitor computes each probe's kernel (``"auto"``: exact while it is cheap).
+NTK_METHODS = ("auto", "exact", "sketch")
 
 
 @dataclass(frozen=True)
@@ -42,7 +46,15 @@ class MonitorConfig:
             outputs the loss is applied to.
         verify_ntk: recompute a few entries of the first probe's kernel by brute force and
             raise if they disagree (`empirical_ntk(..., verify=True)`; one forward and C
-            backward passes of 3 samples, once per run).
+            backward passes of 3 samples, once per run). Exact kernels only.
+        ntk_method: ``"auto"`` (the exact kernel, or the sketch once the N·C·P per-sample
+            gradient entries reach `cosmo_optim.ntk.SKETCH_FROM`), ``"exact"`` or
+            ``"sketch"``. Every probe logs ``ntk/sketch_dim`` (0: exact).
+        sketch_dim: k of the sketched kernel (`empirical_ntk(method="sketch")`); the same
+            projections at every probe, so kernel drift is not sketch noise.
+        distributed: every rank of an initialised ``torch.distributed`` group calls the probe
+            with the same probe batch, and each computes the kernel features of its shard
+            (`empirical_ntk(distributed=True)`); the Lightning monitor sets it under DDP.
         interval_name: how the user spelled `every_n_steps` (``every_n_train_steps`` in
             Lightning), for error messages.
 
@@ -64,6 +76,9 @@ class MonitorConfig:
     group: int = 0
     output: str | Callable[[Any], Tensor] | None = None
     verify_ntk: bool = False
+    ntk_method: str = "auto"
+    sketch_dim: int = DEFAULT_SKETCH_DIM
+    distributed: bool = False
     interval_name: str = field(default="every_n_steps", compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -91,9 +106,28 @@ class MonitorConfig:
                 f"Invalid output: {self.output!r}; give a key such as 'logits' or a callable "
                 "out -> Tensor (e.g. output=lambda out: out[0])."
             )
-        if not isinstance(self.verify_ntk, bool):
-            raise ValueError(f"Invalid verify_ntk: {self.verify_ntk!r}; it must be True or False.")
+        for name in ("verify_ntk", "distributed"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(
+                    f"Invalid {name}: {getattr(self, name)!r}; it must be True or False."
+                )
+        self._check_kernel()
         self._check_figures()
+
+    def _check_kernel(self) -> None:
+        if self.ntk_method not in NTK_METHODS:
+            raise ValueError(
+                f"Invalid ntk_method: {self.ntk_method!r}; it must be one of "
+                f"{list(NTK_METHODS)}. Fix: use 'auto' (exact below the size docs/callbacks.md "
+                "states, sketched above it)."
+            )
+        check_int("sketch_dim", self.sketch_dim, 1, "Use e.g. sketch_dim=128.")
+        if self.verify_ntk and self.ntk_method == "sketch":
+            raise ValueError(
+                "Invalid verify_ntk: True with ntk_method='sketch'; the self-check compares "
+                "entries with the exact kernel and a sketch is a random estimate of it. Fix: "
+                "verify_ntk=False, or ntk_method='exact'."
+            )
 
     def _check_figures(self) -> None:
         every, figures = self.every_n_steps, self.log_figures_every_n_steps
@@ -124,4 +158,6 @@ class MonitorConfig:
             "probe_size": self.probe_size, "top_k": self.top_k,
             "every_n_steps": self.every_n_steps,
             "prefix": self.prefix, "group": self.group,
+            **({} if self.ntk_method == "auto" else {"ntk_method": self.ntk_method}),
+            **({} if self.sketch_dim == DEFAULT_SKETCH_DIM else {"sketch_dim": self.sketch_dim}),
         })

@@ -17,19 +17,19 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from cosmo_optim._common import preserved, training
+from cosmo_optim._common import one_thread, preserved, training
 from cosmo_optim.cosmology import Cosmology
 from cosmo_optim.dual import FLRWDual
 from cosmo_optim.losses import PerSampleLoss
 from cosmo_optim.monitor.config import MonitorConfig
 from cosmo_optim.monitor.records import LastProbe, PredictedModes, ProbeRecord, Reference
-from cosmo_optim.ntk import empirical_ntk
+from cosmo_optim.ntk import SKETCH_FROM, empirical_ntk
 from cosmo_optim.predict import predict_trajectory
 from cosmo_optim.spectrum import flat_kernel, kernel_distance, ntk_eigen, uniform_overlaps
 
 __all__ = [
-    "ProbeResult", "RunSoFar", "Selected", "check_loss", "device_of", "measure", "model_outputs",
-    "probe", "read_out", "skipped", "take_probe_batch",
+    "ProbeResult", "RunSoFar", "Selected", "check_loss", "device_of", "kernel_sketch_dim",
+    "measure", "model_outputs", "probe", "read_out", "skipped", "take_probe_batch",
 ]
 
 
@@ -122,17 +122,41 @@ def model_outputs(model: nn.Module, inputs: Tensor, output: Any = None) -> Tenso
     return out.detach().double().cpu()
 
 
-def measure(model: nn.Module, inputs: Tensor, output: Any = None,
-            verify: bool = False) -> tuple[Tensor, Tensor]:
-    """(f, Θ): the outputs (N, ...) and the flat output-space NTK (N·C, N·C), float64 (T4);
-    `verify` has the kernel checked against brute force (`empirical_ntk`'s self-check)."""
-    f = model_outputs(model, inputs, output)
+def kernel_sketch_dim(config: MonitorConfig, model: nn.Module, f: Tensor) -> int:
+    """k of the sketched kernel the monitor takes for outputs f (N, ...) of `model`, or 0 for
+    the exact kernel: ``"auto"`` sketches once the N·C·P per-sample gradient entries reach
+    `SKETCH_FROM` (docs/callbacks.md), where the exact kernel outgrows the default budget."""
+    if config.ntk_method != "auto":
+        return config.sketch_dim if config.ntk_method == "sketch" else 0
+    return config.sketch_dim if f.numel() * _trainable(model) >= SKETCH_FROM else 0
+
+
+def _trainable(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def measure(model: nn.Module, inputs: Tensor, config: MonitorConfig | None = None, *,
+            first: bool = False) -> tuple[Tensor, Tensor, int]:
+    """(f, Θ, k): the outputs (N, ...), the flat output-space NTK (N·C, N·C), both float64
+    (T4), and k of the sketch it came from (0: the exact kernel; `kernel_sketch_dim`). On the
+    `first` probe `config.verify_ntk` has the kernel checked against brute force."""
+    config = config or MonitorConfig()
+    f = model_outputs(model, inputs, config.output)
+    k = kernel_sketch_dim(config, model, f)
+    if first and config.verify_ntk and k:
+        raise ValueError(
+            f"Invalid verify_ntk: True, but this model's probe kernel is sketched (N·C·P = "
+            f"{f.numel()} × {_trainable(model)} ≥ {SKETCH_FROM:.1e}) and the self-check "
+            "needs an exact kernel. Fix: ntk_method='exact', or verify_ntk=False."
+        )
     device = device_of(model)
-    net = model if output is None else Selected(model, output)
+    net = model if config.output is None else Selected(model, config.output)
     kernel = empirical_ntk(  # in eval mode, buffers and random states restored, by itself
-        net, inputs.to(device), output="full" if f[0].numel() > 1 else "trace", verify=verify,
+        net, inputs.to(device), output="full" if f[0].numel() > 1 else "trace",
+        method="sketch" if k else "auto", sketch_dim=k or None,
+        verify=config.verify_ntk and first, distributed=config.distributed,
     )
-    return f, flat_kernel(kernel.detach().double().cpu())
+    return f, flat_kernel(kernel.detach().double().cpu()), k
 
 
 def check_loss(loss: PerSampleLoss, f: Tensor, targets: Tensor | None) -> None:
@@ -169,8 +193,10 @@ def read_out(
     cosmology: Cosmology | None,
     targets: Tensor | None,
     run: RunSoFar,
+    sketch_dim: int = 0,
 ) -> ProbeResult:
-    """Every scalar of one probe at step ``run.step`` from outputs f and kernel Θ (T3–T10)."""
+    """Every scalar of one probe at step ``run.step`` from outputs f and kernel Θ (T3–T10);
+    `sketch_dim` says which kernel Θ is (k of the sketch, 0 for the exact kernel)."""
     n, step = f.shape[0], run.step
     if run.reference is None and config.loss is not None:
         check_loss(config.loss, f, targets)
@@ -194,6 +220,7 @@ def read_out(
             )
             s.update(_dual_scalars(dual))
     s["ntk/mean_field_overlap"] = float(uniform_overlaps(vec, n).max())
+    s["ntk/sketch_dim"] = float(sketch_dim)
     s["cosmology/nonfinite"] = float(run.nonfinite)
     s.update(_residual(run.last, step, f))
     prediction = None
@@ -203,6 +230,7 @@ def read_out(
     record = ProbeRecord(
         step=step, scalars=scalars, eigenvalues=lam.clone(), mean_field=f.reshape(n, -1).mean(0),
         initial_amplitudes=initial.clone(), prediction=prediction[0] if prediction else None,
+        sketch_dim=sketch_dim,
     )
     last = LastProbe(step, vec, f, prediction[1] if prediction else None)
     return ProbeResult(scalars, record, reference, last, dual)
@@ -297,9 +325,12 @@ def probe(
     cosmology: Cosmology | None,
     run: RunSoFar,
 ) -> ProbeResult:
-    """`measure` then `read_out`, or `skipped` when f or Θ is not finite."""
+    """`measure` (the model's forward and NTK, on the threads training uses) then `read_out`
+    (on one thread), or `skipped` when f or Θ is not finite."""
     first = run.reference is None
-    f, kernel = measure(model, inputs, config.output, verify=config.verify_ntk and first)
+    f, kernel, k = measure(model, inputs, config, first=first)  # as many threads as training
     if not (torch.isfinite(f).all() and torch.isfinite(kernel).all()):
         return skipped(run, config.prefix)
-    return read_out(f, kernel, config=config, cosmology=cosmology, targets=targets, run=run)
+    with one_thread():  # probe-sized linear algebra (docs/callbacks.md, "Cost")
+        return read_out(f, kernel, config=config, cosmology=cosmology, targets=targets,
+                        run=run, sketch_dim=k)

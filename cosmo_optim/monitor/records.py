@@ -31,8 +31,9 @@ class PredictedModes:
 @dataclass(frozen=True)
 class ProbeRecord:
     """One probe: its step, logged scalars (prefixed tags), NTK eigenvalues λ_k (k,), mean
-    field φ̄ (C,), mode amplitudes in the first probe's basis (k,), and the prediction to the
-    next probe (None without a dual or when the map diverges, T10)."""
+    field φ̄ (C,), mode amplitudes in the first probe's basis (k,), the prediction to the
+    next probe (None without a dual or when the map diverges, T10), and which kernel they
+    came from (`sketch_dim`: k of the sketched kernel, 0 for the exact one)."""
 
     step: int
     scalars: dict[str, float]
@@ -40,6 +41,7 @@ class ProbeRecord:
     mean_field: Tensor
     initial_amplitudes: Tensor
     prediction: PredictedModes | None = None
+    sketch_dim: int = 0
 
     def __getitem__(self, key: str) -> Any:
         """``record["scalars"]``: the dict access of earlier versions."""
@@ -69,7 +71,8 @@ class ProbeRecord:
         values = {key: record[key] for key in ("step", "scalars", "eigenvalues", "mean_field",
                                                "initial_amplitudes")}
         pred = record.get("prediction")
-        return cls(**values, prediction=None if pred is None else PredictedModes(**pred))
+        return cls(**values, prediction=None if pred is None else PredictedModes(**pred),
+                   sketch_dim=int(record.get("sketch_dim", 0)))  # absent before sketches
 
 
 @dataclass(frozen=True)

@@ -35,6 +35,7 @@ SCALAR_TAGS: Final = (
     "ntk/kernel_distance",
     "ntk/basis_rotation",
     "ntk/mean_field_overlap",
+    "ntk/sketch_dim",
     "modes/amplitude_{k}",
     "modes/initial_amplitude_{k}",
     "modes/mass_over_hubble_{k}",

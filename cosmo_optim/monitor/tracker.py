@@ -16,7 +16,6 @@ from typing import Any
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
-from cosmo_optim._common import one_thread
 from cosmo_optim.cosmology import Cosmology
 from cosmo_optim.dual import FLRWDual
 from cosmo_optim.monitor import probe as probes
@@ -29,6 +28,7 @@ from cosmo_optim.monitor.universe import (
     dual_warnings,
     unwrap_optimizer,
 )
+from cosmo_optim.ntk import DEFAULT_SKETCH_DIM
 
 __all__ = ["CosmologyTracker"]
 
@@ -38,7 +38,7 @@ class CosmologyTracker:
 
     Each probe (optimiser step n, weights θ_n) computes on the probe batch: outputs f, the full
     output-space NTK (T4), its `top_k` eigenpairs (T7) and, for a momentum-SGD optimiser with a
-    `loss`, the `FLRWDual` (T3–T10). The step before each probe it also records f_{n−1} (one
+    `loss`, the `FLRWDual` (T3–T10). With a loss, the step before each probe it records f_{n−1} (one
     forward pass) so that the field velocity ḟ = (f_n − f_{n−1})/sqrt(η) is known (T2); at
     step 0 it is exactly zero (T1). From each probe it predicts f at the next one with the exact
     discrete NTK map (T10); the residual to what training did is ``duality/residual``.
@@ -72,7 +72,14 @@ class CosmologyTracker:
             (``"logits"``) or a callable (``lambda out: out[0]``) selecting the outputs.
         verify_ntk: check the first probe's kernel against brute force (a few entries, one
             forward and C backward passes each) and raise if it is off; see
-            ``empirical_ntk(verify=True)``.
+            ``empirical_ntk(verify=True)``. Exact kernels only.
+        ntk_method: ``"auto"`` (default: the exact kernel while N·C·P < `SKETCH_FROM` =
+            2.5·10⁸ per-sample gradient entries, the sketch above), ``"exact"`` or
+            ``"sketch"``. Each probe logs ``ntk/sketch_dim``, k of its kernel (0: exact).
+        sketch_dim: k of the sketched kernel (``empirical_ntk(method="sketch")``).
+        distributed: under ``torch.distributed``, every rank probes with the same probe
+            batch and computes the kernel features of its shard of it
+            (``empirical_ntk(distributed=True)``); all ranks must call `step` together.
 
     Raises:
         ValueError: on an invalid argument, naming the fix.
@@ -111,10 +118,13 @@ class CosmologyTracker:
         group: int = 0,
         output: Any = None,
         verify_ntk: bool = False,
+        ntk_method: str = "auto",
+        sketch_dim: int = DEFAULT_SKETCH_DIM,
+        distributed: bool = False,
     ) -> None:
         config = MonitorConfig(
             loss, probe_size, top_k, every_n_steps, log_figures_every_n_steps, history_size,
-            prefix, group, output, verify_ntk,
+            prefix, group, output, verify_ntk, ntk_method, sketch_dim, distributed,
         )
         self._setup(model, config, optimizer=optimizer, probe_batch=probe_batch, sink=sink)
 
@@ -287,11 +297,10 @@ class CosmologyTracker:
         n = self.config.interval
         if not self.has_probe:
             return None
-        if (step + 1) % n == 0:
+        if (step + 1) % n == 0 and self.config.loss is not None:  # ḟ feeds the dual only
             assert self._inputs is not None
-            with one_thread():
-                self._previous_outputs = (
-                    step, probes.model_outputs(self.model, self._inputs, self.config.output))
+            self._previous_outputs = (
+                step, probes.model_outputs(self.model, self._inputs, self.config.output))
         if step % n:
             return None
         metrics = self.probe(step)
@@ -307,9 +316,8 @@ class CosmologyTracker:
             raise ValueError("probe() needs a probe batch. Fix: call set_probe(batch) first.")
         run = probes.RunSoFar(step, self.efolds, self.nonfinite, self._previous_outputs,
                               self._reference, self._last)
-        with one_thread():
-            result = probes.probe(self.model, self._inputs, self._targets, config=self.config,
-                                  cosmology=self.cosmology(), run=run)
+        result = probes.probe(self.model, self._inputs, self._targets, config=self.config,
+                              cosmology=self.cosmology(), run=run)
         self._reference, self._last = result.reference, result.last
         if result.record is None:
             self.nonfinite += 1

@@ -147,6 +147,36 @@ def test_a_tiny_gpt2_with_padded_batches_is_probed_with_its_attention_mask(tmp_p
     assert math.isfinite(callback.tracker.history[-1].scalars["ntk/lambda_1"])
 
 
+def test_output_selects_a_few_logits_of_a_language_model(tmp_path):
+    """A language model's logits are (N, T, V): `output=` picks the last token's first two,
+    and the first probe's λ_1 is that of the brute-force kernel of those two outputs."""
+    config = transformers.GPT2Config(n_layer=1, n_head=2, n_embd=16, vocab_size=11, n_positions=8)
+    torch.manual_seed(0)
+    model = transformers.GPT2LMHeadModel(config).eval()
+    ids = torch.randint(1, 11, (4, 5))
+    rows = []  # ∂f_(i,c)/∂θ by plain autograd, one output component at a time
+    for i in range(4):
+        for c in range(2):
+            model.zero_grad()
+            model(ids[i : i + 1]).logits[0, -1, c].backward()
+            rows.append(torch.cat([p.grad.reshape(-1) for p in model.parameters()]))
+    J = torch.stack(rows).double()
+    lam_1 = float(torch.linalg.eigvalsh(J @ J.T)[-1])
+    callback = CosmologyCallback(probe_batch={"input_ids": ids}, probe_size=4, top_k=2,
+                                 output=lambda out: out.logits[:, -1, :2])
+    args = transformers.TrainingArguments(
+        output_dir=str(tmp_path), max_steps=1, logging_steps=1, per_device_train_batch_size=4,
+        report_to=[], save_strategy="no", use_cpu=True, disable_tqdm=True,
+    )
+    data = [{"input_ids": ids[i], "labels": ids[i]} for i in range(4)]
+    opt = torch.optim.SGD(model.parameters(), lr=0.0, momentum=0.9)
+    transformers.Trainer(model=model, args=args, train_dataset=data, optimizers=(opt, None),
+                         callbacks=[callback]).train()
+    first = callback.tracker.history[0].scalars
+    assert first["ntk/lambda_1"] == pytest.approx(lam_1, rel=1e-4)
+    assert first["ntk/sketch_dim"] == 0.0
+
+
 def test_adamw_warns_once_and_logs_no_hubble_rate(tmp_path):
     torch.manual_seed(0)
     model = Classifier()
@@ -179,3 +209,51 @@ def test_a_loss_that_does_not_fit_the_logits_is_one_line_naming_the_fix(tmp_path
     callback = CosmologyCallback(nn.MSELoss(), input_key="x", top_k=2)
     with pytest.raises(ValueError, match=r"the loss MSELoss does not give one value per sample on the model's outputs of shape \(16, 3\) .*Fix: pass the loss the model is trained with"):
         run(tmp_path, max_steps=1, callback=callback, report_to=[])
+
+
+HF_DDP_SCRIPT = """
+import json, sys
+from pathlib import Path
+sys.path.insert(0, {tests!r})
+import cosmo_optim._ntk_sketch as features
+from test_huggingface import run, series
+
+shards = []  # the probe samples [lo, hi) whose kernel features this rank computed
+compute = features.FeatureMap.all
+features.FeatureMap.all = lambda self, lo, hi: shards.append([lo, hi]) or compute(self, lo, hi)
+trainer, callback, _ = run(Path({out!r}), report_to=[], ddp_backend="gloo")
+print("RESULT", json.dumps(dict(
+    rank=trainer.args.process_index, series=series(trainer),
+    shards=sorted(set(map(tuple, shards))), distributed=callback.tracker.config.distributed)))
+"""
+
+
+@pytest.mark.slow
+def test_torchrun_ddp_splits_the_probe_kernel_across_ranks(tmp_path):
+    """Two gloo ranks under torchrun: each computes the kernel features of half the probe
+    batch, both log the same read-out, and the first probe (same weights everywhere) equals
+    the one-process run's."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = tmp_path / "ddp.py"
+    script.write_text(HF_DDP_SCRIPT.format(tests=str(Path(__file__).parent), out=str(tmp_path / "out")))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    out = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script)],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    ranks = sorted((json.loads(line[7:]) for line in out.stdout.splitlines() if line.startswith("RESULT ")),
+                   key=lambda r: r["rank"])
+    assert [r["rank"] for r in ranks] == [0, 1]
+    assert [r["shards"] for r in ranks] == [[[0, 8]], [[8, 16]]]  # each rank half the probe batch
+    assert all(r["distributed"] for r in ranks)
+    assert ranks[0]["series"] == ranks[1]["series"]  # every rank reads out the same values
+    trainer, callback, _ = run(tmp_path / "single", report_to=[])
+    assert not callback.tracker.config.distributed
+    (step, split), (_, whole) = ranks[0]["series"][0], series(trainer)[0]
+    assert step == 0 and split["ntk/sketch_dim"] == whole["ntk/sketch_dim"] == 0.0
+    assert split["ntk/lambda_1"] == pytest.approx(whole["ntk/lambda_1"], rel=1e-5)

@@ -277,43 +277,69 @@ def test_invalid_trainer_configuration_is_refused_in_setup(tmp_path):
 
 
 DDP_SCRIPT = """
-import sys, torch
+import json, sys, torch
 from torch import nn
 import lightning.pytorch as L
 from lightning.pytorch.loggers import TensorBoardLogger
 sys.path.insert(0, {tests!r})
 from test_lightning import Regressor, data
+import cosmo_optim._ntk_sketch as features
 from cosmo_optim.callbacks import CosmologyMonitor
 
+shards = []  # the probe samples [lo, hi) whose kernel features this rank computed
+compute = features.FeatureMap.all
+features.FeatureMap.all = lambda self, lo, hi: shards.append([lo, hi]) or compute(self, lo, hi)
 L.seed_everything(0)
 monitor = CosmologyMonitor(nn.MSELoss(), every_n_train_steps=2, top_k=2)
 trainer = L.Trainer(
-    max_steps=4, accelerator="cpu", devices=2, strategy="ddp", enable_progress_bar=False,
-    enable_model_summary=False, enable_checkpointing=False, callbacks=[monitor],
-    logger=TensorBoardLogger({log!r}, name="", version=0),
+    max_steps=4, accelerator="cpu", devices={devices}, strategy={strategy!r},
+    enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
+    callbacks=[monitor], logger=TensorBoardLogger({log!r}, name="", version=0),
+    use_distributed_sampler=False,  # every rank trains on the same batches: one trajectory
 )
-trainer.fit(Regressor(), data())
-steps = [r["step"] for r in monitor.tracker.history]
-lam = monitor.tracker.history[-1]["scalars"]["ntk/lambda_1"]
-print("RESULT", trainer.global_rank, steps, repr(lam), float(trainer.callback_metrics["ntk/lambda_1"]))
+trainer.fit(Regressor(dropout=0.0), data())
+history = monitor.tracker.history
+print("RESULT", json.dumps(dict(
+    rank=trainer.global_rank, steps=[r.step for r in history],
+    read_out=[r.scalars for r in history], metric=float(trainer.callback_metrics["ntk/lambda_1"]),
+    shards=sorted(set(map(tuple, shards))), distributed=monitor.tracker.config.distributed)))
 """
 
 
-@pytest.mark.slow
-def test_ddp_two_cpu_processes_log_once_from_rank_zero(tmp_path):
-    script = tmp_path / "ddp_run.py"
-    script.write_text(DDP_SCRIPT.format(tests=str(Path(__file__).parent), log=str(tmp_path / "logs")))
+def run_lightning_script(tmp_path: Path, devices: int, strategy: str) -> list[dict]:
+    """Run DDP_SCRIPT in a fresh process: what each rank reports, in rank order."""
+    out_dir = tmp_path / f"{strategy}{devices}"
+    out_dir.mkdir()
+    script = out_dir / "run.py"
+    script.write_text(DDP_SCRIPT.format(tests=str(Path(__file__).parent), log=str(out_dir / "logs"),
+                                        devices=devices, strategy=strategy))
     env = {**os.environ, "PL_DISABLE_FORK": "1", "OMP_NUM_THREADS": "1"}
     out = subprocess.run(
-        [sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240
+        [sys.executable, str(script)], cwd=out_dir, env=env, capture_output=True, text=True, timeout=240
     )
     assert out.returncode == 0, out.stderr[-3000:]
-    results = sorted(line.split()[1:] for line in out.stdout.splitlines() if line.startswith("RESULT"))
-    assert [r[0] for r in results] == ["0", "1"]
-    assert results[0][1:] == results[1][1:]  # same probe set, same read-out on both ranks
-    event_files = list((tmp_path / "logs").rglob("events.out.tfevents.*"))
+    lines = [json.loads(line[7:]) for line in out.stdout.splitlines() if line.startswith("RESULT ")]
+    return sorted(lines, key=lambda r: r["rank"])
+
+
+@pytest.mark.slow
+def test_ddp_splits_the_kernel_across_ranks_and_logs_once_from_rank_zero(tmp_path):
+    ranks = run_lightning_script(tmp_path, 2, "ddp")
+    (single,) = run_lightning_script(tmp_path, 1, "auto")
+    assert [r["rank"] for r in ranks] == [0, 1]
+    assert [r["shards"] for r in ranks] == [[[0, 4]], [[4, 8]]]  # each rank half the probe set
+    assert all(r["distributed"] for r in ranks) and not single["distributed"]
+    assert single["shards"] == []  # one process: the kernel is not split
+    assert ranks[0]["read_out"] == ranks[1]["read_out"]  # every rank reads out the same values
+    assert ranks[0]["metric"] == ranks[1]["metric"]
+    assert ranks[0]["steps"] == single["steps"] == [0, 2, 4]
+    for split, whole in zip(ranks[0]["read_out"], single["read_out"], strict=True):
+        lam, ref = split["ntk/lambda_1"], whole["ntk/lambda_1"]  # the one-process kernel's
+        assert abs(lam - ref) <= 1e-5 * abs(ref)
+        assert split["ntk/sketch_dim"] == whole["ntk/sketch_dim"] == 0.0  # exact kernels
+    event_files = list((tmp_path / "ddp2" / "logs").rglob("events.out.tfevents.*"))
     assert len(event_files) == 1  # only rank 0 writes
-    acc = events(tmp_path / "logs" / "version_0")
+    acc = events(tmp_path / "ddp2" / "logs" / "version_0")
     assert steps_of(acc, "ntk/lambda_1") == [0, 2, 4]
 
 
@@ -485,3 +511,16 @@ def test_dir_lists_the_lazy_callbacks():
 def test_a_loss_class_is_refused_with_the_fix():
     with pytest.raises(ValueError, match=r"the class CrossEntropyLoss, not an instance. Fix: pass CrossEntropyLoss\(\)"):
         CosmologyMonitor(nn.CrossEntropyLoss)
+
+
+def test_a_strategy_that_shards_parameters_is_refused_at_setup(tmp_path):
+    """FSDP needs a GPU, so a DDP strategy named as FSDP stands in for it: the check reads the
+    strategy's class hierarchy, and the real FSDPStrategy/DeepSpeedStrategy carry these names."""
+    from lightning.pytorch.strategies import DDPStrategy
+    from lightning.pytorch.utilities.exceptions import MisconfigurationException
+
+    FSDPStrategy = type("FSDPStrategy", (DDPStrategy,), {})
+    fit = L.Trainer(strategy=FSDPStrategy(), accelerator="cpu", devices=2,
+                    logger=TensorBoardLogger(str(tmp_path)))
+    with pytest.raises(MisconfigurationException, match=r"FSDPStrategy shards the parameters.*Fix: use strategy='ddp'"):
+        CosmologyMonitor().setup(fit, Regressor(), "fit")

@@ -42,3 +42,24 @@ def test_key_changes_with_the_options_that_define_a_monitor():
     assert MonitorConfig(top_k=3).key() != MonitorConfig(top_k=4).key()
     assert MonitorConfig(prefix="a/").key() != MonitorConfig().key()
     assert MonitorConfig().key() == MonitorConfig().key()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"ntk_method": "fast"}, r"Invalid ntk_method: 'fast'; it must be one of \['auto', 'exact', 'sketch'\]"),
+        ({"sketch_dim": 0}, r"Invalid sketch_dim: 0; it must be an integer ≥ 1"),
+        ({"distributed": 1}, r"Invalid distributed: 1; it must be True or False"),
+        ({"verify_ntk": True, "ntk_method": "sketch"}, r"verify_ntk: True with ntk_method='sketch'.*Fix"),
+    ],
+)
+def test_invalid_kernel_options_name_the_fix(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        MonitorConfig(**kwargs)
+
+
+def test_state_key_of_default_kernel_options_is_unchanged():
+    """Checkpoints written before the kernel options existed still restore (same key)."""
+    assert "ntk_method" not in MonitorConfig().key() and "sketch_dim" not in MonitorConfig().key()
+    assert MonitorConfig(ntk_method="exact").key() != MonitorConfig().key()
+    assert MonitorConfig(sketch_dim=64).key() != MonitorConfig().key()

@@ -2,7 +2,8 @@
 
 The reference, ``golden.json``, was recorded by ``golden_runs.py`` BEFORE the monitor was split
 into the `cosmo_optim.monitor` package, from the single-module implementation. Comparing with
-that earlier output is deliberate here: the point of this test is invariance across the
+that earlier output is deliberate here (one tag was added since, ``ntk/sketch_dim``: 0.0 at
+every probe, inserted in the log order; every other value is as recorded): the point of this test is invariance across the
 refactor, not correctness (the other monitor tests compare against closed forms and
 torch.optim.SGD). Every scalar, histogram, custom-scalars layout and figure tag is compared
 exactly (float equality, in order); hyperparameters may gain keys but keep their values.

@@ -346,3 +346,64 @@ def test_a_loss_that_does_not_fit_the_outputs_is_one_line_naming_the_fix():
     with pytest.raises(ValueError, match=r"the loss MSELoss does not give one value per sample on the model's outputs of shape \(8, 4\) with targets of shape \(8,\)") as error, pytest.warns(UserWarning):
         tracker.probe(0)
     assert "\n" not in str(error.value)
+
+
+def linear_two_outputs(d: int = 5, n: int = 6):
+    """f = W x + b with C = 2 outputs: Θ_(ic),(jc') = δ_cc' (x_i·x_j + 1) (T4), so every
+    eigenvalue of X Xᵀ + 1 1ᵀ appears twice."""
+    torch.manual_seed(0)
+    x, _ = data(n, d)
+    model = nn.Linear(d, 2).double()
+    lam = torch.linalg.eigvalsh(x @ x.T + 1.0).flip(0)
+    return model, x, lam
+
+
+def test_auto_kernel_is_exact_below_the_size_threshold_and_sketched_from_it(monkeypatch):
+    import cosmo_optim.monitor.probe as probe_module
+
+    model, x, lam = linear_two_outputs()
+    entries = x.shape[0] * 2 * sum(p.numel() for p in model.parameters())  # N·C·P
+    for threshold, expected_k in [(entries + 1, 0), (entries, 50)]:
+        monkeypatch.setattr(probe_module, "SKETCH_FROM", threshold)
+        # k = 50 exceeds every side of W (2 × 5): the sketch projects nothing, so it is exact
+        tracker = CosmologyTracker(model, probe_batch=x, top_k=2, sketch_dim=50)
+        s = tracker.probe(0)
+        assert s["ntk/sketch_dim"] == expected_k and tracker.history[-1].sketch_dim == expected_k
+        assert s["ntk/lambda_1"] == pytest.approx(float(lam[0]), rel=1e-10)
+        assert s["ntk/ratio_2"] == pytest.approx(1.0, rel=1e-10)  # the C = 2 degeneracy
+
+
+def test_a_sketched_kernel_uses_the_same_projections_at_every_probe():
+    """ntk_method='sketch' with k < d: a random estimate (λ_1 off the exact value), but the
+    same one at each probe, so an unchanged model shows no kernel drift."""
+    torch.manual_seed(0)
+    x, _ = data(6, 64)
+    model = nn.Linear(64, 1).double()
+    tracker = CosmologyTracker(model, probe_batch=x, top_k=2, ntk_method="sketch", sketch_dim=4)
+    first, second = tracker.probe(0), tracker.probe(1)
+    exact = float(torch.linalg.eigvalsh(x @ x.T + 1.0)[-1])
+    assert first["ntk/sketch_dim"] == 4.0
+    assert first["ntk/lambda_1"] != pytest.approx(exact, rel=1e-6)
+    assert second["ntk/lambda_1"] == first["ntk/lambda_1"]
+    assert second["ntk/kernel_distance"] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_verify_ntk_on_an_auto_sketched_kernel_names_the_fix(monkeypatch):
+    import cosmo_optim.monitor.probe as probe_module
+
+    monkeypatch.setattr(probe_module, "SKETCH_FROM", 1)
+    model, x, _ = linear_two_outputs()
+    tracker = CosmologyTracker(model, probe_batch=x, verify_ntk=True)
+    with pytest.raises(ValueError, match=r"verify_ntk: True, but this model's probe kernel is sketched.*ntk_method='exact'"):
+        tracker.probe(0)
+
+
+def test_records_of_checkpoints_before_sketches_read_as_exact():
+    from cosmo_optim.monitor import ProbeRecord
+
+    model, x, _ = linear_two_outputs()
+    tracker = CosmologyTracker(model, probe_batch=x, top_k=2)
+    tracker.probe(0)
+    old = tracker.history[-1].as_dict()
+    del old["sketch_dim"]
+    assert ProbeRecord.from_dict(old).sketch_dim == 0
