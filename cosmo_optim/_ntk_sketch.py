@@ -37,6 +37,7 @@ rank-one g); independent weights average it down in proportion to their share of
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -82,7 +83,8 @@ def _adapted(U: torch.Tensor, k: int, gen: torch.Generator) -> torch.Tensor:
     return torch.cat([U, q * torch.sign(torch.diagonal(rr)) * math.sqrt((d - r) / (k - r))], 1)
 
 
-def _second_moment(A: torch.Tensor, B: torch.Tensor) -> Any:
+def _second_moment(A: torch.Tensor,
+                   B: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
     """``Y ↦ M Y`` with ``M = Σ_i G_i G_iᵀ = Σ_i A_iᵀ (B_i B_iᵀ) A_i`` for ``G_i = A_iᵀ B_i``
     (A (…, R, d), B (…, R, d'), i over the leading axes): the gradients' second moment on A's
     side, never formed (units: gradient²)."""
