@@ -26,6 +26,12 @@ method comes from its own subprocess (first call).
 
     python benchmarks/bench_ntk.py --models gpt2 --sizes 16 64 256 --threads 1
 
+`--sketch-table` (with `--models gpt2`) prints instead, per N, the sketch's eigenvalue errors
+over four seeds for k = 32, 64, 128, 256 (rms and max of |λ̂_a/λ_a − 1|, a = 1..4, and the
+kernel distance), in-process, untimed:
+
+    python benchmarks/bench_ntk.py --models gpt2 --sketch-table --sizes 32 --threads 1
+
 `--models gpt2 --monitor [N ...]` measures the monitor instead (`gpt2_monitor`): the same
 model trained as a language model (batch 16, 64 tokens) with a `CosmologyTracker` at its
 default settings for probe sizes N (default 16 and 64: the exact kernel, and the sketch the
@@ -224,6 +230,30 @@ def gpt2_child(n: int, repeats: int, threads: int, smoke: bool, mem: str) -> dic
     return out
 
 
+def gpt2_sketch_table(sizes: list[int], threads: int, smoke: bool) -> None:
+    """Per N: rms (per a) and max of |λ̂_a/λ_a − 1| over four seeds, and kernel distance."""
+    from cosmo_optim import kernel_distance
+
+    torch.set_num_threads(threads)
+    print("| N | k | λ_1 rms | λ_2 rms | λ_3 rms | λ_4 rms | max over a, seeds | "
+          "kernel distance mean (max) |")
+    print("|---|---|---|---|---|---|---|---|")
+    for n in sizes:
+        torch.manual_seed(0)
+        model = LastLogit(smoke).eval()
+        x = torch.randint(0, model.lm.config.vocab_size, (n, 8 if smoke else 64))
+        K = empirical_ntk(model, x, memory_budget=GPT2_BUDGET).double()
+        e = torch.linalg.eigvalsh(K).flip(0)[:4]
+        for k in (4, 8) if smoke else (32, 64, 128, 256):
+            S = [empirical_ntk(model, x, method="sketch", sketch_dim=k, sketch_seed=s,
+                               memory_budget=GPT2_BUDGET).double() for s in range(4)]
+            E = torch.stack([torch.linalg.eigvalsh(t).flip(0)[:4] / e - 1 for t in S])
+            dist = [float(kernel_distance(K, t)) for t in S]
+            rms = " | ".join(f"{v:.2%}" for v in E.pow(2).mean(0).sqrt())
+            print(f"| {n} | {k} | {rms} | {E.abs().max():.2%} | {sum(dist) / 4:.6f} "
+                  f"({max(dist):.6f}) |", flush=True)
+
+
 def gpt2_table(sizes: list[int], repeats: int, threads: int, smoke: bool) -> list[dict]:
     methods = ["floor", "exact", *(f"sketch{k}" for k in SKETCH_DIMS)]
     print("| N | method | time (median) | spread | /floor | peak memory | top-4 eig. err | "
@@ -347,6 +377,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, object]]:
     ap.add_argument("--max-gb", type=float, default=8.0, help="skip jac above this memory")
     ap.add_argument("--threads", type=int, default=torch.get_num_threads(),
                     help="torch threads per run (1 on a shared, loaded machine)")
+    ap.add_argument("--sketch-table", action="store_true",
+                    help="with --models gpt2: the sketch's eigenvalue errors over four seeds")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--gpt2-child", help=argparse.SUPPRESS)
     ap.add_argument("--gpt2-monitor", help=argparse.SUPPRESS)
@@ -361,6 +393,9 @@ def main(argv: list[str] | None = None) -> list[dict[str, object]]:
         return []
     if args.gpt2_monitor:
         print(json.dumps(gpt2_monitor(*json.loads(args.gpt2_monitor))))
+        return []
+    if args.models == ["gpt2"] and args.sketch_table:
+        gpt2_sketch_table([4] if args.smoke else args.sizes, args.threads, args.smoke)
         return []
     if args.models == ["gpt2"]:
         if args.monitor is not None:

@@ -4,29 +4,40 @@ Private helper of :mod:`cosmo_optim.ntk` (``method="sketch"``) and
 :mod:`cosmo_optim._ntk_distributed`. A feature map ``φ_i`` (shape ``(C, F)`` per sample) with
 ``E<φ_i, φ_j> = Θ_ij`` turns the kernel into one matrix product ``Θ ≈ Φ Φᵀ``.
 
-Sketch of a weight ``W`` (viewed as ``d0 × d1``): ``S_i = Pᵀ G_i Q`` with independent random
-``P (d0 × k)``, ``Q (d1 × k)``, each ``√(d/k)`` times k Haar-random orthonormal columns (an
-orthogonalised Gaussian matrix), so ``E[P Pᵀ] = I`` and
-``E<S_i, S_j> = <G_i, G_j>``. For a layer seen at rows ``r`` (positions, repeated calls, a tied
-embedding and output projection) ``G_i = Σ_r u_ir w_irᵀ``, hence
-``S_i = Σ_r (Pᵀu_ir)(Qᵀw_ir)ᵀ``: the per-sample gradient is never formed (time
-O(N R k (d0 + d1 + 4k)) per weight, memory O(N C k·min(d0, d1, 4k))). A side of ≤ k entries is
-never projected, and the smaller of at most ``EXACT_SIDE·k`` entries (the cotangent side
-first) is kept exact: one projected side halves the variance for nearly rank-one gradients.
-Parameters of other shapes (biases, LayerNorm) keep their exact per-sample gradient when it has
-≤ k² entries, else a CountSketch (random sign, random bucket among k²). Parameters no structured
-rule covers get exact per-sample gradients from the jacobian path, then the same projection, so
-the estimator stays unbiased for every parameter (never silently wrong).
+Sketch of a weight ``W`` (viewed as ``d0 × d1``): ``S_i = Pᵀ G_i Q`` with independent
+``P (d0 × k)``, ``Q (d1 × k)`` such that ``E[P Pᵀ] = I``, ``E[Q Qᵀ] = I``, hence
+``E<S_i, S_j> = <G_i, G_j>`` (docs/theory.md T4: ``Θ_ij = Σ_W <G_i, G_j>``). For a layer seen at
+rows ``r`` (positions, repeated calls, a tied embedding and output projection)
+``G_i = Σ_r u_ir w_irᵀ``, hence ``S_i = Σ_r (Pᵀu_ir)(Qᵀw_ir)ᵀ``: the per-sample gradient is
+never formed (time O(N R k (d0 + d1 + d_kept)) per weight, memory O(N C k·d_kept), d_kept the
+side kept exact, or k). A side of ≤ k entries is never projected.
 
-Error model (docs/performance.md, "Sketched kernel"): for a direction ``v`` in sample space,
-``g = Σ_i v_i G_i`` and ``vᵀΘ̂v = ‖Pᵀ g Q‖²`` has relative variance
-``≈ 2/k (1/r0 + 1/r1) + 2/k²`` per weight, ``r0, r1`` the effective ranks of ``g gᵀ`` and
-``gᵀ g``; independent weights average it down in proportion to their share of ``vᵀΘv``.
+Adapted maps (weights with a rows rule): ``PROBE`` samples spread over the batch (the same on
+every rank) are run once more (one forward, C backward passes to the layer outputs); per side,
+a randomized range finder gives ``U`` (d × r, r = k // KEPT), the top directions of their
+gradients' second moment ``Σ_i G_i G_iᵀ``, and the map is ``[U | √((d−r)/(k−r)) B]`` with B
+k − r Haar-random orthonormal columns of U's complement: ``E[P Pᵀ] = UUᵀ + (I − UUᵀ) = I``
+whatever U is, as U never depends on the draw of B. The side kept exact (at most
+``EXACT_SIDE_PROBED·k`` entries) is the one whose gradients U, fitted on half the probe
+samples, captures worst on the other half. Other weights: ``√(d/k)`` times k Haar-random
+orthonormal columns, and the smaller side of at most ``EXACT_SIDE·k`` entries (the cotangent
+side first) kept exact. Parameters of other shapes (biases, LayerNorm) keep their exact
+per-sample gradient when it has ≤ k² entries, else a CountSketch (random sign, random bucket
+among k²). Parameters no structured rule covers get exact per-sample gradients from the
+jacobian path, then the same projection, so the estimator stays unbiased for every parameter.
+
+Error model (docs/performance.md, "Sketched kernel"): for a unit direction ``v`` in sample
+space, ``g = Σ_i v_i G_i`` (units of the gradient) and ``vᵀΘ̂v = ‖Pᵀ g Q‖²``. With one side
+projected by an adapted map, only ``g_⊥ = (I − UUᵀ) g`` is random: the relative variance of
+``vᵀΘ̂v`` is ``≈ 2/(k − r) · ‖g_⊥ g_⊥ᵀ‖_F² / ‖g‖_F⁴`` per weight (dimensionless; for a fully
+random side ``≈ 2/k · 1/r_eff``, r_eff the effective rank of ``g gᵀ``, largest for nearly
+rank-one g); independent weights average it down in proportion to their share of ``vᵀΘv``.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -39,6 +50,9 @@ from cosmo_optim._common import MemoryBudgetError
 
 _ROWS_KINDS = ("linear", "embedding")
 EXACT_SIDE = 4  # a weight side of at most EXACT_SIDE·k entries is not projected (if the smaller)
+EXACT_SIDE_PROBED = 12  # the same, when the probe chooses the side (at k = 128: 1536, 4 × 384)
+KEPT = 4  # a projected side keeps k // KEPT columns along the probe gradients' top directions
+PROBE = 8  # samples (spread over the batch, the same on every rank) that choose those directions
 
 
 def gram(fa: torch.Tensor, fb: torch.Tensor, full: bool) -> torch.Tensor:
@@ -58,13 +72,62 @@ def _orthogonal(d: int, k: int, gen: torch.Generator) -> torch.Tensor:
     return (q * torch.sign(torch.diagonal(r)) * math.sqrt(d / k)).to(torch.float32)
 
 
-def _exact_side(d0: int, d1: int, k: int, out_side: int | None) -> int | None:
+def _adapted(U: torch.Tensor, k: int, gen: torch.Generator) -> torch.Tensor:
+    """``[U | √((d−r)/(k−r)) B]`` (d × k): the r orthonormal columns of ``U`` kept as they
+    are, and B k − r Haar-random orthonormal columns of their complement, so that
+    ``E[M Mᵀ] = U Uᵀ + (I − U Uᵀ) = I`` for any U chosen independently of the draw."""
+    (d, r), U = U.shape, U.cpu()
+    om = torch.randn(d, k - r, generator=gen, dtype=torch.float64)
+    for _ in range(2):  # project out U twice: orthogonal to working precision
+        om -= U @ (U.T @ om)
+    q, rr = torch.linalg.qr(om)
+    return torch.cat([U, q * torch.sign(torch.diagonal(rr)) * math.sqrt((d - r) / (k - r))], 1)
+
+
+def _second_moment(A: torch.Tensor,
+                   B: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``Y ↦ M Y`` with ``M = Σ_i G_i G_iᵀ = Σ_i A_iᵀ (B_i B_iᵀ) A_i`` for ``G_i = A_iᵀ B_i``
+    (A (…, R, d), B (…, R, d'), i over the leading axes): the gradients' second moment on A's
+    side, never formed (units: gradient²)."""
+    A, B = A.flatten(0, -3), B.flatten(0, -3)
+    K = B @ B.transpose(1, 2)
+    return lambda Y: A.flatten(0, 1).T @ (K @ (A @ Y.to(A))).flatten(0, 1)
+
+
+def _directions(A: torch.Tensor, B: torch.Tensor, r: int, gen: torch.Generator) -> torch.Tensor:
+    """(d × r, orthonormal, float64) the top eigenvectors of ``M`` (:func:`_second_moment`),
+    by a randomized range finder with one power iteration on r + 8 vectors (any orthonormal
+    U when M = 0): time O(n R (R d' + 3 d (r + 8)))."""
+    M = _second_moment(A, B)
+    Y = M(torch.randn(A.shape[-1], r + 8, generator=gen, dtype=torch.float64))
+    q = torch.linalg.qr(M(Y / Y.norm().clamp_min(torch.finfo(Y.dtype).tiny)).double()).Q
+    S = q.T @ M(q).double()
+    return q @ torch.linalg.eigh((S + S.T) / 2).eigenvectors[:, -r:]
+
+
+def _missed(A: torch.Tensor, B: torch.Tensor, U: torch.Tensor) -> float:
+    """``1 − tr(Uᵀ M U) / tr M``: the share of the gradients ``A_iᵀ B_i`` outside span U."""
+    A, B = A.flatten(0, -3), B.flatten(0, -3)
+    total = float((B @ B.transpose(1, 2) * (A @ A.transpose(1, 2))).sum())
+    inside = float((U * _second_moment(A, B)(U).double()).sum())
+    return 1 - inside / total if total > 0 else 0.0
+
+
+def _exact_side(d0: int, d1: int, k: int, out_side: int | None,
+                missed: dict[int, float]) -> int | None:
     """The side (0, 1) of a d0 × d1 weight left unprojected, or None (both projected).
 
-    A side of at most ``EXACT_SIDE·k`` entries stays exact, the cotangent side first: the
-    cotangents of one output are often nearly rank one across rows and samples (the residual
-    stream of a transformer), where a projection's relative variance is largest (≈ 2/k).
+    With the probe's held-out shares ``missed`` of both sides, the side of at most
+    ``EXACT_SIDE_PROBED·k`` entries whose gradients the probe's top directions capture worst
+    (where an adapted map's random part would carry the most: a transformer's activations,
+    whose directions differ from sample to sample, while its cotangents share a few). Else a
+    side of at most ``EXACT_SIDE·k`` entries, the cotangent side first: the cotangents of one
+    output are often nearly rank one across rows and samples (the residual stream of a
+    transformer), where a random projection's relative variance is largest (≈ 2/k).
     """
+    if len(missed) == 2 and min(d0, d1) <= EXACT_SIDE_PROBED * k:
+        small = [side for side, d in enumerate((d0, d1)) if d <= EXACT_SIDE_PROBED * k]
+        return max(small, key=lambda side: missed[side])
     small = [side for side, d in enumerate((d0, d1)) if d <= EXACT_SIDE * k]
     if out_side in small:
         return out_side
@@ -81,8 +144,9 @@ def out_side(uses: list[rules.Use]) -> int | None:
 class Projection:
     """The random map of one parameter (or the identity when ``k`` is None: exact features)."""
 
-    def __init__(self, shape: torch.Size, k: int | None, gen: torch.Generator,
-                 like: torch.Tensor, out_side: int | None = None) -> None:
+    def __init__(self, name: str, shape: torch.Size, k: int | None, gen: torch.Generator,
+                 like: torch.Tensor, out_side: int | None = None,
+                 probe: Probe | None = None) -> None:
         self.kind, self.dtype = "dense", like.dtype
         self.P: torch.Tensor | None = None
         self.Q: torch.Tensor | None = None
@@ -93,10 +157,9 @@ class Projection:
         if len(shape) >= 2:  # a weight seen as d0 × d1: Kronecker sketch Pᵀ G Q
             d0, d1 = shape[0], numel // shape[0]
             self.kind, self.d0, self.d1 = "kron", d0, d1
-            P, Q = _orthogonal(d0, k, gen), _orthogonal(d1, k, gen)
-            keep = _exact_side(d0, d1, k, out_side)
-            self.P = P.to(device=dev, dtype=like.dtype) if d0 > k and keep != 0 else None
-            self.Q = Q.to(device=dev, dtype=like.dtype) if d1 > k and keep != 1 else None
+            P, Q = _maps(name, (d0, d1), k, gen, out_side, probe)
+            self.P = None if P is None else P.to(device=dev, dtype=like.dtype)
+            self.Q = None if Q is None else Q.to(device=dev, dtype=like.dtype)
         elif numel > k * k:  # CountSketch: bucket b(p), sign s(p)
             self.kind, self.k2 = "count", k * k
             self.bucket = torch.randint(k * k, (numel,), generator=gen).to(dev)
@@ -159,6 +222,63 @@ def sketch_rows(proj: Projection, uses: list[rules.Use], delta: dict[int, torch.
     return S.reshape(S.shape[0], C, -1)
 
 
+class Probe:
+    """Per-sample gradient factors of ``PROBE`` samples spread over the batch, the same samples
+    on every rank (so a distributed run draws the same adapted maps): one forward and C
+    backward passes to the layer outputs of m = min(N, PROBE) samples, run on first use."""
+
+    def __init__(self, engine: Any, leaves: dict[str, torch.Tensor], names: set[str],
+                 k: int) -> None:
+        self.e, self.leaves, self.names, self.k = engine, leaves, names, k
+        self.uses: dict[str, list[rules.Use]] | None = None
+
+    def _run(self) -> None:
+        e, m = self.e, min(self.e.N, PROBE)
+        idx = torch.linspace(0, e.N - 1, m, device=e.x.device).round().long()
+        recorder, f = e._forward(e.x[idx], self.leaves)
+        uses = {n: recorder.uses[n] for n in self.names if rows_form(recorder.uses[n], m, self.k)}
+        outs = {id(u.out): u.out for us in uses.values() for u in us if u.out is not None}
+        self.delta = e._cotangents(f, outs)
+        self.uses = {n: us for n, us in uses.items() if all(id(u.out) in self.delta for u in us)}
+
+    def factors(self, name: str, d0: int, d1: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """``(A, B)``, (m, C, R', d0) and (m, C, R', d1), with the probe's per-sample gradients
+        ``G_ic = A_icᵀ B_ic`` (rows of all the weight's uses; token ids one-hot), or None."""
+        if self.uses is None:
+            self._run()
+        assert self.uses is not None
+        if name not in self.uses:
+            return None
+        C, pairs = self.e.C, [factors(u, self.delta[id(u.out)]) for u in self.uses[name]]
+
+        def dense(t: torch.Tensor, d: int) -> torch.Tensor:
+            if t.dtype in (torch.int64, torch.int32):
+                t = F.one_hot(t, d).to(self.e.dtype).unsqueeze(0)
+            return t.detach().expand(C, *t.shape[1:]).transpose(0, 1)
+
+        return (torch.cat([dense(a, d0) for a, _ in pairs], 2),
+                torch.cat([dense(b, d1) for _, b in pairs], 2))
+
+
+def _maps(name: str, dims: tuple[int, int], k: int, gen: torch.Generator,
+          out_side: int | None, probe: Probe | None) -> list[torch.Tensor | None]:
+    """``[P, Q]`` of a d0 × d1 weight (None: side not projected). A side longer than k with
+    probe factors keeps k // KEPT columns along the probe's top directions (:func:`_adapted`),
+    else all k are random (:func:`_orthogonal`). Which side stays exact is chosen on held-out
+    probe samples: directions fitted on the even ones, the share they miss on the odd ones."""
+    r = k // KEPT
+    fac = probe.factors(name, *dims) if probe is not None and r and max(dims) > k else None
+    missed = {}
+    if fac is not None and fac[0].shape[0] > 1 and min(dims) > k:
+        for side in (0, 1):
+            A, B = fac[side], fac[1 - side]
+            missed[side] = _missed(A[1::2], B[1::2], _directions(A[::2], B[::2], r, gen))
+    keep = _exact_side(*dims, k, out_side, missed)
+    return [None if d <= k or side == keep else _orthogonal(d, k, gen) if fac is None else
+            _adapted(_directions(fac[side], fac[1 - side], r, gen), k, gen)
+            for side, d in enumerate(dims)]
+
+
 class FeatureMap:
     """Features of the probe samples ``[lo, hi)`` for every selected parameter of ``engine``.
 
@@ -176,11 +296,12 @@ class FeatureMap:
         structured = engine._rules_for(recorder, f1, leaves)
         gen = torch.Generator().manual_seed(seed)
         like = engine.base[engine.names[0]]
-        self.proj = {n: Projection(engine.base[n].shape, k, gen, like, out_side(recorder.uses[n]))
-                     for n in engine.names}
+        self.rows = {n for n, us in structured.items() if rows_form(us, 1, k)}
+        probe = Probe(engine, leaves, self.rows, k) if k is not None else None
+        self.proj = {n: Projection(n, engine.base[n].shape, k, gen, like,
+                                   out_side(recorder.uses[n]), probe) for n in engine.names}
         engine.free = engine.budget
         self.leaves, self.counts = leaves, {n: len(us) for n, us in recorder.uses.items()}
-        self.rows = {n for n, us in structured.items() if rows_form(us, 1, k)}
         self.psg = set(structured) - self.rows
         self.act = (2 + 2 * engine.C) * max(recorder.out_bytes, 1)  # as the exact engine
         vmap_ok = not recorder.functions & exact.VMAP_UNSAFE

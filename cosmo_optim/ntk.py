@@ -24,10 +24,12 @@ R rows per sample (sequence positions, conv pixels, repeated calls), fan-in d_in
   convs and convs with string padding always use the per-sample form.
 * ``"sketch"`` — an unbiased estimate ``Θ̂ = Φ Φᵀ`` from Kronecker sketches ``Pᵀ G_i Q`` of
   every weight's per-sample gradient, built from each layer's rows without forming ``G_i``
-  (k = ``sketch_dim`` columns per projected side, a side of ≤ 4k entries kept exact;
-  :mod:`cosmo_optim._ntk_sketch`): time O(N R k (d_in + d_out + 4k)) per weight on top of one
-  forward and C backwards, plus O(C² N² F) for the product over F ≈ Σ_weights k·min(d, 4k)
-  features; memory O(N C F). Error model in docs/performance.md.
+  (k = ``sketch_dim`` columns per projected side, k/4 of them along the top gradient
+  directions of 8 probe samples, one side of ≤ 12k entries kept exact;
+  :mod:`cosmo_optim._ntk_sketch`): time O(N R k (d_in + d_out + d_kept)) per weight on top of
+  one forward and C backwards (and those of the 8 probe samples), plus O(C² N² F) for the
+  product over F ≈ Σ_weights k·d_kept features; memory O(N C F). Error model in
+  docs/performance.md.
 
 ``distributed=True`` (``torch.distributed`` initialised, every rank calling with the same probe
 batch) splits the samples across ranks: each computes the features of its shard (exact
@@ -76,7 +78,7 @@ Output = str | int | Callable[[torch.Tensor], torch.Tensor]
 ParamFilter = Sequence[str] | Callable[[str, nn.Parameter], bool] | None
 
 METHODS = ("auto", "structured", "jacobian", "sketch")
-DEFAULT_SKETCH_DIM = 128  # k: each weight's per-sample gradient sketched to k×k (≤ k×4k) numbers
+DEFAULT_SKETCH_DIM = 128  # k: each weight's per-sample gradient sketched to k × d_kept numbers
 
 _OUTPUTS = ("trace", "full")
 _DEFAULT_BUDGET = 2 << 30  # bytes: used when memory_budget is None

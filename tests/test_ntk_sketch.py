@@ -14,7 +14,7 @@ import torch
 from test_ntk import CASES, build, reference_ntk
 from torch import nn
 
-from cosmo_optim import empirical_ntk
+from cosmo_optim import _ntk_sketch, empirical_ntk
 
 Z = 5.0  # width of the statistical bands, in standard deviations
 
@@ -62,6 +62,71 @@ def test_variance_at_most_that_of_a_gaussian_sketch() -> None:
     gauss = (G.diag()[:, None] * G.diag()[None, :] + G**2) / k
     assert (S.var(0) <= gauss * (1 + Z * math.sqrt(2 / M))).all()
     assert ((S.mean(0) - G).abs() <= Z * (gauss / M).sqrt()).all()
+
+
+def test_adapted_map_keeps_the_given_directions_and_is_isotropic_on_average() -> None:
+    """``M = [U | √((d−r)/(k−r)) B]``: the first r columns are U itself, B is orthogonal to U,
+    and the mean of ``M Mᵀ`` over draws is the identity (Monte Carlo, Z standard errors)."""
+    d, r, k, draws = 10, 2, 5, 4000
+    U = torch.linalg.qr(torch.randn(d, r, generator=torch.Generator().manual_seed(0),
+                                    dtype=torch.float64)).Q
+    gen = torch.Generator().manual_seed(1)
+    Ms = torch.stack([_ntk_sketch._adapted(U, k, gen) for _ in range(draws)])
+    assert torch.equal(Ms[:, :, :r], U.expand(draws, d, r))
+    assert (U.T @ Ms[:, :, r:]).abs().max() < 1e-12
+    MMt = Ms @ Ms.transpose(1, 2)
+    se = MMt.std(0) / math.sqrt(draws)
+    assert ((MMt.mean(0) - torch.eye(d, dtype=torch.float64)).abs() <= Z * se + 1e-12).all()
+
+
+def test_gradient_directions_the_probe_sees_are_exact(monkeypatch: pytest.MonkeyPatch) -> None:
+    """f = w·x, 3 samples, d = 40 > k = 12: the probe (every sample here) finds the gradients
+    x_i, and r = k // 4 = 3 kept columns span them, so every seed gives Θ = x xᵀ exactly; with
+    no kept column (r = 0) the same sketch is random."""
+    torch.manual_seed(0)
+    model = nn.Linear(40, 1, bias=False).double()
+    x = torch.randn(3, 40, dtype=torch.float64)
+    S = sketches(model, x, 12, range(5))
+    assert (S - x @ x.T).abs().max() <= 1e-10 * (x @ x.T).abs().max()
+    monkeypatch.setattr(_ntk_sketch, "KEPT", 100)
+    assert (sketches(model, x, 12, range(5)) - x @ x.T).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("case", ["tanh", "tied", "twice"])
+def test_adapted_sketch_is_unbiased_for_samples_outside_the_probe(
+        case: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 2-sample probe (the others never seen when the directions are chosen), k = 4 (one
+    kept column per projected side, the exact side chosen on held-out probe samples): the
+    mean of M sketches lies within Z standard errors of the brute-force kernel."""
+    monkeypatch.setattr(_ntk_sketch, "PROBE", 2)
+    model, x = build(case, torch.float64)
+    M = 50
+    S = sketches(model, x, 4, range(M))
+    R = reference_ntk(model, x)
+    mean, se = S.mean(0), S.std(0) / math.sqrt(M)
+    assert (S.std(0) > 0).any()
+    assert ((mean - R).abs() <= Z * se + 1e-12 * R.abs().max()).all()
+
+
+class DeadBranch(nn.Module):
+    """f = w·x + 0·Σ V x: V (20 × 40) has zero gradients, so its probe directions are arbitrary."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.head, self.dead = nn.Linear(40, 1, bias=False), nn.Linear(40, 20, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(x) + 0.0 * self.dead(x).sum(1, keepdim=True)
+
+
+@pytest.mark.parametrize(("dtype", "rtol"), [(torch.float64, 1e-10), (torch.float32, 1e-5)])
+def test_zero_gradients_give_a_finite_exact_block(dtype: torch.dtype, rtol: float) -> None:
+    """A weight whose gradients vanish on the probe adds exactly 0 (no NaN from its map)."""
+    torch.manual_seed(0)
+    model = DeadBranch().to(dtype)
+    x = torch.randn(3, 40, dtype=dtype)
+    S = sketches(model, x, 12, range(3))
+    assert (S - x @ x.T).abs().max() <= rtol * (x @ x.T).abs().max()
 
 
 def test_error_falls_with_sketch_dim() -> None:

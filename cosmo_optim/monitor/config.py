@@ -52,8 +52,7 @@ class MonitorConfig:
             probe logs ``ntk/sketch_dim`` (0: exact); the first probe's choice holds for the
             run.
         sketch_dim: k of the sketched kernel (`empirical_ntk(method="sketch")`), default
-            `cosmo_optim.ntk.DEFAULT_SKETCH_DIM`; the same projections at every probe, so
-            kernel drift is not sketch noise.
+            `cosmo_optim.ntk.DEFAULT_SKETCH_DIM`; the same random draws at every probe.
         distributed: every rank of an initialised ``torch.distributed`` group calls the probe
             with the same probe batch, and each computes the kernel features of its shard
             (`empirical_ntk(distributed=True)`); the Lightning monitor sets it under DDP.
