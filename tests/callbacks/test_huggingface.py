@@ -212,7 +212,7 @@ def test_a_loss_that_does_not_fit_the_logits_is_one_line_naming_the_fix(tmp_path
 
 
 HF_DDP_SCRIPT = """
-import json, sys
+import json, sys, torch
 from pathlib import Path
 sys.path.insert(0, {tests!r})
 import cosmo_optim._ntk_sketch as features
@@ -224,7 +224,10 @@ features.FeatureMap.all = lambda self, lo, hi: shards.append([lo, hi]) or comput
 trainer, callback, _ = run(Path({out!r}), report_to=[], ddp_backend="gloo")
 print("RESULT", json.dumps(dict(
     rank=trainer.args.process_index, series=series(trainer),
-    shards=sorted(set(map(tuple, shards))), distributed=callback.tracker.config.distributed)))
+    shards=sorted(set(map(tuple, shards))), distributed=callback.tracker.config.distributed)),
+    flush=True)
+torch.distributed.barrier()
+torch.distributed.destroy_process_group()  # gloo threads left at exit can abort the process
 """
 
 
