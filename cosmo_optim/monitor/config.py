@@ -21,7 +21,7 @@ from cosmo_optim.ntk import DEFAULT_SKETCH_DIM
 
 __all__ = ["NTK_METHODS", "MonitorConfig"]
 
-#: How a monitor computes each probe's kernel (``"auto"``: exact while it is cheap).
+#: How a monitor computes each probe's kernel (``"auto"``: exact where it fits the budget).
 NTK_METHODS = ("auto", "exact", "sketch")
 
 
@@ -119,8 +119,8 @@ class MonitorConfig:
         if self.ntk_method not in NTK_METHODS:
             raise ValueError(
                 f"Invalid ntk_method: {self.ntk_method!r}; it must be one of "
-                f"{list(NTK_METHODS)}. Fix: use 'auto' (exact below the size docs/callbacks.md "
-                "states, sketched above it)."
+                f"{list(NTK_METHODS)}. Fix: use 'auto' (the exact kernel where it fits the default "
+                "memory budget, the sketch where it does not)."
             )
         if self.sketch_dim is not None:
             check_int("sketch_dim", self.sketch_dim, 1, "Use e.g. sketch_dim=128.")
