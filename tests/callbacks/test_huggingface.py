@@ -222,36 +222,33 @@ shards = []  # the probe samples [lo, hi) whose kernel features this rank comput
 compute = features.FeatureMap.all
 features.FeatureMap.all = lambda self, lo, hi: shards.append([lo, hi]) or compute(self, lo, hi)
 trainer, callback, _ = run(Path({out!r}), report_to=[], ddp_backend="gloo")
-print("RESULT", json.dumps(dict(
-    rank=trainer.args.process_index, series=series(trainer),
-    shards=sorted(set(map(tuple, shards))), distributed=callback.tracker.config.distributed)),
-    flush=True)
+Path({results!r}, f"rank{{trainer.args.process_index}}.json").write_text(json.dumps(dict(
+    series=series(trainer), shards=sorted(set(map(tuple, shards))),
+    distributed=callback.tracker.config.distributed)))
 torch.distributed.barrier()
 torch.distributed.destroy_process_group()  # gloo threads left at exit can abort the process
 """
 
 
 @pytest.mark.slow
-def test_torchrun_ddp_splits_the_probe_kernel_across_ranks(tmp_path):
+def test_torchrun_ddp_splits_the_probe_kernel_across_ranks(tmp_path, rank_results):
     """Two gloo ranks under torchrun: each computes the kernel features of half the probe
     batch, both log the same read-out, and the first probe (same weights everywhere) equals
     the one-process run's."""
-    import json
     import subprocess
     import sys
     from pathlib import Path
 
-    script = tmp_path / "ddp.py"
-    script.write_text(HF_DDP_SCRIPT.format(tests=str(Path(__file__).parent), out=str(tmp_path / "out")))
+    script, results = tmp_path / "ddp.py", rank_results()
+    script.write_text(HF_DDP_SCRIPT.format(tests=str(Path(__file__).parent), out=str(tmp_path / "out"),
+                                        results=str(results.directory)))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     out = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script)],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
     )
     assert out.returncode == 0, out.stderr[-3000:]
-    ranks = sorted((json.loads(line[7:]) for line in out.stdout.splitlines() if line.startswith("RESULT ")),
-                   key=lambda r: r["rank"])
-    assert [r["rank"] for r in ranks] == [0, 1]
+    ranks = results.collect(2, out.stderr)
     assert [r["shards"] for r in ranks] == [[[0, 8]], [[8, 16]]]  # each rank half the probe batch
     assert all(r["distributed"] for r in ranks)
     assert ranks[0]["series"] == ranks[1]["series"]  # every rank reads out the same values

@@ -278,6 +278,7 @@ def test_invalid_trainer_configuration_is_refused_in_setup(tmp_path):
 
 DDP_SCRIPT = """
 import json, sys, torch
+from pathlib import Path
 from torch import nn
 import lightning.pytorch as L
 from lightning.pytorch.loggers import TensorBoardLogger
@@ -299,34 +300,33 @@ trainer = L.Trainer(
 )
 trainer.fit(Regressor(dropout=0.0), data())
 history = monitor.tracker.history
-print("RESULT", json.dumps(dict(
-    rank=trainer.global_rank, steps=[r.step for r in history],
+Path({results!r}, f"rank{{trainer.global_rank}}.json").write_text(json.dumps(dict(
+    steps=[r.step for r in history],
     read_out=[r.scalars for r in history], metric=float(trainer.callback_metrics["ntk/lambda_1"]),
     shards=sorted(set(map(tuple, shards))), distributed=monitor.tracker.config.distributed)))
 """
 
 
-def run_lightning_script(tmp_path: Path, devices: int, strategy: str) -> list[dict]:
-    """Run DDP_SCRIPT in a fresh process: what each rank reports, in rank order."""
+def run_lightning_script(tmp_path: Path, results, devices: int, strategy: str) -> list[dict]:
+    """Run DDP_SCRIPT in a fresh process: what each rank reports (in `results`), in rank order."""
     out_dir = tmp_path / f"{strategy}{devices}"
     out_dir.mkdir()
     script = out_dir / "run.py"
     script.write_text(DDP_SCRIPT.format(tests=str(Path(__file__).parent), log=str(out_dir / "logs"),
-                                        devices=devices, strategy=strategy))
+                                        devices=devices, strategy=strategy,
+                                        results=str(results.directory)))
     env = {**os.environ, "PL_DISABLE_FORK": "1", "OMP_NUM_THREADS": "1"}
     out = subprocess.run(
         [sys.executable, str(script)], cwd=out_dir, env=env, capture_output=True, text=True, timeout=240
     )
     assert out.returncode == 0, out.stderr[-3000:]
-    lines = [json.loads(line[7:]) for line in out.stdout.splitlines() if line.startswith("RESULT ")]
-    return sorted(lines, key=lambda r: r["rank"])
+    return results.collect(devices, out.stderr)
 
 
 @pytest.mark.slow
-def test_ddp_splits_the_kernel_across_ranks_and_logs_once_from_rank_zero(tmp_path):
-    ranks = run_lightning_script(tmp_path, 2, "ddp")
-    (single,) = run_lightning_script(tmp_path, 1, "auto")
-    assert [r["rank"] for r in ranks] == [0, 1]
+def test_ddp_splits_the_kernel_across_ranks_and_logs_once_from_rank_zero(tmp_path, rank_results):
+    ranks = run_lightning_script(tmp_path, rank_results(), 2, "ddp")
+    (single,) = run_lightning_script(tmp_path, rank_results(), 1, "auto")
     assert [r["shards"] for r in ranks] == [[[0, 4]], [[4, 8]]]  # each rank half the probe set
     assert all(r["distributed"] for r in ranks) and not single["distributed"]
     assert single["shards"] == []  # one process: the kernel is not split
@@ -345,6 +345,7 @@ def test_ddp_splits_the_kernel_across_ranks_and_logs_once_from_rank_zero(tmp_pat
 
 BN_DDP_SCRIPT = """
 import json, sys, torch
+from pathlib import Path
 from torch import nn
 import lightning.pytorch as L
 from lightning.pytorch.loggers import TensorBoardLogger
@@ -369,24 +370,24 @@ model = Normed()
 trainer.fit(model, data())  # each rank's batches differ: so do its BatchNorm statistics
 x = monitor.tracker.probe_batch[0]
 own = float(torch.linalg.eigvalsh(empirical_ntk(model, x).double())[-1])  # this rank's buffers
-print("RESULT", json.dumps(dict(rank=trainer.global_rank, own=own,
+Path({results!r}, f"rank{{trainer.global_rank}}.json").write_text(json.dumps(dict(own=own,
     mean=float(model.net[1].running_mean.sum()), read_out=monitor.tracker.history[-1].scalars)))
 """
 
 
 @pytest.mark.slow
-def test_ddp_with_batchnorm_probes_rank_zero_s_buffers_on_every_rank(tmp_path):
+def test_ddp_with_batchnorm_probes_rank_zero_s_buffers_on_every_rank(tmp_path, rank_results):
     """Between forwards each rank's running statistics come from its own batches; DDP takes
     rank 0's before each forward, and so does the probe: both ranks log the kernel of rank
     0's model (to 1e-5 of rank 0's own single-process kernel), and their own are kept."""
-    script = tmp_path / "bn.py"
-    script.write_text(BN_DDP_SCRIPT.format(tests=str(Path(__file__).parent), log=str(tmp_path / "logs")))
+    script, results = tmp_path / "bn.py", rank_results()
+    script.write_text(BN_DDP_SCRIPT.format(tests=str(Path(__file__).parent), log=str(tmp_path / "logs"),
+                                           results=str(results.directory)))
     env = {**os.environ, "PL_DISABLE_FORK": "1", "OMP_NUM_THREADS": "1"}
     out = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True,
                          text=True, timeout=240)
     assert out.returncode == 0, out.stderr[-3000:]
-    ranks = sorted((json.loads(line[7:]) for line in out.stdout.splitlines() if line.startswith("RESULT ")),
-                   key=lambda r: r["rank"])
+    ranks = results.collect(2, out.stderr)
     assert ranks[0]["mean"] != ranks[1]["mean"]  # the ranks' buffers differ, and are kept
     assert ranks[0]["own"] != pytest.approx(ranks[1]["own"], rel=1e-6)
     assert ranks[0]["read_out"] == ranks[1]["read_out"]
