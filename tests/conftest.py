@@ -8,6 +8,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis.configuration import set_hypothesis_home_dir
+
+# Hypothesis keeps its files in the repository, not in whatever directory pytest runs from.
+set_hypothesis_home_dir(Path(__file__).parents[1] / ".hypothesis")
 
 
 class RankResults:
