@@ -140,7 +140,7 @@ def per_sample_gradients(model, x, y):
 def test_mini_batch_lowers_the_lr_by_the_gradient_noise_scale():
     model, x, y = linear_problem()
     with torch.no_grad():
-        model.weight.normal_()
+        model.weight.normal_(generator=torch.Generator().manual_seed(1))  # not the global RNG: order-free
     n = x.shape[0]
     g = per_sample_gradients(model, x, y)  # independent: autograd per sample
     mean = g.mean(0)
