@@ -11,10 +11,11 @@ import math
 
 import pytest
 import torch
-from test_ntk import CASES, build, reference_ntk
+from test_kernel import CASES, build, reference_ntk
 from torch import nn
 
-from cosmo_optim import _ntk_sketch, empirical_ntk
+from cosmo_optim import empirical_ntk
+from cosmo_optim.ntk import sketch as _ntk_sketch
 
 Z = 5.0  # width of the statistical bands, in standard deviations
 

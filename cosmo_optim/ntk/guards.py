@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterable
 import torch
 from torch import Tensor
 
-from cosmo_optim._ntk_exact import dense, relative_error, tolerance
+from cosmo_optim.ntk.per_sample import dense, relative_error, tolerance
 
 
 def hidden_route(f1: Tensor, leaves: dict[str, Tensor],

@@ -3,7 +3,7 @@
 ``Θ(x, x') = Σ_p ∂f(x)/∂θ_p · ∂f(x')/∂θ_p = J Jᵀ`` on a probe batch, computed without ever
 holding the N×P Jacobian: layers with a structured rule (``linear``, ``conv1d``, ``conv2d``,
 ``embedding``, ``layer_norm`` affine parameters, and the projections of self-attention
-``nn.MultiheadAttention``, re-dispatched as ``linear`` calls; see :mod:`cosmo_optim._ntk_rules`)
+``nn.MultiheadAttention``, re-dispatched as ``linear`` calls; see :mod:`cosmo_optim.ntk.rules`)
 need one forward and one backward per output component; every other parameter goes through a
 chunked jacobian contraction.
 
@@ -15,7 +15,7 @@ R rows per sample (sequence positions, conv pixels, repeated calls), fan-in d_in
   O(b R · N R) for b samples at a time. Biases: per-sample gradients ``Σ_s δ_is``.
 * ``"jacobian"`` — per-sample gradients of every selected parameter, contracted block by block:
   ``vmap(jacrev)`` where its batching rules are trusted, else one sample's forward and C
-  backward passes at a time (:mod:`cosmo_optim._ntk_exact`). Time O(C·(forward+backward) per
+  backward passes at a time (:mod:`cosmo_optim.ntk.per_sample`). Time O(C·(forward+backward) per
   sample + C N² P), memory O(m C P_block) for a chunk of m samples, m chosen from the budget.
 * ``"auto"`` — per recognised parameter the cheaper of the Gram rule and its per-sample-gradient
   form ``<Σ_s δ_isᵀ x_is, Σ_t δ_jtᵀ x_jt>`` (time O(C N R d_in d_out + C N² d_in d_out), memory
@@ -26,7 +26,7 @@ R rows per sample (sequence positions, conv pixels, repeated calls), fan-in d_in
   every weight's per-sample gradient, built from each layer's rows without forming ``G_i``
   (k = ``sketch_dim`` columns per projected side, k/4 of them along the top gradient
   directions of 8 probe samples, one side of ≤ 12k entries kept exact;
-  :mod:`cosmo_optim._ntk_sketch`): time O(N R k (d_in + d_out + d_kept)) per weight on top of
+  :mod:`cosmo_optim.ntk.sketch`): time O(N R k (d_in + d_out + d_kept)) per weight on top of
   one forward and C backwards (and those of the 8 probe samples), plus O(C² N² F) for the
   product over F ≈ Σ_weights k·d_kept features; memory O(N C F). Error model in
   docs/performance.md.
@@ -34,7 +34,7 @@ R rows per sample (sequence positions, conv pixels, repeated calls), fan-in d_in
 ``distributed=True`` (``torch.distributed`` initialised, every rank calling with the same probe
 batch) splits the samples across ranks: each computes the features of its shard (exact
 per-sample gradients, or sketches), the shards are all-gathered in blocks of parameters, and
-every rank returns the same N×N kernel (:mod:`cosmo_optim._ntk_distributed`).
+every rank returns the same N×N kernel (:mod:`cosmo_optim.ntk.distributed`).
 
 Never silently wrong: a rule is used for a parameter only while its assumptions hold, checked at
 run time in every chunk. Every recognised call is batch-first and in one role; where the
@@ -59,11 +59,6 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from cosmo_optim import _ntk_distributed as distributed_ntk
-from cosmo_optim import _ntk_exact as exact
-from cosmo_optim import _ntk_guards as guards
-from cosmo_optim import _ntk_rules as rules
-from cosmo_optim import _ntk_sketch as sketch
 from cosmo_optim._common import (
     MemoryBudgetError,
     check_int,
@@ -72,7 +67,10 @@ from cosmo_optim._common import (
     training,
     unwrap_parallel,
 )
-from cosmo_optim._ntk_exact import accumulate, chunks
+from cosmo_optim.ntk import distributed as distributed_ntk
+from cosmo_optim.ntk import guards, rules, sketch
+from cosmo_optim.ntk import per_sample as exact
+from cosmo_optim.ntk.per_sample import accumulate, chunks
 
 Output = str | int | Callable[[torch.Tensor], torch.Tensor]
 ParamFilter = Sequence[str] | Callable[[str, nn.Parameter], bool] | None

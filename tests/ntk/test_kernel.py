@@ -366,7 +366,7 @@ def test_single_sample_and_two_samples() -> None:
 
 
 def test_attention_layer_norm_and_grouped_conv_take_the_structured_rules() -> None:
-    from cosmo_optim import _ntk_rules as rules
+    from cosmo_optim.ntk import rules
 
     for case in ("attention", "attention_padding", "attention_causal", "attention_seqfirst",
                  "convzoo"):
@@ -384,7 +384,7 @@ def test_attention_layer_norm_and_grouped_conv_take_the_structured_rules() -> No
 
 
 def test_symmetric_blocked_gram_is_exact(monkeypatch: pytest.MonkeyPatch) -> None:
-    from cosmo_optim import ntk
+    from cosmo_optim.ntk import kernel as ntk
 
     monkeypatch.setattr(ntk, "_SYMMETRIC_FROM", 2)
     for case in ("tanh", "transformer", "twice"):
@@ -394,7 +394,7 @@ def test_symmetric_blocked_gram_is_exact(monkeypatch: pytest.MonkeyPatch) -> Non
 
 
 def test_symmetric_blocked_accumulate_equals_full_product() -> None:
-    from cosmo_optim import _ntk_exact
+    from cosmo_optim.ntk import per_sample as _ntk_exact
 
     g = torch.Generator().manual_seed(3)
     for N in (130, 300, 700):

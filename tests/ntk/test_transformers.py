@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_ntk import reference_ntk
+from test_kernel import reference_ntk
 from torch import nn
 
-from cosmo_optim import _ntk_rules as rules
 from cosmo_optim import empirical_ntk
+from cosmo_optim.ntk import rules
 
 transformers = pytest.importorskip("transformers")
 
@@ -149,7 +149,7 @@ def test_conv1d_output_edited_in_place_stays_exact() -> None:
 def test_gpt2_never_needs_the_per_sample_jacobian(monkeypatch: pytest.MonkeyPatch) -> None:
     """With batch-first position ids every GPT-2 parameter passes the engine's guards (the
     rule's probe gradient equals autograd's), exact and sketched."""
-    from cosmo_optim import _ntk_exact
+    from cosmo_optim.ntk import per_sample as _ntk_exact
 
     calls: list[tuple] = []
     rows = _ntk_exact.PerSampleJacobian.rows

@@ -16,7 +16,7 @@ Parameters are recognised by watching every torch function call of one forward p
 ``TorchFunctionMode``: a parameter qualifies only if *every* call that touches it is a
 ``linear``/``conv1d``/``conv2d``/``embedding``/``layer_norm`` in the same role (weight or bias),
 with the sample axis first. Self-attention calls of ``F.multi_head_attention_forward`` are
-re-dispatched as two ``F.linear`` calls (:mod:`cosmo_optim._ntk_attention`). Anything else
+re-dispatched as two ``F.linear`` calls (:mod:`cosmo_optim.ntk.attention`). Anything else
 (weight tying across kinds, parametrisations, a layer whose input is not batch-first) sends it
 to the jacobian path, which is exact for any parameter.
 """
@@ -34,7 +34,7 @@ from torch import Tensor
 from torch.func import vmap
 from torch.overrides import TorchFunctionMode
 
-from cosmo_optim import _ntk_attention as attention
+from cosmo_optim.ntk import attention
 
 # (function, argument names) of the calls a structured rule understands.
 _CONV_ARGS = ("input", "weight", "bias", "stride", "padding", "dilation", "groups")

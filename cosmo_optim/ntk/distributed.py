@@ -3,7 +3,7 @@
 Private helper of :mod:`cosmo_optim.ntk` (``distributed=True``). Every rank holds the same probe
 batch of N samples and takes the contiguous shard ``[N r / W, N (r+1) / W)``. It computes the
 per-sample features of its shard (exact per-sample gradients, or their sketches, see
-:mod:`cosmo_optim._ntk_sketch`), then the features are exchanged in blocks of parameters
+:mod:`cosmo_optim.ntk.sketch`), then the features are exchanged in blocks of parameters
 (``all_gather``: the memory of one block's features for all N samples at a time) and each rank
 multiplies its rows against every sample: ``Θ[shard, :] = Σ_blocks Φ_shard Φ_allᵀ``. A last
 ``all_gather`` of the rows gives every rank the same N×N kernel.
@@ -21,7 +21,7 @@ import torch
 import torch.distributed as dist
 
 from cosmo_optim._common import MemoryBudgetError, same_on_every_rank
-from cosmo_optim._ntk_sketch import FeatureMap, gram
+from cosmo_optim.ntk.sketch import FeatureMap, gram
 
 
 def kernel(engine: Any, k: int | None, seed: int) -> torch.Tensor:

@@ -1,7 +1,7 @@
 """Per-sample NTK features: exact per-sample gradients, or unbiased sketches of them (T4).
 
 Private helper of :mod:`cosmo_optim.ntk` (``method="sketch"``) and
-:mod:`cosmo_optim._ntk_distributed`. A feature map ``φ_i`` (shape ``(C, F)`` per sample) with
+:mod:`cosmo_optim.ntk.distributed`. A feature map ``φ_i`` (shape ``(C, F)`` per sample) with
 ``E<φ_i, φ_j> = Θ_ij`` turns the kernel into one matrix product ``Θ ≈ Φ Φᵀ``.
 
 Sketch of a weight ``W`` (viewed as ``d0 × d1``): ``S_i = Pᵀ G_i Q`` with independent
@@ -43,10 +43,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from cosmo_optim import _ntk_exact as exact
-from cosmo_optim import _ntk_guards as guards
-from cosmo_optim import _ntk_rules as rules
 from cosmo_optim._common import MemoryBudgetError
+from cosmo_optim.ntk import guards, rules
+from cosmo_optim.ntk import per_sample as exact
 
 _ROWS_KINDS = ("linear", "embedding")
 EXACT_SIDE = 4  # a weight side of at most EXACT_SIDE·k entries is not projected (if the smaller)

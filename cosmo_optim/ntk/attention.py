@@ -1,6 +1,6 @@
 """Self-attention re-expressed with top-level ``F.linear`` calls, for the structured NTK rules.
 
-Private helper of :mod:`cosmo_optim._ntk_rules`. ``F.multi_head_attention_forward`` consumes
+Private helper of :mod:`cosmo_optim.ntk.rules`. ``F.multi_head_attention_forward`` consumes
 ``in_proj_weight`` and ``out_proj.weight`` internally, so a ``TorchFunctionMode`` sees them as
 unknown uses. For self-attention (``query is key is value``) with one packed input projection,
 the same function is

@@ -12,10 +12,13 @@ import textwrap
 
 import pytest
 import torch
-from test_ntk_zoo import assert_exact, brute_force_ntk, seeded
+from test_zoo import assert_exact, brute_force_ntk, seeded
 from torch import nn
 
-from cosmo_optim import _ntk_exact, _ntk_guards, _ntk_rules, empirical_ntk
+from cosmo_optim import empirical_ntk
+from cosmo_optim.ntk import guards as _ntk_guards
+from cosmo_optim.ntk import per_sample as _ntk_exact
+from cosmo_optim.ntk import rules as _ntk_rules
 
 
 def prelu_net() -> nn.Module:

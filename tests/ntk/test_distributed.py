@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from test_ntk import build
+from test_kernel import build
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 

@@ -1,0 +1,20 @@
+"""The empirical neural tangent kernel engine (docs/theory.md T4, T7).
+
+Public entry: :func:`empirical_ntk` (:mod:`.kernel`). The modules below it, in the order a
+request meets them:
+
+* :mod:`.rules` — the layer calls a structured rule understands, recorded during a forward;
+  :mod:`.attention` re-dispatches ``nn.MultiheadAttention`` as its projections.
+* :mod:`.guards` — run-time proofs that a rule's assumptions hold (routes, rows, coupling,
+  randomness).
+* :mod:`.plan` — the budget: how much the engine may hold, and the chunks it works in.
+* executors: :mod:`.structured` (Gram and per-sample-gradient terms of recognised layers),
+  :mod:`.per_sample` (exact per-sample Jacobians of everything else, and the self-check),
+  :mod:`.sketch` (the unbiased random-feature estimate) and :mod:`.distributed` (samples
+  split across ranks).
+"""
+
+from cosmo_optim._common import MemoryBudgetError
+from cosmo_optim.ntk.kernel import DEFAULT_SKETCH_DIM, METHODS, empirical_ntk
+
+__all__ = ["DEFAULT_SKETCH_DIM", "METHODS", "MemoryBudgetError", "empirical_ntk"]
