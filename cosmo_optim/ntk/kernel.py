@@ -57,10 +57,8 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.func import functional_call
 
 from cosmo_optim._common import (
-    MemoryBudgetError,
     check_int,
     parse_bytes,
     preserved,
@@ -68,19 +66,17 @@ from cosmo_optim._common import (
     unwrap_parallel,
 )
 from cosmo_optim.ntk import distributed as distributed_ntk
-from cosmo_optim.ntk import guards, rules, sketch
 from cosmo_optim.ntk import per_sample as exact
-from cosmo_optim.ntk.per_sample import accumulate, chunks
+from cosmo_optim.ntk import sketch
+from cosmo_optim.ntk.engine import Engine, Output
+from cosmo_optim.ntk.plan import default_budget
 
-Output = str | int | Callable[[torch.Tensor], torch.Tensor]
 ParamFilter = Sequence[str] | Callable[[str, nn.Parameter], bool] | None
 
 METHODS = ("auto", "structured", "jacobian", "sketch")
 DEFAULT_SKETCH_DIM = 128  # k: each weight's per-sample gradient sketched to k × d_kept numbers
 
 _OUTPUTS = ("trace", "full")
-_DEFAULT_BUDGET = 2 << 30  # bytes: used when memory_budget is None
-_SYMMETRIC_FROM = 512  # N from which the Gram form multiplies only blocks above the diagonal
 
 
 def empirical_ntk(
@@ -97,6 +93,7 @@ def empirical_ntk(
     sketch_seed: int = 0,
     distributed: bool = False,
     verify: bool | int = False,
+    explain: bool = False,
 ) -> torch.Tensor:
     """Empirical NTK ``Θ = J Jᵀ`` of ``model`` on the probe batch ``inputs`` (docs/theory.md T4).
 
@@ -116,9 +113,11 @@ def empirical_ntk(
         dtype: compute in this dtype (e.g. ``torch.float64``); the model is not modified.
         memory_budget: bytes for the engine's own buffers (kernel, captured layer inputs and
             cotangents, Jacobian blocks; activations estimated from a one-sample probe), as a
-            number or a string such as ``"1GB"`` or ``"512MiB"``. Default 2 GiB. Every path
-            is chosen from this estimate before it allocates; a request that cannot fit
-            raises first.
+            number or a string such as ``"1GB"`` or ``"512MiB"``. Default: a quarter of the
+            memory free on the probe batch's device, between 256 MiB and 8 GiB
+            (:mod:`cosmo_optim.ntk.plan`). The engine plans within it (streams per output
+            component, chunks over samples, passes over groups of layers) and refuses only
+            when one sample's pass cannot fit, naming the budget that would.
         train_mode: compute with the model in training mode (default: eval mode). Refused for
             BatchNorm (couples samples) and active dropout (random).
         sketch_dim: ``k`` for ``method="sketch"`` (default :data:`DEFAULT_SKETCH_DIM`); the
@@ -131,6 +130,9 @@ def empirical_ntk(
             the user's module with plain autograd, and raise if they disagree beyond the
             dtype's tolerance. Costs one forward and C backward passes per checked sample
             (docs/performance.md).
+        explain: print the plan (streaming or stored, chunk size, passes, the form each
+            parameter took and the bytes it keeps); also logged at DEBUG on the
+            ``cosmo_optim.ntk`` logger.
 
     Returns:
         The kernel on ``inputs.device``: ``(N, N)``, or ``(N, N, C, C)`` for ``"full"``. It
@@ -167,8 +169,8 @@ def empirical_ntk(
             f"Invalid output: {output!r}; it must be 'trace', 'full', an int or a callable. "
             "Fix: pass output='trace' for the N×N kernel summed over output components."
         )
-    budget = _DEFAULT_BUDGET if memory_budget is None else parse_bytes("memory_budget",
-                                                                        memory_budget)
+    budget = default_budget(inputs.device) if memory_budget is None else parse_bytes(
+        "memory_budget", memory_budget)
     samples = _verify_samples(verify)
     if inputs.dim() == 0 or inputs.shape[0] == 0:
         raise ValueError(f"Invalid inputs shape: {tuple(inputs.shape)}; it needs N >= 1 samples.")
@@ -184,13 +186,13 @@ def empirical_ntk(
         )
     with preserved(model, inputs.device), training(model, train_mode), _no_fastpath(), \
             _eager():
-        engine = _Engine(model, selected, inputs, output, method, dtype, budget)
+        engine = Engine(model, selected, inputs, output, method, dtype, budget)
         if distributed:
             kernel = distributed_ntk.kernel(engine, k, sketch_seed)
         elif k is not None:
             kernel = sketch.sketch_kernel(engine, k, sketch_seed)
         else:
-            kernel = engine.run()
+            kernel = engine.run(explain)
         if samples:
             exact.verify(kernel, model, inputs, engine.names, engine.select, samples, engine.full)
     return kernel
@@ -289,319 +291,3 @@ def _no_fastpath() -> Iterator[None]:
         yield
     finally:
         torch.backends.mha.set_fastpath_enabled(flag)
-
-
-class _Engine:
-    """One kernel request: probe, plan, structured pass, jacobian pass."""
-
-    def __init__(
-        self, model: nn.Module, selected: dict[str, nn.Parameter], inputs: torch.Tensor,
-        output: Output, method: str, dtype: torch.dtype | None, budget: int,
-    ) -> None:
-        self.model, self.output, self.method, self.budget = model, output, method, budget
-        cast = (lambda t: t.to(dtype) if t.is_floating_point() else t) if dtype else (lambda t: t)
-        self.x = cast(inputs)
-        self.N = inputs.shape[0]
-        # Detached (cast) views: the user's parameters and their .grad are never touched; the
-        # probe replaces those the forward writes into with copies.
-        self.base = {n: cast(t.detach()) for n, t in model.named_parameters()}
-        self.base |= {n: cast(t.detach()) for n, t in model.named_buffers()}
-        self.names = list(selected)
-        self.originals = {id(p): n for n, p in selected.items()}
-        self.dtype = self.base[self.names[0]].dtype
-        self.isz = torch.empty((), dtype=self.dtype).element_size()
-        self.full = output == "full"
-
-    # ----------------------------------------------------------------------------- forward
-    def select(self, out: Any, n: int) -> torch.Tensor:
-        """Model outputs for n samples -> the differentiated components (n, C)."""
-        if callable(self.output):
-            out = self.output(out)
-        if not isinstance(out, torch.Tensor):
-            kind = type(out).__name__
-            raise ValueError(
-                f"Invalid output: the model returned a {kind}, not a tensor, so the kernel "
-                "does not know which values are the network's output. Fix: pass a selector, "
-                "e.g. output=lambda out: out[0] or output=lambda out: out.logits."
-            )
-        if out.dim() == 0 or out.shape[0] != n:
-            raise ValueError(
-                f"Invalid output: the selected output has shape {tuple(out.shape)} for {n} "
-                f"samples; it must have the samples on dim 0, shape ({n},) or ({n}, ...)."
-            )
-        flat = out.reshape(n, -1)
-        if isinstance(self.output, int):
-            if not -flat.shape[1] <= self.output < flat.shape[1]:
-                raise ValueError(
-                    f"Invalid output: {self.output!r}; the model has {flat.shape[1]} output "
-                    "components per sample. Fix: pick an index in range."
-                )
-            return flat[:, self.output : self.output + 1 or None]
-        return flat
-
-    def _forward(self, x: torch.Tensor, leaves: dict[str, torch.Tensor]) -> Any:
-        recorder = rules.UseRecorder({id(t): n for n, t in leaves.items()}, self.protect,
-                                     self.originals)
-        with recorder:
-            out = self.call(leaves, x)
-        if recorder.foreign_seen:
-            raise ValueError(
-                f"Invalid model: parameters {sorted(recorder.foreign_seen)} are reached through "
-                "references the module does not register (e.g. a Python list), which "
-                "torch.func.functional_call cannot substitute, so their derivatives would be "
-                "lost. Fix: register them (nn.ParameterList, nn.ModuleList) or read them from "
-                "the module's attributes in forward."
-            )
-        return recorder, out
-
-    def call(self, params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-        """The selected outputs (n, C) of the model with ``params`` replacing its own, on a copy
-        of the inputs (a forward that writes into its input must not reach the caller's)."""
-        with torch.no_grad():
-            for n, pristine in self.written.items():
-                self.base[n].copy_(pristine)
-        out = functional_call(self.model, self.base | params, (x.clone(),))
-        return self.select(out, x.shape[0])
-
-    # -------------------------------------------------------------------------------- plan
-    def _leaves(self, names: Sequence[str]) -> dict[str, torch.Tensor]:
-        return {n: self.base[n].clone().requires_grad_(True) for n in names}
-
-    def _probe(self, leaves: dict[str, torch.Tensor]) -> tuple[rules.UseRecorder, torch.Tensor]:
-        """Sample 0 alone: which calls touch each parameter, and which outputs the model
-        overwrites in place (those are copied from now on). Refuses random forwards."""
-        self.protect: frozenset[int] = frozenset()
-        self.written: dict[str, torch.Tensor] = {}
-        views = self.base  # the leaves stand in for the selected parameters: copy the rest
-        self.base = {n: t if n in leaves else t.clone() for n, t in views.items()}
-        before = guards.rng_states(self.x.device)
-        recorder, f1 = self._forward(self.x[:1], leaves)
-        if recorder.overwritten():
-            self.protect = recorder.overwritten()
-            recorder, f1 = self._forward(self.x[:1], leaves)
-        guards.refuse_randomness(before, self.x.device, recorder.functions)
-        # Tensors the forward writes into (Embedding(max_norm=...) rows, spectral-norm power
-        # iterations in training mode) stay private copies, reset before every forward so
-        # that each computes the same function; the others go back to views.
-        self.written = {n: views[n].clone() for n, c in self.base.items()
-                        if n not in leaves and c._version}
-        self.base = {n: c if n in self.written else views[n] for n, c in self.base.items()}
-        return recorder, f1
-
-    def _rules_for(self, recorder: rules.UseRecorder, f1: torch.Tensor,
-                   leaves: dict[str, torch.Tensor]) -> dict[str, list[rules.Use]]:
-        """Parameters whose structured rule holds on the probe: recognised, batch-first calls
-        that are the parameter's only route to the outputs."""
-        if self.method == "jacobian":
-            return {}
-        found = {n: us for n, us in recorder.uses.items() if rules.qualifies(us, 1)}
-        outs = {id(u.out): u.out for us in found.values() for u in us if u.out is not None}
-        delta = self._cotangents(f1, outs, retain=True)
-        found = {n: us for n, us in found.items() if all(id(u.out) in delta for u in us)}
-        hidden = guards.hidden_route(f1, {n: leaves[n] for n in found},
-                                     lambda n: self._chunk_term("psg", found[n], delta))
-        found = {n: us for n, us in found.items() if n not in hidden}
-        return {n: found[n] for n in self._owned_rows(found, leaves)}
-
-    def _owned_rows(self, found: dict[str, list[rules.Use]],
-                    leaves: dict[str, torch.Tensor]) -> list[str]:
-        """Names whose calls, on up to 8 samples spread over the batch, see one row per sample
-        in sample order (:func:`guards.foreign_rows`). A model that reorders samples by their
-        values passes only if those samples are already in its order (1 in 8! for random
-        keys); ``verify=True`` checks independently."""
-        k = min(self.N, 8)
-        if k < 2 or not found:
-            return list(found)
-        idx = torch.linspace(0, self.N - 1, k, device=self.x.device).round().long()
-        recorder, f = self._forward(self.x[idx], leaves)
-        uses = {n: recorder.uses[n] for n in found}
-        ok = [n for n, us in uses.items() if len(us) == len(found[n]) and rules.qualifies(us, k)]
-        outs = {id(u.out): u.out for n in ok for u in uses[n] if u.out is not None}
-        foreign = guards.foreign_rows(f, outs)
-        return [n for n in ok if not any(id(u.out) in foreign for u in uses[n])]
-
-    def run(self) -> torch.Tensor:
-        leaves = self._leaves(self.names)
-        recorder, f1 = self._probe(leaves)
-        self.C = f1.shape[1]
-        N, C = self.N, self.C
-        shape = (N, N, C, C) if self.full else (N, N)
-        kernel_bytes = N * N * (C * C if self.full else 1) * self.isz
-        self.alone = f1[0].detach()
-        structured = self._rules_for(recorder, f1, leaves)
-        plan = {n: self._form(us) for n, us in structured.items()}
-        plan = {n: f for n, f in plan.items()  # tied weights: per-sample form only if it fits
-                if not rules.tied(structured[n]) or f[1] <= self.budget // 2}
-        stored = sum(cost[1] for cost in plan.values())
-        fallback = [n for n in self.names if n not in plan]
-        jac_min = max((4 * C * self.base[n].numel() * self.isz for n in fallback), default=0)
-        act = (2 + 2 * C) * max(recorder.out_bytes, 1)  # one sample's graph and cotangents
-        need = kernel_bytes + stored + act + jac_min
-        if need > self.budget:
-            raise MemoryBudgetError(
-                f"Invalid memory_budget: {self.budget!r} bytes; this request needs at least "
-                f"{need} (kernel {kernel_bytes}, stored layer terms {stored}, largest jacobian "
-                f"block {jac_min}). Fix: raise memory_budget, use fewer samples, output='trace' "
-                "or a params subset."
-            )
-        self.free = self.budget - kernel_bytes - stored
-        K = torch.zeros(shape, dtype=self.dtype, device=self.x.device)
-        if plan:
-            fallback += self._structured(K, plan, leaves, recorder, act)
-        else:  # no chunked pass will compare sample 0 alone and in company: do it here
-            with torch.no_grad():
-                guards.refuse_coupling(self.alone, self.call(leaves, self.x[: min(N, 4)])[0])
-        if fallback:
-            vmap_ok = not recorder.functions & exact.VMAP_UNSAFE
-            rows = exact.PerSampleJacobian(self.call, self.base, self.x, C, vmap_ok)
-            names = sorted(fallback, key=self.names.index)
-            sizes = {n: C * self.base[n].numel() * self.isz for n in names}
-            exact.contract(K, rows, sizes, self.free, act, self.full)
-        return K
-
-    def _form(self, uses: list[rules.Use]) -> tuple[str, int]:
-        """("gram" | "psg", bytes stored for all N) for one parameter, by the cost model."""
-        N, C, isz = self.N, self.C, self.isz
-        dims = [rules.row_count_and_width(u) for u in uses]
-        R, d_in, d_out = sum(d[0] for d in dims), dims[0][1], dims[0][2]
-        if uses[0].role == "bias" or uses[0].kind == "layer_norm":
-            return "psg", N * C * d_out * isz
-        c2 = C if self.full else 1
-        gram = N * N * R * R * (d_in + C * c2 * d_out)
-        psg = C * N * R * d_in * d_out + C * c2 * N * N * d_in * d_out
-        psg_bytes = N * C * d_in * d_out * isz
-        gram_first = self.method == "structured" or gram <= psg or psg_bytes > self.budget // 2
-        if rules.gram_ok(uses) and gram_first:
-            width = 1 if uses[0].kind == "embedding" else d_in
-            return "gram", N * R * (width + C * d_out) * isz
-        return "psg", psg_bytes
-
-    # -------------------------------------------------------------------- structured pass
-    def _structured(
-        self, K: torch.Tensor, plan: dict[str, tuple[str, int]], leaves: dict[str, torch.Tensor],
-        recorder: rules.UseRecorder, act: int,
-    ) -> list[str]:
-        """Accumulate the structured terms into K; return the names demoted to the jacobian.
-
-        The probe forward ran sample 0 alone; this pass runs chunks of m >= 2 samples. A layer
-        input whose leading dim follows the chunk size (1, then m) is batch-first, so each row
-        belongs to one sample; anything else is demoted to the jacobian path (exact, slower).
-        """
-        store: dict[str, list[Any]] = {n: [] for n in plan}
-        demoted: set[str] = set()
-        counts = {n: len(recorder.uses[n]) for n in plan}
-        m = max(2, self.free // 2 // act)
-        for lo, hi in chunks(self.N, m):
-            recorder, f = self._forward(self.x[lo:hi], leaves)
-            if lo == 0:
-                guards.refuse_coupling(self.alone, f[0].detach())
-            live = [n for n in plan if n not in demoted]
-            for n in live:
-                us = recorder.uses[n]
-                if len(us) != counts[n] or not rules.qualifies(us, hi - lo):
-                    demoted.add(n)
-            live = [n for n in live if n not in demoted]
-            outs = {id(u.out): u.out for n in live for u in recorder.uses[n] if u.out is not None}
-            delta = self._cotangents(f, outs)
-            for n in live:
-                if all(id(u.out) in delta for u in recorder.uses[n]):
-                    store[n].append(self._chunk_term(plan[n][0], recorder.uses[n], delta))
-                else:  # a captured output the graph never reached (e.g. a traced copy)
-                    demoted.add(n)
-        merged = self._merge_biases(plan, demoted, recorder)
-        for n in plan:
-            if n in demoted or n in merged.values():
-                continue
-            if plan[n][0] == "psg":
-                G = store[n][0] if len(store[n]) == 1 else torch.cat(store[n])
-                store[n] = []
-                accumulate(K, G, self.full)
-            else:
-                xs, ds = zip(*store[n], strict=True)
-                store[n] = []
-                X = xs[0] if len(xs) == 1 else torch.cat(xs)
-                D = ds[0] if len(ds) == 1 else torch.cat(ds, dim=1)
-                _gram(K, X, D, recorder.uses[n][0].kind, plus_one=n in merged, free=self.free,
-                      full=self.full)
-        return sorted(demoted)
-
-    def _cotangents(self, f: torch.Tensor, outs: dict[int, torch.Tensor],
-                    retain: bool = False) -> dict[int, Any]:
-        """``∂f_c/∂y`` stacked over components, (C, *y.shape), for each captured output ``y``
-        that ``f`` depends on; outputs with no cotangent for any component are left out."""
-        outs = {k: y for k, y in outs.items() if y.requires_grad}  # else: used under no_grad
-        ys = list(outs.values())
-        if not ys:
-            return {}
-        per_c = [torch.autograd.grad(f[:, c].sum(), ys, retain_graph=retain or c < self.C - 1,
-                                     allow_unused=True) for c in range(self.C)]
-        delta = {}
-        for i, (k, y) in enumerate(outs.items()):
-            gs = [g[i] for g in per_c]
-            if all(g is None for g in gs):
-                continue
-            delta[k] = gs[0].unsqueeze(0) if self.C == 1 else torch.stack(  # a view when C = 1
-                [torch.zeros_like(y) if g is None else g for g in gs])
-        return delta
-
-    def _merge_biases(
-        self, plan: dict[str, tuple[str, int]], demoted: set[str], recorder: rules.UseRecorder,
-    ) -> dict[str, str]:
-        """{weight: bias} for Gram-form weights whose bias is used in exactly the same calls:
-        ``Θ_W + Θ_b = Σ_{s,t} (x_is·x_jt + 1)(δ_is·δ_jt)``, one Gram instead of two."""
-        live = [n for n in plan if n not in demoted]
-        outs = {n: [id(u.out) for u in recorder.uses[n]] for n in live}
-        merged: dict[str, str] = {}
-        for w in live:
-            if plan[w][0] != "gram" or recorder.uses[w][0].kind == "embedding":
-                continue
-            for b in live:
-                if recorder.uses[b][0].role == "bias" and outs[b] == outs[w] \
-                        and b not in merged.values():
-                    merged[w] = b
-                    break
-        return merged
-
-    def _chunk_term(self, form: str, uses: list[rules.Use], delta: dict[int, torch.Tensor]) -> Any:
-        """Per chunk: per-sample gradients (n, C, P) for "psg", or rows (X, Δ) for "gram"."""
-        if form == "gram":
-            terms = [rules.rows(u, delta[id(u.out)]) for u in uses]
-            return torch.cat([x for x, _ in terms], 1), torch.cat([d for _, d in terms], 2)
-        G = rules.per_sample_grad(uses[0], delta[id(uses[0].out)])
-        for u in uses[1:]:  # a layer called several times: gradients add (cross terms exact)
-            G = G + rules.per_sample_grad(u, delta[id(u.out)])
-        return G
-
-
-def _gram(
-    K: torch.Tensor, X: torch.Tensor, D: torch.Tensor, kind: str | None, *, plus_one: bool,
-    free: int, full: bool,
-) -> None:
-    """K += Σ_{s,t} (x_is·x_jt [+ 1])(δ_is·δ_jt), in blocks of b samples that fit ``free``
-    bytes (rule in the module doc; ``plus_one`` adds the kernel of the layer's bias)."""
-    C, N, R, d_out = D.shape
-    Dr = D.permute(1, 2, 0, 3).reshape(N * R, C, d_out)
-    emb = kind == "embedding"
-    Xr = X.reshape(N * R) if emb else X.reshape(N * R, -1)
-    per_sample = R * N * R * (2 + (C * C if full else 1)) * D.element_size()
-    size = free // 2 // max(per_sample, 1)
-    sym = not full and N >= _SYMMETRIC_FROM  # blocks on and above the diagonal only
-    if sym:
-        size = min(size, -(-N // min(max(N // 256, 2), 8)))
-    for lo, hi in chunks(N, size):
-        xa, da = Xr[lo * R : hi * R], Dr[lo * R : hi * R]
-        if full:
-            XX = (xa[:, None] == Xr[None, :]).to(D.dtype) if emb else xa @ Xr.T
-            XX = XX + 1 if plus_one else XX
-            DD = torch.einsum("acd,bed->abce", da, Dr)
-            K[lo:hi] += (XX[..., None, None] * DD).reshape(hi - lo, R, N, R, C, C).sum((1, 3))
-            continue
-        c0 = lo if sym else 0
-        xb, db = Xr[c0 * R :], Dr[c0 * R :]
-        XX = (xa[:, None] == xb[None, :]).to(D.dtype) if emb else xa @ xb.T
-        XX = XX + 1 if plus_one else XX
-        DD = da.reshape(-1, C * d_out) @ db.reshape(-1, C * d_out).T
-        blk = (XX * DD).reshape(hi - lo, R, N - c0, R).sum((1, 3))
-        K[lo:hi, c0:] += blk
-        if sym and hi < N:
-            K[hi:, lo:hi] += blk[:, hi - lo :].T

@@ -8,13 +8,15 @@ gradients ``∂f_i/∂W = Σ_s δ_isᵀ x_is`` and ``∂f_i/∂b = Σ_s δ_is``,
               = <Σ_s δ_isᵀ x_is, Σ_t δ_jtᵀ x_jt>_F        ("psg" form, per-sample gradients)
 
 and an embedding is the same with one-hot ``x`` (``x_is · x_jt = [idx_is == idx_jt]``). A
-``layer_norm`` affine ``y = x̂ ⊙ w + b`` has ``∂f_i/∂w = Σ_s δ_is ⊙ x̂_is`` (per-sample form only).
+``layer_norm`` affine ``y = x̂ ⊙ w + b`` has ``∂f_i/∂w = Σ_s δ_is ⊙ x̂_is`` (per-sample form only),
+and so has an eval-mode ``batch_norm``, whose ``x̂`` is normalised by the running statistics.
 Per-sample conv weight gradients come from torch's weight-gradient kernel vmapped over samples
 (one grouped convolution), never the full ``unfold`` matrix.
 
 Parameters are recognised by watching every torch function call of one forward pass with a
 ``TorchFunctionMode``: a parameter qualifies only if *every* call that touches it is a
-``linear``/``conv1d``/``conv2d``/``embedding``/``layer_norm`` in the same role (weight or bias),
+``linear``/``conv1d``/``conv2d``/``embedding``/``layer_norm``/``batch_norm`` (eval mode, running
+statistics) in the same role (weight or bias),
 with the sample axis first. Self-attention calls of ``F.multi_head_attention_forward`` are
 re-dispatched as two ``F.linear`` calls (:mod:`cosmo_optim.ntk.attention`). Anything else
 (weight tying across kinds, parametrisations, a layer whose input is not batch-first) sends it
@@ -47,6 +49,8 @@ _SIGNATURES: dict[Any, tuple[str, tuple[str, ...]]] = {
         ("input", "weight", "padding_idx", "max_norm", "norm_type", "scale_grad_by_freq", "sparse"),
     ),
     F.layer_norm: ("layer_norm", ("input", "normalized_shape", "weight", "bias", "eps")),
+    F.batch_norm: ("batch_norm", ("input", "running_mean", "running_var", "weight", "bias",
+                                  "training", "momentum", "eps")),
 }
 # Calls that read metadata only: they never carry a derivative, so they are not "uses".
 _METADATA_CALLS = {"dim", "size", "numel", "is_contiguous", "is_floating_point", "stride"}
@@ -97,6 +101,9 @@ def _modelled(kind: str, args: dict[str, Any]) -> bool:
     """
     if kind == "embedding":
         return not args.get("max_norm") and not args.get("scale_grad_by_freq")
+    if kind == "batch_norm":  # eval mode: a fixed per-channel affine map of each sample
+        return not args.get("training") and isinstance(args.get("running_mean"), Tensor) \
+            and isinstance(args.get("running_var"), Tensor)
     if kind == "linear":  # torch also accepts a 1-d weight (a dot product)
         return isinstance(args.get("weight"), Tensor) and args["weight"].dim() == 2
     return True
@@ -317,7 +324,7 @@ def per_sample_grad(use: Use, delta: torch.Tensor) -> torch.Tensor:
     C, n = delta.shape[0], delta.shape[1]
     kind, x = use.kind, use.args["input"].detach()
     if use.role == "bias":  # Σ_s δ_is over every axis but the channel axis
-        if kind in ("conv1d", "conv2d"):
+        if kind in ("conv1d", "conv2d", "batch_norm"):
             return delta.reshape(C, n, delta.shape[2], -1).sum(-1).transpose(0, 1)
         width = use.args["bias"].numel()
         return delta.reshape(C, n, -1, width).sum(2).transpose(0, 1)
@@ -343,6 +350,13 @@ def per_sample_grad(use: Use, delta: torch.Tensor) -> torch.Tensor:
         width = use.args["weight"].numel()
         return torch.einsum("cnrd,nrd->ncd", delta.reshape(C, n, -1, width),
                             xh.reshape(n, -1, width))
+    if kind == "batch_norm":  # ∂f/∂w_k = Σ_s δ_isk x̂_isk, x̂ from the running statistics
+        a = use.args
+        shape = (1, -1, *([1] * (x.dim() - 2)))
+        xh = (x - a["running_mean"].reshape(shape)) * torch.rsqrt(
+            a["running_var"].reshape(shape) + a.get("eps", 1e-5))
+        return torch.einsum("cnks,nks->nck", delta.reshape(C, n, x.shape[1], -1),
+                            xh.reshape(n, x.shape[1], -1))
     return _conv_psg(use, x, delta)
 
 
@@ -408,6 +422,6 @@ def row_count_and_width(use: Use) -> tuple[int, int, int]:
         return y[0].numel() // y.shape[-1], w.shape[1], w.shape[0]
     if use.kind == "embedding":
         return y[0].numel() // y.shape[-1], w.shape[0], w.shape[1]
-    if use.kind == "layer_norm":
+    if use.kind in ("layer_norm", "batch_norm"):
         return y[0].numel() // w.numel(), w.numel(), w.numel()
     return y[0].numel() // y.shape[1], w[0].numel(), w.shape[0]

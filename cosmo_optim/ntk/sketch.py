@@ -136,7 +136,8 @@ def _exact_side(d0: int, d1: int, k: int, out_side: int | None,
 def out_side(uses: list[rules.Use]) -> int | None:
     """The weight side that holds the layer's cotangents (0 or 1), None if unknown or mixed."""
     sides = {1 if u.kind == "embedding" or u.args.get("transposed") else 0 for u in uses
-             if u.kind is not None and u.role == "weight" and u.kind != "layer_norm"}
+             if u.kind is not None and u.role == "weight"
+             and u.kind not in ("layer_norm", "batch_norm")}
     return sides.pop() if len(sides) == 1 else None
 
 
@@ -234,10 +235,10 @@ class Probe:
     def _run(self) -> None:
         e, m = self.e, min(self.e.N, PROBE)
         idx = torch.linspace(0, e.N - 1, m, device=e.x.device).round().long()
-        recorder, f = e._forward(e.x[idx], self.leaves)
+        recorder, f = e.forward(e.x[idx], self.leaves)
         uses = {n: recorder.uses[n] for n in self.names if rows_form(recorder.uses[n], m, self.k)}
         outs = {id(u.out): u.out for us in uses.values() for u in us if u.out is not None}
-        self.delta = e._cotangents(f, outs)
+        self.delta = e.cotangents(f, outs)
         self.uses = {n: us for n, us in uses.items() if all(id(u.out) in self.delta for u in us)}
 
     def factors(self, name: str, d0: int, d1: int) -> tuple[torch.Tensor, torch.Tensor] | None:
@@ -281,7 +282,7 @@ def _maps(name: str, dims: tuple[int, int], k: int, gen: torch.Generator,
 class FeatureMap:
     """Features of the probe samples ``[lo, hi)`` for every selected parameter of ``engine``.
 
-    ``engine`` is the :class:`cosmo_optim.ntk._Engine` of the request (its forward, leaves,
+    ``engine`` is the :class:`cosmo_optim.ntk.engine.Engine` of the request (its forward, leaves,
     cotangents and per-sample Jacobian are reused, so outputs, dtype, parameter selection and
     the run-time checks of the rules match the exact path: a parameter whose rule fails them
     in any chunk gets exact per-sample gradients for that chunk, projected by the same map).
@@ -289,10 +290,10 @@ class FeatureMap:
 
     def __init__(self, engine: Any, k: int | None, seed: int) -> None:
         self.e, self.k = engine, k
-        leaves = engine._leaves(engine.names)
-        recorder, f1 = engine._probe(leaves)  # the exact engine's probe and guards
+        leaves = engine.leaves(engine.names)
+        recorder, f1 = engine.probe(leaves)  # the exact engine's probe and guards
         engine.C, engine.alone = f1.shape[1], f1[0].detach()
-        structured = engine._rules_for(recorder, f1, leaves)
+        structured = engine.rules_for(recorder, f1, leaves)
         gen = torch.Generator().manual_seed(seed)
         like = engine.base[engine.names[0]]
         self.rows = {n for n, us in structured.items() if rows_form(us, 1, k)}
@@ -318,14 +319,14 @@ class FeatureMap:
     def chunk(self, lo: int, hi: int) -> torch.Tensor:
         """(hi - lo, C, F) features of samples ``[lo, hi)``, parameters in ``engine.names``."""
         e, n = self.e, hi - lo
-        recorder, f = e._forward(e.x[lo:hi], self.leaves)
+        recorder, f = e.forward(e.x[lo:hi], self.leaves)
         if lo == 0:  # sample 0 alone and in company: refuse models that couple samples
             guards.refuse_coupling(e.alone, f[0].detach())
         ok = {m for m in self.rows | self.psg if len(recorder.uses[m]) == self.counts[m]}
         ok = {m for m in ok if (rows_form(recorder.uses[m], n, self.k) if m in self.rows
                                 else rules.qualifies(recorder.uses[m], n))}
         outs = {id(u.out): u.out for m in ok for u in recorder.uses[m] if u.out is not None}
-        delta = e._cotangents(f, outs)  # (C, *y.shape) per captured output reaching f
+        delta = e.cotangents(f, outs)  # (C, *y.shape) per captured output reaching f
         ok = {m for m in ok if all(id(u.out) in delta for u in recorder.uses[m])}
         out = f.new_empty((n, e.C, sum(self.width(m) for m in e.names)))
         at = 0

@@ -384,7 +384,7 @@ def test_attention_layer_norm_and_grouped_conv_take_the_structured_rules() -> No
 
 
 def test_symmetric_blocked_gram_is_exact(monkeypatch: pytest.MonkeyPatch) -> None:
-    from cosmo_optim.ntk import kernel as ntk
+    from cosmo_optim.ntk import structured as ntk
 
     monkeypatch.setattr(ntk, "_SYMMETRIC_FROM", 2)
     for case in ("tanh", "transformer", "twice"):

@@ -1,0 +1,277 @@
+"""One NTK request: the forward it differentiates, the probe, the plan and its execution.
+
+:class:`Engine` holds what every executor shares: the model called with substitutable
+parameters (``functional_call`` on detached, cast views: the user's tensors are never touched),
+the selection of output components, the probe of sample 0 that finds which calls touch each
+parameter, and the run-time proofs (:mod:`.guards`) that decide which parameters keep a
+structured rule. :meth:`Engine.run` plans within the budget (:mod:`.plan`) and dispatches to the
+structured executor (:mod:`.structured`) and the per-sample Jacobian (:mod:`.per_sample`); the
+sketch and the distributed executor drive the same probe and forward.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+from torch.func import functional_call
+
+from cosmo_optim._common import MemoryBudgetError
+from cosmo_optim.ntk import guards, rules, structured
+from cosmo_optim.ntk import per_sample as exact
+from cosmo_optim.ntk.plan import Plan, structured_plan
+
+__all__ = ["Engine", "Output"]
+
+Output = str | int | Callable[[torch.Tensor], torch.Tensor]
+logger = logging.getLogger("cosmo_optim.ntk")
+
+
+class Engine:
+    """One kernel request: probe, plan, structured pass, jacobian pass."""
+
+    def __init__(
+        self, model: nn.Module, selected: dict[str, nn.Parameter], inputs: torch.Tensor,
+        output: Output, method: str, dtype: torch.dtype | None, budget: int,
+    ) -> None:
+        self.model, self.output, self.method, self.budget = model, output, method, budget
+        cast = (lambda t: t.to(dtype) if t.is_floating_point() else t) if dtype else (lambda t: t)
+        self.x = cast(inputs)
+        self.N = inputs.shape[0]
+        # Detached (cast) views: the user's parameters and their .grad are never touched; the
+        # probe replaces those the forward writes into with copies.
+        self.base = {n: cast(t.detach()) for n, t in model.named_parameters()}
+        self.base |= {n: cast(t.detach()) for n, t in model.named_buffers()}
+        self.names = list(selected)
+        self.originals = {id(p): n for n, p in selected.items()}
+        self.dtype = self.base[self.names[0]].dtype
+        self.isz = torch.empty((), dtype=self.dtype).element_size()
+        self.full = output == "full"
+
+    # ----------------------------------------------------------------------------- forward
+    def select(self, out: Any, n: int) -> torch.Tensor:
+        """Model outputs for n samples -> the differentiated components (n, C)."""
+        if callable(self.output):
+            out = self.output(out)
+        if not isinstance(out, torch.Tensor):
+            kind = type(out).__name__
+            raise ValueError(
+                f"Invalid output: the model returned a {kind}, not a tensor, so the kernel "
+                "does not know which values are the network's output. Fix: pass a selector, "
+                "e.g. output=lambda out: out[0] or output=lambda out: out.logits."
+            )
+        if out.dim() == 0 or out.shape[0] != n:
+            raise ValueError(
+                f"Invalid output: the selected output has shape {tuple(out.shape)} for {n} "
+                f"samples; it must have the samples on dim 0, shape ({n},) or ({n}, ...)."
+            )
+        flat = out.reshape(n, -1)
+        if isinstance(self.output, int):
+            if not -flat.shape[1] <= self.output < flat.shape[1]:
+                raise ValueError(
+                    f"Invalid output: {self.output!r}; the model has {flat.shape[1]} output "
+                    "components per sample. Fix: pick an index in range."
+                )
+            return flat[:, self.output : self.output + 1 or None]
+        return flat
+
+    def forward(self, x: torch.Tensor, leaves: dict[str, torch.Tensor]) -> Any:
+        recorder = rules.UseRecorder({id(t): n for n, t in leaves.items()}, self.protect,
+                                     self.originals)
+        with recorder:
+            out = self.call(leaves, x)
+        if recorder.foreign_seen:
+            raise ValueError(
+                f"Invalid model: parameters {sorted(recorder.foreign_seen)} are reached through "
+                "references the module does not register (e.g. a Python list), which "
+                "torch.func.functional_call cannot substitute, so their derivatives would be "
+                "lost. Fix: register them (nn.ParameterList, nn.ModuleList) or read them from "
+                "the module's attributes in forward."
+            )
+        return recorder, out
+
+    def call(self, params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        """The selected outputs (n, C) of the model with ``params`` replacing its own, on a copy
+        of the inputs (a forward that writes into its input must not reach the caller's)."""
+        with torch.no_grad():
+            for n, pristine in self.written.items():
+                self.base[n].copy_(pristine)
+        out = functional_call(self.model, self.base | params, (x.clone(),))
+        return self.select(out, x.shape[0])
+
+    # -------------------------------------------------------------------------------- plan
+    def leaves(self, names: Sequence[str]) -> dict[str, torch.Tensor]:
+        return {n: self.base[n].clone().requires_grad_(True) for n in names}
+
+    def probe(self, leaves: dict[str, torch.Tensor]) -> tuple[rules.UseRecorder, torch.Tensor]:
+        """Sample 0 alone: which calls touch each parameter, and which outputs the model
+        overwrites in place (those are copied from now on). Refuses random forwards."""
+        self.protect: frozenset[int] = frozenset()
+        self.written: dict[str, torch.Tensor] = {}
+        views = self.base  # the leaves stand in for the selected parameters: copy the rest
+        self.base = {n: t if n in leaves else t.clone() for n, t in views.items()}
+        before = guards.rng_states(self.x.device)
+        recorder, f1 = self.forward(self.x[:1], leaves)
+        if recorder.overwritten():
+            self.protect = recorder.overwritten()
+            recorder, f1 = self.forward(self.x[:1], leaves)
+        guards.refuse_randomness(before, self.x.device, recorder.functions)
+        # Tensors the forward writes into (Embedding(max_norm=...) rows, spectral-norm power
+        # iterations in training mode) stay private copies, reset before every forward so
+        # that each computes the same function; the others go back to views.
+        self.written = {n: views[n].clone() for n, c in self.base.items()
+                        if n not in leaves and c._version}
+        self.base = {n: c if n in self.written else views[n] for n, c in self.base.items()}
+        return recorder, f1
+
+    def rules_for(self, recorder: rules.UseRecorder, f1: torch.Tensor,
+                  leaves: dict[str, torch.Tensor]) -> dict[str, list[rules.Use]]:
+        """Parameters whose structured rule holds on the probe: recognised, batch-first calls
+        that are the parameter's only route to the outputs.
+
+        The route check compares the rule's gradient with autograd's for one random
+        combination ``Σ_c r_c f_c`` of the output components (Gaussian ``r`` from a fixed
+        private generator): a rule off in any component is off in the combination with
+        probability 1, at the cost of one backward instead of C.
+        """
+        if self.method == "jacobian":
+            return {}
+        found = {n: us for n, us in recorder.uses.items() if rules.qualifies(us, 1)}
+        outs = {id(u.out): u.out for us in found.values() for u in us if u.out is not None}
+        gen = torch.Generator(device=f1.device).manual_seed(f1.shape[1])
+        r = torch.randn(f1.shape[1], 1, generator=gen, device=f1.device, dtype=f1.dtype)
+        fr = f1 @ r
+        delta = self.cotangents(fr, outs, retain=True)
+        found = {n: us for n, us in found.items() if all(id(u.out) in delta for u in us)}
+        hidden = guards.hidden_route(fr, {n: leaves[n] for n in found},
+                                     lambda n: self.chunk_term("psg", found[n], delta))
+        found = {n: us for n, us in found.items() if n not in hidden}
+        return {n: found[n] for n in self._owned_rows(found, leaves)}
+
+    def _owned_rows(self, found: dict[str, list[rules.Use]],
+                    leaves: dict[str, torch.Tensor]) -> list[str]:
+        """Names whose calls, on up to 8 samples spread over the batch, see one row per sample
+        in sample order (:func:`guards.foreign_rows`). A model that reorders samples by their
+        values passes only if those samples are already in its order (1 in 8! for random
+        keys); ``verify=True`` checks independently."""
+        k = min(self.N, 8)
+        if k < 2 or not found:
+            return list(found)
+        idx = torch.linspace(0, self.N - 1, k, device=self.x.device).round().long()
+        recorder, f = self.forward(self.x[idx], leaves)
+        uses = {n: recorder.uses[n] for n in found}
+        ok = [n for n, us in uses.items() if len(us) == len(found[n]) and rules.qualifies(us, k)]
+        outs = {id(u.out): u.out for n in ok for u in uses[n] if u.out is not None}
+        foreign = guards.foreign_rows(f, outs)
+        return [n for n in ok if not any(id(u.out) in foreign for u in uses[n])]
+
+    def run(self, explain: bool = False) -> torch.Tensor:
+        """The exact kernel: structured terms where a rule holds, per-sample Jacobians else."""
+        leaves = self.leaves(self.names)
+        recorder, f1 = self.probe(leaves)
+        self.C = f1.shape[1]
+        self.alone = f1[0].detach()
+        N, C = self.N, self.C
+        kernel_bytes = N * N * (C * C if self.full else 1) * self.isz
+        found = self.rules_for(recorder, f1, leaves)
+        forms = {n: self.form(us) for n, us in found.items()}
+        plan = structured_plan(self.budget, N, kernel_bytes, max(recorder.out_bytes, 1), forms,
+                               self.full)
+        plan.jacobian += [n for n in self.names if n not in found]
+        self.free = self.budget - kernel_bytes
+        K = torch.zeros((N, N, C, C) if self.full else (N, N), dtype=self.dtype,
+                        device=self.x.device)
+        counts = {n: len(recorder.uses[n]) for n in found}
+        fallback = list(plan.jacobian)
+        if plan.streaming:
+            fallback += structured.streaming(self, K, plan, leaves, counts)
+        for names in [] if plan.streaming else plan.groups:
+            fallback += structured.stored(self, K, plan, names, leaves, counts)
+        if not plan.groups:  # no structured pass compared sample 0 alone and in company
+            with torch.no_grad():
+                guards.refuse_coupling(self.alone, self.call(leaves, self.x[: min(N, 4)])[0])
+        if fallback:
+            self._jacobian(K, sorted(set(fallback), key=self.names.index), recorder)
+        self.plan = plan
+        self._explain(plan, fallback, explain)
+        return K
+
+    def _jacobian(self, K: torch.Tensor, names: list[str], recorder: rules.UseRecorder) -> None:
+        """K += J Jᵀ of ``names`` by per-sample Jacobians, chunked within the budget."""
+        C = self.C
+        act = (2 + 2 * C) * max(recorder.out_bytes, 1)  # one sample's graph, C cotangents
+        sizes = {n: C * self.base[n].numel() * self.isz for n in names}
+        need = K.numel() * self.isz + act + 4 * max(sizes.values())
+        if need > self.budget:
+            raise MemoryBudgetError(
+                f"Invalid memory_budget: {self.budget!r} bytes; this request needs at least "
+                f"{need}: one sample's Jacobian rows of {max(sizes, key=sizes.__getitem__)!r} "
+                "(no structured rule) beside the kernel. "
+                f"Fix: memory_budget={need} or more, or a params subset without it."
+            )
+        vmap_ok = not recorder.functions & exact.VMAP_UNSAFE
+        rows = exact.PerSampleJacobian(self.call, self.base, self.x, C, vmap_ok)
+        exact.contract(K, rows, sizes, self.free, act, self.full)
+
+    def _explain(self, plan: Plan, fallback: list[str], explain: bool) -> None:
+        if not explain and not logger.isEnabledFor(logging.DEBUG):
+            return
+        text = plan.describe()
+        late = sorted(set(fallback) - set(plan.jacobian))
+        if late:
+            text += "\nmoved to the per-sample Jacobian at run time: " + ", ".join(late)
+        if explain:
+            print(text)
+        logger.debug("empirical_ntk plan:\n%s", text)
+
+    def form(self, uses: list[rules.Use]) -> tuple[str, int, int]:
+        """("gram" | "psg", bytes kept for all N over chunks, bytes of one component's term
+        for all N) for one parameter, by the cost model in :mod:`cosmo_optim.ntk.kernel`."""
+        N, C, isz = self.N, self.C, self.isz
+        dims = [rules.row_count_and_width(u) for u in uses]
+        R, d_in, d_out = sum(d[0] for d in dims), dims[0][1], dims[0][2]
+        if uses[0].role == "bias" or uses[0].kind in ("layer_norm", "batch_norm"):
+            return "psg", N * C * d_out * isz, N * d_out * isz
+        c2 = C if self.full else 1
+        gram = N * N * R * R * (d_in + C * c2 * d_out)
+        psg = C * N * R * d_in * d_out + C * c2 * N * N * d_in * d_out
+        psg_bytes = N * C * d_in * d_out * isz
+        gram_first = self.method == "structured" or gram <= psg or psg_bytes > self.budget // 2
+        if rules.gram_ok(uses) and gram_first:
+            width = 1 if uses[0].kind == "embedding" else d_in
+            return "gram", N * R * (width + C * d_out) * isz, N * R * (width + d_out) * isz
+        return "psg", psg_bytes, psg_bytes // C
+
+    def cotangents(self, f: torch.Tensor, outs: dict[int, torch.Tensor], retain: bool = False,
+                   components: Sequence[int] | None = None) -> dict[int, Any]:
+        """``∂f_c/∂y`` stacked over ``components`` (default all), (c, *y.shape), for each
+        captured output ``y`` that ``f`` depends on; outputs with no cotangent for any of the
+        components are left out."""
+        outs = {k: y for k, y in outs.items() if y.requires_grad}  # else: used under no_grad
+        ys = list(outs.values())
+        if not ys:
+            return {}
+        cs = list(range(f.shape[1])) if components is None else list(components)
+        per_c = [torch.autograd.grad(f[:, c].sum(), ys, retain_graph=retain or i < len(cs) - 1,
+                                     allow_unused=True) for i, c in enumerate(cs)]
+        delta = {}
+        for i, (k, y) in enumerate(outs.items()):
+            gs = [g[i] for g in per_c]
+            if all(g is None for g in gs):
+                continue
+            delta[k] = gs[0].unsqueeze(0) if len(cs) == 1 else torch.stack(  # a view for one
+                [torch.zeros_like(y) if g is None else g for g in gs])
+        return delta
+
+    def chunk_term(self, form: str, uses: list[rules.Use], delta: dict[int, torch.Tensor]) -> Any:
+        """Per chunk: per-sample gradients (n, C, P) for "psg", or rows (X, Δ) for "gram"."""
+        if form == "gram":
+            terms = [rules.rows(u, delta[id(u.out)]) for u in uses]
+            return torch.cat([x for x, _ in terms], 1), torch.cat([d for _, d in terms], 2)
+        G = rules.per_sample_grad(uses[0], delta[id(uses[0].out)])
+        for u in uses[1:]:  # a layer called several times: gradients add (cross terms exact)
+            G = G + rules.per_sample_grad(u, delta[id(u.out)])
+        return G

@@ -1,0 +1,134 @@
+"""The memory plan of one NTK request: what the engine holds at once, and the chunks it works in.
+
+A budget is a ceiling to plan under, not a reason to refuse. The engine's buffers are the
+kernel (N² numbers, N²C² for ``output="full"``), the forward graph of the samples it runs at
+once and one output component's cotangents, and whatever per-layer terms must outlive a chunk.
+Two structured plans, in order of preference:
+
+* **streaming** (trace kernel, the whole batch's graph fits): one forward of all N samples, then
+  one backward per output component; each recognised layer's term for that component (its Gram
+  product, or its per-sample gradients times their transpose) is added to the kernel as soon as
+  its cotangent exists and dropped. Nothing outlives a component.
+* **stored** (``output="full"``, or a graph too large for the budget): chunks of m samples;
+  each layer's rows (Gram form) or per-sample gradients (all C components) are kept until the
+  last chunk, for groups of layers whose terms fit the budget, one pass over the samples per
+  group.
+
+Parameters without a structured rule take the per-sample Jacobian path, which chunks over
+samples and parameter blocks by itself (:mod:`.per_sample`). A request is refused only when
+one sample's pass does not fit; the error names the smallest budget that would.
+
+The default budget (``memory_budget=None``) is a quarter of the memory free on the device of
+the probe batch (``torch.cuda.mem_get_info`` on CUDA, ``MemAvailable`` on a CPU host), between
+256 MiB and 8 GiB.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+import torch
+
+from cosmo_optim._common import MemoryBudgetError
+
+__all__ = ["DEFAULT_FRACTION", "Plan", "default_budget", "structured_plan"]
+
+DEFAULT_FRACTION = 0.25  # of the free memory on the probe batch's device
+_FLOOR, _CEILING = 256 << 20, 8 << 30  # bytes: bounds of the default budget
+_GRAPH_FACTOR = 3  # a chunk holds its graph, one component's cotangents and a temporary
+
+
+def default_budget(device: torch.device) -> int:
+    """Bytes the engine may hold when ``memory_budget=None``: :data:`DEFAULT_FRACTION` of the
+    memory free on ``device``, clipped to [256 MiB, 8 GiB]."""
+    if device.type == "cuda":
+        free = torch.cuda.mem_get_info(device)[0]
+    else:
+        free = _host_available()
+    return int(min(max(DEFAULT_FRACTION * free, _FLOOR), _CEILING))
+
+
+def _host_available() -> int:
+    """Available host memory in bytes (``MemAvailable``; elsewhere: free pages, else 8 GiB)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 8 << 30
+
+
+@dataclass
+class Plan:
+    """How a request's structured parameters are computed within ``budget`` bytes."""
+
+    budget: int
+    kernel: int  # bytes of the kernel
+    per_sample: int  # bytes one sample adds to a chunk (graph, cotangents, temporaries)
+    streaming: bool
+    chunk: int  # samples per forward
+    groups: list[list[str]] = field(default_factory=list)  # parameters per pass
+    forms: dict[str, tuple[str, int, int]] = field(default_factory=dict)  # see structured_plan
+    jacobian: list[str] = field(default_factory=list)  # per-sample Jacobian path
+
+    def describe(self) -> str:
+        """The plan in words: one line per decision, bytes and rules per parameter."""
+        mode = ("streaming: one forward of all samples, terms added per output component"
+                if self.streaming else f"stored: chunks of {self.chunk} samples, "
+                f"{len(self.groups)} pass(es) over the samples")
+        lines = [f"memory_budget {self.budget} bytes; kernel {self.kernel}; "
+                 f"{self.per_sample} per sample in a chunk", mode]
+        for i, names in enumerate(self.groups):
+            lines.append(f"pass {i + 1}: " + ", ".join(
+                f"{n} [{self.forms[n][0]}, {self.forms[n][1]} B kept]" for n in names))
+        if self.jacobian:
+            lines.append("per-sample Jacobian: " + ", ".join(self.jacobian))
+        return "\n".join(lines)
+
+
+def structured_plan(budget: int, N: int, kernel: int, per_sample: int,
+                    forms: dict[str, tuple[str, int, int]], full: bool) -> Plan:
+    """Choose streaming or stored, the chunk size and the groups of layers per pass.
+
+    ``forms`` maps each structured parameter to (form, bytes its terms hold for all N samples
+    in the stored plan, bytes of its term for one component and all N samples, as the
+    streaming plan makes it); ``per_sample`` is :data:`_GRAPH_FACTOR` times one sample's forward
+    tensors. A parameter whose terms alone exceed the room left goes to the Jacobian path.
+    """
+    per_sample = _GRAPH_FACTOR * per_sample
+    room = budget - kernel
+    if not forms:
+        return Plan(budget, kernel, per_sample, False, max(1, room // max(per_sample, 1)))
+    transient = max(t for _, _, t in forms.values())  # one layer's term, one component
+    if not full and N * per_sample + transient <= room:
+        return Plan(budget, kernel, per_sample, True, N, [list(forms)], forms)
+    chunk = max(2, min(N, room // 2 // max(per_sample, 1)))
+    cap = room - chunk * per_sample
+    if cap <= 0:
+        need = kernel + 2 * per_sample + min(b for _, b, _ in forms.values())
+        raise MemoryBudgetError(
+            f"Invalid memory_budget: {budget!r} bytes; this request needs at least {need} "
+            f"(kernel {kernel}, two samples' forward and one component's cotangents "
+            f"{2 * per_sample}, the smallest layer term). Fix: memory_budget={need} or more, "
+            "fewer samples, or output='trace'."
+        )
+    groups: list[list[str]] = [[]]
+    held = 0
+    jacobian = []
+    for name, (_, size, _) in forms.items():
+        if size > cap:
+            jacobian.append(name)
+            continue
+        if held + size > cap and groups[-1]:
+            groups.append([])
+            held = 0
+        groups[-1].append(name)
+        held += size
+    groups = [g for g in groups if g]
+    return Plan(budget, kernel, per_sample, False, chunk, groups, forms, jacobian)
