@@ -39,6 +39,12 @@ monitor switches to where the exact kernel does not fit the default budget), one
 per N.
 
     python benchmarks/bench_ntk.py --models gpt2 --monitor --threads 1
+
+`--models real` runs the table of the models people train (`real_models.py`: ResNet-18 at
+CIFAR size with BatchNorm, a ViT, GPT-2 small with the last token's first 8 logits, BERT-base
+with a classification head; built from configs, no weights), one subprocess per (model, N):
+
+    python benchmarks/bench_ntk.py --models real --threads 1
 """
 
 from __future__ import annotations
@@ -57,6 +63,9 @@ from torch import nn
 from torch.func import functional_call, jacrev, jvp, vjp, vmap
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import real_models
+
 from cosmo_optim import empirical_ntk
 
 METHODS = ("floor", "engine", "jac", "ntvp")
@@ -382,6 +391,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, object]]:
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--gpt2-child", help=argparse.SUPPRESS)
     ap.add_argument("--gpt2-monitor", help=argparse.SUPPRESS)
+    ap.add_argument("--real-child", help=argparse.SUPPRESS)
     ap.add_argument("--monitor", type=int, nargs="*", default=None, metavar="N",
                     help="with --models gpt2: the monitor's overhead at these probe sizes")
     args = ap.parse_args(argv)
@@ -394,6 +404,12 @@ def main(argv: list[str] | None = None) -> list[dict[str, object]]:
     if args.gpt2_monitor:
         print(json.dumps(gpt2_monitor(*json.loads(args.gpt2_monitor))))
         return []
+    if args.real_child:
+        print(json.dumps(real_models.child(*json.loads(args.real_child))))
+        return []
+    if args.models and args.models[0] == "real":
+        return real_table(args.models[1:], args.sizes if "--sizes" in (argv or sys.argv) else None,
+                          1 if args.smoke else args.repeats, args.threads, args.smoke)
     if args.models == ["gpt2"] and args.sketch_table:
         gpt2_sketch_table([4] if args.smoke else args.sizes, args.threads, args.smoke)
         return []
@@ -419,6 +435,27 @@ def main(argv: list[str] | None = None) -> list[dict[str, object]]:
                 row[method] = reason or run_case(name, n, method, repeats, args.smoke, args.threads)
             rows.append(row)
             print(format_row(row), flush=True)
+    return rows
+
+
+def real_table(names: list[str], sizes: list[int] | None, repeats: int, threads: int,
+               smoke: bool) -> list[dict]:
+    """`--models real [name ...]`: one fresh subprocess per (model, N); markdown rows."""
+    print(real_models.HEADER)
+    rows = []
+    for name, (_, default_sizes) in real_models.MODELS.items():
+        if names and not any(k.lower() in name.lower() for k in names):
+            continue
+        for n in [4] if smoke else sizes or default_sizes:
+            args = [name, n, repeats, smoke, threads]
+            if smoke:
+                row = real_models.child(*args)
+            else:
+                cmd = [sys.executable, __file__, "--real-child", json.dumps(args)]
+                out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+                row = json.loads(out.strip().splitlines()[-1])
+            rows.append(row)
+            print(real_models.format_row(row), flush=True)
     return rows
 
 

@@ -106,7 +106,8 @@ def vit(smoke: bool) -> tuple[nn.Module, Batch, int]:
 def gpt2(smoke: bool) -> tuple[nn.Module, Batch, int]:
     import transformers
 
-    kw = dict(n_embd=32, n_layer=2, n_head=2, vocab_size=512) if smoke else {}
+    kw = dict(n_embd=32, n_layer=2, n_head=2, vocab_size=512, bos_token_id=0,
+              eos_token_id=0) if smoke else {}
     cfg = transformers.GPT2Config(resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, **kw)
     model = Logits(transformers.GPT2LMHeadModel(cfg), keep=8).eval()
     return model, lambda n: torch.randint(cfg.vocab_size, (n, 32)), 8

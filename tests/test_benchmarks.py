@@ -67,3 +67,13 @@ def test_bench_ntk_gpt2_smoke(capsys):
     assert [r["method"] for r in rows] == ["floor", "exact", "sketch64", "sketch128"]
     assert all(r["time_s"] > 0 for r in rows)
     assert "kernel dist." in capsys.readouterr().out
+
+
+def test_bench_ntk_real_models_smoke(capsys):
+    """The real-model table runs on shrunken twins: every model returns an exact kernel and a
+    sketch at the defaults (no refusal), with a finite sketch error."""
+    pytest.importorskip("transformers")
+    rows = load("bench_ntk").main(["--smoke", "--models", "real", "--threads", "1"])
+    assert [r["model"] for r in rows] == ["ResNet-18", "ViT", "GPT-2 small", "BERT-base"]
+    assert all(r["exact_s"] > 0 and r["sketch_s"] > 0 and r["sketch_eig4"] >= 0 for r in rows)
+    assert "sketch top-4 error" in capsys.readouterr().out

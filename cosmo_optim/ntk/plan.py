@@ -16,7 +16,8 @@ Two structured plans, in order of preference:
 
 Parameters without a structured rule take the per-sample Jacobian path, which chunks over
 samples and parameter blocks by itself (:mod:`.per_sample`). A request is refused only when
-one sample's pass does not fit; the error names the smallest budget that would.
+two samples' pass (or one sample's Jacobian rows) does not fit; the error names the smallest
+budget that would.
 
 The default budget (``memory_budget=None``) is a quarter of the memory free on the device of
 the probe batch (``torch.cuda.mem_get_info`` on CUDA, ``MemAvailable`` on a CPU host), between
@@ -99,7 +100,8 @@ def structured_plan(budget: int, N: int, kernel: int, per_sample: int,
     ``forms`` maps each structured parameter to (form, bytes its terms hold for all N samples
     in the stored plan, bytes of its term for one component and all N samples, as the
     streaming plan makes it); ``per_sample`` is :data:`_GRAPH_FACTOR` times one sample's forward
-    tensors. A parameter whose terms alone exceed the room left goes to the Jacobian path.
+    tensors. The chunk is as large as leaves room for the largest term, so that every
+    parameter fits a group.
     """
     per_sample = _GRAPH_FACTOR * per_sample
     room = budget - kernel
@@ -108,27 +110,24 @@ def structured_plan(budget: int, N: int, kernel: int, per_sample: int,
     transient = max(t for _, _, t in forms.values())  # one layer's term, one component
     if not full and N * per_sample + transient <= room:
         return Plan(budget, kernel, per_sample, True, N, [list(forms)], forms)
-    chunk = max(2, min(N, room // 2 // max(per_sample, 1)))
-    cap = room - chunk * per_sample
-    if cap <= 0:
-        need = kernel + 2 * per_sample + min(b for _, b, _ in forms.values())
+    largest = max(b for _, b, _ in forms.values())
+    need = kernel + 2 * per_sample + largest  # two samples per chunk, every term in a group
+    if budget < need:
         raise MemoryBudgetError(
             f"Invalid memory_budget: {budget!r} bytes; this request needs at least {need} "
             f"(kernel {kernel}, two samples' forward and one component's cotangents "
-            f"{2 * per_sample}, the smallest layer term). Fix: memory_budget={need} or more, "
-            "fewer samples, or output='trace'."
+            f"{2 * per_sample}, the largest layer term {largest}). Fix: memory_budget={need} "
+            "or more, fewer samples, or output='trace'."
         )
+    chunk = max(2, min(N, room // 2 // per_sample, (room - largest) // per_sample))
+    cap = room - chunk * per_sample
     groups: list[list[str]] = [[]]
     held = 0
-    jacobian = []
     for name, (_, size, _) in forms.items():
-        if size > cap:
-            jacobian.append(name)
-            continue
         if held + size > cap and groups[-1]:
             groups.append([])
             held = 0
         groups[-1].append(name)
         held += size
     groups = [g for g in groups if g]
-    return Plan(budget, kernel, per_sample, False, chunk, groups, forms, jacobian)
+    return Plan(budget, kernel, per_sample, False, chunk, groups, forms)
