@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -46,11 +46,13 @@ class CosmologyMonitorMixin:
         verify_ntk: bool = False,
         ntk_method: str = "auto",
         sketch_dim: int | None = None,
+        group: int = 0,
+        output: str | Callable[[Any], torch.Tensor] | None = None,
     ) -> None:
         super().__init__()
         self.config = MonitorConfig(
             loss, probe_size, top_k, every_n_train_steps, log_figures_every_n_steps,
-            history_size, prefix, verify_ntk=verify_ntk, ntk_method=ntk_method,
+            history_size, prefix, group, output, verify_ntk=verify_ntk, ntk_method=ntk_method,
             sketch_dim=sketch_dim, interval_name="every_n_train_steps",
         )
         self.probe_batch = (
