@@ -246,6 +246,9 @@ class CosmologyCallback(_TrainerCallback, _ExportableState):
             dataclasses.replace(config, distributed=distributed),
             probe_batch=(index, probe.get(self.label_key)),
         )
+        # the Trainer's TensorBoardCallback writes our scalars as train/<tag> (rewrite_logs):
+        # the layout, histograms and figures follow, or the dashboard would match nothing
+        self.tracker.extras.prefix = "train/" + self.config.prefix
         if optimizer is not None:
             self.tracker.observe(optimizer)
         self._restore(state)
