@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -46,11 +46,13 @@ class CosmologyMonitorMixin:
         verify_ntk: bool = False,
         ntk_method: str = "auto",
         sketch_dim: int | None = None,
+        group: int = 0,
+        output: str | Callable[[Any], torch.Tensor] | None = None,
     ) -> None:
         super().__init__()
         self.config = MonitorConfig(
             loss, probe_size, top_k, every_n_train_steps, log_figures_every_n_steps,
-            history_size, prefix, verify_ntk=verify_ntk, ntk_method=ntk_method,
+            history_size, prefix, group, output, verify_ntk=verify_ntk, ntk_method=ntk_method,
             sketch_dim=sketch_dim, interval_name="every_n_train_steps",
         )
         self.probe_batch = (
@@ -131,8 +133,15 @@ class CosmologyMonitorMixin:
                 "cosmo_optim.CosmologyTracker(sink=...) without a logger."
             )
 
-    def on_train_start(self, trainer: Any, pl_module: Any) -> None:
-        """Read the optimiser and log the physics hyperparameters."""
+    def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
+        """Read the optimiser; have the Trainer's one hyperparameter write carry ours.
+
+        Lightning logs the module's hparams right after this hook, and TensorBoard's HPARAMS
+        table keeps the first write of a run: a second write (ours) would leave the
+        ``cosmology/*`` columns blank and log ``hp_metric`` twice. So the next
+        ``log_hyperparams`` call of each logger is merged with ours (`on_train_start` writes
+        ours alone if Lightning made no such call).
+        """
         tracker = self._tracker()
         if len(trainer.optimizers) > 1:
             warnings.warn(
@@ -142,6 +151,18 @@ class CosmologyMonitorMixin:
             )
         if trainer.optimizers:
             tracker.observe(trainer.optimizers[0])
+        ours = self._physics_hparams(tracker)
+        for logger in trainer.loggers:
+            _merge_next_hparams(logger, ours)
+
+    def on_train_start(self, trainer: Any, pl_module: Any) -> None:
+        """Write the physics hyperparameters where Lightning wrote none (no module hparams)."""
+        for logger in trainer.loggers:
+            pending = logger.__dict__.pop("log_hyperparams", None)
+            if pending is not None:
+                pending({})
+
+    def _physics_hparams(self, tracker: CosmologyTracker) -> dict[str, Any]:
         params: dict[str, Any] = {
             "cosmo_optim/probe_size": tracker.probe_size,
             "cosmo_optim/top_k": tracker.top_k,
@@ -157,11 +178,7 @@ class CosmologyMonitorMixin:
                 "cosmology/vacuum_energy": cosmology.vacuum_energy,
                 "cosmology/hubble_time_steps": cosmology.hubble_time_steps,
             })
-        ours = {tracker.prefix + k: v for k, v in params.items()}
-        for logger in trainer.loggers:  # merged: the HParams dashboard shows one set
-            theirs = getattr(logger, "hparams", None)
-            logger.log_hyperparams({**(dict(theirs) if isinstance(theirs, Mapping) else {}),
-                                    **ours})
+        return {tracker.prefix + k: v for k, v in params.items()}
 
     # ----- the hooks that act ------------------------------------------------------------------
     def on_train_batch_start(
@@ -237,3 +254,17 @@ class CosmologyMonitorMixin:
             self.tracker.load_state_dict(state_dict)
         else:
             self._pending_state = state_dict
+
+
+def _merge_next_hparams(logger: Any, ours: dict[str, Any]) -> None:
+    """Make the logger's next ``log_hyperparams(params, ...)`` write ``{**params, **ours}``,
+    once (an instance attribute shadowing the method, removed on that call)."""
+    original = logger.log_hyperparams
+
+    def merged(params: Any, *args: Any, **kwargs: Any) -> Any:
+        logger.__dict__.pop("log_hyperparams", None)
+        theirs = vars(params) if hasattr(params, "__dict__") and not isinstance(
+            params, Mapping) else dict(params or {})
+        return original({**theirs, **ours}, *args, **kwargs)
+
+    logger.log_hyperparams = merged

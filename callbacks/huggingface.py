@@ -130,6 +130,11 @@ class CosmologyCallback(_TrainerCallback, _ExportableState):
             logs ``ntk/sketch_dim`` (0: exact).
         sketch_dim: k of the sketched kernel (``empirical_ntk(method="sketch")``; default
             128).
+        group: the optimiser's param group whose (lr, momentum) define the universe (the
+            param-group warning's ``group=...``).
+        history_size: probes kept in ``callback.tracker.history``.
+
+    ``distributed`` (`MonitorConfig`) is not an argument: it is set under DDP (torchrun).
 
     Under DDP (``torchrun``) rank 0's probe batch is broadcast and each rank computes the
     kernel features of its shard of it (``empirical_ntk(distributed=True)``); FSDP and
@@ -160,13 +165,16 @@ class CosmologyCallback(_TrainerCallback, _ExportableState):
         ntk_method: str = "auto",
         sketch_dim: int | None = None,
         output: str | Callable[[Any], Tensor] | None = None,
+        group: int = 0,
+        history_size: int = 1000,
     ) -> None:
         if not _HAVE_TRANSFORMERS:
             raise ImportError(
                 "CosmologyCallback needs transformers. Fix: pip install 'cosmo-optim[hf]'."
             )
         self.config = MonitorConfig(
-            loss, probe_size, top_k, every_n_steps, log_figures_every_n_steps, prefix=prefix,
+            loss, probe_size, top_k, every_n_steps, log_figures_every_n_steps,
+            history_size=history_size, prefix=prefix, group=group,
             output=_logits if output is None else output, verify_ntk=verify_ntk,
             ntk_method=ntk_method, sketch_dim=sketch_dim,
         )
@@ -238,6 +246,9 @@ class CosmologyCallback(_TrainerCallback, _ExportableState):
             dataclasses.replace(config, distributed=distributed),
             probe_batch=(index, probe.get(self.label_key)),
         )
+        # the Trainer's TensorBoardCallback writes our scalars as train/<tag> (rewrite_logs):
+        # the layout, histograms and figures follow, or the dashboard would match nothing
+        self.tracker.extras.prefix = "train/" + self.config.prefix
         if optimizer is not None:
             self.tracker.observe(optimizer)
         self._restore(state)

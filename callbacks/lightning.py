@@ -55,6 +55,12 @@ class CosmologyMonitor(CosmologyMonitorMixin, Callback):
             logs ``ntk/sketch_dim`` (0: exact).
         sketch_dim: k of the sketched kernel (``empirical_ntk(method="sketch")``; default
             128).
+        group: the optimiser's param group whose (lr, momentum) define the universe (the
+            param-group warning's ``group=...``).
+        output: for a ``forward`` returning a tuple, dict or ``ModelOutput``: the key
+            (``"logits"``) or a callable (``lambda out: out[0]``) selecting the outputs.
+
+    ``distributed`` (`MonitorConfig`) is not an argument: it is set from the Trainer (DDP).
 
     Raises:
         ValueError: in ``__init__`` for an invalid argument; in ``setup()`` for a Trainer

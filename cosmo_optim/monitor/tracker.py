@@ -24,10 +24,11 @@ from cosmo_optim.monitor.config import MonitorConfig
 from cosmo_optim.monitor.records import LastProbe, ProbeRecord, Reference, as_state
 from cosmo_optim.monitor.sinks import Sinks, TensorBoardExtras
 from cosmo_optim.monitor.universe import (
-    EfoldsRate,
+    StepUniverse,
     cosmology_or_none,
     dual_warnings,
     unwrap_optimizer,
+    zero_lr_warning,
 )
 
 __all__ = ["CosmologyTracker"]
@@ -147,8 +148,9 @@ class CosmologyTracker:
         self.history: deque[ProbeRecord] = deque(maxlen=config.history_size)
         self.sinks = Sinks(sink)
         self._hooks: list[Any] = []
-        self._rate = EfoldsRate()
+        self._universe = StepUniverse()
         self._warned: set[int] = set()
+        self._zero_lr_warned = False
         self.extras = TensorBoardExtras(config.prefix, config.log_figures_every_n_steps)
         self._inputs: Tensor | None = None
         self._targets: Tensor | None = None
@@ -229,8 +231,12 @@ class CosmologyTracker:
         self._inputs, self._targets = probes.take_probe_batch(batch, self.config.probe_size)
 
     def cosmology(self) -> Cosmology | None:
-        """The optimiser's de Sitter universe (T3), or None without heavy-ball SGD form."""
-        return cosmology_or_none(self.optimizer, self.config.group)
+        """The de Sitter universe (T3) of the latest optimiser step, read from the (lr,
+        momentum) that step used (before any step: those the first step will use); None
+        without heavy-ball SGD form or for a step with lr = 0."""
+        if not self._hooks:  # not observing: the optimiser's live values
+            return cosmology_or_none(self.optimizer, self.config.group)
+        return self._universe.current(self.optimizer, self.config.group)
 
     def observe(self, optimizer: Optimizer) -> None:
         """Read the universe from `optimizer` and count e-folds on each of its steps (T9).
@@ -249,9 +255,16 @@ class CosmologyTracker:
                 warnings.warn(message, UserWarning, stacklevel=3)
 
         def count(opt: Optimizer, args: Any, kwargs: Any) -> None:
-            self.efolds += self._rate(self.optimizer, self.config.group)
+            self.efolds += self._universe.before_step(opt, self.config.group, self.last_step + 1)
+            self._warn_zero_lr()
 
-        self._hooks.append(optimizer.register_step_post_hook(count))
+        self._hooks.append(optimizer.register_step_pre_hook(count))
+
+    def _warn_zero_lr(self) -> None:
+        step = self._universe.zero_lr_step
+        if step is not None and not self._zero_lr_warned:
+            self._zero_lr_warned = True
+            warnings.warn(zero_lr_warning(step, self.config), UserWarning, stacklevel=4)
 
     def attach(self, optimizer: Optimizer) -> Any:
         """Track a plain PyTorch loop: probe now (step 0) and after every `optimizer.step()`.
@@ -292,9 +305,10 @@ class CosmologyTracker:
         """
         if step <= self.last_step:
             return None
-        if not self._hooks:
-            self.efolds += (step - max(self.last_step, 0)) * self._rate(
-                self.optimizer, self.config.group)
+        if not self._hooks:  # not observing: the live (lr, momentum), for every step since
+            cosmology = cosmology_or_none(self.optimizer, self.config.group)
+            rate = 0.0 if cosmology is None else cosmology.efolds_per_step
+            self.efolds += (step - max(self.last_step, 0)) * rate
         self.last_step = step
         n = self.config.interval
         if not self.has_probe:

@@ -13,7 +13,9 @@ from cosmo_optim.monitor.config import MonitorConfig
 from cosmo_optim.monitor.tags import scalar_tags
 from cosmo_optim.optim import cosmology_of
 
-__all__ = ["EfoldsRate", "cosmology_or_none", "dual_warnings", "unwrap_optimizer"]
+__all__ = [
+    "StepUniverse", "cosmology_or_none", "dual_warnings", "unwrap_optimizer", "zero_lr_warning",
+]
 
 
 def unwrap_optimizer(optimizer: Any) -> Any:
@@ -38,29 +40,52 @@ def cosmology_or_none(optimizer: Optimizer | None, group: int) -> Cosmology | No
         return None
 
 
-class EfoldsRate:
-    """(1 − β)/3 of the tracked group (T9), 0 without a de Sitter dual.
+class StepUniverse:
+    """The universe of each optimiser step, read from the (lr, momentum) that step used (T3, T9).
 
-    Read after every optimiser step, so it is cached on what it depends on: the momentum
-    (and the form of the optimiser), not the learning rate a scheduler changes every step.
+    `before_step` runs as a step pre-hook, so it sees the group's values before a scheduler
+    changes them for the next step (Lightning and the Hugging Face Trainer step the scheduler
+    before their step-end hooks). Each step adds H Δt = (1 − β)/3 e-folds (T9); a step with
+    lr = 0 does not move the weights, has no dual (Δt = sqrt(lr) = 0) and adds none. Nothing
+    is cached across steps: a warm-up from 0 or a decay to 0 never leaves a state that sticks.
     """
 
     def __init__(self) -> None:
-        self._key: tuple[Any, ...] | None = None
-        self._rate = 0.0
+        self.used: Cosmology | None = None  # the latest step's universe (None: no dual)
+        self.used_lr: float | None = None  # the latest step's lr (None: no step seen yet)
+        self.zero_lr_step: int | None = None  # the first step seen with lr = 0
 
-    def __call__(self, optimizer: Optimizer | None, group: int) -> float:
-        groups = optimizer.param_groups if optimizer is not None else []
-        g = groups[group] if -len(groups) <= group < len(groups) else {}
-        key = (id(optimizer), type(optimizer), *(
-            None if g.get(name) is None else float(g[name])
-            for name in ("momentum", "nesterov", "dampening")
-        ))
-        if self._key != key:
-            cosmology = cosmology_or_none(optimizer, group)
-            self._rate = 0.0 if cosmology is None else cosmology.efolds_per_step
-            self._key = key
-        return self._rate
+    def before_step(self, optimizer: Optimizer, group: int, step: int) -> float:
+        """Record the universe step `step` is about to use; its e-folds (T9)."""
+        self.used_lr = _lr_of(optimizer, group)
+        self.used = cosmology_or_none(optimizer, group)
+        if self.used_lr == 0.0 and self.zero_lr_step is None:
+            self.zero_lr_step = step
+        return 0.0 if self.used is None else self.used.efolds_per_step
+
+    def current(self, optimizer: Optimizer | None, group: int) -> Cosmology | None:
+        """The universe of the latest step (before any: of the coming one, the live values)."""
+        if self.used_lr is None:
+            return cosmology_or_none(optimizer, group)
+        return self.used
+
+
+def _lr_of(optimizer: Optimizer, group: int) -> float | None:
+    groups = optimizer.param_groups
+    if not -len(groups) <= group < len(groups) or groups[group].get("lr") is None:
+        return None
+    return float(groups[group]["lr"])
+
+
+def zero_lr_warning(step: int, config: MonitorConfig) -> str:
+    """The one warning of a run whose schedule reaches lr = 0 (a warm-up from 0, a decay to 0)."""
+    return (
+        f"CosmologyTracker: optimiser step {step} used lr = 0 in group {config.group}: a step "
+        "with lr = 0 does not move the weights and has no de Sitter dual (Δt = sqrt(lr) = 0), "
+        "so it adds no e-folds and a probe right after it logs no Hubble rate, vacuum energy, "
+        "e-folds or dual tags. Said once per run; the read-out resumes at the next step with "
+        "lr > 0 (e.g. after a warm-up from 0)."
+    )
 
 
 def dual_warnings(optimizer: Optimizer, config: MonitorConfig) -> list[str]:
@@ -77,7 +102,7 @@ def dual_warnings(optimizer: Optimizer, config: MonitorConfig) -> list[str]:
             "Fix: pass group=... to choose the group, or use one (lr, momentum)."
         )
     try:
-        cosmology_of(optimizer, config.group)
+        _form_of(optimizer, config.group)
     except ValueError as error:
         tags = scalar_tags(config.top_k, dual=False, loss=config.loss is not None,
                            prefix=config.prefix)
@@ -87,3 +112,18 @@ def dual_warnings(optimizer: Optimizer, config: MonitorConfig) -> list[str]:
             f"reported; still logged: {', '.join(tags)}."
         )
     return out
+
+
+def _form_of(optimizer: Optimizer, group: int) -> None:
+    """`cosmology_of` on the optimiser's form only: a scheduler's lr = 0 (a warm-up's first
+    step) is a step without a dual, said by `zero_lr_warning`, not an optimiser without one."""
+    groups = optimizer.param_groups
+    if -len(groups) <= group < len(groups) and groups[group].get("lr") == 0:
+        saved = groups[group]["lr"]
+        groups[group]["lr"] = 1.0
+        try:
+            cosmology_of(optimizer, group)
+        finally:
+            groups[group]["lr"] = saved
+    else:
+        cosmology_of(optimizer, group)

@@ -1,0 +1,137 @@
+"""A real TensorBoard server on the logs of a tiny Lightning run and a tiny Hugging Face run:
+every custom-scalars chart matches at least one logged scalar tag, and the histograms and
+figures sit beside the scalars (HF writes them all under ``train/``)."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+import urllib.parse
+import urllib.request
+import warnings
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+pytest.importorskip("tensorboard")
+from tensorboard import program
+
+from cosmo_optim import CosmoSGD
+
+
+def _lightning_run(log_dir):
+    L = pytest.importorskip("lightning.pytorch")
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    from cosmo_optim.callbacks import CosmologyMonitor
+
+    class Module(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.net = nn.Sequential(nn.Linear(3, 8), nn.Tanh(), nn.Linear(8, 1))
+
+        def forward(self, x):
+            return self.net(x)
+
+        def training_step(self, batch, batch_idx):
+            return nn.functional.mse_loss(self(batch[0]), batch[1])
+
+        def configure_optimizers(self):
+            return CosmoSGD(self.parameters(), vacuum_energy=3.0, time_step=0.1)
+
+    L.seed_everything(0)
+    x = torch.randn(40, 3, generator=torch.Generator().manual_seed(0))
+    trainer = L.Trainer(max_steps=6, accelerator="cpu", enable_progress_bar=False,
+                        enable_model_summary=False, enable_checkpointing=False,
+                        logger=TensorBoardLogger(log_dir, name="lightning", version=0),
+                        callbacks=[CosmologyMonitor(nn.MSELoss(), every_n_train_steps=3, top_k=2,
+                                                    log_figures_every_n_steps=3)])
+    trainer.fit(Module(), DataLoader(TensorDataset(x, x.sum(1, keepdim=True).sin()), batch_size=8))
+
+
+def _huggingface_run(tmp_path, monkeypatch, log_dir):
+    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("accelerate")
+    from cosmo_optim.callbacks import CosmologyCallback
+
+    config = transformers.BertConfig(vocab_size=32, hidden_size=16, num_hidden_layers=1,
+                                     num_attention_heads=2, intermediate_size=16, num_labels=3,
+                                     max_position_embeddings=16)
+    torch.manual_seed(0)
+    model = transformers.BertForSequenceClassification(config)  # from a config: no download
+    g = torch.Generator().manual_seed(0)
+    ids, labels = torch.randint(0, 32, (16, 6), generator=g), torch.randint(0, 3, (16,), generator=g)
+    rows = [{"input_ids": i, "attention_mask": torch.ones(6, dtype=torch.long), "labels": y}
+            for i, y in zip(ids, labels, strict=True)]
+    monkeypatch.setenv("TENSORBOARD_LOGGING_DIR", str(log_dir / "huggingface"))
+    args = transformers.TrainingArguments(
+        output_dir=str(tmp_path / "hf"), max_steps=6, logging_steps=3, report_to=["tensorboard"],
+        per_device_train_batch_size=8, use_cpu=True, save_strategy="no", disable_tqdm=True,
+        seed=0)
+    callback = CosmologyCallback(nn.CrossEntropyLoss(), top_k=2, probe_size=4,
+                                 log_figures_every_n_steps=3)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    transformers.Trainer(model=model, args=args, train_dataset=rows, callbacks=[callback],
+                         optimizers=(opt, None)).train()
+
+
+def _get(url: str):
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return json.load(response)
+
+
+def _serve(log_dir) -> str:
+    """The URL of a TensorBoard server on `log_dir`, bound to a free port it picks."""
+    board = program.TensorBoard()
+    board.configure(argv=[None, "--logdir", str(log_dir), "--host", "127.0.0.1", "--port", "0",
+                          "--load_fast=false", "--reload_interval=1"])
+    return board.launch().rstrip("/")
+
+
+def _loaded(url: str, runs: set[str]) -> dict:
+    """The scalar tags per run, once the server has read every run (it loads in a thread)."""
+    deadline = time.monotonic() + 120
+    tags: dict = {}
+    while time.monotonic() < deadline and not runs <= {
+            r for r, t in tags.items() if any("ntk/lambda_1" in k for k in t)}:
+        time.sleep(0.5)
+        tags = _get(f"{url}/data/plugin/scalars/tags")
+    return tags
+
+
+def charts(layout: dict) -> list[tuple[str, list[str]]]:
+    """(title, regexes) of every multiline chart in a custom-scalars layout response."""
+    return [(chart["title"], chart["multiline"]["tag"])
+            for category in layout.get("category", []) for chart in category["chart"]]
+
+
+@pytest.mark.parametrize("framework", ["lightning", "huggingface"])
+def test_every_dashboard_chart_matches_a_logged_tag(framework, tmp_path, monkeypatch):
+    """One server per framework: TensorBoard merges the layouts of all runs it serves."""
+    log_dir = tmp_path / "logs"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if framework == "lightning":
+            _lightning_run(log_dir)
+        else:
+            _huggingface_run(tmp_path, monkeypatch, log_dir)
+    url = _serve(log_dir / framework)
+    runs = set(_get(f"{url}/data/runs"))
+    tags = _loaded(url, runs)
+    assert len(runs) == 1, runs
+    run = runs.pop()
+    scalars = set(tags[run])
+    found = charts(_get(f"{url}/data/plugin/custom_scalars/layout"))
+    assert len(found) >= 6, found
+    empty = [title for title, regexes in found
+             if not any(re.search(rx, t) for rx in regexes for t in scalars)]
+    assert not empty, f"charts matching no tag: {empty}; tags {sorted(scalars)}"
+    prefix = "train/" if framework == "huggingface" else ""
+    assert prefix + "cosmology/hubble_rate" in scalars
+    histograms = set(_get(f"{url}/data/plugin/histograms/tags").get(run, {}))
+    assert {prefix + "ntk/spectrum", prefix + "modes/mass_over_hubble"} <= histograms, histograms
+    images = set(_get(f"{url}/data/plugin/images/tags").get(run, {}))
+    assert prefix + "figures/spectrum" in images, images
