@@ -75,8 +75,8 @@ class CosmologyTracker:
             forward and C backward passes each) and raise if it is off; see
             ``empirical_ntk(verify=True)``. Exact kernels only.
         ntk_method: ``"auto"`` (default: the exact kernel where it fits `empirical_ntk`'s
-            default 2 GiB memory budget, else the sketch), ``"exact"`` or ``"sketch"``. Each
-            probe logs ``ntk/sketch_dim``, k of its kernel (0: exact).
+            default memory budget, a quarter of free memory, else the sketch), ``"exact"``
+            or ``"sketch"``. Each probe logs ``ntk/sketch_dim``, k of its kernel (0: exact).
         sketch_dim: k of the sketched kernel (``empirical_ntk(method="sketch")``; default
             128).
         distributed: under ``torch.distributed``, every rank probes with the same probe
