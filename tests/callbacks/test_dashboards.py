@@ -22,25 +22,14 @@ from tensorboard import program
 from cosmo_optim import CosmoSGD
 
 
-def _lightning_run(log_dir):
+def _lightning_run(log_dir, regression_module):
     L = pytest.importorskip("lightning.pytorch")
     from lightning.pytorch.loggers import TensorBoardLogger
 
     from cosmo_optim.callbacks import CosmologyMonitor
 
-    class Module(L.LightningModule):
-        def __init__(self):
-            super().__init__()
-            self.net = nn.Sequential(nn.Linear(3, 8), nn.Tanh(), nn.Linear(8, 1))
-
-        def forward(self, x):
-            return self.net(x)
-
-        def training_step(self, batch, batch_idx):
-            return nn.functional.mse_loss(self(batch[0]), batch[1])
-
-        def configure_optimizers(self):
-            return CosmoSGD(self.parameters(), vacuum_energy=3.0, time_step=0.1)
+    def configure(self):
+        return CosmoSGD(self.parameters(), vacuum_energy=3.0, time_step=0.1)
 
     L.seed_everything(0)
     x = torch.randn(40, 3, generator=torch.Generator().manual_seed(0))
@@ -49,7 +38,8 @@ def _lightning_run(log_dir):
                         logger=TensorBoardLogger(log_dir, name="lightning", version=0),
                         callbacks=[CosmologyMonitor(nn.MSELoss(), every_n_train_steps=3, top_k=2,
                                                     log_figures_every_n_steps=3)])
-    trainer.fit(Module(), DataLoader(TensorDataset(x, x.sum(1, keepdim=True).sin()), batch_size=8))
+    data = DataLoader(TensorDataset(x, x.sum(1, keepdim=True).sin()), batch_size=8)
+    trainer.fit(regression_module(configure), data)
 
 
 def _huggingface_run(tmp_path, monkeypatch, log_dir):
@@ -109,13 +99,13 @@ def charts(layout: dict) -> list[tuple[str, list[str]]]:
 
 
 @pytest.mark.parametrize("framework", ["lightning", "huggingface"])
-def test_every_dashboard_chart_matches_a_logged_tag(framework, tmp_path, monkeypatch):
+def test_every_dashboard_chart_matches_a_logged_tag(framework, tmp_path, monkeypatch, request):
     """One server per framework: TensorBoard merges the layouts of all runs it serves."""
     log_dir = tmp_path / "logs"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if framework == "lightning":
-            _lightning_run(log_dir)
+            _lightning_run(log_dir, request.getfixturevalue("regression_module"))
         else:
             _huggingface_run(tmp_path, monkeypatch, log_dir)
     url = _serve(log_dir / framework)

@@ -40,29 +40,19 @@ def check(history, used):
         assert s["cosmology/efolds"] == pytest.approx(efolds, rel=1e-12, abs=1e-15), record.step
 
 
-def test_lightning_reads_the_lr_each_step_used_under_a_warm_up_and_decay(tmp_path):
+def test_lightning_reads_the_lr_each_step_used_under_a_warm_up_and_decay(tmp_path,
+                                                                       regression_module):
     L = pytest.importorskip("lightning.pytorch")
     from lightning.pytorch.loggers import CSVLogger
 
     used: list[tuple[float, float]] = []
 
-    class Module(L.LightningModule):
-        def __init__(self):
-            super().__init__()
-            self.net = nn.Sequential(nn.Linear(3, 8), nn.Tanh(), nn.Linear(8, 1))
-
-        def forward(self, x):
-            return self.net(x)
-
-        def training_step(self, batch, batch_idx):
-            return nn.functional.mse_loss(self(batch[0]), batch[1])
-
-        def configure_optimizers(self):
-            opt = torch.optim.SGD(self.parameters(), lr=0.1, momentum=BETA)
-            record_used(opt, used)
-            ramp = lr_scheduler.LambdaLR(  # warm-up from 0, then linear decay to 0
-                opt, lambda n: n / 3 if n < 3 else max(0.0, (STEPS - n) / (STEPS - 3)))
-            return {"optimizer": opt, "lr_scheduler": {"scheduler": ramp, "interval": "step"}}
+    def configure(self):
+        opt = torch.optim.SGD(self.parameters(), lr=0.1, momentum=BETA)
+        record_used(opt, used)
+        ramp = lr_scheduler.LambdaLR(  # warm-up from 0, then linear decay to 0
+            opt, lambda n: n / 3 if n < 3 else max(0.0, (STEPS - n) / (STEPS - 3)))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": ramp, "interval": "step"}}
 
     L.seed_everything(0)
     g = torch.Generator().manual_seed(0)
@@ -73,7 +63,7 @@ def test_lightning_reads_the_lr_each_step_used_under_a_warm_up_and_decay(tmp_pat
                         enable_model_summary=False, enable_checkpointing=False)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        trainer.fit(Module(), DataLoader(TensorDataset(x, x.sum(1, keepdim=True)), batch_size=8))
+        trainer.fit(regression_module(configure), DataLoader(TensorDataset(x, x.sum(1, keepdim=True)), batch_size=8))
     assert monitor.tracker is not None
     check(monitor.tracker.history, used)
 

@@ -47,25 +47,14 @@ def test_group_is_validated_like_the_tracker_s(name):
         _adaptor(name)(group="x")
 
 
-def test_lightning_monitor_with_group_1_reads_that_group_s_universe(tmp_path):
+def test_lightning_monitor_with_group_1_reads_that_group_s_universe(tmp_path, regression_module):
     L = pytest.importorskip("lightning.pytorch")
     from cosmo_optim.callbacks import CosmologyMonitor
 
-    class Module(L.LightningModule):
-        def __init__(self):
-            super().__init__()
-            self.net = nn.Sequential(nn.Linear(3, 8), nn.Tanh(), nn.Linear(8, 1))
-
-        def forward(self, x):
-            return self.net(x)
-
-        def training_step(self, batch, batch_idx):
-            return nn.functional.mse_loss(self(batch[0]), batch[1])
-
-        def configure_optimizers(self):
-            return torch.optim.SGD([{"params": self.net[0].parameters()},
-                                    {"params": self.net[2].parameters(), "lr": 0.02}],
-                                   lr=0.1, momentum=0.9)
+    def configure(self):
+        return torch.optim.SGD([{"params": self.net[0].parameters()},
+                                {"params": self.net[2].parameters(), "lr": 0.02}],
+                               lr=0.1, momentum=0.9)
 
     x = torch.randn(32, 3, generator=torch.Generator().manual_seed(0))
     monitor = CosmologyMonitor(nn.MSELoss(), every_n_train_steps=2, top_k=1, group=1)
@@ -74,7 +63,7 @@ def test_lightning_monitor_with_group_1_reads_that_group_s_universe(tmp_path):
                         enable_model_summary=False, enable_checkpointing=False)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        trainer.fit(Module(), DataLoader(TensorDataset(x, x.sum(1, keepdim=True)), batch_size=8))
+        trainer.fit(regression_module(configure), DataLoader(TensorDataset(x, x.sum(1, keepdim=True)), batch_size=8))
     assert any("read from group 1 only" in str(w.message) for w in caught)
     assert monitor.tracker is not None
     hubble = monitor.tracker.history[-1].scalars["cosmology/hubble_rate"]
