@@ -235,6 +235,9 @@ class Engine:
         R, d_in, d_out = sum(d[0] for d in dims), dims[0][1], dims[0][2]
         if uses[0].role == "bias" or uses[0].kind in ("layer_norm", "batch_norm"):
             return "psg", N * C * d_out * isz, N * d_out * isz
+        if rules.tied(uses) and not self.full:  # Gram and cross terms, streaming plan only
+            V = uses[0].args["weight"].shape[0]
+            return "tied", N * C * d_in * d_out * isz, N * R * (2 * d_out + V) * isz
         c2 = C if self.full else 1
         gram = N * N * R * R * (d_in + C * c2 * d_out)
         psg = C * N * R * d_in * d_out + C * c2 * N * N * d_in * d_out

@@ -72,6 +72,9 @@ def streaming(engine: Engine, K: Tensor, plan: Plan, leaves: dict[str, Tensor],
 def _add(K: Tensor, form: str, uses: list[rules.Use], delta: dict[int, Tensor], *,
          plus_one: bool, free: int) -> None:
     """K += one component's term of one parameter (trace kernel)."""
+    if form == "tied":
+        _tied(K, uses, delta, free)
+        return
     if form == "psg":
         G = rules.per_sample_grad(uses[0], delta[id(uses[0].out)])
         for u in uses[1:]:
@@ -80,6 +83,31 @@ def _add(K: Tensor, form: str, uses: list[rules.Use], delta: dict[int, Tensor], 
         return
     X, D = _rows(uses, delta)
     gram_into(K, X, D, uses[0].kind, plus_one=plus_one, free=free, full=False)
+
+
+def _tied(K: Tensor, uses: list[rules.Use], delta: dict[int, Tensor], free: int) -> None:
+    """K += one component's term of a weight ``W`` (V, d) tied across embedding calls (ids,
+    cotangents ``δ``) and linear calls (inputs ``h``, cotangents ``δ'`` over V): the Gram terms
+    of each kind plus the cross term ``<g^e_i, g^l_j> = Σ_{s,t} δ'_jt[id_is] (δ_is · h_jt)``
+    and its transpose, never a per-sample (V × d) gradient."""
+    emb = [u for u in uses if u.kind == "embedding"]
+    lin = [u for u in uses if u.kind == "linear"]
+    ids, De = _rows(emb, delta) if emb else (None, None)
+    H, Dl = _rows(lin, delta) if lin else (None, None)
+    if ids is not None and De is not None:
+        gram_into(K, ids, De, "embedding", plus_one=False, free=free, full=False)
+    if H is None or Dl is None:
+        return
+    keep = Dl.abs().amax(dim=(0, 1, 3)) > 0  # rows no output reads: no gradient
+    H, Dl = H[:, keep], Dl[:, :, keep]
+    gram_into(K, H, Dl, "linear", plus_one=False, free=free, full=False)
+    if ids is None or De is None or H.shape[1] == 0:
+        return
+    N, Re, Rl = ids.shape[0], ids.shape[1], H.shape[1]
+    A = De[0].reshape(N * Re, -1) @ H.reshape(N * Rl, -1).T  # δ_is · h_jt
+    B = Dl[0].reshape(N * Rl, -1)[:, ids.reshape(-1)].T  # δ'_jt[id_is]
+    M = (A * B).reshape(N, Re, N, Rl).sum((1, 3))
+    K += M + M.T
 
 
 def _rows(uses: list[rules.Use], delta: dict[int, Tensor]) -> tuple[Tensor, Tensor]:
@@ -120,7 +148,7 @@ def stored(engine: Engine, K: Tensor, plan: Plan, names: list[str], leaves: dict
         if n in merged.values():
             continue
         parts, store[n] = store[n], []
-        if plan.forms[n][0] == "psg":
+        if plan.forms[n][0] in ("psg", "tied"):
             accumulate(K, parts[0] if len(parts) == 1 else torch.cat(parts), engine.full)
             continue
         xs, ds = zip(*parts, strict=True)

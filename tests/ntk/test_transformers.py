@@ -159,3 +159,32 @@ def test_gpt2_never_needs_the_per_sample_jacobian(monkeypatch: pytest.MonkeyPatc
     empirical_ntk(model, x)
     empirical_ntk(model, x, method="sketch", sketch_dim=4)
     assert not calls, f"{[c[0] for c in calls]} took the per-sample Jacobian"
+
+
+@pytest.mark.parametrize("select", ["last", "mean"])
+def test_tied_embedding_and_lm_head_take_the_tied_gram_rule(select, capsys):
+    """GPT-2's ``wte`` is both the token embedding and the LM head: its kernel comes from the
+    Gram terms of each use plus their cross term (never a per-sample V × d gradient), exact
+    against brute force, with a token repeated across samples so the cross term is not 0."""
+    torch.manual_seed(0)
+    cfg = transformers.GPT2Config(n_embd=16, n_layer=1, n_head=2, vocab_size=40, n_positions=16,
+                                  bos_token_id=0, eos_token_id=0, resid_pdrop=0.0,
+                                  embd_pdrop=0.0, attn_pdrop=0.0)
+    lm = transformers.GPT2LMHeadModel(cfg).double().eval()
+
+    class Selected(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lm = lm
+
+        def forward(self, ids):
+            logits = self.lm(ids).logits
+            return logits[:, -1, :3] if select == "last" else logits.mean(1)[:, :4]
+
+    model = Selected()
+    ids = torch.randint(40, (5, 7), generator=torch.Generator().manual_seed(1))
+    ids[0, 2] = ids[1, 5]
+    K = empirical_ntk(model, ids, explain=True)
+    assert "lm.transformer.wte.weight [tied" in capsys.readouterr().out
+    R = reference_ntk(model, ids)
+    assert (K - R).abs().max() <= 1e-10 * R.abs().max()
