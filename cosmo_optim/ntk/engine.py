@@ -188,14 +188,14 @@ class Engine:
         fallback = list(plan.jacobian)
         if plan.streaming:
             fallback += structured.streaming(self, K, plan, leaves, counts)
-        for names in [] if plan.streaming else plan.groups:
-            fallback += structured.stored(self, K, plan, names, leaves, counts)
+        else:
+            for names in plan.groups:
+                fallback += structured.stored(self, K, plan, names, leaves, counts)
         if not plan.groups:  # no structured pass compared sample 0 alone and in company
             with torch.no_grad():
                 guards.refuse_coupling(self.alone, self.call(leaves, self.x[: min(N, 4)])[0])
         if fallback:
             self._jacobian(K, sorted(set(fallback), key=self.names.index), recorder)
-        self.plan = plan
         self._explain(plan, fallback, explain)
         return K
 
