@@ -272,9 +272,5 @@ class Engine:
     def chunk_term(self, form: str, uses: list[rules.Use], delta: dict[int, torch.Tensor]) -> Any:
         """Per chunk: per-sample gradients (n, C, P) for "psg", or rows (X, Δ) for "gram"."""
         if form == "gram":
-            terms = [rules.rows(u, delta[id(u.out)]) for u in uses]
-            return torch.cat([x for x, _ in terms], 1), torch.cat([d for _, d in terms], 2)
-        G = rules.per_sample_grad(uses[0], delta[id(uses[0].out)])
-        for u in uses[1:]:  # a layer called several times: gradients add (cross terms exact)
-            G = G + rules.per_sample_grad(u, delta[id(u.out)])
-        return G
+            return structured.layer_rows(uses, delta)
+        return structured.per_sample_grads(uses, delta)

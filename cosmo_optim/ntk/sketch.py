@@ -44,7 +44,7 @@ import torch
 import torch.nn.functional as F
 
 from cosmo_optim._common import MemoryBudgetError
-from cosmo_optim.ntk import guards, rules
+from cosmo_optim.ntk import guards, rules, structured
 from cosmo_optim.ntk import per_sample as exact
 
 _ROWS_KINDS = ("linear", "embedding")
@@ -336,11 +336,7 @@ class FeatureMap:
             elif m in self.rows:
                 phi = sketch_rows(self.proj[m], recorder.uses[m], delta, e.C)
             else:
-                us = recorder.uses[m]
-                G = rules.per_sample_grad(us[0], delta[id(us[0].out)])
-                for u in us[1:]:
-                    G = G + rules.per_sample_grad(u, delta[id(u.out)])
-                phi = self.proj[m].dense(G)
+                phi = self.proj[m].dense(structured.per_sample_grads(recorder.uses[m], delta))
             out[:, :, at : at + phi.shape[2]] = phi.detach()
             at += phi.shape[2]
         return out

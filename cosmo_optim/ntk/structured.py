@@ -76,12 +76,9 @@ def _add(K: Tensor, form: str, uses: list[rules.Use], delta: dict[int, Tensor], 
         _tied(K, uses, delta, free)
         return
     if form == "psg":
-        G = rules.per_sample_grad(uses[0], delta[id(uses[0].out)])
-        for u in uses[1:]:
-            G = G + rules.per_sample_grad(u, delta[id(u.out)])
-        accumulate(K, G, False)
+        accumulate(K, per_sample_grads(uses, delta), False)
         return
-    X, D = _rows(uses, delta)
+    X, D = layer_rows(uses, delta)
     gram_into(K, X, D, uses[0].kind, plus_one=plus_one, free=free, full=False)
 
 
@@ -92,8 +89,8 @@ def _tied(K: Tensor, uses: list[rules.Use], delta: dict[int, Tensor], free: int)
     and its transpose, never a per-sample (V × d) gradient."""
     emb = [u for u in uses if u.kind == "embedding"]
     lin = [u for u in uses if u.kind == "linear"]
-    ids, De = _rows(emb, delta) if emb else (None, None)
-    H, Dl = _rows(lin, delta) if lin else (None, None)
+    ids, De = layer_rows(emb, delta) if emb else (None, None)
+    H, Dl = layer_rows(lin, delta) if lin else (None, None)
     if ids is not None and De is not None:
         gram_into(K, ids, De, "embedding", plus_one=False, free=free, full=False)
     if H is None or Dl is None:
@@ -110,11 +107,21 @@ def _tied(K: Tensor, uses: list[rules.Use], delta: dict[int, Tensor], free: int)
     K += M + M.T
 
 
-def _rows(uses: list[rules.Use], delta: dict[int, Tensor]) -> tuple[Tensor, Tensor]:
+def layer_rows(uses: list[rules.Use], delta: dict[int, Tensor]) -> tuple[Tensor, Tensor]:
+    """Rows (X, Δ) of every call of one parameter, concatenated along the row axis."""
     terms = [rules.rows(u, delta[id(u.out)]) for u in uses]
     if len(terms) == 1:
         return terms[0]
     return torch.cat([x for x, _ in terms], 1), torch.cat([d for _, d in terms], 2)
+
+
+def per_sample_grads(uses: list[rules.Use], delta: dict[int, Tensor]) -> Tensor:
+    """(n, C, P) per-sample gradients of one parameter: a layer called several times adds
+    its calls' gradients (cross terms exact)."""
+    G = rules.per_sample_grad(uses[0], delta[id(uses[0].out)])
+    for u in uses[1:]:
+        G = G + rules.per_sample_grad(u, delta[id(u.out)])
+    return G
 
 
 def stored(engine: Engine, K: Tensor, plan: Plan, names: list[str], leaves: dict[str, Tensor],
