@@ -12,6 +12,7 @@ sketch and the distributed executor drive the same probe and forward.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -27,6 +28,7 @@ from cosmo_optim.ntk.plan import Plan, structured_plan
 __all__ = ["Engine", "Output"]
 
 Output = str | int | Callable[[torch.Tensor], torch.Tensor]
+_DTYPE_CLASH = re.compile(r"dtype|scalar type", re.IGNORECASE)
 logger = logging.getLogger("cosmo_optim.ntk")
 
 
@@ -38,6 +40,7 @@ class Engine:
         output: Output, method: str, dtype: torch.dtype | None, budget: int,
     ) -> None:
         self.model, self.output, self.method, self.budget = model, output, method, budget
+        self.cast = dtype
         cast = (lambda t: t.to(dtype) if t.is_floating_point() else t) if dtype else (lambda t: t)
         self.x = cast(inputs)
         self.N = inputs.shape[0]
@@ -108,24 +111,47 @@ class Engine:
 
     def probe(self, leaves: dict[str, torch.Tensor]) -> tuple[rules.UseRecorder, torch.Tensor]:
         """Sample 0 alone: which calls touch each parameter, and which outputs the model
-        overwrites in place (those are copied from now on). Refuses random forwards."""
+        overwrites in place (those are copied from now on). Refuses random forwards: a global
+        generator that moves, or a second forward of the sample that disagrees."""
         self.protect: frozenset[int] = frozenset()
         self.written: dict[str, torch.Tensor] = {}
+        self.outputs: torch.Tensor | None = None  # (N, C) outputs of the pass, see record()
         views = self.base  # the leaves stand in for the selected parameters: copy the rest
         self.base = {n: t if n in leaves else t.clone() for n, t in views.items()}
-        before = guards.rng_states(self.x.device)
-        recorder, f1 = self.forward(self.x[:1], leaves)
+        before = guards.random_states(self.x.device)
+        recorder, f1 = self._first_forward(leaves)
         if recorder.overwritten():
             self.protect = recorder.overwritten()
             recorder, f1 = self.forward(self.x[:1], leaves)
-        guards.refuse_randomness(before, self.x.device, recorder.functions)
         # Tensors the forward writes into (Embedding(max_norm=...) rows, spectral-norm power
         # iterations in training mode) stay private copies, reset before every forward so
         # that each computes the same function; the others go back to views.
         self.written = {n: views[n].clone() for n, c in self.base.items()
                         if n not in leaves and c._version}
         self.base = {n: c if n in self.written else views[n] for n, c in self.base.items()}
+        with torch.no_grad():
+            again = self.call(leaves, self.x[:1])
+        tol = guards.coupling_tolerance(self.dtype, self.x.device)
+        guards.refuse_randomness(before, self.x.device, recorder.functions,
+                                 guards.coupling_error(f1.detach(), again), tol)
         return recorder, f1
+
+    def _first_forward(self, leaves: dict[str, torch.Tensor]) -> tuple[rules.UseRecorder, Any]:
+        """The probe's forward; a forward that mixes dtypes gets an error naming the cast."""
+        try:
+            return self.forward(self.x[:1], leaves)
+        except RuntimeError as error:
+            if not _DTYPE_CLASH.search(str(error)):
+                raise
+            first = str(error).splitlines()[0]
+            raise ValueError(
+                f"Invalid dtype: the model's forward mixes dtypes ({first}) with inputs of "
+                f"{self.x.dtype} and parameters of {self.dtype}"
+                + (f" (cast by dtype={self.cast})" if self.cast else "") + ": something in "
+                "forward has its own dtype (x.float(), .to(torch.float32), a tensor created "
+                "or held outside the parameters and buffers). Fix: pass inputs in the model's "
+                "dtype and dtype=None, or make forward follow its parameters (x.to(w.dtype))."
+            ) from error
 
     def rules_for(self, recorder: rules.UseRecorder, f1: torch.Tensor,
                   leaves: dict[str, torch.Tensor]) -> dict[str, list[rules.Use]]:
@@ -143,37 +169,78 @@ class Engine:
         outs = {id(u.out): u.out for us in found.values() for u in us if u.out is not None}
         gen = torch.Generator(device=f1.device).manual_seed(f1.shape[1])
         r = torch.randn(f1.shape[1], 1, generator=gen, device=f1.device, dtype=f1.dtype)
+        self.r = r
         fr = f1 @ r
         delta = self.cotangents(fr, outs, retain=True)
         found = {n: us for n, us in found.items() if all(id(u.out) in delta for u in us)}
         hidden = guards.hidden_route(fr, {n: leaves[n] for n in found},
                                      lambda n: self.chunk_term("psg", found[n], delta))
-        found = {n: us for n, us in found.items() if n not in hidden}
-        return {n: found[n] for n in self._owned_rows(found, leaves)}
+        return {n: us for n, us in found.items() if n not in hidden}
 
-    def _owned_rows(self, found: dict[str, list[rules.Use]],
-                    leaves: dict[str, torch.Tensor]) -> list[str]:
-        """Names whose calls, on up to 8 samples spread over the batch, see one row per sample
-        in sample order (:func:`guards.foreign_rows`). A model that reorders samples by their
-        values passes only if those samples are already in its order (1 in 8! for random
-        keys); ``verify=True`` checks independently."""
-        k = min(self.N, 8)
-        if k < 2 or not found:
-            return list(found)
-        idx = torch.linspace(0, self.N - 1, k, device=self.x.device).round().long()
-        recorder, f = self.forward(self.x[idx], leaves)
-        uses = {n: recorder.uses[n] for n in found}
-        ok = [n for n, us in uses.items() if len(us) == len(found[n]) and rules.qualifies(us, k)]
-        outs = {id(u.out): u.out for n in ok for u in uses[n] if u.out is not None}
-        foreign = guards.foreign_rows(f, outs)
-        return [n for n in ok if not any(id(u.out) in foreign for u in uses[n])]
+    def foreign(self, f: torch.Tensor, outs: dict[int, torch.Tensor],
+                delta: dict[int, Any]) -> set[int]:
+        """Ids of captured outputs whose rows are not owned by their samples in this chunk
+        (:func:`guards.foreign_rows`), from the chunk's cotangents ``delta`` (C, *y.shape) for
+        all components; one more backward of ``f``, whose graph it releases."""
+        r = self.r.reshape(-1)
+        plain = {k: torch.tensordot(r, d, dims=1) for k, d in delta.items()}
+        return guards.foreign_rows((f @ self.r)[:, 0], plain, outs)
+
+    def record(self, lo: int, f: torch.Tensor) -> None:
+        """Keep the outputs of samples ``lo..`` as the pass computed them (first pass only)."""
+        if self.outputs is None:
+            self.outputs = f.new_empty((self.N, self.C)).detach()
+            self.recorded = torch.zeros(self.N, dtype=torch.bool)
+        if not self.recorded[lo]:
+            self.outputs[lo : lo + f.shape[0]] = f.detach()
+            self.recorded[lo : lo + f.shape[0]] = True
+
+    def prove_independent(self, leaves: dict[str, torch.Tensor], chunk: int, lo: int = 0,
+                          hi: int | None = None) -> None:
+        """Refuse a model whose samples are coupled, or whose forward is random.
+
+        Every sample's output in the pass (samples ``lo..hi`` in chunks of ``chunk`` in order;
+        computed here where no pass recorded them) is compared with its output in a random
+        permutation of those samples cut into sub-batches of half that size, at
+        :func:`guards.coupling_tolerance`: each sample then has other companions, another
+        position and another batch size. On a mismatch, both arrangements are recomputed:
+        outputs that change on the same samples are a random forward, not a coupling. Costs one
+        forward without graph (two where no pass recorded the outputs).
+        """
+        hi = self.N if hi is None else hi
+        if hi - lo < 2:
+            return
+        chunk = max(2, min(chunk, hi - lo))
+        order = torch.arange(lo, hi, device=self.x.device)
+        gen = torch.Generator().manual_seed(hi - lo)
+        perm = lo + torch.randperm(hi - lo, generator=gen).to(self.x.device)
+        with torch.no_grad():
+            if self.outputs is None or not bool(self.recorded[lo:hi].all()):
+                reference = self._arranged(leaves, order, chunk)
+            else:
+                reference = self.outputs[lo:hi]
+            other = self._arranged(leaves, perm, chunk // 2)
+            tol = guards.coupling_tolerance(self.dtype, self.x.device)
+            err = guards.coupling_error(reference[perm - lo], other)
+            if err <= tol:
+                return
+            again = max(guards.coupling_error(reference, self._arranged(leaves, order, chunk)),
+                        guards.coupling_error(other, self._arranged(leaves, perm, chunk // 2)))
+        guards.refuse_randomness(guards.random_states(self.x.device), self.x.device, (),
+                                 again, tol)
+        raise ValueError(guards.coupled_error_message(err, tol))
+
+    def _arranged(self, leaves: dict[str, torch.Tensor], order: torch.Tensor,
+                  size: int) -> torch.Tensor:
+        """Outputs (len(order), C) of samples ``order`` run in sub-batches of ``size``."""
+        return torch.cat([self.call(leaves, self.x[order[a:b]])
+                          for a, b in exact.chunks(order.shape[0], size)])
 
     def run(self, explain: bool = False) -> torch.Tensor:
         """The exact kernel: structured terms where a rule holds, per-sample Jacobians else."""
         leaves = self.leaves(self.names)
         recorder, f1 = self.probe(leaves)
         self.C = f1.shape[1]
-        self.alone = f1[0].detach()
         N, C = self.N, self.C
         kernel_bytes = N * N * (C * C if self.full else 1) * self.isz
         found = self.rules_for(recorder, f1, leaves)
@@ -191,9 +258,7 @@ class Engine:
         else:
             for names in plan.groups:
                 fallback += structured.stored(self, K, plan, names, leaves, counts)
-        if not plan.groups:  # no structured pass compared sample 0 alone and in company
-            with torch.no_grad():
-                guards.refuse_coupling(self.alone, self.call(leaves, self.x[: min(N, 4)])[0])
+        self.prove_independent(leaves, plan.chunk)
         if fallback:
             self._jacobian(K, sorted(set(fallback), key=self.names.index), recorder)
         self._explain(plan, fallback, explain)

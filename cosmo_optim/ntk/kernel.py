@@ -51,6 +51,7 @@ the user's module by plain autograd (docs/performance.md gives the cost).
 from __future__ import annotations
 
 import contextlib
+import copy
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -178,6 +179,7 @@ def empirical_ntk(
     model = unwrap_parallel(model)
     selected = _select(model, params)
     _refuse_coupling(model, train_mode)
+    _refuse_scripted(model)
     if samples and k is not None:
         raise ValueError(
             f"Invalid verify: {verify!r} with method='sketch'; verify compares entries with the "
@@ -186,7 +188,8 @@ def empirical_ntk(
         )
     with preserved(model, inputs.device), training(model, train_mode), _no_fastpath(), \
             _eager():
-        engine = Engine(model, selected, inputs, output, method, dtype, budget)
+        engine = Engine(*_cast_copy(model, selected, dtype), inputs, output, method, dtype,
+                        budget)
         if distributed:
             kernel = distributed_ntk.kernel(engine, k, sketch_seed)
         elif k is not None:
@@ -273,6 +276,42 @@ def _refuse_coupling(model: nn.Module, train_mode: bool) -> None:
                 f"Invalid train_mode: True with Dropout module {name!r} (p={m.p}); the NTK of a "
                 "random function is undefined. Fix: use train_mode=False."
             )
+
+
+def _refuse_scripted(model: nn.Module) -> None:
+    for name, m in model.named_modules():
+        if isinstance(m, torch.jit.ScriptModule):
+            raise ValueError(
+                f"Invalid model: module {name or 'model'!r} is a torch.jit.script/trace module; "
+                "its compiled forward cannot run on substituted parameters "
+                "(torch.func.functional_call), which the kernel differentiates. Fix: pass the "
+                "eager nn.Module you scripted (or torch.compile it instead)."
+            )
+
+
+def _cast_copy(model: nn.Module, selected: dict[str, nn.Parameter],
+               dtype: torch.dtype | None) -> tuple[nn.Module, dict[str, nn.Parameter]]:
+    """A copy of ``model`` whose floating parameters and buffers are in ``dtype`` (the user's
+    module is untouched), so that code running outside ``forward`` sees the cast weights too:
+    the recompute of ``torch.utils.checkpoint(use_reentrant=False)`` runs in backward, on the
+    module's own weights. It holds what casting the engine's views held. Without a cast, or
+    for a model that cannot be deep-copied, the model itself (its views are cast)."""
+    tensors = [*model.parameters(), *model.buffers()]
+    if dtype is None or all(not t.is_floating_point() or t.dtype == dtype for t in tensors):
+        return model, selected
+
+    def cast(t: torch.Tensor) -> torch.Tensor:
+        return t.detach().to(dtype) if t.is_floating_point() else t.detach().clone()
+
+    memo: dict[int, Any] = {id(b): cast(b) for b in model.buffers()}
+    memo |= {id(p): nn.Parameter(cast(p), requires_grad=p.requires_grad)
+             for p in model.parameters()}
+    try:
+        twin = copy.deepcopy(model, memo)
+    except Exception:  # any model deepcopy refuses keeps the casts of its views
+        return model, selected
+    named = dict(twin.named_parameters())
+    return twin, {n: named[n] for n in selected}
 
 
 def _eager() -> contextlib.AbstractContextManager[Any]:

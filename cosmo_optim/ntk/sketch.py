@@ -44,8 +44,8 @@ import torch
 import torch.nn.functional as F
 
 from cosmo_optim._common import MemoryBudgetError
-from cosmo_optim.ntk import guards, rules, structured
 from cosmo_optim.ntk import per_sample as exact
+from cosmo_optim.ntk import rules, structured
 
 _ROWS_KINDS = ("linear", "embedding")
 EXACT_SIDE = 4  # a weight side of at most EXACT_SIDE·k entries is not projected (if the smaller)
@@ -292,7 +292,7 @@ class FeatureMap:
         self.e, self.k = engine, k
         leaves = engine.leaves(engine.names)
         recorder, f1 = engine.probe(leaves)  # the exact engine's probe and guards
-        engine.C, engine.alone = f1.shape[1], f1[0].detach()
+        engine.C = f1.shape[1]
         structured = engine.rules_for(recorder, f1, leaves)
         gen = torch.Generator().manual_seed(seed)
         like = engine.base[engine.names[0]]
@@ -320,14 +320,15 @@ class FeatureMap:
         """(hi - lo, C, F) features of samples ``[lo, hi)``, parameters in ``engine.names``."""
         e, n = self.e, hi - lo
         recorder, f = e.forward(e.x[lo:hi], self.leaves)
-        if lo == 0:  # sample 0 alone and in company: refuse models that couple samples
-            guards.refuse_coupling(e.alone, f[0].detach())
+        e.record(lo, f)
         ok = {m for m in self.rows | self.psg if len(recorder.uses[m]) == self.counts[m]}
         ok = {m for m in ok if (rows_form(recorder.uses[m], n, self.k) if m in self.rows
                                 else rules.qualifies(recorder.uses[m], n))}
         outs = {id(u.out): u.out for m in ok for u in recorder.uses[m] if u.out is not None}
-        delta = e.cotangents(f, outs)  # (C, *y.shape) per captured output reaching f
-        ok = {m for m in ok if all(id(u.out) in delta for u in recorder.uses[m])}
+        delta = e.cotangents(f, outs, retain=True)  # (C, *y.shape) per output reaching f
+        foreign = e.foreign(f, outs, delta)
+        ok = {m for m in ok if all(id(u.out) in delta and id(u.out) not in foreign
+                                   for u in recorder.uses[m])}
         out = f.new_empty((n, e.C, sum(self.width(m) for m in e.names)))
         at = 0
         for m in e.names:
@@ -356,6 +357,7 @@ class FeatureMap:
         e.free = free
         m = max(2, free // 2 // self.act)
         parts = [self.chunk(a, min(a + m, hi)) for a in range(lo, hi, m)]
+        e.prove_independent(self.leaves, m, lo, hi)
         return parts[0] if len(parts) == 1 else torch.cat(parts)
 
 

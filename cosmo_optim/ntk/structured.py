@@ -44,7 +44,7 @@ def streaming(engine: Engine, K: Tensor, plan: Plan, leaves: dict[str, Tensor],
     free = plan.budget - plan.kernel - plan.per_sample * engine.N
     while names:
         recorder, f = engine.forward(engine.x, leaves)
-        guards.refuse_coupling(engine.alone, f[0].detach())
+        engine.record(0, f)
         uses = {n: recorder.uses[n] for n in names}
         dropped += [n for n, us in uses.items()
                     if len(us) != counts[n] or not rules.qualifies(us, engine.N)]
@@ -52,15 +52,18 @@ def streaming(engine: Engine, K: Tensor, plan: Plan, leaves: dict[str, Tensor],
         merged = merge_biases(plan.forms, uses)
         outs = {id(u.out): u.out for us in uses.values() for u in us if u.out is not None}
         part = torch.zeros_like(K)
-        reached: set[int] = set()
+        plain: dict[int, Tensor] = {}  # Σ_c r_c δ^c: the ownership proof's reference
         for c in range(engine.C):
-            delta = engine.cotangents(f, outs, components=[c], retain=c < engine.C - 1)
-            reached |= delta.keys()
+            delta = engine.cotangents(f, outs, components=[c], retain=True)
+            for k, d in delta.items():
+                plain[k] = plain[k] + engine.r[c, 0] * d[0] if k in plain else engine.r[c, 0] * d[0]
             for n, us in uses.items():
                 seen = [u for u in us if id(u.out) in delta]
                 if seen and n not in merged.values():
                     _add(part, plan.forms[n][0], seen, delta, plus_one=n in merged, free=free)
-        lost = [n for n, us in uses.items() if not all(id(u.out) in reached for u in us)]
+        foreign = guards.foreign_rows((f @ engine.r)[:, 0], plain, outs)
+        lost = [n for n, us in uses.items()
+                if not all(id(u.out) in plain and id(u.out) not in foreign for u in us)]
         if not lost:
             K += part
             break
@@ -133,19 +136,19 @@ def stored(engine: Engine, K: Tensor, plan: Plan, names: list[str], leaves: dict
     uses: dict[str, list[rules.Use]] = {}
     for lo, hi in chunks(engine.N, plan.chunk):
         recorder, f = engine.forward(engine.x[lo:hi], leaves)
-        if lo == 0:
-            guards.refuse_coupling(engine.alone, f[0].detach())
+        engine.record(lo, f)
         for n in names:
             us = recorder.uses[n]
             if len(us) != counts[n] or not rules.qualifies(us, hi - lo):
                 demoted.add(n)
         live = [n for n in names if n not in demoted]
         outs = {id(u.out): u.out for n in live for u in recorder.uses[n] if u.out is not None}
-        delta = engine.cotangents(f, outs)
+        delta = engine.cotangents(f, outs, retain=True)
+        foreign = engine.foreign(f, outs, delta)
         for n in live:
-            if all(id(u.out) in delta for u in recorder.uses[n]):
+            if all(id(u.out) in delta and id(u.out) not in foreign for u in recorder.uses[n]):
                 store[n].append(engine.chunk_term(plan.forms[n][0], recorder.uses[n], delta))
-            else:  # a captured output the graph never reached (e.g. a traced copy)
+            else:  # an output the graph never reached (a traced copy), or rows not owned
                 demoted.add(n)
         uses = recorder.uses
     live_uses = {n: uses[n] for n in names if n not in demoted}

@@ -24,14 +24,14 @@ REQUESTS = [("tied", 7, "trace", "auto"), ("twice", 5, "full", "auto"),
 
 
 class Centred(nn.Module):
-    """Couples samples (subtracts the batch mean): only the rank holding sample 0 can tell."""
+    """Couples samples (subtracts the batch mean) on rank 0 only: one rank refuses."""
 
     def __init__(self) -> None:
         super().__init__()
         self.lin = nn.Linear(3, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.lin(x - x.mean(0))
+        return self.lin(x - x.mean(0) if dist.get_rank() == 0 else x)
 
 
 def _free_port() -> int:
@@ -146,7 +146,7 @@ def test_a_monitor_with_other_targets_on_another_rank_is_refused(two_ranks: list
 
 
 def test_a_refusal_on_one_rank_reaches_every_rank(two_ranks: list[dict]) -> None:
-    """Only rank 0 (holding sample 0) sees the coupling; rank 1 must not wait in all_gather."""
+    """Only rank 0 sees the coupling; rank 1 must not wait in all_gather."""
     assert two_ranks[0]["coupled"].startswith("ValueError")
     assert "couple" in two_ranks[0]["coupled"]
     assert two_ranks[1]["coupled"].startswith("RuntimeError: distributed=True: rank 0")
