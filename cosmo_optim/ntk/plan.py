@@ -37,7 +37,8 @@ __all__ = ["DEFAULT_FRACTION", "Plan", "default_budget", "structured_plan"]
 
 DEFAULT_FRACTION = 0.25  # of the free memory on the probe batch's device
 _FLOOR, _CEILING = 256 << 20, 8 << 30  # bytes: bounds of the default budget
-_GRAPH_FACTOR = 3  # a chunk holds its graph, one component's cotangents and a temporary
+_GRAPH_FACTOR = 4  # a chunk holds its graph, one component's cotangents, their running
+# combination for the ownership proof (:mod:`.guards`) and a temporary
 
 
 def default_budget(device: torch.device) -> int:

@@ -53,10 +53,13 @@ def streaming(engine: Engine, K: Tensor, plan: Plan, leaves: dict[str, Tensor],
         outs = {id(u.out): u.out for us in uses.values() for u in us if u.out is not None}
         part = torch.zeros_like(K)
         plain: dict[int, Tensor] = {}  # Σ_c r_c δ^c: the ownership proof's reference
-        for c in range(engine.C):
+        for c, rc in enumerate(engine.r[:, 0].tolist()):
             delta = engine.cotangents(f, outs, components=[c], retain=True)
             for k, d in delta.items():
-                plain[k] = plain[k] + engine.r[c, 0] * d[0] if k in plain else engine.r[c, 0] * d[0]
+                if k in plain:
+                    plain[k].add_(d[0], alpha=rc)
+                else:
+                    plain[k] = d[0] * rc
             for n, us in uses.items():
                 seen = [u for u in us if id(u.out) in delta]
                 if seen and n not in merged.values():
