@@ -24,6 +24,7 @@ from cosmo_optim._common import MemoryBudgetError
 from cosmo_optim.ntk import guards, rules, structured
 from cosmo_optim.ntk import per_sample as exact
 from cosmo_optim.ntk.plan import Plan, structured_plan
+from cosmo_optim.ntk.recorder import UseRecorder
 
 __all__ = ["Engine", "Output"]
 
@@ -82,7 +83,7 @@ class Engine:
         return flat
 
     def forward(self, x: torch.Tensor, leaves: dict[str, torch.Tensor]) -> Any:
-        recorder = rules.UseRecorder({id(t): n for n, t in leaves.items()}, self.protect,
+        recorder = UseRecorder({id(t): n for n, t in leaves.items()}, self.protect,
                                      self.originals)
         with recorder:
             out = self.call(leaves, x)
@@ -109,7 +110,7 @@ class Engine:
     def leaves(self, names: Sequence[str]) -> dict[str, torch.Tensor]:
         return {n: self.base[n].clone().requires_grad_(True) for n in names}
 
-    def probe(self, leaves: dict[str, torch.Tensor]) -> tuple[rules.UseRecorder, torch.Tensor]:
+    def probe(self, leaves: dict[str, torch.Tensor]) -> tuple[UseRecorder, torch.Tensor]:
         """Sample 0 alone: which calls touch each parameter, and which outputs the model
         overwrites in place (those are copied from now on). Refuses random forwards: a global
         generator that moves, or a second forward of the sample that disagrees."""
@@ -136,7 +137,7 @@ class Engine:
                                  guards.coupling_error(f1.detach(), again), tol)
         return recorder, f1
 
-    def _first_forward(self, leaves: dict[str, torch.Tensor]) -> tuple[rules.UseRecorder, Any]:
+    def _first_forward(self, leaves: dict[str, torch.Tensor]) -> tuple[UseRecorder, Any]:
         """The probe's forward; a forward that mixes dtypes gets an error naming the cast."""
         try:
             return self.forward(self.x[:1], leaves)
@@ -153,7 +154,7 @@ class Engine:
                 "dtype and dtype=None, or make forward follow its parameters (x.to(w.dtype))."
             ) from error
 
-    def rules_for(self, recorder: rules.UseRecorder, f1: torch.Tensor,
+    def rules_for(self, recorder: UseRecorder, f1: torch.Tensor,
                   leaves: dict[str, torch.Tensor]) -> dict[str, list[rules.Use]]:
         """Parameters whose structured rule holds on the probe: recognised, batch-first calls
         that are the parameter's only route to the outputs.
@@ -264,7 +265,7 @@ class Engine:
         self._explain(plan, fallback, explain)
         return K
 
-    def _jacobian(self, K: torch.Tensor, names: list[str], recorder: rules.UseRecorder) -> None:
+    def _jacobian(self, K: torch.Tensor, names: list[str], recorder: UseRecorder) -> None:
         """K += J Jᵀ of ``names`` by per-sample Jacobians, chunked within the budget."""
         C = self.C
         act = (2 + 2 * C) * max(recorder.out_bytes, 1)  # one sample's graph, C cotangents
@@ -298,7 +299,7 @@ class Engine:
         N, C, isz = self.N, self.C, self.isz
         dims = [rules.row_count_and_width(u) for u in uses]
         R, d_in, d_out = sum(d[0] for d in dims), dims[0][1], dims[0][2]
-        if uses[0].role == "bias" or uses[0].kind in ("layer_norm", "batch_norm"):
+        if uses[0].role == "bias" or not rules.rule(uses[0]).gram:
             return "psg", N * C * d_out * isz, N * d_out * isz
         if rules.tied(uses) and not self.full:  # Gram and cross terms, streaming plan only
             V = uses[0].args["weight"].shape[0]
@@ -309,7 +310,7 @@ class Engine:
         psg_bytes = N * C * d_in * d_out * isz
         gram_first = self.method == "structured" or gram <= psg or psg_bytes > self.budget // 2
         if rules.gram_ok(uses) and gram_first:
-            width = 1 if uses[0].kind == "embedding" else d_in
+            width = 1 if rules.rule(uses[0]).ids else d_in
             return "gram", N * R * (width + C * d_out) * isz, N * R * (width + d_out) * isz
         return "psg", psg_bytes, psg_bytes // C
 

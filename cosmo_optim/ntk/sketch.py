@@ -47,7 +47,6 @@ from cosmo_optim._common import MemoryBudgetError
 from cosmo_optim.ntk import per_sample as exact
 from cosmo_optim.ntk import rules, structured
 
-_ROWS_KINDS = ("linear", "embedding")
 EXACT_SIDE = 4  # a weight side of at most EXACT_SIDE·k entries is not projected (if the smaller)
 EXACT_SIDE_PROBED = 12  # the same, when the probe chooses the side (at k = 128: 1536, 4 × 384)
 KEPT = 4  # a projected side keeps k // KEPT columns along the probe gradients' top directions
@@ -135,9 +134,8 @@ def _exact_side(d0: int, d1: int, k: int, out_side: int | None,
 
 def out_side(uses: list[rules.Use]) -> int | None:
     """The weight side that holds the layer's cotangents (0 or 1), None if unknown or mixed."""
-    sides = {1 if u.kind == "embedding" or u.args.get("transposed") else 0 for u in uses
-             if u.kind is not None and u.role == "weight"
-             and u.kind not in ("layer_norm", "batch_norm")}
+    sides = {1 if rules.rule(u).ids or u.args.get("transposed") else 0 for u in uses
+             if u.kind is not None and u.role == "weight" and rules.rule(u).gram}
     return sides.pop() if len(sides) == 1 else None
 
 
@@ -194,7 +192,7 @@ def factors(use: rules.Use, delta: torch.Tensor) -> tuple[torch.Tensor, torch.Te
     """``(u, w)`` with the use's per-sample gradient ``Σ_r u_r w_rᵀ`` in the parameter's own
     (d0, d1) layout; each factor (c, n, R, d) with c in {1, C}, or token ids (n, R)."""
     x, d = rules.rows(use, delta)
-    if use.kind == "embedding":  # weight (V, d): one-hot rows x cotangents
+    if rules.rule(use).ids:  # weight (V, d): one-hot rows x cotangents
         return x, d
     if use.args.get("transposed"):  # weight stored (in, out), e.g. transformers' Conv1D
         return x.unsqueeze(0), d
@@ -204,7 +202,8 @@ def factors(use: rules.Use, delta: torch.Tensor) -> tuple[torch.Tensor, torch.Te
 def rows_form(uses: list[rules.Use], n: int, k: int | None) -> bool:
     """True if every use is a dense-rows weight use (linear or embedding, tying allowed)."""
     return k is not None and bool(uses) and all(
-        u.kind in _ROWS_KINDS and u.role == "weight" and rules.qualifies([u], n)
+        u.kind is not None and rules.rule(u).plain_rows and u.role == "weight"
+        and rules.qualifies([u], n)
         and rules.gram_ok([u]) for u in uses)
 
 

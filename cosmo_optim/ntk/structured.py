@@ -85,7 +85,8 @@ def _add(K: Tensor, form: str, uses: list[rules.Use], delta: dict[int, Tensor], 
         accumulate(K, per_sample_grads(uses, delta), False)
         return
     X, D = layer_rows(uses, delta)
-    gram_into(K, X, D, uses[0].kind, plus_one=plus_one, free=free, full=False)
+    gram_into(K, X, D, rules.rule(uses[0]).ids, plus_one=plus_one, free=free,
+              full=False)
 
 
 def _tied(K: Tensor, uses: list[rules.Use], delta: dict[int, Tensor], free: int) -> None:
@@ -93,17 +94,17 @@ def _tied(K: Tensor, uses: list[rules.Use], delta: dict[int, Tensor], free: int)
     cotangents ``δ``) and linear calls (inputs ``h``, cotangents ``δ'`` over V): the Gram terms
     of each kind plus the cross term ``<g^e_i, g^l_j> = Σ_{s,t} δ'_jt[id_is] (δ_is · h_jt)``
     and its transpose, never a per-sample (V × d) gradient."""
-    emb = [u for u in uses if u.kind == "embedding"]
-    lin = [u for u in uses if u.kind == "linear"]
+    emb = [u for u in uses if rules.rule(u).ids]
+    lin = [u for u in uses if not rules.rule(u).ids]
     ids, De = layer_rows(emb, delta) if emb else (None, None)
     H, Dl = layer_rows(lin, delta) if lin else (None, None)
     if ids is not None and De is not None:
-        gram_into(K, ids, De, "embedding", plus_one=False, free=free, full=False)
+        gram_into(K, ids, De, True, plus_one=False, free=free, full=False)
     if H is None or Dl is None:
         return
     keep = Dl.abs().amax(dim=(0, 1, 3)) > 0  # rows no output reads: no gradient
     H, Dl = H[:, keep], Dl[:, :, keep]
-    gram_into(K, H, Dl, "linear", plus_one=False, free=free, full=False)
+    gram_into(K, H, Dl, False, plus_one=False, free=free, full=False)
     if ids is None or De is None or H.shape[1] == 0:
         return
     N, Re, Rl = ids.shape[0], ids.shape[1], H.shape[1]
@@ -167,7 +168,8 @@ def stored(engine: Engine, K: Tensor, plan: Plan, names: list[str], leaves: dict
         xs, ds = zip(*parts, strict=True)
         X = xs[0] if len(xs) == 1 else torch.cat(xs)
         D = ds[0] if len(ds) == 1 else torch.cat(ds, dim=1)
-        gram_into(K, X, D, uses[n][0].kind, plus_one=n in merged, free=free, full=engine.full)
+        gram_into(K, X, D, rules.rule(uses[n][0]).ids, plus_one=n in merged, free=free,
+                  full=engine.full)
     return sorted(demoted)
 
 
@@ -178,7 +180,7 @@ def merge_biases(forms: dict[str, tuple[str, int, int]],
     outs = {n: [id(u.out) for u in us] for n, us in uses.items()}
     merged: dict[str, str] = {}
     for w, us in uses.items():
-        if forms[w][0] != "gram" or us[0].kind == "embedding":
+        if forms[w][0] != "gram" or rules.rule(us[0]).ids:
             continue
         for b, bus in uses.items():
             if bus[0].role == "bias" and outs[b] == outs[w] and b not in merged.values():
@@ -187,11 +189,11 @@ def merge_biases(forms: dict[str, tuple[str, int, int]],
     return merged
 
 
-def gram_into(K: Tensor, X: Tensor, D: Tensor, kind: str | None, *, plus_one: bool,
+def gram_into(K: Tensor, X: Tensor, D: Tensor, emb: bool, *, plus_one: bool,
               free: int, full: bool) -> None:
     """K += Σ_{s,t} (x_is·x_jt [+ 1])(δ_is·δ_jt), in blocks of b samples that fit ``free``
     bytes (``plus_one`` adds the kernel of the layer's bias). ``X`` is (N, R, d_in) or token
-    ids (N, R); ``D`` is (C, N, R, d_out)."""
+    ids (N, R) when ``emb``; ``D`` is (C, N, R, d_out)."""
     keep = D.abs().amax(dim=(0, 1, 3)) > 0  # rows no component reads in any sample add 0
     if not bool(keep.all()):
         X, D = X[:, keep], D[:, :, keep]
@@ -199,7 +201,6 @@ def gram_into(K: Tensor, X: Tensor, D: Tensor, kind: str | None, *, plus_one: bo
     if R == 0:
         return
     Dr = D.permute(1, 2, 0, 3).reshape(N * R, C, d_out)
-    emb = kind == "embedding"
     Xr = X.reshape(N * R) if emb else X.reshape(N * R, -1)
     per_sample = R * N * R * (2 + (C * C if full else 1)) * D.element_size()
     size = max(free, 0) // 2 // max(per_sample, 1)

@@ -18,6 +18,7 @@ from torch import nn
 from cosmo_optim import empirical_ntk
 from cosmo_optim.ntk import guards as _ntk_guards
 from cosmo_optim.ntk import per_sample as _ntk_exact
+from cosmo_optim.ntk import recorder as _ntk_recorder
 from cosmo_optim.ntk import rules as _ntk_rules
 
 
@@ -52,7 +53,7 @@ def test_version_check_alone_catches_an_overwritten_output(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """Without the protective copies, ReLU(inplace=True) overwrites the captured outputs; the
     version-counter check must then send those parameters to the exact path."""
-    monkeypatch.setattr(_ntk_rules.UseRecorder, "overwritten", lambda self: frozenset())
+    monkeypatch.setattr(_ntk_recorder.UseRecorder, "overwritten", lambda self: frozenset())
     model = seeded(lambda: nn.Sequential(nn.Linear(4, 16), nn.ReLU(inplace=True),
                                          nn.Linear(16, 3)))
     x = torch.randn(7, 4, dtype=torch.float64)
@@ -63,7 +64,7 @@ def test_outputs_are_copied_only_where_the_model_writes_in_place() -> None:
     model = seeded(lambda: nn.Sequential(nn.Linear(4, 16), nn.ReLU(inplace=True),
                                          nn.Linear(16, 16), nn.Tanh(), nn.Linear(16, 3)))
     leaves = {n: p.detach().clone().requires_grad_() for n, p in model.named_parameters()}
-    recorder = _ntk_rules.UseRecorder({id(t): n for n, t in leaves.items()})
+    recorder = _ntk_recorder.UseRecorder({id(t): n for n, t in leaves.items()})
     with recorder:
         torch.func.functional_call(model, leaves, (torch.randn(2, 4, dtype=torch.float64),))
     assert recorder.overwritten() == {0}  # only the first layer's output feeds ReLU(inplace)

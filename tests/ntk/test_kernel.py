@@ -366,20 +366,20 @@ def test_single_sample_and_two_samples() -> None:
 
 
 def test_attention_layer_norm_and_grouped_conv_take_the_structured_rules() -> None:
-    from cosmo_optim.ntk import rules
+    from cosmo_optim.ntk import recorder, rules
 
     for case in ("attention", "attention_padding", "attention_causal", "attention_seqfirst",
                  "convzoo"):
         model, x = build(case, torch.float64)
         leaves = {n: p.detach().clone().requires_grad_(True) for n, p in model.named_parameters()}
-        recorder = rules.UseRecorder({id(t): n for n, t in leaves.items()})
-        with recorder:
+        seen = recorder.UseRecorder({id(t): n for n, t in leaves.items()})
+        with seen:
             torch.func.functional_call(model.eval(), leaves, (x,))
-        kinds = {n: {u.kind for u in us} for n, us in recorder.uses.items()}
+        kinds = {n: {u.kind for u in us} for n, us in seen.uses.items()}
         unknown = [n for n, k in kinds.items() if None in k]
         assert not unknown, f"{case}: {unknown} fall back to the jacobian path"
         seqfirst_head = case == "attention_seqfirst"  # its head sees (S, N, d): not batch-first
-        assert all(rules.qualifies(us, x.shape[0]) for n, us in recorder.uses.items()
+        assert all(rules.qualifies(us, x.shape[0]) for n, us in seen.uses.items()
                    if not (seqfirst_head and n.startswith("head")))
 
 

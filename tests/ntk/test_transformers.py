@@ -13,7 +13,7 @@ from test_kernel import reference_ntk
 from torch import nn
 
 from cosmo_optim import empirical_ntk
-from cosmo_optim.ntk import rules
+from cosmo_optim.ntk import recorder, rules
 
 transformers = pytest.importorskip("transformers")
 
@@ -77,13 +77,13 @@ def test_gpt2_parameters_take_structured_rules() -> None:
     position ids: no parameter is left to the jacobian path."""
     model, x = gpt2()
     leaves = {n: p.detach().clone().requires_grad_(True) for n, p in model.named_parameters()}
-    recorder = rules.UseRecorder({id(t): n for n, t in leaves.items()})
-    with recorder:
+    seen = recorder.UseRecorder({id(t): n for n, t in leaves.items()})
+    with seen:
         torch.func.functional_call(model, leaves, (x,))
-    left = [n for n, us in recorder.uses.items() if not rules.qualifies(us, x.shape[0])]
+    left = [n for n, us in seen.uses.items() if not rules.qualifies(us, x.shape[0])]
     assert not left, f"{left} fall back to the jacobian path"
-    assert rules.tied(recorder.uses["lm.transformer.wte.weight"])
-    conv = recorder.uses["lm.transformer.h.0.attn.c_attn.weight"]
+    assert rules.tied(seen.uses["lm.transformer.wte.weight"])
+    conv = seen.uses["lm.transformer.h.0.attn.c_attn.weight"]
     assert [u.kind for u in conv] == ["linear"] and conv[0].args["transposed"]
 
 
