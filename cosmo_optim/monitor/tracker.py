@@ -27,6 +27,7 @@ from cosmo_optim.monitor.universe import (
     StepUniverse,
     cosmology_or_none,
     dual_warnings,
+    efolds_per_step,
     unwrap_optimizer,
     zero_lr_warning,
 )
@@ -306,8 +307,7 @@ class CosmologyTracker:
         if step <= self.last_step:
             return None
         if not self._hooks:  # not observing: the live (lr, momentum), for every step since
-            cosmology = cosmology_or_none(self.optimizer, self.config.group)
-            rate = 0.0 if cosmology is None else cosmology.efolds_per_step
+            rate = efolds_per_step(self.optimizer, self.config.group)
             self.efolds += (step - max(self.last_step, 0)) * rate
         self.last_step = step
         n = self.config.interval
