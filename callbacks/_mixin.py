@@ -14,7 +14,8 @@ from typing import Any
 import torch
 
 from cosmo_optim.monitor import CosmologyTracker, MonitorConfig
-from cosmo_optim.monitor.probe import take_probe_batch
+from cosmo_optim.monitor.batches import batch_size, take_probe_batch
+from cosmo_optim.monitor.images import figures_dropped_warning, image_writer
 
 __all__ = ["CosmologyMonitorMixin"]
 
@@ -48,18 +49,20 @@ class CosmologyMonitorMixin:
         sketch_dim: int | None = None,
         group: int = 0,
         output: str | Callable[[Any], torch.Tensor] | None = None,
+        input_key: str | None = None,
+        label_key: str | None = None,
     ) -> None:
         super().__init__()
         self.config = MonitorConfig(
             loss, probe_size, top_k, every_n_train_steps, log_figures_every_n_steps,
             history_size, prefix, group, output, verify_ntk=verify_ntk, ntk_method=ntk_method,
-            sketch_dim=sketch_dim, interval_name="every_n_train_steps",
+            sketch_dim=sketch_dim, input_key=input_key, label_key=label_key,
+            interval_name="every_n_train_steps",
         )
-        self.probe_batch = (
-            None if probe_batch is None else take_probe_batch(probe_batch, probe_size)
-        )
+        self.probe_batch = None if probe_batch is None else self._take(probe_batch, probe_size)
         self.tracker: CosmologyTracker | None = None
         self._pending_state: Mapping[str, Any] | None = None
+        self._figures_warned = False  # the one dropped-figures warning of a run
 
     # the options, as given (read-only; the validated values live in `config`)
     loss = property(lambda self: self.config.loss, doc="The per-sample loss, or None.")
@@ -71,6 +74,10 @@ class CosmologyMonitorMixin:
                                          doc="Figure interval, or None.")
     prefix = property(lambda self: self.config.prefix, doc="Prepended to every tag.")
     history_size = property(lambda self: self.config.history_size, doc="Probes kept.")
+
+    def _take(self, batch: Any, size: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return take_probe_batch(batch, size, input_key=self.config.input_key,
+                                label_key=self.config.label_key)
 
     @property
     def state_key(self) -> str:
@@ -191,9 +198,12 @@ class CosmologyMonitorMixin:
         if not tracker.has_probe:  # the given probe batch or the first batch, rank 0's
             probe = None
             if trainer.is_global_zero:
-                probe = self.probe_batch or take_probe_batch(batch, tracker.probe_size)
+                probe = self.probe_batch or self._take(batch, tracker.probe_size)
             probe = trainer.strategy.broadcast(probe, src=0)  # the same probe set on every rank
             tracker.set_probe(tuple(t.cpu() if t is not None else None for t in probe))
+            size = batch_size(batch, input_key=self.config.input_key)
+            size *= trainer.accumulate_grad_batches  # samples per optimiser step
+            tracker.config = dataclasses.replace(tracker.config, train_batch_size=size)
         if trainer.global_step == 0 and tracker.last_step < 0:
             self._log(trainer, tracker.step(0), 0)
 
@@ -217,8 +227,21 @@ class CosmologyMonitorMixin:
 
     # ----- output ------------------------------------------------------------------------------
     def _writers(self, trainer: Any) -> list[Any]:
-        loggers = [lg for lg in trainer.loggers if isinstance(lg, self._tensorboard_logger_cls)]
-        return [logger.experiment for logger in loggers]
+        """Each logger's ``SummaryWriter`` (TensorBoard: everything) or image API (W&B, MLflow:
+        figures); with figures on, one warning per run naming the loggers that take none."""
+        writers, dropped = [], []
+        for logger in trainer.loggers:
+            if isinstance(logger, self._tensorboard_logger_cls):
+                writers.append(logger.experiment)
+            elif (writer := image_writer(logger)) is not None:
+                writers.append(writer)
+            else:
+                dropped.append(type(logger).__name__)
+        if dropped and self.config.log_figures_every_n_steps is not None and not (
+                self._figures_warned):
+            self._figures_warned = True
+            warnings.warn(figures_dropped_warning("CosmologyMonitor", dropped), stacklevel=3)
+        return writers
 
     def _log(self, trainer: Any, metrics: dict[str, float] | None, step: int) -> None:
         if not metrics:

@@ -17,6 +17,8 @@ import torch
 from torch import Tensor, nn
 
 from cosmo_optim.monitor import CosmologyTracker, MonitorConfig
+from cosmo_optim.monitor.batches import device_of, to_model
+from cosmo_optim.monitor.images import figures_dropped_warning, image_writer
 from cosmo_optim.monitor.records import from_json, to_json
 
 _TrainerCallback: Any
@@ -48,7 +50,8 @@ class _Inputs(nn.Module):
 
     def forward(self, index: Tensor) -> Any:
         rows = index.long()
-        return self.model(**{k: v.to(rows.device)[rows] for k, v in self.batch.items()})
+        return self.model(**{k: to_model(self.model, v)[rows.to(device_of(self.model))]
+                             for k, v in self.batch.items()})
 
 
 def _logits(out: Any) -> Tensor:
@@ -184,6 +187,7 @@ class CosmologyCallback(_TrainerCallback, _ExportableState):
         self.saved_state: dict[str, Any] | None = None  # from a checkpoint, until training starts
         self._trainer: Any = None
         self._writer: Any = None
+        self._figures_warned = False  # the one dropped-figures warning of a run
 
     def _probe(self, batch: Mapping[str, Any]) -> dict[str, Tensor]:
         if self.input_key not in batch:
@@ -191,9 +195,16 @@ class CosmologyCallback(_TrainerCallback, _ExportableState):
                 f"Invalid probe batch: no {self.input_key!r} key (keys {sorted(batch)}). "
                 "Fix: pass input_key=... naming a model input with one row per sample."
             )
-        n = min(len(batch[self.input_key]), self.config.probe_size)
+        rows, labels = len(batch[self.input_key]), batch.get(self.label_key)
+        if isinstance(labels, Tensor) and labels.dim() > 0 and len(labels) != rows:
+            raise ValueError(
+                f"Invalid probe batch: {len(labels)} {self.label_key!r} for {rows} "
+                f"{self.input_key!r} rows; the loss needs one target per sample. Fix: one "
+                f"row of {self.label_key!r} per sample, or label_key=... naming the targets."
+            )
+        n = min(rows, self.config.probe_size)
         return {k: v[:n].detach().cpu().clone() for k, v in batch.items()
-                if isinstance(v, Tensor) and v.dim() > 0 and len(v) == len(batch[self.input_key])}
+                if isinstance(v, Tensor) and v.dim() > 0 and len(v) == rows}
 
     # ----- transformers' stateful-callback mechanism (ExportableState) --------------------
     def state(self) -> dict[str, Any]:
@@ -241,9 +252,10 @@ class CosmologyCallback(_TrainerCallback, _ExportableState):
         index = torch.arange(len(probe[self.input_key]))
         self._trainer = _find_trainer()
         config = self.config.with_interval(max(int(args.logging_steps), 1))
+        per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps
         self.tracker = CosmologyTracker.from_config(
             _Inputs(model, probe, self.label_key),
-            dataclasses.replace(config, distributed=distributed),
+            dataclasses.replace(config, distributed=distributed, train_batch_size=per_step),
             probe_batch=(index, probe.get(self.label_key)),
         )
         # the Trainer's TensorBoardCallback writes our scalars as train/<tag> (rewrite_logs):
@@ -272,6 +284,7 @@ class CosmologyCallback(_TrainerCallback, _ExportableState):
     def _log(self, args: Any, state: Any, metrics: dict[str, float] | None, step: int) -> None:
         if not metrics or self.tracker is None:
             return
+        writer = self._writer = self._tensorboard_writer() or self._writer
         if self._trainer is not None:
             control = self._trainer.control
             flags = control.should_log, control.should_save, control.should_evaluate
@@ -280,9 +293,31 @@ class CosmologyCallback(_TrainerCallback, _ExportableState):
             control.should_log, control.should_save, control.should_evaluate = flags
         else:  # called outside a Trainer: keep the history at least
             state.log_history.append({**metrics, "step": step})
-        writer = self._writer = self._tensorboard_writer() or self._writer
-        if writer is not None and state.is_world_process_zero:
-            self.tracker.write_extras(writer, step)
+        if state.is_world_process_zero:
+            for target in [writer, *self._image_writers(args)]:
+                if target is not None:
+                    self.tracker.write_extras(target, step)
+
+    def _image_writers(self, args: Any) -> list[Any]:
+        """With figures on: the image APIs of the Trainer's other ``report_to`` integrations
+        (W&B, MLflow), and one warning per run naming those that have none."""
+        if self._trainer is None or self.config.log_figures_every_n_steps is None:
+            return []
+        reporting = tuple(transformers.integrations.get_reporting_integration_callbacks(
+            args.report_to))
+        writers, dropped = [], []
+        for callback in self._trainer.callback_handler.callbacks:
+            if isinstance(callback, reporting) and type(callback).__name__ != (
+                    "TensorBoardCallback"):
+                writer = image_writer(callback)
+                writers += [writer] if writer is not None else []
+                dropped += [] if writer is not None else [type(callback).__name__]
+        if not writers and self._writer is None and not dropped:
+            dropped = [f"the Trainer (report_to={args.report_to!r})"]
+        if dropped and not self._figures_warned:
+            self._figures_warned = True
+            warnings.warn(figures_dropped_warning("CosmologyCallback", dropped), stacklevel=4)
+        return writers
 
     def _tensorboard_writer(self) -> Any:
         """The SummaryWriter of the Trainer's own TensorBoardCallback, if it reports there."""
@@ -298,8 +333,11 @@ class CosmologyCallback(_TrainerCallback, _ExportableState):
         if self.tracker is None:
             return
         writer, step = self._writer, self.tracker.final_figures_step()
-        if writer is not None and step is not None and state.is_world_process_zero:
-            self.tracker.write_figures(writer, step)  # reopens the run TensorBoard closed
-            writer.close()
+        if step is not None and state.is_world_process_zero:
+            for target in self._image_writers(args):
+                self.tracker.write_figures(target, step)
+            if writer is not None:
+                self.tracker.write_figures(writer, step)  # reopens the run TensorBoard closed
+                writer.close()
         self.tracker.detach()
         self._trainer = self._writer = None

@@ -25,7 +25,9 @@ class CosmologyMonitor(CosmologyMonitorMixin, Callback):
     are bit-for-bit those of a run without it. Scalars go to every logger (and to
     ``trainer.callback_metrics``, so ``EarlyStopping``/``ModelCheckpoint`` can monitor them);
     a ``TensorBoardLogger`` additionally receives histograms, one custom-scalars layout, the
-    physics hyperparameters and, when ``log_figures_every_n_steps`` is set, figures. Its state
+    physics hyperparameters and, when
+    ``log_figures_every_n_steps`` is set, figures (W&B and MLflow loggers get the figures
+    through their image API; others, such as CSV, one warning naming what is dropped). Its state
     is saved in checkpoints, so a run resumed with ``ckpt_path`` continues its histories. Under
     DDP the probe set is taken on rank 0 and broadcast, each rank computes the kernel features
     of its shard of it (``empirical_ntk(distributed=True)``), every rank reads out the same
@@ -59,6 +61,11 @@ class CosmologyMonitor(CosmologyMonitorMixin, Callback):
             param-group warning's ``group=...``).
         output: for a ``forward`` returning a tuple, dict or ``ModelOutput``: the key
             (``"logits"``) or a callable (``lambda out: out[0]``) selecting the outputs.
+        input_key, label_key: for dict batches, the keys of the inputs ``forward`` takes and
+            of the targets; None takes the first of ``"inputs"``, ``"input"``, ``"x"``,
+            ``"input_ids"``, ... and of ``"labels"``, ``"label"``, ``"targets"``, ``"target"``,
+            ``"y"`` present. NumPy batches are taken as Tensors; floating inputs are cast to
+            the model's dtype at each probe.
 
     ``distributed`` (`MonitorConfig`) is not an argument: it is set from the Trainer (DDP).
 

@@ -56,6 +56,14 @@ class MonitorConfig:
         distributed: every rank of an initialised ``torch.distributed`` group calls the probe
             with the same probe batch, and each computes the kernel features of its shard
             (`empirical_ntk(distributed=True)`); the Lightning monitor sets it under DDP.
+        input_key: for dict batches, the key of the model's inputs; None takes the first of
+            `cosmo_optim.monitor.batches.INPUT_KEYS` present (``"inputs"``, ``"x"``,
+            ``"input_ids"``, ``"pixel_values"``, ...).
+        label_key: for dict batches, the key of the targets; None takes the first of
+            `cosmo_optim.monitor.batches.LABEL_KEYS` present (``"labels"``, ``"y"``, ...).
+        train_batch_size: samples per optimiser step of training (the adaptors set it from
+            the Trainer), for the one warning when a probe will cost more than
+            `cosmo_optim.monitor.checks.COST_WARNING_STEPS` training steps; None: no check.
         interval_name: how the user spelled `every_n_steps` (``every_n_train_steps`` in
             Lightning), for error messages.
 
@@ -80,6 +88,9 @@ class MonitorConfig:
     ntk_method: str = "auto"
     sketch_dim: int | None = None
     distributed: bool = False
+    input_key: str | None = None
+    label_key: str | None = None
+    train_batch_size: int | None = None
     interval_name: str = field(default="every_n_steps", compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -107,6 +118,15 @@ class MonitorConfig:
                 f"Invalid output: {self.output!r}; give a key such as 'logits' or a callable "
                 "out -> Tensor (e.g. output=lambda out: out[0])."
             )
+        for name in ("input_key", "label_key"):
+            if not (getattr(self, name) is None or isinstance(getattr(self, name), str)):
+                raise ValueError(
+                    f"Invalid {name}: {getattr(self, name)!r}; it must be a key of the dict "
+                    "batch (a string such as 'x' or 'labels'), or None for the default keys."
+                )
+        if self.train_batch_size is not None:
+            check_int("train_batch_size", self.train_batch_size, 1,
+                      "Give the samples per optimiser step, or None.")
         for name in ("verify_ntk", "distributed"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(
