@@ -15,6 +15,7 @@ import torch
 
 from cosmo_optim.monitor import CosmologyTracker, MonitorConfig
 from cosmo_optim.monitor.batches import batch_size, take_probe_batch
+from cosmo_optim.monitor.dashboard import describe_scalars
 from cosmo_optim.monitor.images import figures_dropped_warning, image_writer
 
 __all__ = ["CosmologyMonitorMixin"]
@@ -248,6 +249,9 @@ class CosmologyMonitorMixin:
             return
         # every rank computed the same values: callbacks such as EarlyStopping agree
         trainer.callback_metrics.update({k: torch.tensor(v) for k, v in metrics.items()})
+        for logger in trainer.loggers:  # units and meaning beside each chart (dashboard)
+            if isinstance(logger, self._tensorboard_logger_cls) and trainer.is_global_zero:
+                describe_scalars(logger.experiment)
         for logger in trainer.loggers:  # rank-zero-only methods
             logger.log_metrics(metrics, step=step)
         if trainer.is_global_zero:

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from cosmo_optim.monitor import CosmologyTracker, MonitorConfig
 from cosmo_optim.monitor.batches import device_of, to_model
+from cosmo_optim.monitor.dashboard import describe_scalars
 from cosmo_optim.monitor.images import figures_dropped_warning, image_writer
 from cosmo_optim.monitor.records import from_json, to_json
 
@@ -285,6 +286,8 @@ class CosmologyCallback(_TrainerCallback, _ExportableState):
         if not metrics or self.tracker is None:
             return
         writer = self._writer = self._tensorboard_writer() or self._writer
+        if writer is not None and state.is_world_process_zero:
+            describe_scalars(writer)  # before the Trainer writes our first values
         if self._trainer is not None:
             control = self._trainer.control
             flags = control.should_log, control.should_save, control.should_evaluate

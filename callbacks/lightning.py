@@ -24,8 +24,8 @@ class CosmologyMonitor(CosmologyMonitorMixin, Callback):
     reads off the FLRW dual of `cosmo_optim.dual.FLRWDual`. It never changes training: weights
     are bit-for-bit those of a run without it. Scalars go to every logger (and to
     ``trainer.callback_metrics``, so ``EarlyStopping``/``ModelCheckpoint`` can monitor them);
-    a ``TensorBoardLogger`` additionally receives histograms, one custom-scalars layout, the
-    physics hyperparameters and, when
+    a ``TensorBoardLogger`` additionally receives histograms, one custom-scalars layout, tag
+    descriptions with units, a verdicts card, the physics hyperparameters and, when
     ``log_figures_every_n_steps`` is set, figures (W&B and MLflow loggers get the figures
     through their image API; others, such as CSV, one warning naming what is dropped). Its state
     is saved in checkpoints, so a run resumed with ``ckpt_path`` continues its histories. Under

@@ -315,4 +315,4 @@ def test_figures_go_to_a_reporting_integration_s_image_api(tmp_path, monkeypatch
     assert {tag for tag, _, _ in logged} == {  # beside W&B's train/ scalars (rewrite_logs)
         "train/figures/potential", "train/figures/spectrum", "train/figures/modes"}
     assert {step for _, step, _ in logged} == {0, 3, 6}
-    assert all(shape[2] == 3 for _, _, shape in logged)  # RGB pixels
+    assert all(shape[1] >= 800 and shape[2] == 3 for _, _, shape in logged)  # readable
