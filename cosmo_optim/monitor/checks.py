@@ -31,8 +31,10 @@ def top_k_warning(config: MonitorConfig, n: int, c: int) -> str | None:
 
 
 def probe_cost_steps(n: int, c: int, batch_size: int) -> float:
-    """One probe's cost in training steps: its NTK takes N·C per-output gradients of one
-    sample each, a training step B samples' forward and backward (docs/callbacks.md, Cost)."""
+    """A lower bound on one probe's cost in training steps: its NTK takes N·C per-output
+    gradients of one sample each, a training step B samples' forward and backward. The
+    kernel's (N·C)² products and its eigendecomposition come on top, so the bound is close for
+    small N·C and low for large (docs/callbacks.md, "Batches as you have them")."""
     return n * c / batch_size
 
 
@@ -44,11 +46,11 @@ def cost_warning(config: MonitorConfig, n: int, c: int, batch_size: int) -> str 
         return None
     every, name = config.interval, config.interval_name
     smaller = max(1, math.floor(COST_WARNING_STEPS * batch_size / c))
-    rarer = math.ceil(10 * steps)  # a probe's cost spread over ≥ 10 intervals' worth of steps
+    rarer = math.ceil(10 * steps)  # an interval of 10 probes' worth of steps: ≈ 10 % overhead
     return (
-        f"CosmologyTracker: one probe will cost ≈ {steps:.0f} training steps (its NTK takes "
-        f"N·C = {n}·{c} = {n * c} per-output gradients, a training step {batch_size} samples'), "
-        f"≈ {steps / every:.1f}× the training time at {name}={every}. Fix: "
-        f"probe_size={smaller} (≤ {COST_WARNING_STEPS} steps' "
-        f"worth) or {name}={max(rarer, every)} (≈ 10 % overhead)."
+        f"CosmologyTracker: one probe will cost at least ≈ {steps:.0f} training steps (its NTK "
+        f"takes N·C = {n}·{c} = {n * c} per-output gradients, a training step {batch_size} "
+        f"samples'), ≥ {steps / every:.1f}× the training time at {name}={every}. Fix: "
+        f"probe_size={smaller} (≤ {COST_WARNING_STEPS} steps' worth) or "
+        f"{name}={max(rarer, every)} (≈ 10 % overhead)."
     )

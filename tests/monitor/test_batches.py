@@ -109,7 +109,7 @@ def test_the_cost_warning_says_by_how_much_a_probe_exceeds_a_training_step_and_t
     message = cost_warning(config, 1000, 10, 32)
     assert message is not None and "\n" not in message
     assert "≈ 312 training steps" in message and "N·C = 1000·10 = 10000" in message
-    assert "≈ 6.2× the training time at every_n_train_steps=50" in message
+    assert "≥ 6.2× the training time at every_n_train_steps=50" in message
     assert "Fix: probe_size=160" in message and "every_n_train_steps=3125" in message
     assert cost_warning(config, 16, 10, 32) is None  # the default: ≈ 5 steps' worth
     messages, _ = _first_probe_warnings(top_k=2, train_batch_size=1, probe_size=8)
