@@ -15,7 +15,8 @@ from cosmo_optim.monitor.figures import DPI, HEIGHT_PX, WIDTH_PX
 from cosmo_optim.monitor.images import rgb
 
 
-def _figures(loss):
+def _figures(loss, mse_steps):
+    """The figures of a 6-step run with `loss` (None: no dual, no prediction)."""
     g = torch.Generator().manual_seed(0)
     x, y = torch.randn(8, 3, generator=g), torch.randn(8, 1, generator=g)
     model = nn.Sequential(nn.Linear(3, 8), nn.Tanh(), nn.Linear(8, 1))
@@ -24,15 +25,12 @@ def _figures(loss):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         tracker.attach(opt)
-        for _ in range(6):
-            opt.zero_grad()
-            nn.functional.mse_loss(model(x), y).backward()
-            opt.step()
+        mse_steps(model, opt, x, y, 6)
     return tracker.figures()
 
 
-def test_every_figure_is_at_least_800_pixels_wide_at_a_set_dpi():
-    figures = _figures(nn.MSELoss())
+def test_every_figure_is_at_least_800_pixels_wide_at_a_set_dpi(mse_steps):
+    figures = _figures(nn.MSELoss(), mse_steps)
     assert sorted(figures) == ["figures/modes", "figures/potential", "figures/spectrum"]
     assert WIDTH_PX >= 800
     for tag, fig in figures.items():
@@ -40,8 +38,8 @@ def test_every_figure_is_at_least_800_pixels_wide_at_a_set_dpi():
         assert rgb(fig).shape == (HEIGHT_PX, WIDTH_PX, 3), tag
 
 
-def test_the_spectrum_s_mode_axis_has_integer_ticks():
-    ax = _figures(nn.MSELoss())["figures/spectrum"].axes[0]
+def test_the_spectrum_s_mode_axis_has_integer_ticks(mse_steps):
+    ax = _figures(nn.MSELoss(), mse_steps)["figures/spectrum"].axes[0]
     fig = ax.figure
     fig.canvas.draw()
     lo, hi = ax.get_xlim()
@@ -50,8 +48,8 @@ def test_the_spectrum_s_mode_axis_has_integer_ticks():
 
 
 @pytest.mark.parametrize("loss", [nn.MSELoss(), None])
-def test_the_modes_figure_promises_dotted_lines_only_when_it_draws_them(loss):
-    ax = _figures(loss)["figures/modes"].axes[0]
+def test_the_modes_figure_promises_dotted_lines_only_when_it_draws_them(loss, mse_steps):
+    ax = _figures(loss, mse_steps)["figures/modes"].axes[0]
     dotted = [line for line in ax.get_lines() if line.get_linestyle() == ":" and len(
         line.get_xdata())]
     title = ax.get_title()

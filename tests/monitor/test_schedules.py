@@ -112,7 +112,7 @@ def test_a_warm_up_from_lr_0_warns_once_and_never_sticks():
         STEPS * 0.1 / 3, rel=1e-12)  # step 1 (lr = 0) counts too (T9)
 
 
-def test_the_issue_s_warm_up_counts_every_step_n_1_minus_beta_over_3_at_step_40():
+def test_the_issue_s_warm_up_counts_every_step_n_1_minus_beta_over_3_at_step_40(mse_steps):
     """Issue #21: LambdaLR(min(1, n/10)), β = 0.9: N_e = 40 · 0.1/3 = 1.33 at step 40 (T9);
     the lr = 0 of step 1 adds its 0.1/3 like every other step (not 1.30)."""
     x, y = _data()
@@ -124,18 +124,14 @@ def test_the_issue_s_warm_up_counts_every_step_n_1_minus_beta_over_3_at_step_40(
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         tracker.attach(opt)
-        for _ in range(40):
-            opt.zero_grad()
-            nn.functional.mse_loss(model(x), y).backward()
-            opt.step()
-            sched.step()
+        mse_steps(model, opt, x, y, 40, sched)
     assert len([w for w in caught if "used lr = 0" in str(w.message)]) == 1
     assert tracker.history[-1].step == 40
     assert tracker.history[-1].scalars["cosmology/efolds"] == pytest.approx(4 / 3, rel=1e-12)
     assert "cosmology/hubble_rate" not in tracker.history[0].scalars  # step 0: lr_1 = 0
 
 
-def test_an_lr_0_step_counts_efolds_but_an_optimiser_without_a_dual_counts_none():
+def test_an_lr_0_step_counts_efolds_but_an_optimiser_without_a_dual_counts_none(mse_steps):
     x, y = _data()
     for make, expected in [
         (lambda p: torch.optim.SGD(p, lr=0.0, momentum=0.7), 3 * 0.3 / 3),
@@ -149,10 +145,7 @@ def test_an_lr_0_step_counts_efolds_but_an_optimiser_without_a_dual_counts_none(
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             tracker.attach(opt)
-            for _ in range(3):
-                opt.zero_grad()
-                nn.functional.mse_loss(model(x), y).backward()
-                opt.step()
+            mse_steps(model, opt, x, y, 3)
         assert tracker.efolds == pytest.approx(expected, rel=1e-12), type(opt).__name__
         assert opt.param_groups[0]["lr"] == 0.0  # the user's optimiser is as it was
         assert "cosmology/hubble_rate" not in tracker.history[-1].scalars
