@@ -1,7 +1,9 @@
 """Lightning plumbing shared by `lightning.pytorch` and `pytorch_lightning` (imports neither).
 
 `lightning.CosmologyMonitor` and `pytorch_lightning.CosmologyMonitor` are this mixin on top of
-each package's own `Callback`; the work is done by `cosmo_optim.monitor.CosmologyTracker`.
+each package's own `Callback`; the work is done by `cosmo_optim.monitor.CosmologyTracker`, and
+the jobs every adaptor shares (rank-0 probe batch, rank-0 writes, end-of-run figures, state
+across a resume) by `cosmo_optim.monitor.session.MonitorSession`.
 """
 
 from __future__ import annotations
@@ -15,8 +17,7 @@ import torch
 
 from cosmo_optim.monitor import CosmologyTracker, MonitorConfig
 from cosmo_optim.monitor.batches import batch_size, take_probe_batch
-from cosmo_optim.monitor.dashboard import describe_scalars
-from cosmo_optim.monitor.images import figures_dropped_warning, image_writer
+from cosmo_optim.monitor.session import MonitorSession
 
 __all__ = ["CosmologyMonitorMixin"]
 
@@ -61,9 +62,10 @@ class CosmologyMonitorMixin:
             interval_name="every_n_train_steps",
         )
         self.probe_batch = None if probe_batch is None else self._take(probe_batch, probe_size)
-        self.tracker: CosmologyTracker | None = None
-        self._pending_state: Mapping[str, Any] | None = None
-        self._figures_warned = False  # the one dropped-figures warning of a run
+        self.session = MonitorSession("CosmologyMonitor")
+
+    tracker = property(lambda self: self.session.tracker,
+                       doc="The run's CosmologyTracker (None before setup).")
 
     # the options, as given (read-only; the validated values live in `config`)
     loss = property(lambda self: self.config.loss, doc="The per-sample loss, or None.")
@@ -110,10 +112,7 @@ class CosmologyMonitorMixin:
                 "forward(inputs) returning the outputs your loss is applied to."
             )
         if self.tracker is None or self.tracker.model is not pl_module:
-            self.tracker = CosmologyTracker.from_config(pl_module, config)
-        if self._pending_state is not None:
-            self.tracker.load_state_dict(self._pending_state)
-            self._pending_state = None
+            self.session.start(pl_module, config)  # restores a checkpoint's pending state
 
     def _check_trainer(self, trainer: Any) -> None:
         if not isinstance(trainer, self._trainer_cls):
@@ -150,7 +149,7 @@ class CosmologyMonitorMixin:
         ``log_hyperparams`` call of each logger is merged with ours (`on_train_start` writes
         ours alone if Lightning made no such call).
         """
-        tracker = self._tracker()
+        tracker = self.session.running()
         if len(trainer.optimizers) > 1:
             warnings.warn(
                 f"CosmologyMonitor: {len(trainer.optimizers)} optimisers; the universe and the "
@@ -195,12 +194,11 @@ class CosmologyMonitorMixin:
         """Take the probe batch from the first training batch; probe the initial state."""
         if trainer.sanity_checking:
             return
-        tracker = self._tracker()
+        tracker = self.session.running()
         if not tracker.has_probe:  # the given probe batch or the first batch, rank 0's
-            probe = None
-            if trainer.is_global_zero:
-                probe = self.probe_batch or self._take(batch, tracker.probe_size)
-            probe = trainer.strategy.broadcast(probe, src=0)  # the same probe set on every rank
+            probe = self.session.shared_probe(
+                trainer.is_global_zero, lambda: self.probe_batch or self._take(
+                    batch, tracker.probe_size), lambda p: trainer.strategy.broadcast(p, src=0))
             tracker.set_probe(tuple(t.cpu() if t is not None else None for t in probe))
             size = batch_size(batch, input_key=self.config.input_key)
             size *= trainer.accumulate_grad_batches  # samples per optimiser step
@@ -215,72 +213,39 @@ class CosmologyMonitorMixin:
         if trainer.sanity_checking:
             return
         step = trainer.global_step
-        self._log(trainer, self._tracker().step(step), step)
+        self._log(trainer, self.session.running().step(step), step)
 
     def on_train_end(self, trainer: Any, pl_module: Any) -> None:
         """With figures enabled, draw those of the whole run once more, at the last probe."""
-        tracker = self._tracker()
-        step = tracker.final_figures_step()
-        if step is None or not trainer.is_global_zero:
-            return
-        for writer in self._writers(trainer):
-            tracker.write_figures(writer, step)
+        if trainer.is_global_zero:
+            self._writers(trainer)
+            self.session.finish()
 
     # ----- output ------------------------------------------------------------------------------
     def _writers(self, trainer: Any) -> list[Any]:
-        """Each logger's ``SummaryWriter`` (TensorBoard: everything) or image API (W&B, MLflow:
-        figures); with figures on, one warning per run naming the loggers that take none."""
-        writers, dropped = [], []
-        for logger in trainer.loggers:
-            if isinstance(logger, self._tensorboard_logger_cls):
-                writers.append(logger.experiment)
-            elif (writer := image_writer(logger)) is not None:
-                writers.append(writer)
-            else:
-                dropped.append(type(logger).__name__)
-        if dropped and self.config.log_figures_every_n_steps is not None and not (
-                self._figures_warned):
-            self._figures_warned = True
-            warnings.warn(figures_dropped_warning("CosmologyMonitor", dropped), stacklevel=3)
-        return writers
+        """A ``TensorBoardLogger``'s writer (everything) or a logger's image API (figures)."""
+        return self.session.targets(trainer.loggers, lambda logger: logger.experiment if (
+            isinstance(logger, self._tensorboard_logger_cls)) else None)
 
     def _log(self, trainer: Any, metrics: dict[str, float] | None, step: int) -> None:
         if not metrics:
             return
         # every rank computed the same values: callbacks such as EarlyStopping agree
         trainer.callback_metrics.update({k: torch.tensor(v) for k, v in metrics.items()})
-        for logger in trainer.loggers:  # units and meaning beside each chart (dashboard)
-            if isinstance(logger, self._tensorboard_logger_cls) and trainer.is_global_zero:
-                describe_scalars(logger.experiment)
+        writers = self._writers(trainer) if trainer.is_global_zero else []
+        self.session.before_scalars(writers)
         for logger in trainer.loggers:  # rank-zero-only methods
             logger.log_metrics(metrics, step=step)
-        if trainer.is_global_zero:
-            tracker = self._tracker()
-            for writer in self._writers(trainer):
-                tracker.write_extras(writer, step)
-
-    def _tracker(self) -> CosmologyTracker:
-        if self.tracker is None:
-            raise RuntimeError(
-                "CosmologyMonitor used before setup(); add it to Trainer(callbacks=[...])."
-            )
-        return self.tracker
+        self.session.after_scalars(writers, step)
 
     # ----- checkpointing ---------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         """The tracker's state: counters, history, probe set and reference basis."""
-        if self.tracker is not None:
-            return self.tracker.state_dict()
-        return dict(self._pending_state or {})
+        return self.session.state_dict()
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Resume the tracker: the run continues without gaps or duplicated probes."""
-        if not state_dict:
-            return
-        if self.tracker is not None:
-            self.tracker.load_state_dict(state_dict)
-        else:
-            self._pending_state = state_dict
+        self.session.load_state_dict(state_dict)
 
 
 def _merge_next_hparams(logger: Any, ours: dict[str, Any]) -> None:

@@ -30,15 +30,17 @@ class MonitorConfig:
     """What to probe, how often, and how to label it (docs/callbacks.md).
 
     Args:
-        loss: the training loss (converted by `cosmo_optim.losses.per_sample_loss`); None
-            skips the tags that need ℓ.
+        loss: the training loss (a torch loss module, `PolynomialPotentialLoss` or a
+            per-sample callable, converted by `cosmo_optim.losses.per_sample_loss`); None
+            skips the tags that need ℓ (Ω_φ, slow roll, masses, residual).
         probe_size: at most this many probe samples N.
         top_k: modes to follow (1 ≤ top_k ≤ N·C).
         every_n_steps: probe every n optimiser steps (and at step 0); None until a Trainer
             supplies its logging interval (`with_interval`).
         log_figures_every_n_steps: draw figures at these steps (a multiple of
-            `every_n_steps`); None draws none.
-        history_size: probes kept in the tracker's `history`.
+            `every_n_steps`) and once more at the end of the run; None (the default) draws
+            none: three figures cost ≈ 0.2 s, more than a dozen probes.
+        history_size: probes kept in the tracker's `history` (oldest dropped first).
         prefix: prepended to every tag.
         group: the optimiser's param group whose (lr, momentum) define the universe.
         output: for a model whose ``forward`` returns a tuple, dict or ``ModelOutput``: the

@@ -54,46 +54,20 @@ class CosmologyTracker:
 
     Args:
         model: the network (maps a batch of N inputs to N outputs).
-        loss: the training loss (torch loss module, `PolynomialPotentialLoss`, or a per-sample
-            callable; see `cosmo_optim.losses.per_sample_loss`). None skips the tags that need
-            ℓ (Ω_φ, slow roll, masses, residual).
         optimizer: the optimiser; `attach` sets it too.
         probe_batch: a Tensor or NumPy array of inputs, a sequence (inputs, targets, ...), or
             a dict batch (see `input_key`); None to set it later with `set_probe` (the
             Lightning callback takes the first training batch). Floating inputs are cast to
             the model's dtype and device at each probe.
-        probe_size: at most this many samples of the probe batch are used (N).
-        top_k: modes to follow (1 ≤ top_k ≤ N·C).
-        every_n_steps: probe every n optimiser steps (and at step 0).
-        log_figures_every_n_steps: draw figures at these steps (a multiple of
-            `every_n_steps`) and once more at `close()`/end of training. None (the default)
-            draws none: three figures cost ≈ 0.2 s, more than a dozen probes; `figures()`
-            still draws them on demand.
-        history_size: probes kept in `history` (oldest dropped first).
         sink: a ``SummaryWriter``-like object, a log directory (a ``SummaryWriter`` is created
             lazily), or a callable ``sink(metrics, step)``; None keeps results in `history`.
-        prefix: prepended to every tag, e.g. ``"train/"``.
-        group: the optimiser's param group whose (lr, momentum) define the universe.
-        output: for a ``forward`` returning a tuple, dict or ``ModelOutput``: the key
-            (``"logits"``) or a callable (``lambda out: out[0]``) selecting the outputs.
-        verify_ntk: check the first probe's kernel against brute force (a few entries, one
-            forward and C backward passes each) and raise if it is off; see
-            ``empirical_ntk(verify=True)``. Exact kernels only.
-        ntk_method: ``"auto"`` (default: the exact kernel where it fits `empirical_ntk`'s
-            default memory budget, a quarter of free memory, else the sketch), ``"exact"``
-            or ``"sketch"``. Each probe logs ``ntk/sketch_dim``, k of its kernel (0: exact).
-        sketch_dim: k of the sketched kernel (``empirical_ntk(method="sketch")``; default
-            128).
-        distributed: under ``torch.distributed``, every rank probes with the same probe
-            batch and computes the kernel features of its shard of it
-            (``empirical_ntk(distributed=True)``); all ranks must call `step` together.
-        input_key, label_key: the keys of a dict batch's inputs and targets; None takes the
-            first of ``"inputs"``, ``"input"``, ``"x"``, ``"input_ids"``, ... and of
-            ``"labels"``, ``"label"``, ``"targets"``, ``"target"``, ``"y"`` present
-            (`cosmo_optim.monitor.batches`).
-        train_batch_size: samples per optimiser step of training; given, the first probe
-            warns once if one probe will cost more than 50 training steps
-            (`cosmo_optim.monitor.checks`).
+
+    Every other argument (``loss``, ``probe_size``, ``top_k``, ``every_n_steps``,
+    ``log_figures_every_n_steps``, ``history_size``, ``prefix``, ``group``, ``output``,
+    ``verify_ntk``, ``ntk_method``, ``sketch_dim``, ``distributed``, ``input_key``,
+    ``label_key``, ``train_batch_size``) is the `MonitorConfig` option of that name,
+    documented there once; `figures()` draws the figures on demand whatever
+    ``log_figures_every_n_steps`` says.
 
     Raises:
         ValueError: on an invalid argument, naming the fix.
