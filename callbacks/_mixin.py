@@ -1,7 +1,9 @@
 """Lightning plumbing shared by `lightning.pytorch` and `pytorch_lightning` (imports neither).
 
 `lightning.CosmologyMonitor` and `pytorch_lightning.CosmologyMonitor` are this mixin on top of
-each package's own `Callback`; the work is done by `cosmo_optim.monitor.CosmologyTracker`.
+each package's own `Callback`; the work is done by `cosmo_optim.monitor.CosmologyTracker`, and
+the jobs every adaptor shares (rank-0 probe batch, rank-0 writes, end-of-run figures, state
+across a resume) by `cosmo_optim.monitor.session.MonitorSession`.
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ from typing import Any
 import torch
 
 from cosmo_optim.monitor import CosmologyTracker, MonitorConfig
-from cosmo_optim.monitor.probe import take_probe_batch
+from cosmo_optim.monitor.batches import batch_size, take_probe_batch
+from cosmo_optim.monitor.session import MonitorSession
 
 __all__ = ["CosmologyMonitorMixin"]
 
@@ -48,18 +51,21 @@ class CosmologyMonitorMixin:
         sketch_dim: int | None = None,
         group: int = 0,
         output: str | Callable[[Any], torch.Tensor] | None = None,
+        input_key: str | None = None,
+        label_key: str | None = None,
     ) -> None:
         super().__init__()
         self.config = MonitorConfig(
             loss, probe_size, top_k, every_n_train_steps, log_figures_every_n_steps,
             history_size, prefix, group, output, verify_ntk=verify_ntk, ntk_method=ntk_method,
-            sketch_dim=sketch_dim, interval_name="every_n_train_steps",
+            sketch_dim=sketch_dim, input_key=input_key, label_key=label_key,
+            interval_name="every_n_train_steps",
         )
-        self.probe_batch = (
-            None if probe_batch is None else take_probe_batch(probe_batch, probe_size)
-        )
-        self.tracker: CosmologyTracker | None = None
-        self._pending_state: Mapping[str, Any] | None = None
+        self.probe_batch = None if probe_batch is None else self._take(probe_batch, probe_size)
+        self.session = MonitorSession("CosmologyMonitor")
+
+    tracker = property(lambda self: self.session.tracker,
+                       doc="The run's CosmologyTracker (None before setup).")
 
     # the options, as given (read-only; the validated values live in `config`)
     loss = property(lambda self: self.config.loss, doc="The per-sample loss, or None.")
@@ -71,6 +77,10 @@ class CosmologyMonitorMixin:
                                          doc="Figure interval, or None.")
     prefix = property(lambda self: self.config.prefix, doc="Prepended to every tag.")
     history_size = property(lambda self: self.config.history_size, doc="Probes kept.")
+
+    def _take(self, batch: Any, size: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return take_probe_batch(batch, size, input_key=self.config.input_key,
+                                label_key=self.config.label_key)
 
     @property
     def state_key(self) -> str:
@@ -102,10 +112,7 @@ class CosmologyMonitorMixin:
                 "forward(inputs) returning the outputs your loss is applied to."
             )
         if self.tracker is None or self.tracker.model is not pl_module:
-            self.tracker = CosmologyTracker.from_config(pl_module, config)
-        if self._pending_state is not None:
-            self.tracker.load_state_dict(self._pending_state)
-            self._pending_state = None
+            self.session.start(pl_module, config)  # restores a checkpoint's pending state
 
     def _check_trainer(self, trainer: Any) -> None:
         if not isinstance(trainer, self._trainer_cls):
@@ -142,7 +149,7 @@ class CosmologyMonitorMixin:
         ``log_hyperparams`` call of each logger is merged with ours (`on_train_start` writes
         ours alone if Lightning made no such call).
         """
-        tracker = self._tracker()
+        tracker = self.session.running()
         if len(trainer.optimizers) > 1:
             warnings.warn(
                 f"CosmologyMonitor: {len(trainer.optimizers)} optimisers; the universe and the "
@@ -187,13 +194,15 @@ class CosmologyMonitorMixin:
         """Take the probe batch from the first training batch; probe the initial state."""
         if trainer.sanity_checking:
             return
-        tracker = self._tracker()
+        tracker = self.session.running()
         if not tracker.has_probe:  # the given probe batch or the first batch, rank 0's
-            probe = None
-            if trainer.is_global_zero:
-                probe = self.probe_batch or take_probe_batch(batch, tracker.probe_size)
-            probe = trainer.strategy.broadcast(probe, src=0)  # the same probe set on every rank
+            probe = self.session.shared_probe(
+                trainer.is_global_zero, lambda: self.probe_batch or self._take(
+                    batch, tracker.probe_size), lambda p: trainer.strategy.broadcast(p, src=0))
             tracker.set_probe(tuple(t.cpu() if t is not None else None for t in probe))
+            size = batch_size(batch, input_key=self.config.input_key)
+            size *= trainer.accumulate_grad_batches  # samples per optimiser step
+            tracker.config = dataclasses.replace(tracker.config, train_batch_size=size)
         if trainer.global_step == 0 and tracker.last_step < 0:
             self._log(trainer, tracker.step(0), 0)
 
@@ -204,56 +213,39 @@ class CosmologyMonitorMixin:
         if trainer.sanity_checking:
             return
         step = trainer.global_step
-        self._log(trainer, self._tracker().step(step), step)
+        self._log(trainer, self.session.running().step(step), step)
 
     def on_train_end(self, trainer: Any, pl_module: Any) -> None:
         """With figures enabled, draw those of the whole run once more, at the last probe."""
-        tracker = self._tracker()
-        step = tracker.final_figures_step()
-        if step is None or not trainer.is_global_zero:
-            return
-        for writer in self._writers(trainer):
-            tracker.write_figures(writer, step)
+        if trainer.is_global_zero:
+            self._writers(trainer)
+            self.session.finish()
 
     # ----- output ------------------------------------------------------------------------------
     def _writers(self, trainer: Any) -> list[Any]:
-        loggers = [lg for lg in trainer.loggers if isinstance(lg, self._tensorboard_logger_cls)]
-        return [logger.experiment for logger in loggers]
+        """A ``TensorBoardLogger``'s writer (everything) or a logger's image API (figures)."""
+        return self.session.targets(trainer.loggers, lambda logger: logger.experiment if (
+            isinstance(logger, self._tensorboard_logger_cls)) else None)
 
     def _log(self, trainer: Any, metrics: dict[str, float] | None, step: int) -> None:
         if not metrics:
             return
         # every rank computed the same values: callbacks such as EarlyStopping agree
         trainer.callback_metrics.update({k: torch.tensor(v) for k, v in metrics.items()})
+        writers = self._writers(trainer) if trainer.is_global_zero else []
+        self.session.before_scalars(writers)
         for logger in trainer.loggers:  # rank-zero-only methods
             logger.log_metrics(metrics, step=step)
-        if trainer.is_global_zero:
-            tracker = self._tracker()
-            for writer in self._writers(trainer):
-                tracker.write_extras(writer, step)
-
-    def _tracker(self) -> CosmologyTracker:
-        if self.tracker is None:
-            raise RuntimeError(
-                "CosmologyMonitor used before setup(); add it to Trainer(callbacks=[...])."
-            )
-        return self.tracker
+        self.session.after_scalars(writers, step)
 
     # ----- checkpointing ---------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         """The tracker's state: counters, history, probe set and reference basis."""
-        if self.tracker is not None:
-            return self.tracker.state_dict()
-        return dict(self._pending_state or {})
+        return self.session.state_dict()
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Resume the tracker: the run continues without gaps or duplicated probes."""
-        if not state_dict:
-            return
-        if self.tracker is not None:
-            self.tracker.load_state_dict(state_dict)
-        else:
-            self._pending_state = state_dict
+        self.session.load_state_dict(state_dict)
 
 
 def _merge_next_hparams(logger: Any, ours: dict[str, Any]) -> None:

@@ -1,6 +1,8 @@
 """`CosmologyCallback`: the monitor as a Hugging Face ``transformers`` `TrainerCallback` (T3–T10).
 
-A thin adaptor over `cosmo_optim.monitor.MonitorConfig` + `CosmologyTracker`. Importable
+A thin adaptor over `cosmo_optim.monitor.MonitorConfig` + `CosmologyTracker`; the jobs every
+adaptor shares (rank-0 probe batch, rank-0 writes, end-of-run figures, state across a resume)
+are `cosmo_optim.monitor.session.MonitorSession`'s. Importable
 without ``transformers`` (for docs and introspection); constructing the callback then raises
 an ImportError naming the extra to install (``pip install cosmo-optim[hf]``).
 """
@@ -16,8 +18,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from cosmo_optim.monitor import CosmologyTracker, MonitorConfig
+from cosmo_optim.monitor import MonitorConfig
+from cosmo_optim.monitor.batches import device_of, to_model
 from cosmo_optim.monitor.records import from_json, to_json
+from cosmo_optim.monitor.session import MonitorSession
 
 _TrainerCallback: Any
 _ExportableState: Any
@@ -48,7 +52,8 @@ class _Inputs(nn.Module):
 
     def forward(self, index: Tensor) -> Any:
         rows = index.long()
-        return self.model(**{k: v.to(rows.device)[rows] for k, v in self.batch.items()})
+        return self.model(**{k: to_model(self.model, v)[rows.to(device_of(self.model))]
+                             for k, v in self.batch.items()})
 
 
 def _logits(out: Any) -> Tensor:
@@ -73,6 +78,13 @@ def _distributed(args: Any) -> bool:
             "(torchrun without fsdp/deepspeed), or remove the callback."
         )
     return True
+
+
+def _broadcast(probe: Any) -> Any:
+    """Rank 0's probe batch on every rank (``torch.distributed``)."""
+    shared = [probe]
+    torch.distributed.broadcast_object_list(shared, src=0)
+    return shared[0]
 
 
 def _find_trainer() -> Any:
@@ -109,32 +121,21 @@ class CosmologyCallback(_TrainerCallback, _ExportableState):
         loss: the per-sample loss of the logits (e.g. ``nn.CrossEntropyLoss()``); None skips
             the tags that need ℓ.
         every_n_steps: probe interval in optimiser steps; default ``args.logging_steps``.
-        top_k: modes to follow.
         probe_batch: a dict of model inputs (and ``label_key``), one row per sample; default
             the first ``probe_size`` training examples, collated by the Trainer's collator.
-        probe_size: at most this many probe samples.
-        input_key: a model input with one row per sample (``"input_ids"``).
+        input_key: a model input with one row per sample (``"input_ids"``); every per-sample
+            tensor of the batch goes to the model.
         label_key: the targets' key (``"labels"``).
-        output: the outputs f the NTK is taken of: a key/attribute of the model's output or a
-            callable of it; default its logits. A language model's logits have T·V components
-            per sample and a kernel of (N·T·V)² entries: select a few, e.g.
-            ``output=lambda out: out.logits[:, -1, :8]`` (with ``loss=None``).
-        log_figures_every_n_steps: draw figures at these steps and once more at the end;
-            None (default) draws none (they cost ≈ 0.2 s, more than a dozen probes).
-        prefix: prepended to every tag.
-        verify_ntk: check the first probe's kernel against brute force (a few entries, one
-            forward and C backward passes each) and raise if it is off; see
-            ``empirical_ntk(verify=True)``. Exact kernels only.
-        ntk_method: ``"auto"`` (the exact kernel where it fits `empirical_ntk`'s default
-            2 GiB memory budget, else the sketch), ``"exact"`` or ``"sketch"``; every probe
-            logs ``ntk/sketch_dim`` (0: exact).
-        sketch_dim: k of the sketched kernel (``empirical_ntk(method="sketch")``; default
-            128).
-        group: the optimiser's param group whose (lr, momentum) define the universe (the
-            param-group warning's ``group=...``).
-        history_size: probes kept in ``callback.tracker.history``.
+        output: the outputs f the NTK is taken of (as `MonitorConfig`'s); default the
+            logits. A language model's logits have T·V components per sample and a kernel of
+            (N·T·V)² entries: select a few, e.g. ``output=lambda out: out.logits[:, -1, :8]``
+            (with ``loss=None``).
 
-    ``distributed`` (`MonitorConfig`) is not an argument: it is set under DDP (torchrun).
+    Every other argument (``top_k``, ``probe_size``, ``log_figures_every_n_steps``,
+    ``prefix``, ``verify_ntk``, ``ntk_method``, ``sketch_dim``, ``group``, ``history_size``)
+    is the `cosmo_optim.monitor.MonitorConfig` option of that name, documented there once.
+    ``distributed`` and ``train_batch_size`` are set from the Trainer (``torchrun``;
+    ``per_device_train_batch_size`` × ``gradient_accumulation_steps``).
 
     Under DDP (``torchrun``) rank 0's probe batch is broadcast and each rank computes the
     kernel features of its shard of it (``empirical_ntk(distributed=True)``); FSDP and
@@ -180,10 +181,12 @@ class CosmologyCallback(_TrainerCallback, _ExportableState):
         )
         self.input_key, self.label_key = input_key, label_key
         self.probe_batch = None if probe_batch is None else self._probe(probe_batch)
-        self.tracker: CosmologyTracker | None = None
+        self.session = MonitorSession("CosmologyCallback")
         self.saved_state: dict[str, Any] | None = None  # from a checkpoint, until training starts
         self._trainer: Any = None
-        self._writer: Any = None
+
+    tracker = property(lambda self: self.session.tracker,
+                       doc="The run's CosmologyTracker (None before training starts).")
 
     def _probe(self, batch: Mapping[str, Any]) -> dict[str, Tensor]:
         if self.input_key not in batch:
@@ -191,9 +194,16 @@ class CosmologyCallback(_TrainerCallback, _ExportableState):
                 f"Invalid probe batch: no {self.input_key!r} key (keys {sorted(batch)}). "
                 "Fix: pass input_key=... naming a model input with one row per sample."
             )
-        n = min(len(batch[self.input_key]), self.config.probe_size)
+        rows, labels = len(batch[self.input_key]), batch.get(self.label_key)
+        if isinstance(labels, Tensor) and labels.dim() > 0 and len(labels) != rows:
+            raise ValueError(
+                f"Invalid probe batch: {len(labels)} {self.label_key!r} for {rows} "
+                f"{self.input_key!r} rows; the loss needs one target per sample. Fix: one "
+                f"row of {self.label_key!r} per sample, or label_key=... naming the targets."
+            )
+        n = min(rows, self.config.probe_size)
         return {k: v[:n].detach().cpu().clone() for k, v in batch.items()
-                if isinstance(v, Tensor) and v.dim() > 0 and len(v) == len(batch[self.input_key])}
+                if isinstance(v, Tensor) and v.dim() > 0 and len(v) == rows}
 
     # ----- transformers' stateful-callback mechanism (ExportableState) --------------------
     def state(self) -> dict[str, Any]:
@@ -201,13 +211,14 @@ class CosmologyCallback(_TrainerCallback, _ExportableState):
         saved = self.tracker.state_dict() if self.tracker is not None else self.saved_state
         return {"args": {}, "attributes": {"saved_state": to_json(saved)}}
 
-    def _restore(self, state: Any) -> None:
+    def _stored(self, state: Any) -> dict[str, Any] | None:
+        """Our state in a resumed run's ``trainer_state.json``, else the rebuilt one's."""
         stored = (getattr(state, "stateful_callbacks", None) or {}).get(type(self).__name__)
         if isinstance(stored, list):  # several CosmologyCallbacks: ours by the same prefix
             stored = next((s for s in stored if self._matches(s)), None)
         saved = None if not stored else stored.get("attributes", {}).get("saved_state")
-        if saved and self.tracker is not None:
-            self.tracker.load_state_dict(from_json(saved))
+        saved = saved or self.saved_state
+        return from_json(saved) if saved else None
 
     def _matches(self, stored: Mapping[str, Any]) -> bool:
         saved = from_json(stored.get("attributes", {}).get("saved_state") or {})
@@ -231,33 +242,29 @@ class CosmologyCallback(_TrainerCallback, _ExportableState):
         """Build the tracker, take the probe batch, restore a checkpoint's state, and probe
         the initial state (step 0)."""
         model, optimizer = kwargs["model"], kwargs.get("optimizer")
-        probe = self.probe_batch if self.probe_batch is not None else self._first_examples(
-            kwargs["train_dataloader"])
         distributed = _distributed(args)
-        if distributed:  # one probe batch for every rank (a collator may draw random numbers)
-            shared = [probe]
-            torch.distributed.broadcast_object_list(shared, src=0)
-            probe = shared[0]
-        index = torch.arange(len(probe[self.input_key]))
+        probe = self.session.shared_probe(  # one probe batch for every rank
+            state.is_world_process_zero, lambda: self.probe_batch if self.probe_batch is not None
+            else self._first_examples(kwargs["train_dataloader"]),
+            _broadcast if distributed else lambda p: p)
         self._trainer = _find_trainer()
         config = self.config.with_interval(max(int(args.logging_steps), 1))
-        self.tracker = CosmologyTracker.from_config(
+        per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps
+        self.session.load_state_dict(self._stored(state))
+        tracker = self.session.start(
             _Inputs(model, probe, self.label_key),
-            dataclasses.replace(config, distributed=distributed),
-            probe_batch=(index, probe.get(self.label_key)),
+            dataclasses.replace(config, distributed=distributed, train_batch_size=per_step),
+            probe_batch=(torch.arange(len(probe[self.input_key])), probe.get(self.label_key)),
         )
         # the Trainer's TensorBoardCallback writes our scalars as train/<tag> (rewrite_logs):
         # the layout, histograms and figures follow, or the dashboard would match nothing
-        self.tracker.extras.prefix = "train/" + self.config.prefix
+        tracker.extras.prefix = "train/" + self.config.prefix
         if optimizer is not None:
-            self.tracker.observe(optimizer)
-        self._restore(state)
-        if self.saved_state and self.tracker.last_step < 0:
-            self.tracker.load_state_dict(from_json(self.saved_state))
-        if state.global_step == 0 and self.tracker.last_step < 0:
-            self._log(args, state, self.tracker.step(0), 0)
-        elif self.tracker.last_step < state.global_step:
-            self.tracker.last_step = state.global_step
+            tracker.observe(optimizer)
+        if state.global_step == 0 and tracker.last_step < 0:
+            self._log(args, state, tracker.step(0), 0)
+        elif tracker.last_step < state.global_step:
+            tracker.last_step = state.global_step
 
     def _first_examples(self, loader: Any) -> dict[str, Tensor]:
         with torch.random.fork_rng():  # a collator may draw random numbers (MLM masking)
@@ -272,6 +279,8 @@ class CosmologyCallback(_TrainerCallback, _ExportableState):
     def _log(self, args: Any, state: Any, metrics: dict[str, float] | None, step: int) -> None:
         if not metrics or self.tracker is None:
             return
+        writers = self._writers(args) if state.is_world_process_zero else []
+        self.session.before_scalars(writers)
         if self._trainer is not None:
             control = self._trainer.control
             flags = control.should_log, control.should_save, control.should_evaluate
@@ -280,26 +289,27 @@ class CosmologyCallback(_TrainerCallback, _ExportableState):
             control.should_log, control.should_save, control.should_evaluate = flags
         else:  # called outside a Trainer: keep the history at least
             state.log_history.append({**metrics, "step": step})
-        writer = self._writer = self._tensorboard_writer() or self._writer
-        if writer is not None and state.is_world_process_zero:
-            self.tracker.write_extras(writer, step)
+        self.session.after_scalars(writers, step)
 
-    def _tensorboard_writer(self) -> Any:
-        """The SummaryWriter of the Trainer's own TensorBoardCallback, if it reports there."""
-        if self._trainer is None:
-            return None
-        for callback in self._trainer.callback_handler.callbacks:
-            if type(callback).__name__ == "TensorBoardCallback":
-                return getattr(callback, "tb_writer", None)
-        return None
+    def _writers(self, args: Any) -> list[Any]:
+        """The Trainer's own TensorBoard writer (everything) and the image APIs of its other
+        ``report_to`` integrations (W&B, MLflow: figures)."""
+        reporting = tuple(transformers.integrations.get_reporting_integration_callbacks(
+            args.report_to))
+        callbacks = [] if self._trainer is None else self._trainer.callback_handler.callbacks
+        return self.session.targets(
+            [c for c in callbacks if isinstance(c, reporting)],
+            lambda c: getattr(c, "tb_writer", None) if type(c).__name__ == (
+                "TensorBoardCallback") else None,
+            nothing=f"the Trainer (report_to={args.report_to!r})")
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        """Draw the final figures (if enabled) to the Trainer's TensorBoard run."""
+        """Draw the final figures (if enabled) to the writers of the run's last probe (the
+        Trainer's TensorBoard run is reopened: its callback closed it just before)."""
         if self.tracker is None:
             return
-        writer, step = self._writer, self.tracker.final_figures_step()
-        if writer is not None and step is not None and state.is_world_process_zero:
-            self.tracker.write_figures(writer, step)  # reopens the run TensorBoard closed
-            writer.close()
-        self.tracker.detach()
-        self._trainer = self._writer = None
+        writers = self.session.finish() if state.is_world_process_zero else []
+        for writer in writers:
+            if hasattr(writer, "add_scalar"):  # a SummaryWriter figures reopened
+                writer.close()
+        self._trainer = None

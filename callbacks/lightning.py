@@ -24,8 +24,10 @@ class CosmologyMonitor(CosmologyMonitorMixin, Callback):
     reads off the FLRW dual of `cosmo_optim.dual.FLRWDual`. It never changes training: weights
     are bit-for-bit those of a run without it. Scalars go to every logger (and to
     ``trainer.callback_metrics``, so ``EarlyStopping``/``ModelCheckpoint`` can monitor them);
-    a ``TensorBoardLogger`` additionally receives histograms, one custom-scalars layout, the
-    physics hyperparameters and, when ``log_figures_every_n_steps`` is set, figures. Its state
+    a ``TensorBoardLogger`` additionally receives histograms, one custom-scalars layout, tag
+    descriptions with units, a verdicts card, the physics hyperparameters and, when
+    ``log_figures_every_n_steps`` is set, figures (W&B and MLflow loggers get the figures
+    through their image API; others, such as CSV, one warning naming what is dropped). Its state
     is saved in checkpoints, so a run resumed with ``ckpt_path`` continues its histories. Under
     DDP the probe set is taken on rank 0 and broadcast, each rank computes the kernel features
     of its shard of it (``empirical_ntk(distributed=True)``), every rank reads out the same
@@ -33,34 +35,18 @@ class CosmologyMonitor(CosmologyMonitorMixin, Callback):
     refused at ``setup``.
 
     Args:
-        loss: the training loss, e.g. ``nn.CrossEntropyLoss()`` (see
-            `cosmo_optim.losses.per_sample_loss`); None skips the tags that need ℓ.
-        every_n_train_steps: probe interval in optimiser steps; default the Trainer's
-            ``log_every_n_steps``.
-        top_k: modes to follow.
-        probe_batch: a Tensor of inputs or ``(inputs, targets)``; default the first
-            ``probe_size`` samples of the first training batch.
-        probe_size: at most this many probe samples N (cost: the NTK is (N·C)², C outputs).
-        log_figures_every_n_steps: draw figures at these steps (a multiple of the probe
-            interval) and once more at the end of training. Default None: no figures, since
-            drawing three costs ≈ 0.2 s, more than a dozen probes (scalars, histograms and
-            the custom-scalars layout are always written).
-        prefix: prepended to every tag.
-        history_size: probes kept in ``monitor.tracker.history``.
-        verify_ntk: check the first probe's kernel against brute force (a few entries, one
-            forward and C backward passes each) and raise if it is off; see
-            ``empirical_ntk(verify=True)``. Exact kernels only.
-        ntk_method: ``"auto"`` (the exact kernel where it fits `empirical_ntk`'s default
-            2 GiB memory budget, else the sketch), ``"exact"`` or ``"sketch"``; every probe
-            logs ``ntk/sketch_dim`` (0: exact).
-        sketch_dim: k of the sketched kernel (``empirical_ntk(method="sketch")``; default
-            128).
-        group: the optimiser's param group whose (lr, momentum) define the universe (the
-            param-group warning's ``group=...``).
-        output: for a ``forward`` returning a tuple, dict or ``ModelOutput``: the key
-            (``"logits"``) or a callable (``lambda out: out[0]``) selecting the outputs.
+        loss: the training loss, e.g. ``nn.CrossEntropyLoss()``; None skips the tags that
+            need ℓ.
+        every_n_train_steps: `MonitorConfig`'s ``every_n_steps`` in Lightning's spelling;
+            default the Trainer's ``log_every_n_steps``.
+        probe_batch: a Tensor or NumPy array of inputs, ``(inputs, targets)`` or a dict
+            batch; default the first ``probe_size`` samples of the first training batch.
 
-    ``distributed`` (`MonitorConfig`) is not an argument: it is set from the Trainer (DDP).
+    Every other argument (``top_k``, ``probe_size``, ``log_figures_every_n_steps``,
+    ``prefix``, ``history_size``, ``verify_ntk``, ``ntk_method``, ``sketch_dim``, ``group``,
+    ``output``, ``input_key``, ``label_key``) is the `cosmo_optim.monitor.MonitorConfig`
+    option of that name, documented there once. ``distributed`` and ``train_batch_size``
+    are set from the Trainer (DDP; its batch size × ``accumulate_grad_batches``).
 
     Raises:
         ValueError: in ``__init__`` for an invalid argument; in ``setup()`` for a Trainer

@@ -8,9 +8,12 @@ prediction (T10). The Lightning and Hugging Face callbacks in `cosmo_optim.callb
 adaptors over `MonitorConfig` + `CosmologyTracker`; a plain loop uses `attach(optimizer)`.
 
 One file per job (see docs/architecture.md): `config` (options, validated once), `tags` (the
-logged names), `records` (typed probe records), `probe` (the arithmetic of one probe, pure),
-`universe` (what the optimiser says: dual, e-folds, warnings), `tracker` (scheduling and
-state), `sinks` (writers, callables, TensorBoard extras) and `figures`.
+logged names), `records` (typed probe records), `batches` (probe batches as users have them),
+`probe` (the arithmetic of one probe, pure), `checks` (top_k and the probe's cost against the
+run), `universe` (what the optimiser says: dual, e-folds, warnings), `tracker` (scheduling and
+state), `sinks` (writers, callables, TensorBoard extras), `dashboard` (layout, descriptions,
+verdicts), `figures`, `images` (other loggers' image APIs) and `session` (what every framework
+adaptor does around a tracker).
 """
 
 from cosmo_optim.monitor.config import MonitorConfig

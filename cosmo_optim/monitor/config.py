@@ -30,15 +30,17 @@ class MonitorConfig:
     """What to probe, how often, and how to label it (docs/callbacks.md).
 
     Args:
-        loss: the training loss (converted by `cosmo_optim.losses.per_sample_loss`); None
-            skips the tags that need ℓ.
+        loss: the training loss (a torch loss module, `PolynomialPotentialLoss` or a
+            per-sample callable, converted by `cosmo_optim.losses.per_sample_loss`); None
+            skips the tags that need ℓ (Ω_φ, slow roll, masses, residual).
         probe_size: at most this many probe samples N.
         top_k: modes to follow (1 ≤ top_k ≤ N·C).
         every_n_steps: probe every n optimiser steps (and at step 0); None until a Trainer
             supplies its logging interval (`with_interval`).
         log_figures_every_n_steps: draw figures at these steps (a multiple of
-            `every_n_steps`); None draws none.
-        history_size: probes kept in the tracker's `history`.
+            `every_n_steps`) and once more at the end of the run; None (the default) draws
+            none: three figures cost ≈ 0.2 s, more than a dozen probes.
+        history_size: probes kept in the tracker's `history` (oldest dropped first).
         prefix: prepended to every tag.
         group: the optimiser's param group whose (lr, momentum) define the universe.
         output: for a model whose ``forward`` returns a tuple, dict or ``ModelOutput``: the
@@ -56,6 +58,14 @@ class MonitorConfig:
         distributed: every rank of an initialised ``torch.distributed`` group calls the probe
             with the same probe batch, and each computes the kernel features of its shard
             (`empirical_ntk(distributed=True)`); the Lightning monitor sets it under DDP.
+        input_key: for dict batches, the key of the model's inputs; None takes the first of
+            `cosmo_optim.monitor.batches.INPUT_KEYS` present (``"inputs"``, ``"x"``,
+            ``"input_ids"``, ``"pixel_values"``, ...).
+        label_key: for dict batches, the key of the targets; None takes the first of
+            `cosmo_optim.monitor.batches.LABEL_KEYS` present (``"labels"``, ``"y"``, ...).
+        train_batch_size: samples per optimiser step of training (the adaptors set it from
+            the Trainer), for the one warning when a probe will cost more than
+            `cosmo_optim.monitor.checks.COST_WARNING_STEPS` training steps; None: no check.
         interval_name: how the user spelled `every_n_steps` (``every_n_train_steps`` in
             Lightning), for error messages.
 
@@ -80,6 +90,9 @@ class MonitorConfig:
     ntk_method: str = "auto"
     sketch_dim: int | None = None
     distributed: bool = False
+    input_key: str | None = None
+    label_key: str | None = None
+    train_batch_size: int | None = None
     interval_name: str = field(default="every_n_steps", compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -107,6 +120,15 @@ class MonitorConfig:
                 f"Invalid output: {self.output!r}; give a key such as 'logits' or a callable "
                 "out -> Tensor (e.g. output=lambda out: out[0])."
             )
+        for name in ("input_key", "label_key"):
+            if not (getattr(self, name) is None or isinstance(getattr(self, name), str)):
+                raise ValueError(
+                    f"Invalid {name}: {getattr(self, name)!r}; it must be a key of the dict "
+                    "batch (a string such as 'x' or 'labels'), or None for the default keys."
+                )
+        if self.train_batch_size is not None:
+            check_int("train_batch_size", self.train_batch_size, 1,
+                      "Give the samples per optimiser step, or None.")
         for name in ("verify_ntk", "distributed"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(

@@ -2,7 +2,8 @@
 
 Drawn through the object API (``Figure`` + Agg canvas; matplotlib is imported only here and
 only when a figure is drawn), with a fixed layout: constrained/tight layout would triple the
-drawing time.
+drawing time. Each is `WIDTH_PX` × `HEIGHT_PX` pixels (10 × 6 inches at `DPI`), readable on a
+screen at TensorBoard's full card width.
 """
 
 from __future__ import annotations
@@ -18,7 +19,10 @@ from cosmo_optim.monitor.records import ProbeRecord
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-__all__ = ["figures"]
+__all__ = ["DPI", "HEIGHT_PX", "WIDTH_PX", "figures"]
+
+#: Resolution of every figure: 1000 × 600 pixels.
+DPI, WIDTH_PX, HEIGHT_PX = 100, 1000, 600
 
 
 def figures(history: Sequence[ProbeRecord], dual: FLRWDual | None) -> dict[str, Figure]:
@@ -37,12 +41,12 @@ def figures(history: Sequence[ProbeRecord], dual: FLRWDual | None) -> dict[str, 
     return out
 
 
-def _figure(width: float = 5.0, height: float = 3.5) -> Figure:
+def _figure() -> Figure:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(width, height), dpi=80)
-    fig.subplots_adjust(left=0.16, right=0.97, bottom=0.15, top=0.9)
+    fig = Figure(figsize=(WIDTH_PX / DPI, HEIGHT_PX / DPI), dpi=DPI)
+    fig.subplots_adjust(left=0.1, right=0.97, bottom=0.12, top=0.9)
     FigureCanvasAgg(fig)
     return fig
 
@@ -86,6 +90,9 @@ def _spectrum(history: list[ProbeRecord], n: int | None) -> Figure:
         ks = torch.arange(1, lam.numel() + 1)
         keep = lam > 0
         ax.semilogy(ks[keep], lam[keep], style, label=f"step {record.step}")
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # modes are numbered 1, 2, ...
     ax.set_xlabel("mode k")
     ax.set_ylabel("λ_k / N" if n else "λ_k")
     ax.set_title("NTK spectrum")
@@ -100,12 +107,16 @@ def _modes(history: list[ProbeRecord]) -> Figure:
     actual = torch.stack([r.initial_amplitudes for r in history])  # (P, k)
     for j in range(actual.shape[1]):
         ax.plot(steps, actual[:, j], "o-", ms=3, color=f"C{j}", label=f"f̃_{j + 1}")
-    for r in history:
-        if r.prediction is not None:
-            for j in range(r.prediction.amplitudes.shape[1]):
-                ax.plot(r.prediction.steps, r.prediction.amplitudes[:, j], ":", color=f"C{j}")
+    predicted = [r.prediction for r in history if r.prediction is not None]
+    for prediction in predicted:
+        for j in range(prediction.amplitudes.shape[1]):
+            ax.plot(prediction.steps, prediction.amplitudes[:, j], ":", color=f"C{j}")
     ax.set_xlabel("optimiser step")
     ax.set_ylabel("amplitude (basis at first probe)")
-    ax.set_title("Modes: training (solid) vs NTK prediction (dotted)")
+    if predicted:
+        ax.plot([], [], ":", color="gray", label="NTK prediction")
+        ax.set_title("Modes: training (solid) vs NTK prediction (dotted, T10)")
+    else:  # the prediction needs the dual: a loss and a heavy-ball optimiser
+        ax.set_title("Modes in the first probe's basis (no NTK prediction: needs a loss, SGD)")
     ax.legend(fontsize="small", ncol=2)
     return fig

@@ -24,6 +24,7 @@ from cosmo_optim._common import one_thread, preserved, same_on_every_rank, train
 from cosmo_optim.cosmology import Cosmology
 from cosmo_optim.dual import FLRWDual
 from cosmo_optim.losses import PerSampleLoss
+from cosmo_optim.monitor.batches import device_of, to_model
 from cosmo_optim.monitor.config import MonitorConfig
 from cosmo_optim.monitor.records import LastProbe, PredictedModes, ProbeRecord, Reference
 from cosmo_optim.ntk import MemoryBudgetError, empirical_ntk
@@ -31,8 +32,8 @@ from cosmo_optim.predict import predict_trajectory
 from cosmo_optim.spectrum import flat_kernel, kernel_distance, ntk_eigen, uniform_overlaps
 
 __all__ = [
-    "ProbeResult", "RunSoFar", "Selected", "check_loss", "device_of", "measure", "model_outputs",
-    "probe", "read_out", "skipped", "take_probe_batch",
+    "ProbeResult", "RunSoFar", "Selected", "check_loss", "measure", "model_outputs", "probe",
+    "read_out", "skipped",
 ]
 
 
@@ -63,34 +64,6 @@ class ProbeResult:
     dual: FLRWDual | None = None
 
 
-def take_probe_batch(batch: Any, size: int) -> tuple[Tensor, Tensor | None]:
-    """The first `size` samples of a batch (copied): a Tensor of inputs or a sequence
-    (inputs, targets, ...); targets that are not per-sample are dropped."""
-    if isinstance(batch, Tensor):
-        inputs, targets = batch, None
-    elif isinstance(batch, (tuple, list)) and batch and isinstance(batch[0], Tensor):
-        inputs = batch[0]
-        targets = batch[1] if len(batch) > 1 and isinstance(batch[1], Tensor) else None
-    else:
-        raise ValueError(
-            f"Cannot take a probe batch from a batch of type {type(batch).__name__}; "
-            "it must be a Tensor or a sequence (inputs, targets, ...). "
-            "Fix: pass probe_batch=(inputs, targets) explicitly."
-        )
-    if inputs.dim() == 0 or inputs.shape[0] == 0:
-        raise ValueError(f"Invalid probe batch: inputs of shape {tuple(inputs.shape)} are empty.")
-    if targets is not None and targets.shape[:1] != inputs.shape[:1]:
-        targets = None  # not per-sample targets
-    inputs = inputs[:size].detach().clone()
-    return inputs, None if targets is None else targets[:size].detach().clone()
-
-
-def device_of(model: nn.Module) -> torch.device:
-    """The device of the model's first parameter (CPU for a parameterless model)."""
-    p = next(model.parameters(), None)
-    return p.device if p is not None else torch.device("cpu")
-
-
 class Selected(nn.Module):
     """`model` with its outputs selected by `output` (a key/attribute or a callable), so that
     the NTK engine sees a tensor-to-tensor map. Without `output` a non-tensor result is an
@@ -117,11 +90,11 @@ class Selected(nn.Module):
 
 
 def model_outputs(model: nn.Module, inputs: Tensor, output: Any = None) -> Tensor:
-    """f on the probe inputs in eval mode, float64 on the CPU; nothing about the model or any
-    random state changes. `output` selects f from a tuple/dict result (`Selected`)."""
-    device = device_of(model)
-    with preserved(model, device), training(model, False), torch.no_grad():
-        out = Selected(model, output)(inputs.to(device))
+    """f on the probe inputs (cast to the model's device and dtype, `to_model`) in eval mode,
+    float64 on the CPU; nothing about the model or any random state changes. `output` selects
+    f from a tuple/dict result (`Selected`)."""
+    with preserved(model, device_of(model)), training(model, False), torch.no_grad():
+        out = Selected(model, output)(to_model(model, inputs))
     return out.detach().double().cpu()
 
 
@@ -144,7 +117,7 @@ def _measure(model: nn.Module, inputs: Tensor, config: MonitorConfig, first: boo
              known: int | None) -> tuple[Tensor, Tensor, int]:
     f = model_outputs(model, inputs, config.output)
     net = model if config.output is None else Selected(model, config.output)
-    x, output = inputs.to(device_of(model)), "full" if f[0].numel() > 1 else "trace"
+    x, output = to_model(model, inputs), "full" if f[0].numel() > 1 else "trace"
     verify = config.verify_ntk and first
     k = {"exact": 0, "sketch": config.sketch_k}.get(config.ntk_method, known or None)
     if k is None:  # "auto", exact so far or not yet known

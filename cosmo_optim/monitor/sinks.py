@@ -9,43 +9,20 @@ needs a ``SummaryWriter``.
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 
 from cosmo_optim.dual import FLRWDual
+from cosmo_optim.monitor.dashboard import custom_scalar_layout, describe_scalars, verdicts
 from cosmo_optim.monitor.figures import figures
 from cosmo_optim.monitor.records import ProbeRecord
 
-__all__ = [
-    "Sink", "Sinks", "TensorBoardExtras", "custom_scalar_layout", "write_figures",
-    "write_histograms",
-]
+__all__ = ["Sink", "Sinks", "TensorBoardExtras", "write_figures", "write_histograms"]
 
 #: A callable sink: ``sink(metrics, step)``.
 Sink = Callable[[dict[str, float], int], None]
-
-
-def custom_scalar_layout(prefix: str = "") -> dict[str, Any]:
-    """One TensorBoard custom-scalars category grouping per-mode tags into multi-line charts."""
-    p = re.escape(prefix)
-    return {
-        "cosmo-optim": {
-            "NTK hierarchy λ_k/λ_1": ["Multiline", [rf"^{p}ntk/ratio_\d+$"]],
-            "mode amplitudes f̃ = Uᵀf": ["Multiline", [rf"^{p}modes/amplitude_\d+$"]],
-            "mode amplitudes (basis at first probe)": [
-                "Multiline", [rf"^{p}modes/initial_amplitude_\d+$"]
-            ],
-            "mode masses m_k/H": ["Multiline", [rf"^{p}modes/mass_over_hubble_\d+$"]],
-            "background": [
-                "Multiline",
-                [rf"^{p}cosmology/(omega_phi|slow_roll_epsilon|slow_roll_eta|stability_margin)$"],
-            ],
-            "NTK drift": ["Multiline", [rf"^{p}ntk/(kernel_distance|basis_rotation)$"]],
-        }
-    }
 
 
 def write_histograms(writer: Any, record: ProbeRecord, dual: FLRWDual | None, prefix: str) -> None:
@@ -108,6 +85,7 @@ class Sinks:
             self.callback(metrics, step)
         writer = self.writer
         if writer is not None:
+            describe_scalars(writer)
             for tag, value in metrics.items():
                 writer.add_scalar(tag, value, step)
 
@@ -120,8 +98,8 @@ class Sinks:
 
 class TensorBoardExtras:
     """What a probe adds to a ``SummaryWriter`` besides scalars: the custom-scalars layout
-    (once per writer), the probe's histograms, and the figures every
-    `log_figures_every_n_steps` steps and once more at the end of the run."""
+    (once per writer), the probe's histograms and verdicts card (``cosmology/verdicts``, TEXT),
+    and the figures every `log_figures_every_n_steps` steps and once more at the end."""
 
     def __init__(self, prefix: str, figures_every: int | None) -> None:
         self.prefix, self.figures_every = prefix, figures_every
@@ -149,6 +127,9 @@ class TensorBoardExtras:
         if not history or history[-1].step != step:
             return  # a skipped (non-finite) probe has nothing to draw
         write_histograms(writer, history[-1], dual, self.prefix)
+        if hasattr(writer, "add_text"):
+            writer.add_text(self.prefix + "cosmology/verdicts", verdicts(history[-1].scalars),
+                            step)
         if self.figures_due(step):
             self.write_figures(writer, history, dual, step)
 

@@ -20,6 +20,8 @@ from cosmo_optim._common import unwrap_parallel
 from cosmo_optim.cosmology import Cosmology
 from cosmo_optim.dual import FLRWDual
 from cosmo_optim.monitor import probe as probes
+from cosmo_optim.monitor.batches import take_probe_batch
+from cosmo_optim.monitor.checks import cost_warning, top_k_warning
 from cosmo_optim.monitor.config import MonitorConfig
 from cosmo_optim.monitor.records import LastProbe, ProbeRecord, Reference, as_state
 from cosmo_optim.monitor.sinks import Sinks, TensorBoardExtras
@@ -27,6 +29,7 @@ from cosmo_optim.monitor.universe import (
     StepUniverse,
     cosmology_or_none,
     dual_warnings,
+    efolds_per_step,
     unwrap_optimizer,
     zero_lr_warning,
 )
@@ -51,37 +54,20 @@ class CosmologyTracker:
 
     Args:
         model: the network (maps a batch of N inputs to N outputs).
-        loss: the training loss (torch loss module, `PolynomialPotentialLoss`, or a per-sample
-            callable; see `cosmo_optim.losses.per_sample_loss`). None skips the tags that need
-            ℓ (Ω_φ, slow roll, masses, residual).
         optimizer: the optimiser; `attach` sets it too.
-        probe_batch: a Tensor of inputs or a sequence (inputs, targets, ...); None to set it
-            later with `set_probe` (the Lightning callback takes the first training batch).
-        probe_size: at most this many samples of the probe batch are used (N).
-        top_k: modes to follow (1 ≤ top_k ≤ N·C).
-        every_n_steps: probe every n optimiser steps (and at step 0).
-        log_figures_every_n_steps: draw figures at these steps (a multiple of
-            `every_n_steps`) and once more at `close()`/end of training. None (the default)
-            draws none: three figures cost ≈ 0.2 s, more than a dozen probes; `figures()`
-            still draws them on demand.
-        history_size: probes kept in `history` (oldest dropped first).
+        probe_batch: a Tensor or NumPy array of inputs, a sequence (inputs, targets, ...), or
+            a dict batch (see `input_key`); None to set it later with `set_probe` (the
+            Lightning callback takes the first training batch). Floating inputs are cast to
+            the model's dtype and device at each probe.
         sink: a ``SummaryWriter``-like object, a log directory (a ``SummaryWriter`` is created
             lazily), or a callable ``sink(metrics, step)``; None keeps results in `history`.
-        prefix: prepended to every tag, e.g. ``"train/"``.
-        group: the optimiser's param group whose (lr, momentum) define the universe.
-        output: for a ``forward`` returning a tuple, dict or ``ModelOutput``: the key
-            (``"logits"``) or a callable (``lambda out: out[0]``) selecting the outputs.
-        verify_ntk: check the first probe's kernel against brute force (a few entries, one
-            forward and C backward passes each) and raise if it is off; see
-            ``empirical_ntk(verify=True)``. Exact kernels only.
-        ntk_method: ``"auto"`` (default: the exact kernel where it fits `empirical_ntk`'s
-            default memory budget, a quarter of free memory, else the sketch), ``"exact"``
-            or ``"sketch"``. Each probe logs ``ntk/sketch_dim``, k of its kernel (0: exact).
-        sketch_dim: k of the sketched kernel (``empirical_ntk(method="sketch")``; default
-            128).
-        distributed: under ``torch.distributed``, every rank probes with the same probe
-            batch and computes the kernel features of its shard of it
-            (``empirical_ntk(distributed=True)``); all ranks must call `step` together.
+
+    Every other argument (``loss``, ``probe_size``, ``top_k``, ``every_n_steps``,
+    ``log_figures_every_n_steps``, ``history_size``, ``prefix``, ``group``, ``output``,
+    ``verify_ntk``, ``ntk_method``, ``sketch_dim``, ``distributed``, ``input_key``,
+    ``label_key``, ``train_batch_size``) is the `MonitorConfig` option of that name,
+    documented there once; `figures()` draws the figures on demand whatever
+    ``log_figures_every_n_steps`` says.
 
     Raises:
         ValueError: on an invalid argument, naming the fix.
@@ -123,10 +109,14 @@ class CosmologyTracker:
         ntk_method: str = "auto",
         sketch_dim: int | None = None,
         distributed: bool = False,
+        input_key: str | None = None,
+        label_key: str | None = None,
+        train_batch_size: int | None = None,
     ) -> None:
         config = MonitorConfig(
             loss, probe_size, top_k, every_n_steps, log_figures_every_n_steps, history_size,
             prefix, group, output, verify_ntk, ntk_method, sketch_dim, distributed,
+            input_key, label_key, train_batch_size,
         )
         self._setup(model, config, optimizer=optimizer, probe_batch=probe_batch, sink=sink)
 
@@ -227,8 +217,11 @@ class CosmologyTracker:
         return None if self._inputs is None else (self._inputs, self._targets)
 
     def set_probe(self, batch: Any) -> None:
-        """Fix the probe set: the first `probe_size` samples of `batch` (copied)."""
-        self._inputs, self._targets = probes.take_probe_batch(batch, self.config.probe_size)
+        """Fix the probe set: the first `probe_size` samples of `batch` (copied; a dict batch
+        by `input_key`/`label_key`, NumPy arrays as Tensors)."""
+        self._inputs, self._targets = take_probe_batch(
+            batch, self.config.probe_size, input_key=self.config.input_key,
+            label_key=self.config.label_key)
 
     def cosmology(self) -> Cosmology | None:
         """The de Sitter universe (T3) of the latest optimiser step, read from the (lr,
@@ -306,8 +299,7 @@ class CosmologyTracker:
         if step <= self.last_step:
             return None
         if not self._hooks:  # not observing: the live (lr, momentum), for every step since
-            cosmology = cosmology_or_none(self.optimizer, self.config.group)
-            rate = 0.0 if cosmology is None else cosmology.efolds_per_step
+            rate = efolds_per_step(self.optimizer, self.config.group)
             self.efolds += (step - max(self.last_step, 0)) * rate
         self.last_step = step
         n = self.config.interval
@@ -335,6 +327,8 @@ class CosmologyTracker:
                               self._reference, self._last)
         result = probes.probe(self.model, self._inputs, self._targets, config=self.config,
                               cosmology=self.cosmology(), run=run)
+        if run.reference is None and result.last is not None:
+            self._check_sizes(result.last.outputs)
         self._reference, self._last = result.reference, result.last
         if result.record is None:
             self.nonfinite += 1
@@ -349,6 +343,16 @@ class CosmologyTracker:
             self.history.append(result.record)
             self.dual = result.dual
         return result.scalars
+
+    def _check_sizes(self, outputs: Tensor) -> None:
+        """At the first probe, when N and C are known: `top_k` against N·C and the probe's
+        cost against a training step (`cosmo_optim.monitor.checks`), each warned once."""
+        n, c = outputs.shape[0], outputs[0].numel()
+        messages = [top_k_warning(self.config, n, c)]
+        if self.config.train_batch_size is not None:
+            messages.append(cost_warning(self.config, n, c, self.config.train_batch_size))
+        for message in filter(None, messages):
+            warnings.warn(message, UserWarning, stacklevel=4)
 
     # ----- figures and TensorBoard extras (`sinks.TensorBoardExtras`) --------------------
     def figures_due(self, step: int) -> bool:

@@ -14,7 +14,8 @@ from cosmo_optim.monitor.tags import scalar_tags
 from cosmo_optim.optim import cosmology_of
 
 __all__ = [
-    "StepUniverse", "cosmology_or_none", "dual_warnings", "unwrap_optimizer", "zero_lr_warning",
+    "StepUniverse", "cosmology_or_none", "dual_warnings", "efolds_per_step", "unwrap_optimizer",
+    "zero_lr_warning",
 ]
 
 
@@ -40,14 +41,30 @@ def cosmology_or_none(optimizer: Optimizer | None, group: int) -> Cosmology | No
         return None
 
 
+def efolds_per_step(optimizer: Optimizer | None, group: int) -> float:
+    """The e-folds the group's next step adds, H Δt = (1 − β)/3 (T9); 0 without heavy-ball form.
+
+    H Δt does not depend on lr, so a step with lr = 0 (a warm-up's first, a decay's last)
+    counts too: it is the η → 0 limit of the same expression, and N_e = n (1 − β)/3 counts
+    every step n (T9). Such a step only lacks H, Λ and the dual, which need Δt = sqrt(lr) > 0.
+    """
+    if optimizer is None:
+        return 0.0
+    try:
+        return _form_of(optimizer, group).efolds_per_step
+    except ValueError:
+        return 0.0
+
+
 class StepUniverse:
     """The universe of each optimiser step, read from the (lr, momentum) that step used (T3, T9).
 
     `before_step` runs as a step pre-hook, so it sees the group's values before a scheduler
     changes them for the next step (Lightning and the Hugging Face Trainer step the scheduler
-    before their step-end hooks). Each step adds H Δt = (1 − β)/3 e-folds (T9); a step with
-    lr = 0 does not move the weights, has no dual (Δt = sqrt(lr) = 0) and adds none. Nothing
-    is cached across steps: a warm-up from 0 or a decay to 0 never leaves a state that sticks.
+    before their step-end hooks). Each step adds H Δt = (1 − β)/3 e-folds (T9), whatever its
+    lr: a step with lr = 0 adds them too (the η → 0 limit; `efolds_per_step`), but has no dual
+    (Δt = sqrt(lr) = 0), so no H or Λ. Nothing is cached across steps: a warm-up from 0 or a
+    decay to 0 never leaves a state that sticks.
     """
 
     def __init__(self) -> None:
@@ -61,7 +78,7 @@ class StepUniverse:
         self.used = cosmology_or_none(optimizer, group)
         if self.used_lr == 0.0 and self.zero_lr_step is None:
             self.zero_lr_step = step
-        return 0.0 if self.used is None else self.used.efolds_per_step
+        return efolds_per_step(optimizer, group)
 
     def current(self, optimizer: Optimizer | None, group: int) -> Cosmology | None:
         """The universe of the latest step (before any: of the coming one, the live values)."""
@@ -82,9 +99,10 @@ def zero_lr_warning(step: int, config: MonitorConfig) -> str:
     return (
         f"CosmologyTracker: optimiser step {step} used lr = 0 in group {config.group}: a step "
         "with lr = 0 does not move the weights and has no de Sitter dual (Δt = sqrt(lr) = 0), "
-        "so it adds no e-folds and a probe right after it logs no Hubble rate, vacuum energy, "
-        "e-folds or dual tags. Said once per run; the read-out resumes at the next step with "
-        "lr > 0 (e.g. after a warm-up from 0)."
+        "so a probe right after it logs no Hubble rate, vacuum energy, e-folds or dual tags; "
+        "it still counts (1 − β)/3 e-folds, as every step does (docs/theory.md T9). Said once "
+        "per run; the read-out resumes at the next step with lr > 0 (e.g. after a warm-up "
+        "from 0)."
     )
 
 
@@ -114,16 +132,16 @@ def dual_warnings(optimizer: Optimizer, config: MonitorConfig) -> list[str]:
     return out
 
 
-def _form_of(optimizer: Optimizer, group: int) -> None:
-    """`cosmology_of` on the optimiser's form only: a scheduler's lr = 0 (a warm-up's first
-    step) is a step without a dual, said by `zero_lr_warning`, not an optimiser without one."""
+def _form_of(optimizer: Optimizer, group: int) -> Cosmology:
+    """`cosmology_of` on the optimiser's form only (at lr = 0: the universe of lr = 1, for its
+    β): a scheduler's lr = 0 (a warm-up's first step) is a step without a dual, said by
+    `zero_lr_warning`, not an optimiser without one. The group's lr is restored at once."""
     groups = optimizer.param_groups
     if -len(groups) <= group < len(groups) and groups[group].get("lr") == 0:
         saved = groups[group]["lr"]
         groups[group]["lr"] = 1.0
         try:
-            cosmology_of(optimizer, group)
+            return cosmology_of(optimizer, group)
         finally:
             groups[group]["lr"] = saved
-    else:
-        cosmology_of(optimizer, group)
+    return cosmology_of(optimizer, group)

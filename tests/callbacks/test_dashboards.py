@@ -1,6 +1,7 @@
 """A real TensorBoard server on the logs of a tiny Lightning run and a tiny Hugging Face run:
-every custom-scalars chart matches at least one logged scalar tag, and the histograms and
-figures sit beside the scalars (HF writes them all under ``train/``)."""
+every custom-scalars chart matches at least one logged scalar tag, the histograms and figures
+sit beside the scalars (HF writes them all under ``train/``), and the dashboard explains
+itself: charts of one scale, descriptions with units, a verdicts card (issue #21 item 7)."""
 
 from __future__ import annotations
 
@@ -125,3 +126,29 @@ def test_every_dashboard_chart_matches_a_logged_tag(framework, tmp_path, monkeyp
     assert {prefix + "ntk/spectrum", prefix + "modes/mass_over_hubble"} <= histograms, histograms
     images = set(_get(f"{url}/data/plugin/images/tags").get(run, {}))
     assert prefix + "figures/spectrum" in images, images
+    explains_itself(url, run, prefix, found, tags[run])
+    print(f"{framework}: {len(found) - len(empty)} of {len(found)} charts match a tag")
+
+
+def explains_itself(url: str, run: str, prefix: str, found, tags: dict) -> None:
+    """Ω_φ (~40) never shares a chart with ε_V, η_V or the stability margin (~1e-3); H, Λ,
+    e-folds and the residual have charts; every monitor tag has a description with units; the
+    verdicts card says what the latest Ω_φ and relative residual mean."""
+    for title, regexes in found:
+        matched = {t for t in tags if any(re.search(rx, t) for rx in regexes)}
+        if prefix + "cosmology/omega_phi" in matched:
+            assert matched == {prefix + "cosmology/omega_phi"}, (title, matched)
+    charted = {t for _, regexes in found for t in tags if any(re.search(rx, t) for rx in regexes)}
+    assert {prefix + "cosmology/" + t for t in ("hubble_rate", "vacuum_energy", "efolds")} | {
+        prefix + "duality/residual", prefix + "duality/relative_residual"} <= charted
+    ours = [t for t in tags if re.search(r"(cosmology|ntk|modes|duality)/", t)]
+    bare = [t for t in ours if not tags[t].get("description")]
+    assert not bare, f"tags without a description: {bare}"
+    assert "per unit of time" in tags[prefix + "cosmology/hubble_rate"]["description"]
+    assert "dimensionless" in tags[prefix + "cosmology/omega_phi"]["description"]
+    texts = _get(f"{url}/data/plugin/text/tags").get(run, [])
+    card_tag = prefix + "cosmology/verdicts/text_summary"  # torch's add_text suffix
+    assert card_tag in texts, texts
+    query = urllib.parse.urlencode({"run": run, "tag": card_tag})
+    card = _get(f"{url}/data/plugin/text/text?{query}")[-1]["text"]
+    assert "Ω_φ" in card and "relative residual" in card and "the gravity dual" in card, card

@@ -25,13 +25,14 @@ def record_used(opt, used):
 
 
 def check(history, used):
-    """Every probe against H_n = (1 − β_n)/(3 sqrt(lr_n)) and Σ_{m ≤ n, lr_m > 0} (1 − β_m)/3."""
+    """Every probe against H_n = (1 − β_n)/(3 sqrt(lr_n)) and Σ_{m ≤ n} (1 − β_m)/3 (T9: every
+    step counts, lr_m = 0 included)."""
     assert [r.step for r in history] == list(range(0, STEPS + 1, EVERY))
     assert len(used) == STEPS
     for record in history:
         lr, beta = used[max(record.step, 1) - 1]
         s = {k.removeprefix("train/"): v for k, v in record.scalars.items()}
-        efolds = sum((1 - b) / 3 for lr_m, b in used[:record.step] if lr_m > 0)
+        efolds = sum((1 - b) / 3 for _, b in used[:record.step])
         if lr == 0:
             assert "cosmology/hubble_rate" not in s, record.step
             continue

@@ -63,7 +63,7 @@ def run(tmp_path, max_steps=6, callback=None, resume=None, save_steps=None, data
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     args = transformers.TrainingArguments(
         output_dir=str(tmp_path), max_steps=max_steps, logging_steps=3,
-        per_device_train_batch_size=8, report_to=kwargs.pop("report_to", ["tensorboard"]),
+        per_device_train_batch_size=kwargs.pop("per_device_train_batch_size", 8), report_to=kwargs.pop("report_to", ["tensorboard"]),
         save_strategy="steps" if save_steps else "no", save_steps=save_steps or 500,
         use_cpu=True, disable_tqdm=True, lr_scheduler_type="constant", seed=0, **kwargs,
     )
@@ -257,3 +257,62 @@ def test_torchrun_ddp_splits_the_probe_kernel_across_ranks(tmp_path, rank_result
     (step, split), (_, whole) = ranks[0]["series"][0], series(trainer)[0]
     assert step == 0 and split["ntk/sketch_dim"] == whole["ntk/sketch_dim"] == 0.0
     assert split["ntk/lambda_1"] == pytest.approx(whole["ntk/lambda_1"], rel=1e-5)
+
+
+def test_labels_of_the_wrong_length_are_an_error_naming_both_lengths():
+    batch = {"x": torch.randn(8, 4), "labels": torch.zeros(5, dtype=torch.long)}
+    with pytest.raises(ValueError, match=r"5 'labels' for 8 'x' rows.*Fix: one row"):
+        CosmologyCallback(nn.CrossEntropyLoss(), input_key="x", probe_batch=batch)
+
+
+def test_a_probe_far_costlier_than_a_training_step_warns_once(tmp_path):
+    """N·C = 32·3 per-output gradients against 1 sample a step: ≈ 96 training steps a probe."""
+    callback = CosmologyCallback(nn.CrossEntropyLoss(), input_key="x", top_k=2, probe_size=32)
+    with pytest.warns(UserWarning, match=r"≈ 96 training steps") as caught:
+        run(tmp_path, max_steps=3, callback=callback, report_to=[],
+            per_device_train_batch_size=1)
+    assert len([w for w in caught if "training steps" in str(w.message)]) == 1
+
+
+def test_figures_without_a_logger_that_takes_them_warn_once_naming_what_is_dropped(tmp_path):
+    callback = CosmologyCallback(nn.CrossEntropyLoss(), input_key="x", top_k=2,
+                                 log_figures_every_n_steps=3)
+    with pytest.warns(UserWarning, match="are not sent to") as caught:
+        run(tmp_path, callback=callback, report_to=[])
+    dropped = [str(w.message) for w in caught if "are not sent to" in str(w.message)]
+    assert len(dropped) == 1 and "report_to=[]" in dropped[0], dropped
+    assert "figures/spectrum" in dropped[0] and "log_figures_every_n_steps=None" in dropped[0]
+
+
+def test_figures_go_to_a_reporting_integration_s_image_api(tmp_path, monkeypatch):
+    """transformers' WandbCallback keeps the wandb module as ``_wandb``: figures go through its
+    ``log`` and ``Image`` (a recording stand-in here; nothing is installed or sent)."""
+    logged: list[tuple[str, int, tuple]] = []
+
+    class Wandb:
+        Image = staticmethod(lambda pixels: pixels)
+
+        @staticmethod
+        def log(row):
+            step = row.pop("train/global_step")
+            logged.extend((tag, step, image.shape) for tag, image in row.items())
+
+    class Reporting(transformers.TrainerCallback):
+        _wandb = Wandb
+
+    monkeypatch.setattr(transformers.integrations, "get_reporting_integration_callbacks",
+                        lambda report_to: [Reporting])
+    callback = CosmologyCallback(nn.CrossEntropyLoss(), input_key="x", top_k=2,
+                                 log_figures_every_n_steps=3)
+    torch.manual_seed(0)
+    model = Classifier()
+    args = transformers.TrainingArguments(
+        output_dir=str(tmp_path), max_steps=6, logging_steps=3, per_device_train_batch_size=8,
+        report_to=[], save_strategy="no", use_cpu=True, disable_tqdm=True, seed=0)
+    transformers.Trainer(model=model, args=args, train_dataset=Examples(),
+                         optimizers=(torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9),
+                                     None), callbacks=[Reporting(), callback]).train()
+    assert {tag for tag, _, _ in logged} == {  # beside W&B's train/ scalars (rewrite_logs)
+        "train/figures/potential", "train/figures/spectrum", "train/figures/modes"}
+    assert {step for _, step, _ in logged} == {0, 3, 6}
+    assert all(shape[1] >= 800 and shape[2] == 3 for _, _, shape in logged)  # readable

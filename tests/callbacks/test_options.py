@@ -15,8 +15,8 @@ from torch.utils.data import DataLoader, TensorDataset
 from cosmo_optim import Cosmology
 from cosmo_optim.monitor import MonitorConfig
 
-#: set by the adaptor from the framework (DDP) or internal (error wording), never a user's
-FROM_FRAMEWORK = {"distributed", "interval_name"}
+#: set by the adaptor from the framework (DDP, its batch size) or internal (error wording)
+FROM_FRAMEWORK = {"distributed", "interval_name", "train_batch_size"}
 #: the adaptor's spelling of a field, where it follows its framework's name
 ALIASES = {"lightning": {"every_n_steps": "every_n_train_steps"}, "huggingface": {}}
 

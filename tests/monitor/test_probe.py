@@ -11,7 +11,7 @@ from torch import nn
 
 from cosmo_optim import Cosmology
 from cosmo_optim.monitor import MonitorConfig, ProbeRecord
-from cosmo_optim.monitor.probe import RunSoFar, measure, probe, take_probe_batch
+from cosmo_optim.monitor.probe import RunSoFar, measure, probe
 
 
 def linear_problem():
@@ -71,17 +71,6 @@ def test_measuring_leaves_buffers_modes_and_every_random_state_untouched():
     assert torch.equal(torch.get_rng_state(), states[0])
     assert np.array_equal(np.random.get_state()[1], states[1])  # noqa: NPY002
     assert random.getstate() == states[2]
-
-
-def test_take_probe_batch_copies_the_first_samples_and_drops_non_per_sample_targets():
-    x, y = torch.randn(10, 2), torch.randn(10)
-    inputs, targets = take_probe_batch((x, y), 4)
-    assert torch.equal(inputs, x[:4]) and torch.equal(targets, y[:4])
-    inputs[0, 0] = 99.0
-    assert x[0, 0] != 99.0
-    assert take_probe_batch((x, torch.randn(3)), 4)[1] is None
-    with pytest.raises(ValueError, match=r"inputs of shape \(0, 2\) are empty"):
-        take_probe_batch(torch.zeros(0, 2), 4)
 
 
 def test_verify_ntk_checks_the_first_probe_only(monkeypatch):

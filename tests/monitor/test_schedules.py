@@ -1,6 +1,7 @@
 """The universe of each step is read from the (lr, momentum) that step used, for any scheduler
 (docs/theory.md T3, T9): H_n = (1 − β_n)/(3 sqrt(lr_n)) and e-folds Σ_{m ≤ n} (1 − β_m)/3 over
-the steps with lr_m > 0, computed here by hand from the values recorded before each step."""
+every step, lr_m = 0 included (H Δt does not depend on lr), computed here by hand from the
+values recorded before each step."""
 
 from __future__ import annotations
 
@@ -76,7 +77,7 @@ def by_hand(used, step):
     """H and e-folds at probe `step` from the (lr, β) of steps 1..step (step 0: step 1's)."""
     lr, beta = used[max(step, 1) - 1]
     hubble = None if lr == 0 else (1 - beta) / (3 * math.sqrt(lr))
-    efolds = sum((1 - b) / 3 for lr_m, b in used[:step] if lr_m > 0)
+    efolds = sum((1 - b) / 3 for _, b in used[:step])  # N_e = Σ H Δt, lr = 0 steps too (T9)
     return hubble, efolds
 
 
@@ -108,7 +109,46 @@ def test_a_warm_up_from_lr_0_warns_once_and_never_sticks():
     zero = [m for m in messages if "used lr = 0" in m]
     assert len(zero) == 1 and "step 1" in zero[0], messages
     assert tracker.history[-1].scalars["cosmology/efolds"] == pytest.approx(
-        (STEPS - 1) * 0.1 / 3, rel=1e-12)
+        STEPS * 0.1 / 3, rel=1e-12)  # step 1 (lr = 0) counts too (T9)
+
+
+def test_the_issue_s_warm_up_counts_every_step_n_1_minus_beta_over_3_at_step_40(mse_steps):
+    """Issue #21: LambdaLR(min(1, n/10)), β = 0.9: N_e = 40 · 0.1/3 = 1.33 at step 40 (T9);
+    the lr = 0 of step 1 adds its 0.1/3 like every other step (not 1.30)."""
+    x, y = _data()
+    model = _model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    sched = lr_scheduler.LambdaLR(opt, lambda n: min(1.0, n / 10))
+    tracker = CosmologyTracker(model, nn.MSELoss(), probe_batch=(x, y), top_k=1,
+                               every_n_steps=10)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        tracker.attach(opt)
+        mse_steps(model, opt, x, y, 40, sched)
+    assert len([w for w in caught if "used lr = 0" in str(w.message)]) == 1
+    assert tracker.history[-1].step == 40
+    assert tracker.history[-1].scalars["cosmology/efolds"] == pytest.approx(4 / 3, rel=1e-12)
+    assert "cosmology/hubble_rate" not in tracker.history[0].scalars  # step 0: lr_1 = 0
+
+
+def test_an_lr_0_step_counts_efolds_but_an_optimiser_without_a_dual_counts_none(mse_steps):
+    x, y = _data()
+    for make, expected in [
+        (lambda p: torch.optim.SGD(p, lr=0.0, momentum=0.7), 3 * 0.3 / 3),
+        (lambda p: torch.optim.Adam(p, lr=0.0), 0.0),
+        (lambda p: torch.optim.SGD(p, lr=0.0, momentum=0.7, nesterov=True), 0.0),
+    ]:
+        model = _model()
+        opt = make(model.parameters())
+        tracker = CosmologyTracker(model, nn.MSELoss(), probe_batch=(x, y), top_k=1,
+                                   every_n_steps=3)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            tracker.attach(opt)
+            mse_steps(model, opt, x, y, 3)
+        assert tracker.efolds == pytest.approx(expected, rel=1e-12), type(opt).__name__
+        assert opt.param_groups[0]["lr"] == 0.0  # the user's optimiser is as it was
+        assert "cosmology/hubble_rate" not in tracker.history[-1].scalars
 
 
 def test_a_decay_to_lr_0_keeps_the_last_probe_s_hubble_rate():

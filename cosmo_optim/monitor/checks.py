@@ -1,0 +1,56 @@
+"""The options held against the run once its sizes are known (at the first probe): `top_k`
+against the kernel's N·C modes, and one probe's cost against a training step.
+
+Both return the warning's text (None when all is well), so the tracker says each once per run
+and the tests read the numbers without a trainer.
+"""
+
+from __future__ import annotations
+
+import math
+
+from cosmo_optim.monitor.config import MonitorConfig
+
+__all__ = ["COST_WARNING_STEPS", "cost_warning", "probe_cost_steps", "top_k_warning"]
+
+#: A probe estimated to cost more than this many training steps gets the cost warning.
+COST_WARNING_STEPS = 50
+
+
+def top_k_warning(config: MonitorConfig, n: int, c: int) -> str | None:
+    """`top_k` above N·C, the number of modes the probe's (N·C × N·C) kernel has (T4, T7)."""
+    modes = n * c
+    if config.top_k <= modes:
+        return None
+    return (
+        f"CosmologyTracker: top_k={config.top_k} exceeds N·C = {n}·{c} = {modes}, the number "
+        f"of modes of the probe's kernel (N = {n} probe samples, C = {c} outputs each); "
+        f"following {modes}. Fix: top_k={min(modes, 16)} (each mode adds its own tags), or a "
+        "larger probe_size."
+    )
+
+
+def probe_cost_steps(n: int, c: int, batch_size: int) -> float:
+    """A lower bound on one probe's cost in training steps: its NTK takes N·C per-output
+    gradients of one sample each, a training step B samples' forward and backward. The
+    kernel's (N·C)² products and its eigendecomposition come on top, so the bound is close for
+    small N·C and low for large (docs/callbacks.md, "Batches as you have them")."""
+    return n * c / batch_size
+
+
+def cost_warning(config: MonitorConfig, n: int, c: int, batch_size: int) -> str | None:
+    """The one-line warning for a probe estimated at more than `COST_WARNING_STEPS` training
+    steps: by how much, the share of training time at this interval, and the two fixes."""
+    steps = probe_cost_steps(n, c, batch_size)
+    if steps <= COST_WARNING_STEPS:
+        return None
+    every, name = config.interval, config.interval_name
+    smaller = max(1, math.floor(COST_WARNING_STEPS * batch_size / c))
+    rarer = math.ceil(10 * steps)  # an interval of 10 probes' worth of steps: ≈ 10 % overhead
+    return (
+        f"CosmologyTracker: one probe will cost at least ≈ {steps:.0f} training steps (its NTK "
+        f"takes N·C = {n}·{c} = {n * c} per-output gradients, a training step {batch_size} "
+        f"samples'), ≥ {steps / every:.1f}× the training time at {name}={every}. Fix: "
+        f"probe_size={smaller} (≤ {COST_WARNING_STEPS} steps' worth) or "
+        f"{name}={max(rarer, every)} (≈ 10 % overhead)."
+    )

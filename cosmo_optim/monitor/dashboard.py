@@ -1,0 +1,157 @@
+"""A TensorBoard dashboard that explains itself (docs/callbacks.md, docs/theory.md T3–T10).
+
+`custom_scalar_layout` puts quantities of one scale on one chart (Ω_φ apart from the slow-roll
+parameters; H and Λ, the e-folds and the residuals on their own); `describe_scalars` gives
+every monitor tag a description with its units (TensorBoard's summary metadata, shown beside
+the chart); `verdicts` says in words what the latest probe's Ω_φ, relative residual and
+stability margin mean. Only a writer's duck-typed methods are used.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+__all__ = ["DESCRIPTIONS", "custom_scalar_layout", "describe_scalars", "description",
+           "verdicts"]
+
+#: What each scalar is, with its units (``{k}``: one per mode); the T-numbers of docs/theory.md.
+DESCRIPTIONS: Mapping[str, str] = {
+    "cosmology/hubble_rate": "Hubble rate H = (1 − β)/(3 sqrt(η)), per unit of time "
+                             "t = n sqrt(η) (T3).",
+    "cosmology/vacuum_energy": "Vacuum energy Λ = 3H², an energy density (units of V) (T3).",
+    "cosmology/efolds": "e-folds N_e = Σ_n (1 − β_n)/3, dimensionless, every step (T9).",
+    "cosmology/alpha_eff": "α_eff = λ_1/N, the mean field's coupling, NTK units (T7).",
+    "cosmology/field": "Mean field φ̄ = mean of the outputs, in output units (T7).",
+    "cosmology/potential": "V(φ̄) = α_eff ℓ̄(φ̄) + Λ, an energy density (T5, T7).",
+    "cosmology/omega_phi": "Ω_φ = ρ_φ/Λ, dimensionless: ≤ 0.1 vacuum dominated (the gravity "
+                           "dual holds), ≥ 1 it does not (T6).",
+    "cosmology/slow_roll_epsilon": "ε_V = ½ (V'/V)², dimensionless; ≪ 1 slow roll (T9).",
+    "cosmology/slow_roll_eta": "η_V = V''/V, dimensionless; |η_V| ≪ 1 slow roll (T9).",
+    "cosmology/stability_margin": "max_k η κ_k / 2(1 + β), dimensionless: the discrete map "
+                                  "diverges at ≥ 1 (T10).",
+    "cosmology/nonfinite": "Probes skipped so far for NaN/inf outputs or NTK (a count).",
+    "ntk/lambda_1": "λ_1, top eigenvalue of the probe NTK, (output/parameter)² units (T4, T7).",
+    "ntk/ratio_{k}": "λ_k/λ_1, dimensionless: the hierarchy λ_1 ≫ λ_2 ≫ … (T7, T8).",
+    "ntk/kernel_distance": "1 − cosine to the first probe's kernel, 0–1: 0 is the lazy "
+                           "(constant-NTK) limit (T4).",
+    "ntk/basis_rotation": "1 − ‖U_0ᵀU‖²/k, 0–1: how far the top-k eigenspace turned (T7).",
+    "ntk/mean_field_overlap": "Best |u_k·1|/sqrt(N), 0–1: 1 is a perfectly uniform mode (T7).",
+    "ntk/sketch_dim": "Which kernel: 0 exact, else k of the sketch (a count) (T4).",
+    "modes/amplitude_{k}": "f̃_k = u_kᵀ f in the current eigenbasis, output units (T7).",
+    "modes/initial_amplitude_{k}": "f̃_k in the first probe's basis, output units (T7).",
+    "modes/mass_over_hubble_{k}": "m_k/H, dimensionless: > 3/2 the mode oscillates (T8).",
+    "modes/active": "Top modes not frozen over one Hubble time (a count) (T8, T10).",
+    "duality/residual": "RMS gap between the discrete NTK map's prediction and training, "
+                        "output units (T10).",
+    "duality/relative_residual": "That gap over how far the outputs moved, dimensionless: "
+                                 "≤ 0.1 the NTK map predicts training, ≥ 1 no better than "
+                                 "'nothing moves' (T10).",
+}
+_TAIL = re.compile(r"((?:cosmology|ntk|modes|duality)/[a-z_0-9]+?)(_\d+)?$")
+
+
+def description(tag: str) -> str | None:
+    """The description of a monitor tag, with any prefix (``train/``), else None."""
+    match = _TAIL.search(tag)
+    if match is None:
+        return None
+    name, index = match.groups()  # ntk/lambda_1 is a name, modes/amplitude_1 a mode index
+    return DESCRIPTIONS.get(match.group(0)) or DESCRIPTIONS.get(name + "_{k}" if index else "")
+
+
+def custom_scalar_layout(prefix: str = "") -> dict[str, Any]:
+    """TensorBoard custom-scalars categories; each chart holds quantities of one scale."""
+    p = re.escape(prefix)
+
+    def chart(pattern: str) -> list[Any]:
+        return ["Multiline", [rf"^{p}{pattern}$"]]
+
+    return {
+        "cosmo-optim: universe (T3, T9, T10)": {
+            "Hubble rate H and vacuum energy Λ = 3H²":
+                chart("cosmology/(hubble_rate|vacuum_energy)"),
+            "e-folds N_e": chart("cosmology/efolds"),
+            "duality residual (RMS, output units)": chart("duality/residual"),
+            "relative residual (≤ 0.1 good, ≥ 1 no better than no motion)":
+                chart("duality/relative_residual"),
+        },
+        "cosmo-optim: background (T6, T9, T10)": {
+            "vacuum domination Ω_φ (≤ 0.1: the gravity dual holds)":
+                chart("cosmology/omega_phi"),
+            "slow roll ε_V, η_V and stability margin (diverges at ≥ 1)":
+                chart("cosmology/(slow_roll_epsilon|slow_roll_eta|stability_margin)"),
+        },
+        "cosmo-optim: NTK and modes (T4, T7, T8)": {
+            "NTK hierarchy λ_k/λ_1": chart(r"ntk/ratio_\d+"),
+            "NTK drift": chart("ntk/(kernel_distance|basis_rotation)"),
+            "mode amplitudes f̃ = Uᵀf": chart(r"modes/amplitude_\d+"),
+            "mode amplitudes (basis at first probe)": chart(r"modes/initial_amplitude_\d+"),
+            "mode masses m_k/H": chart(r"modes/mass_over_hubble_\d+"),
+        },
+    }
+
+
+def describe_scalars(writer: Any) -> None:
+    """Have `writer.add_scalar` attach each monitor tag's description to its first value.
+
+    TensorBoard keeps a tag's summary metadata from its first value, and the frameworks
+    (Lightning's ``log_metrics``, transformers' ``TensorBoardCallback``) write our scalars with
+    ``add_scalar``, which has no description argument: so the writer's ``add_scalar`` is
+    shadowed by one that sends that first value with ``SummaryMetadata.summary_description``
+    and every other call on unchanged. Values and steps are those given; once per writer.
+    """
+    if "add_scalar" in vars(writer) or not hasattr(writer, "_get_file_writer"):
+        return
+    from tensorboard.compat.proto.summary_pb2 import Summary, SummaryMetadata
+
+    original, described = writer.add_scalar, set()
+
+    def add_scalar(tag: str, scalar_value: Any, global_step: Any = None,
+                   walltime: Any = None, *args: Any, **kwargs: Any) -> Any:
+        text = None if tag in described or args or kwargs else description(tag)
+        if text is None:
+            return original(tag, scalar_value, global_step, walltime, *args, **kwargs)
+        described.add(tag)
+        metadata = SummaryMetadata(summary_description=text, plugin_data=(
+            SummaryMetadata.PluginData(plugin_name="scalars")))
+        summary = Summary(value=[Summary.Value(tag=tag, simple_value=float(scalar_value),
+                                               metadata=metadata)])
+        writer._get_file_writer().add_summary(summary, global_step, walltime)
+        return None
+
+    writer.add_scalar = add_scalar
+
+
+def _verdict(value: float | None, good: float, bad: float, texts: tuple[str, str, str]) -> str:
+    if value is None or value != value:  # absent or NaN
+        return "not measured at this probe"
+    return texts[0] if value <= good else texts[2] if value >= bad else texts[1]
+
+
+def verdicts(scalars: Mapping[str, float]) -> str:
+    """A Markdown card: a probe's Ω_φ, relative residual and stability margin (its scalars,
+    any prefix), each with what it means (T6, T10)."""
+    named = {m.group(0): v for k, v in scalars.items() if (m := _TAIL.search(k))}
+    omega, rel, margin = (named.get("cosmology/omega_phi"),
+                          named.get("duality/relative_residual"),
+                          named.get("cosmology/stability_margin"))
+    rows = [
+        ("`Ω_φ` (vacuum domination, T6)", omega, _verdict(omega, 0.1, 1.0, (
+            "good: vacuum dominated, the de Sitter (gravity) dual holds",
+            "marginal: the field's energy is a sizeable part of Λ; the gravity dual is rough",
+            "bad: the field's energy exceeds Λ; the gravity dual does not hold (lower the lr)"))),
+        ("relative residual (T10)", rel, _verdict(rel, 0.1, 1.0, (
+            "good: the discrete NTK map predicts training",
+            "fair: the NTK map explains part of the motion",
+            "bad: no better than predicting no motion; training left the NTK limit"))),
+        ("stability margin (T10)", margin, _verdict(margin, 0.5, 1.0, (
+            "good: every mode is well inside the edge of stability",
+            "close to the edge of stability",
+            "bad: the discrete map diverges on the stiffest mode (lower the lr)"))),
+    ]
+    lines = ["| quantity | value | verdict |", "|---|---|---|"]
+    lines += [f"| {name} | {'—' if v is None else f'{v:.4g}'} | {text} |"
+              for name, v, text in rows]
+    return "\n".join(lines)
