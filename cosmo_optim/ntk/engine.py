@@ -294,16 +294,18 @@ class Engine:
         logger.debug("empirical_ntk plan:\n%s", text)
 
     def form(self, uses: list[rules.Use]) -> tuple[str, int, int]:
-        """("gram" | "psg", bytes kept for all N over chunks, bytes of one component's term
+        """("gram" | "psg" | "tied", bytes kept for all N over chunks, bytes of one component's term
         for all N) for one parameter, by the cost model in :mod:`cosmo_optim.ntk.kernel`."""
         N, C, isz = self.N, self.C, self.isz
         dims = [rules.row_count_and_width(u) for u in uses]
         R, d_in, d_out = sum(d[0] for d in dims), dims[0][1], dims[0][2]
         if uses[0].role == "bias" or not rules.rule(uses[0]).gram:
             return "psg", N * C * d_out * isz, N * d_out * isz
-        if rules.tied(uses) and not self.full:  # Gram and cross terms, streaming plan only
-            V = uses[0].args["weight"].shape[0]
-            return "tied", N * C * d_in * d_out * isz, N * R * (2 * d_out + V) * isz
+        if rules.tied(uses):  # Gram and cross terms from the rows, never a V × d gradient
+            V, d = uses[0].args["weight"].shape
+            kept = sum(r * (1 + C * d if rules.rule(u).ids else d + C * V)
+                       for u, (r, _, _) in zip(uses, dims, strict=True))
+            return "tied", N * kept * isz, N * R * (2 * d + V) * isz
         c2 = C if self.full else 1
         gram = N * N * R * R * (d_in + C * c2 * d_out)
         psg = C * N * R * d_in * d_out + C * c2 * N * N * d_in * d_out
@@ -336,7 +338,10 @@ class Engine:
         return delta
 
     def chunk_term(self, form: str, uses: list[rules.Use], delta: dict[int, torch.Tensor]) -> Any:
-        """Per chunk: per-sample gradients (n, C, P) for "psg", or rows (X, Δ) for "gram"."""
+        """Per chunk: per-sample gradients (n, C, P) for "psg", rows (X, Δ) for "gram", the
+        embedding's and the linear calls' rows for "tied"."""
         if form == "gram":
             return structured.layer_rows(uses, delta)
+        if form == "tied":
+            return structured.tied_rows(uses, delta)
         return structured.per_sample_grads(uses, delta)

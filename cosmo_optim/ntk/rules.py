@@ -338,7 +338,7 @@ def qualifies(uses: list[Use], n: int) -> bool:
 def tied(uses: list[Use]) -> bool:
     """True for an embedding tied to an ``nn.Linear`` output projection (GPT-2's ``wte`` and
     ``lm_head``): both per-sample gradients live in the same (vocabulary, width) layout, so they
-    add (per-sample form only)."""
+    add; its kernel is each use's Gram term plus their cross term (:mod:`.structured`)."""
     return {u.kind for u in uses} == {"embedding", "linear"} and all(
         u.role == "weight" and not u.args.get("transposed") for u in uses)
 

@@ -79,7 +79,7 @@ def _add(K: Tensor, form: str, uses: list[rules.Use], delta: dict[int, Tensor], 
          plus_one: bool, free: int) -> None:
     """K += one component's term of one parameter (trace kernel)."""
     if form == "tied":
-        _tied(K, uses, delta, free)
+        tied_term(K, tied_rows(uses, delta), free, full=False)
         return
     if form == "psg":
         accumulate(K, per_sample_grads(uses, delta), False)
@@ -89,28 +89,41 @@ def _add(K: Tensor, form: str, uses: list[rules.Use], delta: dict[int, Tensor], 
               full=False)
 
 
-def _tied(K: Tensor, uses: list[rules.Use], delta: dict[int, Tensor], free: int) -> None:
-    """K += one component's term of a weight ``W`` (V, d) tied across embedding calls (ids,
-    cotangents ``δ``) and linear calls (inputs ``h``, cotangents ``δ'`` over V): the Gram terms
-    of each kind plus the cross term ``<g^e_i, g^l_j> = Σ_{s,t} δ'_jt[id_is] (δ_is · h_jt)``
-    and its transpose, never a per-sample (V × d) gradient."""
+TiedRows = tuple[Tensor | None, Tensor | None, Tensor | None, Tensor | None]
+
+
+def tied_rows(uses: list[rules.Use], delta: dict[int, Tensor]) -> TiedRows:
+    """(ids, δ) of the embedding calls and (h, δ') of the linear calls of a tied weight."""
     emb = [u for u in uses if rules.rule(u).ids]
     lin = [u for u in uses if not rules.rule(u).ids]
     ids, De = layer_rows(emb, delta) if emb else (None, None)
     H, Dl = layer_rows(lin, delta) if lin else (None, None)
+    return ids, De, H, Dl
+
+
+def tied_term(K: Tensor, rows: TiedRows, free: int, full: bool) -> None:
+    """K += the kernel of a weight ``W`` (V, d) tied across embedding calls (ids, cotangents
+    ``δ``) and linear calls (inputs ``h``, cotangents ``δ'`` over V): the Gram terms of each
+    kind plus the cross term ``<g^e_ic, g^l_jd> = Σ_{s,t} δ'_jtd[id_is] (δ_isc · h_jt)`` and
+    its transpose, never a per-sample (V × d) gradient."""
+    ids, De, H, Dl = rows
     if ids is not None and De is not None:
-        gram_into(K, ids, De, True, plus_one=False, free=free, full=False)
+        gram_into(K, ids, De, True, plus_one=False, free=free, full=full)
     if H is None or Dl is None:
         return
     keep = Dl.abs().amax(dim=(0, 1, 3)) > 0  # rows no output reads: no gradient
     H, Dl = H[:, keep], Dl[:, :, keep]
-    gram_into(K, H, Dl, False, plus_one=False, free=free, full=False)
+    gram_into(K, H, Dl, False, plus_one=False, free=free, full=full)
     if ids is None or De is None or H.shape[1] == 0:
         return
-    N, Re, Rl = ids.shape[0], ids.shape[1], H.shape[1]
-    A = De[0].reshape(N * Re, -1) @ H.reshape(N * Rl, -1).T  # δ_is · h_jt
-    B = Dl[0].reshape(N * Rl, -1)[:, ids.reshape(-1)].T  # δ'_jt[id_is]
-    M = (A * B).reshape(N, Re, N, Rl).sum((1, 3))
+    C, N, Re, Rl = De.shape[0], ids.shape[0], ids.shape[1], H.shape[1]
+    A = De.reshape(C, N * Re, -1) @ H.reshape(N * Rl, -1).T  # δ_isc · h_jt
+    B = Dl.reshape(C, N * Rl, -1)[:, :, ids.reshape(-1)]  # δ'_jtd[id_is]
+    if full:
+        M = torch.einsum("cxy,dyx->xycd", A, B).reshape(N, Re, N, Rl, C, C).sum((1, 3))
+        K += M + M.permute(1, 0, 3, 2)
+        return
+    M = torch.einsum("cxy,cyx->xy", A, B).reshape(N, Re, N, Rl).sum((1, 3))
     K += M + M.T
 
 
@@ -162,8 +175,11 @@ def stored(engine: Engine, K: Tensor, plan: Plan, names: list[str], leaves: dict
         if n in merged.values():
             continue
         parts, store[n] = store[n], []
-        if plan.forms[n][0] in ("psg", "tied"):
+        if plan.forms[n][0] == "psg":
             accumulate(K, parts[0] if len(parts) == 1 else torch.cat(parts), engine.full)
+            continue
+        if plan.forms[n][0] == "tied":
+            tied_term(K, _joined(parts), free, engine.full)
             continue
         xs, ds = zip(*parts, strict=True)
         X = xs[0] if len(xs) == 1 else torch.cat(xs)
@@ -171,6 +187,14 @@ def stored(engine: Engine, K: Tensor, plan: Plan, names: list[str], leaves: dict
         gram_into(K, X, D, rules.rule(uses[n][0]).ids, plus_one=n in merged, free=free,
                   full=engine.full)
     return sorted(demoted)
+
+
+def _joined(parts: list[TiedRows]) -> TiedRows:
+    """The tied rows of every chunk, along the sample axis (dim 0 of ids and h, 1 of δ)."""
+    def cat(k: int, dim: int) -> Tensor | None:
+        ts = [p[k] for p in parts]
+        return None if ts[0] is None else torch.cat(ts, dim)  # type: ignore[arg-type]
+    return cat(0, 0), cat(1, 1), cat(2, 0), cat(3, 1)
 
 
 def merge_biases(forms: dict[str, tuple[str, int, int]],

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_kernel import reference_ntk
+from test_kernel import reference_jacobian, reference_ntk
 from torch import nn
 
 from cosmo_optim import empirical_ntk
@@ -161,8 +161,9 @@ def test_gpt2_never_needs_the_per_sample_jacobian(monkeypatch: pytest.MonkeyPatc
     assert not calls, f"{[c[0] for c in calls]} took the per-sample Jacobian"
 
 
+@pytest.mark.parametrize("plan", ["streaming", "stored", "full"])
 @pytest.mark.parametrize("select", ["last", "mean"])
-def test_tied_embedding_and_lm_head_take_the_tied_gram_rule(select, capsys):
+def test_tied_embedding_and_lm_head_take_the_tied_gram_rule(select, plan, capsys):
     """GPT-2's ``wte`` is both the token embedding and the LM head: its kernel comes from the
     Gram terms of each use plus their cross term (never a per-sample V × d gradient), exact
     against brute force, with a token repeated across samples so the cross term is not 0."""
@@ -184,7 +185,11 @@ def test_tied_embedding_and_lm_head_take_the_tied_gram_rule(select, capsys):
     model = Selected()
     ids = torch.randint(40, (5, 7), generator=torch.Generator().manual_seed(1))
     ids[0, 2] = ids[1, 5]
-    K = empirical_ntk(model, ids, explain=True)
-    assert "lm.transformer.wte.weight [tied" in capsys.readouterr().out
-    R = reference_ntk(model, ids)
+    kw = {"stored": {"memory_budget": 900_000}, "full": {"output": "full"}}.get(plan, {})
+    K = empirical_ntk(model, ids, explain=True, **kw)
+    text = capsys.readouterr().out
+    assert "lm.transformer.wte.weight [tied" in text
+    assert ("stored: chunks of" in text) == (plan != "streaming")
+    J = reference_jacobian(model, ids)
+    R = torch.einsum("icp,jdp->ijcd" if plan == "full" else "icp,jcp->ij", J, J)
     assert (K - R).abs().max() <= 1e-10 * R.abs().max()
