@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 __all__ = [
-    "EXPANSIONS", "UNITS", "Cosmology", "PowerLaw", "as_cosmology", "from_units",
+    "EXPANSIONS", "UNITS", "Cosmology", "PowerLaw", "from_units",
     "power_law_momentum", "resolve_expansion",
 ]
 
@@ -322,23 +322,6 @@ EXPANSIONS: Final[dict[str, PowerLaw | None]] = {
     "matter": PowerLaw(2.0 / 3.0),
     "nesterov": PowerLaw(1.0),
 }
-
-
-def as_cosmology(cosmology: Any) -> Cosmology:
-    """`cosmology` itself, or the universe of a heavy-ball momentum-SGD optimiser's first group
-    (`cosmo_optim.optim.cosmology_of`, T3); a ValueError for anything else."""
-    if isinstance(cosmology, Cosmology):
-        return cosmology
-    import torch
-
-    if isinstance(cosmology, torch.optim.Optimizer):
-        from cosmo_optim.optim import cosmology_of
-
-        return cosmology_of(cosmology)
-    raise ValueError(
-        f"Invalid cosmology: {cosmology!r}; pass a cosmo_optim.Cosmology or a momentum-SGD "
-        "optimiser (torch.optim.SGD / CosmoSGD)."
-    )
 
 
 def resolve_expansion(expansion: str | PowerLaw | None) -> PowerLaw | None:

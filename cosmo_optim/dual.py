@@ -22,8 +22,9 @@ import torch
 from torch import Tensor
 
 from cosmo_optim._dual_modes import MEAN_FIELD_OVERLAP, MODE_CLASSES, DualModes
-from cosmo_optim.cosmology import Cosmology, as_cosmology
+from cosmo_optim.cosmology import Cosmology
 from cosmo_optim.losses import PerSampleLoss, loss_derivatives, per_sample_loss
+from cosmo_optim.optim import as_cosmology
 from cosmo_optim.spectrum import flat_kernel
 
 __all__ = ["MEAN_FIELD_OVERLAP", "MODE_CLASSES", "FLRWDual", "vacuum_domination"]
@@ -238,8 +239,9 @@ class FLRWDual(DualModes):
         rows = phi.reshape(m, 1, -1).expand(m, n, self.num_outputs)
         return rows.reshape(m * n, *self.outputs.shape[1:])
 
-    def _mean_loss(self, phi: Tensor) -> Tensor:
-        """ℓ̄(φ) = (1/N) Σ_i ℓ(φ, y_i) for phi of shape (M, C)."""
+    def mean_loss(self, phi: Tensor) -> Tensor:
+        """The loss at a uniform output φ averaged over the probe targets, ℓ̄(φ) =
+        (1/N) Σ_i ℓ(φ, y_i), for phi of shape (M, C): (M,). The potential is α_eff ℓ̄ + Λ (T5)."""
         y = self.targets
         if y is not None:
             y = y.repeat(phi.shape[0], *([1] * (y.dim() - 1)))
@@ -255,7 +257,7 @@ class FLRWDual(DualModes):
         batch = p.shape if self.num_outputs == 1 else p.shape[:-1]
         flat = p.reshape(-1, self.num_outputs)
         with torch.no_grad():
-            v = self.alpha_eff * self._mean_loss(flat) + self.vacuum_energy
+            v = self.alpha_eff * self.mean_loss(flat) + self.vacuum_energy
         return v.reshape(batch)
 
     def potential_samples(

@@ -27,9 +27,10 @@ import torch
 from torch import Tensor, nn
 
 from cosmo_optim._common import one_thread, preserved
-from cosmo_optim.cosmology import Cosmology, as_cosmology
+from cosmo_optim.cosmology import Cosmology
 from cosmo_optim.dual import MEAN_FIELD_OVERLAP, FLRWDual
 from cosmo_optim.losses import PerSampleLoss, per_sample_loss
+from cosmo_optim.optim import as_cosmology
 from cosmo_optim.predict import Prediction, predict_trajectory
 from cosmo_optim.spectrum import flat_kernel
 

@@ -25,7 +25,7 @@ from cosmo_optim.cosmology import (
     resolve_expansion,
 )
 
-__all__ = ["CosmoSGD", "cosmology_of"]
+__all__ = ["CosmoSGD", "as_cosmology", "cosmology_of"]
 
 _SPEC_KEYS = ("cosmology", *UNITS, "expansion")
 
@@ -261,3 +261,16 @@ def _advance_expansion(optimizer: Optimizer, args: Any, kwargs: Any) -> None:
             n = group["expansion_step"]
             group["momentum"] = power_law_momentum(history["power"], history["n0"], n)
             group["expansion_step"] = n + 1
+
+
+def as_cosmology(cosmology: Any) -> Cosmology:
+    """`cosmology` itself, or the universe of a heavy-ball momentum-SGD optimiser's first group
+    (:func:`cosmology_of`, T3); a ValueError for anything else."""
+    if isinstance(cosmology, Cosmology):
+        return cosmology
+    if isinstance(cosmology, Optimizer):
+        return cosmology_of(cosmology)
+    raise ValueError(
+        f"Invalid cosmology: {cosmology!r}; pass a cosmo_optim.Cosmology or a momentum-SGD "
+        "optimiser (torch.optim.SGD / CosmoSGD)."
+    )

@@ -239,7 +239,7 @@ def predict_mean_field(
     def force(phi: Tensor) -> Tensor:
         with torch.enable_grad():
             p = phi.detach().reshape(1, -1).to(dual.outputs.dtype).requires_grad_(True)
-            (g,) = torch.autograd.grad(dual._mean_loss(p).sum(), p)
+            (g,) = torch.autograd.grad(dual.mean_loss(p).sum(), p)
         return -a_val * g.reshape(-1).to(phi.dtype)
 
     phi = _evolve(force, dual.mean_field, dual.mean_field_velocity, dual, int(steps), method,

@@ -5,7 +5,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from cosmo_optim import Cosmology, PowerLaw
-from cosmo_optim.cosmology import as_cosmology, from_units, power_law_momentum, resolve_expansion
+from cosmo_optim.cosmology import from_units, power_law_momentum, resolve_expansion
+from cosmo_optim.optim import as_cosmology
 
 lrs = st.floats(min_value=1e-8, max_value=10.0)
 momenta = st.floats(min_value=0.0, max_value=0.999)
