@@ -18,6 +18,11 @@ import numpy as np
 import torch
 from torch import nn
 
+__all__ = [
+    "MemoryBudgetError", "check_int", "one_thread", "parse_bytes", "preserved",
+    "same_on_every_rank", "training", "unwrap_parallel",
+]
+
 _UNITS = {
     "": 1, "b": 1,
     "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,

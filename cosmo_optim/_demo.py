@@ -33,6 +33,8 @@ from cosmo_optim.ntk import empirical_ntk
 from cosmo_optim.optim import CosmoSGD
 from cosmo_optim.predict import predict_mean_field, predict_trajectory
 
+__all__ = ["DESCRIPTION", "HELP", "add_arguments", "duality_check", "run"]
+
 HELP = "train two small networks as universes; TensorBoard logs, figures and a duality report"
 DESCRIPTION = __doc__.split("\n\n")[0].split(": ", 1)[1]
 

@@ -19,6 +19,11 @@ from cosmo_optim.ntk import empirical_ntk
 from cosmo_optim.predict import predict_trajectory
 from cosmo_optim.spectrum import flat_kernel
 
+__all__ = [
+    "ModeReadout", "Plan", "Search", "batch_factor", "fixed_point", "noise_scale", "plan",
+    "polyak_lr", "probe_indices", "read_modes", "relevant_modes", "trajectory",
+]
+
 #: Default probe: as many inputs as keep the output-space kernel at N·C ≤ this many rows.
 MAX_PROBE_ROWS: Final = 400
 #: A mode is worth damping if, critically damped, it gets this many e-folds in the horizon.

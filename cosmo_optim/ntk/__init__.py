@@ -3,7 +3,8 @@
 Public entry: :func:`empirical_ntk` (:mod:`.kernel`). The modules below it, in the order a
 request meets them:
 
-* :mod:`.rules` — the layer calls a structured rule understands, recorded during a forward;
+* :mod:`.recorder` records the calls of a forward; :mod:`.rules` is the registry of layer
+  rules (one class per call a rule models: when it applies, its cost, its terms);
   :mod:`.attention` re-dispatches ``nn.MultiheadAttention`` as its projections.
 * :mod:`.guards` — run-time proofs that a rule's assumptions hold (routes, rows, coupling,
   randomness).

@@ -23,6 +23,8 @@ import torch.distributed as dist
 from cosmo_optim._common import MemoryBudgetError, same_on_every_rank
 from cosmo_optim.ntk.sketch import FeatureMap, gram
 
+__all__ = ["kernel"]
+
 
 def kernel(engine: Any, k: int | None, seed: int) -> torch.Tensor:
     """The kernel of ``engine``'s request, its samples split across the ranks (module doc)."""

@@ -72,6 +72,8 @@ from cosmo_optim.ntk import sketch
 from cosmo_optim.ntk.engine import Engine, Output
 from cosmo_optim.ntk.plan import default_budget
 
+__all__ = ["DEFAULT_SKETCH_DIM", "METHODS", "ParamFilter", "empirical_ntk"]
+
 ParamFilter = Sequence[str] | Callable[[str, nn.Parameter], bool] | None
 
 METHODS = ("auto", "structured", "jacobian", "sketch")

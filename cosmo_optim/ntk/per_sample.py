@@ -23,6 +23,11 @@ import torch
 from torch import Tensor, nn
 from torch.func import jacrev, vmap
 
+__all__ = [
+    "TOLERANCE", "VMAP_UNSAFE", "PerSampleJacobian", "accumulate", "block", "chunks", "contract",
+    "dense", "gradient_rows", "relative_error", "tolerance", "verify",
+]
+
 #: Functions whose ``vmap`` batching rule was seen to return wrong values without raising.
 VMAP_UNSAFE = frozenset({torch.prelu})
 

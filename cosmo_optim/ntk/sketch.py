@@ -47,6 +47,11 @@ from cosmo_optim._common import MemoryBudgetError
 from cosmo_optim.ntk import per_sample as exact
 from cosmo_optim.ntk import rules, structured
 
+__all__ = [
+    "EXACT_SIDE", "EXACT_SIDE_PROBED", "KEPT", "PROBE", "FeatureMap", "Probe", "Projection",
+    "factors", "gram", "out_side", "rows_form", "sketch_kernel", "sketch_rows",
+]
+
 EXACT_SIDE = 4  # a weight side of at most EXACT_SIDE·k entries is not projected (if the smaller)
 EXACT_SIDE_PROBED = 12  # the same, when the probe chooses the side (at k = 128: 1536, 4 × 384)
 KEPT = 4  # a projected side keeps k // KEPT columns along the probe gradients' top directions
