@@ -8,6 +8,7 @@ underscore names.
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 import random
 import re
@@ -19,8 +20,8 @@ import torch
 from torch import nn
 
 __all__ = [
-    "MemoryBudgetError", "check_int", "one_thread", "parse_bytes", "preserved",
-    "same_on_every_rank", "training", "unwrap_parallel",
+    "MemoryBudgetError", "PythonState", "check_int", "one_thread", "parse_bytes", "preserved",
+    "python_state", "restore_python_state", "same_on_every_rank", "training", "unwrap_parallel",
 ]
 
 _UNITS = {
@@ -94,11 +95,42 @@ def one_thread() -> Iterator[None]:
             torch.set_num_threads(threads)
 
 
+_PLAIN = (int, float, bool, str, bytes, tuple, type(None))
+_CONTAINERS = (list, dict, set)
+PythonState = list[tuple[nn.Module, dict[str, Any]]]
+
+
+def python_state(model: nn.Module) -> PythonState:
+    """The plain Python attributes of every submodule (numbers, strings, tuples, None, and
+    shallow copies of lists, dicts and sets): what a forward may count or cache in place."""
+    state = []
+    for m in model.modules():
+        kept = {k: copy.copy(v) if isinstance(v, _CONTAINERS) else v
+                for k, v in vars(m).items() if not k.startswith("_") and k != "training"
+                and isinstance(v, _PLAIN + _CONTAINERS)}
+        state.append((m, kept))
+    return state
+
+
+def restore_python_state(state: PythonState) -> None:
+    """Put back the attributes of :func:`python_state` and drop the plain ones added since
+    (a counter incremented, a cache filled or created by a forward)."""
+    for m, kept in state:
+        attrs = vars(m)
+        for k in [k for k, v in attrs.items() if k not in kept and not k.startswith("_")
+                  and k != "training" and isinstance(v, _PLAIN + _CONTAINERS)]:
+            del attrs[k]
+        for k, v in kept.items():
+            attrs[k] = copy.copy(v) if isinstance(v, _CONTAINERS) else v
+
+
 @contextlib.contextmanager
 def preserved(model: nn.Module, device: torch.device | None = None) -> Iterator[None]:
-    """Leave ``model``'s buffers and every random state (torch, CUDA on ``device``, NumPy,
-    Python) exactly as they were, whatever runs inside (BatchNorm statistics, spectral-norm
-    power iterations, dropout draws)."""
+    """Leave ``model``'s buffers, its modules' plain Python attributes (counters, caches) and
+    every random state (torch, CUDA on ``device``, NumPy, Python) exactly as they were,
+    whatever runs inside (BatchNorm statistics, spectral-norm power iterations, dropout
+    draws)."""
+    plain = python_state(model)
     buffers = [(m, name, b, b.detach().clone()) for m in model.modules()
                for name, b in m._buffers.items() if b is not None]
     devices = [device] if device is not None and device.type == "cuda" else []
@@ -109,6 +141,7 @@ def preserved(model: nn.Module, device: torch.device | None = None) -> Iterator[
     finally:
         np.random.set_state(np_state)  # noqa: NPY002
         random.setstate(py_state)
+        restore_python_state(plain)
         with torch.no_grad():
             for m, name, b, saved in buffers:
                 m._buffers[name] = b  # a forward may rebind a buffer (self.n = self.n + 1)

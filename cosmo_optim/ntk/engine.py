@@ -11,6 +11,7 @@ sketch and the distributed executor drive the same probe and forward.
 
 from __future__ import annotations
 
+import copy
 import logging
 import re
 from collections.abc import Callable, Sequence
@@ -20,13 +21,13 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from cosmo_optim._common import MemoryBudgetError
+from cosmo_optim._common import MemoryBudgetError, python_state, restore_python_state
 from cosmo_optim.ntk import guards, rules, structured
 from cosmo_optim.ntk import per_sample as exact
 from cosmo_optim.ntk.plan import Plan, structured_plan
 from cosmo_optim.ntk.recorder import UseRecorder
 
-__all__ = ["Engine", "Output"]
+__all__ = ["Engine", "Output", "cast_copy"]
 
 Output = str | int | Callable[[torch.Tensor], torch.Tensor]
 _DTYPE_CLASH = re.compile(r"dtype|scalar type", re.IGNORECASE)
@@ -41,6 +42,7 @@ class Engine:
         output: Output, method: str, dtype: torch.dtype | None, budget: int,
     ) -> None:
         self.model, self.output, self.method, self.budget = model, output, method, budget
+        self.python_state = python_state(model)  # counters and caches reset before each forward
         self.cast = dtype
         cast = (lambda t: t.to(dtype) if t.is_floating_point() else t) if dtype else (lambda t: t)
         self.x = cast(inputs)
@@ -100,6 +102,7 @@ class Engine:
     def call(self, params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
         """The selected outputs (n, C) of the model with ``params`` replacing its own, on a copy
         of the inputs (a forward that writes into its input must not reach the caller's)."""
+        restore_python_state(self.python_state)  # every forward computes the same function
         with torch.no_grad():
             for n, pristine in self.written.items():
                 self.base[n].copy_(pristine)
@@ -125,16 +128,19 @@ class Engine:
             self.protect = recorder.overwritten()
             recorder, f1 = self.forward(self.x[:1], leaves)
         # Tensors the forward writes into (Embedding(max_norm=...) rows, spectral-norm power
-        # iterations in training mode) stay private copies, reset before every forward so
-        # that each computes the same function; the others go back to views.
+        # iterations in training mode, a weight clamped in forward) stay private copies, reset
+        # before every forward so that each computes the same function (and the user's own
+        # are never written); the others go back to views.
         self.written = {n: views[n].clone() for n, c in self.base.items()
-                        if n not in leaves and c._version}
-        self.base = {n: c if n in self.written else views[n] for n, c in self.base.items()}
+                        if c._version or (n in leaves and leaves[n]._version)}
+        self.base = {n: (c.clone() if n in leaves else c) if n in self.written else views[n]
+                     for n, c in self.base.items()}
         with torch.no_grad():
             again = self.call(leaves, self.x[:1])
         tol = guards.coupling_tolerance(self.dtype, self.x.device)
         guards.refuse_randomness(before, self.x.device, recorder.functions,
                                  guards.coupling_error(f1.detach(), again), tol)
+        self.alone = again  # sample 0 in a batch of one, for the coupling proof
         return recorder, f1
 
     def _first_forward(self, leaves: dict[str, torch.Tensor]) -> tuple[UseRecorder, Any]:
@@ -143,7 +149,13 @@ class Engine:
             return self.forward(self.x[:1], leaves)
         except RuntimeError as error:
             if not _DTYPE_CLASH.search(str(error)):
-                raise
+                raise ValueError(
+                    "Invalid model: its forward raised on a batch of one sample (the engine runs "
+                    f"sample 0 alone, and the exact path runs every sample alone): "
+                    f"{str(error).splitlines()[0]}. A forward that needs several samples at once "
+                    "(a reshape or view over the batch) couples them, and the per-sample NTK is "
+                    "undefined. Fix: make forward work on any batch size."
+                ) from error
             first = str(error).splitlines()[0]
             raise ValueError(
                 f"Invalid dtype: the model's forward mixes dtypes ({first}) with inputs of "
@@ -202,9 +214,11 @@ class Engine:
 
         Every sample's output in the pass (samples ``lo..hi`` in chunks of ``chunk`` in order;
         computed here where no pass recorded them) is compared with its output in a random
-        permutation of those samples cut into sub-batches of half that size, at
-        :func:`guards.coupling_tolerance`: each sample then has other companions, another
-        position and another batch size. On a mismatch, both arrangements are recomputed:
+        permutation of those samples cut into a batch of one and sub-batches of half the chunk,
+        at :func:`guards.coupling_tolerance`: each sample then has other companions, another
+        position and another batch size; sample 0 is also compared with the probe's batch of
+        one (the per-sample Jacobian runs samples alone). On a mismatch, both arrangements are
+        recomputed:
         outputs that change on the same samples are a random forward, not a coupling. Costs one
         forward without graph (two where no pass recorded the outputs).
         """
@@ -220,22 +234,54 @@ class Engine:
                 reference = self._arranged(leaves, order, chunk)
             else:
                 reference = self.outputs[lo:hi]
-            other = self._arranged(leaves, perm, chunk // 2)
+            other = self._arranged(leaves, perm, chunk // 2, first=1)
             tol = guards.coupling_tolerance(self.dtype, self.x.device)
             err = guards.coupling_error(reference[perm - lo], other)
-            if err <= tol:
+            if lo == 0:
+                err = max(err, guards.coupling_error(reference[:1], self.alone))
+            if err <= tol or self._rounding_only(order, perm, chunk):
                 return
             again = max(guards.coupling_error(reference, self._arranged(leaves, order, chunk)),
-                        guards.coupling_error(other, self._arranged(leaves, perm, chunk // 2)))
+                        guards.coupling_error(other, self._arranged(leaves, perm, chunk // 2,
+                                                                    first=1)))
         guards.refuse_randomness(guards.random_states(self.x.device), self.x.device, (),
                                  again, tol)
         raise ValueError(guards.coupled_error_message(err, tol))
 
+    def _rounding_only(self, order: torch.Tensor, perm: torch.Tensor, chunk: int) -> bool:
+        """True if a mismatch of the coupling proof vanishes in float64: the model's
+        outputs cancel (|f| far below the terms that make it), and the two arrangements round
+        differently. Recomputes both arrangements on a float64 copy of the model."""
+        if self.dtype == torch.float64:
+            return False
+        twin, _ = cast_copy(self.model, {}, torch.float64)
+        if twin is self.model:
+            return False  # no copy: the mismatch stands
+        state = python_state(twin)
+        x = self.x.double() if self.x.is_floating_point() else self.x
+
+        def outputs(idx: torch.Tensor, size: int, first: int) -> torch.Tensor:
+            cuts = [(0, first)] if first else []
+            cuts += [(first + a, first + b) for a, b in exact.chunks(idx.shape[0] - first, size)]
+            parts = []
+            for a, b in cuts:
+                restore_python_state(state)
+                parts.append(self.select(twin(x[idx[a:b]].clone()), b - a))
+            return torch.cat(parts)
+
+        with torch.no_grad():
+            reference = outputs(order, chunk, 0)
+            err = guards.coupling_error(reference[perm - order[0]], outputs(perm, chunk // 2, 1))
+            err = max(err, guards.coupling_error(reference[:1], outputs(order[:1], 1, 0)))
+        return err <= guards.coupling_tolerance(torch.float64, self.x.device)
+
     def _arranged(self, leaves: dict[str, torch.Tensor], order: torch.Tensor,
-                  size: int) -> torch.Tensor:
-        """Outputs (len(order), C) of samples ``order`` run in sub-batches of ``size``."""
-        return torch.cat([self.call(leaves, self.x[order[a:b]])
-                          for a, b in exact.chunks(order.shape[0], size)])
+                  size: int, first: int = 0) -> torch.Tensor:
+        """Outputs (len(order), C) of samples ``order`` run in sub-batches of ``size`` (after
+        one of ``first`` samples, when given)."""
+        cuts = [(0, first)] if first else []
+        cuts += [(first + a, first + b) for a, b in exact.chunks(order.shape[0] - first, size)]
+        return torch.cat([self.call(leaves, self.x[order[a:b]]) for a, b in cuts if b > a])
 
     def run(self, explain: bool = False) -> torch.Tensor:
         """The exact kernel: structured terms where a rule holds, per-sample Jacobians else."""
@@ -345,3 +391,28 @@ class Engine:
         if form == "tied":
             return structured.tied_rows(uses, delta)
         return structured.per_sample_grads(uses, delta)
+
+
+def cast_copy(model: nn.Module, selected: dict[str, nn.Parameter],
+               dtype: torch.dtype | None) -> tuple[nn.Module, dict[str, nn.Parameter]]:
+    """A copy of ``model`` whose floating parameters and buffers are in ``dtype`` (the user's
+    module is untouched), so that code running outside ``forward`` sees the cast weights too:
+    the recompute of ``torch.utils.checkpoint(use_reentrant=False)`` runs in backward, on the
+    module's own weights. It holds what casting the engine's views held. Without a cast, or
+    for a model that cannot be deep-copied, the model itself (its views are cast)."""
+    tensors = [*model.parameters(), *model.buffers()]
+    if dtype is None or all(not t.is_floating_point() or t.dtype == dtype for t in tensors):
+        return model, selected
+
+    def cast(t: torch.Tensor) -> torch.Tensor:
+        return t.detach().to(dtype) if t.is_floating_point() else t.detach().clone()
+
+    memo: dict[int, Any] = {id(b): cast(b) for b in model.buffers()}
+    memo |= {id(p): nn.Parameter(cast(p), requires_grad=p.requires_grad)
+             for p in model.parameters()}
+    try:
+        twin = copy.deepcopy(model, memo)
+    except Exception:  # any model deepcopy refuses keeps the casts of its views
+        return model, selected
+    named = dict(twin.named_parameters())
+    return twin, {n: named[n] for n in selected}

@@ -110,7 +110,8 @@ def coupling_error(reference: Tensor, other: Tensor) -> float:
 def coupled_error_message(err: float, tol: float) -> str:
     return (
         f"Invalid model: a sample's outputs change by {err:.3g} (relative to their scale; "
-        f"tolerance {tol:.3g}) when the batch is permuted and split differently, so samples are "
+        f"tolerance {tol:.3g}) when the batch is permuted and split differently (a batch of one "
+        "included), so samples are "
         "coupled (batch statistics such as BatchNorm without running statistics, a sum or "
         "cumulative sum over the batch, capacities or padding computed over the batch, outputs "
         "that depend on the batch size or a sample's position) and the per-sample NTK is "

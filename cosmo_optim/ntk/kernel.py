@@ -51,7 +51,6 @@ the user's module by plain autograd (docs/performance.md gives the cost).
 from __future__ import annotations
 
 import contextlib
-import copy
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -63,13 +62,14 @@ from cosmo_optim._common import (
     check_int,
     parse_bytes,
     preserved,
+    restore_python_state,
     training,
     unwrap_parallel,
 )
 from cosmo_optim.ntk import distributed as distributed_ntk
 from cosmo_optim.ntk import per_sample as exact
 from cosmo_optim.ntk import sketch
-from cosmo_optim.ntk.engine import Engine, Output
+from cosmo_optim.ntk.engine import Engine, Output, cast_copy
 from cosmo_optim.ntk.plan import default_budget
 
 __all__ = ["DEFAULT_SKETCH_DIM", "METHODS", "ParamFilter", "empirical_ntk"]
@@ -178,10 +178,16 @@ def empirical_ntk(
     if inputs.dim() == 0 or inputs.shape[0] == 0:
         raise ValueError(f"Invalid inputs shape: {tuple(inputs.shape)}; it needs N >= 1 samples.")
     k = _sketch_dim(method, sketch_dim)
+    if not isinstance(train_mode, bool):
+        raise ValueError(
+            f"Invalid train_mode: {train_mode!r}; it must be True or False. Fix: "
+            "train_mode=False (eval mode, the default) or train_mode=True."
+        )
     model = unwrap_parallel(model)
     selected = _select(model, params)
     _refuse_coupling(model, train_mode)
     _refuse_scripted(model)
+    _refuse_dtypes(selected, inputs, dtype)
     if samples and k is not None:
         raise ValueError(
             f"Invalid verify: {verify!r} with method='sketch'; verify compares entries with the "
@@ -190,16 +196,20 @@ def empirical_ntk(
         )
     with preserved(model, inputs.device), training(model, train_mode), _no_fastpath(), \
             _eager():
-        engine = Engine(*_cast_copy(model, selected, dtype), inputs, output, method, dtype,
-                        budget)
-        if distributed:
-            kernel = distributed_ntk.kernel(engine, k, sketch_seed)
-        elif k is not None:
-            kernel = sketch.sketch_kernel(engine, k, sketch_seed)
-        else:
-            kernel = engine.run(explain)
+        twin, chosen = cast_copy(model, selected, dtype)
+        engine = Engine(twin, chosen, inputs, output, method, dtype, budget)
+        with _named_torch_errors(cast=dtype is not None and twin is model):
+            if distributed:
+                kernel = distributed_ntk.kernel(engine, k, sketch_seed)
+            elif k is not None:
+                kernel = sketch.sketch_kernel(engine, k, sketch_seed)
+            else:
+                kernel = engine.run(explain)
+        restore_python_state(engine.python_state)  # what the last forward counted or cached
         if samples:
-            exact.verify(kernel, model, inputs, engine.names, engine.select, samples, engine.full)
+            with _restored(model, set(engine.written)):  # a forward that writes its weights
+                exact.verify(kernel, model, inputs, engine.names, engine.select, samples,
+                             engine.full)
     return kernel
 
 
@@ -227,6 +237,8 @@ def _sketch_dim(method: str, sketch_dim: int | None) -> int | None:
 
 def _select(model: nn.Module, params: ParamFilter) -> dict[str, nn.Parameter]:
     named = dict(model.named_parameters())
+    if params is not None and not callable(params) and not isinstance(params, str):
+        params = list(params)  # a generator is read once
     if params is None:
         chosen = named
     elif callable(params):
@@ -280,6 +292,63 @@ def _refuse_coupling(model: nn.Module, train_mode: bool) -> None:
             )
 
 
+def _refuse_dtypes(selected: dict[str, nn.Parameter], inputs: torch.Tensor,
+                   dtype: torch.dtype | None) -> None:
+    if dtype is not None and (not isinstance(dtype, torch.dtype) or not dtype.is_floating_point):
+        raise ValueError(
+            f"Invalid dtype: {dtype!r}; the kernel is computed in a real floating dtype. "
+            "Fix: dtype=torch.float64 (or float32), or dtype=None for the model's own."
+        )
+    bad = [n for n, p in selected.items() if p.is_complex() or p.is_meta]
+    if bad or inputs.is_meta:
+        what = "on the meta device (no values)" if inputs.is_meta or selected[bad[0]].is_meta \
+            else "complex"
+        raise ValueError(
+            f"Invalid model: parameters {bad[:4] or list(selected)[:4]} or inputs are {what}; "
+            "the kernel J Jᵀ is defined here for real parameters with values. Fix: "
+            + ("materialise the model (to_empty and load its weights) and the inputs first."
+               if what != "complex" else "write complex weights as real and imaginary parts.")
+        )
+
+
+@contextlib.contextmanager
+def _named_torch_errors(cast: bool) -> Iterator[None]:
+    """torch errors a model can trigger inside the engine, re-raised naming cause and fix."""
+    try:
+        yield
+    except RuntimeError as error:
+        text = str(error)
+        if "use_reentrant=True" in text:
+            raise ValueError(
+                "Invalid model: it uses torch.utils.checkpoint(use_reentrant=True), which "
+                "torch.autograd.grad cannot differentiate through (the kernel's backward "
+                "passes). Fix: checkpoint(..., use_reentrant=False)."
+            ) from error
+        if cast and ("dtype" in text or "scalar type" in text):
+            raise ValueError(
+                "Invalid dtype: the model cannot be deep-copied, so its weights were cast only "
+                "inside forward, and code outside forward (such as the recompute of "
+                "torch.utils.checkpoint in backward) ran on its own weights: "
+                f"{text.splitlines()[0]}. Fix: cast the model yourself (model.double(), or a "
+                "copy of it) and pass dtype=None."
+            ) from error
+        raise
+
+
+@contextlib.contextmanager
+def _restored(model: nn.Module, names: set[str]) -> Iterator[None]:
+    """Put back the values of the parameters and buffers ``names`` (those the forward writes
+    into, e.g. Embedding(max_norm=...) rows) after running the user's own module."""
+    tensors = {n: t for n, t in [*model.named_parameters(), *model.named_buffers()] if n in names}
+    saved = {n: t.detach().clone() for n, t in tensors.items()}
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for n, t in tensors.items():
+                t.copy_(saved[n])
+
+
 def _refuse_scripted(model: nn.Module) -> None:
     for name, m in model.named_modules():
         if isinstance(m, torch.jit.ScriptModule):
@@ -289,31 +358,6 @@ def _refuse_scripted(model: nn.Module) -> None:
                 "(torch.func.functional_call), which the kernel differentiates. Fix: pass the "
                 "eager nn.Module you scripted (or torch.compile it instead)."
             )
-
-
-def _cast_copy(model: nn.Module, selected: dict[str, nn.Parameter],
-               dtype: torch.dtype | None) -> tuple[nn.Module, dict[str, nn.Parameter]]:
-    """A copy of ``model`` whose floating parameters and buffers are in ``dtype`` (the user's
-    module is untouched), so that code running outside ``forward`` sees the cast weights too:
-    the recompute of ``torch.utils.checkpoint(use_reentrant=False)`` runs in backward, on the
-    module's own weights. It holds what casting the engine's views held. Without a cast, or
-    for a model that cannot be deep-copied, the model itself (its views are cast)."""
-    tensors = [*model.parameters(), *model.buffers()]
-    if dtype is None or all(not t.is_floating_point() or t.dtype == dtype for t in tensors):
-        return model, selected
-
-    def cast(t: torch.Tensor) -> torch.Tensor:
-        return t.detach().to(dtype) if t.is_floating_point() else t.detach().clone()
-
-    memo: dict[int, Any] = {id(b): cast(b) for b in model.buffers()}
-    memo |= {id(p): nn.Parameter(cast(p), requires_grad=p.requires_grad)
-             for p in model.parameters()}
-    try:
-        twin = copy.deepcopy(model, memo)
-    except Exception:  # any model deepcopy refuses keeps the casts of its views
-        return model, selected
-    named = dict(twin.named_parameters())
-    return twin, {n: named[n] for n in selected}
 
 
 def _eager() -> contextlib.AbstractContextManager[Any]:

@@ -23,6 +23,8 @@ import torch
 from torch import Tensor, nn
 from torch.func import jacrev, vmap
 
+from cosmo_optim._common import python_state, restore_python_state
+
 __all__ = [
     "TOLERANCE", "VMAP_UNSAFE", "PerSampleJacobian", "accumulate", "block", "chunks", "contract",
     "dense", "gradient_rows", "relative_error", "tolerance", "verify",
@@ -213,8 +215,13 @@ def verify(kernel: Tensor, model: nn.Module, x: Tensor, names: Sequence[str],
     picks = sorted({0, N - 1, *middle})
     named = dict(model.named_parameters())
     params = [named[n] for n in names]
-    J = torch.stack([gradient_rows(select(model(x[i : i + 1].clone()), 1).reshape(-1), params)
-                     for i in picks])
+    state = python_state(model)  # each forward from the same counters and caches
+
+    def one(i: int) -> Tensor:
+        restore_python_state(state)
+        return gradient_rows(select(model(x[i : i + 1].clone()), 1).reshape(-1), params)
+
+    J = torch.stack([one(i) for i in picks])
     idx = torch.tensor(picks, device=kernel.device)
     reference = torch.einsum("icp,jdp->ijcd" if full else "icp,jcp->ij", J, J)
     computed = kernel[idx][:, idx]
