@@ -20,8 +20,9 @@ import torch
 from torch import nn
 
 __all__ = [
-    "MemoryBudgetError", "PythonState", "check_int", "one_thread", "parse_bytes", "preserved",
-    "python_state", "restore_python_state", "same_on_every_rank", "training", "unwrap_parallel",
+    "MemoryBudgetError", "PythonState", "cast_copy", "check_int", "one_thread", "parse_bytes",
+    "preserved", "python_state", "restore_python_state", "same_on_every_rank", "training",
+    "unwrap_parallel",
 ]
 
 _UNITS = {
@@ -176,3 +177,28 @@ def same_on_every_rank(tensors: list[torch.Tensor]) -> bool:
     parts = [torch.empty_like(mine) for _ in range(dist.get_world_size())]
     dist.all_gather(parts, mine)
     return all(torch.equal(p, parts[0]) for p in parts)
+
+
+def cast_copy(model: nn.Module, selected: dict[str, nn.Parameter],
+               dtype: torch.dtype | None) -> tuple[nn.Module, dict[str, nn.Parameter]]:
+    """A copy of ``model`` whose floating parameters and buffers are in ``dtype`` (the user's
+    module is untouched), so that code running outside ``forward`` sees the cast weights too:
+    the recompute of ``torch.utils.checkpoint(use_reentrant=False)`` runs in backward, on the
+    module's own weights. It holds what casting the engine's views held. Without a cast, or
+    for a model that cannot be deep-copied, the model itself (its views are cast)."""
+    tensors = [*model.parameters(), *model.buffers()]
+    if dtype is None or all(not t.is_floating_point() or t.dtype == dtype for t in tensors):
+        return model, selected
+
+    def cast(t: torch.Tensor) -> torch.Tensor:
+        return t.detach().to(dtype) if t.is_floating_point() else t.detach().clone()
+
+    memo: dict[int, Any] = {id(b): cast(b) for b in model.buffers()}
+    memo |= {id(p): nn.Parameter(cast(p), requires_grad=p.requires_grad)
+             for p in model.parameters()}
+    try:
+        twin = copy.deepcopy(model, memo)
+    except Exception:  # any model deepcopy refuses keeps the casts of its views
+        return model, selected
+    named = dict(twin.named_parameters())
+    return twin, {n: named[n] for n in selected}

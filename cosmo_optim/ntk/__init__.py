@@ -7,7 +7,8 @@ request meets them:
   rules (one class per call a rule models: when it applies, its cost, its terms);
   :mod:`.attention` re-dispatches ``nn.MultiheadAttention`` as its projections.
 * :mod:`.guards` — run-time proofs that a rule's assumptions hold (routes, rows, coupling,
-  randomness).
+  randomness); :mod:`.coupling` runs the proof that samples are independent and the forward
+  deterministic.
 * :mod:`.plan` — the budget: how much the engine may hold, and the chunks it works in.
 * executors: :mod:`.structured` (Gram and per-sample-gradient terms of recognised layers),
   :mod:`.per_sample` (exact per-sample Jacobians of everything else, and the self-check),

@@ -11,7 +11,6 @@ sketch and the distributed executor drive the same probe and forward.
 
 from __future__ import annotations
 
-import copy
 import logging
 import re
 from collections.abc import Callable, Sequence
@@ -22,12 +21,12 @@ from torch import nn
 from torch.func import functional_call
 
 from cosmo_optim._common import MemoryBudgetError, python_state, restore_python_state
-from cosmo_optim.ntk import guards, rules, structured
+from cosmo_optim.ntk import coupling, guards, rules, structured
 from cosmo_optim.ntk import per_sample as exact
-from cosmo_optim.ntk.plan import Plan, structured_plan
+from cosmo_optim.ntk.plan import Plan, form, structured_plan
 from cosmo_optim.ntk.recorder import UseRecorder
 
-__all__ = ["Engine", "Output", "cast_copy"]
+__all__ = ["Engine", "Output"]
 
 Output = str | int | Callable[[torch.Tensor], torch.Tensor]
 _DTYPE_CLASH = re.compile(r"dtype|scalar type", re.IGNORECASE)
@@ -210,78 +209,8 @@ class Engine:
 
     def prove_independent(self, leaves: dict[str, torch.Tensor], chunk: int, lo: int = 0,
                           hi: int | None = None) -> None:
-        """Refuse a model whose samples are coupled, or whose forward is random.
-
-        Every sample's output in the pass (samples ``lo..hi`` in chunks of ``chunk`` in order;
-        computed here where no pass recorded them) is compared with its output in a random
-        permutation of those samples cut into a batch of one and sub-batches of half the chunk,
-        at :func:`guards.coupling_tolerance`: each sample then has other companions, another
-        position and another batch size; sample 0 is also compared with the probe's batch of
-        one (the per-sample Jacobian runs samples alone). On a mismatch, both arrangements are
-        recomputed:
-        outputs that change on the same samples are a random forward, not a coupling. Costs one
-        forward without graph (two where no pass recorded the outputs).
-        """
-        hi = self.N if hi is None else hi
-        if hi - lo < 2:
-            return
-        chunk = max(2, min(chunk, hi - lo))
-        order = torch.arange(lo, hi, device=self.x.device)
-        gen = torch.Generator().manual_seed(hi - lo)
-        perm = lo + torch.randperm(hi - lo, generator=gen).to(self.x.device)
-        with torch.no_grad():
-            if self.outputs is None or not bool(self.recorded[lo:hi].all()):
-                reference = self._arranged(leaves, order, chunk)
-            else:
-                reference = self.outputs[lo:hi]
-            other = self._arranged(leaves, perm, chunk // 2, first=1)
-            tol = guards.coupling_tolerance(self.dtype, self.x.device)
-            err = guards.coupling_error(reference[perm - lo], other)
-            if lo == 0:
-                err = max(err, guards.coupling_error(reference[:1], self.alone))
-            if err <= tol or self._rounding_only(order, perm, chunk):
-                return
-            again = max(guards.coupling_error(reference, self._arranged(leaves, order, chunk)),
-                        guards.coupling_error(other, self._arranged(leaves, perm, chunk // 2,
-                                                                    first=1)))
-        guards.refuse_randomness(guards.random_states(self.x.device), self.x.device, (),
-                                 again, tol)
-        raise ValueError(guards.coupled_error_message(err, tol))
-
-    def _rounding_only(self, order: torch.Tensor, perm: torch.Tensor, chunk: int) -> bool:
-        """True if a mismatch of the coupling proof vanishes in float64: the model's
-        outputs cancel (|f| far below the terms that make it), and the two arrangements round
-        differently. Recomputes both arrangements on a float64 copy of the model."""
-        if self.dtype == torch.float64:
-            return False
-        twin, _ = cast_copy(self.model, {}, torch.float64)
-        if twin is self.model:
-            return False  # no copy: the mismatch stands
-        state = python_state(twin)
-        x = self.x.double() if self.x.is_floating_point() else self.x
-
-        def outputs(idx: torch.Tensor, size: int, first: int) -> torch.Tensor:
-            cuts = [(0, first)] if first else []
-            cuts += [(first + a, first + b) for a, b in exact.chunks(idx.shape[0] - first, size)]
-            parts = []
-            for a, b in cuts:
-                restore_python_state(state)
-                parts.append(self.select(twin(x[idx[a:b]].clone()), b - a))
-            return torch.cat(parts)
-
-        with torch.no_grad():
-            reference = outputs(order, chunk, 0)
-            err = guards.coupling_error(reference[perm - order[0]], outputs(perm, chunk // 2, 1))
-            err = max(err, guards.coupling_error(reference[:1], outputs(order[:1], 1, 0)))
-        return err <= guards.coupling_tolerance(torch.float64, self.x.device)
-
-    def _arranged(self, leaves: dict[str, torch.Tensor], order: torch.Tensor,
-                  size: int, first: int = 0) -> torch.Tensor:
-        """Outputs (len(order), C) of samples ``order`` run in sub-batches of ``size`` (after
-        one of ``first`` samples, when given)."""
-        cuts = [(0, first)] if first else []
-        cuts += [(first + a, first + b) for a, b in exact.chunks(order.shape[0] - first, size)]
-        return torch.cat([self.call(leaves, self.x[order[a:b]]) for a, b in cuts if b > a])
+        """Refuse coupled or random models (:func:`.coupling.prove_independent`)."""
+        coupling.prove_independent(self, leaves, chunk, lo, self.N if hi is None else hi)
 
     def run(self, explain: bool = False) -> torch.Tensor:
         """The exact kernel: structured terms where a rule holds, per-sample Jacobians else."""
@@ -291,7 +220,8 @@ class Engine:
         N, C = self.N, self.C
         kernel_bytes = N * N * (C * C if self.full else 1) * self.isz
         found = self.rules_for(recorder, f1, leaves)
-        forms = {n: self.form(us) for n, us in found.items()}
+        forms = {n: form(us, N, C, self.isz, full=self.full, budget=self.budget,
+                         gram_always=self.method == "structured") for n, us in found.items()}
         plan = structured_plan(self.budget, N, kernel_bytes, max(recorder.out_bytes, 1), forms,
                                self.full)
         plan.jacobian += [n for n in self.names if n not in found]
@@ -308,7 +238,7 @@ class Engine:
         self.prove_independent(leaves, plan.chunk)
         if fallback:
             self._jacobian(K, sorted(set(fallback), key=self.names.index), recorder)
-        self._explain(plan, fallback, explain)
+        _explain(plan, fallback, explain)
         return K
 
     def _jacobian(self, K: torch.Tensor, names: list[str], recorder: UseRecorder) -> None:
@@ -327,40 +257,6 @@ class Engine:
         vmap_ok = not recorder.functions & exact.VMAP_UNSAFE
         rows = exact.PerSampleJacobian(self.call, self.base, self.x, C, vmap_ok)
         exact.contract(K, rows, sizes, self.free, act, self.full)
-
-    def _explain(self, plan: Plan, fallback: list[str], explain: bool) -> None:
-        if not explain and not logger.isEnabledFor(logging.DEBUG):
-            return
-        text = plan.describe()
-        late = sorted(set(fallback) - set(plan.jacobian))
-        if late:
-            text += "\nmoved to the per-sample Jacobian at run time: " + ", ".join(late)
-        if explain:
-            print(text)
-        logger.debug("empirical_ntk plan:\n%s", text)
-
-    def form(self, uses: list[rules.Use]) -> tuple[str, int, int]:
-        """("gram" | "psg" | "tied", bytes kept for all N over chunks, bytes of one component's term
-        for all N) for one parameter, by the cost model in :mod:`cosmo_optim.ntk.kernel`."""
-        N, C, isz = self.N, self.C, self.isz
-        dims = [rules.row_count_and_width(u) for u in uses]
-        R, d_in, d_out = sum(d[0] for d in dims), dims[0][1], dims[0][2]
-        if uses[0].role == "bias" or not rules.rule(uses[0]).gram:
-            return "psg", N * C * d_out * isz, N * d_out * isz
-        if rules.tied(uses):  # Gram and cross terms from the rows, never a V × d gradient
-            V, d = uses[0].args["weight"].shape
-            kept = sum(r * (1 + C * d if rules.rule(u).ids else d + C * V)
-                       for u, (r, _, _) in zip(uses, dims, strict=True))
-            return "tied", N * kept * isz, N * R * (2 * d + V) * isz
-        c2 = C if self.full else 1
-        gram = N * N * R * R * (d_in + C * c2 * d_out)
-        psg = C * N * R * d_in * d_out + C * c2 * N * N * d_in * d_out
-        psg_bytes = N * C * d_in * d_out * isz
-        gram_first = self.method == "structured" or gram <= psg or psg_bytes > self.budget // 2
-        if rules.gram_ok(uses) and gram_first:
-            width = 1 if rules.rule(uses[0]).ids else d_in
-            return "gram", N * R * (width + C * d_out) * isz, N * R * (width + d_out) * isz
-        return "psg", psg_bytes, psg_bytes // C
 
     def cotangents(self, f: torch.Tensor, outs: dict[int, torch.Tensor], retain: bool = False,
                    components: Sequence[int] | None = None) -> dict[int, Any]:
@@ -393,26 +289,14 @@ class Engine:
         return structured.per_sample_grads(uses, delta)
 
 
-def cast_copy(model: nn.Module, selected: dict[str, nn.Parameter],
-               dtype: torch.dtype | None) -> tuple[nn.Module, dict[str, nn.Parameter]]:
-    """A copy of ``model`` whose floating parameters and buffers are in ``dtype`` (the user's
-    module is untouched), so that code running outside ``forward`` sees the cast weights too:
-    the recompute of ``torch.utils.checkpoint(use_reentrant=False)`` runs in backward, on the
-    module's own weights. It holds what casting the engine's views held. Without a cast, or
-    for a model that cannot be deep-copied, the model itself (its views are cast)."""
-    tensors = [*model.parameters(), *model.buffers()]
-    if dtype is None or all(not t.is_floating_point() or t.dtype == dtype for t in tensors):
-        return model, selected
-
-    def cast(t: torch.Tensor) -> torch.Tensor:
-        return t.detach().to(dtype) if t.is_floating_point() else t.detach().clone()
-
-    memo: dict[int, Any] = {id(b): cast(b) for b in model.buffers()}
-    memo |= {id(p): nn.Parameter(cast(p), requires_grad=p.requires_grad)
-             for p in model.parameters()}
-    try:
-        twin = copy.deepcopy(model, memo)
-    except Exception:  # any model deepcopy refuses keeps the casts of its views
-        return model, selected
-    named = dict(twin.named_parameters())
-    return twin, {n: named[n] for n in selected}
+def _explain(plan: Plan, fallback: list[str], explain: bool) -> None:
+    """Print (``explain=True``) or log at DEBUG the plan and what moved at run time."""
+    if not explain and not logger.isEnabledFor(logging.DEBUG):
+        return
+    text = plan.describe()
+    late = sorted(set(fallback) - set(plan.jacobian))
+    if late:
+        text += "\nmoved to the per-sample Jacobian at run time: " + ", ".join(late)
+    if explain:
+        print(text)
+    logger.debug("empirical_ntk plan:\n%s", text)

@@ -59,6 +59,7 @@ import torch
 from torch import nn
 
 from cosmo_optim._common import (
+    cast_copy,
     check_int,
     parse_bytes,
     preserved,
@@ -69,7 +70,7 @@ from cosmo_optim._common import (
 from cosmo_optim.ntk import distributed as distributed_ntk
 from cosmo_optim.ntk import per_sample as exact
 from cosmo_optim.ntk import sketch
-from cosmo_optim.ntk.engine import Engine, Output, cast_copy
+from cosmo_optim.ntk.engine import Engine, Output
 from cosmo_optim.ntk.plan import default_budget
 
 __all__ = ["DEFAULT_SKETCH_DIM", "METHODS", "ParamFilter", "empirical_ntk"]

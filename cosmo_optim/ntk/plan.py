@@ -32,8 +32,9 @@ from dataclasses import dataclass, field
 import torch
 
 from cosmo_optim._common import MemoryBudgetError
+from cosmo_optim.ntk import rules
 
-__all__ = ["DEFAULT_FRACTION", "Plan", "default_budget", "structured_plan"]
+__all__ = ["DEFAULT_FRACTION", "Plan", "default_budget", "form", "structured_plan"]
 
 DEFAULT_FRACTION = 0.25  # of the free memory on the probe batch's device
 _FLOOR, _CEILING = 256 << 20, 8 << 30  # bytes: bounds of the default budget
@@ -132,3 +133,27 @@ def structured_plan(budget: int, N: int, kernel: int, per_sample: int,
         held += size
     groups = [g for g in groups if g]
     return Plan(budget, kernel, per_sample, False, chunk, groups, forms)
+
+
+def form(uses: list[rules.Use], N: int, C: int, isz: int, *, full: bool, budget: int,
+         gram_always: bool) -> tuple[str, int, int]:
+    """("gram" | "psg" | "tied", bytes kept for all N over chunks, bytes of one component's
+    term for all N) for one parameter, by the cost model in :mod:`cosmo_optim.ntk.kernel`
+    (``gram_always``: method="structured" takes the Gram form wherever it exists)."""
+    dims = [rules.row_count_and_width(u) for u in uses]
+    R, d_in, d_out = sum(d[0] for d in dims), dims[0][1], dims[0][2]
+    if uses[0].role == "bias" or not rules.rule(uses[0]).gram:
+        return "psg", N * C * d_out * isz, N * d_out * isz
+    if rules.tied(uses):  # Gram and cross terms from the rows, never a V × d gradient
+        V, d = uses[0].args["weight"].shape
+        kept = sum(r * (1 + C * d if rules.rule(u).ids else d + C * V)
+                   for u, (r, _, _) in zip(uses, dims, strict=True))
+        return "tied", N * kept * isz, N * R * (2 * d + V) * isz
+    c2 = C if full else 1
+    gram = N * N * R * R * (d_in + C * c2 * d_out)
+    psg = C * N * R * d_in * d_out + C * c2 * N * N * d_in * d_out
+    psg_bytes = N * C * d_in * d_out * isz
+    if rules.gram_ok(uses) and (gram_always or gram <= psg or psg_bytes > budget // 2):
+        width = 1 if rules.rule(uses[0]).ids else d_in
+        return "gram", N * R * (width + C * d_out) * isz, N * R * (width + d_out) * isz
+    return "psg", psg_bytes, psg_bytes // C
