@@ -24,9 +24,9 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from real_models import resnet18  # noqa: E402
+from real_models import resnet18
 
-from cosmo_optim import CosmologyTracker  # noqa: E402
+from cosmo_optim import CosmologyTracker
 
 
 def _step(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor,
