@@ -147,13 +147,16 @@ class Engine:
         try:
             return self.forward(self.x[:1], leaves)
         except RuntimeError as error:
+            if isinstance(error, torch.OutOfMemoryError):
+                raise
             if not _DTYPE_CLASH.search(str(error)):
                 raise ValueError(
                     "Invalid model: its forward raised on a batch of one sample (the engine runs "
                     f"sample 0 alone, and the exact path runs every sample alone): "
-                    f"{str(error).splitlines()[0]}. A forward that needs several samples at once "
-                    "(a reshape or view over the batch) couples them, and the per-sample NTK is "
-                    "undefined. Fix: make forward work on any batch size."
+                    f"{str(error).splitlines()[0]}. If it runs on the whole batch, it needs "
+                    "several samples at once (a reshape or view over the batch), which couples "
+                    "them: the per-sample NTK is undefined. Fix: make forward work on any "
+                    "batch size."
                 ) from error
             first = str(error).splitlines()[0]
             raise ValueError(
