@@ -131,7 +131,7 @@ class Engine:
         # before every forward so that each computes the same function (and the user's own
         # are never written); the others go back to views.
         self.written = {n: views[n].clone() for n, c in self.base.items()
-                        if c._version or (n in leaves and leaves[n]._version)}
+                        if (leaves[n] if n in leaves else c)._version}
         self.base = {n: (c.clone() if n in leaves else c) if n in self.written else views[n]
                      for n, c in self.base.items()}
         with torch.no_grad():

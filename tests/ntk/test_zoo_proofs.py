@@ -497,3 +497,21 @@ def test_float32_outputs_that_cancel_are_not_mistaken_for_a_coupling() -> None:
     assert guards.coupling_tolerance(torch.float32, x.device) < noise or noise == 0
     kernel = empirical_ntk(model, x)
     assert_exact(kernel.double(), brute_force_ntk(model.double(), x.double()), rtol=1e-4)
+
+
+def test_weights_initialised_in_place_are_not_taken_for_weights_the_forward_writes(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """nn.init bumps a parameter's version counter; only a write during the probe's forward
+    makes a weight private (a private copy would push the per-sample Jacobian off vmap)."""
+    from cosmo_optim.ntk import per_sample
+
+    model = seeded(lambda: nn.Sequential(nn.Linear(3, 8), nn.GroupNorm(2, 8), nn.Linear(8, 1)))
+    for p in model.parameters():
+        nn.init.normal_(p)
+    loops: list[int] = []
+    loop = per_sample.PerSampleJacobian._loop
+    monkeypatch.setattr(per_sample.PerSampleJacobian, "_loop",
+                        lambda self, block, i: loops.append(i) or loop(self, block, i))
+    x = torch.randn(12, 3, dtype=torch.float64)
+    assert_exact(empirical_ntk(model, x), brute_force_ntk(model, x))
+    assert len(loops) == 1  # the one spot check of vmap's rows, not a loop over samples
