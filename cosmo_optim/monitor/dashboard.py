@@ -106,14 +106,14 @@ def describe_scalars(writer: Any) -> None:
         return
     from tensorboard.compat.proto.summary_pb2 import Summary, SummaryMetadata
 
-    original, described = writer.add_scalar, set()
+    original, seen = writer.add_scalar, set()
 
     def add_scalar(tag: str, scalar_value: Any, global_step: Any = None,
                    walltime: Any = None, *args: Any, **kwargs: Any) -> Any:
-        text = None if tag in described or args or kwargs else description(tag)
+        text = None if tag in seen or args or kwargs else description(tag)
+        seen.add(tag)  # every later value of any tag goes straight through
         if text is None:
             return original(tag, scalar_value, global_step, walltime, *args, **kwargs)
-        described.add(tag)
         metadata = SummaryMetadata(summary_description=text, plugin_data=(
             SummaryMetadata.PluginData(plugin_name="scalars")))
         summary = Summary(value=[Summary.Value(tag=tag, simple_value=float(scalar_value),
