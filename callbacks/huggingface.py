@@ -10,9 +10,11 @@ an ImportError naming the extra to install (``pip install cosmo-optim[hf]``).
 from __future__ import annotations
 
 import dataclasses
-import inspect
+import os
+import socket
 import warnings
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -87,17 +89,32 @@ def _broadcast(probe: Any) -> Any:
     return shared[0]
 
 
-def _find_trainer() -> Any:
-    """The ``transformers.Trainer`` whose callback handler is calling us (up the stack)."""
-    frame = inspect.currentframe()
-    for _ in range(12):
-        frame = frame.f_back if frame is not None else None
-        if frame is None:
-            return None
-        owner = frame.f_locals.get("self")
-        if isinstance(owner, transformers.Trainer):
-            return owner
-    return None
+def _tensorboard_dir(args: Any) -> str:
+    """The directory of the Trainer's TensorBoard run, which its ``TensorBoardCallback`` has
+    just opened (integrations precede user callbacks in ``on_train_begin``): ``logging_dir``
+    (transformers 4), else ``TENSORBOARD_LOGGING_DIR``, else the newest
+    ``output_dir/runs/<time>_<host>`` (transformers 5's default), else a new one of that form."""
+    chosen = getattr(args, "logging_dir", None) or os.getenv("TENSORBOARD_LOGGING_DIR")
+    if chosen:
+        return os.path.expanduser(chosen)
+    host = socket.gethostname()
+    made = [p for p in Path(args.output_dir, "runs").glob(f"*_{host}") if p.is_dir()]
+    if made:
+        return str(max(made, key=lambda p: p.stat().st_mtime))
+    from transformers.integrations.integration_utils import default_logdir
+
+    return os.path.join(args.output_dir, default_logdir())
+
+
+def _unreached_warning(report_to: list[str], figures: bool) -> str:
+    """What a callback without ``trainer=`` cannot send to the non-TensorBoard integrations."""
+    what = "scalars" + (" and figures" if figures else "")
+    return (
+        f"CosmologyCallback: without trainer=, its {what} do not reach report_to="
+        f"{report_to!r} (transformers gives callbacks no route to the Trainer's integrations); "
+        "they are in trainer.state.log_history (and in TensorBoard when reporting to it). Fix: "
+        "trainer.add_callback(CosmologyCallback(..., trainer=trainer))."
+    )
 
 
 class CosmologyCallback(_TrainerCallback, _ExportableState):
@@ -105,14 +122,24 @@ class CosmologyCallback(_TrainerCallback, _ExportableState):
 
     Same read-out and tags as `cosmo_optim.callbacks.CosmologyMonitor` (see
     ``docs/callbacks.md``), probed every ``every_n_steps`` optimiser steps (default: the
-    Trainer's ``logging_steps``) on a fixed probe batch. The scalars are logged through the
-    Trainer (``trainer.log``): they appear in ``state.log_history`` and in every ``report_to``
-    integration (TensorBoard beside ``train/loss`` as ``train/cosmology/...``, W&B, MLflow,
-    ...). With TensorBoard reporting, the histograms, custom-scalars layout and figures go to
-    the Trainer's own TensorBoard run. Every model input the collator produces (attention
-    masks, token type ids) reaches the model on the probe batch. The callback's state (e-folds,
-    history, first-probe basis) is saved in checkpoints (``trainer_state.json``, transformers'
-    stateful-callback mechanism), so ``resume_from_checkpoint`` continues the same series.
+    Trainer's ``logging_steps``) on a fixed probe batch. Two ways in (as TRL's callbacks):
+
+    - ``trainer.add_callback(CosmologyCallback(..., trainer=trainer))``: the scalars are
+      logged through ``trainer.log``, so they reach ``state.log_history`` and every
+      ``report_to`` integration (TensorBoard beside ``train/loss`` as ``train/cosmology/...``,
+      W&B, MLflow, ...); histograms, layout and figures go to the Trainer's TensorBoard writer
+      (and figures to W&B's/MLflow's image API).
+    - ``Trainer(callbacks=[CosmologyCallback(...)])``: transformers hands callbacks no Trainer,
+      so this one uses what its hooks give: the scalars go to ``state.log_history`` and, when
+      ``"tensorboard"`` is in ``args.report_to``, to a ``SummaryWriter`` of its own in the
+      Trainer's TensorBoard run (same directory, same ``train/...`` tags); the other
+      integrations get nothing from it, and one warning per run says so and names the fix.
+
+    Neither way alters what the Trainer does (its control flags, logs, checkpoints). Every
+    model input the collator produces (attention masks, token type ids) reaches the model on
+    the probe batch. The callback's state (e-folds, history, first-probe basis) is saved in
+    checkpoints (``trainer_state.json``, transformers' stateful-callback mechanism), so
+    ``resume_from_checkpoint`` continues the same series.
 
     Only heavy-ball momentum SGD (``optimizers=(SGD/CosmoSGD, None)``) has a de Sitter dual;
     with the default AdamW only the NTK and mode tags appear, and the callback warns once.
@@ -130,6 +157,8 @@ class CosmologyCallback(_TrainerCallback, _ExportableState):
             logits. A language model's logits have T·V components per sample and a kernel of
             (N·T·V)² entries: select a few, e.g. ``output=lambda out: out.logits[:, -1, :8]``
             (with ``loss=None``).
+        trainer: the ``transformers.Trainer`` this callback is added to, for logging through
+            it (see above); None: the hooks' arguments only.
 
     Every other argument (``top_k``, ``probe_size``, ``log_figures_every_n_steps``,
     ``prefix``, ``verify_ntk``, ``ntk_method``, ``sketch_dim``, ``group``, ``history_size``)
@@ -143,11 +172,13 @@ class CosmologyCallback(_TrainerCallback, _ExportableState):
 
     Raises:
         ImportError: ``transformers`` is not installed.
-        ValueError: an invalid argument, or a probe batch without ``input_key``.
+        ValueError: an invalid argument, a probe batch without ``input_key``, a ``trainer``
+            that is not a ``transformers.Trainer`` or that does not run this callback.
 
     Example:
-        >>> callback = CosmologyCallback(every_n_steps=10)  # doctest: +SKIP
-        >>> trainer = transformers.Trainer(..., callbacks=[callback])  # doctest: +SKIP
+        >>> trainer = transformers.Trainer(model, args, train_dataset=data)  # doctest: +SKIP
+        >>> callback = CosmologyCallback(every_n_steps=10, trainer=trainer)  # doctest: +SKIP
+        >>> trainer.add_callback(callback)  # doctest: +SKIP
     """
 
     def __init__(
@@ -168,10 +199,17 @@ class CosmologyCallback(_TrainerCallback, _ExportableState):
         output: str | Callable[[Any], Tensor] | None = None,
         group: int = 0,
         history_size: int = 1000,
+        trainer: Any = None,
     ) -> None:
         if not _HAVE_TRANSFORMERS:
             raise ImportError(
                 "CosmologyCallback needs transformers. Fix: pip install 'cosmo-optim[hf]'."
+            )
+        if trainer is not None and not isinstance(trainer, transformers.Trainer):
+            raise ValueError(
+                f"Invalid trainer: {type(trainer).__name__}; it must be the transformers.Trainer "
+                "the callback is added to (trainer.add_callback(CosmologyCallback(..., "
+                "trainer=trainer))), or None."
             )
         self.config = MonitorConfig(
             loss, probe_size, top_k, every_n_steps, log_figures_every_n_steps,
@@ -183,7 +221,8 @@ class CosmologyCallback(_TrainerCallback, _ExportableState):
         self.probe_batch = None if probe_batch is None else self._probe(probe_batch)
         self.session = MonitorSession("CosmologyCallback")
         self.saved_state: dict[str, Any] | None = None  # from a checkpoint, until training starts
-        self._trainer: Any = None
+        self.trainer = trainer
+        self._writer: Any = None  # without a trainer: our SummaryWriter in its TensorBoard run
 
     tracker = property(lambda self: self.session.tracker,
                        doc="The run's CosmologyTracker (None before training starts).")
@@ -247,7 +286,7 @@ class CosmologyCallback(_TrainerCallback, _ExportableState):
             state.is_world_process_zero, lambda: self.probe_batch if self.probe_batch is not None
             else self._first_examples(kwargs["train_dataloader"]),
             _broadcast if distributed else lambda p: p)
-        self._trainer = _find_trainer()
+        self._open_writer(args, state)
         config = self.config.with_interval(max(int(args.logging_steps), 1))
         per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps
         self.session.load_state_dict(self._stored(state))
@@ -276,32 +315,60 @@ class CosmologyCallback(_TrainerCallback, _ExportableState):
         if self.tracker is not None:
             self._log(args, state, self.tracker.step(state.global_step), state.global_step)
 
+    def _open_writer(self, args: Any, state: Any) -> None:
+        """Check ``trainer=``; without one, open our writer in the Trainer's TensorBoard run
+        (if it reports there) and warn once about the integrations we cannot reach."""
+        if self.trainer is not None:
+            if self not in self.trainer.callback_handler.callbacks:
+                raise ValueError(
+                    "CosmologyCallback: trainer= is not the Trainer running this callback. "
+                    "Fix: trainer.add_callback(CosmologyCallback(..., trainer=trainer)) on the "
+                    "Trainer you train."
+                )
+            return
+        report_to = list(args.report_to or [])
+        if not state.is_world_process_zero:
+            return
+        if "tensorboard" in report_to and self._writer is None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._writer = SummaryWriter(log_dir=_tensorboard_dir(args))
+        others = [name for name in report_to if name not in ("tensorboard", "none")]
+        if others:
+            figures = self.config.log_figures_every_n_steps is not None
+            self.session.figures_warned = True  # this warning names the figures too
+            warnings.warn(_unreached_warning(others, figures), UserWarning, stacklevel=3)
+
     def _log(self, args: Any, state: Any, metrics: dict[str, float] | None, step: int) -> None:
         if not metrics or self.tracker is None:
             return
         writers = self._writers(args) if state.is_world_process_zero else []
         self.session.before_scalars(writers)
-        if self._trainer is not None:
-            control = self._trainer.control
+        if self.trainer is not None:
+            control = self.trainer.control
             flags = control.should_log, control.should_save, control.should_evaluate
-            self._trainer.log(dict(metrics))  # resets should_log: the Trainer's own logs stay due
-            control = self._trainer.control
+            self.trainer.log(dict(metrics))  # resets should_log: the Trainer's own logs stay due
+            control = self.trainer.control
             control.should_log, control.should_save, control.should_evaluate = flags
-        else:  # called outside a Trainer: keep the history at least
+        else:  # the hooks' state and our own writer (the TensorBoardCallback's rewrite_logs)
             state.log_history.append({**metrics, "step": step})
+            for tag, value in metrics.items() if self._writer is not None else ():
+                self._writer.add_scalar("train/" + tag, value, step)
         self.session.after_scalars(writers, step)
 
     def _writers(self, args: Any) -> list[Any]:
-        """The Trainer's own TensorBoard writer (everything) and the image APIs of its other
-        ``report_to`` integrations (W&B, MLflow: figures)."""
+        """With a trainer: its TensorBoard writer (everything) and the image APIs of its other
+        ``report_to`` integrations (W&B, MLflow: figures); without: our writer, if any."""
+        nothing = f"the Trainer (report_to={args.report_to!r})"
+        if self.trainer is None:
+            return self.session.targets([self._writer] if self._writer else [], lambda w: w,
+                                        nothing=nothing)
         reporting = tuple(transformers.integrations.get_reporting_integration_callbacks(
             args.report_to))
-        callbacks = [] if self._trainer is None else self._trainer.callback_handler.callbacks
         return self.session.targets(
-            [c for c in callbacks if isinstance(c, reporting)],
+            [c for c in self.trainer.callback_handler.callbacks if isinstance(c, reporting)],
             lambda c: getattr(c, "tb_writer", None) if type(c).__name__ == (
-                "TensorBoardCallback") else None,
-            nothing=f"the Trainer (report_to={args.report_to!r})")
+                "TensorBoardCallback") else None, nothing=nothing)
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         """Draw the final figures (if enabled) to the writers of the run's last probe (the
@@ -309,7 +376,7 @@ class CosmologyCallback(_TrainerCallback, _ExportableState):
         if self.tracker is None:
             return
         writers = self.session.finish() if state.is_world_process_zero else []
-        for writer in writers:
-            if hasattr(writer, "add_scalar"):  # a SummaryWriter figures reopened
+        for writer in {id(w): w for w in [*writers, self._writer] if w is not None}.values():
+            if hasattr(writer, "add_scalar"):  # ours, or the Trainer's that figures reopened
                 writer.close()
-        self._trainer = None
+        self._writer = None

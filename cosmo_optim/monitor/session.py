@@ -36,7 +36,7 @@ class MonitorSession:
         self.tracker: CosmologyTracker | None = None
         self.pending: Mapping[str, Any] | None = None  # a checkpoint's state, until `start`
         self.writers: list[Any] = []  # the latest `targets`, kept for the end of the run
-        self._figures_warned = False
+        self.figures_warned = False  # the dropped-figures warning, once per run
 
     def start(self, model: nn.Module, config: MonitorConfig, *,
               probe_batch: Any = None) -> CosmologyTracker:
@@ -78,8 +78,8 @@ class MonitorSession:
             dropped += [] if writer is not None else [type(logger).__name__]
         self.writers = writers or self.writers
         if self.running().config.log_figures_every_n_steps is not None and not (
-                self._figures_warned) and (dropped or not self.writers):
-            self._figures_warned = True
+                self.figures_warned) and (dropped or not self.writers):
+            self.figures_warned = True
             names = dropped or [nothing]
             warnings.warn(figures_dropped_warning(self.owner, names), UserWarning, stacklevel=3)
         return writers
