@@ -1,10 +1,13 @@
 """`CosmologyCallback`: the monitor as a Hugging Face ``transformers`` `TrainerCallback` (T3–T10).
 
-A thin adaptor over `cosmo_optim.monitor.MonitorConfig` + `CosmologyTracker`; the jobs every
-adaptor shares (rank-0 probe batch, rank-0 writes, end-of-run figures, state across a resume)
-are `cosmo_optim.monitor.session.MonitorSession`'s. Importable
-without ``transformers`` (for docs and introspection); constructing the callback then raises
-an ImportError naming the extra to install (``pip install cosmo-optim[hf]``).
+A thin adaptor: the options are `cosmo_optim.monitor.MonitorConfig`'s, the work
+`CosmologyTracker`'s, the jobs every adaptor shares (rank-0 probe batch, rank-0 writes,
+end-of-run figures, state across a resume) `cosmo_optim.monitor.session.MonitorSession`'s, and
+a collator's dict of model inputs is probed through `cosmo_optim.monitor.indexed`. What is left
+here is transformers': its hooks, ``TrainingArguments``, ``trainer.log``, its TensorBoard run
+and ``trainer_state.json``. Importable without ``transformers`` (for docs and introspection);
+constructing the callback then raises an ImportError naming the extra to install
+(``pip install cosmo-optim[hf]``).
 """
 
 from __future__ import annotations
@@ -18,10 +21,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from cosmo_optim.monitor import MonitorConfig
-from cosmo_optim.monitor.batches import device_of, to_model
+from cosmo_optim.monitor.indexed import IndexedInputs, logits_of, take_rows
 from cosmo_optim.monitor.records import from_json, to_json
 from cosmo_optim.monitor.session import MonitorSession
 
@@ -40,33 +43,6 @@ except ImportError:  # the optional extra is absent
 __all__ = ["CosmologyCallback"]
 
 
-class _Inputs(nn.Module):
-    """The model on probe samples picked by index: ``model(**batch[idx]).logits``.
-
-    Every tensor the collator produced (input ids, attention masks, token type ids, pixel
-    values) goes to the model, row-aligned with the samples, so the NTK engine sees a map
-    from sample indices (N,) to outputs (N, ...)."""
-
-    def __init__(self, model: nn.Module, batch: Mapping[str, Tensor], label_key: str) -> None:
-        super().__init__()
-        self.model = model
-        self.batch = {k: v for k, v in batch.items() if k != label_key}
-
-    def forward(self, index: Tensor) -> Any:
-        rows = index.long()
-        return self.model(**{k: to_model(self.model, v)[rows.to(device_of(self.model))]
-                             for k, v in self.batch.items()})
-
-
-def _logits(out: Any) -> Tensor:
-    """``out.logits`` / ``out["logits"]`` of a ModelOutput or dict, else ``out[0]``."""
-    if isinstance(out, Tensor):
-        return out
-    if isinstance(out, Mapping) or hasattr(out, "keys"):
-        return out["logits"]
-    return out[0]
-
-
 def _distributed(args: Any) -> bool:
     """True under multi-process DDP (the probe's kernel is split across ranks); an error for
     strategies that shard the parameters, where no rank holds the whole model."""
@@ -80,13 +56,6 @@ def _distributed(args: Any) -> bool:
             "(torchrun without fsdp/deepspeed), or remove the callback."
         )
     return True
-
-
-def _broadcast(probe: Any) -> Any:
-    """Rank 0's probe batch on every rank (``torch.distributed``)."""
-    shared = [probe]
-    torch.distributed.broadcast_object_list(shared, src=0)
-    return shared[0]
 
 
 def _tensorboard_dir(args: Any) -> str:
@@ -150,13 +119,11 @@ class CosmologyCallback(_TrainerCallback, _ExportableState):
         every_n_steps: probe interval in optimiser steps; default ``args.logging_steps``.
         probe_batch: a dict of model inputs (and ``label_key``), one row per sample; default
             the first ``probe_size`` training examples, collated by the Trainer's collator.
-        input_key: a model input with one row per sample (``"input_ids"``); every per-sample
-            tensor of the batch goes to the model.
-        label_key: the targets' key (``"labels"``).
-        output: the outputs f the NTK is taken of (as `MonitorConfig`'s); default the
-            logits. A language model's logits have T·V components per sample and a kernel of
-            (N·T·V)² entries: select a few, e.g. ``output=lambda out: out.logits[:, -1, :8]``
-            (with ``loss=None``).
+        input_key, label_key: as `MonitorConfig`'s, with the defaults of a collator's batch
+            (``"input_ids"``, ``"labels"``); every per-sample tensor of it goes to the model.
+        output: as `MonitorConfig`'s; default the logits. A language model's have T·V
+            components per sample: select a few, e.g.
+            ``output=lambda out: out.logits[:, -1, :8]`` (with ``loss=None``).
         trainer: the ``transformers.Trainer`` this callback is added to, for logging through
             it (see above); None: the hooks' arguments only.
 
@@ -214,35 +181,20 @@ class CosmologyCallback(_TrainerCallback, _ExportableState):
         self.config = MonitorConfig(
             loss, probe_size, top_k, every_n_steps, log_figures_every_n_steps,
             history_size=history_size, prefix=prefix, group=group,
-            output=_logits if output is None else output, verify_ntk=verify_ntk,
+            output=logits_of if output is None else output, verify_ntk=verify_ntk,
             ntk_method=ntk_method, sketch_dim=sketch_dim,
         )
-        self.input_key, self.label_key = input_key, label_key
-        self.probe_batch = None if probe_batch is None else self._probe(probe_batch)
+        self.input_key, self.label_key, self.trainer = input_key, label_key, trainer
+        self.probe_batch = None if probe_batch is None else self._rows(probe_batch)
         self.session = MonitorSession("CosmologyCallback")
         self.saved_state: dict[str, Any] | None = None  # from a checkpoint, until training starts
-        self.trainer = trainer
         self._writer: Any = None  # without a trainer: our SummaryWriter in its TensorBoard run
 
     tracker = property(lambda self: self.session.tracker,
                        doc="The run's CosmologyTracker (None before training starts).")
 
-    def _probe(self, batch: Mapping[str, Any]) -> dict[str, Tensor]:
-        if self.input_key not in batch:
-            raise ValueError(
-                f"Invalid probe batch: no {self.input_key!r} key (keys {sorted(batch)}). "
-                "Fix: pass input_key=... naming a model input with one row per sample."
-            )
-        rows, labels = len(batch[self.input_key]), batch.get(self.label_key)
-        if isinstance(labels, Tensor) and labels.dim() > 0 and len(labels) != rows:
-            raise ValueError(
-                f"Invalid probe batch: {len(labels)} {self.label_key!r} for {rows} "
-                f"{self.input_key!r} rows; the loss needs one target per sample. Fix: one "
-                f"row of {self.label_key!r} per sample, or label_key=... naming the targets."
-            )
-        n = min(rows, self.config.probe_size)
-        return {k: v[:n].detach().cpu().clone() for k, v in batch.items()
-                if isinstance(v, Tensor) and v.dim() > 0 and len(v) == rows}
+    def _rows(self, batch: Mapping[str, Any]) -> dict[str, Tensor]:
+        return take_rows(batch, self.config.probe_size, self.input_key, self.label_key)
 
     # ----- transformers' stateful-callback mechanism (ExportableState) --------------------
     def state(self) -> dict[str, Any]:
@@ -251,18 +203,16 @@ class CosmologyCallback(_TrainerCallback, _ExportableState):
         return {"args": {}, "attributes": {"saved_state": to_json(saved)}}
 
     def _stored(self, state: Any) -> dict[str, Any] | None:
-        """Our state in a resumed run's ``trainer_state.json``, else the rebuilt one's."""
+        """Our state in a resumed run's ``trainer_state.json`` (of several CosmologyCallbacks,
+        the one of our prefix), else the rebuilt callback's ``saved_state``."""
         stored = (getattr(state, "stateful_callbacks", None) or {}).get(type(self).__name__)
-        if isinstance(stored, list):  # several CosmologyCallbacks: ours by the same prefix
-            stored = next((s for s in stored if self._matches(s)), None)
-        saved = None if not stored else stored.get("attributes", {}).get("saved_state")
-        saved = saved or self.saved_state
-        return from_json(saved) if saved else None
-
-    def _matches(self, stored: Mapping[str, Any]) -> bool:
-        saved = from_json(stored.get("attributes", {}).get("saved_state") or {})
-        history = saved.get("history") or [{"scalars": {}}]
-        return all(k.startswith(self.config.prefix) for k in history[-1]["scalars"])
+        saved = [s.get("attributes", {}).get("saved_state") for s in (
+            stored if isinstance(stored, list) else [stored] if stored else [])]
+        if isinstance(stored, list):
+            found = self.session.from_json(saved, self.config.prefix)
+        else:
+            found = from_json(saved[0]) if saved and saved[0] else None
+        return found or (from_json(self.saved_state) if self.saved_state else None)
 
     # ----- the events -----------------------------------------------------------------------
     def on_init_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
@@ -280,40 +230,33 @@ class CosmologyCallback(_TrainerCallback, _ExportableState):
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         """Build the tracker, take the probe batch, restore a checkpoint's state, and probe
         the initial state (step 0)."""
-        model, optimizer = kwargs["model"], kwargs.get("optimizer")
         distributed = _distributed(args)
         probe = self.session.shared_probe(  # one probe batch for every rank
             state.is_world_process_zero, lambda: self.probe_batch if self.probe_batch is not None
             else self._first_examples(kwargs["train_dataloader"]),
-            _broadcast if distributed else lambda p: p)
+            None if distributed else lambda p: p)
         self._open_writer(args, state)
         config = self.config.with_interval(max(int(args.logging_steps), 1))
         per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps
         self.session.load_state_dict(self._stored(state))
         tracker = self.session.start(
-            _Inputs(model, probe, self.label_key),
+            IndexedInputs(kwargs["model"], probe, self.label_key),
             dataclasses.replace(config, distributed=distributed, train_batch_size=per_step),
             probe_batch=(torch.arange(len(probe[self.input_key])), probe.get(self.label_key)),
         )
         # the Trainer's TensorBoardCallback writes our scalars as train/<tag> (rewrite_logs):
         # the layout, histograms and figures follow, or the dashboard would match nothing
         tracker.extras.prefix = "train/" + self.config.prefix
-        if optimizer is not None:
-            tracker.observe(optimizer)
-        if state.global_step == 0 and tracker.last_step < 0:
-            self._log(args, state, tracker.step(0), 0)
-        elif tracker.last_step < state.global_step:
+        if kwargs.get("optimizer") is not None:
+            tracker.observe(kwargs["optimizer"])
+        self._log(args, state, self.session.first_probe(state.global_step), 0)
+        if tracker.last_step < state.global_step:
             tracker.last_step = state.global_step
 
     def _first_examples(self, loader: Any) -> dict[str, Tensor]:
         with torch.random.fork_rng():  # a collator may draw random numbers (MLM masking)
             size = min(self.config.probe_size, len(loader.dataset))
-            return self._probe(loader.collate_fn([loader.dataset[i] for i in range(size)]))
-
-    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        """After each optimiser step: probe when due and log through the Trainer."""
-        if self.tracker is not None:
-            self._log(args, state, self.tracker.step(state.global_step), state.global_step)
+            return self._rows(loader.collate_fn([loader.dataset[i] for i in range(size)]))
 
     def _open_writer(self, args: Any, state: Any) -> None:
         """Check ``trainer=``; without one, open our writer in the Trainer's TensorBoard run
@@ -339,22 +282,26 @@ class CosmologyCallback(_TrainerCallback, _ExportableState):
             self.session.figures_warned = True  # this warning names the figures too
             warnings.warn(_unreached_warning(others, figures), UserWarning, stacklevel=3)
 
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        """After each optimiser step: probe when due and log."""
+        if self.tracker is not None:
+            self._log(args, state, self.tracker.step(state.global_step), state.global_step)
+
     def _log(self, args: Any, state: Any, metrics: dict[str, float] | None, step: int) -> None:
-        if not metrics or self.tracker is None:
-            return
-        writers = self._writers(args) if state.is_world_process_zero else []
-        self.session.before_scalars(writers)
+        writers = self._writers(args) if metrics and state.is_world_process_zero else []
+        self.session.write(writers, metrics, step, lambda m: self._scalars(state, m, step))
+
+    def _scalars(self, state: Any, metrics: dict[str, float], step: int) -> None:
         if self.trainer is not None:
             control = self.trainer.control
             flags = control.should_log, control.should_save, control.should_evaluate
             self.trainer.log(dict(metrics))  # resets should_log: the Trainer's own logs stay due
             control = self.trainer.control
             control.should_log, control.should_save, control.should_evaluate = flags
-        else:  # the hooks' state and our own writer (the TensorBoardCallback's rewrite_logs)
-            state.log_history.append({**metrics, "step": step})
-            for tag, value in metrics.items() if self._writer is not None else ():
-                self._writer.add_scalar("train/" + tag, value, step)
-        self.session.after_scalars(writers, step)
+            return
+        state.log_history.append({**metrics, "step": step})  # the hooks' state, and our
+        for tag, value in metrics.items() if self._writer is not None else ():  # writer
+            self._writer.add_scalar("train/" + tag, value, step)  # as rewrite_logs names it
 
     def _writers(self, args: Any) -> list[Any]:
         """With a trainer: its TensorBoard writer (everything) and the image APIs of its other
