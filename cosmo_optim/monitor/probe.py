@@ -103,7 +103,7 @@ def measure(model: nn.Module, inputs: Tensor, config: MonitorConfig | None = Non
     """(f, Θ, k): the outputs (N, ...), the flat output-space NTK (N·C, N·C), both float64
     (T4), and which kernel Θ is (k of the sketch, 0 for the exact kernel).
 
-    ``config.ntk_method="auto"`` takes the exact kernel where it fits `empirical_ntk`'s default
+    ``config.ntk_method="fit"`` takes the exact kernel where it fits `empirical_ntk`'s default
     memory budget and the sketch where it does not (`MemoryBudgetError`); `known` is the kernel
     earlier probes took, kept while it fits. On the `first` probe ``config.verify_ntk`` has the
     kernel checked against brute force (exact kernels only).
@@ -120,7 +120,7 @@ def _measure(model: nn.Module, inputs: Tensor, config: MonitorConfig, first: boo
     x, output = to_model(model, inputs), "full" if f[0].numel() > 1 else "trace"
     verify = config.verify_ntk and first
     k = {"exact": 0, "sketch": config.sketch_k}.get(config.ntk_method, known or None)
-    if k is None:  # "auto", exact so far or not yet known
+    if k is None:  # "fit": exact so far, or not yet known
         try:
             return f, _ntk(net, x, output, 0, verify, config.distributed), 0
         except MemoryBudgetError:
