@@ -55,7 +55,7 @@ def measure(smoke: bool, batch: int, repeats: int) -> dict[str, float]:
     probes = []
     for _ in range(repeats):
         start = time.perf_counter()
-        tracker.probe(0)
+        tracker.read(0)
         probes.append(time.perf_counter() - start)
     handle = tracker.attach(opt)  # probes at attach (step 0); the next is due at `every`
     hooked = [_step(model, opt, x, y) for _ in range(min(repeats, every - 1))]

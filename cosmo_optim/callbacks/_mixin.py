@@ -217,7 +217,7 @@ class CosmologyMonitorMixin:
         return self.session.state_dict()
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Resume the tracker: the run continues without gaps or duplicated probes."""
+        """Resume the tracker: the run continues without gaps or duplicated readings."""
         self.session.load_state_dict(state_dict)
 
 

@@ -42,7 +42,7 @@ class MonitorConfig:
             supplies its logging interval (`with_interval`).
         log_figures_every_n_steps: draw figures at these steps (a multiple of
             `every_n_steps`) and once more at the end of the run; None (the default) draws
-            none: three figures cost ≈ 0.2 s, more than a dozen probes.
+            none: three figures cost ≈ 0.2 s, more than a dozen readings.
         history_size: probes kept in the tracker's `history` (oldest dropped first).
         prefix: prepended to every tag.
         group: the optimiser's param group whose (lr, momentum) define the universe.

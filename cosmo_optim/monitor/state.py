@@ -15,8 +15,8 @@ from typing import Any
 from torch import Tensor
 
 from cosmo_optim.dual import FLRWDual
-from cosmo_optim.monitor.probe import ProbeResult, RunSoFar
-from cosmo_optim.monitor.records import LastProbe, ProbeRecord, Reference, as_state
+from cosmo_optim.monitor.reading import ReadingResult, RunSoFar
+from cosmo_optim.monitor.records import LastReading, Reading, Reference, as_state
 
 __all__ = ["RunState"]
 
@@ -34,8 +34,8 @@ class RunState:
         self.nonfinite = 0  # probes skipped as non-finite
         self.previous_outputs: tuple[int, Tensor] | None = None  # (step, f) before a probe
         self.reference: Reference | None = None  # the first probe
-        self.last: LastProbe | None = None  # the latest probe
-        self.history: deque[ProbeRecord] = deque(maxlen=history_size)
+        self.last: LastReading | None = None  # the latest probe
+        self.history: deque[Reading] = deque(maxlen=history_size)
         self.dual: FLRWDual | None = None  # the latest probe's read-out
         self.inputs: Tensor | None = None  # the probe batch
         self.targets: Tensor | None = None
@@ -45,7 +45,7 @@ class RunState:
         return RunSoFar(step, self.efolds, self.nonfinite, self.previous_outputs,
                         self.reference, self.last)
 
-    def absorb(self, result: ProbeResult) -> bool:
+    def absorb(self, result: ReadingResult) -> bool:
         """Keep a probe's result; False (and one more non-finite count) if it was skipped."""
         self.reference, self.last = result.reference, result.last
         if result.record is None:
@@ -77,12 +77,12 @@ class RunState:
         self.efolds = float(state.get("efolds", 0.0))
         self.nonfinite = int(state.get("nonfinite", 0))
         self.history.clear()
-        self.history.extend(ProbeRecord.from_dict(r) for r in state["history"])
+        self.history.extend(Reading.from_dict(r) for r in state["history"])
         self.previous_outputs = state.get("previous_outputs")
         if state.get("inputs") is not None:
             self.inputs, self.targets = state["inputs"], state.get("targets")
         ref, last = state["reference"], state["last"]
         self.reference = None if ref is None else Reference(  # no sketch_dim before sketches
             ref["kernel"], ref["eigenvectors"], int(ref.get("sketch_dim", 0)))
-        self.last = None if last is None else LastProbe(
+        self.last = None if last is None else LastReading(
             last["step"], last["eigenvectors"], last["outputs"], last.get("prediction"))

@@ -1,6 +1,6 @@
 """`CosmologyTracker`: schedules probes, counts e-folds, carries the run's state, checkpoints.
 
-The probe arithmetic is `cosmo_optim.monitor.probe` (pure functions), the options
+The probe arithmetic is `cosmo_optim.monitor.reading` (pure functions), the options
 `MonitorConfig`, the outputs `cosmo_optim.monitor.sinks`, the optimiser's universe
 `cosmo_optim.monitor.universe.OptimizerWatch`, what one probe hands to the next
 `cosmo_optim.monitor.state.RunState`; this class decides *when* to probe and wires them.
@@ -17,10 +17,11 @@ from torch.optim import Optimizer
 
 from cosmo_optim._common import unwrap_parallel
 from cosmo_optim.cosmology import Cosmology
-from cosmo_optim.monitor import probe as probes
+from cosmo_optim.monitor import reading as readings
 from cosmo_optim.monitor.batches import take_probe_batch
 from cosmo_optim.monitor.checks import nonfinite_warning, size_warnings
 from cosmo_optim.monitor.config import MonitorConfig
+from cosmo_optim.monitor.names import deprecated_method
 from cosmo_optim.monitor.sinks import Sinks, TensorBoardExtras
 from cosmo_optim.monitor.state import RunState
 from cosmo_optim.monitor.universe import OptimizerWatch
@@ -127,7 +128,7 @@ class CosmologyTracker:
     group = property(lambda self: self.config.group, doc="The param group read.")
     writer = property(lambda self: self.sinks.writer, doc="The SummaryWriter sink, or None.")
     optimizer = property(lambda self: self._watch.optimizer, doc="The optimiser read, or None.")
-    history = property(lambda self: self.run.history, doc="The latest probes' `ProbeRecord`s.")
+    history = property(lambda self: self.run.history, doc="The latest probes' `Reading`s.")
     dual = property(lambda self: self.run.dual, doc="The latest probe's `FLRWDual`, or None.")
     nonfinite = property(lambda self: self.run.nonfinite, doc="Probes skipped as non-finite.")
     last_step = property(lambda self: self.run.last_step,
@@ -220,31 +221,35 @@ class CosmologyTracker:
         if inputs is None:
             return None
         if (step + 1) % n == 0 and self.config.loss is not None:  # ḟ feeds the dual only
-            with probes.rank0_buffers(self.model, self.config.distributed):
+            with readings.rank0_buffers(self.model, self.config.distributed):
                 self.run.previous_outputs = (
-                    step, probes.model_outputs(self.model, inputs, self.config.output))
+                    step, readings.model_outputs(self.model, inputs, self.config.output))
         if step % n:
             return None
-        metrics = self.probe(step)
+        metrics = self.read(step)
         if metrics is not None:
             self.sinks.scalars(metrics, step)
             if self.sinks.writer is not None:
                 self.write_extras(self.sinks.writer, step)
         return metrics
 
-    def probe(self, step: int) -> dict[str, float] | None:
-        """Probe now, labelled `step`; returns the scalars."""
+    def read(self, step: int) -> dict[str, float] | None:
+        """Take a reading now (one probe of the model on the probe batch), labelled `step`;
+        returns its scalars."""
         if self.run.inputs is None:
-            raise ValueError("probe() needs a probe batch. Fix: call set_probe(batch) first.")
+            raise ValueError("read() needs a probe batch. Fix: call set_probe(batch) first.")
         first = self.run.reference is None
-        result = probes.probe(self.model, self.run.inputs, self.run.targets, config=self.config,
-                              cosmology=self.cosmology(), run=self.run.so_far(step))
+        result = readings.take_reading(
+            self.model, self.run.inputs, self.run.targets, config=self.config,
+            cosmology=self.cosmology(), run=self.run.so_far(step))
         if first and result.last is not None:  # N and C known: top_k and the cost, once
             for message in size_warnings(self.config, result.last.outputs):
                 warnings.warn(message, UserWarning, stacklevel=3)
         if not self.run.absorb(result):
             warnings.warn(nonfinite_warning(step, self.nonfinite), RuntimeWarning, stacklevel=3)
         return result.scalars
+
+    probe = deprecated_method("read", "CosmologyTracker.probe")
 
     # ----- figures and TensorBoard extras (`sinks.TensorBoardExtras`) --------------------
     def final_figures_step(self) -> int | None:
