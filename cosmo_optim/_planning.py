@@ -13,10 +13,9 @@ import torch
 from torch import Tensor, nn
 
 from cosmo_optim.cosmology import Cosmology
-from cosmo_optim.dual import FLRWDual
+from cosmo_optim.dual import FLRWDual, predict_trajectory
 from cosmo_optim.losses import PerSampleLoss, loss_derivatives
 from cosmo_optim.ntk import empirical_ntk
-from cosmo_optim.predict import predict_trajectory
 from cosmo_optim.spectrum import flat_kernel
 
 __all__ = [
