@@ -160,7 +160,7 @@ def check(args: argparse.Namespace) -> int:
     inputs, targets = data[0], (data[1] if len(data) > 1 else None)
     loss = torch.nn.MSELoss() if targets is not None else PolynomialPotentialLoss(1.0, 2, 0.5)
     try:
-        from cosmo_optim.duality import check_duality
+        from cosmo_optim.dual import check_duality
     except ImportError as error:
         raise UsageError(f"this installation has no duality check ({error})") from None
     try:

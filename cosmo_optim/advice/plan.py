@@ -1,6 +1,7 @@
 """The heavy-ball plan from NTK mode curvatures, shared by the one-shot advice and the
-re-planning scheduler (docs/theory.md T4, T7, T8, T10). Private: `advice.py` and
-`schedule.py` import from here; the rationale lives in advice.py's module docstring.
+re-planning scheduler (docs/theory.md T4, T7, T8, T10). Internal to the advice package:
+:mod:`.suggest` and :mod:`.scheduler` import from here; the rationale lives in
+:mod:`.suggest`'s module docstring.
 """
 
 from __future__ import annotations
@@ -13,15 +14,15 @@ import torch
 from torch import Tensor, nn
 
 from cosmo_optim.cosmology import Cosmology
-from cosmo_optim.dual import FLRWDual
+from cosmo_optim.dual import FLRWDual, predict_trajectory
 from cosmo_optim.losses import PerSampleLoss, loss_derivatives
 from cosmo_optim.ntk import empirical_ntk
-from cosmo_optim.predict import predict_trajectory
 from cosmo_optim.spectrum import flat_kernel
 
 __all__ = [
-    "ModeReadout", "Plan", "Search", "batch_factor", "fixed_point", "noise_scale", "plan",
-    "polyak_lr", "probe_indices", "read_modes", "relevant_modes", "trajectory",
+    "MAX_PROBE_ROWS", "ModeReadout", "Plan", "Search", "batch_factor", "fixed_point",
+    "noise_scale", "plan", "polyak_lr", "probe_indices", "read_modes", "relevant_modes",
+    "trajectory",
 ]
 
 #: Default probe: as many inputs as keep the output-space kernel at N·C ≤ this many rows.
