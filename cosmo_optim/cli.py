@@ -88,11 +88,11 @@ def _add_convert(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_demo(sub: argparse._SubParsersAction) -> None:
-    from cosmo_optim import _demo
+    from cosmo_optim import demo
 
-    p = sub.add_parser("demo", help=_demo.HELP, description=_demo.DESCRIPTION)
-    _demo.add_arguments(p)
-    p.set_defaults(run=_demo.run)
+    p = sub.add_parser("demo", help=demo.HELP, description=demo.DESCRIPTION)
+    demo.add_arguments(p)
+    p.set_defaults(run=demo.run)
 
 
 def _load(spec: str, what: str) -> Any:
