@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 from torch import Tensor
 
-from cosmo_optim.advice.plan import ModeReadout, Search
+from cosmo_optim.advice.heavy_ball import ModeReadout, Search
 from cosmo_optim.advice.trial import TRIAL_TOLERANCE, Trial
 
 __all__ = ["prediction_line", "rationale"]

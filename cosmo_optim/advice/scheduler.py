@@ -26,7 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from cosmo_optim._common import preserved
-from cosmo_optim.advice.plan import (
+from cosmo_optim.advice.heavy_ball import (
     batch_factor,
     fixed_point,
     noise_scale,

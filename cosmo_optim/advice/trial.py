@@ -13,7 +13,7 @@ from typing import Final, NamedTuple
 import torch
 from torch import Tensor, nn
 
-from cosmo_optim.advice.plan import Search
+from cosmo_optim.advice.heavy_ball import Search
 from cosmo_optim.losses import PerSampleLoss
 
 __all__ = ["TRIAL_FRACTION", "TRIAL_TOLERANCE", "Trial", "run_trial"]
