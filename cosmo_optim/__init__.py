@@ -3,16 +3,20 @@
 The public API lives here; modules behind it are implementation.
 """
 
-from cosmo_optim.advice import Suggestion, suggest_hyperparameters
+from cosmo_optim.advice import CosmologyScheduler, Suggestion, suggest_hyperparameters
 from cosmo_optim.cosmology import Cosmology, PowerLaw
-from cosmo_optim.dual import FLRWDual
-from cosmo_optim.duality import DualityReport, check_duality
+from cosmo_optim.dual import (
+    DualityReport,
+    FLRWDual,
+    check_duality,
+    output_velocity,
+    predict_mean_field,
+    predict_trajectory,
+)
 from cosmo_optim.losses import PolynomialPotentialLoss, per_sample_loss
 from cosmo_optim.monitor import CosmologyTracker
 from cosmo_optim.ntk import MemoryBudgetError, empirical_ntk
 from cosmo_optim.optim import CosmoSGD, cosmology_of
-from cosmo_optim.predict import output_velocity, predict_mean_field, predict_trajectory
-from cosmo_optim.schedule import CosmologyScheduler
 from cosmo_optim.spectrum import NTKEigen, kernel_distance, ntk_eigen
 
 __all__ = [

@@ -88,11 +88,11 @@ def _add_convert(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_demo(sub: argparse._SubParsersAction) -> None:
-    from cosmo_optim import _demo
+    from cosmo_optim import demo
 
-    p = sub.add_parser("demo", help=_demo.HELP, description=_demo.DESCRIPTION)
-    _demo.add_arguments(p)
-    p.set_defaults(run=_demo.run)
+    p = sub.add_parser("demo", help=demo.HELP, description=demo.DESCRIPTION)
+    demo.add_arguments(p)
+    p.set_defaults(run=demo.run)
 
 
 def _load(spec: str, what: str) -> Any:
@@ -160,7 +160,7 @@ def check(args: argparse.Namespace) -> int:
     inputs, targets = data[0], (data[1] if len(data) > 1 else None)
     loss = torch.nn.MSELoss() if targets is not None else PolynomialPotentialLoss(1.0, 2, 0.5)
     try:
-        from cosmo_optim.duality import check_duality
+        from cosmo_optim.dual import check_duality
     except ImportError as error:
         raise UsageError(f"this installation has no duality check ({error})") from None
     try:

@@ -119,7 +119,7 @@ def factories(tmp_path, monkeypatch):
 
 
 def test_check_prints_the_report_and_exit_status_follows_the_dynamics(capsys, factories):
-    pytest.importorskip("cosmo_optim.duality")
+    pytest.importorskip("cosmo_optim.dual.check")
     # Ω_φ ≈ 0.42 > 0.1 at lr 1e-4, but the network follows its field equation: exit 0, and
     # the report states the background verdict separately.
     assert main(["check", "userfactories:lazy", "--lr", "1e-4", "--momentum", "0.9"]) == 0

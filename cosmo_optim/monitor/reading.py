@@ -22,13 +22,12 @@ from torch import Tensor, nn
 
 from cosmo_optim._common import one_thread, preserved, same_on_every_rank, training
 from cosmo_optim.cosmology import Cosmology
-from cosmo_optim.dual import FLRWDual
+from cosmo_optim.dual import FLRWDual, predict_trajectory
 from cosmo_optim.losses import PerSampleLoss
 from cosmo_optim.monitor.batches import device_of, to_model
 from cosmo_optim.monitor.config import MonitorConfig
 from cosmo_optim.monitor.records import LastReading, PredictedModes, Reading, Reference
 from cosmo_optim.ntk import MemoryBudgetError, empirical_ntk
-from cosmo_optim.predict import predict_trajectory
 from cosmo_optim.spectrum import flat_kernel, kernel_distance, ntk_eigen, uniform_overlaps
 
 __all__ = ["ReadingResult", "RunSoFar", "measure", "model_outputs", "rank0_buffers", "take_reading"]

@@ -15,7 +15,7 @@ received per rank, plus the N×N kernel.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 import torch.distributed as dist
@@ -23,10 +23,13 @@ import torch.distributed as dist
 from cosmo_optim._common import MemoryBudgetError, same_on_every_rank
 from cosmo_optim.ntk.sketch import FeatureMap, gram
 
+if TYPE_CHECKING:
+    from cosmo_optim.ntk.engine import Engine
+
 __all__ = ["kernel"]
 
 
-def kernel(engine: Any, k: int | None, seed: int) -> torch.Tensor:
+def kernel(engine: Engine, k: int | None, seed: int) -> torch.Tensor:
     """The kernel of ``engine``'s request, its samples split across the ranks (module doc)."""
     if not (dist.is_available() and dist.is_initialized()):
         raise ValueError(
@@ -104,7 +107,7 @@ def _gather(t: torch.Tensor, sizes: list[int]) -> torch.Tensor:
     return torch.cat([p[:s] for p, s in zip(parts, sizes, strict=True)])
 
 
-def _check_same_model(engine: Any) -> None:
+def _check_same_model(engine: Engine) -> None:
     """Refuse ranks holding different probe batches, weights or buffers: the kernel would be
     of no one model and batch (a checksum of each is gathered, see `same_on_every_rank`)."""
     groups = {"probe batches": [engine.x], "parameters or buffers": list(engine.base.values())}

@@ -1,12 +1,12 @@
-"""One NTK request: the forward it differentiates, the probe, the plan and its execution.
+"""One NTK request: the forward it differentiates, the trial, the plan and its execution.
 
 :class:`Engine` holds what every executor shares: the model called with substitutable
 parameters (``functional_call`` on detached, cast views: the user's tensors are never touched),
-the selection of output components, the probe of sample 0 that finds which calls touch each
+the selection of output components, the trial of sample 0 that finds which calls touch each
 parameter, and the run-time proofs (:mod:`.guards`) that decide which parameters keep a
 structured rule. :meth:`Engine.run` plans within the budget (:mod:`.plan`) and dispatches to the
 structured executor (:mod:`.structured`) and the per-sample Jacobian (:mod:`.per_sample`); the
-sketch and the distributed executor drive the same probe and forward.
+sketch and the distributed executor drive the same trial and forward.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from cosmo_optim.ntk import per_sample as exact
 from cosmo_optim.ntk.plan import Plan, form, structured_plan
 from cosmo_optim.ntk.recorder import UseRecorder
 
-__all__ = ["Engine", "Output"]
+__all__ = ["Engine", "Output", "selected_outputs"]
 
 Output = str | int | Callable[[torch.Tensor], torch.Tensor]
 _DTYPE_CLASH = re.compile(r"dtype|scalar type", re.IGNORECASE)
@@ -34,7 +34,7 @@ logger = logging.getLogger("cosmo_optim.ntk")
 
 
 class Engine:
-    """One kernel request: probe, plan, structured pass, jacobian pass."""
+    """One kernel request: trial, plan, structured pass, jacobian pass."""
 
     def __init__(
         self, model: nn.Module, selected: dict[str, nn.Parameter], inputs: torch.Tensor,
@@ -47,7 +47,7 @@ class Engine:
         self.x = cast(inputs)
         self.N = inputs.shape[0]
         # Detached (cast) views: the user's parameters and their .grad are never touched; the
-        # probe replaces those the forward writes into with copies.
+        # trial replaces those the forward writes into with copies.
         self.base = {n: cast(t.detach()) for n, t in model.named_parameters()}
         self.base |= {n: cast(t.detach()) for n, t in model.named_buffers()}
         self.names = list(selected)
@@ -59,29 +59,7 @@ class Engine:
     # ----------------------------------------------------------------------------- forward
     def select(self, out: Any, n: int) -> torch.Tensor:
         """Model outputs for n samples -> the differentiated components (n, C)."""
-        if callable(self.output):
-            out = self.output(out)
-        if not isinstance(out, torch.Tensor):
-            kind = type(out).__name__
-            raise ValueError(
-                f"Invalid output: the model returned a {kind}, not a tensor, so the kernel "
-                "does not know which values are the network's output. Fix: pass a selector, "
-                "e.g. output=lambda out: out[0] or output=lambda out: out.logits."
-            )
-        if out.dim() == 0 or out.shape[0] != n:
-            raise ValueError(
-                f"Invalid output: the selected output has shape {tuple(out.shape)} for {n} "
-                f"samples; it must have the samples on dim 0, shape ({n},) or ({n}, ...)."
-            )
-        flat = out.reshape(n, -1)
-        if isinstance(self.output, int):
-            if not -flat.shape[1] <= self.output < flat.shape[1]:
-                raise ValueError(
-                    f"Invalid output: {self.output!r}; the model has {flat.shape[1]} output "
-                    "components per sample. Fix: pick an index in range."
-                )
-            return flat[:, self.output : self.output + 1 or None]
-        return flat
+        return selected_outputs(self.output, out, n)
 
     def forward(self, x: torch.Tensor, leaves: dict[str, torch.Tensor]) -> Any:
         recorder = UseRecorder({id(t): n for n, t in leaves.items()}, self.protect,
@@ -112,7 +90,7 @@ class Engine:
     def leaves(self, names: Sequence[str]) -> dict[str, torch.Tensor]:
         return {n: self.base[n].clone().requires_grad_(True) for n in names}
 
-    def probe(self, leaves: dict[str, torch.Tensor]) -> tuple[UseRecorder, torch.Tensor]:
+    def trial(self, leaves: dict[str, torch.Tensor]) -> tuple[UseRecorder, torch.Tensor]:
         """Sample 0 alone: which calls touch each parameter, and which outputs the model
         overwrites in place (those are copied from now on). Refuses random forwards: a global
         generator that moves, or a second forward of the sample that disagrees."""
@@ -143,7 +121,7 @@ class Engine:
         return recorder, f1
 
     def _first_forward(self, leaves: dict[str, torch.Tensor]) -> tuple[UseRecorder, Any]:
-        """The probe's forward; a forward that mixes dtypes gets an error naming the cast."""
+        """The trial's forward; a forward that mixes dtypes gets an error naming the cast."""
         try:
             return self.forward(self.x[:1], leaves)
         except RuntimeError as error:
@@ -170,7 +148,7 @@ class Engine:
 
     def rules_for(self, recorder: UseRecorder, f1: torch.Tensor,
                   leaves: dict[str, torch.Tensor]) -> dict[str, list[rules.Use]]:
-        """Parameters whose structured rule holds on the probe: recognised, batch-first calls
+        """Parameters whose structured rule holds on the trial: recognised, batch-first calls
         that are the parameter's only route to the outputs.
 
         The route check compares the rule's gradient with autograd's for one random
@@ -218,7 +196,7 @@ class Engine:
     def run(self, explain: bool = False) -> torch.Tensor:
         """The exact kernel: structured terms where a rule holds, per-sample Jacobians else."""
         leaves = self.leaves(self.names)
-        recorder, f1 = self.probe(leaves)
+        recorder, f1 = self.trial(leaves)
         self.C = f1.shape[1]
         N, C = self.N, self.C
         kernel_bytes = N * N * (C * C if self.full else 1) * self.isz
@@ -290,6 +268,34 @@ class Engine:
         if form == "tied":
             return structured.tied_rows(uses, delta)
         return structured.per_sample_grads(uses, delta)
+
+
+def selected_outputs(output: Output, out: Any, n: int) -> torch.Tensor:
+    """The components (n, C) of ``output`` (a selector, an index or a kernel kind) in the
+    model's output ``out`` for n samples, or a ValueError naming what is wrong."""
+    if callable(output):
+        out = output(out)
+    if not isinstance(out, torch.Tensor):
+        kind = type(out).__name__
+        raise ValueError(
+            f"Invalid output: the model returned a {kind}, not a tensor, so the kernel "
+            "does not know which values are the network's output. Fix: pass a selector, "
+            "e.g. output=lambda out: out[0] or output=lambda out: out.logits."
+        )
+    if out.dim() == 0 or out.shape[0] != n:
+        raise ValueError(
+            f"Invalid output: the selected output has shape {tuple(out.shape)} for {n} "
+            f"samples; it must have the samples on dim 0, shape ({n},) or ({n}, ...)."
+        )
+    flat = out.reshape(n, -1)
+    if isinstance(output, int):
+        if not -flat.shape[1] <= output < flat.shape[1]:
+            raise ValueError(
+                f"Invalid output: {output!r}; the model has {flat.shape[1]} output "
+                "components per sample. Fix: pick an index in range."
+            )
+        return flat[:, output : output + 1 or None]
+    return flat
 
 
 def _explain(plan: Plan, fallback: list[str], explain: bool) -> None:

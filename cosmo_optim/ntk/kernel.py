@@ -25,9 +25,9 @@ R rows per sample (sequence positions, conv pixels, repeated calls), fan-in d_in
 * ``"sketch"`` — an unbiased estimate ``Θ̂ = Φ Φᵀ`` from Kronecker sketches ``Pᵀ G_i Q`` of
   every weight's per-sample gradient, built from each layer's rows without forming ``G_i``
   (k = ``sketch_dim`` columns per projected side, k/4 of them along the top gradient
-  directions of 8 probe samples, one side of ≤ 12k entries kept exact;
+  directions of 8 pilot samples, one side of ≤ 12k entries kept exact;
   :mod:`cosmo_optim.ntk.sketch`): time O(N R k (d_in + d_out + d_kept)) per weight on top of
-  one forward and C backwards (and those of the 8 probe samples), plus O(C² N² F) for the
+  one forward and C backwards (and those of the 8 pilot samples), plus O(C² N² F) for the
   product over F ≈ Σ_weights k·d_kept features; memory O(N C F). Error model in
   docs/performance.md.
 
@@ -38,7 +38,7 @@ every rank returns the same N×N kernel (:mod:`cosmo_optim.ntk.distributed`).
 
 Never silently wrong: a rule is used for a parameter only while its assumptions hold, checked at
 run time in every chunk. Every recognised call is batch-first and in one role; where the
-one-sample probe sees an in-place op (``ReLU(inplace=True)``, ``h += x``, a hook) overwrite a
+one-sample trial sees an in-place op (``ReLU(inplace=True)``, ``h += x``, a hook) overwrite a
 captured output, the model gets a copy of it, and version counters prove every captured input
 and output unchanged;
 every captured output must receive a cotangent; call options a rule does not model
@@ -110,56 +110,91 @@ def empirical_ntk(
         params: ``None`` (all trainable parameters), a list of parameter names, or a predicate
             ``(name, param) -> bool``. Parameters with ``requires_grad=False`` never count.
         output: ``"trace"`` (N×N, summed over output components), ``"full"`` (N×N×C×C), an
-            int (one flattened output component), or a callable mapping the model's output to
-            ``(N,)`` or ``(N, ...)`` (traced over its components), e.g. ``lambda out:
-            out.logits`` for a model returning a dict, tuple or dataclass.
+            int (one flattened component), or a callable from the model's output to ``(N, ...)``
+            (traced), e.g. ``lambda out: out.logits`` for a dict, tuple or dataclass output.
         method: one of :data:`METHODS` (cost of each in the module docstring).
         dtype: compute in this dtype (e.g. ``torch.float64``); the model is not modified.
-        memory_budget: bytes for the engine's own buffers (kernel, captured layer inputs and
-            cotangents, Jacobian blocks; activations estimated from a one-sample probe), as a
-            number or a string such as ``"1GB"`` or ``"512MiB"``. Default: a quarter of the
-            memory free on the probe batch's device, between 256 MiB and 8 GiB
-            (:mod:`cosmo_optim.ntk.plan`). The engine plans within it (streams per output
-            component, chunks over samples, passes over groups of layers) and refuses only
-            when one sample's pass cannot fit, naming the budget that would.
-        train_mode: compute with the model in training mode (default: eval mode). Refused for
-            BatchNorm (couples samples) and active dropout (random).
+        memory_budget: bytes the engine may hold at once (a number, or ``"1GB"``,
+            ``"512MiB"``); default a quarter of the free memory on the probe batch's device,
+            within [256 MiB, 8 GiB] (:mod:`cosmo_optim.ntk.plan`). The engine plans under it
+            (streams, chunks, passes) and refuses only when one sample's pass cannot fit.
+        train_mode: compute in training mode (default eval); refused for BatchNorm, dropout.
         sketch_dim: ``k`` for ``method="sketch"`` (default :data:`DEFAULT_SKETCH_DIM`); the
             relative error falls like ``1/sqrt(k)`` (docs/performance.md). Only with "sketch".
-        sketch_seed: seed of the sketch's random projections (a private generator: the
-            result is reproducible and the global RNG untouched).
-        distributed: split the probe samples across the ranks of the initialised
+        sketch_seed: seed of the sketch's projections (a private generator: reproducible).
+        distributed: split the probe batch's samples across the ranks of the initialised
             ``torch.distributed`` group; every rank must call with the same ``inputs``.
-        verify: recompute the entries of ``verify`` samples (``True``: 3) by brute force, from
-            the user's module with plain autograd, and raise if they disagree beyond the
-            dtype's tolerance. Costs one forward and C backward passes per checked sample
-            (docs/performance.md).
-        explain: print the plan (streaming or stored, chunk size, passes, the form each
-            parameter took and the bytes it keeps); also logged at DEBUG on the
-            ``cosmo_optim.ntk`` logger.
+        verify: recompute the entries of ``verify`` samples (``True``: 3) from the user's
+            module with plain autograd; raise if they disagree beyond the dtype's tolerance.
+        explain: print the plan (chunks, passes, each parameter's form and bytes); also
+            logged at DEBUG on the ``cosmo_optim.ntk`` logger.
 
     Returns:
         The kernel on ``inputs.device``: ``(N, N)``, or ``(N, N, C, C)`` for ``"full"``. It
         is exact for every method but ``"sketch"``, which returns an unbiased estimate.
 
     Raises:
-        ValueError: invalid ``method``/``output``/``params``/``memory_budget``/``verify``, a
-            model output that needs a selector, or a model that couples samples in training
-            mode.
+        ValueError: an invalid argument, an output that needs a selector, or a model whose
+            per-sample kernel is undefined (coupled samples, a random forward).
         MemoryBudgetError: (a ValueError) the request does not fit ``memory_budget``; raised
             before anything large is allocated.
         RuntimeError: ``verify`` found an entry off by more than the tolerance.
 
-    Every rule checks its assumptions at run time (captured tensors unmodified, cotangents
-    present, call options it models) and hands a parameter that fails them to the exact
-    per-sample path. Compiled modules run their original eager code. The model's train/eval
-    flags, parameters, buffers, ``.grad`` fields and the torch, NumPy and Python RNG states are
-    unchanged.
+    Each rule's assumptions are proven at run time (module docstring); compiled modules run
+    their eager code. The model's modes, parameters, buffers, ``.grad`` fields and the torch,
+    NumPy and Python RNG states are unchanged.
 
     >>> net = nn.Sequential(nn.Linear(3, 8), nn.Tanh(), nn.Linear(8, 1))
     >>> empirical_ntk(net, torch.randn(5, 3)).shape
     torch.Size([5, 5])
     """
+    budget, samples, k = _checked(inputs, output, method, memory_budget, verify,
+                                 sketch_dim, train_mode)
+    model, selected = _admitted(model, params, inputs, dtype, train_mode)
+    with preserved(model, inputs.device), training(model, train_mode), _no_fastpath(), \
+            _eager():
+        twin, chosen = cast_copy(model, selected, dtype)
+        engine = Engine(twin, chosen, inputs, output, method, dtype, budget)
+        with _named_torch_errors(cast=dtype is not None and twin is model):
+            kernel = _executed(engine, k, sketch_seed, distributed, explain)
+        restore_python_state(engine.python_state)  # what the last forward counted or cached
+        if samples:
+            with _restored(model, set(engine.written)):  # a forward that writes its weights
+                exact.verify(kernel, model, inputs, engine.names, engine.select, samples,
+                             engine.full)
+    return kernel
+
+
+def _admitted(
+    model: nn.Module, params: ParamFilter, inputs: torch.Tensor, dtype: torch.dtype | None,
+    train_mode: bool,
+) -> tuple[nn.Module, dict[str, nn.Parameter]]:
+    """The module under any DDP/DataParallel wrapper and its selected parameters, or an
+    error for a model the kernel is undefined or unreachable on (training-mode coupling,
+    TorchScript, complex or integer weights)."""
+    model = unwrap_parallel(model)
+    selected = _select(model, params)
+    _refuse_coupling(model, train_mode)
+    _refuse_scripted(model)
+    _refuse_dtypes(selected, inputs, dtype)
+    return model, selected
+
+
+def _executed(engine: Engine, k: int | None, seed: int, distributed: bool,
+              explain: bool) -> torch.Tensor:
+    """The kernel from the executor the request names: distributed, sketch or exact."""
+    if distributed:
+        return distributed_ntk.kernel(engine, k, seed)
+    if k is not None:
+        return sketch.sketch_kernel(engine, k, seed)
+    return engine.run(explain)
+
+
+def _checked(inputs: torch.Tensor, output: Output, method: str,
+             memory_budget: int | float | str | None, verify: bool | int,
+             sketch_dim: int | None, train_mode: bool) -> tuple[int, int, int | None]:
+    """The budget in bytes, the samples to verify and the sketch dimension, or a
+    ValueError naming the invalid argument and the fix."""
     if method not in METHODS:
         raise ValueError(f'Invalid method "{method}". Must be one of {list(METHODS)}')
     if not isinstance(inputs, torch.Tensor):
@@ -184,34 +219,13 @@ def empirical_ntk(
             f"Invalid train_mode: {train_mode!r}; it must be True or False. Fix: "
             "train_mode=False (eval mode, the default) or train_mode=True."
         )
-    model = unwrap_parallel(model)
-    selected = _select(model, params)
-    _refuse_coupling(model, train_mode)
-    _refuse_scripted(model)
-    _refuse_dtypes(selected, inputs, dtype)
     if samples and k is not None:
         raise ValueError(
             f"Invalid verify: {verify!r} with method='sketch'; verify compares entries with the "
             "exact kernel, and the sketch is a random estimate of it. Fix: drop verify, or "
             "use an exact method."
         )
-    with preserved(model, inputs.device), training(model, train_mode), _no_fastpath(), \
-            _eager():
-        twin, chosen = cast_copy(model, selected, dtype)
-        engine = Engine(twin, chosen, inputs, output, method, dtype, budget)
-        with _named_torch_errors(cast=dtype is not None and twin is model):
-            if distributed:
-                kernel = distributed_ntk.kernel(engine, k, sketch_seed)
-            elif k is not None:
-                kernel = sketch.sketch_kernel(engine, k, sketch_seed)
-            else:
-                kernel = engine.run(explain)
-        restore_python_state(engine.python_state)  # what the last forward counted or cached
-        if samples:
-            with _restored(model, set(engine.written)):  # a forward that writes its weights
-                exact.verify(kernel, model, inputs, engine.names, engine.select, samples,
-                             engine.full)
-    return kernel
+    return budget, samples, k
 
 
 def _verify_samples(verify: bool | int) -> int:

@@ -12,13 +12,13 @@ rows ``r`` (positions, repeated calls, a tied embedding and output projection)
 never formed (time O(N R k (d0 + d1 + d_kept)) per weight, memory O(N C k·d_kept), d_kept the
 side kept exact, or k). A side of ≤ k entries is never projected.
 
-Adapted maps (weights with a rows rule): ``PROBE`` samples spread over the batch (the same on
+Adapted maps (weights with a rows rule): ``PILOT`` samples spread over the batch (the same on
 every rank) are run once more (one forward, C backward passes to the layer outputs); per side,
 a randomized range finder gives ``U`` (d × r, r = k // KEPT), the top directions of their
 gradients' second moment ``Σ_i G_i G_iᵀ``, and the map is ``[U | √((d−r)/(k−r)) B]`` with B
 k − r Haar-random orthonormal columns of U's complement: ``E[P Pᵀ] = UUᵀ + (I − UUᵀ) = I``
 whatever U is, as U never depends on the draw of B. The side kept exact (at most
-``EXACT_SIDE_PROBED·k`` entries) is the one whose gradients U, fitted on half the probe
+``EXACT_SIDE_PILOTED·k`` entries) is the one whose gradients U, fitted on half the pilot
 samples, captures worst on the other half. Other weights: ``√(d/k)`` times k Haar-random
 orthonormal columns, and the smaller side of at most ``EXACT_SIDE·k`` entries (the cotangent
 side first) kept exact. Parameters of other shapes (biases, LayerNorm) keep their exact
@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -47,15 +47,18 @@ from cosmo_optim._common import MemoryBudgetError
 from cosmo_optim.ntk import per_sample as exact
 from cosmo_optim.ntk import rules, structured
 
+if TYPE_CHECKING:
+    from cosmo_optim.ntk.engine import Engine
+
 __all__ = [
-    "EXACT_SIDE", "EXACT_SIDE_PROBED", "KEPT", "PROBE", "FeatureMap", "Probe", "Projection",
+    "EXACT_SIDE", "EXACT_SIDE_PILOTED", "KEPT", "PILOT", "FeatureMap", "Pilot", "Projection",
     "factors", "gram", "out_side", "rows_form", "sketch_kernel", "sketch_rows",
 ]
 
 EXACT_SIDE = 4  # a weight side of at most EXACT_SIDE·k entries is not projected (if the smaller)
-EXACT_SIDE_PROBED = 12  # the same, when the probe chooses the side (at k = 128: 1536, 4 × 384)
-KEPT = 4  # a projected side keeps k // KEPT columns along the probe gradients' top directions
-PROBE = 8  # samples (spread over the batch, the same on every rank) that choose those directions
+EXACT_SIDE_PILOTED = 12  # the same, when the pilot chooses the side (at k = 128: 1536, 4 × 384)
+KEPT = 4  # a projected side keeps k // KEPT columns along the pilot gradients' top directions
+PILOT = 8  # samples (spread over the batch, the same on every rank) that choose those directions
 
 
 def gram(fa: torch.Tensor, fb: torch.Tensor, full: bool) -> torch.Tensor:
@@ -120,16 +123,16 @@ def _exact_side(d0: int, d1: int, k: int, out_side: int | None,
                 missed: dict[int, float]) -> int | None:
     """The side (0, 1) of a d0 × d1 weight left unprojected, or None (both projected).
 
-    With the probe's held-out shares ``missed`` of both sides, the side of at most
-    ``EXACT_SIDE_PROBED·k`` entries whose gradients the probe's top directions capture worst
+    With the pilot's held-out shares ``missed`` of both sides, the side of at most
+    ``EXACT_SIDE_PILOTED·k`` entries whose gradients the pilot's top directions capture worst
     (where an adapted map's random part would carry the most: a transformer's activations,
     whose directions differ from sample to sample, while its cotangents share a few). Else a
     side of at most ``EXACT_SIDE·k`` entries, the cotangent side first: the cotangents of one
     output are often nearly rank one across rows and samples (the residual stream of a
     transformer), where a random projection's relative variance is largest (≈ 2/k).
     """
-    if len(missed) == 2 and min(d0, d1) <= EXACT_SIDE_PROBED * k:
-        small = [side for side, d in enumerate((d0, d1)) if d <= EXACT_SIDE_PROBED * k]
+    if len(missed) == 2 and min(d0, d1) <= EXACT_SIDE_PILOTED * k:
+        small = [side for side, d in enumerate((d0, d1)) if d <= EXACT_SIDE_PILOTED * k]
         return max(small, key=lambda side: missed[side])
     small = [side for side, d in enumerate((d0, d1)) if d <= EXACT_SIDE * k]
     if out_side in small:
@@ -149,7 +152,7 @@ class Projection:
 
     def __init__(self, name: str, shape: torch.Size, k: int | None, gen: torch.Generator,
                  like: torch.Tensor, out_side: int | None = None,
-                 probe: Probe | None = None) -> None:
+                 pilot: Pilot | None = None) -> None:
         self.kind, self.dtype = "dense", like.dtype
         self.P: torch.Tensor | None = None
         self.Q: torch.Tensor | None = None
@@ -160,7 +163,7 @@ class Projection:
         if len(shape) >= 2:  # a weight seen as d0 × d1: Kronecker sketch Pᵀ G Q
             d0, d1 = shape[0], numel // shape[0]
             self.kind, self.d0, self.d1 = "kron", d0, d1
-            P, Q = _maps(name, (d0, d1), k, gen, out_side, probe)
+            P, Q = _maps(name, (d0, d1), k, gen, out_side, pilot)
             self.P = None if P is None else P.to(device=dev, dtype=like.dtype)
             self.Q = None if Q is None else Q.to(device=dev, dtype=like.dtype)
         elif numel > k * k:  # CountSketch: bucket b(p), sign s(p)
@@ -226,18 +229,18 @@ def sketch_rows(proj: Projection, uses: list[rules.Use], delta: dict[int, torch.
     return S.reshape(S.shape[0], C, -1)
 
 
-class Probe:
-    """Per-sample gradient factors of ``PROBE`` samples spread over the batch, the same samples
+class Pilot:
+    """Per-sample gradient factors of ``PILOT`` samples spread over the batch, the same samples
     on every rank (so a distributed run draws the same adapted maps): one forward and C
-    backward passes to the layer outputs of m = min(N, PROBE) samples, run on first use."""
+    backward passes to the layer outputs of m = min(N, PILOT) samples, run on first use."""
 
-    def __init__(self, engine: Any, leaves: dict[str, torch.Tensor], names: set[str],
+    def __init__(self, engine: Engine, leaves: dict[str, torch.Tensor], names: set[str],
                  k: int) -> None:
         self.e, self.leaves, self.names, self.k = engine, leaves, names, k
         self.uses: dict[str, list[rules.Use]] | None = None
 
     def _run(self) -> None:
-        e, m = self.e, min(self.e.N, PROBE)
+        e, m = self.e, min(self.e.N, PILOT)
         idx = torch.linspace(0, e.N - 1, m, device=e.x.device).round().long()
         recorder, f = e.forward(e.x[idx], self.leaves)
         uses = {n: recorder.uses[n] for n in self.names if rows_form(recorder.uses[n], m, self.k)}
@@ -246,7 +249,7 @@ class Probe:
         self.uses = {n: us for n, us in uses.items() if all(id(u.out) in self.delta for u in us)}
 
     def factors(self, name: str, d0: int, d1: int) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """``(A, B)``, (m, C, R', d0) and (m, C, R', d1), with the probe's per-sample gradients
+        """``(A, B)``, (m, C, R', d0) and (m, C, R', d1), with the pilot's per-sample gradients
         ``G_ic = A_icᵀ B_ic`` (rows of all the weight's uses; token ids one-hot), or None."""
         if self.uses is None:
             self._run()
@@ -265,13 +268,13 @@ class Probe:
 
 
 def _maps(name: str, dims: tuple[int, int], k: int, gen: torch.Generator,
-          out_side: int | None, probe: Probe | None) -> list[torch.Tensor | None]:
+          out_side: int | None, pilot: Pilot | None) -> list[torch.Tensor | None]:
     """``[P, Q]`` of a d0 × d1 weight (None: side not projected). A side longer than k with
-    probe factors keeps k // KEPT columns along the probe's top directions (:func:`_adapted`),
+    pilot factors keeps k // KEPT columns along the pilot's top directions (:func:`_adapted`),
     else all k are random (:func:`_orthogonal`). Which side stays exact is chosen on held-out
-    probe samples: directions fitted on the even ones, the share they miss on the odd ones."""
+    pilot samples: directions fitted on the even ones, the share they miss on the odd ones."""
     r = k // KEPT
-    fac = probe.factors(name, *dims) if probe is not None and r and max(dims) > k else None
+    fac = pilot.factors(name, *dims) if pilot is not None and r and max(dims) > k else None
     missed = {}
     if fac is not None and fac[0].shape[0] > 1 and min(dims) > k:
         for side in (0, 1):
@@ -284,7 +287,7 @@ def _maps(name: str, dims: tuple[int, int], k: int, gen: torch.Generator,
 
 
 class FeatureMap:
-    """Features of the probe samples ``[lo, hi)`` for every selected parameter of ``engine``.
+    """Features of the pilot samples ``[lo, hi)`` for every selected parameter of ``engine``.
 
     ``engine`` is the :class:`cosmo_optim.ntk.engine.Engine` of the request (its forward, leaves,
     cotangents and per-sample Jacobian are reused, so outputs, dtype, parameter selection and
@@ -292,18 +295,18 @@ class FeatureMap:
     in any chunk gets exact per-sample gradients for that chunk, projected by the same map).
     """
 
-    def __init__(self, engine: Any, k: int | None, seed: int) -> None:
+    def __init__(self, engine: Engine, k: int | None, seed: int) -> None:
         self.e, self.k = engine, k
         leaves = engine.leaves(engine.names)
-        recorder, f1 = engine.probe(leaves)  # the exact engine's probe and guards
+        recorder, f1 = engine.trial(leaves)  # the exact engine's trial and guards
         engine.C = f1.shape[1]
         structured = engine.rules_for(recorder, f1, leaves)
         gen = torch.Generator().manual_seed(seed)
         like = engine.base[engine.names[0]]
         self.rows = {n for n, us in structured.items() if rows_form(us, 1, k)}
-        probe = Probe(engine, leaves, self.rows, k) if k is not None else None
+        pilot = Pilot(engine, leaves, self.rows, k) if k is not None else None
         self.proj = {n: Projection(n, engine.base[n].shape, k, gen, like,
-                                   out_side(recorder.uses[n]), probe) for n in engine.names}
+                                   out_side(recorder.uses[n]), pilot) for n in engine.names}
         engine.free = engine.budget
         self.leaves, self.counts = leaves, {n: len(us) for n, us in recorder.uses.items()}
         self.psg = set(structured) - self.rows
@@ -365,8 +368,8 @@ class FeatureMap:
         return parts[0] if len(parts) == 1 else torch.cat(parts)
 
 
-def sketch_kernel(engine: Any, sketch_dim: int, seed: int) -> torch.Tensor:
-    """``Θ̂ = Φ Φᵀ`` from sketched features of every probe sample (see module docstring)."""
+def sketch_kernel(engine: Engine, sketch_dim: int, seed: int) -> torch.Tensor:
+    """``Θ̂ = Φ Φᵀ`` from sketched features of the probe batch (see module docstring)."""
     fm = FeatureMap(engine, sketch_dim, seed)
     Phi = fm.all(0, engine.N)
     return gram(Phi, Phi, engine.full)

@@ -80,8 +80,8 @@ def test_adapted_map_keeps_the_given_directions_and_is_isotropic_on_average() ->
     assert ((MMt.mean(0) - torch.eye(d, dtype=torch.float64)).abs() <= Z * se + 1e-12).all()
 
 
-def test_gradient_directions_the_probe_sees_are_exact(monkeypatch: pytest.MonkeyPatch) -> None:
-    """f = w·x, 3 samples, d = 40 > k = 12: the probe (every sample here) finds the gradients
+def test_gradient_directions_the_pilot_sees_are_exact(monkeypatch: pytest.MonkeyPatch) -> None:
+    """f = w·x, 3 samples, d = 40 > k = 12: the pilot (every sample here) finds the gradients
     x_i, and r = k // 4 = 3 kept columns span them, so every seed gives Θ = x xᵀ exactly; with
     no kept column (r = 0) the same sketch is random."""
     torch.manual_seed(0)
@@ -94,12 +94,12 @@ def test_gradient_directions_the_probe_sees_are_exact(monkeypatch: pytest.Monkey
 
 
 @pytest.mark.parametrize("case", ["tanh", "tied", "twice"])
-def test_adapted_sketch_is_unbiased_for_samples_outside_the_probe(
+def test_adapted_sketch_is_unbiased_for_samples_outside_the_pilot(
         case: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A 2-sample probe (the others never seen when the directions are chosen), k = 4 (one
-    kept column per projected side, the exact side chosen on held-out probe samples): the
+    """A 2-sample pilot (the others never seen when the directions are chosen), k = 4 (one
+    kept column per projected side, the exact side chosen on held-out pilot samples): the
     mean of M sketches lies within Z standard errors of the brute-force kernel."""
-    monkeypatch.setattr(_ntk_sketch, "PROBE", 2)
+    monkeypatch.setattr(_ntk_sketch, "PILOT", 2)
     model, x = build(case, torch.float64)
     M = 50
     S = sketches(model, x, 4, range(M))
@@ -110,7 +110,7 @@ def test_adapted_sketch_is_unbiased_for_samples_outside_the_probe(
 
 
 class DeadBranch(nn.Module):
-    """f = w·x + 0·Σ V x: V (20 × 40) has zero gradients, so its probe directions are arbitrary."""
+    """f = w·x + 0·Σ V x: V (20 × 40) has zero gradients, so its pilot directions are arbitrary."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -122,7 +122,7 @@ class DeadBranch(nn.Module):
 
 @pytest.mark.parametrize(("dtype", "rtol"), [(torch.float64, 1e-10), (torch.float32, 1e-5)])
 def test_zero_gradients_give_a_finite_exact_block(dtype: torch.dtype, rtol: float) -> None:
-    """A weight whose gradients vanish on the probe adds exactly 0 (no NaN from its map)."""
+    """A weight whose gradients vanish on the pilot adds exactly 0 (no NaN from its map)."""
     torch.manual_seed(0)
     model = DeadBranch().to(dtype)
     x = torch.randn(3, 40, dtype=dtype)

@@ -32,7 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from cosmo_optim._common import preserved
-from cosmo_optim.dual import FLRWDual
+from cosmo_optim.dual.flrw import FLRWDual
 
 __all__ = [
     "INTEGRATORS",

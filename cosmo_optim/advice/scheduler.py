@@ -26,7 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from cosmo_optim._common import preserved
-from cosmo_optim._planning import (
+from cosmo_optim.advice.heavy_ball import (
     batch_factor,
     fixed_point,
     noise_scale,
@@ -39,7 +39,7 @@ from cosmo_optim.losses import per_sample_loss
 
 __all__ = ["CosmologyScheduler"]
 
-#: The first plan's safety: the one-shot advice's default (catapult headroom, advice.py).
+#: The first plan's safety: the one-shot advice's default (catapult headroom, suggest.py).
 _START_SAFETY = 0.125
 #: The lr grows by at most this factor per re-plan.
 _MAX_LR_GROWTH = 2.0

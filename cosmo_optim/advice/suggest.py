@@ -31,29 +31,28 @@ computed by `FLRWDual.mode_curvatures`. Then:
 6. **Can it predict?** A short trial (a copy of the model trained full batch on the probe set
    at the suggested (η, β) for a quarter of the predicted time, at most `horizon_steps/25`
    steps) compares the probe loss with the prediction. If the loss decrease is off by more
-   than `_TRIAL_TOLERANCE`, the network is outside the lazy regime (T4): `predicted_steps` is
-   None and the rationale says the time to target cannot be predicted from one kernel.
+   than `TRIAL_TOLERANCE` (:mod:`.trial`), the network is outside the lazy regime (T4):
+   `predicted_steps` is None and the rationale says the time to target cannot be predicted
+   from one kernel.
 
 Curvature that changes during training (cross-entropy saturating, progressive sharpening) is
-what a single plan cannot follow: `CosmologyScheduler` (cosmo_optim.schedule) re-reads the
+what a single plan cannot follow: `CosmologyScheduler` (:mod:`.scheduler`) re-reads the
 curvatures every few steps and re-plans with the same rule.
 """
 
 from __future__ import annotations
 
-import copy
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Final, NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
 from cosmo_optim._common import preserved
-from cosmo_optim._planning import (
-    MAX_PROBE_ROWS,  # noqa: F401  (the documented default probe size, kept importable here)
+from cosmo_optim.advice.heavy_ball import (
     ModeReadout,
     Search,
     batch_factor,
@@ -64,17 +63,14 @@ from cosmo_optim._planning import (
     relevant_modes,
     trajectory,
 )
+from cosmo_optim.advice.rationale import rationale
+from cosmo_optim.advice.trial import TRIAL_TOLERANCE, Trial, run_trial
 from cosmo_optim.cosmology import Cosmology
 from cosmo_optim.dual import FLRWDual
 from cosmo_optim.losses import PerSampleLoss, per_sample_loss
 from cosmo_optim.optim import CosmoSGD
 
 __all__ = ["Suggestion", "suggest_hyperparameters"]
-
-#: The trial's loss decrease may differ from the predicted one by this fraction (lazy limit).
-_TRIAL_TOLERANCE: Final = 0.25
-#: The trial costs at most horizon_steps / this many probe-set steps (≤ 4 % of training).
-_TRIAL_FRACTION: Final = 25
 
 
 @dataclass(frozen=True, eq=False)
@@ -279,36 +275,81 @@ def suggest_hyperparameters(
     ell = per_sample_loss(loss)
     first = next(p for p in model.parameters() if p.requires_grad)
     with preserved(model, first.device):
-        with torch.no_grad():
-            outputs = model(inputs)
-        initial = _initial_loss(ell, outputs, targets)
-        num_inputs, num_outputs = int(outputs.shape[0]), int(outputs[0].numel())
-        idx = probe_indices(num_inputs, num_outputs, probe_size, seed)
-        probe_y = None if targets is None else targets[idx]
-        read = read_modes(model, ell, inputs[idx], outputs[idx], probe_y)
-        _check_curvature(read.curvatures)
-        relevant = relevant_modes(read.curvatures, read.dual.eigenvalues, read.residual,
-                                  float(residual_fraction))
-        target = 0.1 * initial if target_loss is None else float(target_loss)
-        probe_initial = float(read.values.mean())
-        scale = initial / probe_initial if probe_initial > 0 else 1.0
-        noise = noise_scale(read.kernel, read.grad)
-        factor = batch_factor(noise, batch_size, num_inputs)
-        found = fixed_point(read, relevant, float(safety), horizon_steps, target, scale, factor)
-        trial = _trial(model, ell, inputs[idx], probe_y, found, horizon_steps)
-    predictable = trial.error <= _TRIAL_TOLERANCE
-    text = _rationale(read, found, relevant, float(residual_fraction), float(safety), initial,
-                      target, horizon_steps, noise, factor, batch_size, num_inputs, trial)
+        probe = _read_probe(model, ell, inputs, targets, probe_size, seed)
+        planned = _plan(probe, horizon_steps, batch_size, target_loss, residual_fraction, safety)
+        trial = run_trial(model, ell, probe.inputs, probe.targets, planned.found, horizon_steps)
+    text = rationale(probe.read, planned.found, planned.relevant, float(residual_fraction),
+                     float(safety), probe.initial, planned.target, horizon_steps, planned.noise,
+                     planned.factor, batch_size, probe.num_inputs, trial)
+    return _suggestion(probe, planned, trial, horizon_steps, text)
+
+
+class _Probe(NamedTuple):
+    """The model at initialisation: its training loss on all inputs and its probe set."""
+
+    initial: float
+    num_inputs: int
+    inputs: Tensor  # the probe subset, and its targets
+    targets: Tensor | None
+    read: ModeReadout  # the NTK's modes there (T7, T8)
+    scale: float  # initial loss / initial probe loss
+
+
+def _read_probe(model: nn.Module, ell: PerSampleLoss, inputs: Tensor, targets: Tensor | None,
+                probe_size: int | None, seed: int) -> _Probe:
+    """One forward on `inputs`, the probe subset, and the NTK modes there (T7, T8)."""
+    with torch.no_grad():
+        outputs = model(inputs)
+    initial = _initial_loss(ell, outputs, targets)
+    num_inputs, num_outputs = int(outputs.shape[0]), int(outputs[0].numel())
+    idx = probe_indices(num_inputs, num_outputs, probe_size, seed)
+    probe_y = None if targets is None else targets[idx]
+    read = read_modes(model, ell, inputs[idx], outputs[idx], probe_y)
+    _check_curvature(read.curvatures)
+    probe_initial = float(read.values.mean())
+    scale = initial / probe_initial if probe_initial > 0 else 1.0
+    return _Probe(initial, num_inputs, inputs[idx], probe_y, read, scale)
+
+
+class _Planned(NamedTuple):
+    """What the plan was made of, and the plan (the fixed point of plan → time to target)."""
+
+    relevant: Tensor
+    target: float
+    noise: float
+    factor: float
+    found: Search
+
+
+def _plan(probe: _Probe, horizon_steps: int, batch_size: int | None, target_loss: Any,
+          residual_fraction: Any, safety: Any) -> _Planned:
+    """The relevant modes, the target, the mini-batch lr factor and the heavy-ball plan (T10)."""
+    read = probe.read
+    relevant = relevant_modes(read.curvatures, read.dual.eigenvalues, read.residual,
+                              float(residual_fraction))
+    target = 0.1 * probe.initial if target_loss is None else float(target_loss)
+    noise = noise_scale(read.kernel, read.grad)
+    factor = batch_factor(noise, batch_size, probe.num_inputs)
+    found = fixed_point(read, relevant, float(safety), horizon_steps, target, probe.scale, factor)
+    return _Planned(relevant, target, noise, factor, found)
+
+
+def _suggestion(probe: _Probe, planned: _Planned, trial: Trial, horizon_steps: int,
+                text: str) -> Suggestion:
+    """The `Suggestion`: the plan, and a time to target only if the trial followed the map."""
+    found, relevant = planned.found, planned.relevant
+    predictable = trial.error <= TRIAL_TOLERANCE
     c = found.plan.cosmology
     return Suggestion(
         lr=c.lr, momentum=c.momentum, cosmology=c,
         predicted_steps=found.predicted if predictable else None, predictable=predictable,
-        target_loss=target, initial_loss=initial, horizon_steps=horizon_steps,
-        curvatures=read.curvatures.numpy(), softest_curvatures=found.low.numpy(),
+        target_loss=planned.target, initial_loss=probe.initial, horizon_steps=horizon_steps,
+        curvatures=probe.read.curvatures.numpy(), softest_curvatures=found.low.numpy(),
         relevant_modes=relevant.numpy(), kappa_max=found.plan.kappa_max,
-        kappa_min=found.plan.kappa_min, active_bound=found.plan.active, noise_scale=noise,
-        lr_batch_factor=factor, stability_margin=found.dual.stability_margin, rationale=text,
-        _dual=found.dual, _loss_scale=scale, _curve={"loss": found.curve},
+        kappa_min=found.plan.kappa_min, active_bound=found.plan.active,
+        noise_scale=planned.noise, lr_batch_factor=planned.factor,
+        stability_margin=found.dual.stability_margin, rationale=text,
+        _dual=found.dual, _loss_scale=probe.scale, _curve={"loss": found.curve},
     )
 
 
@@ -329,107 +370,3 @@ def _check_curvature(kappa: Tensor) -> None:
             "or concave at the initial outputs, so no stable step size follows from T10. "
             "Check the loss and the model's outputs."
         )
-
-
-class _Trial(NamedTuple):
-    steps: int
-    predicted_drop: float  # predicted probe-loss decrease over the trial
-    actual_drop: float
-    error: float  # |actual − predicted| / |predicted| (0 when there was no trial)
-
-
-def _trial(model: nn.Module, ell: PerSampleLoss, inputs: Tensor, targets: Tensor | None,
-           found: Search, horizon_steps: int) -> _Trial:
-    """Train a copy on the probe set at the plan for a few steps; compare with the map (T4).
-
-    Over a quarter of the predicted time to target (at most horizon_steps/_TRIAL_FRACTION
-    steps), the probe loss must drop as the frozen-kernel prediction says, within
-    _TRIAL_TOLERANCE; otherwise the kernel moved and no prediction is printed.
-    """
-    steps = min((found.predicted or horizon_steps) // 4, horizon_steps // _TRIAL_FRACTION)
-    if steps < 1:
-        return _Trial(0, math.nan, math.nan, 0.0)
-    curve = found.curve / found.curve[0]  # probe-loss ratios (the scale cancels)
-    net = copy.deepcopy(model)
-    c = found.plan.cosmology
-    opt = torch.optim.SGD(net.parameters(), lr=c.lr, momentum=c.momentum)
-    losses = []
-    for _ in range(steps + 1):
-        opt.zero_grad()
-        value = ell.training_loss(net(inputs), targets)
-        losses.append(float(value.detach()))
-        if len(losses) <= steps:
-            value.backward()
-            opt.step()
-    predicted = 1.0 - float(curve[steps])
-    actual = 1.0 - losses[-1] / losses[0] if losses[0] > 0 else 0.0
-    error = abs(actual - predicted) / abs(predicted) if predicted != 0 else math.inf
-    return _Trial(steps, predicted, actual, error if math.isfinite(actual) else math.inf)
-
-
-def _rationale(
-    read: ModeReadout, found: Search, relevant: Tensor, fraction: float, safety: float,
-    initial: float, target: float, horizon_steps: int, noise: float, factor: float,
-    batch_size: int | None, num_inputs: int, trial: _Trial,
-) -> str:
-    """The decision in plain language: which modes, which bound was active, what to expect."""
-    p, dual, curve = found.plan, found.dual, found.curve
-    c = p.cosmology
-    kappa = read.curvatures.numpy()
-    stiffest = int(np.argmax(kappa))
-    lines = [
-        f"NTK on {dual.num_samples} probe inputs × {dual.num_outputs} outputs "
-        f"({len(kappa)} modes); initial loss {initial:.4g}.",
-        f"{len(relevant)} mode(s) carry {fraction:.0%} of the projected residual "
-        f"|Uᵀ ∂L/∂f|²; the slowest of them has curvature κ = {p.fraction_min:.3g} on the "
-        "predicted path (T8).",
-    ]
-    if p.active == "residual_fraction":
-        lines.append(
-            f"Active bound: the residual fraction; κ_min = {p.kappa_min:.3g} is damped critically."
-        )
-    else:
-        why = "the horizon" if p.active == "horizon" else "the predicted time to target"
-        lines.append(
-            f"Active bound: {why}. Modes lighter than κ = {p.need_min:.3g} cannot move "
-            f"within {found.need} steps, so κ_min = {p.kappa_min:.3g} is damped critically instead."
-        )
-    lines += [
-        f"Stiffest mode {stiffest}: κ = {kappa[stiffest]:.3g}, planned as "
-        f"κ_max = {p.kappa_max:.3g} (safety {safety:g}).",
-        f"Heavy-ball optimum (Polyak) for κ in [{p.kappa_min:.3g}, {p.kappa_max:.3g}]: "
-        "κ_min at the oscillation threshold η κ = (1 − √β)² (m = 3H/2, T8/T10), κ_max "
-        "inside the edge of stability η κ < 2(1 + β) (T10).",
-    ]
-    if factor < 1:
-        lines.append(
-            f"Mini-batches of {batch_size} of {num_inputs}: gradient-noise scale "
-            f"B_noise = {noise:.3g} samples lowers the lr by ×{factor:.3g}; "
-            "β re-derived to keep κ_min critically damped."
-        )
-    lines.append(
-        f"Suggestion: lr = {c.lr:.4g}, momentum = {c.momentum:.4g}; stability margin "
-        f"η κ/2(1 + β) = {dual.stability_margin:.3g} (< 1 on every probe mode); "
-        f"H = {c.hubble_rate:.3g}, Λ = {c.vacuum_energy:.3g}, "
-        f"Hubble time {c.hubble_time_steps:.3g} steps (T3)."
-    )
-    lines.append(_prediction_line(found, target, horizon_steps, curve, trial))
-    return "\n".join(lines)
-
-
-def _prediction_line(found: Search, target: float, horizon_steps: int, curve: np.ndarray,
-                     trial: _Trial) -> str:
-    if trial.error > _TRIAL_TOLERANCE:
-        return (
-            f"Prediction: cannot predict the time to target from one kernel. In a {trial.steps}-"
-            f"step trial on the probe set the loss fell by {trial.actual_drop:.1%} where the "
-            f"lazy-limit map (T10) says {trial.predicted_drop:.1%}: the kernel moves (outside "
-            "the lazy regime, T4). The suggested lr and momentum still hold; re-planning "
-            "(CosmologyScheduler) follows the curvature as it changes."
-        )
-    if found.predicted is None:
-        return (f"Prediction (lazy limit, T10 map): target loss {target:.4g} not reached "
-                f"within {horizon_steps} steps; predicted loss there {curve[-1]:.4g}.")
-    checked = f"; a {trial.steps}-step trial agreed within {trial.error:.0%}" if trial.steps else ""
-    return (f"Prediction (lazy limit, T10 map): target loss {target:.4g} after "
-            f"{found.predicted} steps; loss {curve[-1]:.4g} at step {len(curve) - 1}{checked}.")

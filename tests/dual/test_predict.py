@@ -16,7 +16,7 @@ from cosmo_optim import (
     predict_mean_field,
     predict_trajectory,
 )
-from cosmo_optim.predict import INTEGRATORS
+from cosmo_optim.dual import INTEGRATORS
 
 D = torch.float64
 

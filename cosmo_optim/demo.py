@@ -26,12 +26,11 @@ from torch import nn
 
 from cosmo_optim._common import one_thread
 from cosmo_optim.cosmology import Cosmology
-from cosmo_optim.dual import FLRWDual
+from cosmo_optim.dual import FLRWDual, predict_mean_field, predict_trajectory
 from cosmo_optim.losses import PolynomialPotentialLoss
 from cosmo_optim.monitor import CosmologyTracker
 from cosmo_optim.ntk import empirical_ntk
 from cosmo_optim.optim import CosmoSGD
-from cosmo_optim.predict import predict_mean_field, predict_trajectory
 
 __all__ = ["DESCRIPTION", "HELP", "add_arguments", "duality_check", "run"]
 

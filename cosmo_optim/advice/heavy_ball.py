@@ -1,6 +1,7 @@
 """The heavy-ball plan from NTK mode curvatures, shared by the one-shot advice and the
-re-planning scheduler (docs/theory.md T4, T7, T8, T10). Private: `advice.py` and
-`schedule.py` import from here; the rationale lives in advice.py's module docstring.
+re-planning scheduler (docs/theory.md T4, T7, T8, T10). Internal to the advice package:
+:mod:`.suggest` and :mod:`.scheduler` import from here; the rationale lives in
+:mod:`.suggest`'s module docstring.
 """
 
 from __future__ import annotations
@@ -13,15 +14,25 @@ import torch
 from torch import Tensor, nn
 
 from cosmo_optim.cosmology import Cosmology
-from cosmo_optim.dual import FLRWDual
+from cosmo_optim.dual import FLRWDual, predict_trajectory
 from cosmo_optim.losses import PerSampleLoss, loss_derivatives
 from cosmo_optim.ntk import empirical_ntk
-from cosmo_optim.predict import predict_trajectory
 from cosmo_optim.spectrum import flat_kernel
 
 __all__ = [
-    "ModeReadout", "Plan", "Search", "batch_factor", "fixed_point", "noise_scale", "plan",
-    "polyak_lr", "probe_indices", "read_modes", "relevant_modes", "trajectory",
+    "MAX_PROBE_ROWS",
+    "HeavyBallPlan",
+    "ModeReadout",
+    "Search",
+    "batch_factor",
+    "fixed_point",
+    "noise_scale",
+    "plan",
+    "polyak_lr",
+    "probe_indices",
+    "read_modes",
+    "relevant_modes",
+    "trajectory",
 ]
 
 #: Default probe: as many inputs as keep the output-space kernel at N·C ≤ this many rows.
@@ -116,7 +127,7 @@ def batch_factor(noise: float, batch_size: int | None, num_inputs: int) -> float
     return 1.0 / (1.0 + scaled)
 
 
-class Plan(NamedTuple):
+class HeavyBallPlan(NamedTuple):
     cosmology: Cosmology
     kappa_max: float
     kappa_min: float
@@ -126,7 +137,7 @@ class Plan(NamedTuple):
 
 
 def plan(high: Tensor, low: Tensor, relevant: Tensor, safety: float, need: int,
-         is_horizon: bool, factor: float) -> Plan:
+         is_horizon: bool, factor: float) -> HeavyBallPlan:
     """(η, β) for curvatures `high` (stiffest on the path) and `low` (softest) (T8, T10).
 
     κ_max = max(high)/safety over all modes; κ_min = the slowest relevant curvature, floored
@@ -144,7 +155,8 @@ def plan(high: Tensor, low: Tensor, relevant: Tensor, safety: float, need: int,
         active = "horizon" if is_horizon else "time_to_target"
     lr = polyak_lr(kappa_max, kappa_min) * factor
     momentum = (1.0 - math.sqrt(lr * kappa_min)) ** 2  # κ_min critically damped (T10)
-    return Plan(Cosmology(lr, momentum), kappa_max, kappa_min, fraction_min, need_min, active)
+    return HeavyBallPlan(Cosmology(lr, momentum), kappa_max, kappa_min, fraction_min, need_min,
+                         active)
 
 
 def trajectory(dual: FLRWDual, steps: int, scale: float) -> tuple[np.ndarray, Tensor | None]:
@@ -172,7 +184,7 @@ def trajectory(dual: FLRWDual, steps: int, scale: float) -> tuple[np.ndarray, Te
 class Search(NamedTuple):
     """The fixed point of plan → predicted time to target → plan."""
 
-    plan: Plan
+    plan: HeavyBallPlan
     dual: FLRWDual
     curve: np.ndarray
     predicted: int | None
