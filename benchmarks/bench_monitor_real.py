@@ -2,7 +2,7 @@
 
 A plain loop (batch 128, momentum SGD, cross-entropy, synthetic CIFAR-shaped data) with and
 without a `CosmologyTracker` at its defaults (probe_size 16, every 50 steps, top_k 4,
-ntk_method "auto", with the loss). The overhead of a run is the time of its probes over the
+ntk_method "fit", with the loss). The overhead of a run is the time of its probes over the
 time of the training steps between them: ``probe / (every_n_steps · step)``. Both are measured
 in one process, alternating, one thread unless `--threads`; the step hook the tracker adds to
 every step is timed too (steps with the tracker attached but no probe due).
@@ -55,7 +55,7 @@ def measure(smoke: bool, batch: int, repeats: int) -> dict[str, float]:
     probes = []
     for _ in range(repeats):
         start = time.perf_counter()
-        tracker.probe(0)
+        tracker.read(0)
         probes.append(time.perf_counter() - start)
     handle = tracker.attach(opt)  # probes at attach (step 0); the next is due at `every`
     hooked = [_step(model, opt, x, y) for _ in range(min(repeats, every - 1))]

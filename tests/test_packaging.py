@@ -1,4 +1,4 @@
-"""The distribution installs `callbacks/` as `cosmo_optim.callbacks`, never as `callbacks`."""
+"""The distribution ships `cosmo_optim/callbacks/` as `cosmo_optim.callbacks`, never as `callbacks`."""
 
 import subprocess
 import sys
@@ -24,10 +24,10 @@ def probe(cwd: Path, env: dict[str, str] | None = None) -> list[str]:
     return out.stdout.split()
 
 
-def test_editable_install_maps_callbacks_into_the_package(tmp_path):
+def test_editable_install_finds_callbacks_where_the_source_tree_has_them(tmp_path):
     package, callbacks, no_top_level = probe(tmp_path)
     assert Path(package) == REPO / "cosmo_optim" / "__init__.py"
-    assert Path(callbacks) == REPO / "callbacks" / "__init__.py"
+    assert Path(callbacks) == REPO / "cosmo_optim" / "callbacks" / "__init__.py"
     assert no_top_level == "True"
 
 

@@ -74,7 +74,7 @@ ENTRY_POINTS: dict[str, Callable[[nn.Module], object]] = {
 
 def _probe(model: nn.Module) -> object:
     tracker = co.CosmologyTracker(model, nn.MSELoss(), probe_batch=(X, Y))
-    return tracker.probe(0)
+    return tracker.read(0)
 
 
 @pytest.mark.parametrize("entry", sorted(ENTRY_POINTS))

@@ -9,9 +9,14 @@ from __future__ import annotations
 
 import math
 
+from torch import Tensor
+
 from cosmo_optim.monitor.config import MonitorConfig
 
-__all__ = ["COST_WARNING_STEPS", "cost_warning", "probe_cost_steps", "top_k_warning"]
+__all__ = [
+    "COST_WARNING_STEPS", "cost_warning", "nonfinite_warning", "probe_cost_steps",
+    "size_warnings", "top_k_warning",
+]
 
 #: A probe estimated to cost more than this many training steps gets the cost warning.
 COST_WARNING_STEPS = 50
@@ -53,4 +58,22 @@ def cost_warning(config: MonitorConfig, n: int, c: int, batch_size: int) -> str 
         f"samples'), ≥ {steps / every:.1f}× the training time at {name}={every}. Fix: "
         f"probe_size={smaller} (≤ {COST_WARNING_STEPS} steps' worth) or "
         f"{name}={max(rarer, every)} (≈ 10 % overhead)."
+    )
+
+
+def size_warnings(config: MonitorConfig, outputs: Tensor) -> list[str]:
+    """At the first probe, when N and C are known from its outputs (N, ...): `top_k` against
+    N·C and the probe's cost against a training step (if the batch size is known)."""
+    n, c = outputs.shape[0], outputs[0].numel()
+    messages = [top_k_warning(config, n, c)]
+    if config.train_batch_size is not None:
+        messages.append(cost_warning(config, n, c, config.train_batch_size))
+    return [m for m in messages if m is not None]
+
+
+def nonfinite_warning(step: int, count: int) -> str:
+    """The warning of a probe skipped because its outputs or kernel are not finite."""
+    return (
+        f"CosmologyTracker: non-finite outputs or NTK at step {step}; probe skipped "
+        f"({count} so far). Training continues; lower the learning rate if it diverged."
     )

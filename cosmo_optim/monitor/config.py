@@ -9,6 +9,7 @@ it (``log_every_n_steps``, ``logging_steps``): `with_interval` closes it.
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,8 +22,10 @@ from cosmo_optim.ntk import DEFAULT_SKETCH_DIM
 
 __all__ = ["NTK_METHODS", "MonitorConfig"]
 
-#: How a monitor computes each probe's kernel (``"auto"``: exact where it fits the budget).
-NTK_METHODS = ("auto", "exact", "sketch")
+#: How a monitor computes each probe's kernel (``"fit"``: the exact kernel where it fits the
+#: budget, else the sketch). Not `empirical_ntk`'s ``method``: its ``"auto"`` chooses how the
+#: exact kernel is computed, per parameter.
+NTK_METHODS = ("fit", "exact", "sketch")
 
 
 @dataclass(frozen=True)
@@ -39,7 +42,7 @@ class MonitorConfig:
             supplies its logging interval (`with_interval`).
         log_figures_every_n_steps: draw figures at these steps (a multiple of
             `every_n_steps`) and once more at the end of the run; None (the default) draws
-            none: three figures cost ≈ 0.2 s, more than a dozen probes.
+            none: three figures cost ≈ 0.2 s, more than a dozen readings.
         history_size: probes kept in the tracker's `history` (oldest dropped first).
         prefix: prepended to every tag.
         group: the optimiser's param group whose (lr, momentum) define the universe.
@@ -49,8 +52,9 @@ class MonitorConfig:
         verify_ntk: recompute a few entries of the first probe's kernel by brute force and
             raise if they disagree (`empirical_ntk(..., verify=True)`; one forward and C
             backward passes of 3 samples, once per run). Exact kernels only.
-        ntk_method: ``"auto"`` (the exact kernel, or the sketch when the exact one does not
-            fit `empirical_ntk`'s default memory budget), ``"exact"`` or ``"sketch"``. Every
+        ntk_method: ``"fit"`` (the exact kernel where it fits `empirical_ntk`'s default
+            memory budget, else the sketch), ``"exact"`` or ``"sketch"``; ``"auto"``, its
+            former name, is still accepted with a DeprecationWarning. Every
             probe logs ``ntk/sketch_dim`` (0: exact); the first probe's choice holds for the
             run.
         sketch_dim: k of the sketched kernel (`empirical_ntk(method="sketch")`), default
@@ -87,7 +91,7 @@ class MonitorConfig:
     group: int = 0
     output: str | Callable[[Any], Tensor] | None = None
     verify_ntk: bool = False
-    ntk_method: str = "auto"
+    ntk_method: str = "fit"
     sketch_dim: int | None = None
     distributed: bool = False
     input_key: str | None = None
@@ -138,10 +142,18 @@ class MonitorConfig:
         self._check_figures()
 
     def _check_kernel(self) -> None:
+        if self.ntk_method == "auto":  # the name before "fit" (it clashed with empirical_ntk's)
+            warnings.warn(
+                "ntk_method='auto' is deprecated: it is now called 'fit' (the exact kernel where "
+                "it fits the memory budget, else the sketch), so as not to be confused with "
+                "empirical_ntk(method='auto'). Fix: ntk_method='fit' (the default).",
+                DeprecationWarning, stacklevel=5,
+            )
+            object.__setattr__(self, "ntk_method", "fit")
         if self.ntk_method not in NTK_METHODS:
             raise ValueError(
                 f"Invalid ntk_method: {self.ntk_method!r}; it must be one of "
-                f"{list(NTK_METHODS)}. Fix: use 'auto' (the exact kernel where it fits the default "
+                f"{list(NTK_METHODS)}. Fix: use 'fit' (the exact kernel where it fits the default "
                 "memory budget, the sketch where it does not)."
             )
         if self.sketch_dim is not None:
@@ -149,7 +161,7 @@ class MonitorConfig:
             if self.ntk_method == "exact":
                 raise ValueError(
                     f"Invalid sketch_dim: {self.sketch_dim!r} with ntk_method='exact', which "
-                    "never sketches. Fix: drop sketch_dim, or ntk_method='auto'/'sketch'."
+                    "never sketches. Fix: drop sketch_dim, or ntk_method='fit'/'sketch'."
                 )
         if self.verify_ntk and self.ntk_method == "sketch":
             raise ValueError(

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from cosmo_optim.dual import FLRWDual
-from cosmo_optim.monitor.records import ProbeRecord
+from cosmo_optim.monitor.records import Reading
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -25,7 +25,7 @@ __all__ = ["DPI", "HEIGHT_PX", "WIDTH_PX", "figures"]
 DPI, WIDTH_PX, HEIGHT_PX = 100, 1000, 600
 
 
-def figures(history: Sequence[ProbeRecord], dual: FLRWDual | None) -> dict[str, Figure]:
+def figures(history: Sequence[Reading], dual: FLRWDual | None) -> dict[str, Figure]:
     """``figures/potential`` (V with the field's path; T5, T7; needs the latest `dual`),
     ``figures/spectrum`` (λ_k/N at the first and last probe; T7) and ``figures/modes``
     (amplitudes in the first probe's basis, actual vs predicted by the discrete NTK map; T10).
@@ -51,7 +51,7 @@ def _figure() -> Figure:
     return fig
 
 
-def _potential(dual: FLRWDual, history: list[ProbeRecord]) -> Figure:
+def _potential(dual: FLRWDual, history: list[Reading]) -> Figure:
     fig = _figure()
     ax = fig.add_subplot()
     path = torch.stack([r.mean_field for r in history]).to(dual.outputs.dtype)  # (P, C)
@@ -81,7 +81,7 @@ def _potential(dual: FLRWDual, history: list[ProbeRecord]) -> Figure:
     return fig
 
 
-def _spectrum(history: list[ProbeRecord], n: int | None) -> Figure:
+def _spectrum(history: list[Reading], n: int | None) -> Figure:
     fig = _figure()
     ax = fig.add_subplot()
     scale = 1.0 / n if n else 1.0
@@ -100,7 +100,7 @@ def _spectrum(history: list[ProbeRecord], n: int | None) -> Figure:
     return fig
 
 
-def _modes(history: list[ProbeRecord]) -> Figure:
+def _modes(history: list[Reading]) -> Figure:
     fig = _figure()
     ax = fig.add_subplot()
     steps = [r.step for r in history]

@@ -1,6 +1,6 @@
-"""Typed records of the monitor: one probe's results, and the state carried between probes.
+"""Typed records of the monitor: one probe's results, and the state carried between readings.
 
-`ProbeRecord` is what `CosmologyTracker.history` holds. It also answers ``record["step"]``,
+`Reading` is what `CosmologyTracker.history` holds. It also answers ``record["step"]``,
 ``record["scalars"]`` etc. (the dict form of earlier versions), and `as_dict`/`from_dict`
 convert it for checkpoints, which keep plain dicts and tensors only (loadable with
 ``torch.load(weights_only=True)``).
@@ -17,8 +17,17 @@ import torch
 from torch import Tensor
 
 __all__ = [
-    "LastProbe", "PredictedModes", "ProbeRecord", "Reference", "as_state", "from_json", "to_json",
+    "LastReading", "PredictedModes", "Reading", "Reference", "as_state", "from_json", "to_json",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "ProbeRecord":  # the former name of `Reading`
+        from cosmo_optim.monitor.names import warn_renamed
+
+        warn_renamed("cosmo_optim.monitor.ProbeRecord", "cosmo_optim.monitor.Reading")
+        return Reading
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass(frozen=True)
@@ -31,7 +40,7 @@ class PredictedModes:
 
 
 @dataclass(frozen=True)
-class ProbeRecord:
+class Reading:
     """One probe: its step, logged scalars (prefixed tags), NTK eigenvalues λ_k (k,), mean
     field φ̄ (C,), mode amplitudes in the first probe's basis (k,), the prediction to the
     next probe (None without a dual or when the map diverges, T10), and which kernel they
@@ -66,9 +75,9 @@ class ProbeRecord:
         return {key: self[key] for key in self.keys()}
 
     @classmethod
-    def from_dict(cls, record: Mapping[str, Any] | ProbeRecord) -> ProbeRecord:
+    def from_dict(cls, record: Mapping[str, Any] | Reading) -> Reading:
         """Inverse of `as_dict` (also accepts a record)."""
-        if isinstance(record, ProbeRecord):
+        if isinstance(record, Reading):
             return record
         values = {key: record[key] for key in ("step", "scalars", "eigenvalues", "mean_field",
                                                "initial_amplitudes")}
@@ -89,7 +98,7 @@ class Reference:
 
 
 @dataclass(frozen=True)
-class LastProbe:
+class LastReading:
     """The latest probe: eigenvectors (warm start of the next eigensolve), outputs f, and the
     outputs it predicts at step ``prediction[0]`` (T10), if any."""
 
@@ -99,7 +108,7 @@ class LastProbe:
     prediction: tuple[int, Tensor] | None = None
 
 
-def as_state(value: Reference | LastProbe | None) -> dict[str, Any] | None:
+def as_state(value: Reference | LastReading | None) -> dict[str, Any] | None:
     """A reference or last probe as a plain dict (None stays None)."""
     return None if value is None else {f.name: getattr(value, f.name) for f in fields(value)}
 

@@ -10,15 +10,18 @@ exists (a resume restores callbacks before training builds the tracker).
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
+import torch
 from torch import nn
 
 from cosmo_optim.monitor.config import MonitorConfig
 from cosmo_optim.monitor.dashboard import describe_scalars
 from cosmo_optim.monitor.images import figures_dropped_warning, image_writer
+from cosmo_optim.monitor.records import from_json
 from cosmo_optim.monitor.tracker import CosmologyTracker
 
 __all__ = ["MonitorSession"]
@@ -36,7 +39,7 @@ class MonitorSession:
         self.tracker: CosmologyTracker | None = None
         self.pending: Mapping[str, Any] | None = None  # a checkpoint's state, until `start`
         self.writers: list[Any] = []  # the latest `targets`, kept for the end of the run
-        self._figures_warned = False
+        self.figures_warned = False  # the dropped-figures warning, once per run
 
     def start(self, model: nn.Module, config: MonitorConfig, *,
               probe_batch: Any = None) -> CosmologyTracker:
@@ -56,13 +59,33 @@ class MonitorSession:
             )
         return self.tracker
 
+    def first_probe(self, global_step: int) -> dict[str, float] | None:
+        """The initial state's probe (step 0) when training starts from scratch, once."""
+        tracker = self.running()
+        return tracker.step(0) if global_step == 0 and tracker.last_step < 0 else None
+
     # ----- job 1: one probe batch for every rank ---------------------------------------------
     @staticmethod
     def shared_probe(rank0: bool, take: Callable[[], Any],
-                     broadcast: Callable[[Any], Any]) -> Any:
+                     broadcast: Callable[[Any], Any] | None = None) -> Any:
         """Rank 0's probe batch on every rank: `take` runs on rank 0 only (a collator may draw
-        random numbers, a data loader shuffles per rank), `broadcast` sends it."""
-        return broadcast(take() if rank0 else None)
+        random numbers, a data loader shuffles per rank), `broadcast` sends it (default:
+        ``torch.distributed``'s, when a process group is initialised)."""
+        probe = take() if rank0 else None
+        if broadcast is not None:
+            return broadcast(probe)
+        if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+            return probe
+        shared = [probe]
+        torch.distributed.broadcast_object_list(shared, src=0)
+        return shared[0]
+
+    def set_probe(self, probe: Sequence[Any], train_batch_size: int) -> None:
+        """Give the tracker its probe batch (on the CPU) and the samples per optimiser step
+        (for the probe's cost warning)."""
+        tracker = self.running()
+        tracker.set_probe(tuple(t.cpu() if t is not None else None for t in probe))
+        tracker.config = dataclasses.replace(tracker.config, train_batch_size=train_batch_size)
 
     # ----- job 2: rank-0 writes --------------------------------------------------------------
     def targets(self, loggers: Iterable[Any], summary_writer: Callable[[Any], Any], *,
@@ -78,24 +101,42 @@ class MonitorSession:
             dropped += [] if writer is not None else [type(logger).__name__]
         self.writers = writers or self.writers
         if self.running().config.log_figures_every_n_steps is not None and not (
-                self._figures_warned) and (dropped or not self.writers):
-            self._figures_warned = True
+                self.figures_warned) and (dropped or not self.writers):
+            self.figures_warned = True
             names = dropped or [nothing]
             warnings.warn(figures_dropped_warning(self.owner, names), UserWarning, stacklevel=3)
         return writers
 
-    @staticmethod
-    def before_scalars(writers: Iterable[Any]) -> None:
-        """Before the framework writes a probe's scalars: each tag's description with units
-        (`cosmo_optim.monitor.dashboard.describe_scalars`, once per writer)."""
+    def write(self, writers: Iterable[Any], metrics: dict[str, float] | None, step: int,
+              log: Callable[[dict[str, float]], Any]) -> None:
+        """A probe's output: each tag's description with units before the framework's `log`
+        writes its scalars (`cosmo_optim.monitor.dashboard.describe_scalars`, once per
+        writer: TensorBoard keeps a tag's first metadata), then the layout (once),
+        histograms, verdicts card and figures when due. Nothing without `metrics`."""
+        if not metrics:
+            return
+        writers = list(writers)
         for writer in writers:
             if hasattr(writer, "add_scalar"):
                 describe_scalars(writer)
-
-    def after_scalars(self, writers: Iterable[Any], step: int) -> None:
-        """After them: the layout (once), histograms, verdicts card and figures when due."""
+        log(metrics)
         for writer in writers:
             self.running().write_extras(writer, step)
+
+    def hparams(self) -> dict[str, Any]:
+        """The physics hyperparameters of the run (T3) and the monitor's settings, by tag:
+        what an adaptor writes with the framework's own hyperparameters."""
+        tracker = self.running()
+        params: dict[str, Any] = {
+            "cosmo_optim/probe_size": tracker.probe_size, "cosmo_optim/top_k": tracker.top_k,
+            f"cosmo_optim/{tracker.config.interval_name}": tracker.every_n_steps,
+        }
+        cosmology = tracker.cosmology()
+        if cosmology is not None:
+            params.update({f"cosmology/{name}": getattr(cosmology, name) for name in (
+                "lr", "momentum", "time_step", "hubble_rate", "vacuum_energy",
+                "hubble_time_steps")})
+        return {tracker.prefix + k: v for k, v in params.items()}
 
     # ----- job 3: end-of-run figures ---------------------------------------------------------
     def finish(self) -> list[Any]:
@@ -115,6 +156,17 @@ class MonitorSession:
         if self.tracker is not None:
             return self.tracker.state_dict()
         return dict(self.pending or {})
+
+    @staticmethod
+    def from_json(saved: Sequence[Any], prefix: str) -> dict[str, Any] | None:
+        """Of the JSON states (`records.to_json`) of several monitors of a run, decoded, the
+        first whose latest tags all carry `prefix` (or that has no history yet); else None."""
+        states = [from_json(s) for s in saved if s]
+        for state in states:
+            history = state.get("history") or [{"scalars": {}}]
+            if all(k.startswith(prefix) for k in history[-1]["scalars"]):
+                return state
+        return None
 
     def load_state_dict(self, state: Mapping[str, Any] | None) -> None:
         """Restore now, or at `start` if the tracker does not exist yet."""

@@ -17,7 +17,7 @@ import torch
 from cosmo_optim.dual import FLRWDual
 from cosmo_optim.monitor.dashboard import custom_scalar_layout, describe_scalars, verdicts
 from cosmo_optim.monitor.figures import figures
-from cosmo_optim.monitor.records import ProbeRecord
+from cosmo_optim.monitor.records import Reading
 
 __all__ = ["Sink", "Sinks", "TensorBoardExtras", "write_figures", "write_histograms"]
 
@@ -25,7 +25,7 @@ __all__ = ["Sink", "Sinks", "TensorBoardExtras", "write_figures", "write_histogr
 Sink = Callable[[dict[str, float], int], None]
 
 
-def write_histograms(writer: Any, record: ProbeRecord, dual: FLRWDual | None, prefix: str) -> None:
+def write_histograms(writer: Any, record: Reading, dual: FLRWDual | None, prefix: str) -> None:
     """``ntk/spectrum`` and ``modes/mass_over_hubble`` of one probe (finite values only)."""
     if not hasattr(writer, "add_histogram"):
         return
@@ -40,7 +40,7 @@ def write_histograms(writer: Any, record: ProbeRecord, dual: FLRWDual | None, pr
 
 
 def write_figures(
-    writer: Any, history: Sequence[ProbeRecord], dual: FLRWDual | None, prefix: str, step: int
+    writer: Any, history: Sequence[Reading], dual: FLRWDual | None, prefix: str, step: int
 ) -> bool:
     """Draw `figures` of the run to the writer at `step`; whether the writer took figures."""
     if not hasattr(writer, "add_figure"):
@@ -110,7 +110,7 @@ class TensorBoardExtras:
         """Whether figures are scheduled at `step`."""
         return self.figures_every is not None and step % self.figures_every == 0
 
-    def final_step(self, history: Sequence[ProbeRecord]) -> int | None:
+    def final_step(self, history: Sequence[Reading]) -> int | None:
         """The last probe's step if the end-of-run figures are still to be drawn, else None
         (always None when figures are off)."""
         if self.figures_every is None or not history:
@@ -118,7 +118,7 @@ class TensorBoardExtras:
         step = history[-1].step
         return None if self.figures_step == step else step
 
-    def write(self, writer: Any, history: Sequence[ProbeRecord], dual: FLRWDual | None,
+    def write(self, writer: Any, history: Sequence[Reading], dual: FLRWDual | None,
               step: int) -> None:
         """The layout (once), this probe's histograms, and the figures when due."""
         if id(writer) not in self._layouts and hasattr(writer, "add_custom_scalars"):
@@ -133,7 +133,7 @@ class TensorBoardExtras:
         if self.figures_due(step):
             self.write_figures(writer, history, dual, step)
 
-    def write_figures(self, writer: Any, history: Sequence[ProbeRecord], dual: FLRWDual | None,
+    def write_figures(self, writer: Any, history: Sequence[Reading], dual: FLRWDual | None,
                       step: int) -> None:
         """Draw the figures of the run to the writer at `step`."""
         if write_figures(writer, history, dual, self.prefix, step):

@@ -4,7 +4,8 @@ the e-folds each of its steps adds (T9), and the warnings when part of the read-
 
 from __future__ import annotations
 
-from typing import Any
+import warnings
+from typing import TYPE_CHECKING, Any
 
 from torch.optim import Optimizer
 
@@ -13,9 +14,12 @@ from cosmo_optim.monitor.config import MonitorConfig
 from cosmo_optim.monitor.tags import scalar_tags
 from cosmo_optim.optim import cosmology_of
 
+if TYPE_CHECKING:
+    from cosmo_optim.monitor.state import RunState
+
 __all__ = [
-    "StepUniverse", "cosmology_or_none", "dual_warnings", "efolds_per_step", "unwrap_optimizer",
-    "zero_lr_warning",
+    "OptimizerWatch", "StepUniverse", "cosmology_or_none", "dual_warnings", "efolds_per_step",
+    "unwrap_optimizer", "zero_lr_warning",
 ]
 
 
@@ -85,6 +89,67 @@ class StepUniverse:
         if self.used_lr is None:
             return cosmology_or_none(optimizer, group)
         return self.used
+
+
+class OptimizerWatch:
+    """The optimiser a tracker reads: its universe at each step, the e-folds each step adds
+    (T9, through a step pre-hook), and the warnings said once (no dual, param groups that
+    differ, a step with lr = 0). Each method takes the tracker's current `MonitorConfig`
+    (its `group`, and the tags named in warnings).
+
+    Args:
+        optimizer: the optimiser read before `observe` is called, if any.
+    """
+
+    def __init__(self, optimizer: Optimizer | None = None) -> None:
+        self.optimizer = optimizer
+        self.hooks: list[Any] = []
+        self._universe = StepUniverse()
+        self._warned: set[int] = set()
+        self._zero_lr_warned = False
+
+    @property
+    def observing(self) -> bool:
+        """Whether a hook counts the optimiser's steps (else the live values are read)."""
+        return bool(self.hooks)
+
+    def cosmology(self, config: MonitorConfig) -> Cosmology | None:
+        """The universe of the latest step (before any step, or not observing: the live one)."""
+        if not self.hooks:
+            return cosmology_or_none(self.optimizer, config.group)
+        return self._universe.current(self.optimizer, config.group)
+
+    def efolds_per_step(self, config: MonitorConfig) -> float:
+        """The e-folds of each step at the live (lr, momentum) (T9), for a tracker that is
+        not observing the optimiser's steps."""
+        return efolds_per_step(self.optimizer, config.group)
+
+    def observe(self, optimizer: Optimizer, run: RunState, config: MonitorConfig) -> None:
+        """Watch `optimizer`: before each of its steps, add that step's e-folds to `run`."""
+        optimizer = unwrap_optimizer(optimizer)
+        if not isinstance(optimizer, Optimizer):
+            raise ValueError(f"Invalid optimizer: {optimizer!r}; it must be a torch Optimizer.")
+        self.detach()
+        self.optimizer = optimizer
+        if id(optimizer) not in self._warned:
+            self._warned.add(id(optimizer))
+            for message in dual_warnings(optimizer, config):
+                warnings.warn(message, UserWarning, stacklevel=4)
+
+        def count(opt: Optimizer, args: Any, kwargs: Any) -> None:
+            run.efolds += self._universe.before_step(opt, config.group, run.last_step + 1)
+            step = self._universe.zero_lr_step
+            if step is not None and not self._zero_lr_warned:
+                self._zero_lr_warned = True
+                warnings.warn(zero_lr_warning(step, config), UserWarning, stacklevel=3)
+
+        self.hooks.append(optimizer.register_step_pre_hook(count))
+
+    def detach(self) -> None:
+        """Remove every hook (the step post-hooks of `CosmologyTracker.attach` too)."""
+        for handle in self.hooks:
+            handle.remove()
+        self.hooks.clear()
 
 
 def _lr_of(optimizer: Optimizer, group: int) -> float | None:

@@ -43,7 +43,7 @@ def _lightning_run(log_dir, regression_module):
     trainer.fit(regression_module(configure), data)
 
 
-def _huggingface_run(tmp_path, monkeypatch, log_dir):
+def _huggingface_run(tmp_path, monkeypatch, log_dir, with_trainer):
     transformers = pytest.importorskip("transformers")
     pytest.importorskip("accelerate")
     from cosmo_optim.callbacks import CosmologyCallback
@@ -62,11 +62,13 @@ def _huggingface_run(tmp_path, monkeypatch, log_dir):
         output_dir=str(tmp_path / "hf"), max_steps=6, logging_steps=3, report_to=["tensorboard"],
         per_device_train_batch_size=8, use_cpu=True, save_strategy="no", disable_tqdm=True,
         seed=0)
-    callback = CosmologyCallback(nn.CrossEntropyLoss(), top_k=2, probe_size=4,
-                                 log_figures_every_n_steps=3)
+    options = dict(loss=nn.CrossEntropyLoss(), top_k=2, probe_size=4, log_figures_every_n_steps=3)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    transformers.Trainer(model=model, args=args, train_dataset=rows, callbacks=[callback],
-                         optimizers=(opt, None)).train()
+    trainer = transformers.Trainer(model=model, args=args, train_dataset=rows, optimizers=(opt, None),
+                                   callbacks=[] if with_trainer else [CosmologyCallback(**options)])
+    if with_trainer:  # logs through trainer.log, into the Trainer's writer
+        trainer.add_callback(CosmologyCallback(**options, trainer=trainer))
+    trainer.train()
 
 
 def _get(url: str):
@@ -99,17 +101,19 @@ def charts(layout: dict) -> list[tuple[str, list[str]]]:
             for category in layout.get("category", []) for chart in category["chart"]]
 
 
-@pytest.mark.parametrize("framework", ["lightning", "huggingface"])
+@pytest.mark.parametrize("framework", ["lightning", "huggingface", "huggingface-trainer"])
 def test_every_dashboard_chart_matches_a_logged_tag(framework, tmp_path, monkeypatch, request):
-    """One server per framework: TensorBoard merges the layouts of all runs it serves."""
+    """One server per framework: TensorBoard merges the layouts of all runs it serves. The
+    Hugging Face callback both ways: ``callbacks=[...]`` (its own writer in the Trainer's run)
+    and ``trainer.add_callback(CosmologyCallback(..., trainer=trainer))``."""
     log_dir = tmp_path / "logs"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if framework == "lightning":
             _lightning_run(log_dir, request.getfixturevalue("regression_module"))
         else:
-            _huggingface_run(tmp_path, monkeypatch, log_dir)
-    url = _serve(log_dir / framework)
+            _huggingface_run(tmp_path, monkeypatch, log_dir, framework.endswith("-trainer"))
+    url = _serve(log_dir / framework.split("-")[0])
     runs = set(_get(f"{url}/data/runs"))
     tags = _loaded(url, runs)
     assert len(runs) == 1, runs
@@ -120,8 +124,10 @@ def test_every_dashboard_chart_matches_a_logged_tag(framework, tmp_path, monkeyp
     empty = [title for title, regexes in found
              if not any(re.search(rx, t) for rx in regexes for t in scalars)]
     assert not empty, f"charts matching no tag: {empty}; tags {sorted(scalars)}"
-    prefix = "train/" if framework == "huggingface" else ""
+    prefix = "train/" if framework.startswith("huggingface") else ""
     assert prefix + "cosmology/hubble_rate" in scalars
+    if prefix:  # one TensorBoard run: the Trainer's own scalars beside ours
+        assert "train/loss" in scalars
     histograms = set(_get(f"{url}/data/plugin/histograms/tags").get(run, {}))
     assert {prefix + "ntk/spectrum", prefix + "modes/mass_over_hubble"} <= histograms, histograms
     images = set(_get(f"{url}/data/plugin/images/tags").get(run, {}))

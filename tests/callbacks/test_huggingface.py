@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 
 import pytest
 import torch
@@ -57,7 +58,10 @@ class Examples(torch.utils.data.Dataset):
         return item
 
 
-def run(tmp_path, max_steps=6, callback=None, resume=None, save_steps=None, dataset=None, **kwargs):
+def run(tmp_path, max_steps=6, callback=None, resume=None, save_steps=None, dataset=None,
+        with_trainer=False, **kwargs):
+    """A 6-step Classifier run; `with_trainer`: the callback added as
+    ``trainer.add_callback(CosmologyCallback(..., trainer=trainer))``, else ``callbacks=[...]``."""
     torch.manual_seed(0)
     model = Classifier()
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
@@ -67,11 +71,15 @@ def run(tmp_path, max_steps=6, callback=None, resume=None, save_steps=None, data
         save_strategy="steps" if save_steps else "no", save_steps=save_steps or 500,
         use_cpu=True, disable_tqdm=True, lr_scheduler_type="constant", seed=0, **kwargs,
     )
-    callback = callback or CosmologyCallback(nn.CrossEntropyLoss(), input_key="x", top_k=2)
+    if not with_trainer:
+        callback = callback or CosmologyCallback(nn.CrossEntropyLoss(), input_key="x", top_k=2)
     trainer = transformers.Trainer(
         model=model, args=args, train_dataset=dataset or Examples(), optimizers=(opt, None),
-        callbacks=[callback],
+        callbacks=[] if with_trainer else [callback],
     )
+    if with_trainer:
+        callback = CosmologyCallback(nn.CrossEntropyLoss(), input_key="x", top_k=2, trainer=trainer)
+        trainer.add_callback(callback)
     trainer.train(resume_from_checkpoint=resume)
     return trainer, callback, opt
 
@@ -82,9 +90,10 @@ def series(trainer):
             for e in trainer.state.log_history if "cosmology/nonfinite" in e]
 
 
-def test_scalars_go_through_the_trainer_to_log_history_and_its_tensorboard_run(tmp_path, monkeypatch):
+@pytest.mark.parametrize("with_trainer", [True, False], ids=["trainer=", "callbacks=[...]"])
+def test_scalars_reach_log_history_and_the_trainer_s_tensorboard_run(tmp_path, monkeypatch, with_trainer):
     monkeypatch.setenv("TENSORBOARD_LOGGING_DIR", str(tmp_path / "tb"))
-    trainer, callback, opt = run(tmp_path)
+    trainer, callback, opt = run(tmp_path, with_trainer=with_trainer)
     assert [r.step for r in callback.tracker.history] == [0, 3, 6]
     logged = series(trainer)
     assert [step for step, _ in logged] == [0, 3, 6]
@@ -100,11 +109,12 @@ def test_scalars_go_through_the_trainer_to_log_history_and_its_tensorboard_run(t
     assert "train/ntk/spectrum" in acc.Tags()["histograms"]  # beside its scalars (issue #21)
 
 
-def test_interrupted_and_resumed_run_logs_the_same_series_as_an_uninterrupted_one(tmp_path):
-    straight, _, _ = run(tmp_path / "a", max_steps=12, report_to=[])
-    run(tmp_path / "b", max_steps=12, save_steps=6, report_to=[])  # leaves checkpoint-6
+@pytest.mark.parametrize("with_trainer", [True, False], ids=["trainer=", "callbacks=[...]"])
+def test_interrupted_and_resumed_run_logs_the_same_series_as_an_uninterrupted_one(tmp_path, with_trainer):
+    straight, _, _ = run(tmp_path / "a", max_steps=12, report_to=[], with_trainer=with_trainer)
+    run(tmp_path / "b", max_steps=12, save_steps=6, report_to=[], with_trainer=with_trainer)  # leaves checkpoint-6
     resumed, callback, _ = run(tmp_path / "c", max_steps=12, report_to=[], save_steps=6,
-                               resume=str(tmp_path / "b" / "checkpoint-6"))
+                               resume=str(tmp_path / "b" / "checkpoint-6"), with_trainer=with_trainer)
     expected = series(straight)
     got = series(resumed)  # the checkpoint's log history, then the resumed run's rows
     assert [s for s, _ in got] == [s for s, _ in expected] == [0, 3, 6, 9, 12]
@@ -114,6 +124,93 @@ def test_interrupted_and_resumed_run_logs_the_same_series_as_an_uninterrupted_on
             assert a[key] == pytest.approx(b[key], rel=1e-9, abs=1e-12) or (math.isnan(a[key]) and math.isnan(b[key])), key
     assert got[-1][1]["cosmology/efolds"] == pytest.approx(12 * 0.1 / 3)
     assert [r.step for r in callback.tracker.history] == [0, 3, 6, 9, 12]
+
+
+def test_without_trainer_the_tensorboard_scalars_share_the_trainer_s_default_run(tmp_path, monkeypatch):
+    """No TENSORBOARD_LOGGING_DIR: the Trainer writes to output_dir/runs/<time>_<host>, and the
+    callback's own writer joins that run (one directory holding train/loss and ours)."""
+    monkeypatch.delenv("TENSORBOARD_LOGGING_DIR", raising=False)
+    run(tmp_path)
+    made = [p for p in (tmp_path / "runs").iterdir() if p.is_dir()]
+    assert len(made) == 1, made
+    acc = EventAccumulator(str(made[0]), size_guidance={"scalars": 0})
+    acc.Reload()
+    assert {"train/loss", "train/cosmology/hubble_rate"} <= set(acc.Tags()["scalars"])
+    assert [e.step for e in acc.Scalars("train/cosmology/hubble_rate")] == [0, 3, 6]
+
+
+@pytest.mark.parametrize("with_trainer", [True, False], ids=["trainer=", "callbacks=[...]"])
+def test_the_trainer_is_used_only_when_given(tmp_path, monkeypatch, with_trainer):
+    """No stack walk: without trainer= no Trainer.log call carries our scalars; with it, each
+    probe is one."""
+    ours = []
+    log = transformers.Trainer.log
+    monkeypatch.setattr(transformers.Trainer, "log", lambda self, logs, *a, **kw: (
+        ours.append(self) if "cosmology/nonfinite" in logs else None, log(self, logs, *a, **kw))[1])
+    trainer, _, _ = run(tmp_path, report_to=[], with_trainer=with_trainer)
+    assert ours == ([trainer] * 3 if with_trainer else [])
+    assert [s for s, _ in series(trainer)] == [0, 3, 6]
+
+
+def test_nothing_the_trainer_does_is_altered_either_way(tmp_path):
+    """Its own log rows (loss, learning rate, grad norm at steps 3 and 6), its checkpoints and
+    the weights are those of a run without the callback."""
+
+    def own(trainer):
+        keep = ("loss", "learning_rate", "grad_norm", "epoch", "step")
+        return [{k: v for k, v in e.items() if k in keep} for e in trainer.state.log_history
+                if "cosmology/nonfinite" not in e and "train_runtime" not in e]
+
+    plain_cb = type("Nothing", (transformers.TrainerCallback,), {})()
+    plain, _, _ = run(tmp_path / "plain", callback=plain_cb, report_to=[], save_steps=3)
+    for name, with_trainer in (("given", True), ("hooks", False)):
+        trainer, _, _ = run(tmp_path / name, report_to=[], save_steps=3, with_trainer=with_trainer)
+        assert own(trainer) == own(plain), name
+        assert sorted(p.name for p in (tmp_path / name).iterdir() if p.name.startswith("checkpoint")) == [
+            "checkpoint-3", "checkpoint-6"]
+        for a, b in zip(trainer.model.parameters(), plain.model.parameters(), strict=True):
+            assert torch.equal(a, b), name
+
+
+@pytest.mark.parametrize("figures", [None, 3])
+def test_without_trainer_other_integrations_get_one_warning_naming_the_fix(tmp_path, monkeypatch, figures):
+    """report_to=["tensorboard", "wandb"] (W&B's callback left out of the Trainer: nothing is
+    installed or sent): one warning per run naming W&B, what misses it and the fix."""
+    monkeypatch.setattr(transformers.trainer, "get_reporting_integration_callbacks", lambda names: [])
+    monkeypatch.setenv("TENSORBOARD_LOGGING_DIR", str(tmp_path / "tb"))
+    callback = CosmologyCallback(nn.CrossEntropyLoss(), input_key="x", top_k=2,
+                                 log_figures_every_n_steps=figures)
+    with pytest.warns(UserWarning) as caught:
+        run(tmp_path, callback=callback, report_to=["tensorboard", "wandb"])
+    ours = [str(w.message) for w in caught if "CosmologyCallback" in str(w.message)
+            and ("reach" in str(w.message) or "are not sent to" in str(w.message))]
+    assert len(ours) == 1, ours
+    assert "do not reach report_to=['wandb']" in ours[0]
+    assert ("scalars and figures" in ours[0]) == (figures is not None)
+    assert "trainer.add_callback(CosmologyCallback(..., trainer=trainer))" in ours[0]
+    acc = EventAccumulator(str(tmp_path / "tb"), size_guidance={"scalars": 0})
+    acc.Reload()  # TensorBoard still gets them through the callback's own writer
+    assert "train/cosmology/hubble_rate" in acc.Tags()["scalars"]
+
+
+def test_with_trainer_other_integrations_get_no_warning(tmp_path, monkeypatch):
+    monkeypatch.setattr(transformers.trainer, "get_reporting_integration_callbacks", lambda names: [])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        run(tmp_path, report_to=["wandb"], with_trainer=True)
+    assert not [w for w in caught if "do not reach" in str(w.message)]
+
+
+@pytest.mark.parametrize("trainer", [object(), "trainer"])
+def test_a_trainer_that_is_not_one_or_not_ours_is_refused(tmp_path, trainer):
+    if trainer == "trainer":
+        other, _, _ = run(tmp_path / "other", max_steps=1, report_to=[])
+        callback = CosmologyCallback(nn.CrossEntropyLoss(), input_key="x", top_k=2, trainer=other)
+        with pytest.raises(ValueError, match=r"trainer= is not the Trainer running this callback\. Fix: trainer\.add_callback"):
+            run(tmp_path / "ours", max_steps=1, callback=callback, report_to=[])
+    else:
+        with pytest.raises(ValueError, match=r"Invalid trainer: object; it must be the transformers\.Trainer"):
+            CosmologyCallback(trainer=trainer)
 
 
 def test_probe_batch_keeps_every_model_input(tmp_path):
@@ -285,8 +382,9 @@ def test_figures_without_a_logger_that_takes_them_warn_once_naming_what_is_dropp
 
 
 def test_figures_go_to_a_reporting_integration_s_image_api(tmp_path, monkeypatch):
-    """transformers' WandbCallback keeps the wandb module as ``_wandb``: figures go through its
-    ``log`` and ``Image`` (a recording stand-in here; nothing is installed or sent)."""
+    """With trainer=: transformers' WandbCallback keeps the wandb module as ``_wandb``, and
+    figures go through its ``log`` and ``Image`` (a recording stand-in here; nothing is
+    installed or sent)."""
     logged: list[tuple[str, int, tuple]] = []
 
     class Wandb:
@@ -302,16 +400,17 @@ def test_figures_go_to_a_reporting_integration_s_image_api(tmp_path, monkeypatch
 
     monkeypatch.setattr(transformers.integrations, "get_reporting_integration_callbacks",
                         lambda report_to: [Reporting])
-    callback = CosmologyCallback(nn.CrossEntropyLoss(), input_key="x", top_k=2,
-                                 log_figures_every_n_steps=3)
     torch.manual_seed(0)
     model = Classifier()
     args = transformers.TrainingArguments(
         output_dir=str(tmp_path), max_steps=6, logging_steps=3, per_device_train_batch_size=8,
         report_to=[], save_strategy="no", use_cpu=True, disable_tqdm=True, seed=0)
-    transformers.Trainer(model=model, args=args, train_dataset=Examples(),
-                         optimizers=(torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9),
-                                     None), callbacks=[Reporting(), callback]).train()
+    trainer = transformers.Trainer(
+        model=model, args=args, train_dataset=Examples(), callbacks=[Reporting()],
+        optimizers=(torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9), None))
+    trainer.add_callback(CosmologyCallback(nn.CrossEntropyLoss(), input_key="x", top_k=2,
+                                           log_figures_every_n_steps=3, trainer=trainer))
+    trainer.train()
     assert {tag for tag, _, _ in logged} == {  # beside W&B's train/ scalars (rewrite_logs)
         "train/figures/potential", "train/figures/spectrum", "train/figures/modes"}
     assert {step for _, step, _ in logged} == {0, 3, 6}

@@ -75,7 +75,7 @@ def test_a_float64_numpy_probe_batch_probes_a_float32_model():
                                every_n_steps=5)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no dtype warning either
-        scalars = tracker.probe(0)
+        scalars = tracker.read(0)
     assert scalars is not None
     x32 = torch.from_numpy(x).float().double()
     lam = torch.linalg.eigvalsh(x32 @ x32.T + 1.0).flip(0)
@@ -90,8 +90,8 @@ def _first_probe_warnings(**kwargs):
                                **kwargs)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        tracker.probe(0)
-        tracker.probe(10)
+        tracker.read(0)
+        tracker.read(10)
     return [str(w.message) for w in caught], tracker
 
 
@@ -125,7 +125,7 @@ def test_the_tracker_warns_about_the_cost_once_at_the_first_probe():
                                probe_size=60, every_n_steps=10, train_batch_size=1)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        tracker.probe(0)
-        tracker.probe(10)
+        tracker.read(0)
+        tracker.read(10)
     cost = [str(w.message) for w in caught if "training steps" in str(w.message)]
     assert len(cost) == 1 and "≈ 60 training steps" in cost[0], cost

@@ -47,7 +47,7 @@ def test_key_changes_with_the_options_that_define_a_monitor():
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"ntk_method": "fast"}, r"Invalid ntk_method: 'fast'; it must be one of \['auto', 'exact', 'sketch'\]"),
+        ({"ntk_method": "fast"}, r"Invalid ntk_method: 'fast'; it must be one of \['fit', 'exact', 'sketch'\]"),
         ({"sketch_dim": 0}, r"Invalid sketch_dim: 0; it must be an integer ≥ 1"),
         ({"distributed": 1}, r"Invalid distributed: 1; it must be True or False"),
         ({"verify_ntk": True, "ntk_method": "sketch"}, r"verify_ntk: True with ntk_method='sketch'.*Fix"),
@@ -63,3 +63,14 @@ def test_state_key_leaves_out_the_kernel_options():
     """A run resumed with another kernel keeps its e-folds and history (the tracker starts a
     new reference instead); checkpoints from before the options existed still restore."""
     assert MonitorConfig(ntk_method="sketch", sketch_dim=8).key() == MonitorConfig().key()
+
+
+def test_ntk_method_fit_is_the_default_and_auto_its_deprecated_name():
+    """The monitor's exact-or-sketch choice is "fit" (empirical_ntk's "auto" is another
+    thing); "auto" still works, with one DeprecationWarning naming "fit"."""
+    assert MonitorConfig().ntk_method == "fit"
+    with pytest.warns(DeprecationWarning, match=r"ntk_method='auto' is deprecated: it is now called 'fit'.*Fix: ntk_method='fit'") as caught:
+        config = MonitorConfig(ntk_method="auto", every_n_steps=None)
+        config = config.with_interval(5)  # validated again, not warned again
+    assert config.ntk_method == "fit" and len(caught) == 1
+    assert config == MonitorConfig(ntk_method="fit", every_n_steps=5)

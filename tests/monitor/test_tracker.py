@@ -33,7 +33,7 @@ def test_spectrum_and_amplitudes_of_a_linear_model_match_its_exact_kernel():
     x, y = data()
     model = nn.Linear(3, 1).double()
     tracker = CosmologyTracker(model, nn.MSELoss(), probe_batch=(x, y), top_k=3)
-    s = tracker.probe(0)
+    s = tracker.read(0)
     # f = w·x + b has the constant NTK Θ = X Xᵀ + 1 1ᵀ (T4)
     kernel = x @ x.T + 1.0
     lam, vec = torch.linalg.eigh(kernel)
@@ -331,11 +331,11 @@ def test_a_forward_returning_a_dict_needs_an_output_selector_and_then_matches_th
     x, y = data()
     model = DictModel()
     with pytest.raises(ValueError, match=r"the model returned a dict, not a Tensor of outputs. Fix: pass output='logits'"):
-        CosmologyTracker(model, nn.MSELoss(), probe_batch=(x, y), top_k=2).probe(0)
-    by_key = CosmologyTracker(model, nn.MSELoss(), probe_batch=(x, y), top_k=2, output="logits").probe(0)
+        CosmologyTracker(model, nn.MSELoss(), probe_batch=(x, y), top_k=2).read(0)
+    by_key = CosmologyTracker(model, nn.MSELoss(), probe_batch=(x, y), top_k=2, output="logits").read(0)
     by_callable = CosmologyTracker(model, nn.MSELoss(), probe_batch=(x, y), top_k=2,
-                                   output=lambda out: out["logits"]).probe(0)
-    plain = CosmologyTracker(model.net, nn.MSELoss(), probe_batch=(x, y), top_k=2).probe(0)
+                                   output=lambda out: out["logits"]).read(0)
+    plain = CosmologyTracker(model.net, nn.MSELoss(), probe_batch=(x, y), top_k=2).read(0)
     assert by_key == by_callable == plain
 
 
@@ -345,7 +345,7 @@ def test_a_loss_that_does_not_fit_the_outputs_is_one_line_naming_the_fix():
     model = nn.Linear(3, 4).double()
     tracker = CosmologyTracker(model, nn.MSELoss(), probe_batch=(x, y), top_k=2)
     with pytest.raises(ValueError, match=r"the loss MSELoss does not give one value per sample on the model's outputs of shape \(8, 4\) with targets of shape \(8,\)") as error, pytest.warns(UserWarning):
-        tracker.probe(0)
+        tracker.read(0)
     assert "\n" not in str(error.value)
 
 
@@ -362,7 +362,7 @@ def linear_two_outputs(d: int = 5, n: int = 6):
 def refuse_exact_kernels(monkeypatch):
     """Make every exact `empirical_ntk` call of the monitor raise MemoryBudgetError, as the
     engine does when the exact kernel does not fit its budget; returns the calls' methods."""
-    import cosmo_optim.monitor.probe as probe_module
+    import cosmo_optim.monitor.reading as reading_module
     from cosmo_optim import MemoryBudgetError, empirical_ntk
 
     calls = []
@@ -373,20 +373,20 @@ def refuse_exact_kernels(monkeypatch):
             raise MemoryBudgetError("Invalid memory_budget: (simulated)")
         return empirical_ntk(*args, **kwargs)
 
-    monkeypatch.setattr(probe_module, "empirical_ntk", engine)
+    monkeypatch.setattr(reading_module, "empirical_ntk", engine)
     return calls
 
 
 def test_auto_kernel_is_exact_where_it_fits_and_sketched_where_it_does_not(monkeypatch):
     model, x, lam = linear_two_outputs()
     exact = CosmologyTracker(model, probe_batch=x, top_k=2, sketch_dim=50)
-    s = exact.probe(0)
+    s = exact.read(0)
     assert s["ntk/sketch_dim"] == 0 and exact.history[-1].sketch_dim == 0
     assert s["ntk/lambda_1"] == pytest.approx(float(lam[0]), rel=1e-10)
     calls = refuse_exact_kernels(monkeypatch)
     # k = 50 exceeds every side of W (2 × 5): the sketch projects nothing, so it is exact
     tracker = CosmologyTracker(model, probe_batch=x, top_k=2, sketch_dim=50)
-    first, second = tracker.probe(0), tracker.probe(1)
+    first, second = tracker.read(0), tracker.read(1)
     assert first["ntk/sketch_dim"] == second["ntk/sketch_dim"] == 50
     assert tracker.history[-1].sketch_dim == 50
     assert first["ntk/lambda_1"] == pytest.approx(float(lam[0]), rel=1e-10)
@@ -397,17 +397,17 @@ def test_auto_kernel_is_exact_where_it_fits_and_sketched_where_it_does_not(monke
 def test_a_changed_kernel_on_resume_starts_a_new_reference_with_a_warning():
     model, x, _ = linear_two_outputs()
     exact = CosmologyTracker(model, probe_batch=x, top_k=2)
-    exact.probe(0)
+    exact.read(0)
     sketched = CosmologyTracker(model, probe_batch=x, top_k=2, ntk_method="sketch", sketch_dim=1)
     sketched.load_state_dict(exact.state_dict())
     with pytest.warns(UserWarning, match=r"kernel at step 5 is a sketch with k = 1, the first probe's was exact"):
-        s = sketched.probe(5)
+        s = sketched.read(5)
     assert s["ntk/kernel_distance"] == pytest.approx(0.0, abs=1e-12)  # measured from this probe
     assert s["ntk/basis_rotation"] == pytest.approx(0.0, abs=1e-12)
     assert sketched.state_dict()["reference"]["sketch_dim"] == 1
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        sketched.probe(6)  # the same kernel as the new reference: no warning
+        sketched.read(6)  # the same kernel as the new reference: no warning
 
 
 def test_a_sketched_kernel_uses_the_same_projections_at_every_probe():
@@ -417,7 +417,7 @@ def test_a_sketched_kernel_uses_the_same_projections_at_every_probe():
     x, _ = data(6, 64)
     model = nn.Linear(64, 1).double()
     tracker = CosmologyTracker(model, probe_batch=x, top_k=2, ntk_method="sketch", sketch_dim=4)
-    first, second = tracker.probe(0), tracker.probe(1)
+    first, second = tracker.read(0), tracker.read(1)
     exact = float(torch.linalg.eigvalsh(x @ x.T + 1.0)[-1])
     assert first["ntk/sketch_dim"] == 4.0
     assert first["ntk/lambda_1"] != pytest.approx(exact, rel=1e-6)
@@ -430,15 +430,32 @@ def test_verify_ntk_on_an_auto_sketched_kernel_names_the_fix(monkeypatch):
     model, x, _ = linear_two_outputs()
     tracker = CosmologyTracker(model, probe_batch=x, verify_ntk=True)
     with pytest.raises(ValueError, match=r"verify_ntk: True, but this probe's exact kernel does not fit.*Fix"):
-        tracker.probe(0)
+        tracker.read(0)
 
 
 def test_records_of_checkpoints_before_sketches_read_as_exact():
-    from cosmo_optim.monitor import ProbeRecord
+    from cosmo_optim.monitor import Reading
 
     model, x, _ = linear_two_outputs()
     tracker = CosmologyTracker(model, probe_batch=x, top_k=2)
-    tracker.probe(0)
+    tracker.read(0)
     old = tracker.history[-1].as_dict()
     del old["sketch_dim"]
-    assert ProbeRecord.from_dict(old).sketch_dim == 0
+    assert Reading.from_dict(old).sketch_dim == 0
+
+
+def test_the_former_names_probe_and_probe_record_warn_once_naming_the_new_ones():
+    """A measurement at a step is a reading: `CosmologyTracker.read` and `Reading`; the former
+    names still work, each with one DeprecationWarning naming its replacement."""
+    import cosmo_optim.monitor as monitor
+    from cosmo_optim.monitor import names
+
+    names._warned.clear()
+    x, y = data()
+    model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 1))
+    tracker = CosmologyTracker(model, nn.MSELoss(), probe_batch=(x, y), top_k=2)
+    with pytest.warns(DeprecationWarning, match=r"CosmologyTracker\.probe is deprecated: it is now CosmologyTracker\.read") as caught:
+        first, again = tracker.probe(0), tracker.probe(1)
+    assert len(caught) == 1 and first == tracker.read(0) and again is not None
+    with pytest.warns(DeprecationWarning, match=r"ProbeRecord is deprecated: it is now cosmo_optim\.monitor\.Reading"):
+        assert monitor.ProbeRecord is monitor.Reading

@@ -1,7 +1,7 @@
 """One probe as a pure function: (model, probe batch, cosmology, loss, run so far) → read-out.
 
 `measure` evaluates the model and its empirical NTK on the probe batch (T4), leaving the model's
-modes, buffers and every random state as they were. `read_out` turns outputs f and kernel Θ
+modes, buffers and every random state as they were. `_read_out` turns outputs f and kernel Θ
 into the logged scalars: the spectrum and mode amplitudes (T7), the de Sitter background and,
 with a loss, the `FLRWDual` (T3, T5–T9), and the residual of the previous probe's discrete NTK
 prediction (T10). Neither touches a tracker: both are testable without any trainer.
@@ -26,44 +26,41 @@ from cosmo_optim.dual import FLRWDual, predict_trajectory
 from cosmo_optim.losses import PerSampleLoss
 from cosmo_optim.monitor.batches import device_of, to_model
 from cosmo_optim.monitor.config import MonitorConfig
-from cosmo_optim.monitor.records import LastProbe, PredictedModes, ProbeRecord, Reference
+from cosmo_optim.monitor.records import LastReading, PredictedModes, Reading, Reference
 from cosmo_optim.ntk import MemoryBudgetError, empirical_ntk
 from cosmo_optim.spectrum import flat_kernel, kernel_distance, ntk_eigen, uniform_overlaps
 
-__all__ = [
-    "ProbeResult", "RunSoFar", "Selected", "check_loss", "measure", "model_outputs", "probe",
-    "read_out", "skipped",
-]
+__all__ = ["ReadingResult", "RunSoFar", "measure", "model_outputs", "rank0_buffers", "take_reading"]
 
 
 @dataclass(frozen=True)
 class RunSoFar:
     """What a probe reads from earlier probes: the step, accumulated e-folds (T9), the count
     of skipped non-finite probes, the outputs of the step before (for ḟ, T2), the first
-    probe (`Reference`) and the latest one (`LastProbe`)."""
+    probe (`Reference`) and the latest one (`LastReading`)."""
 
     step: int
     efolds: float = 0.0
     nonfinite: int = 0
     previous_outputs: tuple[int, Tensor] | None = None
     reference: Reference | None = None
-    last: LastProbe | None = None
+    last: LastReading | None = None
 
 
 @dataclass(frozen=True)
-class ProbeResult:
+class ReadingResult:
     """A probe's read-out: the prefixed `scalars`, the `record` for the history (None when
     the probe was skipped as non-finite), the new `reference` and `last` states, and the
     `dual` (None without a heavy-ball optimiser or a loss)."""
 
     scalars: dict[str, float]
-    record: ProbeRecord | None
+    record: Reading | None
     reference: Reference | None
-    last: LastProbe | None
+    last: LastReading | None
     dual: FLRWDual | None = None
 
 
-class Selected(nn.Module):
+class _Selected(nn.Module):
     """`model` with its outputs selected by `output` (a key/attribute or a callable), so that
     the NTK engine sees a tensor-to-tensor map. Without `output` a non-tensor result is an
     error naming the fix."""
@@ -91,9 +88,9 @@ class Selected(nn.Module):
 def model_outputs(model: nn.Module, inputs: Tensor, output: Any = None) -> Tensor:
     """f on the probe inputs (cast to the model's device and dtype, `to_model`) in eval mode,
     float64 on the CPU; nothing about the model or any random state changes. `output` selects
-    f from a tuple/dict result (`Selected`)."""
+    f from a tuple/dict result (`_Selected`)."""
     with preserved(model, device_of(model)), training(model, False), torch.no_grad():
-        out = Selected(model, output)(to_model(model, inputs))
+        out = _Selected(model, output)(to_model(model, inputs))
     return out.detach().double().cpu()
 
 
@@ -102,7 +99,7 @@ def measure(model: nn.Module, inputs: Tensor, config: MonitorConfig | None = Non
     """(f, Θ, k): the outputs (N, ...), the flat output-space NTK (N·C, N·C), both float64
     (T4), and which kernel Θ is (k of the sketch, 0 for the exact kernel).
 
-    ``config.ntk_method="auto"`` takes the exact kernel where it fits `empirical_ntk`'s default
+    ``config.ntk_method="fit"`` takes the exact kernel where it fits `empirical_ntk`'s default
     memory budget and the sketch where it does not (`MemoryBudgetError`); `known` is the kernel
     earlier probes took, kept while it fits. On the `first` probe ``config.verify_ntk`` has the
     kernel checked against brute force (exact kernels only).
@@ -115,11 +112,11 @@ def measure(model: nn.Module, inputs: Tensor, config: MonitorConfig | None = Non
 def _measure(model: nn.Module, inputs: Tensor, config: MonitorConfig, first: bool,
              known: int | None) -> tuple[Tensor, Tensor, int]:
     f = model_outputs(model, inputs, config.output)
-    net = model if config.output is None else Selected(model, config.output)
+    net = model if config.output is None else _Selected(model, config.output)
     x, output = to_model(model, inputs), "full" if f[0].numel() > 1 else "trace"
     verify = config.verify_ntk and first
     k = {"exact": 0, "sketch": config.sketch_k}.get(config.ntk_method, known or None)
-    if k is None:  # "auto", exact so far or not yet known
+    if k is None:  # "fit": exact so far, or not yet known
         try:
             return f, _ntk(net, x, output, 0, verify, config.distributed), 0
         except MemoryBudgetError:
@@ -161,7 +158,7 @@ def _ntk(net: nn.Module, x: Tensor, output: str, k: int, verify: bool,
     return flat_kernel(kernel.detach().double().cpu())
 
 
-def check_loss(loss: PerSampleLoss, f: Tensor, targets: Tensor | None) -> None:
+def _check_loss(loss: PerSampleLoss, f: Tensor, targets: Tensor | None) -> None:
     """The loss must give one value per probe sample on these outputs and targets; else a
     one-line ValueError naming the shapes and the fix (checked at the first probe)."""
     try:
@@ -181,13 +178,13 @@ def check_loss(loss: PerSampleLoss, f: Tensor, targets: Tensor | None) -> None:
         )
 
 
-def skipped(run: RunSoFar, prefix: str) -> ProbeResult:
+def _skipped(run: RunSoFar, prefix: str) -> ReadingResult:
     """The read-out of a probe with non-finite outputs or kernel: only the count."""
     scalars = {prefix + "cosmology/nonfinite": float(run.nonfinite + 1)}
-    return ProbeResult(scalars, None, run.reference, None)  # no prediction across a bad probe
+    return ReadingResult(scalars, None, run.reference, None)  # no prediction across a bad probe
 
 
-def read_out(
+def _read_out(
     f: Tensor,
     kernel: Tensor,
     *,
@@ -196,7 +193,7 @@ def read_out(
     targets: Tensor | None,
     run: RunSoFar,
     sketch_dim: int = 0,
-) -> ProbeResult:
+) -> ReadingResult:
     """Every scalar of one probe at step ``run.step`` from outputs f and kernel Θ (T3–T10);
     `sketch_dim` says which kernel Θ is (k of the sketch, 0 for the exact kernel)."""
     n, step = f.shape[0], run.step
@@ -210,7 +207,7 @@ def read_out(
         )
         run = dataclasses.replace(run, reference=None)
     if run.reference is None and config.loss is not None:
-        check_loss(config.loss, f, targets)
+        _check_loss(config.loss, f, targets)
     k = min(config.top_k, kernel.shape[0])
     warm = None if run.last is None else run.last.eigenvectors
     lam, vec = ntk_eigen(kernel, k=k, warm_start=warm)
@@ -238,13 +235,13 @@ def read_out(
     if dual is not None and velocity is not None:
         prediction = _predict(dual, config.interval, reference)
     scalars = {config.prefix + key: value for key, value in sorted(s.items())}
-    record = ProbeRecord(
+    record = Reading(
         step=step, scalars=scalars, eigenvalues=lam.clone(), mean_field=f.reshape(n, -1).mean(0),
         initial_amplitudes=initial.clone(), prediction=prediction[0] if prediction else None,
         sketch_dim=sketch_dim,
     )
-    last = LastProbe(step, vec, f, prediction[1] if prediction else None)
-    return ProbeResult(scalars, record, reference, last, dual)
+    last = LastReading(step, vec, f, prediction[1] if prediction else None)
+    return ReadingResult(scalars, record, reference, last, dual)
 
 
 def _kind(sketch_dim: int) -> str:
@@ -316,7 +313,7 @@ def _predict(
     return modes, (dual.step + steps, outputs[-1])
 
 
-def _residual(last: LastProbe | None, step: int, f: Tensor) -> Mapping[str, float]:
+def _residual(last: LastReading | None, step: int, f: Tensor) -> Mapping[str, float]:
     """RMS gap between the outputs the last probe predicted for `step` and the actual ones,
     and that gap relative to how far the outputs moved (0 = perfect, 1 = no better than
     predicting no motion)."""
@@ -331,7 +328,7 @@ def _residual(last: LastProbe | None, step: int, f: Tensor) -> Mapping[str, floa
     }
 
 
-def probe(
+def take_reading(
     model: nn.Module,
     inputs: Tensor,
     targets: Tensor | None,
@@ -339,9 +336,9 @@ def probe(
     config: MonitorConfig,
     cosmology: Cosmology | None,
     run: RunSoFar,
-) -> ProbeResult:
-    """`measure` (the model's forward and NTK, on the threads training uses) then `read_out`
-    (on one thread), or `skipped` when f or Θ is not finite."""
+) -> ReadingResult:
+    """`measure` (the model's forward and NTK, on the threads training uses) then `_read_out`
+    (on one thread), or `_skipped` when f or Θ is not finite."""
     first = run.reference is None
     if first and config.distributed and not same_on_every_rank(
             [t for t in (inputs, targets) if t is not None]):
@@ -353,7 +350,7 @@ def probe(
     known = None if run.reference is None else run.reference.sketch_dim
     f, kernel, k = measure(model, inputs, config, first=first, known=known)  # training's threads
     if not (torch.isfinite(f).all() and torch.isfinite(kernel).all()):
-        return skipped(run, config.prefix)
+        return _skipped(run, config.prefix)
     with one_thread():  # probe-sized linear algebra (docs/callbacks.md, "Cost")
-        return read_out(f, kernel, config=config, cosmology=cosmology, targets=targets,
+        return _read_out(f, kernel, config=config, cosmology=cosmology, targets=targets,
                         run=run, sketch_dim=k)

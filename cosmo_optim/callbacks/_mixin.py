@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from cosmo_optim.monitor import CosmologyTracker, MonitorConfig
+from cosmo_optim.monitor import MonitorConfig
 from cosmo_optim.monitor.batches import batch_size, take_probe_batch
 from cosmo_optim.monitor.session import MonitorSession
 
@@ -47,7 +47,7 @@ class CosmologyMonitorMixin:
         prefix: str = "",
         history_size: int = 1000,
         verify_ntk: bool = False,
-        ntk_method: str = "auto",
+        ntk_method: str = "fit",
         sketch_dim: int | None = None,
         group: int = 0,
         output: str | Callable[[Any], torch.Tensor] | None = None,
@@ -158,9 +158,8 @@ class CosmologyMonitorMixin:
             )
         if trainer.optimizers:
             tracker.observe(trainer.optimizers[0])
-        ours = self._physics_hparams(tracker)
         for logger in trainer.loggers:
-            _merge_next_hparams(logger, ours)
+            _merge_next_hparams(logger, self.session.hparams())
 
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
         """Write the physics hyperparameters where Lightning wrote none (no module hparams)."""
@@ -169,24 +168,6 @@ class CosmologyMonitorMixin:
             if pending is not None:
                 pending({})
 
-    def _physics_hparams(self, tracker: CosmologyTracker) -> dict[str, Any]:
-        params: dict[str, Any] = {
-            "cosmo_optim/probe_size": tracker.probe_size,
-            "cosmo_optim/top_k": tracker.top_k,
-            "cosmo_optim/every_n_train_steps": tracker.every_n_steps,
-        }
-        cosmology = tracker.cosmology()
-        if cosmology is not None:
-            params.update({
-                "cosmology/lr": cosmology.lr,
-                "cosmology/momentum": cosmology.momentum,
-                "cosmology/time_step": cosmology.time_step,
-                "cosmology/hubble_rate": cosmology.hubble_rate,
-                "cosmology/vacuum_energy": cosmology.vacuum_energy,
-                "cosmology/hubble_time_steps": cosmology.hubble_time_steps,
-            })
-        return {tracker.prefix + k: v for k, v in params.items()}
-
     # ----- the hooks that act ------------------------------------------------------------------
     def on_train_batch_start(
         self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int
@@ -194,17 +175,13 @@ class CosmologyMonitorMixin:
         """Take the probe batch from the first training batch; probe the initial state."""
         if trainer.sanity_checking:
             return
-        tracker = self.session.running()
-        if not tracker.has_probe:  # the given probe batch or the first batch, rank 0's
-            probe = self.session.shared_probe(
+        if not self.session.running().has_probe:  # the given probe batch or the first batch
+            self.session.set_probe(self.session.shared_probe(
                 trainer.is_global_zero, lambda: self.probe_batch or self._take(
-                    batch, tracker.probe_size), lambda p: trainer.strategy.broadcast(p, src=0))
-            tracker.set_probe(tuple(t.cpu() if t is not None else None for t in probe))
-            size = batch_size(batch, input_key=self.config.input_key)
-            size *= trainer.accumulate_grad_batches  # samples per optimiser step
-            tracker.config = dataclasses.replace(tracker.config, train_batch_size=size)
-        if trainer.global_step == 0 and tracker.last_step < 0:
-            self._log(trainer, tracker.step(0), 0)
+                    batch, self.config.probe_size), lambda p: trainer.strategy.broadcast(p, src=0)),
+                batch_size(batch, input_key=self.config.input_key)
+                * trainer.accumulate_grad_batches)  # samples per optimiser step
+        self._log(trainer, self.session.first_probe(trainer.global_step), 0)
 
     def on_train_batch_end(
         self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int
@@ -228,15 +205,11 @@ class CosmologyMonitorMixin:
             isinstance(logger, self._tensorboard_logger_cls)) else None)
 
     def _log(self, trainer: Any, metrics: dict[str, float] | None, step: int) -> None:
-        if not metrics:
-            return
-        # every rank computed the same values: callbacks such as EarlyStopping agree
-        trainer.callback_metrics.update({k: torch.tensor(v) for k, v in metrics.items()})
-        writers = self._writers(trainer) if trainer.is_global_zero else []
-        self.session.before_scalars(writers)
-        for logger in trainer.loggers:  # rank-zero-only methods
-            logger.log_metrics(metrics, step=step)
-        self.session.after_scalars(writers, step)
+        if metrics:  # every rank computed the same values: callbacks such as EarlyStopping agree
+            trainer.callback_metrics.update({k: torch.tensor(v) for k, v in metrics.items()})
+        writers = self._writers(trainer) if metrics and trainer.is_global_zero else []
+        self.session.write(writers, metrics, step, lambda m: [  # rank-zero-only methods
+            logger.log_metrics(m, step=step) for logger in trainer.loggers])
 
     # ----- checkpointing ---------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -244,7 +217,7 @@ class CosmologyMonitorMixin:
         return self.session.state_dict()
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Resume the tracker: the run continues without gaps or duplicated probes."""
+        """Resume the tracker: the run continues without gaps or duplicated readings."""
         self.session.load_state_dict(state_dict)
 
 

@@ -10,8 +10,8 @@ import torch
 from torch import nn
 
 from cosmo_optim import Cosmology
-from cosmo_optim.monitor import MonitorConfig, ProbeRecord
-from cosmo_optim.monitor.probe import RunSoFar, measure, probe
+from cosmo_optim.monitor import MonitorConfig, Reading
+from cosmo_optim.monitor.reading import RunSoFar, measure, take_reading
 
 
 def linear_problem():
@@ -26,7 +26,7 @@ def test_linear_model_probe_matches_its_exact_kernel_and_the_cosmology():
     model, x, y = linear_problem()
     kernel = x @ x.T + 1.0  # NTK of f = w·x + b
     cosmology = Cosmology(0.01, 0.9)
-    result = probe(model, x, y, config=MonitorConfig(nn.MSELoss(), top_k=2, every_n_steps=5),
+    result = take_reading(model, x, y, config=MonitorConfig(nn.MSELoss(), top_k=2, every_n_steps=5),
                    cosmology=cosmology, run=RunSoFar(step=0))
     lam = torch.linalg.eigvalsh(kernel).flip(0)
     s = result.scalars
@@ -35,7 +35,7 @@ def test_linear_model_probe_matches_its_exact_kernel_and_the_cosmology():
     assert s["cosmology/alpha_eff"] == pytest.approx(float(lam[0]) / 6, rel=1e-12)
     assert s["cosmology/hubble_rate"] == cosmology.hubble_rate
     assert s["ntk/kernel_distance"] == pytest.approx(0.0, abs=1e-12)
-    assert isinstance(result.record, ProbeRecord) and result.record.step == 0
+    assert isinstance(result.record, Reading) and result.record.step == 0
     assert result.record["scalars"] is result.record.scalars  # the dict form of earlier versions
     assert result.last is not None and result.last.prediction is not None  # the T10 map ran
     assert result.dual is not None and result.dual.hubble_rate == cosmology.hubble_rate
@@ -43,7 +43,7 @@ def test_linear_model_probe_matches_its_exact_kernel_and_the_cosmology():
 
 def test_without_a_cosmology_only_spectrum_and_modes_are_read():
     model, x, y = linear_problem()
-    result = probe(model, x, y, config=MonitorConfig(nn.MSELoss(), top_k=2, every_n_steps=5),
+    result = take_reading(model, x, y, config=MonitorConfig(nn.MSELoss(), top_k=2, every_n_steps=5),
                    cosmology=None, run=RunSoFar(step=0))
     assert "cosmology/hubble_rate" not in result.scalars and result.dual is None
     assert "modes/amplitude_2" in result.scalars
@@ -52,7 +52,7 @@ def test_without_a_cosmology_only_spectrum_and_modes_are_read():
 def test_nonfinite_outputs_are_skipped_and_counted():
     model, x, y = linear_problem()
     x[0, 0] = float("nan")
-    result = probe(model, x, y, config=MonitorConfig(top_k=2, every_n_steps=5), cosmology=None,
+    result = take_reading(model, x, y, config=MonitorConfig(top_k=2, every_n_steps=5), cosmology=None,
                    run=RunSoFar(step=3, nonfinite=2))
     assert result.scalars == {"cosmology/nonfinite": 3.0}
     assert result.record is None and result.last is None
@@ -78,22 +78,22 @@ def test_verify_ntk_checks_the_first_probe_only(monkeypatch):
     import torch
     from torch import nn
 
-    import cosmo_optim.monitor.probe as probe_module
+    import cosmo_optim.monitor.reading as reading_module
     from cosmo_optim import CosmologyTracker
 
     calls = []
-    real = probe_module.empirical_ntk
+    real = reading_module.empirical_ntk
 
     def spy(*args, **kwargs):
         calls.append(kwargs.get("verify", False))
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(probe_module, "empirical_ntk", spy)
+    monkeypatch.setattr(reading_module, "empirical_ntk", spy)
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(2, 8), nn.Tanh(), nn.Linear(8, 1))
     x, y = torch.randn(8, 2), torch.randn(8, 1)
     tracker = CosmologyTracker(model, nn.MSELoss(), probe_batch=(x, y), every_n_steps=1,
                                verify_ntk=True)
     for step in range(3):
-        tracker.probe(step)
+        tracker.read(step)
     assert calls == [True, False, False]

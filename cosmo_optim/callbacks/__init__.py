@@ -1,4 +1,4 @@
-"""Framework integrations, installed as `cosmo_optim.callbacks`.
+"""Framework integrations: `cosmo_optim.callbacks`.
 
 Importing this package imports no framework: `CosmologyMonitor` (for ``lightning.pytorch``)
 and `CosmologyCallback` (Hugging Face ``transformers``) load their module on first access.

@@ -1,0 +1,37 @@
+"""The monitor's former names, kept as deprecated aliases (issue #22 item 4: one word per thing).
+
+A measurement of the monitor at a step is a *reading* (`CosmologyTracker.read`, `Reading`,
+`cosmo_optim.monitor.reading`); the *probe batch* is the fixed samples it reads on. The former
+names (`CosmologyTracker.probe`, `ProbeRecord`) still work and warn once each, naming the new
+one.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+__all__ = ["deprecated_method", "warn_renamed"]
+
+_warned: set[str] = set()
+
+
+def warn_renamed(old: str, new: str, *, stacklevel: int = 3) -> None:
+    """One DeprecationWarning per process saying that `old` is now `new`."""
+    if old in _warned:
+        return
+    _warned.add(old)
+    warnings.warn(f"{old} is deprecated: it is now {new} (same behaviour). Fix: use {new}.",
+                  DeprecationWarning, stacklevel=stacklevel)
+
+
+def deprecated_method(new: str, old: str) -> Callable[..., Any]:
+    """A method `old` that warns once (`warn_renamed`) and calls the method named `new`."""
+
+    def alias(self: Any, *args: Any, **kwargs: Any) -> Any:
+        warn_renamed(old, f"{type(self).__name__}.{new}")
+        return getattr(self, new)(*args, **kwargs)
+
+    alias.__doc__ = f"Deprecated name of `{new}` (warns once)."
+    return alias

@@ -1,0 +1,88 @@
+"""`RunState`: what one probe of a run hands to the next, and what a checkpoint keeps of it.
+
+The tracker decides when to probe; this holds what it carries between probes (the probe
+batch, the step counter, the e-folds (T9), the outputs of the step before a probe (for ḟ,
+T2), the first and the latest probe, the history) and turns it into plain dicts and tensors
+and back, so that a resumed run continues its series without gaps or duplicates.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Mapping
+from typing import Any
+
+from torch import Tensor
+
+from cosmo_optim.dual import FLRWDual
+from cosmo_optim.monitor.reading import ReadingResult, RunSoFar
+from cosmo_optim.monitor.records import LastReading, Reading, Reference, as_state
+
+__all__ = ["RunState"]
+
+
+class RunState:
+    """The state a run carries from probe to probe (see the module docstring).
+
+    Args:
+        history_size: probes kept in `history` (oldest dropped first).
+    """
+
+    def __init__(self, history_size: int) -> None:
+        self.last_step = -1  # the last optimiser step seen
+        self.efolds = 0.0  # accumulated Σ (1 − β_n)/3 (T9)
+        self.nonfinite = 0  # probes skipped as non-finite
+        self.previous_outputs: tuple[int, Tensor] | None = None  # (step, f) before a probe
+        self.reference: Reference | None = None  # the first probe
+        self.last: LastReading | None = None  # the latest probe
+        self.history: deque[Reading] = deque(maxlen=history_size)
+        self.dual: FLRWDual | None = None  # the latest probe's read-out
+        self.inputs: Tensor | None = None  # the probe batch
+        self.targets: Tensor | None = None
+
+    def so_far(self, step: int) -> RunSoFar:
+        """What a probe at `step` reads from the earlier ones."""
+        return RunSoFar(step, self.efolds, self.nonfinite, self.previous_outputs,
+                        self.reference, self.last)
+
+    def absorb(self, result: ReadingResult) -> bool:
+        """Keep a probe's result; False (and one more non-finite count) if it was skipped."""
+        self.reference, self.last = result.reference, result.last
+        if result.record is None:
+            self.nonfinite += 1
+            return False
+        self.history.append(result.record)
+        self.dual = result.dual
+        return True
+
+    def state_dict(self) -> dict[str, Any]:
+        """Counters, history, first and latest probe: plain dicts and tensors."""
+        return {
+            "last_step": self.last_step, "efolds": self.efolds, "nonfinite": self.nonfinite,
+            "history": [r.as_dict() for r in self.history],
+            "previous_outputs": self.previous_outputs,
+            "reference": as_state(self.reference), "last": as_state(self.last),
+            "inputs": self.inputs, "targets": self.targets,
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore `state_dict()` (extra keys, such as the tracker's, are ignored)."""
+        missing = {"last_step", "history", "reference", "last"} - set(state)
+        if missing:
+            raise ValueError(
+                f"Invalid tracker state: missing {sorted(missing)}; pass the dict returned by "
+                "CosmologyTracker.state_dict()."
+            )
+        self.last_step = int(state["last_step"])
+        self.efolds = float(state.get("efolds", 0.0))
+        self.nonfinite = int(state.get("nonfinite", 0))
+        self.history.clear()
+        self.history.extend(Reading.from_dict(r) for r in state["history"])
+        self.previous_outputs = state.get("previous_outputs")
+        if state.get("inputs") is not None:
+            self.inputs, self.targets = state["inputs"], state.get("targets")
+        ref, last = state["reference"], state["last"]
+        self.reference = None if ref is None else Reference(  # no sketch_dim before sketches
+            ref["kernel"], ref["eigenvectors"], int(ref.get("sketch_dim", 0)))
+        self.last = None if last is None else LastReading(
+            last["step"], last["eigenvectors"], last["outputs"], last.get("prediction"))
