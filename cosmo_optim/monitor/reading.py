@@ -1,4 +1,4 @@
-"""One probe as a pure function: (model, probe batch, cosmology, loss, run so far) → read-out.
+"""One reading as a pure function: (model, probe batch, cosmology, loss, run so far) → read-out.
 
 `measure` evaluates the model and its empirical NTK on the probe batch (T4), leaving the model's
 modes, buffers and every random state as they were. `_read_out` turns outputs f and kernel Θ

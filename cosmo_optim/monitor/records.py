@@ -1,4 +1,4 @@
-"""Typed records of the monitor: one probe's results, and the state carried between readings.
+"""Typed records of the monitor: one reading's results, and the state carried between readings.
 
 `Reading` is what `CosmologyTracker.history` holds. It also answers ``record["step"]``,
 ``record["scalars"]`` etc. (the dict form of earlier versions), and `as_dict`/`from_dict`

@@ -1,4 +1,4 @@
-"""Where a probe's results go: a ``SummaryWriter`` (or a log directory for one), a callable,
+"""Where a reading's results go: a ``SummaryWriter`` (or a log directory for one), a callable,
 and the TensorBoard extras (histograms, the custom-scalars layout, figures).
 
 Only a writer's duck-typed methods (``add_scalar``, ``add_histogram``, ``add_figure``,

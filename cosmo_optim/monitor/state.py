@@ -1,4 +1,4 @@
-"""`RunState`: what one probe of a run hands to the next, and what a checkpoint keeps of it.
+"""`RunState`: what one reading of a run hands to the next, and what a checkpoint keeps of it.
 
 The tracker decides when to probe; this holds what it carries between probes (the probe
 batch, the step counter, the e-folds (T9), the outputs of the step before a probe (for ḟ,

@@ -1,4 +1,4 @@
-"""`CosmologyTracker`: schedules probes, counts e-folds, carries the run's state, checkpoints.
+"""`CosmologyTracker`: schedules readings, counts e-folds, carries the run's state, checkpoints.
 
 The probe arithmetic is `cosmo_optim.monitor.reading` (pure functions), the options
 `MonitorConfig`, the outputs `cosmo_optim.monitor.sinks`, the optimiser's universe

@@ -31,7 +31,7 @@ def prove_independent(e: Engine, leaves: dict[str, Tensor], chunk: int, lo: int,
     computed here where no pass recorded them) is compared with its output in a random
     permutation of those samples cut into a batch of one and sub-batches of half the chunk,
     at :func:`guards.coupling_tolerance`: each sample then has other companions, another
-    position and another batch size; sample 0 is also compared with the trial's batch of
+    position and another batch size; sample 0 is also compared with the scout's batch of
     one (the per-sample Jacobian runs samples alone). A float32 mismatch is recomputed on a
     float64 copy of the model (outputs that cancel round by more than their own scale); one
     that survives is recomputed in both arrangements: outputs that change on the same samples

@@ -1,12 +1,12 @@
-"""One NTK request: the forward it differentiates, the trial, the plan and its execution.
+"""One NTK request: the forward it differentiates, the scout, the plan and its execution.
 
 :class:`Engine` holds what every executor shares: the model called with substitutable
 parameters (``functional_call`` on detached, cast views: the user's tensors are never touched),
-the selection of output components, the trial of sample 0 that finds which calls touch each
+the selection of output components, the scout of sample 0 that finds which calls touch each
 parameter, and the run-time proofs (:mod:`.guards`) that decide which parameters keep a
 structured rule. :meth:`Engine.run` plans within the budget (:mod:`.plan`) and dispatches to the
 structured executor (:mod:`.structured`) and the per-sample Jacobian (:mod:`.per_sample`); the
-sketch and the distributed executor drive the same trial and forward.
+sketch and the distributed executor drive the same scout and forward.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ logger = logging.getLogger("cosmo_optim.ntk")
 
 
 class Engine:
-    """One kernel request: trial, plan, structured pass, jacobian pass."""
+    """One kernel request: scout, plan, structured pass, jacobian pass."""
 
     def __init__(
         self, model: nn.Module, selected: dict[str, nn.Parameter], inputs: torch.Tensor,
@@ -47,7 +47,7 @@ class Engine:
         self.x = cast(inputs)
         self.N = inputs.shape[0]
         # Detached (cast) views: the user's parameters and their .grad are never touched; the
-        # trial replaces those the forward writes into with copies.
+        # scout replaces those the forward writes into with copies.
         self.base = {n: cast(t.detach()) for n, t in model.named_parameters()}
         self.base |= {n: cast(t.detach()) for n, t in model.named_buffers()}
         self.names = list(selected)
@@ -90,7 +90,7 @@ class Engine:
     def leaves(self, names: Sequence[str]) -> dict[str, torch.Tensor]:
         return {n: self.base[n].clone().requires_grad_(True) for n in names}
 
-    def trial(self, leaves: dict[str, torch.Tensor]) -> tuple[UseRecorder, torch.Tensor]:
+    def scout(self, leaves: dict[str, torch.Tensor]) -> tuple[UseRecorder, torch.Tensor]:
         """Sample 0 alone: which calls touch each parameter, and which outputs the model
         overwrites in place (those are copied from now on). Refuses random forwards: a global
         generator that moves, or a second forward of the sample that disagrees."""
@@ -121,7 +121,7 @@ class Engine:
         return recorder, f1
 
     def _first_forward(self, leaves: dict[str, torch.Tensor]) -> tuple[UseRecorder, Any]:
-        """The trial's forward; a forward that mixes dtypes gets an error naming the cast."""
+        """The scout's forward; a forward that mixes dtypes gets an error naming the cast."""
         try:
             return self.forward(self.x[:1], leaves)
         except RuntimeError as error:
@@ -148,7 +148,7 @@ class Engine:
 
     def rules_for(self, recorder: UseRecorder, f1: torch.Tensor,
                   leaves: dict[str, torch.Tensor]) -> dict[str, list[rules.Use]]:
-        """Parameters whose structured rule holds on the trial: recognised, batch-first calls
+        """Parameters whose structured rule holds on the scout: recognised, batch-first calls
         that are the parameter's only route to the outputs.
 
         The route check compares the rule's gradient with autograd's for one random
@@ -196,7 +196,7 @@ class Engine:
     def run(self, explain: bool = False) -> torch.Tensor:
         """The exact kernel: structured terms where a rule holds, per-sample Jacobians else."""
         leaves = self.leaves(self.names)
-        recorder, f1 = self.trial(leaves)
+        recorder, f1 = self.scout(leaves)
         self.C = f1.shape[1]
         N, C = self.N, self.C
         kernel_bytes = N * N * (C * C if self.full else 1) * self.isz

@@ -6,7 +6,7 @@ the outputs, (2) row ``s`` of a chunk belongs to sample ``i`` and to no other, a
 sample's output is the one it would have alone, and the same at every call. Each guard tests
 one of these on the data at hand:
 
-* :func:`hidden_route` — the rule's gradient for the one-sample trial must equal autograd's
+* :func:`hidden_route` — the rule's gradient for the one-sample scout must equal autograd's
   gradient of the leaf (routes the recorder cannot see: ``autograd.grad`` or forward-mode AD
   inside ``forward``, calls with torch functions disabled);
 * :func:`foreign_rows` — in every chunk a structured rule takes, one extra backward of

@@ -38,7 +38,7 @@ every rank returns the same N×N kernel (:mod:`cosmo_optim.ntk.distributed`).
 
 Never silently wrong: a rule is used for a parameter only while its assumptions hold, checked at
 run time in every chunk. Every recognised call is batch-first and in one role; where the
-one-sample trial sees an in-place op (``ReLU(inplace=True)``, ``h += x``, a hook) overwrite a
+one-sample scout sees an in-place op (``ReLU(inplace=True)``, ``h += x``, a hook) overwrite a
 captured output, the model gets a copy of it, and version counters prove every captured input
 and output unchanged;
 every captured output must receive a cotangent; call options a rule does not model

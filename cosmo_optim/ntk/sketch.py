@@ -298,7 +298,7 @@ class FeatureMap:
     def __init__(self, engine: Engine, k: int | None, seed: int) -> None:
         self.e, self.k = engine, k
         leaves = engine.leaves(engine.names)
-        recorder, f1 = engine.trial(leaves)  # the exact engine's trial and guards
+        recorder, f1 = engine.scout(leaves)  # the exact engine's scout and guards
         engine.C = f1.shape[1]
         structured = engine.rules_for(recorder, f1, leaves)
         gen = torch.Generator().manual_seed(seed)

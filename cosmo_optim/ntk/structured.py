@@ -35,7 +35,7 @@ def streaming(engine: Engine, K: Tensor, plan: Plan, leaves: dict[str, Tensor],
               counts: dict[str, int]) -> list[str]:
     """One forward of every sample, one backward per component, each term added at once.
 
-    Returns the names demoted to the Jacobian path (a call that changed between the trial and
+    Returns the names demoted to the Jacobian path (a call that changed between the scout and
     this forward, or a captured output the graph never reached); if a demoted parameter had
     already added terms, the pass is redone without it, so the kernel holds no partial term.
     """

@@ -82,7 +82,7 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
         tracker = CosmologyTracker(nn.Linear(3, 1), nn.MSELoss(), distributed=True,
                                    probe_batch=(xb, torch.full((5, 1), float(rank))))
         try:  # the same inputs, different targets
-            tracker.probe(0)
+            tracker.read(0)
             targets = ""
         except ValueError as err:
             targets = str(err)

@@ -71,7 +71,7 @@ def test_outputs_are_copied_only_where_the_model_writes_in_place() -> None:
 
 
 def test_hidden_route_guard_alone_catches_a_wrong_rule(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A rule whose gradient differs from autograd's on the one-sample trial is not used."""
+    """A rule whose gradient differs from autograd's on the one-sample scout is not used."""
     psg, rows = _ntk_rules.per_sample_grad, _ntk_rules.rows
     monkeypatch.setattr(_ntk_rules, "per_sample_grad", lambda u, d: 1.01 * psg(u, d))
     monkeypatch.setattr(_ntk_rules, "rows", lambda u, d: (rows(u, d)[0], 1.01 * rows(u, d)[1]))

@@ -125,7 +125,7 @@ def test_gpt2_sketch_wide_is_exact_and_narrow_is_unbiased() -> None:
 
 
 def test_conv1d_output_edited_in_place_stays_exact() -> None:
-    """An in-place op on a Conv1D output (seen by the one-sample trial) gets the model a copy."""
+    """An in-place op on a Conv1D output (seen by the one-sample scout) gets the model a copy."""
 
     class Inplace(nn.Module):
         def __init__(self) -> None:
@@ -148,7 +148,7 @@ def test_conv1d_output_edited_in_place_stays_exact() -> None:
 
 def test_gpt2_never_needs_the_per_sample_jacobian(monkeypatch: pytest.MonkeyPatch) -> None:
     """With batch-first position ids every GPT-2 parameter passes the engine's guards (the
-    rule's trial gradient equals autograd's), exact and sketched."""
+    rule's scout gradient equals autograd's), exact and sketched."""
     from cosmo_optim.ntk import per_sample as _ntk_exact
 
     calls: list[tuple] = []

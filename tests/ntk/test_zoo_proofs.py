@@ -93,7 +93,7 @@ def padded_batch(n: int) -> torch.Tensor:
 
 class SmallShift(Net):
     """A float32 forward that adds a hundredth of the batch maximum: a coupling below the old
-    100× tolerance of the trial but far above the kernel's own tolerance."""
+    100× tolerance of the scout but far above the kernel's own tolerance."""
 
     def mix(self, h: torch.Tensor) -> torch.Tensor:
         return h + 0.003 * h.amax(0)
@@ -228,7 +228,7 @@ def test_a_random_forward_is_not_diagnosed_as_a_coupling() -> None:
 
     class Rare(Net):
         """Noise on half the calls, from a private generator whose first two draws (the
-        trial's two forwards) are quiet."""
+        scout's two forwards) are quiet."""
 
         def __init__(self) -> None:
             super().__init__()
@@ -501,7 +501,7 @@ def test_float32_outputs_that_cancel_are_not_mistaken_for_a_coupling() -> None:
 
 def test_weights_initialised_in_place_are_not_taken_for_weights_the_forward_writes(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    """nn.init bumps a parameter's version counter; only a write during the trial's forward
+    """nn.init bumps a parameter's version counter; only a write during the scout's forward
     makes a weight private (a private copy would push the per-sample Jacobian off vmap)."""
     from cosmo_optim.ntk import per_sample
 
