@@ -220,17 +220,16 @@ class CosmologyTracker:
         n, inputs = self.config.interval, self.run.inputs
         if inputs is None:
             return None
-        if (step + 1) % n == 0 and self.config.loss is not None:  # ḟ feeds the dual only
-            with readings.rank0_buffers(self.model, self.config.distributed):
-                self.run.previous_outputs = (
-                    step, readings.model_outputs(self.model, inputs, self.config.output))
-        if step % n:
-            return None
-        metrics = self.read(step)
+        metrics = self.read(step) if step % n == 0 else None
         if metrics is not None:
             self.sinks.scalars(metrics, step)
             if self.sinks.writer is not None:
                 self.write_extras(self.sinks.writer, step)
+        # after the reading: with n = 1 this step's outputs are the next reading's f_{n−1}
+        if (step + 1) % n == 0 and self.config.loss is not None:  # ḟ feeds the dual only
+            with readings.rank0_buffers(self.model, self.config.distributed):
+                self.run.previous_outputs = (
+                    step, readings.model_outputs(self.model, inputs, self.config.output))
         return metrics
 
     def read(self, step: int) -> dict[str, float] | None:

@@ -459,3 +459,28 @@ def test_the_former_names_probe_and_probe_record_warn_once_naming_the_new_ones()
     assert len(caught) == 1 and first == tracker.read(0) and again is not None
     with pytest.warns(DeprecationWarning, match=r"ProbeRecord is deprecated: it is now cosmo_optim\.monitor\.Reading"):
         assert monitor.ProbeRecord is monitor.Reading
+
+
+def test_a_reading_every_step_keeps_the_velocity_and_the_residual():
+    """every_n_steps=1: each reading's ḟ uses the step before it, so Ω_φ at a step is the one a
+    longer interval reads there, and every reading after the first has a residual."""
+    def run(every):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(3, 16), nn.Tanh(), nn.Linear(16, 1))
+        x, y = torch.randn(32, 3), torch.randn(32, 1)
+        opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+        tracker = CosmologyTracker(model, nn.MSELoss(), probe_batch=(x, y), every_n_steps=every,
+                                   top_k=2)
+        tracker.attach(opt)
+        for _ in range(6):
+            opt.zero_grad()
+            nn.functional.mse_loss(model(x), y).backward()
+            opt.step()
+        tracker.close()
+        return {r.step: r.scalars for r in tracker.history}
+
+    every_step, every_other = run(1), run(2)
+    assert [s for s, sc in every_step.items() if "duality/residual" in sc] == [1, 2, 3, 4, 5, 6]
+    for step in (2, 4, 6):
+        assert every_step[step]["cosmology/omega_phi"] == pytest.approx(
+            every_other[step]["cosmology/omega_phi"], rel=1e-6)
