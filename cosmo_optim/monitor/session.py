@@ -11,6 +11,7 @@ exists (a resume restores callbacks before training builds the tracker).
 from __future__ import annotations
 
 import dataclasses
+import re
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
@@ -22,6 +23,7 @@ from cosmo_optim.monitor.config import MonitorConfig
 from cosmo_optim.monitor.dashboard import describe_scalars
 from cosmo_optim.monitor.images import figures_dropped_warning, image_writer
 from cosmo_optim.monitor.records import from_json
+from cosmo_optim.monitor.tags import SCALAR_TAGS
 from cosmo_optim.monitor.tracker import CosmologyTracker
 
 __all__ = ["MonitorSession"]
@@ -160,11 +162,12 @@ class MonitorSession:
     @staticmethod
     def from_json(saved: Sequence[Any], prefix: str) -> dict[str, Any] | None:
         """Of the JSON states (`records.to_json`) of several monitors of a run, decoded, the
-        first whose latest tags all carry `prefix` (or that has no history yet); else None."""
+        first whose latest tags are all `prefix` + a monitor tag (or that has no history yet);
+        else None. A longer prefix is not ours: ``"b/cosmology/efolds"`` is not ``""``'s."""
         states = [from_json(s) for s in saved if s]
         for state in states:
             history = state.get("history") or [{"scalars": {}}]
-            if all(k.startswith(prefix) for k in history[-1]["scalars"]):
+            if all(_is_tag(k, prefix) for k in history[-1]["scalars"]):
                 return state
         return None
 
@@ -176,3 +179,11 @@ class MonitorSession:
             self.tracker.load_state_dict(state)
         else:
             self.pending = state
+
+
+def _is_tag(name: str, prefix: str) -> bool:
+    """Whether `name` is `prefix` followed by one of `SCALAR_TAGS` (mode indices as ``{k}``)."""
+    if not name.startswith(prefix):
+        return False
+    tag = name[len(prefix):]
+    return tag in SCALAR_TAGS or re.sub(r"_\d+$", "_{k}", tag) in SCALAR_TAGS

@@ -73,3 +73,19 @@ def test_figures_without_a_logger_that_takes_them_warn_once_and_the_end_draws_th
     assert len(writers[0].figures) == 3
     with pytest.raises(RuntimeError, match="Adaptor used before training started"):
         MonitorSession("Adaptor").running()
+
+
+def test_a_resumed_monitor_takes_its_own_state_not_a_longer_prefixs():
+    """Two monitors saved in one checkpoint, prefixes "b/" and "": each resumes from its own
+    state, whatever the order (every tag starts with "")."""
+    from cosmo_optim.monitor.records import to_json
+
+    def state(prefix, steps):
+        history = [{"step": s, "scalars": {f"{prefix}cosmology/efolds": 0.1 * s,
+                                           f"{prefix}ntk/ratio_2": 0.5}} for s in steps]
+        return to_json({"last_step": steps[-1], "history": history})
+
+    saved = [state("b/", [0, 3]), state("", [0, 2])]
+    assert MonitorSession.from_json(saved, "")["last_step"] == 2
+    assert MonitorSession.from_json(saved, "b/")["last_step"] == 3
+    assert MonitorSession.from_json(saved[:1], "") is None
