@@ -75,6 +75,23 @@ def _tensorboard_dir(args: Any) -> str:
     return os.path.join(args.output_dir, default_logdir())
 
 
+def _logging_interval(args: Any, state: Any, config: MonitorConfig) -> int:
+    """The Trainer's logging interval in optimiser steps: ``state.logging_steps`` (a fractional
+    ``logging_steps`` is a share of ``max_steps``, resolved by the Trainer), warning once when
+    the Trainer does not log by steps and ``every_n_steps`` was not given."""
+    steps = max(int(getattr(state, "logging_steps", None) or args.logging_steps), 1)
+    strategy = str(getattr(args, "logging_strategy", "steps")).rsplit(".", 1)[-1].lower()
+    if config.every_n_steps is None and strategy != "steps":
+        warnings.warn(
+            f"CosmologyCallback: logging_strategy={strategy!r}, so the Trainer does not log "
+            f"every logging_steps={steps}; the monitor still reads every {steps} steps. Fix: "
+            "pass every_n_steps=... to CosmologyCallback.",
+            UserWarning,
+            stacklevel=3,
+        )
+    return steps
+
+
 def _unreached_warning(report_to: list[str], figures: bool) -> str:
     """What a callback without ``trainer=`` cannot send to the non-TensorBoard integrations."""
     what = "scalars" + (" and figures" if figures else "")
@@ -236,7 +253,7 @@ class CosmologyCallback(_TrainerCallback, _ExportableState):
             else self._first_examples(kwargs["train_dataloader"]),
             None if distributed else lambda p: p)
         self._open_writer(args, state)
-        config = self.config.with_interval(max(int(args.logging_steps), 1))
+        config = self.config.with_interval(_logging_interval(args, state, self.config))
         per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps
         self.session.load_state_dict(self._stored(state))
         tracker = self.session.start(

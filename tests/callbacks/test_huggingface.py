@@ -66,7 +66,7 @@ def run(tmp_path, max_steps=6, callback=None, resume=None, save_steps=None, data
     model = Classifier()
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     args = transformers.TrainingArguments(
-        output_dir=str(tmp_path), max_steps=max_steps, logging_steps=3,
+        output_dir=str(tmp_path), max_steps=max_steps, logging_steps=kwargs.pop("logging_steps", 3),
         per_device_train_batch_size=kwargs.pop("per_device_train_batch_size", 8), report_to=kwargs.pop("report_to", ["tensorboard"]),
         save_strategy="steps" if save_steps else "no", save_steps=save_steps or 500,
         use_cpu=True, disable_tqdm=True, lr_scheduler_type="constant", seed=0, **kwargs,
@@ -415,3 +415,14 @@ def test_figures_go_to_a_reporting_integration_s_image_api(tmp_path, monkeypatch
         "train/figures/potential", "train/figures/spectrum", "train/figures/modes"}
     assert {step for _, step, _ in logged} == {0, 3, 6}
     assert all(shape[1] >= 800 and shape[2] == 3 for _, _, shape in logged)  # readable
+
+
+def test_a_fractional_logging_steps_is_the_trainer_s_share_of_max_steps(tmp_path):
+    """logging_steps=0.5 of 6 steps: the Trainer logs every 3 steps, and so does the monitor."""
+    _, callback, _ = run(tmp_path, logging_steps=0.5, report_to=[])
+    assert [r.step for r in callback.tracker.history] == [0, 3, 6]
+
+
+def test_logging_by_epoch_warns_that_readings_follow_logging_steps(tmp_path):
+    with pytest.warns(UserWarning, match=r"logging_strategy='epoch'.*every_n_steps"):
+        run(tmp_path, logging_strategy="epoch", report_to=[])
