@@ -206,9 +206,21 @@ def _read_out(
             UserWarning, stacklevel=4,
         )
         run = dataclasses.replace(run, reference=None)
+    k = min(config.top_k, kernel.shape[0])
+    if run.reference is not None and (run.reference.kernel.shape != kernel.shape
+                                      or run.reference.eigenvectors.shape[1] != k):
+        warnings.warn(
+            f"CosmologyTracker: the reading at step {step} follows {k} modes of a kernel of "
+            f"shape {tuple(kernel.shape)}, the first reading "
+            f"{run.reference.eigenvectors.shape[1]} of {tuple(run.reference.kernel.shape)}; "
+            "ntk/kernel_distance, ntk/basis_rotation and "
+            "the initial-basis amplitudes are measured from this reading on (top_k or the probe "
+            "batch changed, e.g. on resume).",
+            UserWarning, stacklevel=4,
+        )
+        run = dataclasses.replace(run, reference=None, last=None)
     if run.reference is None and config.loss is not None:
         _check_loss(config.loss, f, targets)
-    k = min(config.top_k, kernel.shape[0])
     warm = None if run.last is None else run.last.eigenvectors
     lam, vec = ntk_eigen(kernel, k=k, warm_start=warm)
     reference = run.reference or Reference(kernel, vec, sketch_dim)

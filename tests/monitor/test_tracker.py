@@ -484,3 +484,18 @@ def test_a_reading_every_step_keeps_the_velocity_and_the_residual():
     for step in (2, 4, 6):
         assert every_step[step]["cosmology/omega_phi"] == pytest.approx(
             every_other[step]["cosmology/omega_phi"], rel=1e-6)
+
+
+def test_a_state_resumed_with_another_top_k_starts_a_new_reference_with_a_warning():
+    """A checkpoint of a top_k=2 run loaded into a top_k=4 tracker: the next reading warns that
+    the drift tags are measured from it, and follows 4 modes (it raised a size mismatch)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 8), nn.Tanh(), nn.Linear(8, 1))
+    x, y = torch.randn(12, 3), torch.randn(12, 1)
+    first = CosmologyTracker(model, nn.MSELoss(), probe_batch=(x, y), top_k=2)
+    first.read(0)
+    again = CosmologyTracker(model, nn.MSELoss(), probe_batch=(x, y), top_k=4)
+    again.load_state_dict(first.state_dict())
+    with pytest.warns(UserWarning, match=r"follows 4 modes .* first reading 2"):
+        scalars = again.read(1)
+    assert "ntk/ratio_4" in scalars and scalars["ntk/basis_rotation"] == pytest.approx(0, abs=1e-6)
