@@ -312,7 +312,9 @@ class CosmologyCallback(_TrainerCallback, _ExportableState):
         if self.trainer is not None:
             control = self.trainer.control
             flags = control.should_log, control.should_save, control.should_evaluate
-            self.trainer.log(dict(metrics))  # resets should_log: the Trainer's own logs stay due
+            # the base class's log: a subclass's log() (TRL's) may flush metrics it gathers,
+            # which belong to the Trainer's own rows. It resets should_log: restored below
+            transformers.Trainer.log(self.trainer, dict(metrics))
             control = self.trainer.control
             control.should_log, control.should_save, control.should_evaluate = flags
             return

@@ -426,3 +426,36 @@ def test_a_fractional_logging_steps_is_the_trainer_s_share_of_max_steps(tmp_path
 def test_logging_by_epoch_warns_that_readings_follow_logging_steps(tmp_path):
     with pytest.warns(UserWarning, match=r"logging_strategy='epoch'.*every_n_steps"):
         run(tmp_path, logging_strategy="epoch", report_to=[])
+
+
+def test_a_trainer_whose_log_flushes_its_own_metrics_keeps_them_in_its_own_rows(tmp_path):
+    """A Trainer subclass that adds its gathered metrics in log() and clears them (TRL's
+    trainers do): with trainer=, the monitor's rows must not take them from the loss rows."""
+
+    class Gathering(transformers.Trainer):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.gathered: list[float] = []
+
+        def training_step(self, *args, **kwargs):
+            self.gathered.append(1.0)
+            return super().training_step(*args, **kwargs)
+
+        def log(self, logs, *args, **kwargs):
+            extra = {"gathered": float(len(self.gathered))} if self.gathered else {}
+            self.gathered.clear()
+            super().log({**logs, **extra}, *args, **kwargs)
+
+    torch.manual_seed(0)
+    model = Classifier()
+    args = transformers.TrainingArguments(
+        output_dir=str(tmp_path), max_steps=6, logging_steps=3, per_device_train_batch_size=8,
+        report_to=[], save_strategy="no", use_cpu=True, disable_tqdm=True, seed=0)
+    trainer = Gathering(model=model, args=args, train_dataset=Examples(), optimizers=(
+        torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9), None))
+    trainer.add_callback(CosmologyCallback(nn.CrossEntropyLoss(), input_key="x", top_k=2,
+                                           trainer=trainer))
+    trainer.train()
+    rows = trainer.state.log_history
+    assert [r.get("gathered") for r in rows if "loss" in r] == [3.0, 3.0]
+    assert not any("gathered" in r for r in rows if "cosmology/nonfinite" in r)
