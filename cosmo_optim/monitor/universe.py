@@ -129,6 +129,13 @@ class OptimizerWatch:
         optimizer = unwrap_optimizer(optimizer)
         if not isinstance(optimizer, Optimizer):
             raise ValueError(f"Invalid optimizer: {optimizer!r}; it must be a torch Optimizer.")
+        groups = len(optimizer.param_groups)
+        if not -groups <= config.group < groups:
+            raise ValueError(
+                f"Invalid group={config.group!r}: the optimiser has {groups} param group(s), so "
+                f"the monitor has no group to read. Fix: group= an index in [0, {groups - 1}] "
+                "(the param group whose lr and momentum are the universe)."
+            )
         self.detach()
         self.optimizer = optimizer
         if id(optimizer) not in self._warned:

@@ -499,3 +499,12 @@ def test_a_state_resumed_with_another_top_k_starts_a_new_reference_with_a_warnin
     with pytest.warns(UserWarning, match=r"follows 4 modes .* first reading 2"):
         scalars = again.read(1)
     assert "ntk/ratio_4" in scalars and scalars["ntk/basis_rotation"] == pytest.approx(0, abs=1e-6)
+
+
+def test_a_group_the_optimiser_does_not_have_is_an_error_naming_the_range():
+    model = nn.Linear(3, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    tracker = CosmologyTracker(model, nn.MSELoss(), probe_batch=(torch.randn(4, 3), torch.randn(4, 1)),
+                               group=3)
+    with pytest.raises(ValueError, match=r"Invalid group=3: the optimiser has 1 param group.*\[0, 0\]"):
+        tracker.attach(opt)
