@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import os
 import subprocess
 import sys
 import warnings
@@ -508,3 +509,19 @@ def test_a_group_the_optimiser_does_not_have_is_an_error_naming_the_range():
                                group=3)
     with pytest.raises(ValueError, match=r"Invalid group=3: the optimiser has 1 param group.*\[0, 0\]"):
         tracker.attach(opt)
+
+
+def test_the_former_names_warn_at_the_user_s_line_under_default_filters(tmp_path):
+    """Python shows a DeprecationWarning by default only where it is attributed to __main__:
+    a from-import of ProbeRecord and a call of tracker.probe must both be."""
+    script = tmp_path / "old_names.py"
+    script.write_text(
+        "import torch\nfrom torch import nn\n"
+        "from cosmo_optim.monitor import ProbeRecord\n"
+        "from cosmo_optim import CosmologyTracker\n"
+        "t = CosmologyTracker(nn.Linear(2, 1), None, probe_batch=(torch.randn(3, 2), None))\n"
+        "t.probe(0)\n")
+    err = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                         check=True, env={**os.environ, "PYTHONWARNINGS": ""}).stderr
+    assert f"{script}:3: DeprecationWarning: cosmo_optim.monitor.ProbeRecord is deprecated" in err
+    assert f"{script}:6: DeprecationWarning: CosmologyTracker.probe is deprecated" in err
