@@ -225,11 +225,8 @@ class CosmologyTracker:
             self.sinks.scalars(metrics, step)
             if self.sinks.writer is not None:
                 self.write_extras(self.sinks.writer, step)
-        # after the reading: with n = 1 this step's outputs are the next reading's f_{n−1}
         if (step + 1) % n == 0 and self.config.loss is not None:  # ḟ feeds the dual only
-            with readings.rank0_buffers(self.model, self.config.distributed):
-                self.run.previous_outputs = (
-                    step, readings.model_outputs(self.model, inputs, self.config.output))
+            self.run.previous_outputs = (step, _outputs_at(self, step, inputs))
         return metrics
 
     def read(self, step: int) -> dict[str, float] | None:
@@ -277,3 +274,13 @@ class CosmologyTracker:
         if step is not None and self.sinks.writer is not None:
             self.write_figures(self.sinks.writer, step)
         self.sinks.close()
+
+
+def _outputs_at(tracker: CosmologyTracker, step: int, inputs: Any) -> Any:
+    """f at `step`, the next reading's f_{n−1}: this step's reading's own (every_n_steps=1),
+    else one more forward on the probe batch."""
+    last = tracker.run.last
+    if last is not None and last.step == step:
+        return last.outputs
+    with readings.rank0_buffers(tracker.model, tracker.config.distributed):
+        return readings.model_outputs(tracker.model, inputs, tracker.config.output)
