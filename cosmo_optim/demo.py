@@ -121,7 +121,7 @@ def duality_check(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor 
              if len(dual.eigenvalues) > 1 else "n/a")
     lines = [
         f"universe: {universe}",
-        f"α_eff = λ_1/N = {dual.alpha_eff:.4g} (mean kernel entry {dual.mean_kernel_entry:.4g});"
+        f"α_eff = λ_mf/N = {dual.alpha_eff:.4g} (mean kernel entry {dual.mean_kernel_entry:.4g});"
         f" λ_1/λ_2 = {ratio}; top mode's uniform overlap {float(dual.uniform_overlaps[0]):.3f}"
         + ("" if mode is not None else " — no mode is the mean field (T7)"),
         f"background (T6): Ω_φ = {dual.vacuum_domination:.3g} at the start, "

@@ -16,7 +16,9 @@ from torch import nn
 from cosmo_optim.ntk import empirical_ntk
 
 __all__ = [
-    "EIGEN_METHODS", "NTKEigen", "flat_kernel", "kernel_distance", "ntk_eigen", "uniform_overlaps",
+    "EIGEN_METHODS", "NTKEigen", "fix_signs", "flat_kernel", "kernel_change", "kernel_distance",
+    "ntk_eigen",
+    "uniform_overlaps", "uniform_projections",
 ]
 
 EIGEN_METHODS = ("auto", "dense", "lobpcg")
@@ -99,7 +101,7 @@ def ntk_eigen(
         vals, vecs = vals.flip(0)[:k], vecs.flip(1)[:, :k]
     else:
         vals, vecs = _lobpcg(K, k, warm_start, tol)
-    return NTKEigen(vals, _fix_signs(vecs))
+    return NTKEigen(vals, fix_signs(vecs))
 
 
 def _lobpcg(
@@ -125,8 +127,9 @@ def _lobpcg(
     return vals[order], vecs[:, order]
 
 
-def _fix_signs(vecs: torch.Tensor) -> torch.Tensor:
-    """Flip each column so that its entry of largest magnitude is positive."""
+def fix_signs(vecs: torch.Tensor) -> torch.Tensor:
+    """Eigenvectors (N, k) with each column flipped so that its entry of largest magnitude is
+    positive (the first on ties): the sign convention of `NTKEigen`."""
     idx = vecs.abs().argmax(dim=0)
     signs = torch.sign(vecs.gather(0, idx.unsqueeze(0)))
     signs[signs == 0] = 1
@@ -166,16 +169,47 @@ def kernel_distance(K0: torch.Tensor, K1: torch.Tensor) -> torch.Tensor:
     return 1 - inner / (torch.linalg.norm(K0) * torch.linalg.norm(K1))
 
 
+def kernel_change(K0: torch.Tensor, K1: torch.Tensor) -> torch.Tensor:
+    """Relative kernel change ``‖K1 − K0‖_F / ‖K0‖_F``: how far the NTK moved, in scale and
+    direction, from K0 (docs/theory.md T4, T12).
+
+    The lazy (NTK) limit is a kernel that does not move. `kernel_distance` sees only the
+    direction and is quadratic in the angle (a change of 14 % in direction is a distance of
+    1 %), so the verdicts use this instead.
+
+    >>> K = torch.eye(3)
+    >>> round(float(kernel_change(K, 1.1 * K)), 6)
+    0.1
+    """
+    if K0.shape != K1.shape:
+        raise ValueError(
+            f"Invalid kernel shapes: {tuple(K0.shape)} and {tuple(K1.shape)}; they must match."
+        )
+    return torch.linalg.norm(K1 - K0) / torch.linalg.norm(K0)
+
+
+def uniform_projections(eigenvectors: torch.Tensor, num_samples: int) -> torch.Tensor:
+    """w_k = (1/sqrt(N)) Σ_i u_k[i, :], (C, k): each mode's components along the C uniform
+    directions 1 ⊗ e_c / sqrt(N) of output space (T7). Rows of `eigenvectors` (N·C, k) are
+    indexed sample-major.
+
+    >>> u = torch.tensor([[0.5, 0.5, 0.5, 0.5], [0.5, -0.5, 0.5, -0.5]]).T
+    >>> uniform_projections(u, 4).tolist()
+    [[1.0, 0.0]]
+    """
+    sums = eigenvectors.reshape(num_samples, -1, eigenvectors.shape[1]).sum(dim=0)
+    return sums / math.sqrt(num_samples)
+
+
 def uniform_overlaps(eigenvectors: torch.Tensor, num_samples: int) -> torch.Tensor:
     """|u_k·1|/sqrt(N) per mode (k,): how much of mode k is the mean field (T7).
 
     `eigenvectors` is (N·C, k), rows indexed sample-major; for C outputs each mode's overlap
-    is the norm of its projection on the C uniform directions. A mode is the mean field when
-    this exceeds `cosmo_optim.dual.MEAN_FIELD_OVERLAP`.
+    is the norm of its projection on the C uniform directions (`uniform_projections`). A mode
+    is the mean field when this exceeds `cosmo_optim.dual.MEAN_FIELD_OVERLAP`.
 
     >>> u = torch.tensor([[0.5, 0.5, 0.5, 0.5], [0.5, -0.5, 0.5, -0.5]]).T
     >>> uniform_overlaps(u, 4).tolist()
     [1.0, 0.0]
     """
-    sums = eigenvectors.reshape(num_samples, -1, eigenvectors.shape[1]).sum(dim=0)
-    return sums.norm(dim=0) / math.sqrt(num_samples)
+    return uniform_projections(eigenvectors, num_samples).norm(dim=0)

@@ -27,31 +27,34 @@ from torch import Tensor, nn
 
 from cosmo_optim._common import one_thread, preserved
 from cosmo_optim.cosmology import Cosmology
+from cosmo_optim.dual.causes import KERNEL_TOLERANCE
 from cosmo_optim.dual.flrw import FLRWDual
-from cosmo_optim.dual.modes import MEAN_FIELD_OVERLAP
+from cosmo_optim.dual.modes import MEAN_FIELD_OVERLAP, alpha_eff
 from cosmo_optim.dual.predict import Prediction, predict_trajectory
 from cosmo_optim.dual.report import Background, DualityReport
-from cosmo_optim.dual.verdict import deviations, diagnostics, failures, vacuum_domination_along
+from cosmo_optim.dual.verdict import causes, deviations, failures, vacuum_domination_along
 from cosmo_optim.losses import PerSampleLoss, per_sample_loss
 from cosmo_optim.optim import as_cosmology
-from cosmo_optim.spectrum import flat_kernel
+from cosmo_optim.spectrum import flat_kernel, kernel_change, kernel_distance
 
 __all__ = ["check_duality"]
 
 
 class _Tolerances(NamedTuple):
-    drift: float  # kernel distance and relative α_eff change: diagnostics (T4)
+    drift: float  # relative kernel change: a cause, never a failure of its own (T4)
     vacuum: float  # Ω_φ bound of the background (T6)
     deviation: float  # relative end deviation of the prediction: the dynamics verdict
 
 
 @dataclass
 class _Run:
-    """The trained copy's outputs at every step and its kernel at every probe."""
+    """The trained copy's outputs at every step and its kernel's measures at every probe:
+    kernel distance and relative change from the start, and α_eff (T4, T7)."""
 
     outputs: list[Tensor]
     probe_steps: list[int]
     drift: list[float]
+    changes: list[float]
     alphas: list[float]
     diverged_at: int | None = None
 
@@ -72,7 +75,7 @@ def check_duality(
     dtype: torch.dtype | None = None,
     progress: bool = True,
     integrator: str = "dop853",
-    drift_tolerance: float = 0.1,
+    drift_tolerance: float = KERNEL_TOLERANCE,
     vacuum_tolerance: float = 0.1,
     deviation_tolerance: float = 0.05,
     ntk: Callable[[nn.Module, Tensor], Tensor] | None = None,
@@ -83,15 +86,18 @@ def check_duality(
     The user's model (parameters, buffers, `.grad`, train/eval flags) and the torch, NumPy
     and Python random states are untouched. The kernel is the full output-space NTK
     (`ntk(model, inputs)`, default `empirical_ntk(..., output="full")`), recomputed every
-    `probe_every` steps (default steps/10) to measure its drift (kernel distance, Fort et al.
-    2020) and α_eff. `dtype=torch.float64` trains and predicts in double precision.
+    `probe_every` steps (default steps/10) to measure how far it moved: its relative change
+    ‖Θ_n − Θ_0‖/‖Θ_0‖, the kernel distance (Fort et al. 2020) and the mean field's α_eff (T7).
+    `dtype=torch.float64` trains and predicts in double precision.
 
     Verdict (`passed`, the dynamics, T5/T7/T10): the mean field's and the whole output
     vector's end deviations from the ODE prediction are ≤ `deviation_tolerance`, the
-    discrete map is stable (T10) and training did not diverge. Kernel drift or an α_eff
-    change above `drift_tolerance` (outside the lazy regime, T4) explain a failure; on a run
-    that passed they are notes. `background` reports Ω_φ against `vacuum_tolerance` (T6)
-    separately. A diverging run is a result (`passed=False`, `diverged_at`), not an error.
+    discrete map is stable (T10) and training did not diverge. A failure names its causes,
+    largest first (`report.causes`): the kernel's relative change above `drift_tolerance`
+    (outside the lazy regime, T4), steps near the edge of stability (T10), the continuum
+    limit (the ODE misses where the exact map holds, T2); on a run that passed a cause is a
+    note. `background` reports Ω_φ against `vacuum_tolerance` (T6) separately. A diverging
+    run is a result (`passed=False`, `diverged_at`), not an error.
     `verify_ntk=True` asks `empirical_ntk` to check the first kernel against brute force.
 
     Example:
@@ -185,9 +191,9 @@ def _train(net: nn.Module, ell: PerSampleLoss, inputs: Tensor, targets: Tensor |
            f0: Tensor, dual: FLRWDual, k0: Tensor, kernel_of: KernelFn, steps: int,
            probe_every: int, bar: Callable[..., None]) -> _Run:
     """Full-batch momentum SGD on the copy; outputs every step, the kernel at every probe."""
-    c, n = dual.cosmology, dual.num_samples
+    c, n, outputs = dual.cosmology, dual.num_samples, dual.num_outputs
     opt = torch.optim.SGD(net.parameters(), lr=c.lr, momentum=c.momentum)
-    run = _Run([f0], [0], [0.0], [dual.alpha_eff])
+    run = _Run([f0], [0], [0.0], [0.0], [dual.alpha_eff])
     for step in range(1, steps + 1):
         opt.zero_grad()
         ell.training_loss(net(inputs), targets).backward()
@@ -200,9 +206,11 @@ def _train(net: nn.Module, ell: PerSampleLoss, inputs: Tensor, targets: Tensor |
         run.outputs.append(out)
         if step % probe_every == 0 or step == steps:
             kn = flat_kernel(kernel_of(net, inputs, False).detach())
+            lam, vec = torch.linalg.eigh(0.5 * (kn + kn.T))
             run.probe_steps.append(step)
-            run.drift.append(_kernel_distance(k0, kn))
-            run.alphas.append(float(torch.linalg.eigvalsh(0.5 * (kn + kn.T))[-1]) / n)
+            run.drift.append(float(kernel_distance(k0, kn)))
+            run.changes.append(float(kernel_change(k0, kn)))
+            run.alphas.append(alpha_eff(lam, vec, n, outputs))
         bar(1)
     bar(0, close=True)
     return run
@@ -237,13 +245,13 @@ def _report(dual: FLRWDual, run: _Run, steps: int, integrator: str,
     omega = vacuum_domination_along(dual, actual)
     background = Background(float(omega[0]), float(np.nanmax(omega)), tol.vacuum,
                             float(dual.max_learning_rate(tolerance=tol.vacuum)))
-    drift, alphas = np.array(run.drift), np.array(run.alphas)
+    drift, changes = np.array(run.drift), np.array(run.changes)
     failed = failures(dual, found, run.diverged_at, tol.deviation)
-    causes = diagnostics(drift, alphas, tol.drift)
+    why = causes(dual, found, changes, tol.deviation, tol.drift, bool(failed))
     if failed:
-        reasons = failed + [f"likely cause: {d}" for d in causes]
+        reasons = failed + [f"likely cause: {c.text}" for c in why]
     else:
-        reasons, notes = [], [f"{d}, yet the prediction held" for d in causes] + notes
+        reasons, notes = [], [f"{c.text}, yet the prediction held" for c in why] + notes
     if dual.mean_field_mode() is None:
         notes.append(
             f"no kernel mode is aligned with the uniform direction (best overlap "
@@ -251,14 +259,8 @@ def _report(dual: FLRWDual, run: _Run, steps: int, integrator: str,
             "field is not a mode (T7)"
         )
     return DualityReport(dual, steps, actual_np, continuum, discrete, np.array(run.probe_steps),
-                         drift, alphas, omega, found, background, not failed, reasons,
-                         notes, run.diverged_at)
-
-
-def _kernel_distance(k0: Tensor, k1: Tensor) -> float:
-    from cosmo_optim.spectrum import kernel_distance
-
-    return float(kernel_distance(k0, k1))
+                         drift, np.array(run.alphas), omega, found, background, not failed,
+                         reasons, notes, run.diverged_at, changes, why)
 
 
 def _progress(total: int, enabled: bool) -> Callable[..., None]:

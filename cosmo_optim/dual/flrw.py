@@ -2,8 +2,9 @@
 
 A probe set of N inputs, the model's outputs f there (C per input), the kernel's eigenpairs
 (λ_k, u_k), a per-sample loss ℓ and the optimiser's (η, β) define a scalar field in de Sitter
-space: the mean field φ̄ rolls in V(φ) = α_eff ℓ̄(φ) + Λ with α_eff = λ_1/N (T5, T7), and every
-other kernel mode is a perturbation of mass m_k² = (λ_k/N) ℓ'' (T8). `FLRWDual` is a frozen
+space: the mean field φ̄ rolls in V(φ) = α_eff ℓ̄(φ) + Λ with α_eff = λ_mf/N, the eigenvalue of
+the mode that carries the mean field over N (T5, T7), and every other kernel mode is a
+perturbation of mass m_k² = (λ_k/N) ℓ'' (T8). `FLRWDual` is a frozen
 value object holding that state and deriving every cosmological number from it, through
 the plain functions of :mod:`.background` (T3–T6, T9) and :mod:`.modes` (T7, T8, T10).
 
@@ -15,7 +16,8 @@ For a model with C outputs the kernel is the full output-space kernel, indexed b
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -106,6 +108,22 @@ def _kernel_modes(kernel: Tensor, outputs: Tensor, k: int | None) -> tuple[Tenso
     return lam, vec, entry
 
 
+def _settle(dual: FLRWDual) -> None:
+    """A new state checked and normalised: the loss per sample, the optimiser as a Cosmology,
+    tensors detached in the eigenvectors' dtype, zero velocity at rest, the mean entry known."""
+    lam, vec, f = dual.eigenvalues, dual.eigenvectors, dual.outputs
+    set_ = object.__setattr__
+    set_(dual, "loss", per_sample_loss(dual.loss))
+    set_(dual, "cosmology", as_cosmology(dual.cosmology))
+    _check_state(lam, vec, f, dual.velocity)
+    v = torch.zeros_like(f) if dual.velocity is None else dual.velocity
+    for name, value in (("outputs", f), ("eigenvalues", lam), ("velocity", v)):
+        set_(dual, name, value.detach().to(vec.dtype))
+    set_(dual, "eigenvectors", vec.detach())
+    if math.isnan(dual.mean_kernel_entry):
+        set_(dual, "mean_kernel_entry", _kept_mean_entry(lam, vec, f))
+
+
 @dataclass(frozen=True, eq=False)
 class FLRWDual:
     """The FLRW universe dual to one training state (T3–T10), from `from_kernel`/`from_eigen`.
@@ -133,20 +151,9 @@ class FLRWDual:
     velocity: Tensor | None = None
     step: int = 0
     mean_kernel_entry: float = math.nan
-    _cache: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
-        lam, vec, f = self.eigenvalues, self.eigenvectors, self.outputs
-        set_ = object.__setattr__
-        set_(self, "loss", per_sample_loss(self.loss))
-        set_(self, "cosmology", as_cosmology(self.cosmology))
-        _check_state(lam, vec, f, self.velocity)
-        v = torch.zeros_like(f) if self.velocity is None else self.velocity
-        for name, value in (("outputs", f), ("eigenvalues", lam), ("velocity", v)):
-            set_(self, name, value.detach().to(vec.dtype))
-        set_(self, "eigenvectors", vec.detach())
-        if math.isnan(self.mean_kernel_entry):
-            set_(self, "mean_kernel_entry", _kept_mean_entry(lam, vec, f))
+        _settle(self)
 
     # ----- constructors -------------------------------------------------------------------
     @classmethod
@@ -207,10 +214,20 @@ class FLRWDual:
         """e-folds so far, N_e = n (1 − β)/3 (T9)."""
         return self.cosmology.efolds(self.step)
 
-    @property
+    @cached_property
     def alpha_eff(self) -> float:
-        """α_eff = λ_1/N, the mean field's coupling (T7, paper Eq. 23)."""
-        return float(self.eigenvalues[0]) / self.num_samples
+        """α_eff = λ_mf/N, the mean field's coupling: the eigenvalue of the mode that carries
+        the mean field (the best-aligned with the uniform direction, T7) over N, in NTK units.
+        For C outputs, tr A / C of `mean_field_coupling`: the C mean-field modes' mean λ / N."""
+        return modes.alpha_eff(self.eigenvalues, self.eigenvectors, self.num_samples,
+                               self.num_outputs)
+
+    @cached_property
+    def mean_field_coupling(self) -> Tensor:
+        """A (C, C), the mean field's coupling in φ̄̈ + 3Hφ̄̇ + A ℓ̄'(φ̄) = 0 (T7): the
+        `mean_field_modes`' eigenvalues over N on their uniform directions; λ_mf/N for C = 1."""
+        return modes.mean_field_coupling(self.eigenvalues, self.eigenvectors, self.num_samples,
+                                         self.num_outputs)
 
     # ----- the mean field and its potential (T5, T6, T7, T9) -----------------------------
     @property
@@ -249,25 +266,22 @@ class FLRWDual:
                                      self.outputs.dtype)
         return phi.numpy(), self.potential(phi).numpy()
 
+    @cached_property
     def _background(self) -> tuple[Tensor, Tensor, Tensor]:
         """ℓ̄, ℓ̄', ℓ̄'' at φ̄ (shapes (), (C,), (C, C))."""
-        if "background" not in self._cache:
-            self._cache["background"] = background.loss_at_mean_field(
-                self.loss, self.outputs, self.targets
-            )
-        return self._cache["background"]
+        return background.loss_at_mean_field(self.loss, self.outputs, self.targets)
 
     @property
     def vacuum_domination(self) -> float:
         """Ω_φ = (½ φ̄̇² + α_eff ℓ̄(φ̄))/Λ; the duality with gravity needs Ω_φ ≪ 1 (T6)."""
         speed_squared = float(self.mean_field_velocity.pow(2).sum())
-        loss_energy = self.alpha_eff * float(self._background()[0])
+        loss_energy = self.alpha_eff * float(self._background[0])
         return float(background.vacuum_domination(speed_squared, loss_energy, self.vacuum_energy))
 
     @property
     def slow_roll(self) -> tuple[float, float]:
         """(ε_V, η_V) = (½ |V'|²/V², V''/V) at φ̄ (T9); the largest curvature for C > 1."""
-        return background.slow_roll(self.alpha_eff, self.vacuum_energy, *self._background())
+        return background.slow_roll(self.alpha_eff, self.vacuum_energy, *self._background)
 
     def max_learning_rate(self, momentum: Any = None, tolerance: float = 0.1) -> Any:
         """η_max = tolerance·(1 − β)²/(3 α_eff ℓ̄(φ̄)): the lr keeping Ω_φ ≤ tolerance at rest (T6).
@@ -275,22 +289,20 @@ class FLRWDual:
         `momentum` defaults to the optimiser's β; an array gives the curve of paper Fig. 2.
         Infinite when the loss is zero at φ̄.
         """
-        return background.max_learning_rate(self.alpha_eff, lambda: float(self._background()[0]),
+        return background.max_learning_rate(self.alpha_eff, lambda: float(self._background[0]),
                                             momentum, self.cosmology.momentum, tolerance)
 
     # ----- the modes (T7, T8, T10; formulas in .modes) ------------------------------------
-    @property
+    @cached_property
     def mode_curvatures(self) -> Tensor:
         """κ_k = m_k² = (λ_k/N) u_kᵀ ℓ''(f) u_k, 1/time² (T8).
 
         ℓ''(f) is the block-diagonal per-sample Hessian at the current outputs; at a uniform
         state f = φ̄·1 this is exactly (λ_k/N) ℓ''(φ̄) of T8.
         """
-        if "curv" not in self._cache:
-            hess = loss_derivatives(self.loss, self.outputs, self.targets)[2]
-            assert hess is not None
-            self._cache["curv"] = modes.mode_curvatures(self.eigenvalues, self.eigenvectors, hess)
-        return self._cache["curv"]
+        hess = loss_derivatives(self.loss, self.outputs, self.targets)[2]
+        assert hess is not None
+        return modes.mode_curvatures(self.eigenvalues, self.eigenvectors, hess)
 
     @property
     def mode_masses(self) -> Tensor:
@@ -322,8 +334,10 @@ class FLRWDual:
 
         Tested in order, with the exact discrete thresholds for curvature κ = m²:
         "tachyonic" κ < 0 (grows); "unstable" η κ ≥ 2(1 + β); "oscillating"
-        η κ > (1 − sqrt β)² (shrinks by sqrt β per step); "frozen" when its relaxation time
-        (1 − β)/(η κ) steps exceeds `frozen_factor` × horizon; otherwise "overdamped".
+        η κ > (1 − sqrt β)² (its sign changes: it shrinks by exactly sqrt β per step up to
+        η κ = (1 + sqrt β)², more slowly beyond, flipping sign every step); "frozen" when its
+        relaxation time (1 − β)/(η κ) steps exceeds `frozen_factor` × horizon; otherwise
+        "overdamped".
         """
         return modes.mode_classes(self.mode_curvatures, self.cosmology, horizon, frozen_factor)
 
@@ -341,6 +355,12 @@ class FLRWDual:
         """The best-aligned mode if its uniform overlap exceeds `threshold`, else None (T7)."""
         return modes.mean_field_mode(self.uniform_overlaps, threshold)
 
+    @property
+    def mean_field_modes(self) -> list[int]:
+        """The modes that carry the mean field, in spectral order: the C best-aligned with the
+        uniform directions (one for one output) (T7); `alpha_eff` is read from them."""
+        return modes.mean_field_modes(self.uniform_overlaps, self.num_outputs)
+
     def summary(self) -> dict[str, Any]:
         """The scalar read-out as plain Python numbers."""
         eps, eta = self.slow_roll
@@ -349,7 +369,8 @@ class FLRWDual:
             "step": self.step, "lr": self.cosmology.lr, "momentum": self.cosmology.momentum,
             "hubble_rate": self.hubble_rate, "vacuum_energy": self.vacuum_energy,
             "hubble_time_steps": self.hubble_time_steps, "efolds": self.efolds,
-            "alpha_eff": self.alpha_eff, "mean_kernel_entry": self.mean_kernel_entry,
+            "alpha_eff": self.alpha_eff, "mean_field_modes": self.mean_field_modes,
+            "mean_kernel_entry": self.mean_kernel_entry,
             "mean_field": self.mean_field.tolist(), "vacuum_domination": self.vacuum_domination,
             "epsilon_V": eps, "eta_V": eta, "stability_margin": self.stability_margin,
             "mean_field_mode": mf, "max_learning_rate": float(self.max_learning_rate()),

@@ -13,11 +13,15 @@ import torch
 from torch import Tensor
 
 from cosmo_optim.cosmology import Cosmology
+from cosmo_optim.spectrum import uniform_projections
 
 __all__ = [
     "MEAN_FIELD_OVERLAP",
     "MODE_CLASSES",
+    "alpha_eff",
+    "mean_field_coupling",
     "mean_field_mode",
+    "mean_field_modes",
     "mode_classes",
     "mode_curvatures",
     "mode_masses",
@@ -90,3 +94,37 @@ def mean_field_mode(overlaps: Tensor, threshold: float = MEAN_FIELD_OVERLAP) -> 
     else None (T7)."""
     best = int(torch.argmax(overlaps))
     return best if float(overlaps[best]) > threshold else None
+
+
+def mean_field_modes(overlaps: Tensor, num_outputs: int) -> list[int]:
+    """The modes that carry the mean field φ̄ ∈ R^C: the C modes with the largest uniform
+    overlap (all kept modes if fewer), in the order of the spectrum (T7). One output: the
+    best-aligned mode. C outputs span C uniform directions, so C modes carry them (for a
+    classifier, the C nearly degenerate modes of Θ ≈ K ⊗ I_C)."""
+    count = min(num_outputs, overlaps.numel())
+    return sorted(torch.argsort(overlaps, descending=True, stable=True)[:count].tolist())
+
+
+def mean_field_coupling(eigenvalues: Tensor, eigenvectors: Tensor, num_samples: int,
+                        num_outputs: int) -> Tensor:
+    """A = (1/N) Σ_k λ_k ŵ_k ŵ_kᵀ (C, C) over the `mean_field_modes`, with ŵ_k the unit
+    direction of mode k's projection on the C uniform directions (T7).
+
+    The mean field obeys φ̄̈ + 3Hφ̄̇ + A ℓ̄'(φ̄) = 0 while those modes are uniform; for one
+    output A = λ_mf/N, the mean-field mode's eigenvalue over N, and α_eff = tr A / C. Units of
+    the NTK, like λ.
+    """
+    n, c = num_samples, num_outputs
+    projections = uniform_projections(eigenvectors, n)  # (C, k): w_k
+    chosen = mean_field_modes(projections.norm(dim=0), c)
+    w = projections[:, chosen]
+    w_hat = w / w.norm(dim=0).clamp(min=torch.finfo(w.dtype).tiny)
+    return (w_hat * eigenvalues[chosen].to(w.dtype)) @ w_hat.T / n
+
+
+def alpha_eff(eigenvalues: Tensor, eigenvectors: Tensor, num_samples: int,
+              num_outputs: int) -> float:
+    """α_eff = tr A / C of `mean_field_coupling`: the mean-field mode's eigenvalue over N for
+    one output, the C mean-field modes' mean eigenvalue over N for C (T7), in NTK units."""
+    coupling = mean_field_coupling(eigenvalues, eigenvectors, num_samples, num_outputs)
+    return float(coupling.diagonal().mean())

@@ -29,18 +29,11 @@ from typing import Any, Final
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from cosmo_optim._common import preserved
 from cosmo_optim.dual.flrw import FLRWDual
 
-__all__ = [
-    "INTEGRATORS",
-    "Prediction",
-    "output_velocity",
-    "predict_mean_field",
-    "predict_trajectory",
-]
+__all__ = ["INTEGRATORS", "Prediction", "predict_mean_field", "predict_trajectory"]
 
 Rhs = Callable[[float, np.ndarray], np.ndarray]
 
@@ -208,16 +201,19 @@ def predict_mean_field(
     dual: FLRWDual,
     steps: int,
     *,
-    alpha: str | float = "top",
+    alpha: str | float = "mode",
     method: str = "continuum",
     integrator: str = "dop853",
     velocity: str = "backward",
     **options: Any,
 ) -> Prediction:
-    """Predict the homogeneous field φ̄ from φ̄̈ + 3Hφ̄̇ + α ℓ̄'(φ̄) = 0 (T5, T7 Eq. 23, T10).
+    """Predict the homogeneous field φ̄ from φ̄̈ + 3Hφ̄̇ + A ℓ̄'(φ̄) = 0 (T5, T7, T10).
 
-    `alpha` is "top" (α_eff = λ_1/N), "mean_entry" (the mean kernel entry, paper App. B,
-    finding F6) or a number. ℓ̄ is the loss averaged over the targets at uniform outputs φ̄.
+    `alpha` sets the coupling A: "mode" (the default: the mean-field modes' eigenvalues over
+    N, `FLRWDual.mean_field_coupling`, α_eff for one output), "top" (λ_1/N, the paper's Eq. 23,
+    right only when the top mode is the uniform one), "mean_entry" (the mean kernel entry,
+    paper App. B, finding F6) or a number. ℓ̄ is the loss averaged over the targets at
+    uniform outputs φ̄.
 
     Example:
         >>> from cosmo_optim import Cosmology, PolynomialPotentialLoss
@@ -227,20 +223,13 @@ def predict_mean_field(
         [0.0, 0.02]
     """
     _check(dual, steps, method, integrator, velocity)
-    if alpha == "top":
-        a_val = dual.alpha_eff
-    elif alpha == "mean_entry":
-        a_val = dual.mean_kernel_entry
-    elif isinstance(alpha, int | float) and not isinstance(alpha, bool):
-        a_val = float(alpha)
-    else:
-        raise ValueError(f'Invalid alpha {alpha!r}. Must be "top", "mean_entry" or a number.')
+    coupling = _coupling(dual, alpha)
 
     def force(phi: Tensor) -> Tensor:
         with torch.enable_grad():
             p = phi.detach().reshape(1, -1).to(dual.outputs.dtype).requires_grad_(True)
             (g,) = torch.autograd.grad(dual.mean_loss(p).sum(), p)
-        return -a_val * g.reshape(-1).to(phi.dtype)
+        return -(coupling @ g.reshape(-1)).to(phi.dtype)
 
     phi = _evolve(force, dual.mean_field, dual.mean_field_velocity, dual, int(steps), method,
                   integrator, velocity, options)
@@ -248,57 +237,17 @@ def predict_mean_field(
                       np.arange(steps + 1) * dual.cosmology.time_step, phi.numpy())
 
 
-def output_velocity(model: nn.Module, inputs: Tensor, optimizer: torch.optim.Optimizer) -> Tensor:
-    """ḟ = J θ̇ with θ̇ = −η b/Δt from the momentum buffers b (T1, T2): a Jacobian-vector product.
-
-    After torch's step θ_{n+1} = θ_n − η b_n (T1), the last displacement is −η b_n, so this is
-    the backward difference (f_{n+1} − f_n)/Δt of the linearised outputs, in continuum units
-    (Δt = sqrt(η) of group 0). Parameters without a buffer (before the first step) move at 0.
-    The model's buffers and the random states are left as they were.
-
-    Example:
-        >>> model = torch.nn.Linear(2, 1)
-        >>> opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-        >>> output_velocity(model, torch.ones(3, 2), opt).abs().max().item()
-        0.0
-    """
-    from torch.func import functional_call, jvp
-
-    dt = float(optimizer.param_groups[0]["lr"]) ** 0.5
-    tangent_of: dict[int, Tensor] = {}
-    for group in optimizer.param_groups:
-        for p in group["params"]:
-            buf = optimizer.state.get(p, {}).get("momentum_buffer")
-            if buf is not None:
-                tangent_of[id(p)] = -float(group["lr"]) * buf / dt
-    names = [name for name, _ in model.named_parameters()]
-    params = tuple(p.detach() for _, p in model.named_parameters())
-    tangents = tuple(tangent_of.get(id(p), torch.zeros_like(p)) for p in model.parameters())
-
-    def f(*ps: Tensor) -> Tensor:
-        return functional_call(model, dict(zip(names, ps, strict=True)), (inputs,))
-
-    device = params[0].device if params else inputs.device
-    with preserved(model, device):  # BatchNorm statistics, dropout draws: left as they were
-        try:
-            velocity = jvp(f, params, tangents)[1]
-        except NotImplementedError:  # an op without forward AD (e.g. spectral norm's power
-            velocity = _jvp_by_double_backward(f, params, tangents)  # iteration in train mode)
-    return velocity.detach()
-
-
-def _jvp_by_double_backward(f: Callable[..., Tensor], params: tuple[Tensor, ...],
-                            tangents: tuple[Tensor, ...]) -> Tensor:
-    """J v as the gradient in u of (Jᵀu)·v: two reverse passes, for ops without forward AD."""
-    with torch.enable_grad():
-        leaves = tuple(p.detach().requires_grad_(True) for p in params)
-        out = f(*leaves)
-        u = torch.zeros_like(out, requires_grad=True)
-        pulled = torch.autograd.grad(out, leaves, grad_outputs=u, create_graph=True,
-                                     allow_unused=True)
-        pairs = [(g, v) for g, v in zip(pulled, tangents, strict=True) if g is not None]
-        if not pairs:
-            return torch.zeros_like(out)
-        (jv,) = torch.autograd.grad([g for g, _ in pairs], u,
-                                    grad_outputs=[v for _, v in pairs], allow_unused=True)
-    return torch.zeros_like(out) if jv is None else jv
+def _coupling(dual: FLRWDual, alpha: str | float) -> Tensor:
+    """The (C, C) coupling A of the homogeneous equation for `predict_mean_field`'s `alpha`."""
+    eye = torch.eye(dual.num_outputs, dtype=dual.outputs.dtype)
+    if alpha == "mode":
+        return dual.mean_field_coupling.to(dual.outputs.dtype)
+    if alpha == "top":
+        return eye * float(dual.eigenvalues[0]) / dual.num_samples
+    if alpha == "mean_entry":
+        return eye * dual.mean_kernel_entry
+    if isinstance(alpha, int | float) and not isinstance(alpha, bool):
+        return eye * float(alpha)
+    raise ValueError(
+        f'Invalid alpha {alpha!r}. Must be "mode", "top", "mean_entry" or a number.'
+    )

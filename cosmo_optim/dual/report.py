@@ -14,6 +14,7 @@ import torch
 
 from cosmo_optim.cosmology import Cosmology
 from cosmo_optim.dual import figures
+from cosmo_optim.dual.causes import Cause
 from cosmo_optim.dual.flrw import FLRWDual
 from cosmo_optim.dual.predict import Prediction
 
@@ -62,9 +63,12 @@ class DualityReport:
     """What `check_duality` measured: actual vs predicted trajectories and two verdicts.
 
     `passed` answers *does the network follow its dual's field equation?* (the dynamics, T5,
-    T7, T10): every reason in `reasons` is a failure of the dynamics, followed by the
-    diagnostics that explain it; `notes` carry diagnostics of a run that passed. `background`
-    answers *is the background self-consistently de Sitter?* (Ω_φ, T6), separately.
+    T7, T10): every reason in `reasons` is a failure of the dynamics, followed by its likely
+    causes (`causes`, `cosmo_optim.dual.causes.Cause`s ranked by measured size); `notes`
+    carry the causes measured on a run that passed. `background` answers *is the background
+    self-consistently de Sitter?* (Ω_φ, T6), separately. Along the run, at `probe_steps`:
+    `kernel_change` ‖Θ_n − Θ_0‖/‖Θ_0‖, `ntk_drift` the kernel distance (1 − cosine) and
+    `alpha_eff` the mean field's coupling (T4, T7).
 
     Deviations are relative to the actual change of the mean field, |φ̄_T − φ̄_0| (paper
     Fig. 3, 5): `mean_field_end` = |φ̄_pred(T) − φ̄(T)|/|φ̄_T − φ̄_0|, `mean_field_max` the same
@@ -90,6 +94,8 @@ class DualityReport:
     reasons: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     diverged_at: int | None = None
+    kernel_change: np.ndarray = field(default_factory=lambda: np.zeros(1))
+    causes: tuple[Cause, ...] = ()
 
     @property
     def cosmology(self) -> Cosmology:
@@ -120,6 +126,8 @@ class DualityReport:
             "steps": self.steps, "initial": d.summary(),
             "efolds": self.cosmology.efolds(self.steps),
             "ntk_drift_max": float(self.ntk_drift.max()),
+            "kernel_change_max": float(self.kernel_change.max()),
+            "causes": [{"name": c.name, "size": c.size, "limit": c.limit} for c in self.causes],
             "alpha_eff_start_end": [float(self.alpha_eff[0]), float(self.alpha_eff[-1])],
             "vacuum_domination_max": float(np.nanmax(self.vacuum_domination)),
             "eigenvalues": d.eigenvalues.tolist(), "uniform_overlaps": d.uniform_overlaps.tolist(),
@@ -132,7 +140,7 @@ class DualityReport:
         """A short human-readable report (Markdown): the dynamics headline, then the background."""
         d, c, dev = self.dual, self.cosmology, self.deviations
         eps, eta_v = d.slow_roll
-        mf = d.mean_field_mode()
+        mf_modes = "none" if d.mean_field_mode() is None else _modes(d.mean_field_modes)
         bg = self.background
         lines = [
             f"## FLRW duality check: {'holds' if self.passed else 'does not hold'}",
@@ -148,12 +156,14 @@ class DualityReport:
             f"| Hubble time (steps), e-folds trained | {c.hubble_time_steps:.4g}, "
             f"{c.efolds(self.steps_trained):.4g} |",
             f"| N probe inputs × C outputs | {d.num_samples} × {d.num_outputs} |",
-            f"| α_eff = λ₁/N, mean kernel entry | {d.alpha_eff:.4g}, {d.mean_kernel_entry:.4g} |",
-            f"| mean-field mode (overlap) | {mf if mf is not None else 'none'} "
+            f"| α_eff = λ_mf/N, mean kernel entry | {d.alpha_eff:.4g}, "
+            f"{d.mean_kernel_entry:.4g} |",
+            f"| mean-field mode(s) (overlap) | {mf_modes} "
             f"({float(d.uniform_overlaps.max()):.3f}) |",
             f"| Ω_φ at start, max (background) | {bg.omega_start:.3g}, {bg.omega_max:.3g} |",
             f"| slow roll ε_V, η_V | {eps:.3g}, {eta_v:.3g} |",
             f"| stability margin ηκ/2(1+β) | {d.stability_margin:.3g} |",
+            f"| kernel change, max ‖Θ_n − Θ_0‖/‖Θ_0‖ | {float(self.kernel_change.max()):.3g} |",
             f"| NTK drift (max kernel distance) | {float(self.ntk_drift.max()):.3g} |",
             f"| α_eff start → end | {self.alpha_eff[0]:.4g} → {self.alpha_eff[-1]:.4g} |",
             f"| mean field: end, max deviation (ODE) | {dev.get('mean_field_end', math.nan):.3g}, "
@@ -188,3 +198,10 @@ class DualityReport:
         figs["modes"] = figures.modes_figure(d, steps, self.actual_modes, pred_modes, modes)
         figs["spectrum"] = figures.spectrum_figure(d, self.probe_steps, self.ntk_drift)
         return figs
+
+
+def _modes(indices: list[int]) -> str:
+    """Mode numbers as the table prints them: '1', '0–9' for a run, else '0, 2, 5'."""
+    if len(indices) > 2 and indices == list(range(indices[0], indices[-1] + 1)):
+        return f"{indices[0]}–{indices[-1]}"
+    return ", ".join(map(str, indices))

@@ -1,7 +1,8 @@
 """What a trained run says about its dual (docs/theory.md T4–T10): the deviations of the
 predictions from the trained outputs, Ω_φ along the run, and the reasons behind the two
-verdicts of `check_duality` — failures of the dynamics, and the diagnostics (the lazy regime,
-T4) that explain them but are never failures of their own.
+verdicts of `check_duality` — the failures of the dynamics, and the measured causes that
+explain them (the kernel's move out of the lazy limit, the edge of stability, the continuum
+limit), ranked by size; a cause on a run that held is a note, never a failure of its own.
 """
 
 from __future__ import annotations
@@ -13,10 +14,18 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from cosmo_optim.dual.causes import (
+    Cause,
+    beyond_edge,
+    continuum_error,
+    diverged,
+    kernel_moved,
+    ranked,
+)
 from cosmo_optim.dual.flrw import FLRWDual
 from cosmo_optim.dual.predict import Prediction
 
-__all__ = ["deviations", "diagnostics", "failures", "vacuum_domination_along"]
+__all__ = ["causes", "deviations", "failures", "vacuum_domination_along"]
 
 
 def deviations(dual: FLRWDual, actual: np.ndarray, continuum: Prediction,
@@ -61,17 +70,13 @@ def vacuum_domination_along(dual: FLRWDual, actual: Tensor) -> np.ndarray:
 
 def failures(dual: FLRWDual, dev: dict[str, Any], diverged_at: int | None,
              tol: float) -> list[str]:
-    """Why the network does not follow its dual's field equation; empty when it does."""
-    out = []
-    if diverged_at is not None:
-        out.append(f"training diverged: NaN or inf outputs at step {diverged_at} (stability "
-                   f"margin {dual.stability_margin:.3g}; ≥ 1 is unstable by T10)")
+    """What failed: divergence and the measured misses of the prediction; empty when the
+    network followed its dual's field equation (the causes behind them are `causes`')."""
+    out = [] if diverged_at is None else [diverged(diverged_at, dual.stability_margin).text]
     if dual.stability_margin >= 1:
-        out.append(f"stability margin {dual.stability_margin:.3g} ≥ 1: η κ ≥ 2(1 + β), "
-                   "the discrete map is unstable (T10)")
+        out.append(beyond_edge(dual.stability_margin, dual.cosmology.lr).text)
     if not dev["mean_field_change"] > 0:
-        out.append("the mean field did not move: relative deviations are undefined")
-        return out
+        return out or ["the mean field did not move: relative deviations are undefined"]
     for key, what in (("mean_field_end", "mean field"), ("outputs_end", "output vector")):
         value = dev[key]
         if not math.isfinite(value):
@@ -82,15 +87,19 @@ def failures(dual: FLRWDual, dev: dict[str, Any], diverged_at: int | None,
     return out
 
 
-def diagnostics(drift: np.ndarray, alphas: np.ndarray, tol: float) -> list[str]:
-    """How far the run left the lazy regime (T4): explains a failure, never one itself."""
-    out = []
-    if drift.max() > tol:
-        out.append(f"NTK drifted {drift.max():.0%} (kernel distance > {tol:g}): "
-                   "outside the lazy regime (T4)")
-    # The kernel distance ignores the kernel's scale (always 0 for N = 1): check α_eff too.
-    alpha_change = float(np.abs(alphas / alphas[0] - 1).max())
-    if alpha_change > tol:
-        out.append(f"α_eff changed by {alpha_change:.0%} (> {tol:.0%}): "
-                   "outside the lazy regime (T4)")
-    return out
+def causes(dual: FLRWDual, dev: dict[str, Any], kernel_changes: np.ndarray, tol: float,
+           kernel_tol: float, failed: bool) -> tuple[Cause, ...]:
+    """Why the run left (or could leave) its dual, largest first (`cosmo_optim.dual.causes`):
+    steps beyond the edge of stability (T10), the kernel's move out of the lazy limit (T4),
+    and the continuum limit (the ODE misses where the exact map holds, T2). A failed run
+    always names the largest measured one."""
+    c = dual.cosmology
+    found: list[Cause | None] = [
+        beyond_edge(dual.stability_margin, c.lr) if dual.stability_margin < 1 else None,
+        kernel_moved(float(kernel_changes.max()), "over the run", kernel_tol),
+    ]
+    ode, discrete = dev.get("outputs_end", math.nan), dev.get("outputs_end_discrete", math.nan)
+    if math.isfinite(ode) and math.isfinite(discrete) and ode > discrete + tol:
+        step_size = 2.0 * (1.0 + c.momentum) * dual.stability_margin  # η κ_max
+        found.append(continuum_error(ode, discrete, step_size))
+    return ranked(found, keep_largest=failed)

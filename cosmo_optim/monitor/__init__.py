@@ -2,16 +2,19 @@
 
 A framework-free engine. Every `every_n_steps` optimiser steps `CosmologyTracker` takes a
 *reading*: it evaluates the model on the *probe batch* (fixed samples), computes the empirical
-NTK there (T4), its top modes (T7), the `FLRWDual` read-out (H, Λ, Ω_φ, slow roll, mode
-masses; T3, T6, T8, T9), the mode amplitudes, the kernel drift since the first reading, and
-the residual of the exact discrete NTK prediction (T10); the history holds one `Reading` per
-reading. The Lightning and Hugging Face callbacks in `cosmo_optim.callbacks` are thin
-adaptors over `MonitorConfig` + `CosmologyTracker`; a plain loop uses `attach(optimizer)`.
+NTK there (T4), all its modes (T7, the `top_k` logged), the `FLRWDual` read-out (H, Λ, Ω_φ,
+slow roll, mode masses; T3, T6, T8, T9), the mode amplitudes, how far the kernel moved, and the
+residual of the outputs against their linearisation through the previous reading's frozen
+kernel (the duality test, T12) beside the dual's full-batch forecast (T10); the history holds
+one `Reading` per reading. The Lightning and Hugging Face callbacks in `cosmo_optim.callbacks`
+are thin adaptors over `MonitorConfig` + `CosmologyTracker`; a plain loop uses
+`attach(optimizer)`.
 
 One file per job (see docs/architecture.md): `config` (options, validated once), `tags` (the
 logged names), `records` (typed records: `Reading`, the first and latest reading), `batches`
 (probe batches as users have them), `indexed` (a collator's dict of model inputs, probed by
-index), `reading` (the arithmetic of one reading, pure), `checks` (top_k and a reading's cost
+index), `reading` (one reading of the model), `readout` (its arithmetic, pure), `verdict`
+(does it follow its dual, and why not), `checks` (top_k and a reading's cost
 against the run), `universe` (what the optimiser says: dual, e-folds, warnings), `state` (what
 a run carries from one reading to the next), `tracker` (scheduling), `sinks` (writers,
 callables, TensorBoard extras), `dashboard` (layout, descriptions, verdicts), `figures`,

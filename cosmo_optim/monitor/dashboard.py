@@ -3,8 +3,8 @@
 `custom_scalar_layout` puts quantities of one scale on one chart (Ω_φ apart from the slow-roll
 parameters; H and Λ, the e-folds and the residuals on their own); `describe_scalars` gives
 every monitor tag a description with its units (TensorBoard's summary metadata, shown beside
-the chart); `verdicts` says in words what the latest probe's Ω_φ, relative residual and
-stability margin mean. Only a writer's duck-typed methods are used.
+the chart); `verdicts` says in words whether the latest reading follows its dual and why
+(`cosmo_optim.monitor.verdict`). Only a writer's duck-typed methods are used.
 """
 
 from __future__ import annotations
@@ -12,6 +12,9 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from typing import Any
+
+from cosmo_optim.dual.causes import RESIDUAL_TOLERANCE
+from cosmo_optim.monitor.verdict import base_tag, named, verdict_of
 
 __all__ = ["DESCRIPTIONS", "custom_scalar_layout", "describe_scalars", "description",
            "verdicts"]
@@ -22,7 +25,8 @@ DESCRIPTIONS: Mapping[str, str] = {
                              "t = n sqrt(η) (T3).",
     "cosmology/vacuum_energy": "Vacuum energy Λ = 3H², an energy density (units of V) (T3).",
     "cosmology/efolds": "e-folds N_e = Σ_n (1 − β_n)/3, dimensionless, every step (T9).",
-    "cosmology/alpha_eff": "α_eff = λ_1/N, the mean field's coupling, NTK units (T7).",
+    "cosmology/alpha_eff": "α_eff = λ_mf/N, the mean field's coupling: the eigenvalue of the "
+                           "mode(s) carrying the mean output over N, NTK units (T7).",
     "cosmology/field": "Mean field φ̄ = mean of the outputs, in output units (T7).",
     "cosmology/potential": "V(φ̄) = α_eff ℓ̄(φ̄) + Λ, an energy density (T5, T7).",
     "cosmology/omega_phi": "Ω_φ = ρ_φ/Λ, dimensionless: ≤ 0.1 vacuum dominated (the gravity "
@@ -34,31 +38,41 @@ DESCRIPTIONS: Mapping[str, str] = {
     "cosmology/nonfinite": "Probes skipped so far for NaN/inf outputs or NTK (a count).",
     "ntk/lambda_1": "λ_1, top eigenvalue of the probe NTK, (output/parameter)² units (T4, T7).",
     "ntk/ratio_{k}": "λ_k/λ_1, dimensionless: the hierarchy λ_1 ≫ λ_2 ≫ … (T7, T8).",
-    "ntk/kernel_distance": "1 − cosine to the first probe's kernel, 0–1: 0 is the lazy "
-                           "(constant-NTK) limit (T4).",
+    "ntk/kernel_distance": "1 − cosine to the first reading's kernel, 0–1: 0 is the lazy "
+                           "(constant-NTK) limit; quadratic in the angle, blind to scale (T4).",
+    "ntk/kernel_change": "‖Θ − Θ_prev‖/‖Θ_prev‖ since the previous reading, dimensionless: "
+                         "≤ 0.05 the kernel stays frozen (lazy limit), more is feature "
+                         "learning (T4, T12).",
     "ntk/basis_rotation": "1 − ‖U_0ᵀU‖²/k, 0–1: how far the top-k eigenspace turned (T7).",
-    "ntk/mean_field_overlap": "Best |u_k·1|/sqrt(N), 0–1: 1 is a perfectly uniform mode (T7).",
+    "ntk/mean_field_overlap": "Best |u_k·1|/sqrt(N) over all modes, 0–1: 1 is a perfectly "
+                              "uniform mode (T7).",
     "ntk/sketch_dim": "Which kernel: 0 exact, else k of the sketch (a count) (T4).",
     "modes/amplitude_{k}": "f̃_k = u_kᵀ f in the current eigenbasis, output units (T7).",
     "modes/initial_amplitude_{k}": "f̃_k in the first probe's basis, output units (T7).",
     "modes/mass_over_hubble_{k}": "m_k/H, dimensionless: > 3/2 the mode oscillates (T8).",
-    "modes/active": "Top modes not frozen over one Hubble time (a count) (T8, T10).",
-    "duality/residual": "RMS gap between the discrete NTK map's prediction and training, "
-                        "output units (T10).",
+    "modes/active": "Modes of the probe kernel (of N·C) not frozen over one Hubble time (a "
+                    "count) (T8, T10).",
+    "duality/residual": "RMS gap between the outputs and their linearisation through the "
+                        "previous reading's frozen kernel, under the force training applied, "
+                        "output units (T12).",
     "duality/relative_residual": "That gap over how far the outputs moved, dimensionless: "
-                                 "≤ 0.1 the NTK map predicts training, ≥ 1 no better than "
-                                 "'nothing moves' (T10).",
+                                 "≤ 0.05 the network follows its dual (the lazy limit), ≥ 1 "
+                                 "no better than 'nothing moves' (T12).",
+    "duality/forecast_residual": "Relative miss of the previous reading's forecast, made as if "
+                                 "training were full-batch on the probe batch (all modes, "
+                                 "T10); large under mini-batches by design, not a test of "
+                                 "the dual.",
 }
-_TAIL = re.compile(r"((?:cosmology|ntk|modes|duality)/[a-z_0-9]+?)(_\d+)?$")
+_MODE_INDEX = re.compile(r"_\d+$")
 
 
 def description(tag: str) -> str | None:
     """The description of a monitor tag, with any prefix (``train/``), else None."""
-    match = _TAIL.search(tag)
-    if match is None:
+    base = base_tag(tag)
+    if base is None:
         return None
-    name, index = match.groups()  # ntk/lambda_1 is a name, modes/amplitude_1 a mode index
-    return DESCRIPTIONS.get(match.group(0)) or DESCRIPTIONS.get(name + "_{k}" if index else "")
+    # ntk/lambda_1 is a name of its own, modes/amplitude_1 the first of modes/amplitude_{k}
+    return DESCRIPTIONS.get(base) or DESCRIPTIONS.get(_MODE_INDEX.sub("_{k}", base))
 
 
 def custom_scalar_layout(prefix: str = "") -> dict[str, Any]:
@@ -74,8 +88,10 @@ def custom_scalar_layout(prefix: str = "") -> dict[str, Any]:
                 chart("cosmology/(hubble_rate|vacuum_energy)"),
             "e-folds N_e": chart("cosmology/efolds"),
             "duality residual (RMS, output units)": chart("duality/residual"),
-            "relative residual (≤ 0.1 good, ≥ 1 no better than no motion)":
+            "relative residual (≤ 0.05: follows its dual, ≥ 1: no better than no motion)":
                 chart("duality/relative_residual"),
+            "forecast miss (as if trained full-batch on the probe batch)":
+                chart("duality/forecast_residual"),
         },
         "cosmo-optim: background (T6, T9, T10)": {
             "vacuum domination Ω_φ (≤ 0.1: the gravity dual holds)":
@@ -85,7 +101,8 @@ def custom_scalar_layout(prefix: str = "") -> dict[str, Any]:
         },
         "cosmo-optim: NTK and modes (T4, T7, T8)": {
             "NTK hierarchy λ_k/λ_1": chart(r"ntk/ratio_\d+"),
-            "NTK drift": chart("ntk/(kernel_distance|basis_rotation)"),
+            "NTK change since the last reading (≤ 0.05: lazy)": chart("ntk/kernel_change"),
+            "NTK drift since the first reading": chart("ntk/(kernel_distance|basis_rotation)"),
             "mode amplitudes f̃ = Uᵀf": chart(r"modes/amplitude_\d+"),
             "mode amplitudes (basis at first probe)": chart(r"modes/initial_amplitude_\d+"),
             "mode masses m_k/H": chart(r"modes/mass_over_hubble_\d+"),
@@ -124,34 +141,31 @@ def describe_scalars(writer: Any) -> None:
     writer.add_scalar = add_scalar
 
 
-def _verdict(value: float | None, good: float, bad: float, texts: tuple[str, str, str]) -> str:
-    if value is None or value != value:  # absent or NaN
-        return "not measured at this probe"
-    return texts[0] if value <= good else texts[2] if value >= bad else texts[1]
-
-
-def verdicts(scalars: Mapping[str, float]) -> str:
-    """A Markdown card: a probe's Ω_φ, relative residual and stability margin (its scalars,
-    any prefix), each with what it means (T6, T10)."""
-    named = {m.group(0): v for k, v in scalars.items() if (m := _TAIL.search(k))}
-    omega, rel, margin = (named.get("cosmology/omega_phi"),
-                          named.get("duality/relative_residual"),
-                          named.get("cosmology/stability_margin"))
-    rows = [
-        ("`Ω_φ` (vacuum domination, T6)", omega, _verdict(omega, 0.1, 1.0, (
-            "good: vacuum dominated, the de Sitter (gravity) dual holds",
-            "marginal: the field's energy is a sizeable part of Λ; the gravity dual is rough",
-            "bad: the field's energy exceeds Λ; the gravity dual does not hold (lower the lr)"))),
-        ("relative residual (T10)", rel, _verdict(rel, 0.1, 1.0, (
-            "good: the discrete NTK map predicts training",
-            "fair: the NTK map explains part of the motion",
-            "bad: no better than predicting no motion; training left the NTK limit"))),
-        ("stability margin (T10)", margin, _verdict(margin, 0.5, 1.0, (
-            "good: every mode is well inside the edge of stability",
-            "close to the edge of stability",
-            "bad: the discrete map diverges on the stiffest mode (lower the lr)"))),
-    ]
-    lines = ["| quantity | value | verdict |", "|---|---|---|"]
-    lines += [f"| {name} | {'—' if v is None else f'{v:.4g}'} | {text} |"
-              for name, v, text in rows]
+def verdicts(scalars: Mapping[str, float], *, interval: int | None = None,
+             lr: float | None = None, max_lr: float | None = None) -> str:
+    """A Markdown card: whether the network follows its dual at this reading and why
+    (`verdict_of`, T12), then the numbers behind it with what each means (T6, T10, T12)."""
+    verdict = verdict_of(scalars, interval=interval, lr=lr, max_lr=max_lr)
+    s = named(scalars)
+    lines = [f"**The dual {verdict.headline}** (relative residual ≤ {RESIDUAL_TOLERANCE:g}, "
+             "T12)", ""]
+    lines += [f"- {line}" for line in verdict.lines()] + [""]
+    lines += ["| quantity | value | meaning |", "|---|---|---|"]
+    for tag, name, meaning in _CARD:
+        if tag in s:
+            lines.append(f"| {name} | {s[tag]:.4g} | {meaning} |")
     return "\n".join(lines)
+
+
+#: The card's rows: tag, name, what the value means.
+_CARD = (
+    ("duality/relative_residual", "relative residual (T12)",
+     "≤ 0.05: the outputs follow the frozen kernel; ≥ 1: no better than 'nothing moves'"),
+    ("ntk/kernel_change", "kernel change since the last reading (T4)",
+     "≤ 0.05: lazy (frozen kernel); more: feature learning"),
+    ("cosmology/stability_margin", "stability margin (T10)",
+     "< 1: every mode inside the edge of stability"),
+    ("cosmology/omega_phi", "Ω_φ (T6)", "≤ 0.1: vacuum dominated, a de Sitter background"),
+    ("duality/forecast_residual", "forecast residual (T10)",
+     "the forecast assumes full-batch training on the probe batch"),
+)

@@ -27,8 +27,9 @@ DPI, WIDTH_PX, HEIGHT_PX = 100, 1000, 600
 
 def figures(history: Sequence[Reading], dual: FLRWDual | None) -> dict[str, Figure]:
     """``figures/potential`` (V with the field's path; T5, T7; needs the latest `dual`),
-    ``figures/spectrum`` (λ_k/N at the first and last probe; T7) and ``figures/modes``
-    (amplitudes in the first probe's basis, actual vs predicted by the discrete NTK map; T10).
+    ``figures/spectrum`` (λ_k/N at the first and last reading; T7) and ``figures/modes``
+    (amplitudes in the first reading's basis: training, the previous reading's frozen-kernel
+    prediction (T12), and the forecasts that stay on the data's scale (T10)).
     Empty before the first probe."""
     history = list(history)
     if not history:
@@ -107,16 +108,40 @@ def _modes(history: list[Reading]) -> Figure:
     actual = torch.stack([r.initial_amplitudes for r in history])  # (P, k)
     for j in range(actual.shape[1]):
         ax.plot(steps, actual[:, j], "o-", ms=3, color=f"C{j}", label=f"f̃_{j + 1}")
-    predicted = [r.prediction for r in history if r.prediction is not None]
-    for prediction in predicted:
+    linear = [(r.step, r.linearised_amplitudes) for r in history
+              if r.linearised_amplitudes is not None]
+    for j in range(actual.shape[1] if linear else 0):
+        ax.plot([s for s, _ in linear], [float(a[j]) for _, a in linear], "x", ms=8,
+                mew=1.5, color=f"C{j}")
+    shown = [actual] + [a.reshape(1, -1) for _, a in linear]
+    lo, hi = float(torch.cat(shown).min()), float(torch.cat(shown).max())
+    span = max(hi - lo, 1e-12 * max(abs(lo), abs(hi), 1.0))
+    forecasts = [r.prediction for r in history if r.prediction is not None]
+    drawn = [p for p in forecasts if float(p.amplitudes.min()) >= lo - span
+             and float(p.amplitudes.max()) <= hi + span]  # off the data's scale: not drawn
+    for prediction in drawn:
         for j in range(prediction.amplitudes.shape[1]):
             ax.plot(prediction.steps, prediction.amplitudes[:, j], ":", color=f"C{j}")
+    ax.set_ylim(lo - 0.1 * span, hi + 0.1 * span)
     ax.set_xlabel("optimiser step")
-    ax.set_ylabel("amplitude (basis at first probe)")
-    if predicted:
-        ax.plot([], [], ":", color="gray", label="NTK prediction")
-        ax.set_title("Modes: training (solid) vs NTK prediction (dotted, T10)")
-    else:  # the prediction needs the dual: a loss and a heavy-ball optimiser
-        ax.set_title("Modes in the first probe's basis (no NTK prediction: needs a loss, SGD)")
+    ax.set_ylabel("amplitude (basis at first reading)")
+    if linear:
+        ax.plot([], [], "x", color="gray", label="frozen-kernel prediction (T12)")
+    if drawn:
+        ax.plot([], [], ":", color="gray", label="forecast, full batch on the probe batch (T10)")
+    ax.set_title(_modes_title(bool(linear), len(forecasts), len(drawn)), fontsize="medium")
     ax.legend(fontsize="small", ncol=2)
     return fig
+
+
+def _modes_title(linear: bool, forecasts: int, drawn: int) -> str:
+    """What the modes figure shows, and which predictions it leaves out and why."""
+    title = "Modes: training (lines)"
+    if linear:
+        title += " vs the previous reading's frozen kernel (×, T12)"
+    if forecasts > drawn:
+        title += (f"\n{forecasts - drawn} of {forecasts} forecasts leave this scale and are not "
+                  "drawn: they assume full-batch training on the probe batch (T10)")
+    elif not linear and not forecasts:
+        title += "; predictions need two readings"
+    return title

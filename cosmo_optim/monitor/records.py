@@ -41,10 +41,13 @@ class PredictedModes:
 
 @dataclass(frozen=True)
 class Reading:
-    """One probe: its step, logged scalars (prefixed tags), NTK eigenvalues λ_k (k,), mean
-    field φ̄ (C,), mode amplitudes in the first probe's basis (k,), the prediction to the
-    next probe (None without a dual or when the map diverges, T10), and which kernel they
-    came from (`sketch_dim`: k of the sketched kernel, 0 for the exact one)."""
+    """One reading: its step, logged scalars (prefixed tags), NTK eigenvalues λ_k (k,), mean
+    field φ̄ (C,), mode amplitudes in the first reading's basis (k,), the forecast to the next
+    reading (None without a dual or when the map diverges, T10), which kernel they came from
+    (`sketch_dim`: k of the sketched kernel, 0 for the exact one), and the amplitudes the
+    previous reading's frozen kernel predicts for this step under the force training applied
+    (`linearised_amplitudes`, the linearised outputs of T12 in the first reading's basis;
+    None at a first reading)."""
 
     step: int
     scalars: dict[str, float]
@@ -53,6 +56,7 @@ class Reading:
     initial_amplitudes: Tensor
     prediction: PredictedModes | None = None
     sketch_dim: int = 0
+    linearised_amplitudes: Tensor | None = None
 
     def __getitem__(self, key: str) -> Any:
         """``record["scalars"]``: the dict access of earlier versions."""
@@ -83,7 +87,8 @@ class Reading:
                                                "initial_amplitudes")}
         pred = record.get("prediction")
         return cls(**values, prediction=None if pred is None else PredictedModes(**pred),
-                   sketch_dim=int(record.get("sketch_dim", 0)))  # absent before sketches
+                   sketch_dim=int(record.get("sketch_dim", 0)),  # absent before sketches
+                   linearised_amplitudes=record.get("linearised_amplitudes"))
 
 
 @dataclass(frozen=True)
@@ -99,13 +104,16 @@ class Reference:
 
 @dataclass(frozen=True)
 class LastReading:
-    """The latest probe: eigenvectors (warm start of the next eigensolve), outputs f, and the
-    outputs it predicts at step ``prediction[0]`` (T10), if any."""
+    """The latest reading: its top eigenvectors (the next reading's signs follow them),
+    outputs f, the outputs it forecasts at step ``prediction[0]`` (T10), if any, and its
+    kernel (N·C, N·C), from which the next reading measures how far the kernel moved (T12;
+    None in states saved before it was kept)."""
 
     step: int
     eigenvectors: Tensor
     outputs: Tensor
     prediction: tuple[int, Tensor] | None = None
+    kernel: Tensor | None = None
 
 
 def as_state(value: Reference | LastReading | None) -> dict[str, Any] | None:

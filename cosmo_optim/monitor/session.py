@@ -62,8 +62,11 @@ class MonitorSession:
         return self.tracker
 
     def first_probe(self, global_step: int) -> dict[str, float] | None:
-        """The initial state's probe (step 0) when training starts from scratch, once."""
+        """The initial state's probe (step 0) when training starts from scratch, once; on a
+        resume, the weights of a reading the checkpoint was saved at (`resume_from`)."""
         tracker = self.running()
+        if global_step > 0:
+            tracker.resume_from(global_step)
         return tracker.step(0) if global_step == 0 and tracker.last_step < 0 else None
 
     # ----- job 1: one probe batch for every rank ---------------------------------------------

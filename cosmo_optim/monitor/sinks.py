@@ -101,8 +101,9 @@ class TensorBoardExtras:
     (once per writer), the probe's histograms and verdicts card (``cosmology/verdicts``, TEXT),
     and the figures every `log_figures_every_n_steps` steps and once more at the end."""
 
-    def __init__(self, prefix: str, figures_every: int | None) -> None:
-        self.prefix, self.figures_every = prefix, figures_every
+    def __init__(self, prefix: str, figures_every: int | None,
+                 interval: int | None = None) -> None:
+        self.prefix, self.figures_every, self.interval = prefix, figures_every, interval
         self.figures_step = -1  # the step figures were last drawn at
         self._layouts: set[int] = set()
 
@@ -128,8 +129,10 @@ class TensorBoardExtras:
             return  # a skipped (non-finite) probe has nothing to draw
         write_histograms(writer, history[-1], dual, self.prefix)
         if hasattr(writer, "add_text"):
-            writer.add_text(self.prefix + "cosmology/verdicts", verdicts(history[-1].scalars),
-                            step)
+            card = verdicts(history[-1].scalars, interval=self.interval,
+                            lr=None if dual is None else dual.cosmology.lr,
+                            max_lr=None if dual is None else float(dual.max_learning_rate()))
+            writer.add_text(self.prefix + "cosmology/verdicts", card, step)
         if self.figures_due(step):
             self.write_figures(writer, history, dual, step)
 

@@ -12,10 +12,11 @@ from collections import deque
 from collections.abc import Mapping
 from typing import Any
 
-from torch import Tensor
+from torch import Tensor, nn
 
 from cosmo_optim.dual import FLRWDual
-from cosmo_optim.monitor.reading import ReadingResult, RunSoFar
+from cosmo_optim.dual.linearised import WeightSnapshot
+from cosmo_optim.monitor.readout import ReadingResult, RunSoFar
 from cosmo_optim.monitor.records import LastReading, Reading, Reference, as_state
 
 __all__ = ["RunState"]
@@ -37,6 +38,10 @@ class RunState:
         self.last: LastReading | None = None  # the latest probe
         self.history: deque[Reading] = deque(maxlen=history_size)
         self.dual: FLRWDual | None = None  # the latest probe's read-out
+        # the latest reading's trainable weights, on the host: the next reading's θ_ref (T12);
+        # not checkpointed (a model's worth of bytes), so a resumed run compares from its
+        # second reading on
+        self.snapshot: WeightSnapshot | None = None
         self.inputs: Tensor | None = None  # the probe batch
         self.targets: Tensor | None = None
 
@@ -45,15 +50,26 @@ class RunState:
         return RunSoFar(step, self.efolds, self.nonfinite, self.previous_outputs,
                         self.reference, self.last)
 
-    def absorb(self, result: ReadingResult) -> bool:
-        """Keep a probe's result; False (and one more non-finite count) if it was skipped."""
+    def absorb(self, result: ReadingResult, model: nn.Module) -> bool:
+        """Keep a reading's result and `model`'s weights as the next reading's θ_ref (T12);
+        False (and one more non-finite count) if it was skipped."""
         self.reference, self.last = result.reference, result.last
         if result.record is None:
             self.nonfinite += 1
+            self.snapshot = None  # nothing is compared across a skipped reading
             return False
         self.history.append(result.record)
         self.dual = result.dual
+        self.snapshot = WeightSnapshot.take(model, result.record.step)
         return True
+
+    def resume_from(self, model: nn.Module, step: int) -> None:
+        """After a resume at optimiser step `step`: if the run stopped right after a reading at
+        that step, `model`'s weights are that reading's, and they become the next reading's
+        θ_ref (T12), so its residual is not lost (the weights are not in the state)."""
+        last = self.history[-1].step if self.history else None
+        if self.snapshot is None and last == step == self.last_step:
+            self.snapshot = WeightSnapshot.take(model, step)
 
     def state_dict(self) -> dict[str, Any]:
         """Counters, history, first and latest probe: plain dicts and tensors."""
@@ -85,4 +101,5 @@ class RunState:
         self.reference = None if ref is None else Reference(  # no sketch_dim before sketches
             ref["kernel"], ref["eigenvectors"], int(ref.get("sketch_dim", 0)))
         self.last = None if last is None else LastReading(
-            last["step"], last["eigenvectors"], last["outputs"], last.get("prediction"))
+            last["step"], last["eigenvectors"], last["outputs"], last.get("prediction"),
+            last.get("kernel"))

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Final
 
 __all__ = [
+    "COMPARED",
     "FIGURE_TAGS",
     "HISTOGRAM_TAGS",
     "NEEDS_DUAL",
@@ -17,7 +18,8 @@ __all__ = [
     "scalar_tags",
 ]
 
-#: Scalar tags logged at every probe; ``{k}`` runs over modes 1..top_k (``ratio`` from 2).
+#: Scalar tags logged at every reading; ``{k}`` runs over modes 1..top_k (``ratio`` from 2).
+#: Those that compare with the previous reading (`COMPARED`) start at the second.
 SCALAR_TAGS: Final = (
     "cosmology/hubble_rate",
     "cosmology/vacuum_energy",
@@ -33,6 +35,7 @@ SCALAR_TAGS: Final = (
     "ntk/lambda_1",
     "ntk/ratio_{k}",
     "ntk/kernel_distance",
+    "ntk/kernel_change",
     "ntk/basis_rotation",
     "ntk/mean_field_overlap",
     "ntk/sketch_dim",
@@ -42,7 +45,14 @@ SCALAR_TAGS: Final = (
     "modes/active",
     "duality/residual",
     "duality/relative_residual",
+    "duality/forecast_residual",
 )
+#: Tags that compare a reading with the one before: absent at the first reading, after a
+#: skipped one, and (the residuals) at the first reading after a resume (T10, T12).
+COMPARED: Final = frozenset({
+    "ntk/kernel_change", "duality/residual", "duality/relative_residual",
+    "duality/forecast_residual",
+})
 #: Histograms written to a ``SummaryWriter`` at every probe (the masses need a dual).
 HISTOGRAM_TAGS: Final = ("ntk/spectrum", "modes/mass_over_hubble")
 #: Figures drawn when ``log_figures_every_n_steps`` is set (the potential needs a dual).
@@ -53,7 +63,7 @@ NEEDS_DUAL: Final = frozenset({
     "cosmology/hubble_rate", "cosmology/vacuum_energy", "cosmology/efolds",
     "cosmology/omega_phi", "cosmology/slow_roll_epsilon", "cosmology/slow_roll_eta",
     "cosmology/stability_margin", "cosmology/potential", "modes/mass_over_hubble_{k}",
-    "modes/active", "duality/residual", "duality/relative_residual",
+    "modes/active", "duality/forecast_residual",
 })
 #: Tags that also need a loss ℓ (T5–T10).
 NEEDS_LOSS: Final = NEEDS_DUAL - {
@@ -66,7 +76,7 @@ def scalar_tags(
 ) -> list[str]:
     """The scalar tags a tracker logs for `top_k` modes (see `SCALAR_TAGS`).
 
-    `dual` is False for optimisers without momentum-SGD form (Adam: no H, Λ, masses, residual),
+    `dual` is False for optimisers without momentum-SGD form (Adam: no H, Λ, masses, forecast),
     `loss` False when no loss was given, `outputs` the model's outputs per input (the scalar
     `cosmology/field` φ̄ exists for one output only).
 

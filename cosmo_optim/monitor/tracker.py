@@ -30,19 +30,15 @@ __all__ = ["CosmologyTracker"]
 
 
 class CosmologyTracker:
-    """The training monitor's engine: probes a model and reads its FLRW dual (T3–T10).
+    """The training monitor's engine: reads a model's FLRW dual every few steps (T3–T12).
 
-    Each probe (optimiser step n, weights θ_n) computes on the probe batch: outputs f, the full
-    output-space NTK (T4), its `top_k` eigenpairs (T7) and, for a momentum-SGD optimiser with a
-    `loss`, the `FLRWDual` (T3–T10). With a loss, the step before each probe it records f_{n−1} (one
-    forward pass) so that the field velocity ḟ = (f_n − f_{n−1})/sqrt(η) is known (T2); at
-    step 0 it is exactly zero (T1). From each probe it predicts f at the next one with the exact
-    discrete NTK map (T10); the residual to what training did is ``duality/residual``.
-
-    Optimisers without heavy-ball momentum form (Adam, RMSprop, Nesterov, ...) have no de Sitter
-    dual: only the NTK and mode-amplitude tags are logged (see `scalar_tags`), and the tracker
-    warns once saying so. Probes never change training: eval mode, buffers and every random
-    state restored, ``.grad`` untouched.
+    Each reading (optimiser step n) computes on the probe batch: outputs f, the full NTK (T4),
+    all its modes (T7, `top_k` logged), the `FLRWDual` (T3–T10, with a momentum-SGD optimiser and
+    a `loss`; f_{n−1} is recorded the step before for ḟ, T2), and the duality test: the outputs
+    against their linearisation through the previous reading's frozen kernel (T12). Optimisers
+    without heavy-ball form (Adam, Nesterov, ...) have no de Sitter dual: the tags that need one
+    are omitted (`scalar_tags`), with one warning. Readings never change training: eval mode,
+    buffers and every random state restored, ``.grad`` untouched.
 
     Args:
         model: the network (maps a batch of N inputs to N outputs).
@@ -113,7 +109,8 @@ class CosmologyTracker:
         config.interval  # noqa: B018 (raises while the interval is open)
         self.model, self._watch = unwrap_parallel(model), OptimizerWatch(optimizer)
         self.config, self.run, self.sinks = config, RunState(config.history_size), Sinks(sink)
-        self.extras = TensorBoardExtras(config.prefix, config.log_figures_every_n_steps)
+        self.extras = TensorBoardExtras(config.prefix, config.log_figures_every_n_steps,
+                                        config.interval)
         if probe_batch is not None:
             self.set_probe(probe_batch)
 
@@ -190,12 +187,19 @@ class CosmologyTracker:
         self.observe(optimizer)
         if self.last_step < 0:
             self.step(0)
+        else:
+            self.resume_from(self.last_step)
 
         def hook(opt: Optimizer, args: Any, kwargs: Any) -> None:
             self.step(self.last_step + 1)
 
         self._watch.hooks.append(optimizer.register_step_post_hook(hook))
         return self._watch.hooks[-1]
+
+    def resume_from(self, step: int) -> None:
+        """After a resume at optimiser step `step`, right after a reading: its weights, the
+        model's now, are the next reading's θ_ref (T12; `RunState.resume_from`)."""
+        self.run.resume_from(self.model, step)
 
     def detach(self) -> None:
         """Stop observing the optimiser given to `observe`/`attach`."""
@@ -237,11 +241,11 @@ class CosmologyTracker:
         first = self.run.reference is None
         result = readings.take_reading(
             self.model, self.run.inputs, self.run.targets, config=self.config,
-            cosmology=self.cosmology(), run=self.run.so_far(step))
+            cosmology=self.cosmology(), run=self.run.so_far(step), snapshot=self.run.snapshot)
         if first and result.last is not None:  # N and C known: top_k and the cost, once
             for message in size_warnings(self.config, result.last.outputs):
                 warnings.warn(message, UserWarning, stacklevel=3)
-        if not self.run.absorb(result):
+        if not self.run.absorb(result, self.model):
             warnings.warn(nonfinite_warning(step, self.nonfinite), RuntimeWarning, stacklevel=3)
         return result.scalars
 

@@ -245,7 +245,9 @@ def input_dependent_run(config: dict[str, Any]) -> dict[str, Any]:
     lam = dual.eigenvalues.numpy()
     mean_mode = dual.mean_field_mode()
     result: dict[str, Any] = {
-        "alpha_eff": dual.alpha_eff, "mean_kernel_entry": dual.mean_kernel_entry,
+        # the paper's α_eff = λ_1/N (Eq. 23), which figures 5 and 6 test; the library's own
+        # α_eff is the mean-field mode's (docs/theory.md T7), the same here when mode 0 is it
+        "alpha_eff": float(lam[0]) / len(x), "mean_kernel_entry": dual.mean_kernel_entry,
         "lambda": lam, "overlap_top": float(dual.uniform_overlaps[0]),
         "mean_mode": -1 if mean_mode is None else mean_mode,
         "stability_margin": dual.stability_margin,

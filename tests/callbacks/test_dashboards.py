@@ -139,7 +139,7 @@ def test_every_dashboard_chart_matches_a_logged_tag(framework, tmp_path, monkeyp
 def explains_itself(url: str, run: str, prefix: str, found, tags: dict) -> None:
     """Ω_φ (~40) never shares a chart with ε_V, η_V or the stability margin (~1e-3); H, Λ,
     e-folds and the residual have charts; every monitor tag has a description with units; the
-    verdicts card says what the latest Ω_φ and relative residual mean."""
+    verdicts card says whether the latest reading follows its dual, with Ω_φ and the residual."""
     for title, regexes in found:
         matched = {t for t in tags if any(re.search(rx, t) for rx in regexes)}
         if prefix + "cosmology/omega_phi" in matched:
@@ -157,4 +157,4 @@ def explains_itself(url: str, run: str, prefix: str, found, tags: dict) -> None:
     assert card_tag in texts, texts
     query = urllib.parse.urlencode({"run": run, "tag": card_tag})
     card = _get(f"{url}/data/plugin/text/text?{query}")[-1]["text"]
-    assert "Ω_φ" in card and "relative residual" in card and "the gravity dual" in card, card
+    assert "Ω_φ" in card and "relative residual" in card and "The dual" in card, card

@@ -140,7 +140,11 @@ def test_multi_output_uses_the_full_kernel_and_softmax_curvature():
     assert dual.eigenvectors.shape == (n * c, n * c)
     # The top mode is v_1 ⊗ e_0; at f = 0 the softmax Hessian is I/2 − 1/4, whose e_0 entry is 1/4.
     lam1 = torch.linalg.eigvalsh(base)[-1].item()
-    assert dual.alpha_eff == pytest.approx(lam1 / n)
+    # The mean field (C = 2) rides on the two uniform-most modes v_1 ⊗ e_0 and v_1 ⊗ e_1, of
+    # eigenvalues λ_1 and λ_1/2: A = diag(λ_1, λ_1/2)/N and α_eff = tr A / C.
+    assert dual.mean_field_modes == [0, 1]
+    torch.testing.assert_close(dual.mean_field_coupling, torch.diag(torch.tensor([lam1, lam1 / 2], dtype=D)) / n)
+    assert dual.alpha_eff == pytest.approx(0.75 * lam1 / n)
     assert dual.mode_curvatures[0].item() == pytest.approx(lam1 / n * 0.25)
     assert dual.uniform_overlaps[0].item() == pytest.approx(1.0, abs=0.05)
     with pytest.raises(ValueError, match="one output per input"):
@@ -173,3 +177,24 @@ def test_cosmology_is_read_from_an_optimiser():
     opt = torch.optim.SGD([p], lr=0.04, momentum=0.7)
     dual = FLRWDual.from_kernel(torch.eye(1, dtype=D), PolynomialPotentialLoss(), torch.zeros(1, 1, dtype=D), cosmology=opt)
     assert dual.cosmology == Cosmology(0.04, 0.7)
+
+
+@pytest.mark.parametrize("momentum", [0.25, 0.81])
+def test_between_the_complex_band_and_the_edge_a_mode_flips_sign_and_shrinks_slower(momentum):
+    """T10: √β per step holds only for (1 − √β)² < ηκ < (1 + √β)²; above, up to the edge
+    2(1 + β), the roots of z² − (1 + β − ηκ)z + β are real and negative: the mode flips sign
+    every step and shrinks by the larger root's modulus, which exceeds √β."""
+    lr, root = 0.01, math.sqrt(momentum)
+    lo, hi = (1 + root) ** 2 / lr, 2 * (1 + momentum) / lr
+    for kappa in (lo + 0.25 * (hi - lo), lo + 0.75 * (hi - lo)):
+        xs = heavy_ball(kappa, lr, momentum, steps=200)
+        b = 1 + momentum - lr * kappa
+        largest = abs((b - math.sqrt(b * b - 4 * momentum)) / 2)  # b < 0: the larger modulus
+        assert np.all(np.sign(xs[150:-1]) != np.sign(xs[151:]))  # flips every step
+        assert abs(xs[-1] / xs[-2]) == pytest.approx(largest, rel=1e-6)
+        assert largest > root
+        dual = dual_of([[kappa]], [[0.0]], lr=lr, momentum=momentum, loss=PolynomialPotentialLoss(1.0, 2, 0.5))
+        assert dual.mode_classes(horizon=1) == ["oscillating"]
+    band = (1 + root) ** 2 / lr * 0.9  # inside the complex band: exactly √β per step
+    xs = np.abs(heavy_ball(band, lr, momentum, steps=160))
+    assert (xs[130:160].max() / xs[30:60].max()) ** 0.01 == pytest.approx(root, rel=0.01)

@@ -12,6 +12,7 @@ from cosmo_optim import (
     Cosmology,
     FLRWDual,
     PolynomialPotentialLoss,
+    check_duality,
     output_velocity,
     predict_mean_field,
     predict_trajectory,
@@ -190,3 +191,63 @@ def test_output_velocity_on_a_model_without_forward_ad_matches_the_jacobian():
     want = sum((j.reshape(4, -1) @ t.reshape(-1)).reshape(4, 1) for j, t in zip(jac, theta_dot, strict=True))
     # The reference ran one train-mode forward (one power iteration), as output_velocity did.
     torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-12)
+
+
+class _NTKDense(nn.Module):
+    """y = (σ_w/sqrt(fan_in)) W x + σ_b b, weights N(0, 1) (NTK parameterisation)."""
+
+    def __init__(self, fan_in: int, fan_out: int, sigma_w: float = 1.5, sigma_b: float = 0.1):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(fan_out, fan_in, dtype=torch.float64))
+        self.bias = nn.Parameter(torch.randn(fan_out, dtype=torch.float64))
+        self.scale, self.sigma_b = sigma_w / math.sqrt(fan_in), sigma_b
+
+    def forward(self, x):
+        return nn.functional.linear(self.scale * x, self.weight) + self.sigma_b * self.bias
+
+
+def _nearly_odd_erf_network(width=256):
+    torch.manual_seed(0)
+
+    class Erf(nn.Module):
+        def forward(self, h):
+            return torch.erf(h)
+
+    return nn.Sequential(_NTKDense(1, width), Erf(), _NTKDense(width, width), Erf(), _NTKDense(width, 1))
+
+
+def test_the_mean_field_couples_to_its_own_mode_not_the_top_one():
+    """docs/duality.md's erf network: nearly odd around x = 0, so its top mode is a dipole and
+    the uniform mode comes second (T7). α_eff is that mode's eigenvalue over N, computed here
+    from a brute-force Jacobian, and the homogeneous equation with it follows the trained mean
+    field, where λ_1/N misses by a quarter of the motion."""
+    from torch.func import functional_call, jacrev
+
+    model = _nearly_odd_erf_network()
+    x = torch.linspace(-0.2, 0.2, 16, dtype=torch.float64)[:, None]
+    params = {k: v.detach() for k, v in model.named_parameters()}
+    jac = jacrev(lambda p: functional_call(model, p, (x,)))(params)
+    flat = torch.cat([j.reshape(16, -1) for j in jac.values()], dim=1)
+    lam, vec = torch.linalg.eigh(flat @ flat.T)
+    overlaps = vec.sum(0).abs() / 4.0  # |u·1|/sqrt(N)
+    uniform = int(overlaps.argmax())
+    assert uniform != 15 and overlaps[uniform] > 0.99  # not the top mode (eigh is ascending)
+    center = float(model(x).detach().mean()) + 1.0
+    report = check_duality(model, PolynomialPotentialLoss(center, 2, 0.5), x,
+                           cosmology=Cosmology(1e-3, 0.9), steps=600, progress=False)
+    dual = report.dual
+    assert dual.mean_field_modes == [1]
+    assert dual.alpha_eff == pytest.approx(float(lam[uniform]) / 16, rel=1e-6)
+    assert float(dual.eigenvalues[0]) / 16 > 2 * dual.alpha_eff
+    trained = report.actual_mean_field[:, 0]
+    moved = abs(trained[-1] - trained[0])
+
+    def miss(alpha):
+        return abs(predict_mean_field(dual, 600, alpha=alpha).mean_field[-1, 0] - trained[-1]) / moved
+
+    assert miss("mode") < 0.01 < 0.1 < miss("top")
+    assert miss("mode") == pytest.approx(miss("mean_entry"), abs=0.01)
+    # Ω_φ at rest reads α_eff ℓ̄(φ̄)/Λ with the mode's coupling (T6)
+    f0 = report.actual_outputs[0, :, 0]
+    loss_at_mean = 0.5 * (f0.mean() - center) ** 2
+    assert report.background.omega_start == pytest.approx(dual.alpha_eff * loss_at_mean / dual.vacuum_energy)

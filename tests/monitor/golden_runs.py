@@ -4,8 +4,8 @@
 classifier with CosmoSGD + a scheduler, an Adam run) and a Lightning run with
 `CosmologyMonitor`, capturing every scalar, histogram, layout, figure tag and hyperparameter
 the monitor writes. ``python tests/monitor/golden_runs.py`` rewrites ``golden.json``; it was
-generated once BEFORE the monitor was split into a package, and `test_golden.py` checks the
-refactored code still writes exactly those values.
+generated BEFORE the monitor was split into a package and again for issue #28 (see
+`test_golden.py`), which checks that later refactors still write exactly those values.
 """
 
 from __future__ import annotations

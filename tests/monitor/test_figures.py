@@ -1,6 +1,6 @@
 """Figures a screen can read (issue #21 item 7): ≥ 800 px wide at a set dpi, integer ticks on
-the spectrum's mode axis, and a modes figure that draws the dotted predictions it names, or
-names none when there is no prediction (no loss)."""
+the spectrum's mode axis, and a modes figure on the data's scale that draws the predictions its
+legend names and says which forecasts it leaves out (issue #28)."""
 
 from __future__ import annotations
 
@@ -48,13 +48,33 @@ def test_the_spectrum_s_mode_axis_has_integer_ticks(mse_steps):
 
 
 @pytest.mark.parametrize("loss", [nn.MSELoss(), None])
-def test_the_modes_figure_promises_dotted_lines_only_when_it_draws_them(loss, mse_steps):
+def test_the_modes_figure_draws_the_predictions_its_legend_names(loss, mse_steps):
     ax = _figures(loss, mse_steps)["figures/modes"].axes[0]
     dotted = [line for line in ax.get_lines() if line.get_linestyle() == ":" and len(
         line.get_xdata())]
-    title = ax.get_title()
-    if loss is None:
-        assert not dotted and "dotted" not in title and "no NTK prediction" in title
-    else:
-        assert dotted and "prediction (dotted" in title
-        assert "NTK prediction" in [t.get_text() for t in ax.get_legend().get_texts()]
+    crosses = [line for line in ax.get_lines() if line.get_marker() == "x" and len(line.get_xdata())]
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert crosses and "frozen-kernel prediction (T12)" in legend  # any loss: it needs none
+    if loss is None:  # no dual: no forecast
+        assert not dotted and not any("forecast" in t for t in legend)
+    else:  # full batch on the probe batch: the forecasts stay on the data's scale
+        assert dotted and "forecast, full batch on the probe batch (T10)" in legend
+        assert "not drawn" not in ax.get_title()
+
+
+def test_a_forecast_off_the_data_s_scale_is_left_out_and_the_title_says_why():
+    from cosmo_optim.monitor.figures import figures
+    from cosmo_optim.monitor.records import PredictedModes, Reading
+
+    def reading(step, amplitude, forecast=None):
+        prediction = None if forecast is None else PredictedModes(
+            [step, step + 1], torch.tensor([[amplitude], [forecast]], dtype=torch.float64))
+        return Reading(step, {}, torch.ones(1), torch.zeros(1), torch.tensor([amplitude]),
+                       prediction, linearised_amplitudes=torch.tensor([amplitude * 1.01]))
+
+    history = [reading(0, 1.0, forecast=1500.0), reading(1, 2.0, forecast=2.5), reading(2, 3.0)]
+    ax = figures(history, None)["figures/modes"].axes[0]
+    dotted = [line for line in ax.get_lines() if line.get_linestyle() == ":" and len(line.get_xdata())]
+    assert len(dotted) == 1 and list(dotted[0].get_xdata()) == [1, 2]  # the sane one only
+    assert ax.get_ylim()[1] < 10  # the data's scale, not the forecast's 1500
+    assert "1 of 2 forecasts leave this scale and are not drawn" in ax.get_title()

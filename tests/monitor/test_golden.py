@@ -1,11 +1,16 @@
-"""Nothing changes for users (issue #13 item 6): the refactored monitor logs the golden values.
+"""Nothing changes for users unless on purpose (issue #13 item 6): the monitor logs the golden
+values.
 
 The reference, ``golden.json``, was recorded by ``golden_runs.py`` BEFORE the monitor was split
-into the `cosmo_optim.monitor` package, from the single-module implementation. Comparing with
-that earlier output is deliberate here (one tag was added since, ``ntk/sketch_dim``: 0.0 at
-every probe, inserted in the log order; every other value is as recorded): the point of this
-test is invariance across the refactor, not correctness (the other monitor tests compare
-against closed forms and torch.optim.SGD). Every scalar, histogram, custom-scalars layout and
+into the `cosmo_optim.monitor` package, from the single-module implementation, and recorded
+again for issue #28, which changed what some tags mean: the residuals (now the linearisation
+of T12), α_eff and what derives from it (the mean field's own modes, T7: the potential, Ω_φ,
+slow roll), `modes/active` and the masses' histogram (all N·C modes), and added
+`ntk/kernel_change` and `duality/forecast_residual`. Every other value of the new recording
+agreed with the old one within the tolerance below, and the non-scalar events but the
+layout and the histograms were equal. Comparing with that earlier output is deliberate here:
+the point of this test is invariance across refactors, not correctness (the other monitor
+tests compare against closed forms and torch.optim.SGD). Every scalar, histogram, custom-scalars layout and
 figure tag is compared in order, the layout exactly; hyperparameters may gain keys but keep
 their values.
 
