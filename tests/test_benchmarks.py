@@ -77,3 +77,11 @@ def test_bench_ntk_real_models_smoke(capsys):
     assert [r["model"] for r in rows] == ["ResNet-18", "ViT", "GPT-2 small", "BERT-base"]
     assert all(r["exact_s"] > 0 and r["sketch_s"] > 0 and r["sketch_eig4"] >= 0 for r in rows)
     assert "sketch top-4 error" in capsys.readouterr().out
+
+
+def test_bench_duality_smoke(capsys):
+    pytest.importorskip("sklearn")
+    rows = load("bench_duality").main(["--smoke"])
+    assert [r["case"].net for r in rows] == ["wide", "narrow"]
+    assert all(r["median"] >= 0 and r["holds"] for r in rows)
+    assert "relative residual" in capsys.readouterr().out
