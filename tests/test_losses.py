@@ -177,3 +177,16 @@ def test_polynomial_potential_without_reduction_is_refused():
 def test_a_loss_class_instead_of_an_instance_names_the_fix():
     with pytest.raises(ValueError, match=r"Invalid loss: the class CrossEntropyLoss, not an instance. Fix: pass CrossEntropyLoss\(\)"):
         per_sample_loss(nn.CrossEntropyLoss)
+
+
+def test_float32_targets_with_float64_outputs_give_huber_s_derivatives():
+    """The monitor's outputs are float64 and a data set's targets float32; Huber's backward
+    refuses mixed dtypes, so the targets take the outputs' dtype (closed form by hand:
+    ℓ = mean_c huber(f − y), ℓ' = clip(f − y, ±δ)/C, ℓ'' = [|f − y| < δ]/C)."""
+    f = torch.tensor([[0.2, 3.0], [-2.5, 0.1]], dtype=torch.float64)
+    y = torch.zeros(2, 2, dtype=torch.float32)
+    values, grad, hess = loss_derivatives(torch.nn.HuberLoss(delta=1.0), f, y)
+    r = f - y.double()
+    torch.testing.assert_close(grad, r.clamp(-1.0, 1.0) / 2)
+    torch.testing.assert_close(hess, torch.diag_embed((r.abs() < 1.0).double() / 2))
+    assert values.dtype == torch.float64

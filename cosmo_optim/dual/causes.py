@@ -15,10 +15,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Final
 
+from cosmo_optim.dual.modes import MEAN_FIELD_OVERLAP
+
 __all__ = [
-    "EDGE_OF_STABILITY", "KERNEL_TOLERANCE", "RESIDUAL_TOLERANCE", "VACUUM_TOLERANCE", "Cause",
-    "Verdict", "beyond_edge", "continuum_error", "diverged", "kernel_moved", "not_measured",
-    "not_vacuum_dominated", "ranked", "training_not_on_probe",
+    "EDGE_OF_STABILITY", "EXPLAINS", "KERNEL_TOLERANCE", "RESIDUAL_TOLERANCE",
+    "VACUUM_TOLERANCE", "Cause", "Verdict", "at_rounding", "beyond_edge", "continuum_error",
+    "diverged", "kernel_moved", "no_mean_field_mode", "not_measured", "not_vacuum_dominated",
+    "ranked", "training_not_on_probe", "unexplained",
 ]
 
 #: The dual holds while the relative residual (T12) or deviation stays at or below this.
@@ -60,24 +63,40 @@ class Verdict:
 
     @property
     def headline(self) -> str:
-        """"holds", "does not hold" or "not measured"."""
-        return {True: "holds", False: "does not hold", None: "not measured"}[self.holds]
+        """"holds", "does not hold" or "is not measured"."""
+        return {True: "holds", False: "does not hold", None: "is not measured"}[self.holds]
 
     def lines(self) -> list[str]:
         """The headline's reasons, then the notes, one sentence each."""
         return [c.text for c in self.causes] + [f"note: {c.text}" for c in self.notes]
 
 
+#: Below this share of its limit a cause does not explain a failure: `ranked` says so instead.
+EXPLAINS: Final = 0.2
+
+
 def ranked(causes: Iterable[Cause | None], *, keep_largest: bool = False) -> tuple[Cause, ...]:
-    """The causes that matter (severity ≥ 1), largest first; with `keep_largest` the largest
-    measured one even below its limit, when none matters (a failure always names one)."""
+    """The causes that matter (severity ≥ 1), largest first. With `keep_largest` (a failure
+    always names a cause) and none mattering: the largest if it reaches `EXPLAINS` of its
+    limit, else `unexplained`, naming what was measured."""
     present = sorted((c for c in causes if c is not None), key=lambda c: -c.severity)
     mattering = tuple(c for c in present if c.severity >= 1)
-    if mattering or not keep_largest or not present or present[0].severity == -math.inf:
+    if mattering or not keep_largest:
         return mattering
-    largest = present[0]
-    return (Cause(largest.name, largest.size, largest.limit,
-                  f"{largest.text} (below its limit, but the largest cause measured)"),)
+    if present and present[0].severity >= EXPLAINS:
+        largest = present[0]
+        return (Cause(largest.name, largest.size, largest.limit,
+                      f"{largest.text} (below its limit, but the largest cause measured)"),)
+    return (unexplained(present),)
+
+
+def unexplained(measured: Iterable[Cause]) -> Cause:
+    """A failure none of the measured causes reaches `EXPLAINS` of its limit for."""
+    values = "; ".join(f"{c.name} {c.size:.3g} (limit {c.limit:g})" for c in measured)
+    return Cause("unexplained", math.nan, 1.0, (
+        "not explained by what is measured" + (f" ({values})" if values else "") + ": the "
+        "outputs are not linear in the weights over this stretch though the kernel barely "
+        "moved, or they moved so little that rounding and second-order terms dominate"))
 
 
 def kernel_moved(change: float, span: str, limit: float = KERNEL_TOLERANCE,
@@ -89,13 +108,32 @@ def kernel_moved(change: float, span: str, limit: float = KERNEL_TOLERANCE,
         f"over shorter stretches (T4){fix}"))
 
 
-def beyond_edge(margin: float, lr: float | None = None) -> Cause:
-    """The stiffest mode's stability margin η κ_max / 2(1 + β) (T10); with the `lr`, the fix."""
-    safe = "" if lr is None or not margin > 0 else (
-        f"; lr < {lr / margin:.3g} keeps every mode inside it")
-    return Cause("edge of stability", margin, EDGE_OF_STABILITY, (
-        f"steps beyond the edge of stability: η κ_max / 2(1 + β) = {margin:.3g} ≥ 1, the "
-        f"heavy-ball map diverges on the stiffest mode (T10){safe}"))
+def at_rounding(residual: float, floor: float, dtype: str) -> Cause:
+    """The residual is within reach of the model's own rounding: not a measurement (T12)."""
+    return Cause("rounding", residual, floor, (
+        f"not measurable: the outputs moved so little against their size that {dtype} "
+        f"rounding alone gives a relative residual of ≈ {floor:.2g} (measured {residual:.2g}); "
+        "read less often, or evaluate the model in a wider dtype"))
+
+
+def no_mean_field_mode(overlap: float) -> Cause:
+    """No kernel mode is aligned with the uniform direction (T7)."""
+    return Cause("no mean-field mode", overlap, MEAN_FIELD_OVERLAP, (
+        f"no kernel mode carries the mean field (best uniform overlap {overlap:.2f} ≤ "
+        f"{MEAN_FIELD_OVERLAP:.2f}): α_eff is the mean kernel entry, the exact coupling of a "
+        "uniform state, and the homogeneous picture is rough (T7)"))
+
+
+def beyond_edge(margin: float, when: str = "") -> Cause:
+    """The stiffest mode's stability margin η κ_max / 2(1 + β) (T10), `when` measured."""
+    if margin >= EDGE_OF_STABILITY:
+        text = (f"steps beyond the edge of stability{when}: η κ_max / 2(1 + β) = {margin:.3g}, "
+                "the heavy-ball map diverges on the stiffest mode (T10); an lr "
+                f"{margin:.3g}× lower keeps every mode inside the edge")
+    else:
+        text = (f"the stiffest mode at {margin:.3g} of the edge of stability{when} "
+                "(η κ_max / 2(1 + β); the map diverges at 1, T10)")
+    return Cause("edge of stability", margin, EDGE_OF_STABILITY, text)
 
 
 def not_vacuum_dominated(omega: float, max_lr: float | None = None,

@@ -60,6 +60,9 @@ class _Run:
 
 
 KernelFn = Callable[[nn.Module, Tensor, bool], Tensor]
+#: Modules whose train-mode forward uses batch statistics or random draws.
+_BATCH_OR_RANDOM = (nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm,
+                    nn.modules.dropout._DropoutNd, nn.AlphaDropout)
 
 
 def check_duality(
@@ -84,20 +87,22 @@ def check_duality(
     """Train a deep copy of `model` for `steps` full-batch steps and compare with its FLRW dual.
 
     The user's model (parameters, buffers, `.grad`, train/eval flags) and the torch, NumPy
-    and Python random states are untouched. The kernel is the full output-space NTK
-    (`ntk(model, inputs)`, default `empirical_ntk(..., output="full")`), recomputed every
-    `probe_every` steps (default steps/10) to measure how far it moved: its relative change
-    ‖Θ_n − Θ_0‖/‖Θ_0‖, the kernel distance (Fort et al. 2020) and the mean field's α_eff (T7).
-    `dtype=torch.float64` trains and predicts in double precision.
+    and Python random states are untouched. The copy trains in eval mode, the network its
+    kernel describes (a note says so when BatchNorm or dropout were in train mode). The kernel
+    is the full output-space NTK (`ntk(model, inputs)`, default `empirical_ntk(...,
+    output="full")`), recomputed every `probe_every` steps (default steps/10) to measure how far
+    it moved: its relative change ‖Θ_n − Θ_0‖/‖Θ_0‖, the kernel distance (Fort et al. 2020) and
+    the mean field's α_eff (T7). `dtype=torch.float64` trains and predicts in double precision.
 
-    Verdict (`passed`, the dynamics, T5/T7/T10): the mean field's and the whole output
-    vector's end deviations from the ODE prediction are ≤ `deviation_tolerance`, the
-    discrete map is stable (T10) and training did not diverge. A failure names its causes,
-    largest first (`report.causes`): the kernel's relative change above `drift_tolerance`
-    (outside the lazy regime, T4), steps near the edge of stability (T10), the continuum
-    limit (the ODE misses where the exact map holds, T2); on a run that passed a cause is a
-    note. `background` reports Ω_φ against `vacuum_tolerance` (T6) separately. A diverging
-    run is a result (`passed=False`, `diverged_at`), not an error.
+    Verdict (`passed`, the dynamics, T5/T7/T10): the mean field's end deviation and the whole
+    output vector's largest deviation along the run from the ODE prediction are ≤
+    `deviation_tolerance`, the discrete map is stable (T10) and training did not diverge. A
+    failure names its causes, largest first (`report.causes`): steps beyond the edge of
+    stability (T10, first when they are), the kernel's relative change above
+    `drift_tolerance` (outside the lazy regime, T4), the continuum limit (the ODE misses where
+    the exact map holds, T2); on a run that passed a cause is a note. `background` reports Ω_φ
+    against `vacuum_tolerance` (T6) separately. A diverging run is a result (`passed=False`,
+    `diverged_at`), not an error.
     `verify_ntk=True` asks `empirical_ntk` to check the first kernel against brute force.
 
     Example:
@@ -116,7 +121,7 @@ def check_duality(
     ell = per_sample_loss(loss)
     # Probe-sized training: one intra-op thread is faster, and immune to oversubscription.
     with preserved(model, _device_of(model, inputs)), one_thread():
-        net = copy.deepcopy(model)
+        net = copy.deepcopy(model).eval()  # the network the kernel and the prediction describe
         if dtype is not None:
             net = net.to(dtype)
             inputs = inputs.to(dtype) if inputs.is_floating_point() else inputs
@@ -131,7 +136,21 @@ def check_duality(
         dual = FLRWDual.from_kernel(k0, ell, f0, cosmology=c, targets=targets, k=k)
         run = _train(net, ell, inputs, targets, f0, dual, k0, kernel_of, steps, probe_every,
                      _progress(steps, progress))
-        return _report(dual, run, steps, integrator, tol)
+        report = _report(dual, run, steps, integrator, tol)
+    report.notes.extend(_eval_mode_note(model))
+    return report
+
+
+def _eval_mode_note(model: nn.Module) -> list[str]:
+    """The note of a model whose BatchNorm or dropout were in train mode (the copy trained in
+    eval mode, the network its kernel describes)."""
+    switched = sorted({type(m).__name__ for m in model.modules()
+                       if m.training and isinstance(m, _BATCH_OR_RANDOM)})
+    return [] if not switched else [
+        f"the copy trained in eval mode, the network the kernel describes: the model's "
+        f"{', '.join(switched)} in train mode make each output depend on the batch or on "
+        "random draws, which no per-sample kernel describes (call model.eval() to silence "
+        "this note)"]
 
 
 def _check_arguments(inputs: Tensor, targets: Tensor | None, steps: Any,

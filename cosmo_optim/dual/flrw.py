@@ -217,15 +217,15 @@ class FLRWDual:
     @cached_property
     def alpha_eff(self) -> float:
         """α_eff = λ_mf/N, the mean field's coupling: the eigenvalue of the mode that carries
-        the mean field (the best-aligned with the uniform direction, T7) over N, in NTK units.
-        For C outputs, tr A / C of `mean_field_coupling`: the C mean-field modes' mean λ / N."""
+        the mean field (the best-aligned with the uniform direction, T7) over N, in NTK units;
+        the mean kernel entry where no mode is aligned. For C outputs, tr A / C of
+        `mean_field_coupling`: the C mean-field modes' mean λ / N."""
         return modes.alpha_eff(self.eigenvalues, self.eigenvectors, self.num_samples,
                                self.num_outputs)
 
     @cached_property
     def mean_field_coupling(self) -> Tensor:
-        """A (C, C), the mean field's coupling in φ̄̈ + 3Hφ̄̇ + A ℓ̄'(φ̄) = 0 (T7): the
-        `mean_field_modes`' eigenvalues over N on their uniform directions; λ_mf/N for C = 1."""
+        """A (C, C), the mean field's coupling in φ̄̈ + 3Hφ̄̇ + A ℓ̄'(φ̄) = 0 (T7, `modes`)."""
         return modes.mean_field_coupling(self.eigenvalues, self.eigenvectors, self.num_samples,
                                          self.num_outputs)
 

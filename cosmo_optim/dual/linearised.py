@@ -19,7 +19,7 @@ import contextlib
 import math
 import warnings
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -38,19 +38,44 @@ Select = Callable[[Any], Tensor]
 class WeightSnapshot:
     """The trainable weights θ_ref at one step, copied to the host (CPU), by parameter name.
 
-    Holds one copy of the trainable parameters in host memory; frozen parameters
-    (``requires_grad=False``) are not copied: the linearisation keeps them at their current
-    values, with no displacement.
+    Holds one copy of the trainable parameters in host memory. Frozen parameters
+    (``requires_grad=False``) are not copied, only fingerprinted (shape, sum and norm): the
+    linearisation keeps them at their current values, with no displacement, which `changes`
+    confirms (a layer unfrozen or edited since would go unseen otherwise).
     """
 
     step: int
     weights: Mapping[str, Tensor]
+    frozen: Mapping[str, tuple[tuple[int, ...], float, float]] = field(default_factory=dict)
 
     @classmethod
     def take(cls, model: nn.Module, step: int) -> WeightSnapshot:
         """The trainable weights of `model` now (`step` labels them)."""
+        named = list(model.named_parameters())
         return cls(step, {name: p.detach().to("cpu", copy=True)
-                          for name, p in model.named_parameters() if p.requires_grad})
+                          for name, p in named if p.requires_grad},
+                   {name: _fingerprint(p) for name, p in named if not p.requires_grad})
+
+    def changes(self, model: nn.Module) -> str | None:
+        """What changed in `model` since the snapshot besides its trainable weights' values,
+        which no linearisation from it can cover; None when nothing did."""
+        params = dict(model.named_parameters())
+        if set(params) != set(self.weights) | set(self.frozen):
+            return "parameters were added or removed"
+        if any(params[n].shape != w.shape for n, w in self.weights.items()):
+            return "parameters changed shape"
+        if any(_fingerprint(params[n]) != f for n, f in self.frozen.items()):
+            return "frozen parameters were unfrozen or edited"
+        return None
+
+
+def _fingerprint(p: Tensor) -> tuple[tuple[int, ...], float, float]:
+    """Shape, sum and norm, accumulated in float64 (no copy of the parameter)."""
+    data = p.detach()
+    if not data.is_floating_point():
+        data = data.double()
+    return (tuple(data.shape), float(data.sum(dtype=torch.float64)),
+            float(torch.linalg.vector_norm(data, dtype=torch.float64)))
 
 
 def linearised_outputs(model: nn.Module, inputs: Any, snapshot: WeightSnapshot,
@@ -65,11 +90,12 @@ def linearised_outputs(model: nn.Module, inputs: Any, snapshot: WeightSnapshot,
     on their device while it runs.
     """
     params = dict(model.named_parameters())
-    missing = sorted(set(snapshot.weights) - set(params))
-    if missing:
+    changed = snapshot.changes(model)
+    if changed is not None:
         raise ValueError(
-            f"Invalid snapshot: parameters {missing[:3]} are not the model's; take the "
-            "WeightSnapshot of this model (WeightSnapshot.take(model, step))."
+            f"Invalid snapshot: since step {snapshot.step} the model's {changed}, so no "
+            "linearisation from it covers the model now. Fix: take a new WeightSnapshot of "
+            "this model (WeightSnapshot.take(model, step))."
         )
     names = list(snapshot.weights)
     reference = tuple(snapshot.weights[n].to(params[n].device, params[n].dtype) for n in names)

@@ -107,19 +107,25 @@ def mean_field_modes(overlaps: Tensor, num_outputs: int) -> list[int]:
 
 def mean_field_coupling(eigenvalues: Tensor, eigenvectors: Tensor, num_samples: int,
                         num_outputs: int) -> Tensor:
-    """A = (1/N) Σ_k λ_k ŵ_k ŵ_kᵀ (C, C) over the `mean_field_modes`, with ŵ_k the unit
-    direction of mode k's projection on the C uniform directions (T7).
+    """A (C, C), the mean field's coupling in φ̄̈ + 3Hφ̄̇ + A ℓ̄'(φ̄) = 0 (T7), NTK units.
 
-    The mean field obeys φ̄̈ + 3Hφ̄̇ + A ℓ̄'(φ̄) = 0 while those modes are uniform; for one
-    output A = λ_mf/N, the mean-field mode's eigenvalue over N, and α_eff = tr A / C. Units of
-    the NTK, like λ.
+    While the `mean_field_modes` carry it (each overlap > `MEAN_FIELD_OVERLAP`):
+    A = (1/N) Σ_k λ_k ŵ_k ŵ_kᵀ over them, ŵ_k the unit direction of mode k's projection w_k on
+    the C uniform directions; for one output A = λ_mf/N. Where no mode carries it, the mean
+    field is not a mode and A is the kernel's uniform block (1/N) Σ_k λ_k w_k w_kᵀ over every
+    kept mode, which for the whole spectrum is the mean kernel block (1/N²) Σ_ij Θ_ij: the
+    exact coupling of a uniform state.
     """
     n, c = num_samples, num_outputs
     projections = uniform_projections(eigenvectors, n)  # (C, k): w_k
-    chosen = mean_field_modes(projections.norm(dim=0), c)
+    overlaps = projections.norm(dim=0)
+    chosen = mean_field_modes(overlaps, c)
+    lam = eigenvalues.to(projections.dtype)
+    if not bool((overlaps[chosen] > MEAN_FIELD_OVERLAP).all()):
+        return (projections * lam) @ projections.T / n
     w = projections[:, chosen]
     w_hat = w / w.norm(dim=0).clamp(min=torch.finfo(w.dtype).tiny)
-    return (w_hat * eigenvalues[chosen].to(w.dtype)) @ w_hat.T / n
+    return (w_hat * lam[chosen]) @ w_hat.T / n
 
 
 def alpha_eff(eigenvalues: Tensor, eigenvectors: Tensor, num_samples: int,

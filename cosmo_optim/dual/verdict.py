@@ -36,6 +36,7 @@ def deviations(dual: FLRWDual, actual: np.ndarray, continuum: Prediction,
     mean = actual.mean(axis=1)
     change = float(np.linalg.norm(mean[-1] - mean[0]))
     total = float(np.linalg.norm(actual[-1] - actual[0]))
+    excursion = float(np.linalg.norm((actual - actual[0]).reshape(m, -1), axis=1).max())
     u = dual.eigenvectors.to(torch.float64).cpu().numpy()
     modes = actual.reshape(m, -1) @ u
     out: dict[str, Any] = {"mean_field_change": change}
@@ -51,8 +52,10 @@ def deviations(dual: FLRWDual, actual: np.ndarray, continuum: Prediction,
         out[f"mean_field_max{name}"] = float(gap.max())
         out[f"mode_end{name}"] = mode_gap[-1]
         out[f"mode_max{name}"] = mode_gap.max(axis=0)
-        miss = float(np.linalg.norm(pred.outputs[m - 1] - actual[-1]))  # type: ignore[index]
-        out[f"outputs_end{name}"] = miss / total if total > 0 else math.nan
+        outputs = pred.outputs[:m]  # type: ignore[index]
+        miss = np.linalg.norm((outputs - actual).reshape(m, -1), axis=1)
+        out[f"outputs_end{name}"] = float(miss[-1]) / total if total > 0 else math.nan
+        out[f"outputs_max{name}"] = float(miss.max()) / excursion if excursion > 0 else math.nan
     return out
 
 
@@ -74,16 +77,18 @@ def failures(dual: FLRWDual, dev: dict[str, Any], diverged_at: int | None,
     network followed its dual's field equation (the causes behind them are `causes`')."""
     out = [] if diverged_at is None else [diverged(diverged_at, dual.stability_margin).text]
     if dual.stability_margin >= 1:
-        out.append(beyond_edge(dual.stability_margin, dual.cosmology.lr).text)
+        out.append(f"the dual's heavy-ball map diverges (stability margin "
+                   f"{dual.stability_margin:.3g} ≥ 1, T10)")
     if not dev["mean_field_change"] > 0:
         return out or ["the mean field did not move: relative deviations are undefined"]
-    for key, what in (("mean_field_end", "mean field"), ("outputs_end", "output vector")):
+    misses = (("mean_field_end", "mean field", "ended {:.1%} of its change away from"),
+              ("outputs_max", "output vector", "strayed up to {:.1%} of its largest move from"))
+    for key, what, miss in misses:
         value = dev[key]
         if not math.isfinite(value):
             out.append(f"the {what}'s prediction is not finite (the ODE left every finite value)")
         elif value > tol:
-            out.append(f"the {what} ended {value:.1%} of its change away from the prediction "
-                       f"(> {tol:.0%})")
+            out.append(f"the {what} {miss.format(value)} the prediction (> {tol:.0%})")
     return out
 
 
@@ -94,12 +99,14 @@ def causes(dual: FLRWDual, dev: dict[str, Any], kernel_changes: np.ndarray, tol:
     and the continuum limit (the ODE misses where the exact map holds, T2). A failed run
     always names the largest measured one."""
     c = dual.cosmology
+    edge = beyond_edge(dual.stability_margin, " at the start")
     found: list[Cause | None] = [
-        beyond_edge(dual.stability_margin, c.lr) if dual.stability_margin < 1 else None,
-        kernel_moved(float(kernel_changes.max()), "over the run", kernel_tol),
+        None if edge.severity >= 1 else edge,  # beyond the edge it comes first: the cause
+        kernel_moved(float(kernel_changes.max()), "over the run", kernel_tol),  # of the rest
     ]
-    ode, discrete = dev.get("outputs_end", math.nan), dev.get("outputs_end_discrete", math.nan)
+    ode, discrete = dev.get("outputs_max", math.nan), dev.get("outputs_max_discrete", math.nan)
     if math.isfinite(ode) and math.isfinite(discrete) and ode > discrete + tol:
         step_size = 2.0 * (1.0 + c.momentum) * dual.stability_margin  # η κ_max
         found.append(continuum_error(ode, discrete, step_size))
-    return ranked(found, keep_largest=failed)
+    rest = ranked(found, keep_largest=failed and edge.severity < 1)
+    return (edge, *rest) if edge.severity >= 1 else rest

@@ -53,7 +53,10 @@ class PerSampleLoss:
         return self._hessian
 
     def per_sample(self, outputs: Tensor, targets: Tensor | None = None) -> Tensor:
-        """ℓ(f_i, y_i) for every sample, shape (N,); checked for shape."""
+        """ℓ(f_i, y_i) for every sample, shape (N,); checked for shape. Floating targets are
+        cast to the outputs' dtype (some losses' backward refuse mixed dtypes, e.g. Huber)."""
+        if targets is not None and targets.is_floating_point() and outputs.is_floating_point():
+            targets = targets.to(outputs.dtype)
         values = self._per_sample(outputs, targets)
         if not isinstance(values, Tensor) or values.shape != (outputs.shape[0],):
             shape = getattr(values, "shape", type(values).__name__)

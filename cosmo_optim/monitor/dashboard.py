@@ -26,7 +26,8 @@ DESCRIPTIONS: Mapping[str, str] = {
     "cosmology/vacuum_energy": "Vacuum energy Λ = 3H², an energy density (units of V) (T3).",
     "cosmology/efolds": "e-folds N_e = Σ_n (1 − β_n)/3, dimensionless, every step (T9).",
     "cosmology/alpha_eff": "α_eff = λ_mf/N, the mean field's coupling: the eigenvalue of the "
-                           "mode(s) carrying the mean output over N, NTK units (T7).",
+                           "mode(s) carrying the mean output over N (the mean kernel entry "
+                           "where none does), NTK units (T7).",
     "cosmology/field": "Mean field φ̄ = mean of the outputs, in output units (T7).",
     "cosmology/potential": "V(φ̄) = α_eff ℓ̄(φ̄) + Λ, an energy density (T5, T7).",
     "cosmology/omega_phi": "Ω_φ = ρ_φ/Λ, dimensionless: ≤ 0.1 vacuum dominated (the gravity "
@@ -42,7 +43,8 @@ DESCRIPTIONS: Mapping[str, str] = {
                            "(constant-NTK) limit; quadratic in the angle, blind to scale (T4).",
     "ntk/kernel_change": "‖Θ − Θ_prev‖/‖Θ_prev‖ since the previous reading, dimensionless: "
                          "≤ 0.05 the kernel stays frozen (lazy limit), more is feature "
-                         "learning (T4, T12).",
+                         "learning; with BatchNorm it includes the running statistics' move "
+                         "(T4, T12).",
     "ntk/basis_rotation": "1 − ‖U_0ᵀU‖²/k, 0–1: how far the top-k eigenspace turned (T7).",
     "ntk/mean_field_overlap": "Best |u_k·1|/sqrt(N) over all modes, 0–1: 1 is a perfectly "
                               "uniform mode (T7).",
@@ -58,6 +60,9 @@ DESCRIPTIONS: Mapping[str, str] = {
     "duality/relative_residual": "That gap over how far the outputs moved, dimensionless: "
                                  "≤ 0.05 the network follows its dual (the lazy limit), ≥ 1 "
                                  "no better than 'nothing moves' (T12).",
+    "duality/rounding_floor": "ε‖f‖/‖f − f_prev‖ with ε the model dtype's precision, "
+                              "dimensionless: the relative residual rounding alone gives; a "
+                              "residual within 3× of it is not a measurement (T12).",
     "duality/forecast_residual": "Relative miss of the previous reading's forecast, made as if "
                                  "training were full-batch on the probe batch (all modes, "
                                  "T10); large under mini-batches by design, not a test of "
@@ -141,11 +146,11 @@ def describe_scalars(writer: Any) -> None:
     writer.add_scalar = add_scalar
 
 
-def verdicts(scalars: Mapping[str, float], *, interval: int | None = None,
-             lr: float | None = None, max_lr: float | None = None) -> str:
+def verdicts(scalars: Mapping[str, float], *, previous: Mapping[str, float] | None = None,
+             interval: int | None = None, max_lr: float | None = None) -> str:
     """A Markdown card: whether the network follows its dual at this reading and why
     (`verdict_of`, T12), then the numbers behind it with what each means (T6, T10, T12)."""
-    verdict = verdict_of(scalars, interval=interval, lr=lr, max_lr=max_lr)
+    verdict = verdict_of(scalars, previous=previous, interval=interval, max_lr=max_lr)
     s = named(scalars)
     lines = [f"**The dual {verdict.headline}** (relative residual ≤ {RESIDUAL_TOLERANCE:g}, "
              "T12)", ""]
@@ -161,6 +166,8 @@ def verdicts(scalars: Mapping[str, float], *, interval: int | None = None,
 _CARD = (
     ("duality/relative_residual", "relative residual (T12)",
      "≤ 0.05: the outputs follow the frozen kernel; ≥ 1: no better than 'nothing moves'"),
+    ("duality/rounding_floor", "rounding floor (T12)",
+     "the relative residual rounding alone gives: a residual near it is not a measurement"),
     ("ntk/kernel_change", "kernel change since the last reading (T4)",
      "≤ 0.05: lazy (frozen kernel); more: feature learning"),
     ("cosmology/stability_margin", "stability margin (T10)",

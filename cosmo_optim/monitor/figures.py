@@ -14,7 +14,9 @@ from typing import TYPE_CHECKING
 import torch
 
 from cosmo_optim.dual import FLRWDual
-from cosmo_optim.monitor.records import Reading
+from cosmo_optim.dual.causes import RESIDUAL_TOLERANCE
+from cosmo_optim.monitor.records import PredictedModes, Reading
+from cosmo_optim.monitor.verdict import named
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -116,9 +118,7 @@ def _modes(history: list[Reading]) -> Figure:
     shown = [actual] + [a.reshape(1, -1) for _, a in linear]
     lo, hi = float(torch.cat(shown).min()), float(torch.cat(shown).max())
     span = max(hi - lo, 1e-12 * max(abs(lo), abs(hi), 1.0))
-    forecasts = [r.prediction for r in history if r.prediction is not None]
-    drawn = [p for p in forecasts if float(p.amplitudes.min()) >= lo - span
-             and float(p.amplitudes.max()) <= hi + span]  # off the data's scale: not drawn
+    forecasts, drawn = _readable_forecasts(history, lo - span, hi + span)
     for prediction in drawn:
         for j in range(prediction.amplitudes.shape[1]):
             ax.plot(prediction.steps, prediction.amplitudes[:, j], ":", color=f"C{j}")
@@ -129,19 +129,43 @@ def _modes(history: list[Reading]) -> Figure:
         ax.plot([], [], "x", color="gray", label="frozen-kernel prediction (T12)")
     if drawn:
         ax.plot([], [], ":", color="gray", label="forecast, full batch on the probe batch (T10)")
-    ax.set_title(_modes_title(bool(linear), len(forecasts), len(drawn)), fontsize="medium")
+    ax.set_title(_modes_title(history, bool(linear), forecasts, len(drawn)), fontsize="medium")
     ax.legend(fontsize="small", ncol=2)
     return fig
 
 
-def _modes_title(linear: bool, forecasts: int, drawn: int) -> str:
-    """What the modes figure shows, and which predictions it leaves out and why."""
+def _readable_forecasts(history: list[Reading], lo: float,
+                        hi: float) -> tuple[int, list[PredictedModes]]:
+    """How many forecasts the run made, and those worth drawing: on the data's scale, and
+    (where the next reading judged it) missing by less than half the motion: under
+    mini-batches a forecast misses by design, and a wall of them would hide the data."""
+    made = [(i, r.prediction) for i, r in enumerate(history) if r.prediction is not None]
+    drawn, judged_ok = [], True
+    for i, prediction in made:
+        judged = named(history[i + 1].scalars).get("duality/forecast_residual") if (
+            i + 1 < len(history)) else None
+        judged_ok = judged_ok if judged is None else judged <= 0.5
+        amplitudes = prediction.amplitudes
+        if judged_ok and lo <= float(amplitudes.min()) and float(amplitudes.max()) <= hi:
+            drawn.append(prediction)
+    return len(made), drawn
+
+
+def _modes_title(history: list[Reading], linear: bool, forecasts: int, drawn: int) -> str:
+    """The verdict of the run so far, what the figure shows, and which forecasts it leaves
+    out and why."""
+    residuals = [v for r in history if (v := named(r.scalars).get(
+        "duality/relative_residual")) is not None and v == v]
     title = "Modes: training (lines)"
     if linear:
         title += " vs the previous reading's frozen kernel (×, T12)"
+    if residuals:
+        holds = sum(v <= RESIDUAL_TOLERANCE for v in residuals)
+        title += (f"\nthe dual holds at {holds} of {len(residuals)} readings (relative residual "
+                  f"≤ {RESIDUAL_TOLERANCE:g}; latest {residuals[-1]:.2g}, over all N·C outputs)")
     if forecasts > drawn:
-        title += (f"\n{forecasts - drawn} of {forecasts} forecasts leave this scale and are not "
-                  "drawn: they assume full-batch training on the probe batch (T10)")
+        title += (f"\n{forecasts - drawn} of {forecasts} forecasts not drawn: off this scale, or "
+                  "missing by design (they assume full-batch training on the probe batch, T10)")
     elif not linear and not forecasts:
         title += "; predictions need two readings"
     return title

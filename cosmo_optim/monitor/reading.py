@@ -9,6 +9,7 @@ hands the result to :mod:`.readout`, the pure arithmetic of the logged scalars.
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Iterator, Mapping
 from typing import Any, NamedTuple
 
@@ -92,8 +93,23 @@ def measure(model: nn.Module, inputs: Tensor, config: MonitorConfig | None = Non
     config = config or MonitorConfig()
     with rank0_buffers(model, config.distributed):
         f, kernel, k = _measure(model, inputs, config, first, known)
-        linear = None if snapshot is None else _linearised(model, inputs, config, snapshot)
+        linear = None if snapshot is None or not _covered(model, snapshot) else _linearised(
+            model, inputs, config, snapshot)
     return Measured(f, kernel, k, linear)
+
+
+def _covered(model: nn.Module, snapshot: WeightSnapshot) -> bool:
+    """Whether the linearisation from `snapshot` covers the model now; one warning per kind
+    of change when it does not (the reading then has no residual)."""
+    changed = snapshot.changes(model)
+    if changed is not None:
+        warnings.warn(
+            f"CosmologyTracker: since the reading at step {snapshot.step} the model's "
+            f"{changed}; the residual, which compares with that reading's weights, is not "
+            "measured at the next reading and resumes after it (T12).",
+            UserWarning, stacklevel=6,
+        )
+    return changed is None
 
 
 def _measure(model: nn.Module, inputs: Tensor, config: MonitorConfig, first: bool,
@@ -125,7 +141,8 @@ def _linearised(model: nn.Module, inputs: Tensor, config: MonitorConfig,
 
     with preserved(model, device_of(model)), training(model, False):
         ref, change = linearised_outputs(model, to_model(model, inputs), snapshot, select)
-    return Linearised(ref.double().cpu(), change.double().cpu())
+    eps = torch.finfo(ref.dtype).eps if ref.is_floating_point() else 0.0
+    return Linearised(ref.double().cpu(), change.double().cpu(), eps)
 
 
 @contextlib.contextmanager

@@ -47,10 +47,12 @@ class RunSoFar:
 @dataclass(frozen=True)
 class Linearised:
     """The outputs the previous reading's frozen kernel gives for this step (T12): f(θ_ref)
-    with this step's buffers, and J(θ_ref)(θ − θ_ref) (both shaped like f, float64)."""
+    with this step's buffers, and J(θ_ref)(θ − θ_ref) (both shaped like f, float64), and the
+    precision `eps` of the dtype the model computed them in."""
 
     reference_outputs: Tensor
     change: Tensor
+    eps: float = 0.0
 
     @property
     def outputs(self) -> Tensor:
@@ -248,7 +250,7 @@ def _velocity(run: RunSoFar, f: Tensor, cosmology: Cosmology) -> Tensor | None:
     if run.step == 0:
         return torch.zeros_like(f)
     prev = run.previous_outputs
-    if prev is None or prev[0] != run.step - 1:
+    if prev is None or prev[0] != run.step - 1 or prev[1].shape != f.shape:
         return None
     return (f - prev[1]) / cosmology.time_step
 
@@ -277,13 +279,18 @@ def _against_last(last: LastReading | None, step: int, f: Tensor, kernel: Tensor
     the kernel's relative change, and the forecast's relative miss (T10)."""
     s: dict[str, float] = {}
     if linearised is not None:
+        ref = linearised.reference_outputs
         s["duality/residual"], s["duality/relative_residual"] = linearisation_residual(
-            f, linearised.reference_outputs, linearised.change)
+            f, ref, linearised.change)
+        moved = float((f - ref).norm())
+        s["duality/rounding_floor"] = (linearised.eps * float(f.norm()) / moved if moved > 0
+                                       else math.inf)
     if last is None:
         return s
     if last.kernel is not None and last.kernel.shape == kernel.shape:
         s["ntk/kernel_change"] = float(kernel_change(last.kernel, kernel))
-    if last.prediction is not None and last.prediction[0] == step:
+    if last.prediction is not None and last.prediction[0] == step and (
+            last.outputs.shape == f.shape):
         moved = (f - last.outputs).norm()
         gap = (f.reshape(-1) - last.prediction[1].to(f)).norm()
         s["duality/forecast_residual"] = float(gap / moved) if moved > 0 else math.nan

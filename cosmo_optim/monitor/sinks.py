@@ -129,8 +129,8 @@ class TensorBoardExtras:
             return  # a skipped (non-finite) probe has nothing to draw
         write_histograms(writer, history[-1], dual, self.prefix)
         if hasattr(writer, "add_text"):
-            card = verdicts(history[-1].scalars, interval=self.interval,
-                            lr=None if dual is None else dual.cosmology.lr,
+            previous = history[-2].scalars if len(history) > 1 else None
+            card = verdicts(history[-1].scalars, previous=previous, interval=self.interval,
                             max_lr=None if dual is None else float(dual.max_learning_rate()))
             writer.add_text(self.prefix + "cosmology/verdicts", card, step)
         if self.figures_due(step):

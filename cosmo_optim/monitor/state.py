@@ -8,10 +8,12 @@ and back, so that a resumed run continues its series without gaps or duplicates.
 
 from __future__ import annotations
 
+import warnings
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from cosmo_optim.dual import FLRWDual
@@ -63,13 +65,27 @@ class RunState:
         self.snapshot = WeightSnapshot.take(model, result.record.step)
         return True
 
-    def resume_from(self, model: nn.Module, step: int) -> None:
+    def resume_from(self, model: nn.Module, step: int, outputs: Callable[[], Tensor]) -> None:
         """After a resume at optimiser step `step`: if the run stopped right after a reading at
         that step, `model`'s weights are that reading's, and they become the next reading's
-        θ_ref (T12), so its residual is not lost (the weights are not in the state)."""
+        θ_ref (T12), so its residual is not lost (the weights are not in the state). Checked
+        by the model's `outputs` on the probe batch, which must be that reading's: a model
+        whose weights are loaded after `attach` would be taken for them (one warning)."""
         last = self.history[-1].step if self.history else None
-        if self.snapshot is None and last == step == self.last_step:
+        if self.snapshot is not None or self.last is None or not last == step == self.last_step:
+            return
+        now = outputs()
+        if now.shape == self.last.outputs.shape and torch.allclose(
+                now, self.last.outputs.to(now), rtol=1e-4, atol=1e-6 * float(now.abs().max())):
             self.snapshot = WeightSnapshot.take(model, step)
+            return
+        warnings.warn(
+            f"CosmologyTracker: resumed at step {step}, but the model's outputs on the probe "
+            f"batch are not those of the reading at step {step}: were its weights loaded after "
+            "attach()? The next reading has no residual (T12). Fix: load the model's state "
+            "before CosmologyTracker.attach (or load_state_dict) on a resume.",
+            UserWarning, stacklevel=4,
+        )
 
     def state_dict(self) -> dict[str, Any]:
         """Counters, history, first and latest probe: plain dicts and tensors."""

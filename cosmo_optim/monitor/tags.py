@@ -45,13 +45,14 @@ SCALAR_TAGS: Final = (
     "modes/active",
     "duality/residual",
     "duality/relative_residual",
+    "duality/rounding_floor",
     "duality/forecast_residual",
 )
 #: Tags that compare a reading with the one before: absent at the first reading, after a
 #: skipped one, and (the residuals) at the first reading after a resume (T10, T12).
 COMPARED: Final = frozenset({
     "ntk/kernel_change", "duality/residual", "duality/relative_residual",
-    "duality/forecast_residual",
+    "duality/rounding_floor", "duality/forecast_residual",
 })
 #: Histograms written to a ``SummaryWriter`` at every probe (the masses need a dual).
 HISTOGRAM_TAGS: Final = ("ntk/spectrum", "modes/mass_over_hubble")

@@ -199,7 +199,7 @@ class CosmologyTracker:
     def resume_from(self, step: int) -> None:
         """After a resume at optimiser step `step`, right after a reading: its weights, the
         model's now, are the next reading's θ_ref (T12; `RunState.resume_from`)."""
-        self.run.resume_from(self.model, step)
+        self.run.resume_from(self.model, step, lambda: _outputs_at(self, -1, self.run.inputs))
 
     def detach(self) -> None:
         """Stop observing the optimiser given to `observe`/`attach`."""
@@ -282,7 +282,7 @@ class CosmologyTracker:
 
 def _outputs_at(tracker: CosmologyTracker, step: int, inputs: Any) -> Any:
     """f at `step`, the next reading's f_{n−1}: this step's reading's own (every_n_steps=1),
-    else one more forward on the probe batch."""
+    else (or for step −1: now, whatever the last reading) one more forward on the probe batch."""
     last = tracker.run.last
     if last is not None and last.step == step:
         return last.outputs

@@ -85,8 +85,24 @@ def test_running_statistics_that_moved_are_not_counted_as_weights_moving():
 
 def test_a_snapshot_of_another_model_is_refused_naming_the_fix():
     snap = WeightSnapshot.take(nn.Linear(2, 2), 0)
-    with pytest.raises(ValueError, match=r"Invalid snapshot: parameters \['bias', 'weight'\].*WeightSnapshot\.take"):
+    with pytest.raises(ValueError, match=r"since step 0 the model's parameters were added or removed.*WeightSnapshot\.take"):
         linearised_outputs(nn.Sequential(nn.Linear(2, 2)), torch.randn(3, 2), snap)
+
+
+def test_a_layer_unfrozen_or_edited_since_the_snapshot_is_seen():
+    """Frozen parameters are fingerprinted, not copied: unfreezing one that then moves, or
+    editing one in place, is a change no linearisation from the snapshot covers."""
+    model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 1)).double()
+    model[0].requires_grad_(False)
+    snap = WeightSnapshot.take(model, 5)
+    assert set(snap.weights) == {"2.weight", "2.bias"} and snap.changes(model) is None
+    model[0].requires_grad_(True)  # unfrozen, not moved yet: still covered
+    assert snap.changes(model) is None
+    with torch.no_grad():
+        model[0].weight.add_(0.1)
+    assert snap.changes(model) == "frozen parameters were unfrozen or edited"
+    model[2] = nn.Linear(4, 2).double()
+    assert snap.changes(model) == "parameters changed shape"
 
 
 def test_outputs_that_did_not_move_have_no_relative_residual():

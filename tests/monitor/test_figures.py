@@ -66,10 +66,10 @@ def test_a_forecast_off_the_data_s_scale_is_left_out_and_the_title_says_why():
     from cosmo_optim.monitor.figures import figures
     from cosmo_optim.monitor.records import PredictedModes, Reading
 
-    def reading(step, amplitude, forecast=None):
+    def reading(step, amplitude, forecast=None, scalars=None):
         prediction = None if forecast is None else PredictedModes(
             [step, step + 1], torch.tensor([[amplitude], [forecast]], dtype=torch.float64))
-        return Reading(step, {}, torch.ones(1), torch.zeros(1), torch.tensor([amplitude]),
+        return Reading(step, scalars or {}, torch.ones(1), torch.zeros(1), torch.tensor([amplitude]),
                        prediction, linearised_amplitudes=torch.tensor([amplitude * 1.01]))
 
     history = [reading(0, 1.0, forecast=1500.0), reading(1, 2.0, forecast=2.5), reading(2, 3.0)]
@@ -77,4 +77,14 @@ def test_a_forecast_off_the_data_s_scale_is_left_out_and_the_title_says_why():
     dotted = [line for line in ax.get_lines() if line.get_linestyle() == ":" and len(line.get_xdata())]
     assert len(dotted) == 1 and list(dotted[0].get_xdata()) == [1, 2]  # the sane one only
     assert ax.get_ylim()[1] < 10  # the data's scale, not the forecast's 1500
-    assert "1 of 2 forecasts leave this scale and are not drawn" in ax.get_title()
+    assert "1 of 2 forecasts not drawn: off this scale" in ax.get_title()
+    # A forecast the next reading found missing by more than half the motion (mini-batches) is
+    # not drawn either, though on scale; the title carries the verdict of the readings.
+    history = [reading(0, 1.0, forecast=1.5),
+               reading(1, 2.0, forecast=2.5, scalars={"train/duality/forecast_residual": 0.9,
+                                                      "train/duality/relative_residual": 0.01}),
+               reading(2, 3.0, scalars={"train/duality/forecast_residual": 0.8,
+                                        "train/duality/relative_residual": 0.2})]
+    ax = figures(history, None)["figures/modes"].axes[0]
+    assert not [line for line in ax.get_lines() if line.get_linestyle() == ":" and len(line.get_xdata())]
+    assert "the dual holds at 1 of 2 readings" in ax.get_title() and "latest 0.2" in ax.get_title()

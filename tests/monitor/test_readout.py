@@ -65,17 +65,32 @@ def test_the_forecast_evolves_every_mode_not_only_the_logged_ones():
 
 
 def test_alpha_eff_is_the_mean_of_the_c_mean_field_modes_eigenvalues():
-    """C = 2 outputs: the mean field rides on the 2 modes most aligned with the uniform
-    directions; α_eff is their mean eigenvalue over N, computed here from the kernel by hand."""
+    """C = 2 outputs on inputs around a common centre: the mean field rides on the 2 modes most
+    aligned with the uniform directions; α_eff is their mean eigenvalue over N, computed here
+    from the kernel by hand."""
     g = torch.Generator().manual_seed(2)
-    x = torch.randn(6, 3, generator=g, dtype=D)
+    x = 2.0 + 0.3 * torch.randn(6, 3, generator=g, dtype=D)
     model = nn.Linear(3, 2).double()
     s = CosmologyTracker(model, probe_batch=x, top_k=2).read(0)
     kernel = torch.kron(x @ x.T + 1.0, torch.eye(2, dtype=D))  # (N·C)², sample-major (T4)
     lam, vec = torch.linalg.eigh(kernel)
     overlaps = vec.reshape(6, 2, -1).sum(0).norm(dim=0) / 6 ** 0.5
     mean_field = overlaps.argsort(descending=True)[:2]
+    assert overlaps[mean_field].min() > 0.99
     assert s["cosmology/alpha_eff"] == pytest.approx(float(lam[mean_field].mean()) / 6, rel=1e-10)
+
+
+def test_without_a_mean_field_mode_alpha_eff_is_the_mean_kernel_entry():
+    """Standard-normal inputs, no bias: no mode is uniform (best overlap 0.60 < 1/√2, T7), so
+    the mean field is not a mode and α_eff is the mean kernel entry (1/N²) Σ_ij Θ_ij, the exact
+    coupling of a uniform state, by hand."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(8, 5, generator=g, dtype=D)
+    model = nn.Linear(5, 1, bias=False).double()
+    s = CosmologyTracker(model, probe_batch=x, top_k=2).read(0)
+    kernel = x @ x.T
+    assert s["ntk/mean_field_overlap"] == pytest.approx(0.598, abs=1e-3)
+    assert s["cosmology/alpha_eff"] == pytest.approx(float(kernel.mean()), abs=1e-12)
 
 
 def _digits():

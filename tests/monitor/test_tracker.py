@@ -191,7 +191,7 @@ def test_state_dict_resume_continues_without_gaps_or_duplicates(at):
     first_after = next(r["step"] for r in resumed.history if r["step"] > at) if at % 3 else None
     for a, b in zip(straight.history, resumed.history, strict=True):
         if b["step"] == first_after:
-            assert set(a["scalars"]) - set(b["scalars"]) == {"duality/residual", "duality/relative_residual"}
+            assert set(a["scalars"]) - set(b["scalars"]) == {"duality/residual", "duality/relative_residual", "duality/rounding_floor"}
             a = {k: v for k, v in a["scalars"].items() if k in b["scalars"]}
             assert a == pytest.approx(b["scalars"], nan_ok=True)
             continue
@@ -534,3 +534,26 @@ def test_the_former_names_warn_at_the_user_s_line_under_default_filters(tmp_path
                          check=True, env={**os.environ, "PYTHONWARNINGS": ""}).stderr
     assert f"{script}:3: DeprecationWarning: cosmo_optim.monitor.ProbeRecord is deprecated" in err
     assert f"{script}:6: DeprecationWarning: CosmologyTracker.probe is deprecated" in err
+
+
+def test_a_resume_whose_weights_are_loaded_after_attach_is_not_taken_for_the_reading_s():
+    """The tracker's state says the run stopped right after the reading at step 6, but the
+    model still has fresh weights at attach (its state is loaded after): taking them as that
+    reading's θ_ref would give a wrong residual, so the tracker warns and measures none."""
+    x, y = data(dtype=torch.float32)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 8), nn.Tanh(), nn.Linear(8, 1))
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    tracker = CosmologyTracker(model, nn.MSELoss(), probe_batch=(x, y), top_k=2, every_n_steps=3)
+    tracker.attach(opt)
+    train(model, opt, x, y, 6)
+    state, weights = copy.deepcopy(tracker.state_dict()), copy.deepcopy(model.state_dict())
+    fresh = nn.Sequential(nn.Linear(3, 8), nn.Tanh(), nn.Linear(8, 1))
+    opt2 = torch.optim.SGD(fresh.parameters(), lr=0.05, momentum=0.9)
+    resumed = CosmologyTracker(fresh, nn.MSELoss(), top_k=2, every_n_steps=3)
+    resumed.load_state_dict(state)
+    with pytest.warns(UserWarning, match=r"resumed at step 6, but the model's outputs.*load the model's state before"):
+        resumed.attach(opt2)
+    fresh.load_state_dict(weights)  # too late
+    train(fresh, opt2, x, y, 3)
+    assert "duality/residual" not in resumed.history[-1].scalars
