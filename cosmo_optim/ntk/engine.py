@@ -324,6 +324,7 @@ def _forward_error(e: Engine, error: RuntimeError, n: int) -> str:
         )
     held = carried_state(e.python_state, changed_only=False)
     what = "a batch of one sample" if n == 1 else f"a chunk of {n} samples"
+    split = len(e.x.batched()) > 1
     return (
         f"Invalid model: its forward raised on {what} (the engine runs sample 0 alone, "
         f"chunks of the batch, and the exact path every sample alone): {first}. A forward "
@@ -336,4 +337,7 @@ def _forward_error(e: Engine, error: RuntimeError, n: int) -> str:
            "state, a KV cache), reset it before the call (e.g. to None, if forward then "
            "starts a fresh one) or pass it to the model as an input with one row per "
            "probe sample." if held else "")
+        + (f" Arguments split per sample: {e.x!r}; one shared by every sample whose length "
+           "happens to be N must be declared: ModelInputs(inputs, batch_dim={name: None})."
+           if split else "")
     )
