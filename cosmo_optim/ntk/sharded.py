@@ -60,7 +60,8 @@ def unsharded(model: nn.Module) -> Iterator[Unsharded]:
     if any(_fsdp1(m) for m in model.modules()):
         with _fsdp1_unwrapped(model) as found:
             yield found
-    elif any(_dtensor(p) for p in model.parameters()):
+    elif any(_dtensor(p) for p in model.parameters()) or any(
+            _is_fsdp2_hook(h) for m in model.modules() for h in m._forward_pre_hooks.values()):
         with _fsdp2_unhooked(model) as found:
             yield found
     else:
@@ -69,7 +70,9 @@ def unsharded(model: nn.Module) -> Iterator[Unsharded]:
 
 @contextlib.contextmanager
 def _fsdp2_unhooked(model: nn.Module) -> Iterator[Unsharded]:
-    """FSDP2: full values by ``DTensor.full_tensor()``, FSDP's forward hooks set aside."""
+    """FSDP2: full values by ``DTensor.full_tensor()`` (parameters FSDP holds unsharded at
+    the moment, between a forward and its backward, are used as they are), FSDP's forward
+    hooks set aside."""
     values = {n: p.detach().full_tensor()  # type: ignore[attr-defined]  # a DTensor
               for n, p in model.named_parameters() if _dtensor(p)}
     policy = _mixed_precision(model)

@@ -81,6 +81,10 @@ def _checks(rank: int) -> dict[str, Any]:
                            and hooks == [len(m._forward_pre_hooks) + len(m._forward_hooks)
                                          for m in two.modules()]
                            and all(p.grad is None for p in two.parameters()))
+    kept = _fsdp2(copy.deepcopy(base), reshard_after_forward=False)
+    loss = kept(x).square().sum()  # between a forward and its backward: parameters unsharded
+    out["fsdp2_unsharded"] = relative_error(empirical_ntk(kept, x), R)
+    loss.backward()  # FSDP's own backward still runs
     one = _fsdp1(copy.deepcopy(base), use_orig_params=True)
     out["fsdp1"] = relative_error(empirical_ntk(one, x, verify=True), R)
     first = [n for n, _ in one.named_parameters()][:2]  # wrapper names, as the user sees them
@@ -137,7 +141,7 @@ def ranks(request: pytest.FixtureRequest,
 
 
 @pytest.mark.parametrize("case", ["fsdp2", "fsdp2_jacobian", "fsdp2_full", "fsdp2_split",
-                                  "fsdp1", "fsdp1_params"])
+                                  "fsdp2_unsharded", "fsdp1", "fsdp1_params"])
 def test_sharded_kernels_equal_the_unsharded_brute_force(ranks: list[dict], case: str) -> None:
     for rank in ranks:
         assert rank[case] <= 1e-8, f"{case}: relative error {rank[case]:.2e}"
