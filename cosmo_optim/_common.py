@@ -145,10 +145,12 @@ def python_state(model: nn.Module) -> PythonState:
     return state
 
 
-def restore_python_state(state: PythonState) -> None:
-    """Put back the attributes of :func:`python_state` (tensors rebound to the same objects,
-    their values restored if written in place) and drop those added since (a counter
-    incremented, a cache filled or created by a forward)."""
+def restore_python_state(state: PythonState, fresh: bool = False) -> None:
+    """Put back the attributes of :func:`python_state` and drop those added since (a counter
+    incremented, a cache filled or created by a forward). Tensors are rebound to the same
+    objects, their values restored if written in place; with ``fresh``, to new copies of
+    their values instead, so that a forward writing into one never changes a tensor that an
+    earlier forward's graph saved (nor the user's): the engine's forwards run so."""
     for _, m, plain, tensors in state:
         attrs = vars(m)
         for k in [k for k, v in attrs.items()
@@ -157,6 +159,9 @@ def restore_python_state(state: PythonState) -> None:
         for k, v in plain.items():
             attrs[k] = copy.copy(v) if isinstance(v, _CONTAINERS) else v
         for k, (t, version, saved) in tensors.items():
+            if fresh:
+                attrs[k] = saved.clone()
+                continue
             attrs[k] = t
             if _version(t) != version:
                 with torch.no_grad():
@@ -170,9 +175,11 @@ def carried_state(state: PythonState, changed_only: bool = True) -> list[str]:
     found = []
     for name, m, _, tensors in state:
         attrs = vars(m)
-        for k, (t, version, _) in tensors.items():
+        for k, (t, _, saved) in tensors.items():
             now = attrs.get(k)
-            if not changed_only or now is not t or _version(t) != version:
+            same = isinstance(now, torch.Tensor) and now.shape == saved.shape and \
+                now.dtype == saved.dtype and bool(torch.equal(now.detach(), saved))
+            if not changed_only or not same:
                 found.append(f"module {name or 'model'!r} attribute {k!r} "
                              f"(shape {tuple(t.shape)})")
     return found

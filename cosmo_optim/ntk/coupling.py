@@ -92,7 +92,7 @@ def _float64_agrees(e: Engine, order: Tensor, perm: Tensor, chunk: int) -> bool:
     def outputs(idx: Tensor, size: int, first: int) -> Tensor:
         parts = []
         for a, b in _cuts(idx.shape[0], size, first):
-            restore_python_state(state)
+            restore_python_state(state, fresh=True)
             sub = x[idx[a:b]].clone()
             parts.append(e.select(sub.call(twin), sub))
         return torch.cat(parts)

@@ -101,7 +101,7 @@ class Engine:
     def call(self, params: dict[str, torch.Tensor], x: ModelInputs) -> torch.Tensor:
         """The selected outputs (n, C) of the model with ``params`` replacing its own, on a copy
         of the inputs (a forward that writes into its input must not reach the caller's)."""
-        restore_python_state(self.python_state)  # every forward computes the same function
+        restore_python_state(self.python_state, fresh=True)  # every forward: the same function
         with torch.no_grad():
             for n, pristine in self.written.items():
                 self.base[n].copy_(pristine)

@@ -246,7 +246,7 @@ def same_function(e: Engine, model: nn.Module, autocast: Autocast) -> None:
     for lo, hi in chunks(e.N, 64):
         with torch.no_grad(), no_fastpath():
             ours.append(e.call({}, e.x[lo:hi]))
-        restore_python_state(state)
+        restore_python_state(state, fresh=True)
         sub = e.x[lo:hi].clone().for_model(e.model)
         with autocast():  # the user's forward as it trains: gradients on, fast path as set
             theirs.append(e.select(sub.call(e.model), sub).detach())

@@ -230,7 +230,7 @@ def verify(kernel: Tensor, model: nn.Module, x: ModelInputs, names: Sequence[str
     dtypes = {precision}
 
     def one(i: int) -> Tensor:
-        restore_python_state(state)
+        restore_python_state(state, fresh=True)
         sub = x[i : i + 1].clone()
         with torch.enable_grad(), autocast():
             out = select(sub.call(model), sub)
