@@ -77,3 +77,10 @@ def test_bench_ntk_real_models_smoke(capsys):
     assert [r["model"] for r in rows] == ["ResNet-18", "ViT", "GPT-2 small", "BERT-base"]
     assert all(r["exact_s"] > 0 and r["sketch_s"] > 0 and r["sketch_eig4"] >= 0 for r in rows)
     assert "sketch top-4 error" in capsys.readouterr().out
+
+
+def test_bench_ntk_families_smoke(capsys):
+    rows = load("bench_ntk_families").main(["--smoke"])
+    assert [r["family"] for r in rows] == ["plain MLP (baseline)", "keyword inputs (x, mask)"]
+    assert all(r["engine_s"] > 0 and r["brute_s"] > 0 and r["error"] < 1e-8 for r in rows)
+    assert "brute/engine" in capsys.readouterr().out
