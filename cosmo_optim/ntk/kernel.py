@@ -279,7 +279,9 @@ def _named_torch_errors(cast: bool) -> Iterator[None]:
             raise ValueError(
                 "Invalid model: it uses torch.utils.checkpoint(use_reentrant=True), which "
                 "torch.autograd.grad cannot differentiate through (the kernel's backward "
-                "passes). Fix: checkpoint(..., use_reentrant=False)."
+                "passes). Fix: checkpoint(..., use_reentrant=False), i.e. for a Hugging Face "
+                "model gradient_checkpointing_enable(gradient_checkpointing_kwargs="
+                "{'use_reentrant': False}), or gradient_checkpointing_disable() for the call."
             ) from error
         if cast and ("dtype" in text or "scalar type" in text):
             raise ValueError(
