@@ -236,8 +236,10 @@ def same_function(e: Engine, model: nn.Module, autocast: Autocast) -> None:
     off (its backward passes need the differentiable path); nn.TransformerEncoder's, for one,
     zeroes padded positions. The outputs of both paths must agree at the coupling tolerance.
     Costs two forwards of the probe batch (one with the graph the user's forward builds),
-    only for models with such modules in eval mode."""
-    fast = [n for n, m in model.named_modules() if isinstance(m, _FASTPATH) and not m.training]
+    only for models with such modules in eval mode and with frozen parameters (with gradients
+    on, a module whose parameters all require grad never takes its fast path)."""
+    fast = [n for n, m in model.named_modules() if isinstance(m, _FASTPATH) and not m.training
+            and not all(p.requires_grad for p in m.parameters())]  # else never the fast path
     fast = [n or "model" for n in fast if not any(n.startswith(f"{o}.") for o in fast if o)]
     if not fast or not torch.backends.mha.get_fastpath_enabled():
         return
