@@ -1,6 +1,6 @@
 """The engine's cost on the model families of issue #30, against the brute-force reference.
 
-For each family the tests check (tests/ntk/test_inputs.py, test_calls.py, test_own_function.py,
+For each family the tests check (tests/ntk/test_model_inputs.py, test_calls.py, test_own_function.py,
 test_quantised.py, test_state.py, test_sharded.py), time `empirical_ntk` (method="auto", trace
 kernel) and the tests' own brute-force reference (tests/ntk/brute_force.py: one forward and one
 `autograd.grad` per sample and output component, J Jᵀ in float64) on the same model and probe
