@@ -119,8 +119,9 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
                             world_size=world, timeout=timedelta(seconds=120))
     try:
         Path(out, f"rank{rank}.json").write_text(json.dumps(_checks(rank)))
+        dist.barrier()  # no rank tears gloo down while another still talks to it
     finally:
-        dist.destroy_process_group()
+        dist.destroy_process_group()  # gloo threads left at exit can abort the process
 
 
 def _free_port() -> int:
