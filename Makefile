@@ -9,7 +9,7 @@ PIP := $(BIN)/python -m pip install --constraint constraints.txt
 $(BIN)/.installed: pyproject.toml constraints.txt Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) --upgrade pip
-	$(PIP) -e ".[dev,lightning,docs,hf,demo]"
+	$(PIP) -e ".[dev,lightning,docs,hf,demo,test]"
 	touch $@
 
 install: $(BIN)/.installed

@@ -13,16 +13,16 @@ import math
 import random
 import re
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 from torch import nn
 
 __all__ = [
-    "MemoryBudgetError", "PythonState", "cast_copy", "check_int", "one_thread", "parse_bytes",
-    "preserved", "python_state", "restore_python_state", "same_on_every_rank", "training",
-    "unwrap_parallel",
+    "MemoryBudgetError", "ModuleState", "PythonState", "carried_state", "cast_copy", "check_int",
+    "one_thread", "parse_bytes", "preserved", "python_state", "restore_python_state",
+    "same_on_every_rank", "training", "unwrap_parallel",
 ]
 
 _UNITS = {
@@ -98,39 +98,99 @@ def one_thread() -> Iterator[None]:
 
 _PLAIN = (int, float, bool, str, bytes, tuple, type(None))
 _CONTAINERS = (list, dict, set)
-PythonState = list[tuple[nn.Module, dict[str, Any]]]
+
+
+class ModuleState(NamedTuple):
+    """One module's attributes outside its parameters and buffers: plain values (shallow
+    copies of containers) and tensors (the object, its version counter and a copy)."""
+
+    name: str
+    module: nn.Module
+    plain: dict[str, Any]
+    tensors: dict[str, tuple[torch.Tensor, int, torch.Tensor]]
+
+
+PythonState = list[ModuleState]
+
+
+def _version(t: torch.Tensor) -> int:
+    return -1 if t.is_inference() else t._version  # inference tensors keep no counter
+
+
+def _kept(name: str, value: Any) -> bool:
+    """Attributes a forward may count or cache in place: plain public values, and tensors."""
+    if isinstance(value, torch.Tensor):
+        return not isinstance(value, nn.Parameter)
+    return not name.startswith("_") and name != "training" and isinstance(
+        value, _PLAIN + _CONTAINERS)
 
 
 def python_state(model: nn.Module) -> PythonState:
-    """The plain Python attributes of every submodule (numbers, strings, tuples, None, and
-    shallow copies of lists, dicts and sets): what a forward may count or cache in place."""
+    """The attributes of every submodule that are neither parameters nor buffers: plain
+    numbers, strings, tuples, None, shallow copies of lists, dicts and sets, and tensors
+    (a KV cache or a recurrent state held as attributes, the old spectral-norm ``weight``):
+    what a forward may count, cache or carry to the next call."""
     state = []
-    for m in model.modules():
-        kept = {k: copy.copy(v) if isinstance(v, _CONTAINERS) else v
-                for k, v in vars(m).items() if not k.startswith("_") and k != "training"
-                and isinstance(v, _PLAIN + _CONTAINERS)}
-        state.append((m, kept))
+    for name, m in model.named_modules():
+        plain, tensors = {}, {}
+        for k, v in vars(m).items():
+            if not _kept(k, v):
+                continue
+            if isinstance(v, torch.Tensor):
+                with torch.no_grad():
+                    tensors[k] = (v, _version(v), v.detach().clone())
+            else:
+                plain[k] = copy.copy(v) if isinstance(v, _CONTAINERS) else v
+        state.append(ModuleState(name, m, plain, tensors))
     return state
 
 
-def restore_python_state(state: PythonState) -> None:
-    """Put back the attributes of :func:`python_state` and drop the plain ones added since
-    (a counter incremented, a cache filled or created by a forward)."""
-    for m, kept in state:
+def restore_python_state(state: PythonState, fresh: bool = False) -> None:
+    """Put back the attributes of :func:`python_state` and drop those added since (a counter
+    incremented, a cache filled or created by a forward). Tensors are rebound to the same
+    objects, their values restored if written in place; with ``fresh``, to new copies of
+    their values instead, so that a forward writing into one never changes a tensor that an
+    earlier forward's graph saved (nor the user's): the engine's forwards run so."""
+    for _, m, plain, tensors in state:
         attrs = vars(m)
-        for k in [k for k, v in attrs.items() if k not in kept and not k.startswith("_")
-                  and k != "training" and isinstance(v, _PLAIN + _CONTAINERS)]:
+        for k in [k for k, v in attrs.items()
+                  if k not in plain and k not in tensors and _kept(k, v)]:
             del attrs[k]
-        for k, v in kept.items():
+        for k, v in plain.items():
             attrs[k] = copy.copy(v) if isinstance(v, _CONTAINERS) else v
+        for k, (t, version, saved) in tensors.items():
+            if fresh:
+                attrs[k] = saved.clone()
+                continue
+            attrs[k] = t
+            if _version(t) != version:
+                with torch.no_grad():
+                    t.copy_(saved)
+
+
+def carried_state(state: PythonState, changed_only: bool = True) -> list[str]:
+    """Tensor attributes a forward replaced or wrote since :func:`python_state` (all of them
+    with ``changed_only=False``), each as ``module 'name' attribute 'h' (shape)``: a state
+    carried from call to call (a recurrent state, a cache)."""
+    found = []
+    for name, m, _, tensors in state:
+        attrs = vars(m)
+        for k, (t, _, saved) in tensors.items():
+            now = attrs.get(k)
+            same = isinstance(now, torch.Tensor) and now.shape == saved.shape and \
+                now.dtype == saved.dtype and bool(torch.equal(now.detach(), saved))
+            if not changed_only or not same:
+                found.append(f"module {name or 'model'!r} attribute {k!r} "
+                             f"(shape {tuple(t.shape)})")
+    return found
 
 
 @contextlib.contextmanager
 def preserved(model: nn.Module, device: torch.device | None = None) -> Iterator[None]:
-    """Leave ``model``'s buffers, its modules' plain Python attributes (counters, caches) and
-    every random state (torch, CUDA on ``device``, NumPy, Python) exactly as they were,
-    whatever runs inside (BatchNorm statistics, spectral-norm power iterations, dropout
-    draws)."""
+    """Leave ``model``'s buffers, its modules' other attributes (counters, caches, tensors held
+    as attributes: :func:`python_state`) and every random state (torch, CUDA on ``device``,
+    NumPy, Python) exactly as they were, whatever runs inside (BatchNorm statistics,
+    spectral-norm power iterations, dropout draws, a recurrent state)."""
     plain = python_state(model)
     buffers = [(m, name, b, b.detach().clone()) for m in model.modules()
                for name, b in m._buffers.items() if b is not None]

@@ -13,7 +13,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
-from cosmo_optim.ntk import empirical_ntk
+from cosmo_optim.ntk import ModelInputs, empirical_ntk
 
 __all__ = [
     "EIGEN_METHODS", "NTKEigen", "fix_signs", "flat_kernel", "kernel_change", "kernel_distance",
@@ -38,7 +38,7 @@ class NTKEigen(NamedTuple):
 
 def ntk_eigen(
     model_or_kernel: nn.Module | torch.Tensor,
-    inputs: torch.Tensor | None = None,
+    inputs: torch.Tensor | tuple[Any, ...] | dict[str, Any] | ModelInputs | None = None,
     *,
     k: int = 8,
     warm_start: NTKEigen | torch.Tensor | None = None,
@@ -52,7 +52,9 @@ def ntk_eigen(
         model_or_kernel: a model (the kernel is computed with
             :func:`cosmo_optim.empirical_ntk` on ``inputs``) or a precomputed symmetric
             ``(N, N)`` kernel tensor.
-        inputs: probe batch; required with a model, must be None with a kernel.
+        inputs: probe batch, as the model takes it (a tensor, a tuple of positional
+            arguments, a dict of keyword arguments or a
+            :class:`cosmo_optim.ntk.ModelInputs`); required with a model, None with a kernel.
         k: number of modes, 1 <= k <= N.
         warm_start: the previous :class:`NTKEigen` (or an ``(N, j)`` block of vectors) when
             called repeatedly during training; LOBPCG then starts from it and converges in a

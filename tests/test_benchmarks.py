@@ -85,3 +85,10 @@ def test_bench_duality_smoke(capsys):
     assert [r["case"].net for r in rows] == ["wide", "narrow"]
     assert all(r["median"] >= 0 and r["holds"] for r in rows)
     assert "relative residual" in capsys.readouterr().out
+
+
+def test_bench_ntk_families_smoke(capsys):
+    rows = load("bench_ntk_families").main(["--smoke"])
+    assert [r["family"] for r in rows] == ["plain MLP (baseline)", "keyword inputs (x, mask)"]
+    assert all(r["engine_s"] > 0 and r["brute_s"] > 0 and r["error"] < 1e-8 for r in rows)
+    assert "brute/engine" in capsys.readouterr().out

@@ -50,7 +50,7 @@ def prove_independent(e: Engine, leaves: dict[str, Tensor], chunk: int, lo: int,
         else:
             reference = e.outputs[lo:hi]
         other = _arranged(e, leaves, perm, chunk // 2, first=1)
-        tol = guards.coupling_tolerance(e.dtype, e.x.device)
+        tol = guards.coupling_tolerance(e.precision, e.device)
         err = guards.coupling_error(reference[perm - lo], other)
         if lo == 0:
             err = max(err, guards.coupling_error(reference[:1], e.alone))
@@ -59,9 +59,9 @@ def prove_independent(e: Engine, leaves: dict[str, Tensor], chunk: int, lo: int,
         again = max(guards.coupling_error(reference, _arranged(e, leaves, order, chunk)),
                     guards.coupling_error(other, _arranged(e, leaves, perm, chunk // 2,
                                                            first=1)))
-    guards.refuse_randomness(guards.random_states(e.x.device), e.x.device, (),
-                             again, tol)
-    raise ValueError(guards.coupled_error_message(err, tol))
+    guards.refuse_randomness(guards.random_states(e.device), e.device, (), again, tol,
+                             e.causes)
+    raise ValueError(guards.coupled_error_message(err, tol, e.causes))
 
 
 def _cuts(n: int, size: int, first: int) -> list[tuple[int, int]]:
@@ -74,19 +74,27 @@ def _rounding_only(e: Engine, order: Tensor, perm: Tensor, chunk: int) -> bool:
     """True if a mismatch of the coupling proof vanishes in float64: the model's
     outputs cancel (|f| far below the terms that make it), and the two arrangements round
     differently. Recomputes both arrangements on a float64 copy of the model."""
-    if e.dtype == torch.float64:
+    if e.precision == torch.float64:
         return False
+    try:
+        return _float64_agrees(e, order, perm, chunk)
+    except (RuntimeError, NotImplementedError, TypeError):  # e.g. int8 kernels refuse float64
+        return False  # no float64 rerun: the mismatch stands
+
+
+def _float64_agrees(e: Engine, order: Tensor, perm: Tensor, chunk: int) -> bool:
     twin, _ = cast_copy(e.model, {}, torch.float64)
     if twin is e.model:
         return False  # no copy: the mismatch stands
     state = python_state(twin)
-    x = e.x.double() if e.x.is_floating_point() else e.x
+    x = e.x.to(dtype=torch.float64)
 
     def outputs(idx: Tensor, size: int, first: int) -> Tensor:
         parts = []
         for a, b in _cuts(idx.shape[0], size, first):
-            restore_python_state(state)
-            parts.append(e.select(twin(x[idx[a:b]].clone()), b - a))
+            restore_python_state(state, fresh=True)
+            sub = x[idx[a:b]].clone()
+            parts.append(e.select(sub.call(twin), sub))
         return torch.cat(parts)
 
     with torch.no_grad():

@@ -45,14 +45,14 @@ def kernel(engine: Engine, k: int | None, seed: int) -> torch.Tensor:
     try:  # every check runs on the rank's own shard: a refusal must reach every rank
         fm = FeatureMap(engine, k, seed)
         widths = [fm.width(n) for n in engine.names]
-        local = fm.all(lo, hi) if hi > lo else engine.x.new_zeros(
-            (0, engine.C, sum(widths)), dtype=engine.dtype)
+        local = fm.all(lo, hi) if hi > lo else torch.zeros(
+            (0, engine.C, sum(widths)), dtype=engine.dtype, device=engine.device)
     except Exception as error:  # re-raised below, on this rank as it was
         failure = error
     _agree(failure)
     sizes = [N * (r + 1) // world - N * r // world for r in range(world)]
-    rows = engine.x.new_zeros((hi - lo, N, engine.C, engine.C) if engine.full else (hi - lo, N),
-                              dtype=engine.dtype)
+    rows = torch.zeros((hi - lo, N, engine.C, engine.C) if engine.full else (hi - lo, N),
+                       dtype=engine.dtype, device=engine.device)
     limit = max(engine.free // 4, 1)
     start = 0
     for stop in _blocks(widths, N * engine.C * engine.isz, limit):
@@ -110,7 +110,8 @@ def _gather(t: torch.Tensor, sizes: list[int]) -> torch.Tensor:
 def _check_same_model(engine: Engine) -> None:
     """Refuse ranks holding different probe batches, weights or buffers: the kernel would be
     of no one model and batch (a checksum of each is gathered, see `same_on_every_rank`)."""
-    groups = {"probe batches": [engine.x], "parameters or buffers": list(engine.base.values())}
+    groups = {"probe batches": engine.x.tensors(),
+              "parameters or buffers": list(engine.base.values())}
     for what, tensors in groups.items():
         if not same_on_every_rank(tensors):
             raise ValueError(

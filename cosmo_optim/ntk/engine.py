@@ -13,23 +13,30 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import nn
 from torch.func import functional_call
 
-from cosmo_optim._common import MemoryBudgetError, python_state, restore_python_state
+from cosmo_optim._common import (
+    MemoryBudgetError,
+    carried_state,
+    python_state,
+    restore_python_state,
+)
 from cosmo_optim.ntk import coupling, guards, rules, structured
 from cosmo_optim.ntk import per_sample as exact
+from cosmo_optim.ntk.admission import coupling_causes
+from cosmo_optim.ntk.inputs import ModelInputs
+from cosmo_optim.ntk.modes import Autocast
+from cosmo_optim.ntk.outputs import Output, selected_outputs, takes_index
 from cosmo_optim.ntk.plan import Plan, form, structured_plan
 from cosmo_optim.ntk.recorder import UseRecorder
 
-__all__ = ["Engine", "Output", "selected_outputs"]
-
-Output = str | int | Callable[[torch.Tensor], torch.Tensor]
-_DTYPE_CLASH = re.compile(r"dtype|scalar type", re.IGNORECASE)
+__all__ = ["Engine"]
+_DTYPE_CLASH = re.compile(r"dtype|scalar type|input type \(\w+\) and \w+ type", re.IGNORECASE)
 logger = logging.getLogger("cosmo_optim.ntk")
 
 
@@ -37,31 +44,46 @@ class Engine:
     """One kernel request: scout, plan, structured pass, jacobian pass."""
 
     def __init__(
-        self, model: nn.Module, selected: dict[str, nn.Parameter], inputs: torch.Tensor,
+        self, model: nn.Module, selected: dict[str, nn.Parameter], inputs: ModelInputs,
         output: Output, method: str, dtype: torch.dtype | None, budget: int,
+        values: dict[str, torch.Tensor] | None = None, autocast: Autocast | None = None,
     ) -> None:
         self.model, self.output, self.method, self.budget = model, output, method, budget
         self.python_state = python_state(model)  # counters and caches reset before each forward
         self.cast = dtype
         cast = (lambda t: t.to(dtype) if t.is_floating_point() else t) if dtype else (lambda t: t)
-        self.x = cast(inputs)
-        self.N = inputs.shape[0]
+        self.x = inputs.to(dtype=dtype) if dtype else inputs
+        self.N = len(inputs)
+        self.with_index = takes_index(output)
+        self.autocast = autocast or Autocast(inputs.device)
         # Detached (cast) views: the user's parameters and their .grad are never touched; the
-        # scout replaces those the forward writes into with copies.
-        self.base = {n: cast(t.detach()) for n, t in model.named_parameters()}
+        # scout replaces those the forward writes into with copies. ``values``: the full
+        # values of sharded parameters (:mod:`.sharded`).
+        values = values or {}
+        self.base = {n: cast(values.get(n, t).detach()) for n, t in model.named_parameters()}
         self.base |= {n: cast(t.detach()) for n, t in model.named_buffers()}
         self.names = list(selected)
         self.originals = {id(p): n for n, p in selected.items()}
-        self.dtype = self.base[self.names[0]].dtype
+        # The forward's precision sets the tolerance of every proof (lowered by the scout when
+        # the forward computes in a lower one: bfloat16 weights, autocast); the kernel is
+        # accumulated in float32 at least.
+        self.precision = self.base[self.names[0]].dtype
+        self.dtype = torch.promote_types(self.precision, torch.float32)
         self.isz = torch.empty((), dtype=self.dtype).element_size()
         self.full = output == "full"
+        self.device = inputs.device
+
+    @property
+    def tolerance(self) -> float:
+        """Relative tolerance of the proofs and the self-check at the forward's precision."""
+        return exact.tolerance(self.precision, self.device)
 
     # ----------------------------------------------------------------------------- forward
-    def select(self, out: Any, n: int) -> torch.Tensor:
-        """Model outputs for n samples -> the differentiated components (n, C)."""
-        return selected_outputs(self.output, out, n)
+    def select(self, out: Any, x: ModelInputs) -> torch.Tensor:
+        """Model outputs for the samples ``x`` -> the differentiated components (n, C)."""
+        return selected_outputs(self.output, out, len(x), x.index if self.with_index else None)
 
-    def forward(self, x: torch.Tensor, leaves: dict[str, torch.Tensor]) -> Any:
+    def forward(self, x: ModelInputs, leaves: dict[str, torch.Tensor]) -> Any:
         recorder = UseRecorder({id(t): n for n, t in leaves.items()}, self.protect,
                                      self.originals)
         with recorder:
@@ -76,15 +98,23 @@ class Engine:
             )
         return recorder, out
 
-    def call(self, params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    def call(self, params: dict[str, torch.Tensor], x: ModelInputs) -> torch.Tensor:
         """The selected outputs (n, C) of the model with ``params`` replacing its own, on a copy
         of the inputs (a forward that writes into its input must not reach the caller's)."""
-        restore_python_state(self.python_state)  # every forward computes the same function
+        restore_python_state(self.python_state, fresh=True)  # every forward: the same function
         with torch.no_grad():
             for n, pristine in self.written.items():
                 self.base[n].copy_(pristine)
-        out = functional_call(self.model, self.base | params, (x.clone(),))
-        return self.select(out, x.shape[0])
+        params = {n: p.clone() if n in self.written else p for n, p in params.items()}
+        x = x.clone()
+        try:
+            with self.autocast():
+                out = functional_call(self.model, self.base | params, x.args, x.kwargs)
+        except RuntimeError as error:
+            if isinstance(error, torch.OutOfMemoryError):
+                raise
+            raise ValueError(_forward_error(self, error, len(x))) from error
+        return self.select(out, x)
 
     # -------------------------------------------------------------------------------- plan
     def leaves(self, names: Sequence[str]) -> dict[str, torch.Tensor]:
@@ -99,52 +129,34 @@ class Engine:
         self.outputs: torch.Tensor | None = None  # (N, C) outputs of the pass, see record()
         views = self.base  # the leaves stand in for the selected parameters: copy the rest
         self.base = {n: t if n in leaves else t.clone() for n, t in views.items()}
-        before = guards.random_states(self.x.device)
-        recorder, f1 = self._first_forward(leaves)
-        if recorder.overwritten():
-            self.protect = recorder.overwritten()
-            recorder, f1 = self.forward(self.x[:1], leaves)
+        before = guards.random_states(self.device)
+        recorder, f1 = self.forward(self.x[:1], leaves)
+        self.causes = [_carried(s) for s in carried_state(self.python_state)]
+        self.causes += coupling_causes(self.model)
         # Tensors the forward writes into (Embedding(max_norm=...) rows, spectral-norm power
         # iterations in training mode, a weight clamped in forward) stay private copies, reset
         # before every forward so that each computes the same function (and the user's own
-        # are never written); the others go back to views.
+        # are never written); a selected one is given to each forward as a fresh copy of its
+        # leaf (:meth:`call`). The others go back to views.
         self.written = {n: views[n].clone() for n, c in self.base.items()
                         if (leaves[n] if n in leaves else c)._version}
         self.base = {n: (c.clone() if n in leaves else c) if n in self.written else views[n]
                      for n, c in self.base.items()}
+        if recorder.overwritten() or self.written.keys() & leaves.keys():
+            with torch.no_grad():
+                for n in self.written.keys() & leaves.keys():
+                    leaves[n].copy_(self.written[n])
+            self.protect = recorder.overwritten()
+            recorder, f1 = self.forward(self.x[:1], leaves)
+        guards.refuse_reentrant(f1, leaves)
+        self.precision = guards.lowest_precision(self.precision, f1, recorder.dtypes)
         with torch.no_grad():
             again = self.call(leaves, self.x[:1])
-        tol = guards.coupling_tolerance(self.dtype, self.x.device)
-        guards.refuse_randomness(before, self.x.device, recorder.functions,
-                                 guards.coupling_error(f1.detach(), again), tol)
+        tol = guards.coupling_tolerance(self.precision, self.device)
+        guards.refuse_randomness(before, self.device, recorder.functions,
+                                 guards.coupling_error(f1.detach(), again), tol, self.causes)
         self.alone = again  # sample 0 in a batch of one, for the coupling proof
         return recorder, f1
-
-    def _first_forward(self, leaves: dict[str, torch.Tensor]) -> tuple[UseRecorder, Any]:
-        """The scout's forward; a forward that mixes dtypes gets an error naming the cast."""
-        try:
-            return self.forward(self.x[:1], leaves)
-        except RuntimeError as error:
-            if isinstance(error, torch.OutOfMemoryError):
-                raise
-            if not _DTYPE_CLASH.search(str(error)):
-                raise ValueError(
-                    "Invalid model: its forward raised on a batch of one sample (the engine runs "
-                    f"sample 0 alone, and the exact path runs every sample alone): "
-                    f"{str(error).splitlines()[0]}. If it runs on the whole batch, it needs "
-                    "several samples at once (a reshape or view over the batch), which couples "
-                    "them: the per-sample NTK is undefined. Fix: make forward work on any "
-                    "batch size."
-                ) from error
-            first = str(error).splitlines()[0]
-            raise ValueError(
-                f"Invalid dtype: the model's forward mixes dtypes ({first}) with inputs of "
-                f"{self.x.dtype} and parameters of {self.dtype}"
-                + (f" (cast by dtype={self.cast})" if self.cast else "") + ": something in "
-                "forward has its own dtype (x.float(), .to(torch.float32), a tensor created "
-                "or held outside the parameters and buffers). Fix: pass inputs in the model's "
-                "dtype and dtype=None, or make forward follow its parameters (x.to(w.dtype))."
-            ) from error
 
     def rules_for(self, recorder: UseRecorder, f1: torch.Tensor,
                   leaves: dict[str, torch.Tensor]) -> dict[str, list[rules.Use]]:
@@ -167,7 +179,8 @@ class Engine:
         delta = self.cotangents(fr, outs, retain=True)
         found = {n: us for n, us in found.items() if all(id(u.out) in delta for u in us)}
         hidden = guards.hidden_route(fr, {n: leaves[n] for n in found},
-                                     lambda n: self.chunk_term("psg", found[n], delta))
+                                     lambda n: self.chunk_term("psg", found[n], delta),
+                                     self.tolerance)
         return {n: us for n, us in found.items() if n not in hidden}
 
     def foreign(self, f: torch.Tensor, outs: dict[int, torch.Tensor],
@@ -175,9 +188,9 @@ class Engine:
         """Ids of captured outputs whose rows are not owned by their samples in this chunk
         (:func:`guards.foreign_rows`), from the chunk's cotangents ``delta`` (C, *y.shape) for
         all components; one more backward of ``f``, whose graph it releases."""
-        r = self.r.reshape(-1)
+        r = self.r.reshape(-1).to(self.dtype)
         plain = {k: torch.tensordot(r, d, dims=1) for k, d in delta.items()}
-        return guards.foreign_rows((f @ self.r)[:, 0], plain, outs)
+        return guards.foreign_rows((f @ self.r)[:, 0], plain, outs, self.tolerance)
 
     def record(self, lo: int, f: torch.Tensor) -> None:
         """Keep the outputs of samples ``lo..`` as the pass computed them (first pass only)."""
@@ -208,7 +221,7 @@ class Engine:
         plan.jacobian += [n for n in self.names if n not in found]
         self.free = self.budget - kernel_bytes
         K = torch.zeros((N, N, C, C) if self.full else (N, N), dtype=self.dtype,
-                        device=self.x.device)
+                        device=self.device)
         counts = {n: len(recorder.uses[n]) for n in found}
         fallback = list(plan.jacobian)
         if plan.streaming:
@@ -236,7 +249,8 @@ class Engine:
                 f"Fix: memory_budget={need} or more, or a params subset without it."
             )
         vmap_ok = not recorder.functions & exact.VMAP_UNSAFE
-        rows = exact.PerSampleJacobian(self.call, self.base, self.x, C, vmap_ok)
+        rows = exact.PerSampleJacobian(self.call, self.base, self.x, C, vmap_ok, self.dtype,
+                                       self.tolerance)
         exact.contract(K, rows, sizes, self.free, act, self.full)
 
     def cotangents(self, f: torch.Tensor, outs: dict[int, torch.Tensor], retain: bool = False,
@@ -256,8 +270,8 @@ class Engine:
             gs = [g[i] for g in per_c]
             if all(g is None for g in gs):
                 continue
-            delta[k] = gs[0].unsqueeze(0) if len(cs) == 1 else torch.stack(  # a view for one
-                [torch.zeros_like(y) if g is None else g for g in gs])
+            delta[k] = (gs[0].unsqueeze(0) if len(cs) == 1 else torch.stack(  # a view for one
+                [torch.zeros_like(y) if g is None else g for g in gs])).to(self.dtype)
         return delta
 
     def chunk_term(self, form: str, uses: list[rules.Use], delta: dict[int, torch.Tensor]) -> Any:
@@ -268,34 +282,6 @@ class Engine:
         if form == "tied":
             return structured.tied_rows(uses, delta)
         return structured.per_sample_grads(uses, delta)
-
-
-def selected_outputs(output: Output, out: Any, n: int) -> torch.Tensor:
-    """The components (n, C) of ``output`` (a selector, an index or a kernel kind) in the
-    model's output ``out`` for n samples, or a ValueError naming what is wrong."""
-    if callable(output):
-        out = output(out)
-    if not isinstance(out, torch.Tensor):
-        kind = type(out).__name__
-        raise ValueError(
-            f"Invalid output: the model returned a {kind}, not a tensor, so the kernel "
-            "does not know which values are the network's output. Fix: pass a selector, "
-            "e.g. output=lambda out: out[0] or output=lambda out: out.logits."
-        )
-    if out.dim() == 0 or out.shape[0] != n:
-        raise ValueError(
-            f"Invalid output: the selected output has shape {tuple(out.shape)} for {n} "
-            f"samples; it must have the samples on dim 0, shape ({n},) or ({n}, ...)."
-        )
-    flat = out.reshape(n, -1)
-    if isinstance(output, int):
-        if not -flat.shape[1] <= output < flat.shape[1]:
-            raise ValueError(
-                f"Invalid output: {output!r}; the model has {flat.shape[1]} output "
-                "components per sample. Fix: pick an index in range."
-            )
-        return flat[:, output : output + 1 or None]
-    return flat
 
 
 def _explain(plan: Plan, fallback: list[str], explain: bool) -> None:
@@ -309,3 +295,49 @@ def _explain(plan: Plan, fallback: list[str], explain: bool) -> None:
     if explain:
         print(text)
     logger.debug("empirical_ntk plan:\n%s", text)
+
+
+def _dtypes(x: ModelInputs) -> str:
+    return "/".join(sorted({str(t.dtype) for t in x.tensors()}))
+
+
+def _carried(attribute: str) -> str:
+    return (f"{attribute} is replaced or written by forward: a state carried from call to "
+            "call (a recurrent state, a cache), so a sample's output depends on the calls "
+            "before it. The engine runs every forward from the state at the call. Fix: reset "
+            "the state before the call, or pass it to the model as an input with one row per "
+            "sample")
+
+
+def _forward_error(e: Engine, error: RuntimeError, n: int) -> str:
+    """The message for a forward of ``n`` samples that raised: a dtype clash names the
+    cast; anything else a forward that does not take any subset of the batch."""
+    first = str(error).splitlines()[0] if str(error) else type(error).__name__
+    if _DTYPE_CLASH.search(first):
+        return (
+            f"Invalid dtype: the model's forward mixes dtypes ({first}) with inputs of "
+            f"{_dtypes(e.x)} and parameters of {e.precision}"
+            + (f" (cast by dtype={e.cast})" if e.cast else "") + ": something in "
+            "forward has its own dtype (x.float(), .to(torch.float32), a tensor created "
+            "or held outside the parameters and buffers). Fix: pass inputs in the model's "
+            "dtype and dtype=None, or make forward follow its parameters (x.to(w.dtype))."
+        )
+    held = carried_state(e.python_state, changed_only=False)
+    what = "a batch of one sample" if n == 1 else f"a chunk of {n} samples"
+    split = len(e.x.batched()) > 1
+    return (
+        f"Invalid model: its forward raised on {what} (the engine runs sample 0 alone, "
+        f"chunks of the batch, and the exact path every sample alone): {first}. A forward "
+        "that runs on one batch size only needs several samples at once (a reshape or "
+        "view over the batch) or holds something sized for another batch; the per-sample "
+        "NTK needs a forward that takes any subset of the samples. Fix: make forward work "
+        "on any batch size."
+        + (f" The model holds tensors as attributes ({'; '.join(held[:3])}): if one is a "
+           "state carried from call to call with rows of another batch (a recurrent "
+           "state, a KV cache), reset it before the call (e.g. to None, if forward then "
+           "starts a fresh one) or pass it to the model as an input with one row per "
+           "probe sample." if held else "")
+        + (f" Arguments split per sample: {e.x!r}; one shared by every sample whose length "
+           "happens to be N must be declared: ModelInputs(inputs, batch_dim={name: None})."
+           if split else "")
+    )

@@ -30,24 +30,31 @@ batch-size rounding on ResNet-18, a ViT, GPT-2 and BERT in float32 is ≤ 3.5e-6
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Iterable
-from typing import Any
+from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
-from cosmo_optim.ntk.per_sample import dense, relative_error, tolerance
+from cosmo_optim._common import python_state, restore_python_state
+from cosmo_optim.ntk.modes import Autocast, no_fastpath
+from cosmo_optim.ntk.per_sample import chunks, dense, relative_error, tolerance
+
+if TYPE_CHECKING:
+    from cosmo_optim.ntk.engine import Engine
 
 __all__ = [
     "coupled_error_message", "coupling_error", "coupling_tolerance", "foreign_rows",
-    "hidden_route", "random_states", "refuse_randomness",
+    "hidden_route", "lowest_precision", "random_states", "refuse_randomness", "refuse_reentrant",
+    "same_function",
 ]
 
 
 def hidden_route(f1: Tensor, leaves: dict[str, Tensor],
-                 rule_rows: Callable[[str], Tensor]) -> set[str]:
-    """Names whose rule gradient for the one sample of ``f1`` (1, C) differs from autograd's.
+                 rule_rows: Callable[[str], Tensor], tol: float) -> set[str]:
+    """Names whose rule gradient for the one sample of ``f1`` (1, C) differs from autograd's
+    by more than ``tol`` (relative).
 
     ``rule_rows(name)`` gives the rule's per-sample gradient (1, C, P). Costs C one-sample
     backward passes.
@@ -60,12 +67,13 @@ def hidden_route(f1: Tensor, leaves: dict[str, Tensor],
     for k, n in enumerate(names):
         exact = torch.stack([dense(g[k]) if g[k] is not None else torch.zeros_like(leaves[n])
                              for g in grads]).reshape(C, -1)
-        if relative_error(rule_rows(n)[0], exact) > tolerance(exact.dtype, exact.device):
+        if relative_error(rule_rows(n)[0], exact) > tol:
             bad.add(n)
     return bad
 
 
-def foreign_rows(fr: Tensor, plain: dict[int, Tensor], outs: dict[int, Tensor]) -> set[int]:
+def foreign_rows(fr: Tensor, plain: dict[int, Tensor], outs: dict[int, Tensor],
+                 tol: float) -> set[int]:
     """Ids of captured outputs whose rows do not each belong to their own sample.
 
     ``fr`` (n,) is a fixed combination ``Σ_c r_c f_ic`` of the chunk's outputs and ``plain[k]``
@@ -84,7 +92,7 @@ def foreign_rows(fr: Tensor, plain: dict[int, Tensor], outs: dict[int, Tensor]) 
         g = plain[k]
         expect = g * w.reshape(n, *([1] * (g.dim() - 1)))
         got = torch.zeros_like(g) if gw is None else gw
-        if relative_error(got, expect) > tolerance(fr.dtype, fr.device):
+        if relative_error(got, expect) > tol:
             bad.add(k)
     return bad
 
@@ -107,7 +115,7 @@ def coupling_error(reference: Tensor, other: Tensor) -> float:
     return float((diff[:, live] / scale[live]).max())
 
 
-def coupled_error_message(err: float, tol: float) -> str:
+def coupled_error_message(err: float, tol: float, causes: Sequence[str] = ()) -> str:
     return (
         f"Invalid model: a sample's outputs change by {err:.3g} (relative to their scale; "
         f"tolerance {tol:.3g}) when the batch is permuted and split differently (a batch of one "
@@ -117,7 +125,13 @@ def coupled_error_message(err: float, tol: float) -> str:
         "that depend on the batch size or a sample's position) and the per-sample NTK is "
         "undefined. Fix: make each sample's output independent of its batch (eval mode with "
         "running statistics, per-sample normalisation or padding)."
+        + _found(causes)
     )
+
+
+def _found(causes: Sequence[str]) -> str:
+    """The causes the model shows, each with its fix, for the end of a message."""
+    return "".join(f" Found: {c}." for c in causes)
 
 
 def random_states(device: torch.device) -> list[Any]:
@@ -139,7 +153,8 @@ def _same(a: Any, b: Any) -> bool:
 
 
 def refuse_randomness(before: list[Any], device: torch.device, functions: Iterable[object],
-                      disagreement: float = 0.0, tol: float = 0.0) -> None:
+                      disagreement: float = 0.0, tol: float = 0.0,
+                      causes: Sequence[str] = ()) -> None:
     """Raise if a global generator moved since ``before``, or if two forwards of the same
     samples disagreed by more than ``tol`` (``disagreement``): the forward is random."""
     moved = not all(_same(a, b) for a, b in zip(before, random_states(device), strict=True))
@@ -157,8 +172,98 @@ def refuse_randomness(before: list[Any], device: torch.device, functions: Iterab
         "LayerDrop, augmentation drawing from torch, NumPy, Python's random or a private "
         "torch.Generator). Fix: use train_mode=False (model.eval()), pass "
         "training=self.training to functional dropout, or seed the source inside forward so "
-        "that every call draws the same numbers."
+        "that every call draws the same numbers." + _found(causes)
     )
 
 
 _RANDOM_NAMES = ("dropout", "rrelu", "rand", "bernoulli", "normal", "multinomial", "poisson")
+
+
+def lowest_precision(dtype: torch.dtype, f: Tensor, seen: Iterable[torch.dtype]) -> torch.dtype:
+    """The coarsest floating dtype among ``dtype``, the outputs ``f`` and the dtypes ``seen``
+    (of the calls that touched a parameter): the precision the forward really computes in
+    (bfloat16 weights, autocast around the call or inside forward)."""
+    floats = [d for d in (dtype, f.dtype, *seen) if d.is_floating_point]
+    return max(floats, key=lambda d: torch.finfo(d).eps)
+
+
+def refuse_reentrant(f: Tensor, leaves: dict[str, Tensor]) -> None:
+    """Refuse a forward whose graph holds a reentrant checkpoint (``torch.utils.checkpoint``
+    with ``use_reentrant=True``, Hugging Face's ``gradient_checkpointing_enable()`` with it)
+    that hides selected parameters: the checkpointed function runs without a graph, and its
+    backward fills ``.grad`` from inside ``.backward()`` but gives ``torch.autograd.grad`` a
+    None, which would be an all-zero kernel. Costs one backward of the one-sample ``f``."""
+    if not _in_graph(f, "CheckpointFunctionBackward"):
+        return
+    grads = torch.autograd.grad(f.sum(), list(leaves.values()), retain_graph=True,
+                                allow_unused=True)
+    hidden = [n for n, g in zip(leaves, grads, strict=True) if g is None]
+    if hidden:
+        raise ValueError(
+            f"Invalid model: parameters {hidden[:4]}{'...' if len(hidden) > 4 else ''} are "
+            "inside a reentrant gradient checkpoint (torch.utils.checkpoint with "
+            "use_reentrant=True, e.g. gradient_checkpointing_enable() with it): "
+            "torch.autograd.grad, which the kernel needs, gets no gradient for them (None, "
+            "where .backward() fills .grad), so their kernel would read as zero. Fix: "
+            "checkpoint(..., use_reentrant=False), i.e. model.gradient_checkpointing_enable("
+            "gradient_checkpointing_kwargs={'use_reentrant': False}), or "
+            "model.gradient_checkpointing_disable() for the call, or train_mode=False "
+            "(Hugging Face models checkpoint in training mode only)."
+        )
+
+
+def _in_graph(f: Tensor, node_name: str) -> bool:
+    """True if the autograd graph of ``f`` holds a node of type ``node_name``."""
+    seen, stack = set(), [f.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        if type(node).__name__ == node_name:
+            return True
+        stack.extend(child for child, _ in node.next_functions)
+    return False
+
+
+_FASTPATH = (nn.MultiheadAttention, nn.TransformerEncoderLayer, nn.TransformerEncoder)
+
+
+def same_function(e: Engine, model: nn.Module, autocast: Autocast) -> None:
+    """Refuse a kernel of another function than the user's own forward: modules with a fused
+    fast path (``nn.MultiheadAttention``, ``nn.TransformerEncoder(Layer)`` in eval mode) take
+    it in the user's forward when nothing in them requires grad, and the engine switches it
+    off (its backward passes need the differentiable path); nn.TransformerEncoder's, for one,
+    zeroes padded positions. The outputs of both paths must agree at the coupling tolerance.
+    Costs two forwards of the probe batch (one with the graph the user's forward builds),
+    only for models with such modules in eval mode and with frozen parameters (with gradients
+    on, a module whose parameters all require grad never takes its fast path)."""
+    fast = [n for n, m in model.named_modules() if isinstance(m, _FASTPATH) and not m.training
+            and not all(p.requires_grad for p in m.parameters())]  # else never the fast path
+    fast = [n or "model" for n in fast if not any(n.startswith(f"{o}.") for o in fast if o)]
+    if not fast or not torch.backends.mha.get_fastpath_enabled():
+        return
+    state = python_state(e.model)
+    ours, theirs = [], []
+    for lo, hi in chunks(e.N, 64):
+        with torch.no_grad(), no_fastpath():
+            ours.append(e.call({}, e.x[lo:hi]))
+        restore_python_state(state, fresh=True)
+        sub = e.x[lo:hi].clone().for_model(e.model)
+        with autocast():  # the user's forward as it trains: gradients on, fast path as set
+            theirs.append(e.select(sub.call(e.model), sub).detach())
+    restore_python_state(state)
+    err = coupling_error(torch.cat(theirs), torch.cat(ours))
+    tol = coupling_tolerance(e.precision, e.device)
+    if err > tol:
+        raise ValueError(
+            f"Invalid model: modules {fast[:4]} take PyTorch's fused fast path in the model's "
+            "own forward (eval mode, nothing in them requiring grad), which computes another "
+            "function than the differentiable path the kernel needs: the outputs differ by "
+            f"{err:.3g} (relative; tolerance {tol:.3g}). nn.TransformerEncoder's fast path, for "
+            "one, zeroes the outputs at padded positions (src_key_padding_mask), which the "
+            "other path computes. Fix: make the output ignore padded positions (pool over "
+            "the unpadded ones only), or build the encoder with enable_nested_tensor=False, "
+            "or evaluate without the fast path as well "
+            "(torch.backends.mha.set_fastpath_enabled(False))."
+        )

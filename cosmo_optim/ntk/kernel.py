@@ -34,7 +34,16 @@ R rows per sample (sequence positions, conv pixels, repeated calls), fan-in d_in
 ``distributed=True`` (``torch.distributed`` initialised, every rank calling with the same probe
 batch) splits the samples across ranks: each computes the features of its shard (exact
 per-sample gradients, or sketches), the shards are all-gathered in blocks of parameters, and
-every rank returns the same N×N kernel (:mod:`cosmo_optim.ntk.distributed`).
+every rank returns the same N×N kernel (:mod:`cosmo_optim.ntk.distributed`). A model sharded
+by FSDP (FSDP2 ``fully_shard``, FSDP1 with ``use_orig_params=True``) has its parameters
+gathered as FSDP's own forward gathers them, every rank calling (:mod:`cosmo_optim.ntk.sharded`).
+
+Whatever the caller's context: the engine computes with gradients on (under ``torch.no_grad()``
+or ``torch.inference_mode()`` too) and its own arithmetic outside autocast; the model's
+forward runs as the caller runs it, under the caller's ``torch.autocast`` if any
+(:mod:`cosmo_optim.ntk.modes`). Kernels of bfloat16/float16 forwards (weights, or autocast
+around the call or inside forward) are accumulated and returned in float32, exact to the
+low-precision tolerance (2e-2 relative) of the same forward's brute-force kernel.
 
 Never silently wrong: a rule is used for a parameter only while its assumptions hold, checked at
 run time in every chunk. Every recognised call is batch-first and in one role; where the
@@ -44,15 +53,18 @@ and output unchanged;
 every captured output must receive a cotangent; call options a rule does not model
 (``max_norm``, ``scale_grad_by_freq``) and parametrised weights are not recognised calls. A
 parameter that fails any of these takes the exact jacobian path, whose ``vmap`` rows are checked
-against the one-sample loop once per chunk size. ``verify=True`` recomputes a few entries from
-the user's module by plain autograd (docs/performance.md gives the cost).
+against the one-sample loop once per chunk size. A reentrant gradient checkpoint that hides
+parameters from ``torch.autograd.grad`` is refused; a model whose own forward takes a fused
+fast path (``nn.TransformerEncoder`` in eval) must compute the same function as the
+differentiable path, or is refused. ``verify=True`` recomputes a few entries from the user's
+module by plain autograd, a path that shares nothing with the kernel's (docs/performance.md
+gives the cost).
 """
 
 from __future__ import annotations
 
 import contextlib
-import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -65,17 +77,17 @@ from cosmo_optim._common import (
     preserved,
     restore_python_state,
     training,
-    unwrap_parallel,
 )
 from cosmo_optim.ntk import distributed as distributed_ntk
+from cosmo_optim.ntk import guards, modes, sharded, sketch
 from cosmo_optim.ntk import per_sample as exact
-from cosmo_optim.ntk import sketch
-from cosmo_optim.ntk.engine import Engine, Output
+from cosmo_optim.ntk.admission import Admitted, ParamFilter, admitted
+from cosmo_optim.ntk.engine import Engine
+from cosmo_optim.ntk.inputs import ModelInputs
+from cosmo_optim.ntk.outputs import Output
 from cosmo_optim.ntk.plan import default_budget
 
 __all__ = ["DEFAULT_SKETCH_DIM", "METHODS", "ParamFilter", "empirical_ntk"]
-
-ParamFilter = Sequence[str] | Callable[[str, nn.Parameter], bool] | None
 
 METHODS = ("auto", "structured", "jacobian", "sketch")
 DEFAULT_SKETCH_DIM = 128  # k: each weight's per-sample gradient sketched to k × d_kept numbers
@@ -85,7 +97,7 @@ _OUTPUTS = ("trace", "full")
 
 def empirical_ntk(
     model: nn.Module,
-    inputs: torch.Tensor,
+    inputs: torch.Tensor | tuple[Any, ...] | dict[str, Any] | ModelInputs,
     *,
     params: ParamFilter = None,
     output: Output = "trace",
@@ -105,15 +117,23 @@ def empirical_ntk(
     eigenmodes are the mean field and perturbations (T7, see :func:`cosmo_optim.ntk_eigen`).
 
     Args:
-        model: any module mapping ``(N, ...)`` inputs to ``(N, ...)`` outputs, samples independent.
-        inputs: probe batch, samples on dim 0 (floating point, or integer token ids).
+        model: any module mapping N samples to ``(N, ...)`` outputs, samples independent.
+        inputs: probe batch as the model takes it: a tensor, a tuple of positional
+            arguments, a dict of keyword arguments (``input_ids``, ``attention_mask``, ...), or
+            a :class:`cosmo_optim.ntk.ModelInputs` declaring batch dims and shared arguments.
+            Tensors with N rows on dim 0 are split per sample; others (a scalar timestep, a
+            mask of another length) are passed to every call as they are.
         params: ``None`` (all trainable parameters), a list of parameter names, or a predicate
             ``(name, param) -> bool``. Parameters with ``requires_grad=False`` never count.
         output: ``"trace"`` (N×N, summed over output components), ``"full"`` (N×N×C×C), an
             int (one flattened component), or a callable from the model's output to ``(N, ...)``
-            (traced), e.g. ``lambda out: out.logits`` for a dict, tuple or dataclass output.
+            (traced), e.g. ``lambda out: out.logits`` for a dict, tuple or dataclass output. A
+            callable of two arguments ``(out, index)`` also gets the positions of the samples
+            in ``inputs`` (the engine runs subsets), for per-sample data:
+            ``lambda out, index: out.gather(1, labels[index, None])``.
         method: one of :data:`METHODS` (cost of each in the module docstring).
         dtype: compute in this dtype (e.g. ``torch.float64``); the model is not modified.
+            Default: the model's own, accumulated in at least float32.
         memory_budget: bytes the engine may hold at once (a number, or ``"1GB"``,
             ``"512MiB"``); default a quarter of the free memory on the probe batch's device,
             within [256 MiB, 8 GiB] (:mod:`cosmo_optim.ntk.plan`). The engine plans under it
@@ -125,13 +145,15 @@ def empirical_ntk(
         distributed: split the probe batch's samples across the ranks of the initialised
             ``torch.distributed`` group; every rank must call with the same ``inputs``.
         verify: recompute the entries of ``verify`` samples (``True``: 3) from the user's
-            module with plain autograd; raise if they disagree beyond the dtype's tolerance.
+            module, called as it is (no substitution, no rule, its fast paths as set), with
+            plain autograd; raise if they disagree beyond the dtype's tolerance.
         explain: print the plan (chunks, passes, each parameter's form and bytes); also
             logged at DEBUG on the ``cosmo_optim.ntk`` logger.
 
     Returns:
-        The kernel on ``inputs.device``: ``(N, N)``, or ``(N, N, C, C)`` for ``"full"``. It
-        is exact for every method but ``"sketch"``, which returns an unbiased estimate.
+        The kernel on the probe batch's device: ``(N, N)``, or ``(N, N, C, C)`` for
+        ``"full"``. It is exact for every method but ``"sketch"``, which returns an unbiased
+        estimate.
 
     Raises:
         ValueError: an invalid argument, an output that needs a selector, or a model whose
@@ -141,43 +163,46 @@ def empirical_ntk(
         RuntimeError: ``verify`` found an entry off by more than the tolerance.
 
     Each rule's assumptions are proven at run time (module docstring); compiled modules run
-    their eager code. The model's modes, parameters, buffers, ``.grad`` fields and the torch,
-    NumPy and Python RNG states are unchanged.
+    their eager code. The model's modes, parameters, buffers, ``.grad`` fields, the tensors
+    and values its modules hold as attributes (caches, recurrent states) and the torch, NumPy
+    and Python RNG states are unchanged; every forward starts from the state at the call.
 
     >>> net = nn.Sequential(nn.Linear(3, 8), nn.Tanh(), nn.Linear(8, 1))
     >>> empirical_ntk(net, torch.randn(5, 3)).shape
     torch.Size([5, 5])
     """
-    budget, samples, k = _checked(inputs, output, method, memory_budget, verify,
-                                 sketch_dim, train_mode)
-    model, selected = _admitted(model, params, inputs, dtype, train_mode)
-    with preserved(model, inputs.device), training(model, train_mode), _no_fastpath(), \
-            _eager():
-        twin, chosen = cast_copy(model, selected, dtype)
-        engine = Engine(twin, chosen, inputs, output, method, dtype, budget)
-        with _named_torch_errors(cast=dtype is not None and twin is model):
-            kernel = _executed(engine, k, sketch_seed, distributed, explain)
-        restore_python_state(engine.python_state)  # what the last forward counted or cached
-        if samples:
-            with _restored(model, set(engine.written)):  # a forward that writes its weights
-                exact.verify(kernel, model, inputs, engine.names, engine.select, samples,
-                             engine.full)
+    x = ModelInputs(inputs)
+    budget, samples, k = _checked(x, output, method, memory_budget, verify, sketch_dim,
+                                  train_mode)
+    autocast = modes.Autocast(x.device)  # the caller's: the model's forwards run under it
+    with modes.engine_modes(x.device), admitted(model, params, x, dtype, train_mode) as req:
+        if any(t.is_inference() for t in x.tensors()):
+            x = x.clone()  # made under inference_mode: autograd cannot save them
+        if req.input_dtype is not None and dtype is None:
+            x = x.to(dtype=req.input_dtype)  # as FSDP's mixed precision casts its inputs
+        with preserved(req.module, x.device), training(req.module, train_mode):
+            engine, cast_inside = _engine(req, x, output, method, dtype, budget, autocast)
+            with modes.no_fastpath(), _eager(), _named_torch_errors(cast_inside):
+                kernel = _executed(engine, k, sketch_seed, distributed, explain)
+            restore_python_state(engine.python_state)  # what the last forward counted or cached
+            with sharded.materialised(req.module, req.values), \
+                    _restored(req.module, set(engine.written)):  # a forward writing its weights
+                guards.same_function(engine, req.module, autocast)
+                if samples:
+                    exact.verify(kernel, req.module, x, engine.names, engine.select, samples,
+                                 engine.full, engine.precision, autocast)
     return kernel
 
 
-def _admitted(
-    model: nn.Module, params: ParamFilter, inputs: torch.Tensor, dtype: torch.dtype | None,
-    train_mode: bool,
-) -> tuple[nn.Module, dict[str, nn.Parameter]]:
-    """The module under any DDP/DataParallel wrapper and its selected parameters, or an
-    error for a model the kernel is undefined or unreachable on (training-mode coupling,
-    TorchScript, complex or integer weights)."""
-    model = unwrap_parallel(model)
-    selected = _select(model, params)
-    _refuse_coupling(model, train_mode)
-    _refuse_scripted(model)
-    _refuse_dtypes(selected, inputs, dtype)
-    return model, selected
+def _engine(req: Admitted, x: ModelInputs, output: Output, method: str,
+            dtype: torch.dtype | None, budget: int,
+            autocast: modes.Autocast) -> tuple[Engine, bool]:
+    """The request's engine, on a cast copy of the model when ``dtype`` asks for one, and
+    whether the cast is only inside forward (a model that cannot be deep-copied)."""
+    twin, chosen = (req.module, req.selected) if req.values else cast_copy(
+        req.module, req.selected, dtype)
+    engine = Engine(twin, chosen, x, output, method, dtype, budget, req.values, autocast)
+    return engine, dtype is not None and twin is req.module
 
 
 def _executed(engine: Engine, k: int | None, seed: int, distributed: bool,
@@ -190,18 +215,13 @@ def _executed(engine: Engine, k: int | None, seed: int, distributed: bool,
     return engine.run(explain)
 
 
-def _checked(inputs: torch.Tensor, output: Output, method: str,
+def _checked(inputs: ModelInputs, output: Output, method: str,
              memory_budget: int | float | str | None, verify: bool | int,
              sketch_dim: int | None, train_mode: bool) -> tuple[int, int, int | None]:
     """The budget in bytes, the samples to verify and the sketch dimension, or a
     ValueError naming the invalid argument and the fix."""
     if method not in METHODS:
         raise ValueError(f'Invalid method "{method}". Must be one of {list(METHODS)}')
-    if not isinstance(inputs, torch.Tensor):
-        raise ValueError(
-            f"Invalid inputs: a {type(inputs).__name__}; it must be one tensor with the samples "
-            "on dim 0. Fix: stack the samples, e.g. torch.stack(inputs)."
-        )
     if isinstance(output, bool) or not (
             isinstance(output, int) or callable(output) or output in _OUTPUTS):
         raise ValueError(
@@ -211,8 +231,6 @@ def _checked(inputs: torch.Tensor, output: Output, method: str,
     budget = default_budget(inputs.device) if memory_budget is None else parse_bytes(
         "memory_budget", memory_budget)
     samples = _verify_samples(verify)
-    if inputs.dim() == 0 or inputs.shape[0] == 0:
-        raise ValueError(f"Invalid inputs shape: {tuple(inputs.shape)}; it needs N >= 1 samples.")
     k = _sketch_dim(method, sketch_dim)
     if not isinstance(train_mode, bool):
         raise ValueError(
@@ -250,82 +268,6 @@ def _sketch_dim(method: str, sketch_dim: int | None) -> int | None:
     return check_int("sketch_dim", sketch_dim, 1, "Fix: e.g. sketch_dim=128.")
 
 
-def _select(model: nn.Module, params: ParamFilter) -> dict[str, nn.Parameter]:
-    named = dict(model.named_parameters())
-    if params is not None and not callable(params) and not isinstance(params, str):
-        params = list(params)  # a generator is read once
-    if params is None:
-        chosen = named
-    elif callable(params):
-        chosen = {n: p for n, p in named.items() if params(n, p)}
-    else:
-        unknown = [n for n in params if n not in named]
-        if unknown or isinstance(params, str):
-            raise ValueError(
-                f"Invalid params: {params!r}; names {unknown} are not parameters of the model. "
-                f"Fix: choose from {list(named)[:8]}..."
-            )
-        chosen = {n: named[n] for n in params}
-    chosen = {n: p for n, p in chosen.items() if p.requires_grad}
-    if not chosen:
-        raise ValueError(
-            f"Invalid params: {params!r}; it selects no trainable parameter. "
-            "Fix: select parameters with requires_grad=True."
-        )
-    hooked = [n for n, p in chosen.items() if p._backward_hooks]
-    if hooked:
-        warnings.warn(
-            f"Parameters {hooked} have gradient hooks (Tensor.register_hook). The kernel is "
-            "J Jᵀ of the forward's true derivatives and ignores them, while training applies "
-            "them: the kernel is not the one that drives training through these parameters.",
-            stacklevel=3,
-        )
-    return chosen
-
-
-def _refuse_coupling(model: nn.Module, train_mode: bool) -> None:
-    for name, m in model.named_modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is None:
-            raise ValueError(
-                f"Invalid model: BatchNorm module {name!r} has track_running_stats=False, so it "
-                "normalises over the batch in every mode: samples are coupled and the "
-                "per-sample NTK is undefined. Fix: track running statistics, or use a "
-                "per-sample normalisation (LayerNorm, GroupNorm)."
-            )
-        if not train_mode:
-            continue
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            raise ValueError(
-                f"Invalid train_mode: True with BatchNorm module {name!r}; in training mode it "
-                "normalises over the batch, so samples are coupled and the per-sample NTK is "
-                "undefined. Fix: use train_mode=False (eval mode, running statistics)."
-            )
-        if isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0:
-            raise ValueError(
-                f"Invalid train_mode: True with Dropout module {name!r} (p={m.p}); the NTK of a "
-                "random function is undefined. Fix: use train_mode=False."
-            )
-
-
-def _refuse_dtypes(selected: dict[str, nn.Parameter], inputs: torch.Tensor,
-                   dtype: torch.dtype | None) -> None:
-    if dtype is not None and (not isinstance(dtype, torch.dtype) or not dtype.is_floating_point):
-        raise ValueError(
-            f"Invalid dtype: {dtype!r}; the kernel is computed in a real floating dtype. "
-            "Fix: dtype=torch.float64 (or float32), or dtype=None for the model's own."
-        )
-    bad = [n for n, p in selected.items() if p.is_complex() or p.is_meta]
-    if bad or inputs.is_meta:
-        what = "on the meta device (no values)" if inputs.is_meta or selected[bad[0]].is_meta \
-            else "complex"
-        raise ValueError(
-            f"Invalid model: parameters {bad[:4] or list(selected)[:4]} or inputs are {what}; "
-            "the kernel J Jᵀ is defined here for real parameters with values. Fix: "
-            + ("materialise the model (to_empty and load its weights) and the inputs first."
-               if what != "complex" else "write complex weights as real and imaginary parts.")
-        )
-
-
 @contextlib.contextmanager
 def _named_torch_errors(cast: bool) -> Iterator[None]:
     """torch errors a model can trigger inside the engine, re-raised naming cause and fix."""
@@ -337,7 +279,9 @@ def _named_torch_errors(cast: bool) -> Iterator[None]:
             raise ValueError(
                 "Invalid model: it uses torch.utils.checkpoint(use_reentrant=True), which "
                 "torch.autograd.grad cannot differentiate through (the kernel's backward "
-                "passes). Fix: checkpoint(..., use_reentrant=False)."
+                "passes). Fix: checkpoint(..., use_reentrant=False), i.e. for a Hugging Face "
+                "model gradient_checkpointing_enable(gradient_checkpointing_kwargs="
+                "{'use_reentrant': False}), or gradient_checkpointing_disable() for the call."
             ) from error
         if cast and ("dtype" in text or "scalar type" in text):
             raise ValueError(
@@ -364,30 +308,8 @@ def _restored(model: nn.Module, names: set[str]) -> Iterator[None]:
                 t.copy_(saved[n])
 
 
-def _refuse_scripted(model: nn.Module) -> None:
-    for name, m in model.named_modules():
-        if isinstance(m, torch.jit.ScriptModule):
-            raise ValueError(
-                f"Invalid model: module {name or 'model'!r} is a torch.jit.script/trace module; "
-                "its compiled forward cannot run on substituted parameters "
-                "(torch.func.functional_call), which the kernel differentiates. Fix: pass the "
-                "eager nn.Module you scripted (or torch.compile it instead)."
-            )
-
-
 def _eager() -> contextlib.AbstractContextManager[Any]:
     """Compiled modules run their original eager code, so every op is seen (torch >= 2.6).
     Older torch: the missing-cotangent check sends traced layers to the exact path."""
     set_stance = getattr(torch.compiler, "set_stance", None)
     return set_stance("force_eager") if set_stance else contextlib.nullcontext()
-
-
-@contextlib.contextmanager
-def _no_fastpath() -> Iterator[None]:
-    """Keep ``nn.MultiheadAttention`` on ``F.multi_head_attention_forward`` (no fused kernels)."""
-    flag = torch.backends.mha.get_fastpath_enabled()
-    torch.backends.mha.set_fastpath_enabled(False)
-    try:
-        yield
-    finally:
-        torch.backends.mha.set_fastpath_enabled(flag)

@@ -18,12 +18,14 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 
 import torch
 from torch import Tensor, nn
 from torch.func import jacrev, vmap
 
 from cosmo_optim._common import python_state, restore_python_state
+from cosmo_optim.ntk.inputs import ModelInputs
 
 __all__ = [
     "TOLERANCE", "VMAP_UNSAFE", "PerSampleJacobian", "accumulate", "block", "chunks", "contract",
@@ -37,7 +39,7 @@ VMAP_UNSAFE = frozenset({torch.prelu})
 TOLERANCE = {torch.float64: 1e-8, torch.float32: 1e-4}
 _LOW_PRECISION_TOLERANCE = 2e-2
 
-Forward = Callable[[dict[str, Tensor], Tensor], Tensor]  # (params, x chunk) -> f (n, C)
+Forward = Callable[[dict[str, Tensor], ModelInputs], Tensor]  # (params, samples) -> f (n, C)
 
 
 def tolerance(dtype: torch.dtype, device: torch.device | None = None) -> float:
@@ -63,14 +65,15 @@ def relative_error(a: Tensor, b: Tensor) -> float:
 class PerSampleJacobian:
     """Rows ``(n, C, P_block)`` of the per-sample Jacobian for blocks of named parameters."""
 
-    def __init__(self, forward: Forward, base: dict[str, Tensor], x: Tensor, C: int,
-                 vmap_ok: bool) -> None:
+    def __init__(self, forward: Forward, base: dict[str, Tensor], x: ModelInputs, C: int,
+                 vmap_ok: bool, dtype: torch.dtype, tol: float) -> None:
         self.forward, self.base, self.x, self.C = forward, base, x, C
-        self.vmap_ok = vmap_ok
+        self.vmap_ok, self.dtype, self.tol = vmap_ok, dtype, tol
         self._checked: set[int] = set()  # chunk sizes whose vmap rows matched the loop
 
     def rows(self, block: Sequence[str], lo: int, hi: int) -> Tensor:
-        """``∂f_ic/∂θ_block`` for samples ``lo..hi-1``, flattened per parameter and concatenated."""
+        """``∂f_ic/∂θ_block`` for samples ``lo..hi-1``, flattened per parameter and concatenated,
+        in the kernel's dtype."""
         if self.vmap_ok:
             rows = self._vmap(block, lo, hi)
             if rows is not None and self._agrees(rows, block, lo, hi):
@@ -81,23 +84,26 @@ class PerSampleJacobian:
     def _vmap(self, block: Sequence[str], lo: int, hi: int) -> Tensor | None:
         params = {k: self.base[k] for k in block}
 
-        def f1(p: dict[str, Tensor], x1: Tensor) -> Tensor:
-            return self.forward(p, x1.unsqueeze(0)).reshape(-1)
+        leaves, dims, one = self.x[lo:hi].unbatched()
+
+        def f1(p: dict[str, Tensor], *sample: Tensor) -> Tensor:
+            return self.forward(p, one(list(sample))).reshape(-1)
 
         try:
             with warnings.catch_warnings():  # torch's "no batching rule, slower" notices
                 warnings.filterwarnings("ignore", message="There is a performance drop")
-                jac = vmap(jacrev(f1), in_dims=(None, 0))(params, self.x[lo:hi])
-        except (RuntimeError, NotImplementedError, TypeError):  # no batching rule for an op
-            return None
-        return torch.cat([jac[k].reshape(hi - lo, self.C, -1) for k in block], dim=2)
+                jac = vmap(jacrev(f1), in_dims=(None, *dims))(params, *leaves)
+        except (RuntimeError, NotImplementedError, TypeError, ValueError):  # no batching rule
+            return None  # (or a selector that fails under vmap): the loop runs the samples
+        return torch.cat([jac[k].reshape(hi - lo, self.C, -1) for k in block],
+                         dim=2).to(self.dtype)
 
     def _agrees(self, rows: Tensor, block: Sequence[str], lo: int, hi: int) -> bool:
         """Check the first sample of each new chunk size against the loop, once."""
         if hi - lo in self._checked:
             return True
         exact = self._loop(block, lo)[0]
-        ok = relative_error(rows[0], exact) <= tolerance(rows.dtype, rows.device)
+        ok = relative_error(rows[0], exact) <= self.tol
         if ok:
             self._checked.add(hi - lo)
         return ok
@@ -106,20 +112,20 @@ class PerSampleJacobian:
         """One sample's forward, then one backward per output component: (1, C, P_block)."""
         leaves = [self.base[k].clone().requires_grad_(True) for k in block]
         f = self.forward(dict(zip(block, leaves, strict=True)), self.x[i : i + 1])
-        return gradient_rows(f.reshape(-1), leaves).unsqueeze(0)
+        return gradient_rows(f.reshape(-1), leaves, self.dtype).unsqueeze(0)
 
 
-def gradient_rows(f: Tensor, params: Sequence[Tensor]) -> Tensor:
-    """``∂f_c/∂θ`` for every component of a one-sample output ``f`` (C,): (C, P), zeros where
-    a parameter does not reach ``f``."""
+def gradient_rows(f: Tensor, params: Sequence[Tensor], dtype: torch.dtype) -> Tensor:
+    """``∂f_c/∂θ`` for every component of a one-sample output ``f`` (C,): (C, P) in ``dtype``,
+    zeros where a parameter does not reach ``f``."""
     rows = []
     for c in range(f.shape[0]):
         gs: Sequence[Tensor | None] = [None] * len(params)
         if f[c].requires_grad:
             gs = torch.autograd.grad(f[c], list(params), retain_graph=c < f.shape[0] - 1,
                                      allow_unused=True)
-        rows.append(torch.cat([torch.zeros(p.numel(), dtype=f.dtype, device=f.device)
-                               if g is None else dense(g).reshape(-1)
+        rows.append(torch.cat([torch.zeros(p.numel(), dtype=dtype, device=f.device)
+                               if g is None else dense(g).reshape(-1).to(dtype)
                                for g, p in zip(gs, params, strict=True)]))
     return torch.stack(rows)
 
@@ -197,41 +203,52 @@ def dense(g: Tensor) -> Tensor:
     return g.to_dense() if g.layout != torch.strided else g
 
 
-def verify(kernel: Tensor, model: nn.Module, x: Tensor, names: Sequence[str],
-           select: Callable[[object, int], Tensor], samples: int, full: bool) -> None:
+def verify(kernel: Tensor, model: nn.Module, x: ModelInputs, names: Sequence[str],
+           select: Callable[[object, ModelInputs], Tensor], samples: int, full: bool,
+           precision: torch.dtype, autocast: Callable[[], AbstractContextManager[object]]) -> None:
     """Recompute ``kernel`` on a few samples by brute force and raise if it disagrees.
 
-    The samples are the first, the last (chunk edges) and random others; each costs one forward
-    of one sample and ``C`` backward passes of the user's own module (plain autograd, no
-    ``functional_call``); memory O(samples · C · P). The tolerance follows the coarser of the
-    model's and the kernel's dtypes (:data:`TOLERANCE`).
+    A path that shares nothing with the kernel's: the user's own module called as it is
+    (no ``functional_call``, no rule, no recorder, its fused fast paths as the user has
+    them), gradients on whatever the caller's grad mode, the forward under the caller's
+    ``autocast``. The samples are the first, the last (chunk edges) and random others; each
+    costs one forward of one sample and ``C`` backward passes; memory O(samples · C · P).
+    The reference is contracted in float64; the tolerance is that of the coarser of the
+    kernel's forward ``precision`` and the module's own outputs (:data:`TOLERANCE`).
 
     Raises:
         RuntimeError: with the measured relative error, if it exceeds the tolerance.
     """
-    N = x.shape[0]
+    N = len(x)
     gen = torch.Generator().manual_seed(N)
     middle = (torch.randperm(max(N - 2, 0), generator=gen)[: max(samples - 2, 0)] + 1).tolist()
     picks = sorted({0, N - 1, *middle})
     named = dict(model.named_parameters())
     params = [named[n] for n in names]
-    state = python_state(model)  # each forward from the same counters and caches
+    state = python_state(model)  # each forward from the same counters, caches and states
+
+    dtypes = {precision}
 
     def one(i: int) -> Tensor:
-        restore_python_state(state)
-        return gradient_rows(select(model(x[i : i + 1].clone()), 1).reshape(-1), params)
+        restore_python_state(state, fresh=True)
+        sub = x[i : i + 1].clone()
+        with torch.enable_grad(), autocast():
+            out = select(sub.call(model), sub)
+        dtypes.add(out.dtype)
+        return gradient_rows(out.reshape(-1), params, torch.float64)
 
     J = torch.stack([one(i) for i in picks])
+    dtype = max(dtypes, key=lambda d: torch.finfo(d).eps)
+    tol = tolerance(dtype, kernel.device)
+    restore_python_state(state)
     idx = torch.tensor(picks, device=kernel.device)
     reference = torch.einsum("icp,jdp->ijcd" if full else "icp,jcp->ij", J, J)
     computed = kernel[idx][:, idx]
-    dtype = max(kernel.dtype, J.dtype, key=tolerance)
-    err = relative_error(computed.to(reference.dtype), reference)
-    tol = tolerance(dtype, kernel.device)
+    err = relative_error(computed.to(reference.dtype), reference.to(kernel.device))
     if err > tol:
         raise RuntimeError(
             f"empirical_ntk self-check failed: entries for samples {picks} differ from a "
-            f"brute-force autograd Jacobian by {err:.3g} (relative; tolerance {tol:g} "
-            f"for {dtype}). The kernel is not exact for this model. Fix: use "
+            f"brute-force autograd Jacobian of the model's own forward by {err:.3g} (relative; "
+            f"tolerance {tol:g} for {dtype}). The kernel is not exact for this model. Fix: use "
             "method='jacobian', and please report the model so a rule can be corrected."
         )

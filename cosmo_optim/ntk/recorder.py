@@ -72,6 +72,7 @@ class UseRecorder(TorchFunctionMode):
         self.flat: dict[int, tuple[Any, int]] = {}  # id(rows) -> (weakref(rows), leading dim)
         self.functions: set[Any] = set()  # every torch function the forward called
         self.out_bytes = 0  # bytes of every tensor the forward produced (activation estimate)
+        self.dtypes: set[torch.dtype] = set()  # of the calls that touched a watched parameter
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -98,6 +99,8 @@ class UseRecorder(TorchFunctionMode):
         hits += [(-1, t) for t in flat[len(args) + len(kwargs):] if id(t) in self.watched]
         if not hits or _is_metadata(func):
             return out
+        if isinstance(out, Tensor) and out.is_floating_point():
+            self.dtypes.add(out.dtype)
         found = rules.RULES.get(func)
         kind, names = (found.kind, found.arguments) if found else (None, ())
         bound = dict(zip(names, args, strict=False)) | kwargs

@@ -30,7 +30,7 @@ from torch import Tensor
 from torch.func import vmap
 
 __all__ = [
-    "RULES", "Rule", "Use", "gram_ok", "intact", "per_sample_grad", "qualifies",
+    "RULES", "Rule", "Use", "gram_ok", "intact", "operand", "per_sample_grad", "qualifies",
     "row_count_and_width", "rows", "rule", "tied",
 ]
 
@@ -50,6 +50,20 @@ class Use:
     out: torch.Tensor | None = None
     versions: tuple[int, int] = (0, 0)
     call: int = -1  # index among the forward's recognised calls
+
+
+def operand(use: Use, dtype: torch.dtype) -> Tensor:
+    """The call's input as its kernel used it, in ``dtype`` (the kernel's): under autocast a
+    float32 input is rounded to the call's lower-precision output dtype first, as the
+    autocast kernel rounds it before the product. Token ids are returned as they are."""
+    x = use.args["input"].detach()
+    if not x.is_floating_point():
+        return x
+    y = use.out
+    if y is not None and y.is_floating_point() and \
+            torch.finfo(y.dtype).eps > torch.finfo(x.dtype).eps:
+        x = x.to(y.dtype)
+    return x.to(dtype)
 
 
 def intact(use: Use) -> bool:
@@ -117,7 +131,7 @@ class Linear(Rule):
         return isinstance(args.get("weight"), Tensor) and args["weight"].dim() == 2
 
     def rows(self, use: Use, delta: Tensor) -> tuple[Tensor, Tensor]:
-        x, (C, n) = use.args["input"].detach(), delta.shape[:2]
+        x, (C, n) = operand(use, delta.dtype), delta.shape[:2]
         return x.reshape(n, -1, x.shape[-1]), delta.reshape(C, n, -1, delta.shape[-1])
 
     def weight_grad(self, use: Use, x: Tensor, delta: Tensor) -> Tensor:
@@ -270,7 +284,7 @@ class Conv(Rule):
         geo = self.geometry(use)
         assert geo is not None
         kernel, dilation, padding, stride = geo
-        x, (C, n) = use.args["input"].detach(), delta.shape[:2]
+        x, (C, n) = operand(use, delta.dtype), delta.shape[:2]
         x2 = x.unsqueeze(2) if self.ndim == 1 else x
         cols = F.unfold(x2, kernel, dilation=dilation, padding=padding, stride=stride)
         d = delta.reshape(C, n, delta.shape[2], -1).transpose(2, 3)  # (C, n, L, C_out)
@@ -282,7 +296,7 @@ class Conv(Rule):
         _, dilation, _, stride = self.params(use)
         pads = self.pads(use)
         assert pads is not None
-        w, g = use.args["weight"].detach(), use.args.get("groups", 1)
+        w, g = use.args["weight"].detach().to(x.dtype), use.args.get("groups", 1)
         if self.ndim == 1:
             pads, dilation, stride = pads[-1:], dilation[-1:], stride[-1:]
         if any(a != b for a, b in pads):  # asymmetric ("same" with an even kernel): pad first
@@ -356,7 +370,7 @@ def per_sample_grad(use: Use, delta: Tensor) -> Tensor:
     """
     if use.role == "bias":
         return rule(use).bias_grad(use, delta)
-    return rule(use).weight_grad(use, use.args["input"].detach(), delta)
+    return rule(use).weight_grad(use, operand(use, delta.dtype), delta)
 
 
 def rows(use: Use, delta: Tensor) -> tuple[Tensor, Tensor]:

@@ -241,7 +241,7 @@ class Pilot:
 
     def _run(self) -> None:
         e, m = self.e, min(self.e.N, PILOT)
-        idx = torch.linspace(0, e.N - 1, m, device=e.x.device).round().long()
+        idx = torch.linspace(0, e.N - 1, m).round().long()
         recorder, f = e.forward(e.x[idx], self.leaves)
         uses = {n: recorder.uses[n] for n in self.names if rows_form(recorder.uses[n], m, self.k)}
         outs = {id(u.out): u.out for us in uses.values() for u in us if u.out is not None}
@@ -302,7 +302,7 @@ class FeatureMap:
         engine.C = f1.shape[1]
         structured = engine.rules_for(recorder, f1, leaves)
         gen = torch.Generator().manual_seed(seed)
-        like = engine.base[engine.names[0]]
+        like = torch.empty(0, dtype=engine.dtype, device=engine.device)
         self.rows = {n for n, us in structured.items() if rows_form(us, 1, k)}
         pilot = Pilot(engine, leaves, self.rows, k) if k is not None else None
         self.proj = {n: Projection(n, engine.base[n].shape, k, gen, like,
@@ -313,7 +313,7 @@ class FeatureMap:
         self.act = (2 + 2 * engine.C) * max(recorder.out_bytes, 1)  # as the exact engine
         vmap_ok = not recorder.functions & exact.VMAP_UNSAFE
         self.jacobian = exact.PerSampleJacobian(engine.call, engine.base, engine.x, engine.C,
-                                                vmap_ok)
+                                                vmap_ok, engine.dtype, engine.tolerance)
 
     def width(self, name: str) -> int:
         """Features per output component of one parameter."""
@@ -336,7 +336,8 @@ class FeatureMap:
         foreign = e.foreign(f, outs, delta)
         ok = {m for m in ok if all(id(u.out) in delta and id(u.out) not in foreign
                                    for u in recorder.uses[m])}
-        out = f.new_empty((n, e.C, sum(self.width(m) for m in e.names)))
+        out = torch.empty((n, e.C, sum(self.width(m) for m in e.names)), dtype=e.dtype,
+                          device=e.device)
         at = 0
         for m in e.names:
             if m not in ok:  # exact per-sample gradients (jacobian path), then projected

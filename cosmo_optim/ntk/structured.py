@@ -64,7 +64,7 @@ def streaming(engine: Engine, K: Tensor, plan: Plan, leaves: dict[str, Tensor],
                 seen = [u for u in us if id(u.out) in delta]
                 if seen and n not in merged.values():
                     _add(part, plan.forms[n][0], seen, delta, plus_one=n in merged, free=free)
-        foreign = guards.foreign_rows((f @ engine.r)[:, 0], plain, outs)
+        foreign = guards.foreign_rows((f @ engine.r)[:, 0], plain, outs, engine.tolerance)
         lost = [n for n, us in uses.items()
                 if not all(id(u.out) in plain and id(u.out) not in foreign for u in us)]
         if not lost:

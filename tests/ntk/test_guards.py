@@ -12,7 +12,8 @@ import textwrap
 
 import pytest
 import torch
-from test_zoo import assert_exact, brute_force_ntk, seeded
+from brute_force import assert_exact, brute_force_ntk
+from test_zoo import seeded
 from torch import nn
 
 from cosmo_optim import empirical_ntk

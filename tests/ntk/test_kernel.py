@@ -1,4 +1,4 @@
-"""empirical_ntk against an independent brute-force reference: J built row by row with autograd."""
+"""empirical_ntk against the independent brute-force reference (brute_force.py): J row by row."""
 
 from __future__ import annotations
 
@@ -8,40 +8,12 @@ from collections.abc import Callable
 
 import pytest
 import torch
+from brute_force import assert_exact, brute_force_jacobian, brute_force_ntk
 from torch import nn
 
 from cosmo_optim import empirical_ntk
 
 METHODS = ["auto", "structured", "jacobian"]
-
-
-def reference_jacobian(model: nn.Module, x: torch.Tensor, names=None) -> torch.Tensor:
-    """J (N, C, P) by one autograd.grad call per sample and output component, in eval mode."""
-    model = copy.deepcopy(model).eval()
-    ps = [p for n, p in model.named_parameters()
-          if p.requires_grad and (names is None or n in names)]
-    rows = []
-    for i in range(x.shape[0]):
-        out = model(x[i : i + 1]).reshape(-1)
-        per_c = []
-        for o in out:
-            gs = torch.autograd.grad(o, ps, retain_graph=True, allow_unused=True)
-            per_c.append(torch.cat([
-                torch.zeros(p.numel(), dtype=o.dtype) if g is None else g.reshape(-1)
-                for g, p in zip(gs, ps, strict=True)
-            ]))
-        rows.append(torch.stack(per_c))
-    return torch.stack(rows)
-
-
-def reference_ntk(model: nn.Module, x: torch.Tensor, names=None) -> torch.Tensor:
-    J = reference_jacobian(model, x, names)
-    return torch.einsum("icp,jcp->ij", J, J)
-
-
-def assert_close(K: torch.Tensor, R: torch.Tensor, rtol: float) -> None:
-    err = (K - R).abs().max().item() / R.abs().max().item()
-    assert err <= rtol, f"relative error {err:.2e} > {rtol:.0e}"
 
 
 class Erf(nn.Module):
@@ -194,7 +166,7 @@ def build(case: str, dtype: torch.dtype) -> tuple[nn.Module, torch.Tensor]:
 @pytest.mark.parametrize("case", list(CASES))
 def test_kernel_matches_bruteforce_float64(case: str, method: str) -> None:
     model, x = build(case, torch.float64)
-    assert_close(empirical_ntk(model, x, method=method), reference_ntk(model, x), 1e-8)
+    assert_exact(empirical_ntk(model, x, method=method), brute_force_ntk(model, x), 1e-8)
 
 
 @pytest.mark.parametrize("case", ["relu", "cnn", "transformer"])
@@ -202,7 +174,7 @@ def test_kernel_matches_bruteforce_float32(case: str) -> None:
     model, x = build(case, torch.float32)
     K = empirical_ntk(model, x)
     assert K.dtype == torch.float32
-    assert_close(K, reference_ntk(copy.deepcopy(model).double(), _f64(x)), 1e-4)
+    assert_exact(K, brute_force_ntk(copy.deepcopy(model).double(), _f64(x)), 1e-4)
 
 
 def _f64(x: torch.Tensor) -> torch.Tensor:
@@ -214,55 +186,55 @@ def test_dtype_float64_computes_in_float64_without_changing_the_model() -> None:
     K = empirical_ntk(model, x, dtype=torch.float64)
     assert K.dtype == torch.float64
     assert all(p.dtype == torch.float32 for p in model.parameters())
-    assert_close(K, reference_ntk(copy.deepcopy(model).double(), x.double()), 1e-8)
+    assert_exact(K, brute_force_ntk(copy.deepcopy(model).double(), x.double()), 1e-8)
 
 
 @pytest.mark.parametrize("method", METHODS)
 def test_full_output_blocks_and_trace_is_sum_of_diagonal_blocks(method: str) -> None:
     model, x = build("gelu", torch.float64)
     full = empirical_ntk(model, x, output="full", method=method)
-    J = reference_jacobian(model, x)
+    J = brute_force_jacobian(model, x)
     assert full.shape == (7, 7, 3, 3)
-    assert_close(full, torch.einsum("icp,jdp->ijcd", J, J), 1e-8)
+    assert_exact(full, torch.einsum("icp,jdp->ijcd", J, J), 1e-8)
     trace = empirical_ntk(model, x, output="trace", method=method)
-    assert_close(trace, full.diagonal(dim1=2, dim2=3).sum(-1), 1e-12)
+    assert_exact(trace, full.diagonal(dim1=2, dim2=3).sum(-1), 1e-12)
 
 
 @pytest.mark.parametrize("case", ["gelu", "cnn", "transformer"])
 def test_int_and_callable_outputs(case: str) -> None:
     model, x = build(case, torch.float64)
-    J = reference_jacobian(model, x)
+    J = brute_force_jacobian(model, x)
     K1 = empirical_ntk(model, x, output=1)
-    assert_close(K1, J[:, 1] @ J[:, 1].T, 1e-8)
+    assert_exact(K1, J[:, 1] @ J[:, 1].T, 1e-8)
     Km = empirical_ntk(model, x, output=-1)
-    assert_close(Km, J[:, -1] @ J[:, -1].T, 1e-8)
+    assert_exact(Km, J[:, -1] @ J[:, -1].T, 1e-8)
     Kc = empirical_ntk(model, x, output=lambda out: out.sum(-1))
-    assert_close(Kc, J.sum(1) @ J.sum(1).T, 1e-8)
+    assert_exact(Kc, J.sum(1) @ J.sum(1).T, 1e-8)
 
 
 def test_parameter_subset_by_names_and_predicate() -> None:
     model, x = build("cnn", torch.float64)
     names = ["0.weight", "8.bias"]
-    R = reference_ntk(model, x, names)
-    assert_close(empirical_ntk(model, x, params=names), R, 1e-8)
-    assert_close(empirical_ntk(model, x, params=lambda n, p: n in names), R, 1e-8)
+    R = brute_force_ntk(model, x, names=names)
+    assert_exact(empirical_ntk(model, x, params=names), R, 1e-8)
+    assert_exact(empirical_ntk(model, x, params=lambda n, p: n in names), R, 1e-8)
 
 
 def test_frozen_parameters_never_count() -> None:
     model, x = build("transformer", torch.float64)
     model.emb.weight.requires_grad_(False)
     model.enc.linear1.requires_grad_(False)
-    R = reference_ntk(model, x)
-    assert_close(empirical_ntk(model, x), R, 1e-8)
-    assert_close(empirical_ntk(model, x, params=["emb.weight", "out.weight"]),
-                 reference_ntk(model, x, ["out.weight"]), 1e-8)
+    R = brute_force_ntk(model, x)
+    assert_exact(empirical_ntk(model, x), R, 1e-8)
+    assert_exact(empirical_ntk(model, x, params=["emb.weight", "out.weight"]),
+                 brute_force_ntk(model, x, names=["out.weight"]), 1e-8)
 
 
 def test_exact_under_tiny_memory_budget_with_chunking() -> None:
     model, x = build("transformer", torch.float64)
-    R = reference_ntk(model, x)
+    R = brute_force_ntk(model, x)
     for method in METHODS:
-        assert_close(empirical_ntk(model, x, method=method, memory_budget=300_000), R, 1e-8)
+        assert_exact(empirical_ntk(model, x, method=method, memory_budget=300_000), R, 1e-8)
 
 
 def test_memory_budget_too_small_raises_before_allocating() -> None:
@@ -285,7 +257,7 @@ def test_model_without_batching_rule_uses_the_loop() -> None:
 
     torch.manual_seed(0)
     model, x = DataDependent().double(), torch.randn(4, 3, dtype=torch.float64)
-    assert_close(empirical_ntk(model, x), reference_ntk(model, x), 1e-8)
+    assert_exact(empirical_ntk(model, x), brute_force_ntk(model, x), 1e-8)
 
 
 def test_batchnorm_and_dropout_in_train_mode_are_refused() -> None:
@@ -299,7 +271,7 @@ def test_batchnorm_and_dropout_in_train_mode_are_refused() -> None:
 
 def test_train_mode_kernel_for_deterministic_model() -> None:
     model, x = build("tanh", torch.float64)
-    assert_close(empirical_ntk(model, x, train_mode=True), reference_ntk(model, x), 1e-8)
+    assert_exact(empirical_ntk(model, x, train_mode=True), brute_force_ntk(model, x), 1e-8)
 
 
 def test_no_side_effects_on_grad_mode_and_rng() -> None:
@@ -331,7 +303,7 @@ def test_linear_model_kernel_is_closed_form() -> None:
     # f(x) = w·x + b: Θ(x, x') = x·x' + 1 exactly (T4), independent of the weights.
     model = nn.Linear(4, 1).double()
     x = torch.randn(6, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
-    assert_close(empirical_ntk(model, x), x @ x.T + 1, 1e-12)
+    assert_exact(empirical_ntk(model, x), x @ x.T + 1, 1e-12)
 
 
 @pytest.mark.parametrize(
@@ -361,7 +333,7 @@ def test_invalid_arguments_raise_clear_errors(kwargs: dict, match: str) -> None:
 def test_single_sample_and_two_samples() -> None:
     model, x = build("twice", torch.float64)
     for n in (1, 2):
-        assert_close(empirical_ntk(model, x[:n]), reference_ntk(model, x[:n]), 1e-8)
+        assert_exact(empirical_ntk(model, x[:n]), brute_force_ntk(model, x[:n]), 1e-8)
     assert math.isfinite(float(empirical_ntk(model, x[:1])))
 
 
@@ -390,7 +362,7 @@ def test_symmetric_blocked_gram_is_exact(monkeypatch: pytest.MonkeyPatch) -> Non
     for case in ("tanh", "transformer", "twice"):
         model, x = build(case, torch.float64)
         for method in ("structured", "auto"):
-            assert_close(empirical_ntk(model, x, method=method), reference_ntk(model, x), 1e-8)
+            assert_exact(empirical_ntk(model, x, method=method), brute_force_ntk(model, x), 1e-8)
 
 
 def test_symmetric_blocked_accumulate_equals_full_product() -> None:
@@ -401,4 +373,4 @@ def test_symmetric_blocked_accumulate_equals_full_product() -> None:
         G = torch.randn(N, 1, 17, dtype=torch.float64, generator=g)
         K = torch.ones(N, N, dtype=torch.float64)
         _ntk_exact.accumulate(K, G, full=False)
-        assert_close(K, 1 + G[:, 0] @ G[:, 0].T, 1e-14)
+        assert_exact(K, 1 + G[:, 0] @ G[:, 0].T, 1e-14)

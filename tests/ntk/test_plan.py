@@ -7,7 +7,7 @@ import logging
 
 import pytest
 import torch
-from test_kernel import assert_close, reference_jacobian, reference_ntk
+from brute_force import assert_exact, brute_force_jacobian, brute_force_ntk
 from torch import nn
 
 from cosmo_optim import MemoryBudgetError, empirical_ntk
@@ -46,7 +46,7 @@ def _plan_of(model: nn.Module, x: torch.Tensor, capsys: pytest.CaptureFixture[st
 def test_batchnorm_in_eval_mode_takes_a_structured_rule(capsys) -> None:
     model, x = _model()
     K, text = _plan_of(model, x, capsys)
-    assert_close(K, reference_ntk(model, x), 1e-10)
+    assert_exact(K, brute_force_ntk(model, x), 1e-10)
     assert "bn.weight [psg" in text and "bn1.bias [psg" in text
     assert "per-sample Jacobian" not in text
 
@@ -56,11 +56,11 @@ def test_a_budget_below_the_whole_batch_is_planned_under(capsys, output: str) ->
     """A budget too small for one pass over all samples: stored chunks in several passes over
     groups of layers, exact, where the one-shot plan would need more than the budget."""
     model, x = _model()
-    J = reference_jacobian(model, x)
+    J = brute_force_jacobian(model, x)
     R = torch.einsum("icp,jdp->ijcd" if output == "full" else "icp,jcp->ij", J, J)
     _, roomy = _plan_of(model, x, capsys, output=output)
     K, text = _plan_of(model, x, capsys, output=output, memory_budget=60_000)
-    assert_close(K, R, 1e-10)
+    assert_exact(K, R, 1e-10)
     assert "stored: chunks of" in text and "pass 2:" in text, text
     if output == "trace":
         assert "streaming" in roomy
@@ -80,7 +80,7 @@ def test_refused_only_when_two_samples_cannot_fit_and_the_error_names_the_budget
     with pytest.raises(MemoryBudgetError, match=r"needs at least (\d+).*memory_budget=\d+") as e:
         empirical_ntk(model, x, memory_budget=2_000)
     need = int(str(e.value).split("memory_budget=")[-1].split()[0])
-    assert_close(empirical_ntk(model, x, memory_budget=need), reference_ntk(model, x), 1e-10)
+    assert_exact(empirical_ntk(model, x, memory_budget=need), brute_force_ntk(model, x), 1e-10)
 
 
 def test_the_plan_is_logged_at_debug(caplog) -> None:

@@ -11,7 +11,8 @@ import math
 
 import pytest
 import torch
-from test_kernel import CASES, build, reference_ntk
+from brute_force import brute_force_ntk
+from test_kernel import CASES, build
 from torch import nn
 
 from cosmo_optim import empirical_ntk
@@ -31,7 +32,7 @@ def test_sketch_wider_than_every_dimension_is_the_exact_kernel(case: str) -> Non
     layers demoted to the jacobian) must give the exact kernel."""
     model, x = build(case, torch.float64)
     K = empirical_ntk(model, x, method="sketch", sketch_dim=10_000)
-    R = reference_ntk(model, x)
+    R = brute_force_ntk(model, x)
     assert (K - R).abs().max() <= 1e-9 * R.abs().max()
 
 
@@ -43,7 +44,7 @@ def test_sketch_is_unbiased(case: str) -> None:
     x = x[:4]
     M = 50
     S = sketches(model, x, 3, range(M))
-    R = reference_ntk(model, x)
+    R = brute_force_ntk(model, x)
     mean, se = S.mean(0), S.std(0) / math.sqrt(M)
     assert (S.std(0) > 0).any()  # the sketch is random at this k
     assert ((mean - R).abs() <= Z * se + 1e-12 * R.abs().max()).all()
@@ -103,7 +104,7 @@ def test_adapted_sketch_is_unbiased_for_samples_outside_the_pilot(
     model, x = build(case, torch.float64)
     M = 50
     S = sketches(model, x, 4, range(M))
-    R = reference_ntk(model, x)
+    R = brute_force_ntk(model, x)
     mean, se = S.mean(0), S.std(0) / math.sqrt(M)
     assert (S.std(0) > 0).any()
     assert ((mean - R).abs() <= Z * se + 1e-12 * R.abs().max()).all()
@@ -133,7 +134,7 @@ def test_zero_gradients_give_a_finite_exact_block(dtype: torch.dtype, rtol: floa
 def test_error_falls_with_sketch_dim() -> None:
     """Mean squared error over seeds: at 4k it is below the k value (variance ∝ 1/k to 1/k²)."""
     model, x = build("tanh", torch.float64)
-    R = reference_ntk(model, x)
+    R = brute_force_ntk(model, x)
     mse = [((sketches(model, x, k, range(40)) - R) ** 2).mean() for k in (2, 8)]
     assert mse[1] < mse[0] / 2
 

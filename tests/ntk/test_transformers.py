@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_kernel import reference_jacobian, reference_ntk
+from brute_force import brute_force_jacobian, brute_force_ntk
 from torch import nn
 
 from cosmo_optim import empirical_ntk
@@ -61,7 +61,7 @@ class TimeMajorConv1D(nn.Module):
 @pytest.mark.parametrize("batch_positions", [True, False])
 def test_gpt2_kernel_matches_bruteforce(method: str, batch_positions: bool) -> None:
     model, x = gpt2(batch_positions)
-    K, R = empirical_ntk(model, x, method=method), reference_ntk(model, x)
+    K, R = empirical_ntk(model, x, method=method), brute_force_ntk(model, x)
     assert (K - R).abs().max() <= 1e-8 * R.abs().max()
 
 
@@ -92,7 +92,7 @@ def test_time_major_conv1d_rows_fall_back_and_stay_exact() -> None:
     model = TimeMajorConv1D().double()
     x = torch.randn(4, 3, 3, dtype=torch.float64)  # T = N - 1: chunk sizes cannot mistake it
     for method in ("auto", "structured"):
-        K, R = empirical_ntk(model, x, method=method), reference_ntk(model, x)
+        K, R = empirical_ntk(model, x, method=method), brute_force_ntk(model, x)
         assert (K - R).abs().max() <= 1e-8 * R.abs().max()
 
 
@@ -108,14 +108,14 @@ def test_addmm_with_scaling_is_left_to_the_jacobian_path() -> None:
 
     torch.manual_seed(0)
     model, x = Scaled().double(), torch.randn(4, 5, 3, dtype=torch.float64)
-    K, R = empirical_ntk(model, x), reference_ntk(model, x)
+    K, R = empirical_ntk(model, x), brute_force_ntk(model, x)
     assert (K - R).abs().max() <= 1e-8 * R.abs().max()
 
 
 def test_gpt2_sketch_wide_is_exact_and_narrow_is_unbiased() -> None:
     """Model-chosen (1, T) position ids: wpe is sketched from its exact jacobian rows."""
     model, x = gpt2(batch_positions=False)
-    R = reference_ntk(model, x)
+    R = brute_force_ntk(model, x)
     wide = empirical_ntk(model, x, method="sketch", sketch_dim=1000)
     assert (wide - R).abs().max() <= 1e-8 * R.abs().max()
     S = torch.stack([empirical_ntk(model, x, method="sketch", sketch_dim=4, sketch_seed=s)
@@ -142,7 +142,7 @@ def test_conv1d_output_edited_in_place_stays_exact() -> None:
     model, x = Inplace().double(), torch.randn(4, 5, 3, dtype=torch.float64)
     for method in ("auto", "structured", "sketch"):
         kw = {"sketch_dim": 1000} if method == "sketch" else {}
-        K, R = empirical_ntk(model, x, method=method, **kw), reference_ntk(model, x)
+        K, R = empirical_ntk(model, x, method=method, **kw), brute_force_ntk(model, x)
         assert (K - R).abs().max() <= 1e-8 * R.abs().max()
 
 
@@ -190,6 +190,6 @@ def test_tied_embedding_and_lm_head_take_the_tied_gram_rule(select, plan, capsys
     text = capsys.readouterr().out
     assert "lm.transformer.wte.weight [tied" in text
     assert ("stored: chunks of" in text) == (plan != "streaming")
-    J = reference_jacobian(model, ids)
+    J = brute_force_jacobian(model, ids)
     R = torch.einsum("icp,jdp->ijcd" if plan == "full" else "icp,jcp->ij", J, J)
     assert (K - R).abs().max() <= 1e-10 * R.abs().max()

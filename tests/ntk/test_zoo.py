@@ -12,6 +12,7 @@ from collections.abc import Callable
 import pytest
 import torch
 import torch.nn.functional as F
+from brute_force import assert_exact, brute_force_ntk
 from torch import nn
 from torch.nn.utils import parametrizations
 
@@ -19,38 +20,6 @@ from cosmo_optim import empirical_ntk
 
 METHODS = ["auto", "structured", "jacobian"]
 Select = Callable[[object], torch.Tensor]
-
-
-def brute_force_ntk(model: nn.Module, x: torch.Tensor, select: Select | None = None,
-                    names: set[str] | None = None) -> torch.Tensor:
-    """Θ[i, j] = Σ_c ∂f_ic/∂θ · ∂f_jc/∂θ from one autograd.grad call per sample and component."""
-    try:
-        model = copy.deepcopy(model)
-    except RuntimeError:  # old-style weight_norm holds a non-leaf attribute; use it as it is
-        pass
-    training = model.training
-    model.eval()
-    ps = [p for n, p in model.named_parameters()
-          if p.requires_grad and (names is None or n in names)]
-    rows = []
-    for i in range(x.shape[0]):
-        out = model(x[i : i + 1])
-        out = (select(out) if select else out).reshape(-1)
-        per_c = []
-        for o in out:
-            gs = torch.autograd.grad(o, ps, retain_graph=True, allow_unused=True)
-            per_c.append(torch.cat([torch.zeros(p.numel(), dtype=o.dtype) if g is None
-                                    else g.to_dense().reshape(-1)
-                                    for g, p in zip(gs, ps, strict=True)]))
-        rows.append(torch.stack(per_c))
-    model.train(training)
-    J = torch.stack(rows)
-    return torch.einsum("icp,jcp->ij", J, J)
-
-
-def assert_exact(K: torch.Tensor, R: torch.Tensor, rtol: float = 1e-8) -> None:
-    err = (K - R).abs().max().item() / R.abs().max().item()
-    assert err <= rtol, f"relative error {err:.2e} > {rtol:.0e}"
 
 
 def seeded(build: Callable[[], nn.Module]) -> nn.Module:
@@ -615,7 +584,7 @@ def test_a_forward_that_rebinds_a_buffer_leaves_it_as_it_was() -> None:
 
 def test_bad_inputs_and_outputs_are_named() -> None:
     model = seeded(lambda: nn.Linear(3, 2))
-    with pytest.raises(ValueError, match=r"Invalid inputs: a list; it must be one tensor"):
+    with pytest.raises(ValueError, match=r"Invalid inputs: a list;.*torch.stack\(samples\)"):
         empirical_ntk(model, [torch.randn(3), torch.randn(3)])  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=r"Invalid output: True"):
         empirical_ntk(model, torch.randn(4, 3, dtype=torch.float64), output=True)

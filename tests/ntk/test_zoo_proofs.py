@@ -15,7 +15,8 @@ import random
 import numpy as np
 import pytest
 import torch
-from test_zoo import METHODS, assert_exact, brute_force_ntk, seeded
+from brute_force import assert_exact, brute_force_ntk
+from test_zoo import METHODS, seeded
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
