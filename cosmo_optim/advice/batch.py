@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 from typing import Final
 
+import numpy as np
 import torch
 
 from cosmo_optim.advice.heavy_ball import ModeReadout
@@ -26,6 +27,7 @@ from cosmo_optim.spectrum import flat_kernel
 
 __all__ = [
     "NOISE_FLOOR_FRACTION", "batch_cosmology", "noise_coefficient", "noise_floor", "noise_per_loss",
+    "slowdown",
 ]
 
 #: The noise floor ε tr Σ_B / 4 may reach this fraction of the target loss.
@@ -84,3 +86,15 @@ def batch_cosmology(full: Cosmology, nu: float, batch_size: int | None, num_inpu
     if per_loss == 0.0:
         return full
     return Cosmology(full.lr / (1.0 + per_loss / floor_fraction), full.momentum)
+
+
+def slowdown(full: np.ndarray, batch: np.ndarray, steps: int, factor: float) -> float:
+    """How much longer the mini-batch plan takes than the trialled full-batch one, by the
+    frozen-kernel map (T10): the steps its curve needs to reach the ratio the full-batch curve
+    reaches in the trial's `steps` (oscillating modes keep their √β per step, overdamped ones
+    slow by the lr factor), or 1/factor if it does not get there."""
+    if factor == 1.0 or steps == 0:
+        return 1.0
+    ratio = full[min(steps, len(full) - 1)] / full[0]
+    hits = np.flatnonzero(batch / batch[0] <= ratio)
+    return hits[0] / steps if hits.size and ratio < 1 else 1.0 / factor

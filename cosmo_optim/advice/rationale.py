@@ -64,7 +64,8 @@ def rationale(read: ModeReadout, d: Decision, fraction: float, initial: float,
         lines.append(
             f"Mini-batches of {batch_size} of {num_inputs}: gradient noise ν = tr Σ/L = "
             f"{d.noise:.3g} at the end of the trial; the effective step η/(1 − β) is lowered "
-            f"×{d.factor:.3g} so that its noise floor stays below half the target, β kept."
+            f"×{d.factor:.3g} so that its noise floor stays below half the loss, β kept "
+            "(docs/advice.md, A3)."
         )
     c = d.cosmology
     lines.append(

@@ -46,7 +46,7 @@ import torch
 from torch import Tensor, nn
 
 from cosmo_optim._common import preserved
-from cosmo_optim.advice.batch import batch_cosmology, noise_per_loss
+from cosmo_optim.advice.batch import batch_cosmology, noise_per_loss, slowdown
 from cosmo_optim.advice.heavy_ball import (
     ModeReadout,
     fixed_point,
@@ -378,20 +378,11 @@ def _decide(ell: PerSampleLoss, probe: _Probe, relevant: Tensor, target: float, 
     hits = np.flatnonzero(curve <= target)
     predicted = int(hits[0]) if hits.size else None
     predictable = lazy_error(rung.trial, rung.found.curve) <= TRIAL_TOLERANCE
-    rate = _steps_at_trial_rate(rung.trial.losses, target / probe.initial, rung.trial.verdict)
     factor = chosen.lr / full.lr
+    rate = rung.trial.steps_to(target / probe.initial)
+    rate *= slowdown(rung.found.curve, curve, rung.trial.steps, factor)
     return Decision(relevant, target, margin, measured, growth, nu, chosen, factor, curve,
-                    predicted, predictable, rate / factor)
-
-
-def _steps_at_trial_rate(losses: np.ndarray, goal: float, verdict: str) -> float:
-    """Steps to reach `goal` × the initial loss at the trial's mean exponential rate."""
-    if verdict == "reached":
-        return float(len(losses) - 1)
-    ratio = float(losses[-1] / losses[0])
-    if not (math.isfinite(ratio) and 0 < ratio < 1) or not 0 < goal < 1:
-        return math.inf if goal < 1 else 0.0
-    return (len(losses) - 1) * math.log(goal) / math.log(ratio)
+                    predicted, predictable, rate)
 
 
 def _suggestion(probe: _Probe, d: Decision, horizon_steps: int, notes: tuple[str, ...],

@@ -54,6 +54,18 @@ class TrialRun(NamedTuple):
     def steps(self) -> int:
         return len(self.losses) - 1
 
+    def steps_to(self, goal: float) -> float:
+        """Steps to reach `goal` × the initial loss at the trial's mean exponential rate (the
+        steps it took if it got there; inf if its loss did not fall)."""
+        if self.verdict == "reached":
+            return float(self.steps)
+        ratio = float(self.losses[-1] / self.losses[0])
+        if not goal < 1:
+            return 0.0
+        if not (math.isfinite(ratio) and 0 < ratio < 1) or goal <= 0:
+            return math.inf
+        return self.steps * math.log(goal) / math.log(ratio)
+
     @property
     def drop(self) -> float:
         """1 − final loss / initial loss (negative if it rose, −inf if it diverged)."""

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from cosmo_optim import Cosmology
-from cosmo_optim.advice.batch import batch_cosmology, noise_coefficient, noise_floor
+from cosmo_optim.advice.batch import batch_cosmology, noise_coefficient, noise_floor, slowdown
 
 
 def stationary_variance(lr, momentum, curvature, noise):
@@ -95,3 +95,12 @@ def test_batch_cosmology_keeps_beta_and_never_gives_a_smaller_batch_a_larger_ste
         assert noise_floor(c.lr / (1 - c.momentum), nu, b, n) < 0.5
     assert batch_cosmology(full, 0.0, 8, n) == full
     assert math.isfinite(batch_cosmology(full, 1e12, 1, n).lr)
+
+
+def test_slowdown_is_the_ratio_of_decay_rates_of_two_exponential_curves():
+    # Closed form: e^{−a n} reaches e^{−a T} at n = T; e^{−b n} reaches it at n = aT/b.
+    n = np.arange(301)
+    full, batch = np.exp(-0.2 * n), np.exp(-0.05 * n)
+    assert slowdown(full, batch, 20, 0.25) == pytest.approx(4.0)
+    assert slowdown(full, np.exp(-1e-4 * n), 20, 0.25) == 4.0  # never gets there: 1/factor
+    assert slowdown(full, full, 20, 1.0) == 1.0

@@ -122,3 +122,13 @@ def test_a_target_below_what_the_model_can_reach_warns_and_one_above_does_not():
         s = suggest_hyperparameters(model, nn.MSELoss(), x, y, horizon_steps=500,
                                     target_loss=1.5 * floor)
     assert s.predicted_steps is not None and s.predicted_steps <= 500 and not s.warnings
+
+
+def test_a_trials_rate_extrapolates_its_geometric_decay_to_the_goal():
+    from cosmo_optim.advice.trial import TrialRun
+
+    run = TrialRun(0.9 ** np.arange(31), "held", nn.Identity())
+    # 0.9ⁿ = 0.01 at n = ln 0.01 / ln 0.9 (independent closed form).
+    assert run.steps_to(0.01) == pytest.approx(math.log(0.01) / math.log(0.9))
+    assert TrialRun(np.ones(31), "stalled", nn.Identity()).steps_to(0.01) == math.inf
+    assert TrialRun(np.array([1.0, 0.5, 0.004]), "reached", nn.Identity()).steps_to(0.01) == 2
