@@ -24,7 +24,9 @@ __all__ = [
     "ModeReadout",
     "Search",
     "fixed_point",
+    "needed_fraction",
     "plan",
+    "plan_for",
     "polyak_lr",
     "probe_indices",
     "read_modes",
@@ -75,6 +77,15 @@ def read_modes(model: nn.Module, ell: PerSampleLoss, inputs: Tensor, outputs: Te
     values, grad, _ = loss_derivatives(ell, f, y, order=1)
     residual = dual.eigenvectors.T @ (grad.reshape(-1) / dual.num_samples)  # Uᵀ ∂L/∂f
     return ModeReadout(dual, kernel, values, grad, residual, dual.mode_curvatures)
+
+
+def needed_fraction(fraction: float, target: float | None, loss: float) -> float:
+    """The share of |Uᵀ ∂L/∂f|² the relevant modes must carry: `fraction`, and at least the
+    share of the loss that must go to reach `target` from `loss`, 1 − target/loss (for MSE the
+    projected residual of a mode is its share of the loss, T4/T7)."""
+    if target is None or not loss > 0:
+        return fraction
+    return max(fraction, min(1.0, 1.0 - target / loss))
 
 
 def relevant_modes(curvatures: Tensor, eigenvalues: Tensor, residual: Tensor,
@@ -222,3 +233,12 @@ def _search(read: ModeReadout, relevant: Tensor, safety: float, horizon_steps: i
     predicted = int(hits[0]) if hits.size else None
     return Search(chosen, planned, curve, predicted, need, low), path
 
+
+
+def plan_for(read: ModeReadout, relevant: Tensor, safety: float, need: int, horizon_steps: int,
+             target: float, scale: float) -> Search:
+    """The plan damping for a time to target `need` known from elsewhere (a trial), with its
+    frozen-kernel prediction: one round of `fixed_point`, not iterated on the map's own time."""
+    need = min(max(int(need), 1), horizon_steps)
+    return _search(read, relevant, safety, horizon_steps, target, scale, need, read.curvatures,
+                   read.curvatures)[0]

@@ -27,7 +27,13 @@ from torch import Tensor, nn
 
 from cosmo_optim._common import preserved
 from cosmo_optim.advice.batch import batch_cosmology, noise_per_loss
-from cosmo_optim.advice.heavy_ball import fixed_point, plan, read_modes, relevant_modes
+from cosmo_optim.advice.heavy_ball import (
+    fixed_point,
+    needed_fraction,
+    plan,
+    read_modes,
+    relevant_modes,
+)
 from cosmo_optim.cosmology import Cosmology
 from cosmo_optim.losses import per_sample_loss
 
@@ -57,7 +63,8 @@ class CosmologyScheduler:
         safety: in (0, 1]; the largest safety the schedule grows to: the stiffest curvature is
             planned at 1/safety times the measured one (stability margin ≤ safety). It starts
             at min(safety, 1/8) (headroom for an early catapult).
-        residual_fraction: share of |Uᵀ ∂L/∂f|² the relevant modes must carry, in (0, 1].
+        residual_fraction: share of |Uᵀ ∂L/∂f|² the relevant modes must carry, in (0, 1];
+            with a `target_loss`, at least 1 − target/current loss.
         batch_size, num_inputs: mini-batch size and data-set size (None: full batch); the lr
             effective step η/(1 − β) is lowered by the gradient noise read at each re-plan,
             β kept, as in `suggest_hyperparameters` (docs/advice.md, "Mini-batches").
@@ -172,9 +179,12 @@ class CosmologyScheduler:
             read = read_modes(self.model, self.ell, self.inputs, outputs, self.targets)
         value = float(read.values.mean())
         self._reference = value
+        known = loss is not None and math.isfinite(loss) and value > 0
+        fraction = needed_fraction(self.residual_fraction, self.target_loss,
+                                   loss if known else value)  # type: ignore[arg-type]
         try:
             relevant = relevant_modes(read.curvatures, read.dual.eigenvalues, read.residual,
-                                      self.residual_fraction)
+                                      fraction)
         except ValueError:  # nothing left to fit on the probe batch: keep the plan
             return self.cosmology
         if not float(read.curvatures.max()) > 0:
@@ -184,7 +194,6 @@ class CosmologyScheduler:
             chosen = plan(read.curvatures, read.curvatures, relevant, self.safety, remaining,
                           True)
         else:
-            known = loss is not None and math.isfinite(loss) and value > 0
             scale = loss / value if known else 1.0  # type: ignore[operator]
             chosen = fixed_point(read, relevant, self.safety, remaining, self.target_loss,
                                  scale).plan

@@ -50,6 +50,7 @@ from cosmo_optim.advice.batch import batch_cosmology, noise_per_loss, slowdown
 from cosmo_optim.advice.heavy_ball import (
     ModeReadout,
     fixed_point,
+    needed_fraction,
     probe_indices,
     read_modes,
     relevant_modes,
@@ -251,7 +252,8 @@ def suggest_hyperparameters(
         batch_size: samples per step, or None for full-batch training.
         target_loss: the loss whose crossing `predicted_steps` reports; default 10% of the
             initial loss.
-        residual_fraction: share of |Uᵀ ∂L/∂f|² the relevant modes must carry, in (0, 1].
+        residual_fraction: share of |Uᵀ ∂L/∂f|² the relevant modes must carry, in (0, 1];
+            at least 1 − target_loss/initial loss, the share that must go to reach the target.
         safety: None (default) to measure the margin by trials, or a margin in (0, 1]: plan
             for a stiffest curvature 1/safety times the measured one (1 is the exact
             heavy-ball optimum).
@@ -293,14 +295,15 @@ def suggest_hyperparameters(
     first = next(p for p in model.parameters() if p.requires_grad)
     with preserved(model, first.device):
         probe = _read_probe(model, ell, inputs, targets, probe_size, seed)
-        relevant = relevant_modes(probe.read.curvatures, probe.read.dual.eigenvalues,
-                                  probe.read.residual, float(residual_fraction))
         target = 0.1 * probe.initial if target_loss is None else float(target_loss)
+        fraction = needed_fraction(float(residual_fraction), target, probe.initial)
+        relevant = relevant_modes(probe.read.curvatures, probe.read.dual.eigenvalues,
+                                  probe.read.residual, fraction)
         trials = _trial_set(inputs, targets, target / probe.initial, seed)
         margin = _margin(model, ell, probe, relevant, trials, horizon_steps, target, safety)
         decision = _decide(ell, probe, relevant, target, margin, safety is None, horizon_steps,
                            batch_size)
-    text = rationale(probe.read, decision, float(residual_fraction), probe.initial,
+    text = rationale(probe.read, decision, fraction, probe.initial,
                      horizon_steps, batch_size, probe.num_inputs)
     notes = warnings_for(decision, horizon_steps, batch_size)
     for note in notes:

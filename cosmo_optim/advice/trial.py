@@ -81,8 +81,9 @@ def run_trial(model: nn.Module, ell: PerSampleLoss, inputs: Tensor, targets: Ten
     beyond its end). The trial stops early when the loss reaches `goal` × its initial value
     ("reached"), or leaves the finite numbers or rises above its initial value beyond the
     prediction's own overshoot (the heavy ball's stiff modes overshoot near the edge),
-    ("crossed"); after `steps` steps the loss must have fallen by `PROGRESS` × the predicted
-    log loss ratio ("held"), else "stalled".
+    ("crossed"); after `steps` steps the loss must have fallen by at least `PROGRESS` × the
+    predicted log loss ratio, or, where the prediction has not come back below the start yet,
+    follow it within `TRIAL_TOLERANCE` ("held"); else "stalled".
     """
     net = copy.deepcopy(model)
     opt = torch.optim.SGD(net.parameters(), lr=cosmology.lr, momentum=cosmology.momentum)
@@ -104,10 +105,18 @@ def run_trial(model: nn.Module, ell: PerSampleLoss, inputs: Tensor, targets: Ten
             value.backward()
             opt.step()
     run = TrialRun(np.asarray(losses), verdict, net)
-    expected = float(predicted[min(steps, len(predicted) - 1)])
-    if verdict == "held" and expected < 1 and run.losses[-1] > expected**PROGRESS * losses[0]:
-        return run._replace(verdict="stalled")  # less than PROGRESS of the predicted log-drop
+    if verdict == "held" and not _progressed(run, predicted):
+        return run._replace(verdict="stalled")
     return run
+
+
+def _progressed(run: TrialRun, predicted: np.ndarray) -> bool:
+    """At least PROGRESS of the predicted log loss ratio; where the map itself has not come
+    back below the start yet (the heavy ball's overshoot near the edge), following the map."""
+    expected = float(predicted[min(run.steps, len(predicted) - 1)])
+    if expected < 1:
+        return bool(run.losses[-1] < expected**PROGRESS * run.losses[0])
+    return lazy_error(run, predicted) <= TRIAL_TOLERANCE
 
 
 def lazy_error(run: TrialRun, curve: np.ndarray) -> float:

@@ -71,10 +71,11 @@ def test_polyak_parameters_sit_on_the_exact_discrete_thresholds_of_T10():
 
 def test_residual_fraction_picks_the_range_of_the_modes_that_carry_the_residual():
     model, x, y = linear_problem()
+    target = 0.7 * float(y.pow(2).mean())  # 30 % of the loss must go: fraction 0.5 is kept
     full = suggest_hyperparameters(model, nn.MSELoss(), x, y, horizon_steps=2000,
-                                   target_loss=0.0, residual_fraction=1.0, safety=1.0)
+                                   target_loss=target, residual_fraction=1.0, safety=1.0)
     part = suggest_hyperparameters(model, nn.MSELoss(), x, y, horizon_steps=2000,
-                                   target_loss=0.0, residual_fraction=0.5, safety=1.0)
+                                   target_loss=target, residual_fraction=0.5, safety=1.0)
     assert len(part.relevant_modes) < len(full.relevant_modes)
     assert part.kappa_min >= full.kappa_min
     assert part.kappa_min == pytest.approx(min(part.curvatures[part.relevant_modes]))
@@ -317,3 +318,25 @@ def test_suggestion_is_frozen_and_builds_its_optimizer_through_cosmosgd_from_sug
     b = CosmoSGD.from_suggestion(model.parameters(), s)
     assert a.param_groups[0]["lr"] == b.param_groups[0]["lr"] == s.lr
     assert a.param_groups[0]["momentum"] == b.param_groups[0]["momentum"] == s.momentum
+
+
+def test_the_relevant_modes_carry_the_share_of_the_loss_that_must_go_to_reach_the_target():
+    # Unstandardised inputs: one direction holds almost all of the loss. To reach 1e-3 of the
+    # initial loss the modes carrying 99.9 % of it must move, not just the top one (which alone
+    # carries residual_fraction = 0.9 and would set β = 0). Independent reference: the shares
+    # (u_kᵀ y)²/|y|² in the eigenbasis of the linear model's kernel X Xᵀ.
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(30, 3, generator=g, dtype=torch.float64) * torch.tensor([100.0, 1.0, 0.3], dtype=torch.float64)
+    y = x @ torch.tensor([[0.05], [1.0], [1.0]], dtype=torch.float64)
+    model = nn.Linear(3, 1, bias=False).double()
+    with torch.no_grad():
+        model.weight.zero_()
+    lam, u = torch.linalg.eigh(x @ x.T)
+    share = ((u.T @ y).pow(2).reshape(-1) / y.pow(2).sum()).flip(0).numpy()  # descending λ
+    initial = float(y.pow(2).mean())
+    loose = suggest_hyperparameters(model, nn.MSELoss(), x, y, horizon_steps=500,
+                                    target_loss=0.5 * initial, safety=1.0)
+    tight = suggest_hyperparameters(model, nn.MSELoss(), x, y, horizon_steps=500,
+                                    target_loss=1e-3 * initial, safety=1.0)
+    assert share[loose.relevant_modes].sum() >= 0.9 and len(loose.relevant_modes) == 1
+    assert share[tight.relevant_modes].sum() >= 0.999 and tight.momentum > 0.5
