@@ -10,8 +10,9 @@ the horizon) on the trial set holds (:mod:`.trial`: its loss never rises above i
 falls). A trial that crosses its start stops there, so the rungs above the margin cost a few
 steps each.
 
-Cost: one trial per rung tried (≤ 9), each ≤ `TRIAL_STEPS` full-batch steps on ≤ `TRIAL_ROWS`
-inputs, and each rung's plan (the frozen-kernel map over ≤ the horizon).
+Cost: one trial per rung tried (≤ 9) and one for the re-plan, each ≤ `TRIAL_STEPS` full-batch
+steps on ≤ `TRIAL_ROWS` inputs, and each rung's plan (the frozen-kernel map over ≤ the
+horizon, ≤ 4 rounds).
 """
 
 from __future__ import annotations

@@ -238,7 +238,7 @@ def suggest_hyperparameters(
     by the gradient noise for mini-batches, and the loss curve predicted by the discrete mode
     map (T10). Costs one forward pass on `inputs`, two output-space NTKs and eigendecompositions
     on the probe set (O((N·C)³)), the frozen-kernel map per margin tried (≤ `horizon_steps`
-    small mode-space steps per planning round), and ≤ 9 trials of ≤ 30 full-batch steps on
+    small mode-space steps per planning round), and ≤ 10 trials of ≤ 30 full-batch steps on
     ≤ 256 inputs (one trial with `safety` given); a trial stops at the first loss above its
     start, so failing margins cost a few steps.
 
