@@ -31,7 +31,7 @@ Mini-batch runs evaluate the full training loss every 5 steps. Cost is each meth
 time (advice: the call; lr_find: the Trainer and the search), measured side by side in this
 process, also in training steps of that task.
 
-    python benchmarks/bench_advice.py            # the evaluation (about 30 min on 2 cores)
+    python benchmarks/bench_advice.py            # the evaluation (about 50 min on 2 cores)
     python benchmarks/bench_advice.py --smoke    # a tiny run that only checks it works
 """
 

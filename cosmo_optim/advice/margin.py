@@ -64,10 +64,6 @@ class Margin(NamedTuple):
     rung: Rung
     rungs: tuple[Rung, ...]
 
-    @property
-    def held(self) -> bool:
-        return self.rung.trial.held
-
 
 def try_plan(model: nn.Module, ell: PerSampleLoss, found: Search, trials: TrialSet,
              safety: float, steps: int) -> Rung:
