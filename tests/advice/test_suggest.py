@@ -331,7 +331,7 @@ def test_the_relevant_modes_carry_the_share_of_the_loss_that_must_go_to_reach_th
     model = nn.Linear(3, 1, bias=False).double()
     with torch.no_grad():
         model.weight.zero_()
-    lam, u = torch.linalg.eigh(x @ x.T)
+    _, u = torch.linalg.eigh(x @ x.T)
     share = ((u.T @ y).pow(2).reshape(-1) / y.pow(2).sum()).flip(0).numpy()  # descending λ
     initial = float(y.pow(2).mean())
     loose = suggest_hyperparameters(model, nn.MSELoss(), x, y, horizon_steps=500,
