@@ -17,17 +17,16 @@ from cosmo_optim.cosmology import Cosmology
 from cosmo_optim.dual import FLRWDual, predict_trajectory
 from cosmo_optim.losses import PerSampleLoss, loss_derivatives
 from cosmo_optim.ntk import empirical_ntk
-from cosmo_optim.spectrum import flat_kernel
 
 __all__ = [
     "MAX_PROBE_ROWS",
     "HeavyBallPlan",
     "ModeReadout",
     "Search",
-    "batch_factor",
     "fixed_point",
-    "noise_scale",
+    "needed_fraction",
     "plan",
+    "plan_for",
     "polyak_lr",
     "probe_indices",
     "read_modes",
@@ -80,6 +79,15 @@ def read_modes(model: nn.Module, ell: PerSampleLoss, inputs: Tensor, outputs: Te
     return ModeReadout(dual, kernel, values, grad, residual, dual.mode_curvatures)
 
 
+def needed_fraction(fraction: float, target: float | None, loss: float) -> float:
+    """The share of |Uᵀ ∂L/∂f|² the relevant modes must carry: `fraction`, and at least the
+    share of the loss that must go to reach `target` from `loss`, 1 − target/loss (for MSE the
+    projected residual of a mode is its share of the loss, T4/T7)."""
+    if target is None or not loss > 0:
+        return fraction
+    return max(fraction, min(1.0, 1.0 - target / loss))
+
+
 def relevant_modes(curvatures: Tensor, eigenvalues: Tensor, residual: Tensor,
                    fraction: float) -> Tensor:
     """Fewest reachable modes whose |Uᵀ ∂L/∂f|² adds up to `fraction` of the reachable total."""
@@ -107,26 +115,6 @@ def polyak_lr(kappa_max: float, kappa_min: float) -> float:
     return 4.0 / (math.sqrt(kappa_max) + math.sqrt(kappa_min)) ** 2
 
 
-def noise_scale(kernel: Tensor, grad: Tensor) -> float:
-    """B_noise = tr Σ/|G|² from the kernel blocks: |g_i|² = ℓ'_iᵀ Θ_ii ℓ'_i (samples)."""
-    n = grad.shape[0]
-    flat = flat_kernel(kernel)
-    g = grad.reshape(-1).to(flat.dtype)
-    mean_sq = float(g @ flat @ g) / n**2  # |G|², G = (1/N) Σ_i g_i
-    blocks = kernel.diagonal(dim1=0, dim2=1).permute(2, 0, 1)  # (N, C, C) = Θ_ii
-    per_sample = torch.einsum("na,nab,nb->n", grad.to(flat.dtype), blocks, grad.to(flat.dtype))
-    trace_sigma = max(float(per_sample.mean()) - mean_sq, 0.0)
-    return trace_sigma / mean_sq if mean_sq > 0 else math.inf
-
-
-def batch_factor(noise: float, batch_size: int | None, num_inputs: int) -> float:
-    """η_B/η = 1/(1 + B_noise (N − B)/((N − 1) B)) (McCandlish et al. 2018, finite N)."""
-    if batch_size is None or batch_size >= num_inputs:
-        return 1.0
-    scaled = noise * (num_inputs - batch_size) / ((num_inputs - 1) * batch_size)
-    return 1.0 / (1.0 + scaled)
-
-
 class HeavyBallPlan(NamedTuple):
     cosmology: Cosmology
     kappa_max: float
@@ -137,13 +125,13 @@ class HeavyBallPlan(NamedTuple):
 
 
 def plan(high: Tensor, low: Tensor, relevant: Tensor, safety: float, need: int,
-         is_horizon: bool, factor: float) -> HeavyBallPlan:
-    """(η, β) for curvatures `high` (stiffest on the path) and `low` (softest) (T8, T10).
+         is_horizon: bool) -> HeavyBallPlan:
+    """Full-batch (η, β) for curvatures `high` (stiffest on the path) and `low` (softest) (T8, T10).
 
     κ_max = max(high)/safety over all modes; κ_min = the slowest relevant curvature, floored
     where a critically damped mode gets HORIZON_EFOLDS e-folds within `need` steps: with
-    Polyak's parameters sqrt(η κ_min) = 2/(sqrt Q + 1), so sqrt Q ≤ 2 need/E − 1. The lr is
-    then scaled by the mini-batch `factor` and β re-derived to keep κ_min critically damped.
+    Polyak's parameters sqrt(η κ_min) = 2/(sqrt Q + 1), so sqrt Q ≤ 2 need/E − 1. Mini-batches
+    lower the effective step afterwards (:mod:`.batch`).
     """
     kappa_max = float(high.max()) / safety
     fraction_min = float(low[relevant].min())
@@ -153,7 +141,7 @@ def plan(high: Tensor, low: Tensor, relevant: Tensor, safety: float, need: int,
         active = "residual_fraction"
     else:
         active = "horizon" if is_horizon else "time_to_target"
-    lr = polyak_lr(kappa_max, kappa_min) * factor
+    lr = polyak_lr(kappa_max, kappa_min)
     momentum = (1.0 - math.sqrt(lr * kappa_min)) ** 2  # κ_min critically damped (T10)
     return HeavyBallPlan(Cosmology(lr, momentum), kappa_max, kappa_min, fraction_min, need_min,
                          active)
@@ -193,27 +181,64 @@ class Search(NamedTuple):
 
 
 def fixed_point(read: ModeReadout, relevant: Tensor, safety: float, horizon_steps: int,
-                 target: float, scale: float, factor: float) -> Search:
-    """Plan until the steps needed stop changing (at most PLAN_ITERATIONS rounds).
+                target: float, scale: float, need: int | None = None) -> Search:
+    """The plan whose predicted time to target is the time it damps for (≤ PLAN_ITERATIONS rounds).
 
     The modes needed are those that must move before the target is reached, with their
-    masses anywhere on the predicted roll (T8: m_k² follows ℓ'' along the path). Later
-    rounds predict over twice the previous time to target only (the map is the cost).
+    masses anywhere on the predicted roll (T8: m_k² follows ℓ'' along the path), so the plan
+    depends on its own time to target. A plan damping for `need` steps either arrives within
+    them (consistent) or not; the rounds bracket the smallest consistent `need`, jumping to the
+    predicted time when it lies inside the bracket and bisecting (geometrically) otherwise,
+    since a plan for a short time lowers β and can arrive later than one for a long time.
+    Returns the consistent plan with the smallest `need`, or the last plan if none is.
+    `need` is the first guess (default the horizon).
     """
-    kappa, dual = read.curvatures, read.dual
-    need, window, low, high = horizon_steps, horizon_steps, kappa, kappa
+    lower, upper = 0, horizon_steps + 1  # plans for ≤ lower steps miss; for ≥ upper arrive
+    need = horizon_steps if need is None else min(max(int(need), 1), horizon_steps)
+    best, found, low, high = None, None, read.curvatures, read.curvatures
     for _ in range(PLAN_ITERATIONS):
-        chosen = plan(high, low, relevant, safety, need, need == horizon_steps, factor)
-        dual = dual.replace(cosmology=chosen.cosmology)
-        curve, path = trajectory(dual, window, scale)
-        if window < horizon_steps and not (curve <= target).any():
-            curve, path = trajectory(dual, horizon_steps, scale)
-        hits = np.flatnonzero(curve <= target)
-        predicted = int(hits[0]) if hits.size else None
-        new_need = horizon_steps if predicted is None else max(predicted, 1)
-        if new_need == need or path is None:
+        found, path = _search(read, relevant, safety, horizon_steps, target, scale, need,
+                              low, high)
+        arrives = found.predicted is not None and found.predicted <= need
+        if arrives and need < upper:
+            upper, best = need, found
+        elif not arrives:
+            lower = max(lower, need)
+        guess = horizon_steps if found.predicted is None else max(found.predicted, 1)
+        if not lower < guess < upper:
+            guess = int(math.sqrt(max(lower, 1) * min(upper, horizon_steps)))
+        if guess == need or not lower < guess < upper or path is None:
             break
-        need, window = new_need, min(horizon_steps, 2 * new_need)
-        at_need = dual.replace(outputs=path[need].to(dual.outputs.dtype)).mode_curvatures
-        low, high = torch.minimum(kappa, at_need), torch.maximum(kappa, at_need)
-    return Search(chosen, dual, curve, predicted, need, low)
+        need = guess
+        at_need = found.dual.replace(outputs=path[min(need, len(path) - 1)].to(
+            read.dual.outputs.dtype)).mode_curvatures
+        low = torch.minimum(read.curvatures, at_need)
+        high = torch.maximum(read.curvatures, at_need)
+    assert found is not None
+    return found if best is None else best
+
+
+def _search(read: ModeReadout, relevant: Tensor, safety: float, horizon_steps: int,
+            target: float, scale: float, need: int, low: Tensor,
+            high: Tensor) -> tuple[Search, Tensor | None]:
+    """One round: the plan damping for `need` steps and its frozen-kernel prediction (T10),
+    over twice `need` (the map is the cost), or the horizon if the target is not met there."""
+    chosen = plan(high, low, relevant, safety, need, need == horizon_steps)
+    planned = read.dual.replace(cosmology=chosen.cosmology)
+    window = min(horizon_steps, 2 * need)
+    curve, path = trajectory(planned, window, scale)
+    if window < horizon_steps and not (curve <= target).any():
+        curve, path = trajectory(planned, horizon_steps, scale)
+    hits = np.flatnonzero(curve <= target)
+    predicted = int(hits[0]) if hits.size else None
+    return Search(chosen, planned, curve, predicted, need, low), path
+
+
+
+def plan_for(read: ModeReadout, relevant: Tensor, safety: float, need: int, horizon_steps: int,
+             target: float, scale: float) -> Search:
+    """The plan damping for a time to target `need` known from elsewhere (a trial), with its
+    frozen-kernel prediction: one round of `fixed_point`, not iterated on the map's own time."""
+    need = min(max(int(need), 1), horizon_steps)
+    return _search(read, relevant, safety, horizon_steps, target, scale, need, read.curvatures,
+                   read.curvatures)[0]

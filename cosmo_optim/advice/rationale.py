@@ -1,33 +1,51 @@
 """The rationale of a suggestion (docs/theory.md T3, T8, T10): the decision of
-`suggest_hyperparameters` in plain language — which modes, which bound was active, the
-heavy-ball optimum, the mini-batch correction, and what to expect.
+`suggest_hyperparameters` in plain language — which modes, which bound was active, the margin
+the trials measured, the mini-batch correction, what to expect — and the warnings it raises
+when its own numbers say the target will not be met.
 """
 
 from __future__ import annotations
 
+import math
+from typing import NamedTuple
+
 import numpy as np
 from torch import Tensor
 
-from cosmo_optim.advice.heavy_ball import ModeReadout, Search
-from cosmo_optim.advice.trial import TRIAL_TOLERANCE, Trial
+from cosmo_optim.advice.heavy_ball import ModeReadout
+from cosmo_optim.advice.margin import Margin
+from cosmo_optim.cosmology import Cosmology
 
-__all__ = ["prediction_line", "rationale"]
+__all__ = ["Decision", "rationale", "warnings_for"]
 
 
-def rationale(
-    read: ModeReadout, found: Search, relevant: Tensor, fraction: float, safety: float,
-    initial: float, target: float, horizon_steps: int, noise: float, factor: float,
-    batch_size: int | None, num_inputs: int, trial: Trial,
-) -> str:
+class Decision(NamedTuple):
+    """Everything `suggest_hyperparameters` decided, as the rationale reports it."""
+
+    relevant: Tensor
+    target: float
+    margin: Margin
+    measured: bool  # the margin came from the ladder (safety=None)
+    edge_growth: float  # κ_max at the end of the chosen trial / at initialisation
+    noise: float  # ν = tr Σ / L at the end of the chosen trial
+    cosmology: Cosmology  # the suggestion (mini-batch rule applied)
+    factor: float  # η_B / η
+    curve: np.ndarray  # the frozen-kernel loss curve of the suggestion (T10)
+    predicted: int | None  # its first crossing of the target
+    predictable: bool  # the trial followed the frozen-kernel map (T4)
+    trial_steps_to_target: float  # at the trial's measured rate, for the suggestion
+
+
+def rationale(read: ModeReadout, d: Decision, fraction: float, initial: float,
+              horizon_steps: int, batch_size: int | None, num_inputs: int) -> str:
     """The decision in plain language: which modes, which bound was active, what to expect."""
-    p, dual, curve = found.plan, found.dual, found.curve
-    c = p.cosmology
+    p = d.margin.rung.found.plan
     kappa = read.curvatures.numpy()
     stiffest = int(np.argmax(kappa))
     lines = [
-        f"NTK on {dual.num_samples} probe inputs × {dual.num_outputs} outputs "
+        f"NTK on {read.dual.num_samples} probe inputs × {read.dual.num_outputs} outputs "
         f"({len(kappa)} modes); initial loss {initial:.4g}.",
-        f"{len(relevant)} mode(s) carry {fraction:.0%} of the projected residual "
+        f"{len(d.relevant)} mode(s) carry {fraction:.0%} of the projected residual "
         f"|Uᵀ ∂L/∂f|²; the slowest of them has curvature κ = {p.fraction_min:.3g} on the "
         "predicted path (T8).",
     ]
@@ -38,46 +56,112 @@ def rationale(
     else:
         why = "the horizon" if p.active == "horizon" else "the predicted time to target"
         lines.append(
-            f"Active bound: {why}. Modes lighter than κ = {p.need_min:.3g} cannot move "
-            f"within {found.need} steps, so κ_min = {p.kappa_min:.3g} is damped critically instead."
+            f"Active bound: {why}. Modes lighter than κ = {p.need_min:.3g} cannot move within "
+            f"{d.margin.rung.found.need} steps, so κ_min = {p.kappa_min:.3g} is damped critically."
         )
-    lines += [
-        f"Stiffest mode {stiffest}: κ = {kappa[stiffest]:.3g}, planned as "
-        f"κ_max = {p.kappa_max:.3g} (safety {safety:g}).",
-        f"Heavy-ball optimum (Polyak) for κ in [{p.kappa_min:.3g}, {p.kappa_max:.3g}]: "
-        "κ_min at the oscillation threshold η κ = (1 − √β)² (m = 3H/2, T8/T10), κ_max "
-        "inside the edge of stability η κ < 2(1 + β) (T10).",
-    ]
-    if factor < 1:
+    lines += [_margin_line(d, kappa[stiffest], stiffest)]
+    if d.factor < 1:
         lines.append(
-            f"Mini-batches of {batch_size} of {num_inputs}: gradient-noise scale "
-            f"B_noise = {noise:.3g} samples lowers the lr by ×{factor:.3g}; "
-            "β re-derived to keep κ_min critically damped."
+            f"Mini-batches of {batch_size} of {num_inputs}: gradient noise ν = tr Σ/L = "
+            f"{d.noise:.3g} at the end of the trial; the effective step η/(1 − β) is lowered "
+            f"×{d.factor:.3g} so that its noise floor stays below half the loss, β kept "
+            "(docs/advice.md, A3)."
         )
+    c = d.cosmology
     lines.append(
-        f"Suggestion: lr = {c.lr:.4g}, momentum = {c.momentum:.4g}; stability margin "
-        f"η κ/2(1 + β) = {dual.stability_margin:.3g} (< 1 on every probe mode); "
-        f"H = {c.hubble_rate:.3g}, Λ = {c.vacuum_energy:.3g}, "
+        f"Suggestion: lr = {c.lr:.4g}, momentum = {c.momentum:.4g} (effective step "
+        f"{c.lr / (1 - c.momentum):.3g}); H = {c.hubble_rate:.3g}, Λ = {c.vacuum_energy:.3g}, "
         f"Hubble time {c.hubble_time_steps:.3g} steps (T3)."
     )
-    lines.append(prediction_line(found, target, horizon_steps, curve, trial))
+    lines.append(_prediction_line(d, horizon_steps))
     return "\n".join(lines)
 
 
-def prediction_line(found: Search, target: float, horizon_steps: int, curve: np.ndarray,
-                    trial: Trial) -> str:
+def _margin_line(d: Decision, stiffest: float, index: int) -> str:
+    rung = d.margin.rung
+    tried = ", ".join(f"{r.safety:g} {r.trial.verdict} after {r.trial.steps}"
+                      for r in d.margin.rungs)
+    how = "measured by trials" if d.measured else "given"
+    growth = ("" if math.isnan(d.edge_growth) else
+              f"; the edge κ_max moved ×{d.edge_growth:.3g} during the chosen trial")
+    return (f"Stiffest mode {index}: κ = {stiffest:.3g}; margin {rung.safety:g} ({how}: "
+            f"{tried}), so κ_max = {rung.found.plan.kappa_max:.3g} sits at the heavy-ball "
+            f"optimum's edge η κ_max = (1 + √β)² < 2(1 + β) (T10){growth}.")
+
+
+def _prediction_line(d: Decision, horizon_steps: int) -> str:
     """The rationale's last line: the time to target predicted, or why there is none."""
-    if trial.error > TRIAL_TOLERANCE:
+    trial = d.margin.rung.trial
+    if not d.predictable:
         return (
-            f"Prediction: cannot predict the time to target from one kernel. In a {trial.steps}-"
-            f"step trial on the probe set the loss fell by {trial.actual_drop:.1%} where the "
-            f"lazy-limit map (T10) says {trial.predicted_drop:.1%}: the kernel moves (outside "
-            "the lazy regime, T4). The suggested lr and momentum still hold; re-planning "
-            "(CosmologyScheduler) follows the curvature as it changes."
+            f"Prediction: cannot predict the time to target from one kernel: in the "
+            f"{trial.steps}-step trial the loss fell by {trial.drop:.1%}, not as the frozen-"
+            "kernel map (T10) says: the kernel moves (outside the lazy regime, T4). "
+            + _rate_clause(d)
         )
-    if found.predicted is None:
-        return (f"Prediction (lazy limit, T10 map): target loss {target:.4g} not reached "
-                f"within {horizon_steps} steps; predicted loss there {curve[-1]:.4g}.")
-    checked = f"; a {trial.steps}-step trial agreed within {trial.error:.0%}" if trial.steps else ""
-    return (f"Prediction (lazy limit, T10 map): target loss {target:.4g} after "
-            f"{found.predicted} steps; loss {curve[-1]:.4g} at step {len(curve) - 1}{checked}.")
+    if d.predicted is None:
+        return (f"Prediction (lazy limit, T10 map): target loss {d.target:.4g} not reached "
+                f"within {horizon_steps} steps; predicted loss there {d.curve[-1]:.4g}.")
+    agreed = f"; the trial agreed over {trial.steps} steps" if trial.steps else ""
+    return (f"Prediction (lazy limit, T10 map): target loss {d.target:.4g} after {d.predicted} "
+            f"steps{agreed}.")
+
+
+def _rate_clause(d: Decision) -> str:
+    steps = d.trial_steps_to_target
+    if not math.isfinite(steps):
+        return "The trial made no progress towards the target."
+    return f"At the trial's rate the target takes about {steps:.0f} steps."
+
+
+def warnings_for(d: Decision, horizon_steps: int, batch_size: int | None) -> tuple[str, ...]:
+    """The warnings a suggestion raises: no trial held, or its own numbers miss the target."""
+    out = []
+    rung = d.margin.rung
+    if not rung.trial.held:
+        if d.measured:
+            what = (f"at every margin from {d.margin.rungs[0].safety:g} to {rung.safety:g} the "
+                    "trial's loss rose above its start or stalled")
+            fix = "pass safety= to choose the margin yourself"
+        else:
+            what = f"the trial at safety={rung.safety:g} {_verdict(rung.trial.verdict)}"
+            fix = "pass safety=None to measure the margin by trials"
+        out.append(
+            f"suggest_hyperparameters: no progress in the trial: {what} "
+            f"({rung.trial.steps} steps, loss ×{_ratio(rung.trial.losses)}). The suggestion may "
+            "not train. Check the inputs' scale, the targets and the loss, or " + fix + "."
+        )
+    miss = _miss(d, horizon_steps)
+    if miss:
+        batch = "" if batch_size is None else ", or a larger batch_size"
+        out.append(
+            f"suggest_hyperparameters: the suggestion's own prediction misses target_loss="
+            f"{d.target:.4g} within horizon_steps={horizon_steps}: {miss}. Train longer "
+            f"(horizon_steps), raise target_loss{batch}."
+        )
+    return tuple(out)
+
+
+def _miss(d: Decision, horizon_steps: int) -> str:
+    """Why the suggestion's own estimate of the time to target exceeds the horizon, or "".
+
+    In the lazy regime (the trial followed the frozen-kernel map) that estimate is the map;
+    outside it, the trial's measured rate."""
+    if d.predictable:
+        return "" if d.predicted is not None else (
+            f"the frozen-kernel map (T10) ends at loss {d.curve[-1]:.4g}")
+    steps = d.trial_steps_to_target
+    if steps <= horizon_steps:
+        return ""
+    if not math.isfinite(steps):
+        return "the trial made no progress towards it"
+    return f"at the trial's rate it takes about {steps:.0f} steps"
+
+
+def _verdict(verdict: str) -> str:
+    return {"crossed": "rose above its initial loss", "stalled": "stalled"}.get(verdict, verdict)
+
+
+def _ratio(losses: np.ndarray) -> str:
+    last = float(losses[-1] / losses[0])
+    return f"{last:.3g}" if math.isfinite(last) else "inf"

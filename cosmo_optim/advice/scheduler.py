@@ -6,8 +6,8 @@ too bold where it grows (progressive sharpening). The scheduler re-reads the NTK
 curvatures κ_k = (λ_k/N) u_kᵀ ℓ'' u_k (T8) on a probe batch at geometrically spaced steps
 and resets (η, β) by the same rule as the one-shot advice (Polyak's heavy ball: the slowest
 relevant mode critically damped, the stiffest mode at η κ_max = safety·(1 + √β)², inside
-the edge of stability η κ < 2(1 + β), T10). The safety starts at the one-shot advice's 1/8
-(the kernel at initialisation says nothing of the early catapult) and doubles at every
+the edge of stability η κ < 2(1 + β), T10). The safety starts at 1/8 (the kernel at
+initialisation says nothing of the early catapult) and doubles at every
 re-plan whose loss fell, up to `safety`; the lr at most doubles per re-plan (a curvature
 read as nearly zero on a saturated probe is not a licence for a huge step). If the
 training loss it is shown jumps above `backoff` times the training loss at the last plan,
@@ -26,10 +26,10 @@ import torch
 from torch import Tensor, nn
 
 from cosmo_optim._common import preserved
+from cosmo_optim.advice.batch import batch_cosmology, noise_per_loss
 from cosmo_optim.advice.heavy_ball import (
-    batch_factor,
     fixed_point,
-    noise_scale,
+    needed_fraction,
     plan,
     read_modes,
     relevant_modes,
@@ -39,7 +39,8 @@ from cosmo_optim.losses import per_sample_loss
 
 __all__ = ["CosmologyScheduler"]
 
-#: The first plan's safety: the one-shot advice's default (catapult headroom, suggest.py).
+#: The first plan's safety: headroom for an early catapult the kernel at initialisation cannot
+#: see (the one-shot advice measures it by trials instead, margin.py).
 _START_SAFETY = 0.125
 #: The lr grows by at most this factor per re-plan.
 _MAX_LR_GROWTH = 2.0
@@ -61,10 +62,12 @@ class CosmologyScheduler:
             must get 3 e-folds in the steps that remain).
         safety: in (0, 1]; the largest safety the schedule grows to: the stiffest curvature is
             planned at 1/safety times the measured one (stability margin ≤ safety). It starts
-            at min(safety, 1/8), the one-shot advice's value.
-        residual_fraction: share of |Uᵀ ∂L/∂f|² the relevant modes must carry, in (0, 1].
+            at min(safety, 1/8) (headroom for an early catapult).
+        residual_fraction: share of |Uᵀ ∂L/∂f|² the relevant modes must carry, in (0, 1];
+            with a `target_loss`, at least 1 − target/current loss.
         batch_size, num_inputs: mini-batch size and data-set size (None: full batch); the lr
-            is lowered by the gradient-noise scale as in `suggest_hyperparameters`.
+            effective step η/(1 − β) is lowered by the gradient noise read at each re-plan,
+            β kept, as in `suggest_hyperparameters` (docs/advice.md, "Mini-batches").
         first_replan: the step of the first re-plan (≥ 1).
         backoff: a loss above `backoff` × the loss at the last plan halves the safety.
         target_loss: the loss training aims for (optional). Given, each re-plan damps the
@@ -176,25 +179,27 @@ class CosmologyScheduler:
             read = read_modes(self.model, self.ell, self.inputs, outputs, self.targets)
         value = float(read.values.mean())
         self._reference = value
+        known = loss is not None and math.isfinite(loss) and value > 0
+        fraction = needed_fraction(self.residual_fraction, self.target_loss,
+                                   loss if known else value)  # type: ignore[arg-type]
         try:
             relevant = relevant_modes(read.curvatures, read.dual.eigenvalues, read.residual,
-                                      self.residual_fraction)
+                                      fraction)
         except ValueError:  # nothing left to fit on the probe batch: keep the plan
             return self.cosmology
         if not float(read.curvatures.max()) > 0:
             return self.cosmology
         remaining = max(self.horizon_steps - self.step_count, 1)
-        factor = batch_factor(noise_scale(read.kernel, read.grad), self.batch_size,
-                              self.num_inputs)
         if self.target_loss is None:
             chosen = plan(read.curvatures, read.curvatures, relevant, self.safety, remaining,
-                          True, factor)
+                          True)
         else:
-            known = loss is not None and math.isfinite(loss) and value > 0
             scale = loss / value if known else 1.0  # type: ignore[operator]
             chosen = fixed_point(read, relevant, self.safety, remaining, self.target_loss,
-                                 scale, factor).plan
-        lr, momentum = chosen.cosmology.lr, chosen.cosmology.momentum
+                                 scale).plan
+        noisy = batch_cosmology(chosen.cosmology, noise_per_loss(read), self.batch_size,
+                                self.num_inputs)  # the effective step, lowered by the noise now
+        lr, momentum = noisy.lr, noisy.momentum
         if self.history:  # at most double the lr per re-plan (a trust region on κ_max)
             lr = min(lr, _MAX_LR_GROWTH * float(self.optimizer.param_groups[0]["lr"]))
         for group in self.optimizer.param_groups:

@@ -1,48 +1,42 @@
-"""Physics-informed hyperparameters: lr and momentum from one NTK, without a grid search.
+"""Physics-informed hyperparameters: lr and momentum from one NTK and a few measured trials.
 
 The FLRW dual of training (docs/theory.md T4–T10) depends on the optimiser's (η, β) analytically,
-so one kernel at initialisation is enough to choose them. On a probe set of N inputs with C
+so one kernel at initialisation says how the modes will roll. On a probe set of N inputs with C
 outputs each, the NTK modes u_k (T7) have curvatures κ_k = m_k² = (λ_k/N) u_kᵀ ℓ'' u_k (T8),
-computed by `FLRWDual.mode_curvatures`. Then:
+computed by `FLRWDual.mode_curvatures`. Then (derivations in docs/advice.md):
 
 1. **Which modes matter.** The modes carrying `residual_fraction` of the projected residual
    |Uᵀ ∂L/∂f|² (T4, T7; for MSE exactly their share of the reducible loss) are the relevant
-   ones; the slowest of them, κ_min, is the slowest mode that must be damped. A mode so light
-   that even the optimal schedule cannot move it within `horizon_steps` is not worth damping
-   (it would push β towards 1): κ_min is floored where the critically damped mode gets
-   `HORIZON_EFOLDS` (3) e-folds over the horizon. The rationale names the active bound.
-2. **Stiffest mode.** κ_max is the largest curvature of *all* modes (stability must hold on
-   every mode, T10), divided by `safety` ≤ 1 to leave headroom for the curvature growth of
-   networks outside the lazy limit.
-3. **Heavy ball.** Polyak's optimum for a quadratic with curvatures in [κ_min, κ_max]:
-   sqrt(η) = 2/(sqrt κ_max + sqrt κ_min), sqrt β = (sqrt κ_max − sqrt κ_min)/(sqrt κ_max +
-   sqrt κ_min). In the exact discrete language of T10 it puts κ_min at the oscillation
-   threshold η κ_min = (1 − sqrt β)² (critical damping, m = 3H/2 in the continuum, T8) and
-   κ_max at η κ_max = (1 + sqrt β)² < 2(1 + β), the edge of stability; every mode in between
-   shrinks by exactly sqrt β per step.
-4. **Mini-batches.** Gradient noise lowers the usable lr: η_B = η/(1 + B_noise/B) with the
-   simple noise scale B_noise = tr Σ/|G|² (McCandlish et al. 2018, "An empirical model of
-   large-batch training") read off the same kernel (|g_i|² = ℓ'_iᵀ Θ_ii ℓ'_i), with the
-   finite-population factor (N − B)/(N − 1) for batches drawn without replacement. β is then
-   re-derived so that κ_min stays critically damped, β = (1 − sqrt(η_B κ_min))².
+   ones; the slowest of them, κ_min, is the slowest mode that must be damped, floored where a
+   critically damped mode gets `HORIZON_EFOLDS` (3) e-folds before the predicted time to
+   target (or the horizon). The rationale names the active bound.
+2. **Heavy ball at a margin.** Polyak's optimum for curvatures in [κ_min, κ_max/s]:
+   sqrt(η) = 2/(sqrt κ_max' + sqrt κ_min), sqrt β = (sqrt κ_max' − sqrt κ_min)/(sqrt κ_max' +
+   sqrt κ_min) with κ_max' = κ_max/s. In the exact discrete language of T10 it puts κ_min at
+   the oscillation threshold η κ_min = (1 − sqrt β)² (critical damping, m = 3H/2, T8) and
+   κ_max' at η κ_max' = (1 + sqrt β)² < 2(1 + β), the edge of stability.
+3. **The margin s, measured** (:mod:`.margin`). The kernel moves, so the edge does: trials of
+   ≤ 30 full-batch steps on ≤ 256 inputs climb down s = 1, 1/2, …, 1/256 until one holds
+   (its loss never rises above its start and falls); `safety=` fixes s instead.
+4. **Mini-batches** (:mod:`.batch`). Gradient noise heats every mode in proportion to the
+   effective step ε = η/(1 − β); its floor ε tr Σ_B/4 is kept below half the target, with
+   ν = tr Σ/L read from the kernel at the end of the trial: 1/ε_B = 1/ε + c(B) ν/2, β kept.
 5. **Prediction.** The loss curve is the exact discrete heavy-ball map in mode space with the
    kernel frozen (T10, `predict_trajectory(method="discrete")`): exact for a linear model
-   with quadratic loss, the lazy-limit prediction otherwise, noise-free for mini-batches.
-6. **Can it predict?** A short trial (a copy of the model trained full batch on the probe set
-   at the suggested (η, β) for a quarter of the predicted time, at most `horizon_steps/25`
-   steps) compares the probe loss with the prediction. If the loss decrease is off by more
-   than `TRIAL_TOLERANCE` (:mod:`.trial`), the network is outside the lazy regime (T4):
-   `predicted_steps` is None and the rationale says the time to target cannot be predicted
-   from one kernel.
+   with quadratic loss, the lazy-limit prediction otherwise, noise-free for mini-batches. If
+   the trial's loss decrease is off by more than `TRIAL_TOLERANCE` (:mod:`.trial`) the kernel
+   moved (T4) and `predicted_steps` is None.
+6. **Warnings.** When no trial holds, and when the suggestion's own prediction (or, outside the
+   lazy regime, the trial's rate) misses the target within the horizon.
 
-Curvature that changes during training (cross-entropy saturating, progressive sharpening) is
-what a single plan cannot follow: `CosmologyScheduler` (:mod:`.scheduler`) re-reads the
-curvatures every few steps and re-plans with the same rule.
+Curvature that keeps changing over training is what a single plan cannot follow:
+`CosmologyScheduler` (:mod:`.scheduler`) re-reads the curvatures and re-plans.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -52,19 +46,25 @@ import torch
 from torch import Tensor, nn
 
 from cosmo_optim._common import preserved
+from cosmo_optim.advice.batch import batch_cosmology, noise_per_loss, slowdown
 from cosmo_optim.advice.heavy_ball import (
     ModeReadout,
-    Search,
-    batch_factor,
     fixed_point,
-    noise_scale,
+    needed_fraction,
     probe_indices,
     read_modes,
     relevant_modes,
     trajectory,
 )
-from cosmo_optim.advice.rationale import rationale
-from cosmo_optim.advice.trial import TRIAL_TOLERANCE, Trial, run_trial
+from cosmo_optim.advice.margin import (
+    TRIAL_ROWS,
+    Margin,
+    TrialSet,
+    measure_margin,
+    try_plan,
+)
+from cosmo_optim.advice.rationale import Decision, rationale, warnings_for
+from cosmo_optim.advice.trial import TRIAL_STEPS, TRIAL_TOLERANCE, lazy_error
 from cosmo_optim.cosmology import Cosmology
 from cosmo_optim.dual import FLRWDual
 from cosmo_optim.losses import PerSampleLoss, per_sample_loss
@@ -75,7 +75,8 @@ __all__ = ["Suggestion", "suggest_hyperparameters"]
 
 @dataclass(frozen=True, eq=False)
 class Suggestion:
-    """Learning rate and momentum chosen from the NTK at initialisation (T3, T7, T8, T10).
+    """Learning rate and momentum chosen from the NTK at initialisation and measured trials
+    (T3, T7, T8, T10).
 
     Build it with `suggest_hyperparameters`. Units: curvatures κ_k = m_k² in 1/time² with
     the continuum time of T2; `lr` and `momentum` are torch SGD's (T1); losses in the units
@@ -94,10 +95,21 @@ class Suggestion:
         relevant_modes: indices of the modes carrying `residual_fraction` of |Uᵀ ∂L/∂f|².
         kappa_max: stiffest curvature planned for (max κ_k / safety); kappa_min: slowest
             curvature damped critically.
-        active_bound: "residual_fraction" or "horizon", whichever set kappa_min.
-        noise_scale: B_noise = tr Σ/|G|² (samples); lr_batch_factor: 1/(1 + B_noise/B) with
-            the finite-population correction (1.0 for full batch).
-        stability_margin: max_k η κ_k / 2(1 + β), < 1 on every probe mode (T10).
+        active_bound: "residual_fraction", "horizon" or "time_to_target", whichever set
+            kappa_min.
+        safety: the margin s (stiffest mode planned at κ_max/s), measured by the trials
+            unless given.
+        margin_trials: one (safety, verdict, steps) per trial, boldest first; verdict is
+            "reached" (the target), "held", "crossed" (the loss rose above its start) or
+            "stalled".
+        edge_growth: κ_max at the end of the chosen trial over κ_max at initialisation (how
+            far the edge moved; nan without a trial step).
+        noise_per_loss: ν = tr Σ / L at the end of the chosen trial (per-sample gradient
+            variance per unit loss, from the kernel's diagonal blocks).
+        lr_batch_factor: η_B/η = ε_B/ε, the mini-batch rule on the effective step η/(1 − β)
+            (1.0 for full batch; β is kept).
+        stability_margin: max_k η κ_k / 2(1 + β) on the kernel at initialisation (T10).
+        warnings: the warnings it raised (also emitted with `warnings.warn`).
         rationale: the decision in plain language.
     """
 
@@ -115,9 +127,13 @@ class Suggestion:
     kappa_max: float
     kappa_min: float
     active_bound: str
-    noise_scale: float
+    safety: float
+    margin_trials: tuple[tuple[float, str, int], ...]
+    edge_growth: float
+    noise_per_loss: float
     lr_batch_factor: float
     stability_margin: float
+    warnings: tuple[str, ...]
     rationale: str
     _dual: FLRWDual = field(repr=False)
     _loss_scale: float = field(repr=False, default=1.0)
@@ -143,7 +159,7 @@ class Suggestion:
     def _loss_curve(self, steps: int) -> np.ndarray:
         curve = self._curve.get("loss")
         if curve is None or len(curve) <= steps:
-            curve = _predicted_losses(self._dual, max(steps, self.horizon_steps), self._loss_scale)
+            curve = trajectory(self._dual, max(steps, self.horizon_steps), self._loss_scale)[0]
             self._curve["loss"] = curve
         return curve
 
@@ -178,10 +194,11 @@ def _check_arguments(
             f"Invalid residual_fraction: {residual_fraction!r}; it must be in (0, 1] (the share "
             "of the projected residual |Uᵀ ∂L/∂f|² the relevant modes must carry)."
         )
-    if not 0 < float(safety) <= 1:
+    if safety is not None and not 0 < float(safety) <= 1:
         raise ValueError(
-            f"Invalid safety: {safety!r}; it must be in (0, 1]: 1 is the exact heavy-ball "
-            "optimum, smaller values plan for a stiffest curvature 1/safety times larger."
+            f"Invalid safety: {safety!r}; it must be in (0, 1] (1 is the exact heavy-ball "
+            "optimum, smaller values plan for a stiffest curvature 1/safety times larger), or "
+            "None to measure it by trials."
         )
     if probe_size is not None and not (isinstance(probe_size, int) and 1 <= probe_size):
         raise ValueError(f"Invalid probe_size: {probe_size!r}; it must be an integer ≥ 1.")
@@ -199,10 +216,6 @@ def _initial_loss(ell: PerSampleLoss, outputs: Tensor, targets: Tensor | None) -
     return value
 
 
-def _predicted_losses(dual: FLRWDual, steps: int, scale: float) -> np.ndarray:
-    return trajectory(dual, steps, scale)[0]
-
-
 def suggest_hyperparameters(
     model: nn.Module,
     loss: Any,
@@ -213,20 +226,21 @@ def suggest_hyperparameters(
     batch_size: int | None = None,
     target_loss: float | None = None,
     residual_fraction: float = 0.9,
-    safety: float = 0.125,
+    safety: float | None = None,
     probe_size: int | None = None,
     seed: int = 0,
 ) -> Suggestion:
     """Choose momentum SGD's lr and momentum from the NTK at initialisation (T7, T8, T10).
 
     How it decides is in the module docstring: curvatures κ_k = (λ_k/N) ℓ'' of the NTK modes
-    (T8), the slowest relevant one critically damped and the stiffest one inside the edge of
-    stability η κ < 2(1 + β) (T10) — Polyak's heavy-ball optimum —, the lr lowered by the
-    gradient-noise scale for mini-batches, and the loss curve predicted by the discrete mode
-    map (T10), checked by a short trial on the probe set. Costs one forward pass on `inputs`,
-    one output-space NTK and one eigendecomposition on the probe set (O((N·C)³)), up to
-    `horizon_steps` small mode-space steps per planning round, and a trial of at most
-    `horizon_steps/25` full-batch steps on the probe set.
+    (T8), the slowest relevant one critically damped and the stiffest one at the edge of a
+    measured margin (Polyak's heavy-ball optimum, T10), the effective step η/(1 − β) lowered
+    by the gradient noise for mini-batches, and the loss curve predicted by the discrete mode
+    map (T10). Costs one forward pass on `inputs`, two output-space NTKs and eigendecompositions
+    on the probe set (O((N·C)³)), the frozen-kernel map per margin tried (≤ `horizon_steps`
+    small mode-space steps per planning round), and ≤ 10 trials of ≤ 30 full-batch steps on
+    ≤ 256 inputs (one trial with `safety` given); a trial stops at the first loss above its
+    start, so failing margins cost a few steps.
 
     Args:
         model: the network at initialisation (not modified).
@@ -238,23 +252,28 @@ def suggest_hyperparameters(
         batch_size: samples per step, or None for full-batch training.
         target_loss: the loss whose crossing `predicted_steps` reports; default 10% of the
             initial loss.
-        residual_fraction: share of |Uᵀ ∂L/∂f|² the relevant modes must carry, in (0, 1].
-        safety: in (0, 1]; plan for a stiffest curvature 1/safety times the measured one
-            (1 is the exact heavy-ball optimum; the default 1/8 leaves room for the curvature
-            growth of finite networks outside the lazy limit: progressive sharpening and the
-            early catapult grew the top Hessian eigenvalue 4–6.5× on the benchmark tasks).
+        residual_fraction: share of |Uᵀ ∂L/∂f|² the relevant modes must carry, in (0, 1];
+            at least 1 − target_loss/initial loss, the share that must go to reach the target.
+        safety: None (default) to measure the margin by trials, or a margin in (0, 1]: plan
+            for a stiffest curvature 1/safety times the measured one (1 is the exact
+            heavy-ball optimum).
         probe_size: inputs in the NTK probe set; default all, or a seeded random subset of
             MAX_PROBE_ROWS // C inputs when larger.
-        seed: seed of the probe subset.
+        seed: seed of the probe subset and of the trial set (≤ 256 inputs).
 
     Returns:
-        A `Suggestion` (lr, momentum, cosmology, predicted_steps, predictable, rationale,
-        predict_loss, optimizer). The model, its buffers (BatchNorm statistics), `.grad`,
-        train/eval flags and the torch/NumPy/Python random states are left as they were.
+        A `Suggestion` (lr, momentum, cosmology, predicted_steps, predictable, safety,
+        warnings, rationale, predict_loss, optimizer). The model, its buffers (BatchNorm
+        statistics), `.grad`, train/eval flags and the torch/NumPy/Python random states are
+        left as they were.
 
     Raises:
         ValueError: no trainable parameters, a non-finite initial loss, horizon_steps < 1, or
             another argument out of range; the message names the value and the fix.
+
+    Warns:
+        UserWarning: no trial made progress (the suggestion may not train), or the
+            suggestion's own prediction misses `target_loss` within `horizon_steps`.
 
     Example:
         >>> torch.manual_seed(0)  # doctest: +ELLIPSIS
@@ -263,8 +282,8 @@ def suggest_hyperparameters(
         >>> x = torch.randn(64, 3)
         >>> y = x @ torch.tensor([[1.0], [-2.0], [0.5]])
         >>> s = suggest_hyperparameters(model, nn.MSELoss(), x, y, horizon_steps=100)
-        >>> s.stability_margin < 1, s.predicted_steps is not None
-        (True, True)
+        >>> s.safety, s.predicted_steps is not None
+        (1.0, True)
         >>> s.predict_loss(0) > s.predict_loss(100)
         True
         >>> opt = s.optimizer(model.parameters())  # CosmoSGD at (s.lr, s.momentum)
@@ -276,12 +295,20 @@ def suggest_hyperparameters(
     first = next(p for p in model.parameters() if p.requires_grad)
     with preserved(model, first.device):
         probe = _read_probe(model, ell, inputs, targets, probe_size, seed)
-        planned = _plan(probe, horizon_steps, batch_size, target_loss, residual_fraction, safety)
-        trial = run_trial(model, ell, probe.inputs, probe.targets, planned.found, horizon_steps)
-    text = rationale(probe.read, planned.found, planned.relevant, float(residual_fraction),
-                     float(safety), probe.initial, planned.target, horizon_steps, planned.noise,
-                     planned.factor, batch_size, probe.num_inputs, trial)
-    return _suggestion(probe, planned, trial, horizon_steps, text)
+        target = 0.1 * probe.initial if target_loss is None else float(target_loss)
+        fraction = needed_fraction(float(residual_fraction), target, probe.initial)
+        relevant = relevant_modes(probe.read.curvatures, probe.read.dual.eigenvalues,
+                                  probe.read.residual, fraction)
+        trials = _trial_set(inputs, targets, target / probe.initial, seed)
+        margin = _margin(model, ell, probe, relevant, trials, horizon_steps, target, safety)
+        decision = _decide(ell, probe, relevant, target, margin, safety is None, horizon_steps,
+                           batch_size)
+    text = rationale(probe.read, decision, fraction, probe.initial,
+                     horizon_steps, batch_size, probe.num_inputs)
+    notes = warnings_for(decision, horizon_steps, batch_size)
+    for note in notes:
+        warnings.warn(note, UserWarning, stacklevel=2)
+    return _suggestion(probe, decision, horizon_steps, notes, text)
 
 
 class _Probe(NamedTuple):
@@ -311,45 +338,73 @@ def _read_probe(model: nn.Module, ell: PerSampleLoss, inputs: Tensor, targets: T
     return _Probe(initial, num_inputs, inputs[idx], probe_y, read, scale)
 
 
-class _Planned(NamedTuple):
-    """What the plan was made of, and the plan (the fixed point of plan → time to target)."""
-
-    relevant: Tensor
-    target: float
-    noise: float
-    factor: float
-    found: Search
-
-
-def _plan(probe: _Probe, horizon_steps: int, batch_size: int | None, target_loss: Any,
-          residual_fraction: Any, safety: Any) -> _Planned:
-    """The relevant modes, the target, the mini-batch lr factor and the heavy-ball plan (T10)."""
-    read = probe.read
-    relevant = relevant_modes(read.curvatures, read.dual.eigenvalues, read.residual,
-                              float(residual_fraction))
-    target = 0.1 * probe.initial if target_loss is None else float(target_loss)
-    noise = noise_scale(read.kernel, read.grad)
-    factor = batch_factor(noise, batch_size, probe.num_inputs)
-    found = fixed_point(read, relevant, float(safety), horizon_steps, target, probe.scale, factor)
-    return _Planned(relevant, target, noise, factor, found)
+def _trial_set(inputs: Tensor, targets: Tensor | None, goal: float, seed: int) -> TrialSet:
+    """All inputs, or a seeded subset of TRIAL_ROWS of them."""
+    n = int(inputs.shape[0])
+    if n <= TRIAL_ROWS:
+        return TrialSet(inputs, targets, goal)
+    idx = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:TRIAL_ROWS]
+    idx = idx.sort().values
+    return TrialSet(inputs[idx], None if targets is None else targets[idx], goal)
 
 
-def _suggestion(probe: _Probe, planned: _Planned, trial: Trial, horizon_steps: int,
+def _margin(model: nn.Module, ell: PerSampleLoss, probe: _Probe, relevant: Tensor,
+            trials: TrialSet, horizon_steps: int, target: float, safety: Any) -> Margin:
+    """The ladder of trials (`safety` None), or the one plan at the given margin and its trial."""
+    if safety is None:
+        return measure_margin(model, ell, probe.read, relevant, trials, horizon_steps, target,
+                              probe.scale)
+    found = fixed_point(probe.read, relevant, float(safety), horizon_steps, target, probe.scale)
+    rung = try_plan(model, ell, found, trials, float(safety), min(TRIAL_STEPS, horizon_steps))
+    return Margin(rung, (rung,))
+
+
+def _decide(ell: PerSampleLoss, probe: _Probe, relevant: Tensor, target: float, margin: Margin,
+            measured: bool, horizon_steps: int, batch_size: int | None) -> Decision:
+    """The kernel after the chosen trial (edge growth, noise), the mini-batch rule and the
+    prediction of the suggestion."""
+    rung = margin.rung
+    after = probe.read
+    if rung.trial.steps:
+        with torch.no_grad():
+            outputs = rung.trial.net(probe.inputs)
+        after = read_modes(rung.trial.net, ell, probe.inputs, outputs, probe.targets)
+    growth = (float(after.curvatures.max() / probe.read.curvatures.max()) if rung.trial.steps
+              else math.nan)
+    nu = noise_per_loss(after)
+    full = rung.found.plan.cosmology
+    chosen = batch_cosmology(full, nu, batch_size, probe.num_inputs)
+    curve = rung.found.curve
+    if chosen != full or (len(curve) <= horizon_steps and rung.found.predicted is None):
+        curve = trajectory(probe.read.dual.replace(cosmology=chosen), horizon_steps,
+                           probe.scale)[0]
+    hits = np.flatnonzero(curve <= target)
+    predicted = int(hits[0]) if hits.size else None
+    predictable = lazy_error(rung.trial, rung.found.curve) <= TRIAL_TOLERANCE
+    factor = chosen.lr / full.lr
+    rate = rung.trial.steps_to(target / probe.initial)
+    rate *= slowdown(rung.found.curve, curve, rung.trial.steps, factor)
+    return Decision(relevant, target, margin, measured, growth, nu, chosen, factor, curve,
+                    predicted, predictable, rate)
+
+
+def _suggestion(probe: _Probe, d: Decision, horizon_steps: int, notes: tuple[str, ...],
                 text: str) -> Suggestion:
     """The `Suggestion`: the plan, and a time to target only if the trial followed the map."""
-    found, relevant = planned.found, planned.relevant
-    predictable = trial.error <= TRIAL_TOLERANCE
-    c = found.plan.cosmology
+    rung = d.margin.rung
+    plan = rung.found.plan
+    dual = probe.read.dual.replace(cosmology=d.cosmology)
     return Suggestion(
-        lr=c.lr, momentum=c.momentum, cosmology=c,
-        predicted_steps=found.predicted if predictable else None, predictable=predictable,
-        target_loss=planned.target, initial_loss=probe.initial, horizon_steps=horizon_steps,
-        curvatures=probe.read.curvatures.numpy(), softest_curvatures=found.low.numpy(),
-        relevant_modes=relevant.numpy(), kappa_max=found.plan.kappa_max,
-        kappa_min=found.plan.kappa_min, active_bound=found.plan.active,
-        noise_scale=planned.noise, lr_batch_factor=planned.factor,
-        stability_margin=found.dual.stability_margin, rationale=text,
-        _dual=found.dual, _loss_scale=probe.scale, _curve={"loss": found.curve},
+        lr=d.cosmology.lr, momentum=d.cosmology.momentum, cosmology=d.cosmology,
+        predicted_steps=d.predicted if d.predictable else None, predictable=d.predictable,
+        target_loss=d.target, initial_loss=probe.initial, horizon_steps=horizon_steps,
+        curvatures=probe.read.curvatures.numpy(), softest_curvatures=rung.found.low.numpy(),
+        relevant_modes=d.relevant.numpy(), kappa_max=plan.kappa_max, kappa_min=plan.kappa_min,
+        active_bound=plan.active, safety=rung.safety,
+        margin_trials=tuple((r.safety, r.trial.verdict, r.trial.steps) for r in d.margin.rungs),
+        edge_growth=d.edge_growth, noise_per_loss=d.noise, lr_batch_factor=d.factor,
+        stability_margin=dual.stability_margin, warnings=notes, rationale=text,
+        _dual=dual, _loss_scale=probe.scale, _curve={"loss": d.curve},
     )
 
 

@@ -1,7 +1,13 @@
 """The trial of a plan (docs/theory.md T4, T10): a copy of the model trained full batch on the
-probe set at the suggested (η, β) for a few steps, its loss decrease compared with the
-frozen-kernel prediction. Off by more than `TRIAL_TOLERANCE`, the network is outside the lazy
-regime and no time to target is predicted.
+trial set at one (η, β) for a few steps, the loss read before every step.
+
+It answers two questions. Did the plan hold? Its loss must never rise above where it started
+(nor above the frozen-kernel prediction's own overshoot: a rise means some mode's η κ crossed
+the edge of stability 2(1 + β), T10, on the kernel as it moved) and must fall by at least
+`PROGRESS` of the frozen-kernel prediction's log ratio (a network knocked into a dead or
+saturated state stalls instead). :mod:`.margin` climbs down a ladder of margins until a trial
+holds. Could the loss be predicted? Its log ratio must match the frozen-kernel map's within
+`TRIAL_TOLERANCE` (the lazy regime, T4); otherwise no time to target is printed.
 """
 
 from __future__ import annotations
@@ -10,51 +16,122 @@ import copy
 import math
 from typing import Final, NamedTuple
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
-from cosmo_optim.advice.heavy_ball import Search
+from cosmo_optim.cosmology import Cosmology
 from cosmo_optim.losses import PerSampleLoss
 
-__all__ = ["TRIAL_FRACTION", "TRIAL_TOLERANCE", "Trial", "run_trial"]
+__all__ = [
+    "CROSSING_SLACK", "PROGRESS", "TRIAL_STEPS", "TRIAL_TOLERANCE", "TrialRun", "lazy_error",
+    "run_trial",
+]
 
-#: The trial's loss decrease may differ from the predicted one by this fraction (lazy limit).
+#: The trial's log loss ratio may differ from the predicted one by this fraction (lazy limit).
 TRIAL_TOLERANCE: Final = 0.25
-#: The trial costs at most horizon_steps / this many probe-set steps (≤ 4 % of training).
-TRIAL_FRACTION: Final = 25
+#: A trial that has not reached the target runs this many steps.
+TRIAL_STEPS: Final = 30
+#: A trial stalls if its log loss ratio is less than this fraction of the predicted one.
+PROGRESS: Final = 0.25
+#: A trial crosses if its loss exceeds its start and the predicted overshoot by this factor.
+CROSSING_SLACK: Final = 1.001
 
 
-class Trial(NamedTuple):
-    steps: int
-    predicted_drop: float  # predicted probe-loss decrease over the trial
-    actual_drop: float
-    error: float  # |actual − predicted| / |predicted| (0 when there was no trial)
+class TrialRun(NamedTuple):
+    """One trial: the loss before each step taken, how it ended, and the trained copy."""
+
+    losses: np.ndarray  # losses[n]: loss after n steps (n = 0 … steps taken)
+    verdict: str  # "reached" the target, "held", "crossed" its start, "stalled"
+    net: nn.Module
+
+    @property
+    def held(self) -> bool:
+        """Whether the plan held: the target was reached, or the loss fell without rising."""
+        return self.verdict in ("reached", "held")
+
+    @property
+    def steps(self) -> int:
+        return len(self.losses) - 1
+
+    def steps_to(self, goal: float) -> float:
+        """Steps to reach `goal` × the initial loss at the trial's mean exponential rate (the
+        steps it took if it got there; inf if its loss did not fall)."""
+        if self.verdict == "reached":
+            return float(self.steps)
+        ratio = float(self.losses[-1] / self.losses[0])
+        if not goal < 1:
+            return 0.0
+        if not (math.isfinite(ratio) and 0 < ratio < 1) or goal <= 0:
+            return math.inf
+        return self.steps * math.log(goal) / math.log(ratio)
+
+    @property
+    def drop(self) -> float:
+        """1 − final loss / initial loss (negative if it rose, −inf if it diverged)."""
+        last = self.losses[-1]
+        return 1.0 - last / self.losses[0] if math.isfinite(last) else -math.inf
 
 
 def run_trial(model: nn.Module, ell: PerSampleLoss, inputs: Tensor, targets: Tensor | None,
-              found: Search, horizon_steps: int) -> Trial:
-    """Train a copy on the probe set at the plan for a few steps; compare with the map (T4).
+              cosmology: Cosmology, steps: int, goal: float, predicted: np.ndarray) -> TrialRun:
+    """Train a copy at `cosmology` on (`inputs`, `targets`), full batch, for ≤ `steps` steps.
 
-    Over a quarter of the predicted time to target (at most horizon_steps/TRIAL_FRACTION
-    steps), the probe loss must drop as the frozen-kernel prediction says, within
-    TRIAL_TOLERANCE; otherwise the kernel moved and no prediction is printed.
+    `predicted[n]` is the frozen-kernel loss ratio after n steps (T10; its last value holds
+    beyond its end). The trial stops early when the loss reaches `goal` × its initial value
+    ("reached"), or leaves the finite numbers or rises above its initial value beyond the
+    prediction's own overshoot (the heavy ball's stiff modes overshoot near the edge),
+    ("crossed"); after `steps` steps the loss must have fallen by at least `PROGRESS` × the
+    predicted log loss ratio, or, where the prediction has not come back below the start yet,
+    follow it within `TRIAL_TOLERANCE` ("held"); else "stalled".
     """
-    steps = min((found.predicted or horizon_steps) // 4, horizon_steps // TRIAL_FRACTION)
-    if steps < 1:
-        return Trial(0, math.nan, math.nan, 0.0)
-    curve = found.curve / found.curve[0]  # probe-loss ratios (the scale cancels)
     net = copy.deepcopy(model)
-    c = found.plan.cosmology
-    opt = torch.optim.SGD(net.parameters(), lr=c.lr, momentum=c.momentum)
-    losses = []
-    for _ in range(steps + 1):
+    opt = torch.optim.SGD(net.parameters(), lr=cosmology.lr, momentum=cosmology.momentum)
+    envelope = np.maximum.accumulate(np.maximum(predicted, 1.0)) * CROSSING_SLACK
+    losses: list[float] = []
+    verdict = "held"
+    for n in range(steps + 1):
         opt.zero_grad()
         value = ell.training_loss(net(inputs), targets)
         losses.append(float(value.detach()))
-        if len(losses) <= steps:
+        allowed = envelope[min(n, len(envelope) - 1)] * losses[0]
+        if n and not (math.isfinite(losses[-1]) and losses[-1] <= allowed):
+            verdict = "crossed"
+            break
+        if losses[-1] <= goal * losses[0]:
+            verdict = "reached"
+            break
+        if n < steps:
             value.backward()
             opt.step()
-    predicted = 1.0 - float(curve[steps])
-    actual = 1.0 - losses[-1] / losses[0] if losses[0] > 0 else 0.0
-    error = abs(actual - predicted) / abs(predicted) if predicted != 0 else math.inf
-    return Trial(steps, predicted, actual, error if math.isfinite(actual) else math.inf)
+    run = TrialRun(np.asarray(losses), verdict, net)
+    if verdict == "held" and not _progressed(run, predicted):
+        return run._replace(verdict="stalled")
+    return run
+
+
+def _progressed(run: TrialRun, predicted: np.ndarray) -> bool:
+    """At least PROGRESS of the predicted log loss ratio; where the map itself has not come
+    back below the start yet (the heavy ball's overshoot near the edge), following the map."""
+    expected = float(predicted[min(run.steps, len(predicted) - 1)])
+    if expected < 1:
+        return bool(run.losses[-1] < expected**PROGRESS * run.losses[0])
+    return lazy_error(run, predicted) <= TRIAL_TOLERANCE
+
+
+def lazy_error(run: TrialRun, curve: np.ndarray) -> float:
+    """|ln(actual) − ln(predicted)| / max(|ln(predicted)|, 0.1) for the loss ratio over the trial.
+
+    Log ratios compare decay rates, what a time to target depends on (a 95 % and an 80 %
+    drop differ by 2× in rate, not by 19 %); a plan predicted to change the loss little is
+    allowed 0.1 × the tolerance in absolute log ratio. `curve` is the frozen-kernel loss curve
+    of the same plan (any scale). 0 without a step; inf if the trial's loss left the finite
+    numbers.
+    """
+    if run.steps == 0:
+        return 0.0
+    predicted = float(curve[min(run.steps, len(curve) - 1)] / curve[0])
+    actual = float(run.losses[-1] / run.losses[0])
+    if not (math.isfinite(actual) and actual > 0 and predicted > 0):
+        return math.inf
+    return abs(math.log(actual) - math.log(predicted)) / max(abs(math.log(predicted)), 0.1)

@@ -1,0 +1,125 @@
+"""The stability margin from measurement (docs/advice.md "The margin", T8, T10).
+
+The heavy-ball plan is stable on every mode of the kernel at initialisation, but the kernel
+moves: the edge of stability κ_max falls where cross-entropy saturates and rises under
+progressive sharpening or a catapult, by factors from 0.1 to 100 within the first tens of
+steps on the benchmark tasks. No constant margin fits both, so it is measured: the plan at
+margin s puts the stiffest mode at κ_max/s (s = 1 is Polyak's optimum at the edge), and a
+ladder of trials climbs down s = 1, 1/2, …, 1/256 until a trial of ≤ `TRIAL_STEPS` steps (or
+the horizon) on the trial set holds (:mod:`.trial`: its loss never rises above its start and
+falls). A trial that crosses its start stops there, so the rungs above the margin cost a few
+steps each.
+
+Cost: one trial per rung tried (≤ 9) and one for the re-plan, each ≤ `TRIAL_STEPS` full-batch
+steps on ≤ `TRIAL_ROWS` inputs, and each rung's plan (the frozen-kernel map over ≤ the
+horizon, ≤ 4 rounds).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Final, NamedTuple
+
+from torch import Tensor, nn
+
+from cosmo_optim.advice.heavy_ball import ModeReadout, Search, fixed_point, plan_for
+from cosmo_optim.advice.trial import (
+    TRIAL_STEPS,
+    TRIAL_TOLERANCE,
+    TrialRun,
+    lazy_error,
+    run_trial,
+)
+from cosmo_optim.losses import PerSampleLoss
+
+__all__ = ["RUNGS", "TRIAL_ROWS", "Margin", "Rung", "TrialSet", "measure_margin", "try_plan"]
+
+#: The margins tried, boldest first: the stiffest mode planned at κ_max/s.
+RUNGS: Final = tuple(0.5**k for k in range(9))
+#: The trial set: at most this many inputs (a seeded subset), whatever the probe's size.
+TRIAL_ROWS: Final = 256
+
+
+class TrialSet(NamedTuple):
+    """Where trials run: the inputs, their targets, and the target loss as a share of the
+    initial loss on all inputs (a trial that gets there has reached the target)."""
+
+    inputs: Tensor
+    targets: Tensor | None
+    goal: float
+
+
+class Rung(NamedTuple):
+    """One rung of the ladder: the margin, its plan (with the frozen-kernel prediction) and
+    its trial."""
+
+    safety: float
+    found: Search
+    trial: TrialRun
+
+
+class Margin(NamedTuple):
+    """The measured margin: the rung whose trial held (or the last one), and every rung tried."""
+
+    rung: Rung
+    rungs: tuple[Rung, ...]
+
+
+def try_plan(model: nn.Module, ell: PerSampleLoss, found: Search, trials: TrialSet,
+             safety: float, steps: int) -> Rung:
+    """Trial one plan for ≤ `steps` steps against its frozen-kernel curve (T10), which covers
+    the horizon or the predicted time to target."""
+    run = run_trial(model, ell, trials.inputs, trials.targets, found.plan.cosmology, steps,
+                    trials.goal, found.curve / found.curve[0])
+    return Rung(safety, found, run)
+
+
+def measure_margin(model: nn.Module, ell: PerSampleLoss, read: ModeReadout, relevant: Tensor,
+                   trials: TrialSet, horizon_steps: int, target: float, scale: float) -> Margin:
+    """Climb down RUNGS until a trial holds; every rung's plan is the heavy-ball fixed point.
+
+    A rung's time to target seeds the next rung's fixed point (a smaller step needs longer).
+    Then `_measured_need` re-plans the chosen rung for the time to target its trial measured,
+    kept if its own trial holds and gets there sooner.
+    """
+    tried: list[Rung] = []
+    need: int | None = None
+    steps = min(TRIAL_STEPS, horizon_steps)
+    for safety in RUNGS:
+        found = fixed_point(read, relevant, safety, horizon_steps, target, scale, need)
+        need = None if found.predicted is None else 2 * found.need
+        rung = try_plan(model, ell, found, trials, safety, steps)
+        tried.append(rung)
+        if rung.trial.held:
+            again = _measured_need(model, ell, read, relevant, trials, rung, horizon_steps,
+                                   target, scale, steps)
+            if again is not None:
+                tried.append(again)
+                if _faster(again, rung, trials.goal):
+                    return Margin(again, tuple(tried))
+            return Margin(rung, tuple(tried))
+    return Margin(tried[-1], tuple(tried))
+
+
+def _faster(a: Rung, b: Rung, goal: float) -> bool:
+    """Whether trial `a` held and gets to the goal sooner than trial `b` at its rate."""
+    return a.trial.held and a.trial.steps_to(goal) < b.trial.steps_to(goal)
+
+
+def _measured_need(model: nn.Module, ell: PerSampleLoss, read: ModeReadout, relevant: Tensor,
+                   trials: TrialSet, rung: Rung, horizon_steps: int, target: float, scale: float,
+                   steps: int) -> Rung | None:
+    """The rung re-planned for the time to target its trial measured, trialled, if the
+    frozen-kernel map's time is off (the kernel moved, T4) and the measured one is shorter.
+
+    Outside the lazy regime the map misjudges which modes must move before the target (often
+    it never gets there and plans for the horizon, β → 1); the trial's rate says when the
+    target comes, so the modes too slow to move by then are not damped (T8, T10)."""
+    measured = rung.trial.steps_to(trials.goal)
+    if not (math.isfinite(measured) and measured < rung.found.need / 2):
+        return None
+    if lazy_error(rung.trial, rung.found.curve) <= TRIAL_TOLERANCE:
+        return None
+    found = plan_for(read, relevant, rung.safety, math.ceil(measured), horizon_steps, target,
+                     scale)
+    return try_plan(model, ell, found, trials, rung.safety, steps)
