@@ -45,14 +45,14 @@ class RunState:
         self.inputs: Tensor | None = None  # the probe batch
         self.targets: Tensor | None = None
 
-    def so_far(self, step: int) -> RunSoFar:
-        """What a probe at `step` reads from the earlier ones."""
+    def so_far(self, step: int, failed: int = 0) -> RunSoFar:
+        """What a probe at `step` reads from the earlier ones (`failed`: readings that raised)."""
         return RunSoFar(step, self.efolds, self.nonfinite, self.previous_outputs,
-                        self.reference, self.last)
+                        self.reference, self.last, failed)
 
-    def absorb(self, result: ReadingResult, model: nn.Module) -> bool:
-        """Keep a reading's result and `model`'s weights as the next reading's θ_ref (T12);
-        False (and one more non-finite count) if it was skipped."""
+    def absorb(self, result: ReadingResult, snapshot: WeightSnapshot | None) -> bool:
+        """Keep a reading's result, and `snapshot` (the weights it was taken at) as the next
+        reading's θ_ref (T12); False (and one more non-finite count) if it was skipped."""
         self.reference, self.last = result.reference, result.last
         if result.record is None:
             self.nonfinite += 1
@@ -60,7 +60,7 @@ class RunState:
             return False
         self.history.append(result.record)
         self.dual = result.dual
-        self.snapshot = WeightSnapshot.take(model, result.record.step)
+        self.snapshot = snapshot
         return True
 
     def resume_from(self, model: nn.Module, step: int) -> None:
