@@ -103,6 +103,13 @@ def _unreached_warning(report_to: list[str], figures: bool) -> str:
     )
 
 
+def _close_writers(writers: list[Any]) -> None:
+    """Close each ``SummaryWriter`` once: ours, or the Trainer's that the figures reopened."""
+    for writer in {id(w): w for w in writers if w is not None}.values():
+        if hasattr(writer, "add_scalar"):
+            writer.close()
+
+
 class CosmologyCallback(_TrainerCallback, _ExportableState):
     """Log the universe dual to a ``transformers.Trainer`` run (docs/theory.md T3–T10).
 
@@ -305,18 +312,21 @@ class CosmologyCallback(_TrainerCallback, _ExportableState):
             self._log(args, state, self.tracker.step(state.global_step), state.global_step)
 
     def _log(self, args: Any, state: Any, metrics: dict[str, float] | None, step: int) -> None:
-        writers = self._writers(args) if metrics and state.is_world_process_zero else []
-        self.session.write(writers, metrics, step, lambda m: self._scalars(state, m, step))
+        self.session.write(lambda: self._writers(args) if state.is_world_process_zero else [],
+                           metrics, step, lambda m: self._scalars(state, m, step))
 
     def _scalars(self, state: Any, metrics: dict[str, float], step: int) -> None:
         if self.trainer is not None:
             control = self.trainer.control
             flags = control.should_log, control.should_save, control.should_evaluate
             # the base class's log: a subclass's log() (TRL's) may flush metrics it gathers,
-            # which belong to the Trainer's own rows. It resets should_log: restored below
-            transformers.Trainer.log(self.trainer, dict(metrics))
-            control = self.trainer.control
-            control.should_log, control.should_save, control.should_evaluate = flags
+            # which belong to the Trainer's own rows. It resets should_log: restored below,
+            # also when an integration raises in it
+            try:
+                transformers.Trainer.log(self.trainer, dict(metrics))
+            finally:
+                control = self.trainer.control
+                control.should_log, control.should_save, control.should_evaluate = flags
             return
         state.log_history.append({**metrics, "step": step})  # the hooks' state, and our
         for tag, value in metrics.items() if self._writer is not None else ():  # writer
@@ -342,7 +352,6 @@ class CosmologyCallback(_TrainerCallback, _ExportableState):
         if self.tracker is None:
             return
         writers = self.session.finish() if state.is_world_process_zero else []
-        for writer in {id(w): w for w in [*writers, self._writer] if w is not None}.values():
-            if hasattr(writer, "add_scalar"):  # ours, or the Trainer's that figures reopened
-                writer.close()
+        self.tracker.guard.write(state.global_step, lambda: _close_writers([*writers,
+                                                                            self._writer]))
         self._writer = None
