@@ -27,6 +27,7 @@ from cosmo_optim.monitor import MonitorConfig
 from cosmo_optim.monitor.indexed import IndexedInputs, logits_of, take_rows
 from cosmo_optim.monitor.records import from_json, to_json
 from cosmo_optim.monitor.session import MonitorSession
+from cosmo_optim.monitor.state import dropped_state_warning
 
 _TrainerCallback: Any
 _ExportableState: Any
@@ -229,14 +230,18 @@ class CosmologyCallback(_TrainerCallback, _ExportableState):
     def _stored(self, state: Any) -> dict[str, Any] | None:
         """Our state in a resumed run's ``trainer_state.json`` (of several CosmologyCallbacks,
         the one of our prefix), else the rebuilt callback's ``saved_state``."""
-        stored = (getattr(state, "stateful_callbacks", None) or {}).get(type(self).__name__)
-        saved = [s.get("attributes", {}).get("saved_state") for s in (
-            stored if isinstance(stored, list) else [stored] if stored else [])]
-        if isinstance(stored, list):
-            found = self.session.from_json(saved, self.config.prefix)
-        else:
-            found = from_json(saved[0]) if saved and saved[0] else None
-        return found or (from_json(self.saved_state) if self.saved_state else None)
+        try:
+            stored = (getattr(state, "stateful_callbacks", None) or {}).get(type(self).__name__)
+            saved = [s.get("attributes", {}).get("saved_state") for s in (
+                stored if isinstance(stored, list) else [stored] if stored else [])]
+            if isinstance(stored, list):
+                found = self.session.from_json(saved, self.config.prefix)
+            else:
+                found = from_json(saved[0]) if saved and saved[0] else None
+            return found or (from_json(self.saved_state) if self.saved_state else None)
+        except Exception as error:  # a state this version cannot decode: never blocks a resume
+            warnings.warn(dropped_state_warning(error), UserWarning, stacklevel=3)
+            return None
 
     # ----- the events -----------------------------------------------------------------------
     def on_init_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:

@@ -23,6 +23,7 @@ from cosmo_optim.monitor.config import MonitorConfig
 from cosmo_optim.monitor.dashboard import describe_scalars
 from cosmo_optim.monitor.images import figures_dropped_warning, image_writer
 from cosmo_optim.monitor.records import from_json
+from cosmo_optim.monitor.state import dropped_state_warning
 from cosmo_optim.monitor.tags import SCALAR_TAGS
 from cosmo_optim.monitor.tracker import CosmologyTracker
 
@@ -48,7 +49,7 @@ class MonitorSession:
         """Build the tracker (its probe interval set) and restore a pending state."""
         self.tracker = CosmologyTracker.from_config(model, config, probe_batch=probe_batch)
         if self.pending is not None:
-            self.tracker.load_state_dict(self.pending)
+            _restore(self.tracker, self.pending)
             self.pending = None
         return self.tracker
 
@@ -187,13 +188,23 @@ class MonitorSession:
         return None
 
     def load_state_dict(self, state: Mapping[str, Any] | None) -> None:
-        """Restore now, or at `start` if the tracker does not exist yet."""
+        """Restore now, or at `start` if the tracker does not exist yet. A state that cannot
+        be read is dropped with one warning: never an error that blocks the resume."""
         if not state:
             return
         if self.tracker is not None:
-            self.tracker.load_state_dict(state)
+            _restore(self.tracker, state)
         else:
             self.pending = state
+
+
+def _restore(tracker: CosmologyTracker, state: Mapping[str, Any]) -> None:
+    """`tracker.load_state_dict(state)`; a state of another layout (a ValueError there: keys
+    missing) is dropped with the warning of a state that cannot be read."""
+    try:
+        tracker.load_state_dict(state)
+    except ValueError as error:
+        warnings.warn(dropped_state_warning(error), UserWarning, stacklevel=4)
 
 
 def _is_tag(name: str, prefix: str) -> bool:

@@ -8,9 +8,11 @@ and back, so that a resumed run continues its series without gaps or duplicates.
 
 from __future__ import annotations
 
+import contextlib
+import warnings
 from collections import deque
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Final
 
 from torch import Tensor, nn
 
@@ -19,7 +21,12 @@ from cosmo_optim.dual.linearised import WeightSnapshot
 from cosmo_optim.monitor.readout import ReadingResult, RunSoFar
 from cosmo_optim.monitor.records import LastReading, Reading, Reference, as_state
 
-__all__ = ["RunState"]
+__all__ = ["STATE_VERSION", "RunState", "dropped_state_warning"]
+
+#: The layout of `RunState.state_dict` (its ``"version"``). 1: the states written before it
+#: had a version (read as they are); 2: with the version and the count of failed readings.
+#: A state of a later version, or one that cannot be read, is dropped with one warning.
+STATE_VERSION: Final = 2
 
 
 class RunState:
@@ -74,6 +81,7 @@ class RunState:
     def state_dict(self) -> dict[str, Any]:
         """Counters, history, first and latest probe: plain dicts and tensors."""
         return {
+            "version": STATE_VERSION,
             "last_step": self.last_step, "efolds": self.efolds, "nonfinite": self.nonfinite,
             "history": [r.as_dict() for r in self.history],
             "previous_outputs": self.previous_outputs,
@@ -81,14 +89,37 @@ class RunState:
             "inputs": self.inputs, "targets": self.targets,
         }
 
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore `state_dict()` (extra keys, such as the tracker's, are ignored)."""
+    def load_state_dict(self, state: Mapping[str, Any]) -> bool:
+        """Restore `state_dict()` (extra keys, such as the tracker's, are ignored); whether it
+        was. A state of a later `STATE_VERSION`, or one whose contents cannot be read, is
+        dropped with one warning, all but its step count and e-folds where those read: a
+        resumed run then starts a new series at its next reading, its steps and e-folds
+        continuing, instead of failing. A dict that is no tracker state at all is a
+        ValueError."""
         missing = {"last_step", "history", "reference", "last"} - set(state)
         if missing:
             raise ValueError(
                 f"Invalid tracker state: missing {sorted(missing)}; pass the dict returned by "
                 "CosmologyTracker.state_dict()."
             )
+        version = state.get("version", 1)
+        try:
+            if not isinstance(version, int) or not 1 <= version <= STATE_VERSION:
+                raise ValueError(f"state version {version!r}; this cosmo-optim reads versions "
+                                 f"1 to {STATE_VERSION}")
+            loaded = RunState(self.history.maxlen or 1)
+            loaded.inputs, loaded.targets = self.inputs, self.targets
+            loaded._load(state)
+        except Exception as error:  # whatever an unreadable state raises: one warning
+            warnings.warn(dropped_state_warning(error), UserWarning, stacklevel=3)
+            with contextlib.suppress(TypeError, ValueError):
+                self.last_step = int(state["last_step"])
+                self.efolds = float(state.get("efolds", 0.0))
+            return False
+        vars(self).update(vars(loaded))
+        return True
+
+    def _load(self, state: Mapping[str, Any]) -> None:
         self.last_step = int(state["last_step"])
         self.efolds = float(state.get("efolds", 0.0))
         self.nonfinite = int(state.get("nonfinite", 0))
@@ -103,3 +134,15 @@ class RunState:
         self.last = None if last is None else LastReading(
             last["step"], last["eigenvectors"], last["outputs"], last.get("prediction"),
             last.get("kernel"))
+
+
+def dropped_state_warning(error: Exception) -> str:
+    """The one warning of a checkpoint's monitor state that is dropped because of `error`."""
+    first = (str(error).strip().splitlines() or [""])[0]
+    return (
+        f"CosmologyTracker: the monitor's state in this checkpoint cannot be read "
+        f"({type(error).__name__}: {first}); it is dropped (its step count and e-folds are "
+        "kept where they read), the monitor starts a new series at its next reading, and the "
+        "run resumes unchanged. Fix: resume with the cosmo-optim version that wrote the "
+        "checkpoint to continue the series."
+    )

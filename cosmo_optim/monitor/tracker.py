@@ -152,10 +152,11 @@ class CosmologyTracker:
                 "failed_readings": self.guard.failed}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore `state_dict()`: the run continues its histories without gaps or duplicates."""
-        self.run.load_state_dict(state)
-        self.extras.figures_step = int(state.get("figures_step", -1))
-        self.guard.failed = int(state.get("failed_readings", 0))
+        """Restore `state_dict()`: the run continues its histories without gaps or duplicates
+        (a state of an unknown version is dropped with a warning, `RunState.load_state_dict`)."""
+        if self.run.load_state_dict(state):
+            self.extras.figures_step = int(state.get("figures_step", -1))
+            self.guard.failed = int(state.get("failed_readings", 0))
 
     # ----- probe batch and optimiser -----------------------------------------------------
     has_probe = property(lambda self: self.run.inputs is not None,
