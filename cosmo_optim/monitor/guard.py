@@ -12,8 +12,9 @@ training loop (`KeyboardInterrupt` and `SystemExit` do: they are not `Exception`
   ``cosmo_optim.monitor`` logger (level INFO);
 - on running out of memory (`torch.OutOfMemoryError`, or a RuntimeError saying "out of
   memory") what the reading held is freed, CUDA's cached blocks too, and the reading is
-  retried once, lean (`cosmo_optim.monitor.reading.LEAN_SHARE`: the probe batch in chunks,
-  the kernel under a smaller memory budget); if that fails as well it is skipped;
+  retried once, lean (`cosmo_optim.monitor.reading.LEAN_SHARE`: the probe batch in chunks
+  and, on CUDA, the kernel under a smaller memory budget); if that fails as well it is
+  skipped;
 - after `MAX_CONSECUTIVE_FAILURES` skipped readings in a row the monitor takes no more readings
   in this run, and says so once; the e-folds still count, and a resumed run reads again;
 - a sink, logger or figure that raises loses that write only (the reading stays in the
@@ -115,7 +116,7 @@ class ReadingGuard:
         self.failures: deque[Failure] = deque(maxlen=100)  # the latest ones
         self._streak: list[int] = []  # the steps of the latest skipped readings in a row
         self._warned: set[tuple[str, str, bool]] = set()
-        self._unshown: list[Failure] = []  # not yet on a card
+        self._unshown: deque[Failure] = deque(maxlen=100)  # not yet on a card
         self._card: tuple[int, str | None] = (-1, None)
 
     def read(self, step: int, take: Callable[[bool, Sync | None], _T],
@@ -181,7 +182,8 @@ class ReadingGuard:
                                  f"{MAX_CONSECUTIVE_FAILURES} in a row failed.")
                 text = "\n".join(["**The monitor failed here** (training is unaffected)", "",
                                   *lines])
-            self._card, self._unshown = (step, text), []
+            self._card = (step, text)
+            self._unshown.clear()
         return self._card[1]
 
     # ----- outcomes -------------------------------------------------------------------------
@@ -229,9 +231,9 @@ class ReadingGuard:
         elif not failure.skipped:
             return (
                 f"CosmologyTracker: {what} ran out of memory ({cause.text}) and succeeded when "
-                f"retried lean (the probe batch in {LEAN_SHARE} chunks, the kernel under "
-                f"1/{LEAN_SHARE} of its memory budget); training is unaffected. To spare the "
-                f"retry: {fix.removeprefix('Fix: ')}{_TRACEBACK}"
+                f"retried lean (the probe batch in chunks of 1/{LEAN_SHARE}, and on CUDA the "
+                f"kernel under 1/{LEAN_SHARE} of its memory budget); training is unaffected. "
+                f"To spare the retry: {fix.removeprefix('Fix: ')}{_TRACEBACK}"
             )
         elif failure.stage == "reading":
             effect = (f"it is skipped ({self.failed} so far: cosmology/failed_readings; after "

@@ -6,10 +6,10 @@ leaving the model's modes, buffers and every random state as they were. `take_re
 hands the result to :mod:`.readout`, the pure arithmetic of the logged scalars.
 
 Two hooks serve the fail-soft policy of :mod:`.guard`: ``lean=True`` retries a reading that ran
-out of memory in smaller pieces (the probe batch in chunks of a `LEAN_SHARE`-th, the kernel
-under a `LEAN_SHARE`-th of its default memory budget: the same quantities, less memory at
-once), and ``sync`` lets the ranks of a distributed reading agree, between the local forward
-and the kernel's collectives, that every rank is still in it.
+out of memory in smaller pieces (the probe batch in chunks of a `LEAN_SHARE`-th and, on CUDA,
+the kernel under a `LEAN_SHARE`-th of its default memory budget: the same quantities, less
+memory at once), and ``sync`` lets the ranks of a distributed reading agree, between the
+local forward and the kernel's collectives, that every rank is still in it.
 """
 
 from __future__ import annotations
