@@ -311,8 +311,8 @@ def _keep(tracker: CosmologyTracker, step: int, result: ReadingResult,
     if tracker.run.reference is None and result.last is not None:  # N and C known, once
         for message in size_warnings(tracker.config, result.last.outputs):
             warnings.warn(message, UserWarning, stacklevel=5)
-    if not tracker.run.absorb(result, snapshot):
-        warnings.warn(nonfinite_warning(step, tracker.nonfinite), RuntimeWarning, stacklevel=5)
+    if not tracker.run.absorb(result, snapshot) and tracker.nonfinite == 1:
+        warnings.warn(nonfinite_warning(step), RuntimeWarning, stacklevel=5)
     return result.scalars
 
 
