@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import socket
 import tempfile
 from datetime import timedelta
@@ -78,7 +79,9 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
         normed = nn.Sequential(nn.Linear(3, 8), nn.BatchNorm1d(8), nn.Tanh(), nn.Linear(8, 1))
         xb = torch.randn(5, 3, generator=torch.Generator().manual_seed(2))
         normed(xb)  # running statistics, the same on both ranks
-        wrapped = empirical_ntk(DistributedDataParallel(normed), xb, distributed=True)
+        ddp = DistributedDataParallel(normed)
+        wrapped = empirical_ntk(ddp, xb, distributed=True)
+        del ddp  # DDP is a reference cycle: freed in `finally`, while its process group lives
         tracker = CosmologyTracker(nn.Linear(3, 1), nn.MSELoss(), distributed=True,
                                    probe_batch=(xb, torch.full((5, 1), float(rank))))
         try:  # the same inputs, different targets
@@ -96,7 +99,8 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
                     "refusals": refusals, "wrapped": wrapped, "normed": normed.state_dict(),
                     "targets": targets},
                    f"{out}/{rank}.pt")
-    finally:
+    finally:  # a process group still referenced at interpreter exit can abort it (SIGABRT)
+        gc.collect()
         dist.destroy_process_group()
 
 
