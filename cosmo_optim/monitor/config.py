@@ -34,8 +34,11 @@ class MonitorConfig:
 
     Args:
         loss: the training loss (a torch loss module, `PolynomialPotentialLoss` or a
-            per-sample callable, converted by `cosmo_optim.losses.per_sample_loss`); None
-            skips the tags that need ℓ (Ω_φ, slow roll, masses, residual).
+            per-sample callable, converted by `cosmo_optim.losses.per_sample_loss`); ``"model"``
+            for the model's own loss, found at the first reading by calling the model with its
+            targets as keyword `label_key` (a Hugging Face model: by its problem type, the
+            language-model shift; `cosmo_optim.monitor.model_loss`); None skips the tags that
+            need ℓ (the potential, Ω_φ, slow roll, masses, forecast).
         probe_size: at most this many probe samples N.
         top_k: modes to follow (1 ≤ top_k ≤ N·C).
         every_n_steps: probe every n optimiser steps (and at step 0); None until a Trainer
@@ -81,7 +84,7 @@ class MonitorConfig:
         10
     """
 
-    loss: PerSampleLoss | None = None
+    loss: PerSampleLoss | str | None = None
     probe_size: int = 16
     top_k: int = 4
     every_n_steps: int | None = 50
@@ -100,7 +103,8 @@ class MonitorConfig:
     interval_name: str = field(default="every_n_steps", compare=False, repr=False)
 
     def __post_init__(self) -> None:
-        if self.loss is not None and not isinstance(self.loss, PerSampleLoss):
+        if self.loss is not None and not isinstance(self.loss, PerSampleLoss) and not (
+                isinstance(self.loss, str) and self.loss == "model"):
             object.__setattr__(self, "loss", per_sample_loss(self.loss))
         check_int("probe_size", self.probe_size, 1, "Use e.g. probe_size=64.")
         check_int("top_k", self.top_k, 1, "Use e.g. top_k=4.")

@@ -21,6 +21,7 @@ from cosmo_optim.dual import FLRWDual
 from cosmo_optim.dual.linearised import WeightSnapshot
 from cosmo_optim.monitor.readout import ReadingResult, RunSoFar
 from cosmo_optim.monitor.records import LastReading, Reading, Reference, as_state
+from cosmo_optim.ntk import ModelInputs
 
 __all__ = ["STATE_VERSION", "RunState", "dropped_state_warning"]
 
@@ -50,7 +51,7 @@ class RunState:
         # not checkpointed (a model's worth of bytes), so a resumed run compares from its
         # second reading on
         self.snapshot: WeightSnapshot | None = None
-        self.inputs: Tensor | None = None  # the probe batch
+        self.inputs: ModelInputs | None = None  # the probe batch, as the model takes it
         self.targets: Tensor | None = None
 
     def so_far(self, step: int, failed: int = 0) -> RunSoFar:
@@ -101,16 +102,18 @@ class RunState:
             "history": [r.as_dict() for r in self.history],
             "previous_outputs": self.previous_outputs,
             "reference": as_state(self.reference), "last": as_state(self.last),
-            "inputs": self.inputs, "targets": self.targets,
+            "probe": None if self.inputs is None else {
+                "args": self.inputs.args, "kwargs": self.inputs.kwargs},
+            "inputs": _single_tensor(self.inputs), "targets": self.targets,
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> bool:
         """Restore `state_dict()` (extra keys, such as the tracker's, are ignored); whether it
-        was. A state of a later `STATE_VERSION`, or one whose contents cannot be read, is
-        dropped with one warning, all but its step count and e-folds where those read: a
-        resumed run then starts a new series at its next reading, its steps and e-folds
-        continuing, instead of failing. A dict that is no tracker state at all is a
-        ValueError."""
+        was. Its probe batch is taken only where none is set yet. A state of a later
+        `STATE_VERSION`, or one whose contents cannot be read, is dropped with one warning, all
+        but its step count and e-folds where those read: a resumed run then starts a new series
+        at its next reading, its steps and e-folds continuing, instead of failing. A dict that
+        is no tracker state at all is a ValueError."""
         missing = {"last_step", "history", "reference", "last"} - set(state)
         if missing:
             raise ValueError(
@@ -141,14 +144,25 @@ class RunState:
         self.history.clear()
         self.history.extend(Reading.from_dict(r) for r in state["history"])
         self.previous_outputs = state.get("previous_outputs")
-        if state.get("inputs") is not None:
-            self.inputs, self.targets = state["inputs"], state.get("targets")
+        probe = state.get("probe")  # the probe batch this run was reading, unless one is set
+        if self.inputs is None and (probe is not None or state.get("inputs") is not None):
+            self.inputs = ModelInputs(tuple(probe["args"]), probe["kwargs"]) if probe else (
+                ModelInputs(state["inputs"]))
+            self.targets = state.get("targets")
         ref, last = state["reference"], state["last"]
         self.reference = None if ref is None else Reference(  # no sketch_dim before sketches
             ref["kernel"], ref["eigenvectors"], int(ref.get("sketch_dim", 0)))
         self.last = None if last is None else LastReading(
             last["step"], last["eigenvectors"], last["outputs"], last.get("prediction"),
             last.get("kernel"))
+
+
+def _single_tensor(inputs: ModelInputs | None) -> Tensor | None:
+    """The probe batch as states before ``"probe"`` held it: one positional tensor, else None
+    (a reader of that layout then takes its own probe batch)."""
+    if inputs is None or inputs.kwargs or len(inputs.args) != 1:
+        return None
+    return inputs.args[0] if isinstance(inputs.args[0], Tensor) else None
 
 
 def dropped_state_warning(error: Exception) -> str:

@@ -144,9 +144,10 @@ class OptimizerWatch:
                 warnings.warn(message, UserWarning, stacklevel=4)
 
         def count(opt: Optimizer, args: Any, kwargs: Any) -> None:
-            run.efolds += self._universe.before_step(opt, config.group, run.last_step + 1)
-            step = self._universe.zero_lr_step
-            if step is not None and not self._zero_lr_warned:
+            efolds = self._universe.before_step(opt, config.group, run.last_step + 1)
+            run.efolds += efolds
+            step = self._universe.zero_lr_step  # without heavy-ball form (efolds 0) no dual is lost
+            if step is not None and efolds > 0 and not self._zero_lr_warned:
                 self._zero_lr_warned = True
                 warnings.warn(zero_lr_warning(step, config), UserWarning, stacklevel=3)
 
@@ -194,12 +195,14 @@ def dual_warnings(optimizer: Optimizer, config: MonitorConfig) -> list[str]:
     try:
         _form_of(optimizer, config.group)
     except ValueError as error:
-        tags = scalar_tags(config.top_k, dual=False, loss=config.loss is not None,
-                           prefix=config.prefix)
+        tags = [t for t in scalar_tags(config.top_k, dual=False, prefix=config.prefix)
+                if not t.endswith("cosmology/field")]
         out.append(
             f"CosmologyTracker: no de Sitter dual for {name}: {error} No Hubble rate, vacuum "
-            "energy, e-folds, potential, Ω_φ, slow roll, masses or duality residual are "
-            f"reported; still logged: {', '.join(tags)}."
+            "energy, e-folds, potential, Ω_φ, slow roll, masses or forecast are reported "
+            "(T3–T10), and the residual still tests the frozen kernel, whatever the optimiser "
+            f"(T12); still logged: {', '.join(tags)} (and cosmology/field for one output per "
+            "sample)."
         )
     return out
 
