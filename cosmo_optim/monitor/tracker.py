@@ -9,6 +9,7 @@ The probe arithmetic is `cosmo_optim.monitor.reading` (pure functions), the opti
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from collections.abc import Mapping
 from typing import Any
@@ -23,11 +24,15 @@ from cosmo_optim.monitor import reading as readings
 from cosmo_optim.monitor.batches import take_probe_batch
 from cosmo_optim.monitor.checks import nonfinite_warning, size_warnings
 from cosmo_optim.monitor.config import MonitorConfig
+from cosmo_optim.monitor.console import console, rank_zero, timed
 from cosmo_optim.monitor.guard import ReadingGuard
+from cosmo_optim.monitor.model_loss import MODEL_LOSS
 from cosmo_optim.monitor.names import deprecated_method
+from cosmo_optim.monitor.reading import precision_of
 from cosmo_optim.monitor.readout import ReadingResult
 from cosmo_optim.monitor.sinks import Sinks, TensorBoardExtras
 from cosmo_optim.monitor.state import RunState
+from cosmo_optim.monitor.summary import RunSummary, summarize
 from cosmo_optim.monitor.universe import OptimizerWatch
 
 __all__ = ["CosmologyTracker"]
@@ -138,8 +143,7 @@ class CosmologyTracker:
     failures = property(lambda self: list(self.guard.failures),
                         doc="The latest `Failure`s after the run started (`ReadingGuard`).")
     last_step = property(lambda self: self.run.last_step,
-                         lambda self, step: setattr(self.run, "last_step", step),
-                         doc="The last optimiser step seen (an adaptor resuming sets it).")
+                         doc="The last optimiser step seen (-1 before any).")
     efolds = property(lambda self: self.run.efolds,
                       lambda self, n: setattr(self.run, "efolds", n),
                       doc="The e-folds accumulated so far, Σ (1 − β_n)/3 (T9).")
@@ -162,14 +166,20 @@ class CosmologyTracker:
     has_probe = property(lambda self: self.run.inputs is not None,
                          doc="Whether a probe batch is set.")
     probe_batch = property(lambda self: None if self.run.inputs is None else (
-        self.run.inputs, self.run.targets), doc="(inputs, targets) of the probe set, or None.")
+        self.run.inputs, self.run.targets), doc="(inputs as a `cosmo_optim.ntk.ModelInputs`, "
+                                                "targets) of the probe batch, or None.")
 
-    def set_probe(self, batch: Any) -> None:
-        """Fix the probe set: the first `probe_size` samples of `batch` (copied; a dict batch
-        by `input_key`/`label_key`, NumPy arrays as Tensors)."""
+    def set_probe(self, batch: Any, *, train_batch_size: int | None = None) -> None:
+        """Fix the probe batch: the first `probe_size` samples of `batch` (copied to the CPU;
+        a dict batch by `input_key`/`label_key`, NumPy arrays as Tensors, inputs that are a
+        `cosmo_optim.ntk.ModelInputs` as they are). `train_batch_size`, the samples of one
+        optimiser step, sets `MonitorConfig.train_batch_size` (the first reading's cost
+        warning) where an adaptor learns it from the first batch."""
         self.run.inputs, self.run.targets = take_probe_batch(
             batch, self.config.probe_size, input_key=self.config.input_key,
             label_key=self.config.label_key)
+        if train_batch_size is not None:
+            self.config = dataclasses.replace(self.config, train_batch_size=train_batch_size)
 
     def cosmology(self) -> Cosmology | None:
         """The de Sitter universe (T3) of the latest optimiser step, read from the (lr,
@@ -209,10 +219,13 @@ class CosmologyTracker:
         return self._watch.hooks[-1]
 
     def resume_from(self, step: int) -> None:
-        """After a resume at optimiser step `step`, right after a reading: its weights, the
-        model's now, are the next reading's θ_ref (T12; `RunState.resume_from`)."""
-        self.run.resume_from(self.model, step,
-                             lambda: _outputs_at(self, -1, self.run.inputs, lean=False))
+        """The run continues at optimiser step `step` (a resumed run): steps up to it are not
+        read again, and if it stopped right after a reading at `step`, the model's weights,
+        that reading's, are the next reading's θ_ref (T12; `RunState.resume_from`)."""
+        if self.run.inputs is not None:
+            self.run.resume_from(self.model, step,
+                                 lambda: _outputs_at(self, -1, self.run.inputs, lean=False))
+        self.run.last_step = max(self.run.last_step, step)
 
     def detach(self) -> None:
         """Stop observing the optimiser given to `observe`/`attach`."""
@@ -260,14 +273,39 @@ class CosmologyTracker:
         """The last probe's step if the end-of-run figures are still to be drawn, else None."""
         return self.extras.final_step(self.history)
 
-    def write_extras(self, writer: Any, step: int) -> None:
-        """The custom-scalars layout (once), this probe's histograms, figures when due, and the
-        card of what failed since the last reading (`ReadingGuard.card`)."""
-        self.extras.write(writer, self.history, self.dual, step, self.guard.card(step))
+    def write_extras(self, writer: Any, step: int, *, at: int | None = None,
+                     prefix: str | None = None) -> None:
+        """What the reading at `step` adds to a ``SummaryWriter`` besides its scalars
+        (`TensorBoardExtras.write`: the layout of the charts the run fills, log10 views,
+        histograms, cards, figures when due), at step `at` (default `step`: a framework may
+        key its rows otherwise) and under `prefix` (default the tags' own)."""
+        self.extras.write(writer, self.history, self.dual, step, self.guard.card(step),
+                          at=at, prefix=prefix)
 
-    def write_figures(self, writer: Any, step: int) -> None:
+    def write_figures(self, writer: Any, step: int, *, prefix: str | None = None) -> None:
         """Draw `figures()` to a ``SummaryWriter`` at `step`."""
-        self.extras.write_figures(writer, self.history, self.dual, step)
+        self.extras.write_figures(writer, self.history, self.dual, step, prefix=prefix)
+
+    def hyperparameters(self) -> dict[str, Any]:
+        """The physics hyperparameters of the run (T3) and the monitor's settings, by tag:
+        what an adaptor logs beside the framework's own hyperparameters."""
+        params: dict[str, Any] = {
+            "cosmo_optim/probe_size": self.probe_size, "cosmo_optim/top_k": self.top_k,
+            f"cosmo_optim/{self.config.interval_name}": self.every_n_steps,
+        }
+        cosmology = self.cosmology()
+        if cosmology is not None:
+            params.update({f"cosmology/{name}": getattr(cosmology, name) for name in (
+                "lr", "momentum", "time_step", "hubble_rate", "vacuum_energy",
+                "hubble_time_steps")})
+        return {self.prefix + k: v for k, v in params.items()}
+
+    def summary(self) -> RunSummary:
+        """What the run's readings say (`cosmo_optim.monitor.summary.RunSummary`): where the
+        dual held and by how much, the largest causes where it did not, the background and
+        the spectrum's story; `.table()` is the text logged at the end of a run."""
+        return summarize(self.history, interval=self.every_n_steps, nonfinite=self.nonfinite,
+                         failed=self.guard.failed, precision=str(precision_of(self.model)))
 
     def figures(self) -> dict[str, Any]:
         """Matplotlib figures of the run so far, by tag (see `cosmo_optim.monitor.figures`)."""
@@ -276,17 +314,23 @@ class CosmologyTracker:
         return figures(self.history, self.dual)
 
     def close(self) -> None:
-        """Detach, draw the final figures (if enabled) to the writer sink, and close a writer
-        it created (an error there is the guard's, like any write)."""
+        """Detach, draw the final figures (if enabled) to the writer sink, close a writer it
+        created (an error there is the guard's, like any write), and log the run's summary
+        table (`summary`, on the ``cosmo_optim.monitor.console`` logger)."""
         self.detach()
         self.guard.write(self.last_step, lambda: _close(self))
+        if self.history and rank_zero():
+            console().info(self.summary().table())
 
 
 def _guarded_read(tracker: CosmologyTracker, step: int) -> dict[str, float]:
     """A reading under the guard: its scalars, or, when it failed (on any rank: every rank
     skips it), the count of failed readings alone, at its step."""
-    guard = tracker.guard
-    taken = guard.read(step, lambda lean, sync: _take(tracker, step, lean, sync))
+    guard, run = tracker.guard, tracker.run
+    assert run.inputs is not None  # step() returns without
+    outputs = "" if run.last is None else f" × {run.last.outputs[0].numel()} outputs"
+    with timed(step, f"the NTK of {len(run.inputs)} probe samples{outputs}"):
+        taken = guard.read(step, lambda lean, sync: _take(tracker, step, lean, sync))
     if taken is None:
         return {tracker.prefix + "cosmology/failed_readings": float(guard.failed)}
     return _keep(tracker, step, *taken)
@@ -298,11 +342,31 @@ def _take(tracker: CosmologyTracker, step: int, lean: bool,
     under DDP the ranks first agree that it succeeded (`ReadingGuard.read`)."""
     run = tracker.run
     assert run.inputs is not None  # step() and read() return or raise without
+    if tracker.config.loss == MODEL_LOSS:
+        _resolve_loss(tracker)
     result = readings.take_reading(
         tracker.model, run.inputs, run.targets, config=tracker.config,
         cosmology=tracker.cosmology(), run=run.so_far(step, tracker.guard.failed),
         snapshot=run.snapshot, lean=lean, sync=sync)
     return result, None if result.record is None else WeightSnapshot.take(tracker.model, step)
+
+
+def _resolve_loss(tracker: CosmologyTracker) -> None:
+    """``loss="model"``: the model's own loss found on the probe batch (`own_loss_of`), said on
+    the console; a warning naming the fix when there is none."""
+    run, config = tracker.run, tracker.config
+    loss, what = (None, "the probe batch has no targets") if run.targets is None else (
+        readings.own_loss_of(tracker.model, run.inputs, run.targets, config))
+    tracker.config = dataclasses.replace(config, loss=loss)
+    if loss is not None and rank_zero():
+        console().info("CosmologyTracker: the dual uses the model's own loss, %s (matched on "
+                       "the probe batch; loss=... overrides it).", what)
+    elif loss is None:
+        warnings.warn(
+            f"CosmologyTracker: loss='model', but {what}, so the tags that need a loss (the "
+            "potential, Ω_φ, slow roll, masses, forecast) are not logged. Fix: pass the loss "
+            "the model is trained with (e.g. loss=nn.CrossEntropyLoss()), or loss=None.",
+            UserWarning, stacklevel=6)
 
 
 def _keep(tracker: CosmologyTracker, step: int, result: ReadingResult,
