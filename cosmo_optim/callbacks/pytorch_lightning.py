@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pytorch_lightning import Callback, LightningModule, Trainer
 from pytorch_lightning.loggers import TensorBoardLogger
+from pytorch_lightning.strategies import DeepSpeedStrategy, FSDPStrategy, ModelParallelStrategy
 from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
 from ._mixin import CosmologyMonitorMixin
@@ -30,5 +31,6 @@ class CosmologyMonitor(CosmologyMonitorMixin, Callback):
     _tensorboard_logger_cls = TensorBoardLogger
     _lightning_module_cls = LightningModule
     _trainer_cls = Trainer
+    _sharding = (FSDPStrategy, DeepSpeedStrategy, ModelParallelStrategy)
     _import = "cosmo_optim.callbacks.pytorch_lightning"
     _misconfiguration = MisconfigurationException
