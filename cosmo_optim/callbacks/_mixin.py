@@ -117,7 +117,7 @@ class CosmologyMonitorMixin:
         theirs = {**(getattr(trainer.datamodule, "hparams_initial", None) or {}),
                   **pl_module.hparams_initial}
         for logger in trainer.loggers:  # TensorBoard's HPARAMS keeps a run's first record
-            if isinstance(logger, self._tensorboard_logger_cls):
+            if isinstance(logger, self._tensorboard_logger_cls) and trainer.is_global_zero:
                 logger.log_hyperparams(ours, metrics={})  # hparams.yaml; no record yet
                 write_hparams(logger.experiment, {**theirs, **ours},
                               ["hp_metric"] if theirs else [])  # Lightning logs hp_metric

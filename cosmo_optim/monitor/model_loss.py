@@ -95,8 +95,11 @@ def own_loss(model: nn.Module, inputs: Any, targets: Tensor, label_key: str,
         if not applies(f, y):
             continue
         ell = per_sample_loss(candidate)
-        with torch.no_grad():
-            mean = float(ell.per_sample(f, y).mean())
+        try:
+            with torch.no_grad():
+                mean = float(ell.per_sample(f, y).mean())
+        except (ValueError, RuntimeError, IndexError):  # targets this loss cannot take
+            continue
         tried.append(f"{name.split(' (')[0]} {mean:.6g}")
         if abs(mean - value) <= MATCH_RTOL * max(abs(value), 1.0):
             return PerSampleLoss(ell.per_sample, None, f"the model's own loss: {name}",

@@ -74,6 +74,8 @@ def write_hparams(writer: Any, params: Mapping[str, Any], metrics: Sequence[str]
     flat = {k: v if isinstance(v, (bool, int, float, str)) else str(v)
             for k, v in _flat(params).items()}
     file_writer = writer._get_file_writer()
+    if file_writer is None:
+        return False
     for summary in hparams(flat, dict.fromkeys(metrics, 0.0)):
         file_writer.add_summary(summary)
     return True

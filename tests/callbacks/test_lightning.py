@@ -317,24 +317,26 @@ trainer = L.Trainer(
     max_steps=4, accelerator="cpu", devices={devices}, strategy={strategy!r},
     enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
     callbacks=[monitor], logger=TensorBoardLogger({log!r}, name="", version=0),
-    use_distributed_sampler=False,  # every rank trains on the same batches: one trajectory
+    use_distributed_sampler={sampler},  # False: every rank trains on the same batches
 )
 trainer.fit(Regressor(dropout=0.0), data())
 history = monitor.tracker.history
 Path({results!r}, f"rank{{trainer.global_rank}}.json").write_text(json.dumps(dict(
     steps=[r.step for r in history],
     read_out=[r.scalars for r in history], metric=float(trainer.callback_metrics["ntk/lambda_1"]),
-    shards=sorted(set(map(tuple, shards))), distributed=monitor.tracker.config.distributed)))
+    shards=sorted(set(map(tuple, shards))), distributed=monitor.tracker.config.distributed,
+    kernel=monitor.tracker.state_dict()["reference"]["kernel"].tolist())))
 """
 
 
-def run_lightning_script(tmp_path: Path, results, devices: int, strategy: str) -> list[dict]:
+def run_lightning_script(tmp_path: Path, results, devices: int, strategy: str,
+                         sampler: bool = False) -> list[dict]:
     """Run DDP_SCRIPT in a fresh process: what each rank reports (in `results`), in rank order."""
-    out_dir = tmp_path / f"{strategy}{devices}"
+    out_dir = tmp_path / f"{strategy}{devices}{'-sampled' if sampler else ''}"
     out_dir.mkdir()
     script = out_dir / "run.py"
     script.write_text(DDP_SCRIPT.format(tests=str(Path(__file__).parent), log=str(out_dir / "logs"),
-                                        devices=devices, strategy=strategy,
+                                        devices=devices, strategy=strategy, sampler=sampler,
                                         results=str(results.directory)))
     env = {**os.environ, "PL_DISABLE_FORK": "1", "OMP_NUM_THREADS": "1"}
     out = subprocess.run(
@@ -348,7 +350,7 @@ def run_lightning_script(tmp_path: Path, results, devices: int, strategy: str) -
 def test_ddp_splits_the_kernel_across_ranks_and_logs_once_from_rank_zero(tmp_path, rank_results):
     ranks = run_lightning_script(tmp_path, rank_results(), 2, "ddp")
     (single,) = run_lightning_script(tmp_path, rank_results(), 1, "auto")
-    assert [r["shards"] for r in ranks] == [[[0, 4]], [[4, 8]]]  # each rank half the probe set
+    assert [r["shards"] for r in ranks] == [[[0, 8]], [[8, 16]]]  # each rank half the probe set
     assert all(r["distributed"] for r in ranks) and not single["distributed"]
     assert single["shards"] == []  # one process: the kernel is not split
     assert ranks[0]["read_out"] == ranks[1]["read_out"]  # every rank reads out the same values
@@ -362,6 +364,26 @@ def test_ddp_splits_the_kernel_across_ranks_and_logs_once_from_rank_zero(tmp_pat
     assert len(event_files) == 1  # only rank 0 writes
     acc = events(tmp_path / "ddp2" / "logs" / "version_0")
     assert steps_of(acc, "ntk/lambda_1") == [0, 1, 3]
+
+
+@pytest.mark.slow
+def test_one_and_two_processes_read_the_same_step_0_kernel(tmp_path, rank_results):
+    """Under DDP's distributed sampler each rank's first batch is another half of the data
+    (rank 0 samples 0, 2, 4, ...); the probe batch is the data set's first 16 samples on any
+    number of processes (issue #32 item 3), so one process and two read the same kernel at
+    step 0 (the same weights), entry by entry to float32 rounding, and the same λ_1."""
+    ranks = run_lightning_script(tmp_path, rank_results(), 2, "ddp", sampler=True)
+    (single,) = run_lightning_script(tmp_path, rank_results(), 1, "auto", sampler=True)
+    one = torch.tensor(single["kernel"])
+    assert one.shape == (16, 16)
+    for rank in ranks:  # float32 kernels of each rank's shard: rounding alone differs
+        gap = float((torch.tensor(rank["kernel"]) - one).abs().max())
+        assert gap <= 1e-6 * float(one.abs().max()), gap
+        step0, whole = rank["read_out"][0]["ntk/lambda_1"], single["read_out"][0]["ntk/lambda_1"]
+        assert abs(step0 - whole) <= 1e-6 * whole
+    print(f"step-0 kernel, 1 vs 2 processes: max |ΔΘ| = "
+          f"{float((torch.tensor(ranks[0]['kernel']) - one).abs().max()):.2e} "
+          f"(λ_1 {single['read_out'][0]['ntk/lambda_1']:.6g})")
 
 
 BN_DDP_SCRIPT = """
