@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from cosmo_optim.monitor import MonitorConfig
-from cosmo_optim.monitor.batches import batch_size, first_samples, take_probe_batch
+from cosmo_optim.monitor.batches import batch_size, take_probe_batch
 from cosmo_optim.monitor.images import writers_of
 from cosmo_optim.monitor.session import MonitorSession, Port
 from cosmo_optim.monitor.sinks import write_hparams
@@ -27,12 +27,14 @@ __all__ = ["CosmologyMonitorMixin"]
 class CosmologyMonitorMixin:
     """Framework-agnostic body of `CosmologyMonitor`; subclasses set the class attributes."""
 
-    _tensorboard_logger_cls: Any = type(None)  # its writers take the TensorBoard extras
-    _lightning_module_cls: type = type(None)  # a module must define forward
-    _trainer_cls: Any = type(None)  # the Trainer this callback's package drives
-    _sharding: tuple[type, ...] = ()  # strategies whose ranks hold a shard of the parameters
+    # the package's classes: its TensorBoard logger, LightningModule and Trainer, the strategies
+    # whose ranks hold a shard of the parameters, and the error LearningRateMonitor raises
+    _tensorboard_logger_cls: Any = type(None)
+    _lightning_module_cls: type = type(None)
+    _trainer_cls: Any = type(None)
+    _sharding: tuple[type, ...] = ()
     _import = ""
-    _misconfiguration: type[Exception] = ValueError  # as LearningRateMonitor raises
+    _misconfiguration: type[Exception] = ValueError
 
     def __init__(self, loss: Any = None, *, every_n_train_steps: int | None = None,
                  top_k: int = 4, probe_batch: Any = None, probe_size: int = 16,
@@ -53,15 +55,6 @@ class CosmologyMonitorMixin:
 
     tracker = property(lambda self: self.session.tracker,
                        doc="The run's CosmologyTracker (None before training starts).")
-    loss = property(lambda self: self.config.loss, doc="The per-sample loss, or None.")
-    every_n_train_steps = property(lambda self: self.config.every_n_steps,
-                                   doc="Reading interval, or None for log_every_n_steps.")
-    top_k = property(lambda self: self.config.top_k, doc="Modes followed.")
-    probe_size = property(lambda self: self.config.probe_size, doc="At most N probe samples.")
-    log_figures_every_n_steps = property(lambda self: self.config.log_figures_every_n_steps,
-                                         doc="Figure interval, or None.")
-    prefix = property(lambda self: self.config.prefix, doc="Prepended to every tag.")
-    history_size = property(lambda self: self.config.history_size, doc="Readings kept.")
 
     @property
     def state_key(self) -> str:
@@ -128,15 +121,11 @@ class CosmologyMonitorMixin:
                              batch_idx: int) -> None:
         """The probe batch (the data set's first samples, else every rank's first batch) and
         the reading of the initial weights (step 0)."""
-        if trainer.sanity_checking:
-            return
-        config, given = self.session.running().config, self.probe_batch
-        self.session.share_probe(
-            (lambda: given) if given is not None else first_samples(
-                trainer.train_dataloader, config.probe_size), batch,
-            train_batch_size=batch_size(batch, input_key=config.input_key)
-            * trainer.accumulate_grad_batches)
-        self.session.on_step(trainer.global_step)
+        if not trainer.sanity_checking:
+            self.session.share_probe(self.probe_batch, trainer.train_dataloader, batch,
+                                     train_batch_size=trainer.accumulate_grad_batches * batch_size(
+                                         batch, input_key=self.config.input_key))
+            self.session.on_step(trainer.global_step)
 
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any,
                            batch_idx: int) -> None:

@@ -16,7 +16,7 @@ from typing import Any
 from torch import Tensor
 
 from cosmo_optim.monitor import MonitorConfig
-from cosmo_optim.monitor.batches import first_samples, take_probe_batch
+from cosmo_optim.monitor.batches import take_probe_batch
 from cosmo_optim.monitor.images import writers_of
 from cosmo_optim.monitor.model_loss import MODEL_LOSS, logits_of
 from cosmo_optim.monitor.records import from_json, to_json
@@ -144,9 +144,7 @@ class CosmologyCallback(_TrainerCallback, _ExportableState):
             self.config.with_interval(every), distributed=distributed, train_batch_size=(
                 args.per_device_train_batch_size * args.gradient_accumulation_steps)),
             port=_HuggingFacePort(self.trainer), optimizer=kwargs.get("optimizer"))
-        given, loader = self.probe_batch, kwargs["train_dataloader"]
-        self.session.share_probe((lambda: given) if given is not None else first_samples(
-            loader, self.config.probe_size, iterate=True), keywords=True)
+        self.session.share_probe(self.probe_batch, kwargs["train_dataloader"], keywords=True)
         self.session.on_step(state.global_step)
 
     def _stored(self, state: Any) -> dict[str, Any] | None:

@@ -65,7 +65,7 @@ class CosmologyMonitor(CosmologyMonitorMixin, Callback):
     Example:
         >>> from torch import nn
         >>> monitor = CosmologyMonitor(nn.CrossEntropyLoss(), every_n_train_steps=25, top_k=3)
-        >>> monitor.top_k
+        >>> monitor.config.top_k
         3
         >>> # trainer = lightning.pytorch.Trainer(callbacks=[monitor]); trainer.fit(model, data)
     """

@@ -24,7 +24,7 @@ class CosmologyMonitor(CosmologyMonitorMixin, Callback):
 
     Example:
         >>> monitor = CosmologyMonitor(every_n_train_steps=10)
-        >>> monitor.every_n_train_steps
+        >>> monitor.config.every_n_steps
         10
     """
 

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from cosmo_optim.monitor.batches import take_probe_batch
+from cosmo_optim.monitor.batches import first_samples, take_probe_batch
 from cosmo_optim.monitor.config import MonitorConfig
 from cosmo_optim.monitor.console import console
 from cosmo_optim.monitor.dashboard import describe_scalars
@@ -130,12 +130,13 @@ class MonitorSession:
             )
         return self.tracker
 
-    def share_probe(self, take: Callable[[], Any] | None, batch: Any = None, *,
+    def share_probe(self, given: Any = None, loader: Any = None, batch: Any = None, *,
                     keywords: bool = False, train_batch_size: int | None = None) -> None:
-        """Give the tracker one probe batch for every rank (unless it has one): what `take()`
-        returns on rank 0 (the given probe batch, or the first samples of the data set),
-        broadcast; without `take`, the first `probe_size` samples of every rank's `batch`,
-        gathered in rank order. `keywords`: a dict batch goes to the model as keyword
+        """Give the tracker one probe batch for every rank and any device count (unless it has
+        one): rank 0's `given` probe batch, else the first `probe_size` samples of the data
+        set of `loader` (`first_samples`; an iterable one's only without a `batch`), taken by
+        rank 0 and broadcast; else the first `probe_size` samples of every rank's first
+        `batch`, gathered in rank order. `keywords`: a dict batch goes to the model as keyword
         arguments; `train_batch_size`: the samples of one optimiser step (cost warning)."""
         tracker = self.running()
         if tracker.has_probe:
@@ -146,13 +147,18 @@ class MonitorSession:
             return take_probe_batch(value, config.probe_size, input_key=config.input_key,
                                     label_key=config.label_key, keywords=keywords)
 
+        take = (lambda: given) if given is not None else first_samples(
+            loader, config.probe_size, iterate=batch is None)
         if take is not None:
             with torch.random.fork_rng():  # a collator or transform may draw random numbers
                 shared = self.port.broadcast(probe(take()) if self.port.rank_zero() else None)
-        else:
+        elif batch is not None:
             parts = self.port.gather(probe(batch))
             shared = (_joined([x for x, _ in parts]),
                       None if parts[0][1] is None else torch.cat([y for _, y in parts]))
+        else:
+            raise ValueError(f"{self.owner}: no probe batch: the training data loader has no "
+                             "data set to take it from. Fix: pass probe_batch=...")
         tracker.set_probe(shared, train_batch_size=train_batch_size)
 
     def on_step(self, step: int) -> dict[str, float] | None:

@@ -58,7 +58,7 @@ def _session(mse_steps, figures=None, steps=4, pending=None, port=None):
                            log_figures_every_n_steps=figures)
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     session.start(model, config, port=port, optimizer=opt)
-    session.share_probe(lambda: (x, y))
+    session.share_probe((x, y))
     session.on_step(0)
     for step in range(1, steps + 1):
         mse_steps(model, opt, x, y, 1)
@@ -79,6 +79,10 @@ def test_a_state_loaded_before_the_tracker_exists_is_restored_at_start(mse_steps
 def test_the_probe_batch_is_taken_on_rank_0_only_and_broadcast():
     taken = []
 
+    class Given:  # a probe batch that says when it is taken
+        def __getitem__(self, i):
+            taken.append(i)
+
     class Rank1(Port):
         def rank_zero(self):
             return False
@@ -89,7 +93,7 @@ def test_the_probe_batch_is_taken_on_rank_0_only_and_broadcast():
 
     session = MonitorSession("Adaptor")
     session.start(nn.Linear(2, 1), MonitorConfig(every_n_steps=2), port=Rank1())
-    session.share_probe(lambda: taken.append(1))
+    session.share_probe(Given())
     assert taken == [] and torch.equal(session.running().probe_batch[0].args[0], torch.ones(3, 2))
 
 
@@ -109,7 +113,7 @@ def test_without_a_data_set_every_rank_s_first_batch_is_gathered_in_rank_order()
     session.start(nn.Linear(2, 1), MonitorConfig(every_n_steps=2, probe_size=5),
                   port=TwoRanks())
     batch = {"input_ids": torch.arange(3)[:, None].repeat(1, 2), "labels": torch.arange(3)}
-    session.share_probe(None, batch, keywords=True)
+    session.share_probe(None, None, batch, keywords=True)
     inputs, targets = session.running().probe_batch
     assert inputs.kwargs["input_ids"][:, 0].tolist() == [0, 1, 2, 100, 101]
     assert targets.tolist() == [0, 1, 2, 100, 101]
