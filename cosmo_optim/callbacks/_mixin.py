@@ -16,6 +16,7 @@ import torch
 
 from cosmo_optim.monitor import MonitorConfig
 from cosmo_optim.monitor.batches import batch_size, take_probe_batch
+from cosmo_optim.monitor.checks import sharding_error
 from cosmo_optim.monitor.images import writers_of
 from cosmo_optim.monitor.session import MonitorSession, Port
 from cosmo_optim.monitor.sinks import write_hparams
@@ -74,11 +75,9 @@ class CosmologyMonitorMixin:
                 f"does not recognise (histograms, layout and figures would be lost). Fix: from "
                 f"{other} import CosmologyMonitor.")
         if trainer.world_size > 1 and isinstance(trainer.strategy, self._sharding):
-            raise self._misconfiguration(
-                f"CosmologyMonitor: strategy {type(trainer.strategy).__name__} shards the "
-                "parameters across ranks, and the probe's NTK needs every rank to hold all of "
-                "them. Fix: use strategy='ddp' (the kernel is then split across ranks), or "
-                "remove the monitor.")
+            raise self._misconfiguration(sharding_error(
+                f"CosmologyMonitor: strategy {type(trainer.strategy).__name__}",
+                "use strategy='ddp'"))
         if not trainer.loggers:
             raise self._misconfiguration(
                 "Cannot use `CosmologyMonitor` callback with `Trainer` that has no logger. "

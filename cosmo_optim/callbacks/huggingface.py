@@ -1,9 +1,8 @@
 """`CosmologyCallback`: the monitor as a Hugging Face ``transformers`` `TrainerCallback` (T3–T12).
 
-A thin adaptor over `cosmo_optim.monitor.session.MonitorSession`: what is left here is
-transformers' hooks, its logging interval, its reporting integrations and
-``trainer_state.json``. Importable without ``transformers`` (for docs and introspection);
-constructing the callback then raises an ImportError naming the extra to install.
+A thin adaptor over `cosmo_optim.monitor.session.MonitorSession`: transformers' hooks, its
+logging interval, its reporting integrations and ``trainer_state.json``. Importable without
+``transformers``; constructing the callback then raises an ImportError naming the extra.
 """
 
 from __future__ import annotations
@@ -17,11 +16,11 @@ from torch import Tensor
 
 from cosmo_optim.monitor import MonitorConfig
 from cosmo_optim.monitor.batches import take_probe_batch
+from cosmo_optim.monitor.checks import sharding_error
 from cosmo_optim.monitor.images import writers_of
 from cosmo_optim.monitor.model_loss import MODEL_LOSS, logits_of
-from cosmo_optim.monitor.records import from_json, to_json
+from cosmo_optim.monitor.records import to_json
 from cosmo_optim.monitor.session import MonitorSession, Port
-from cosmo_optim.monitor.state import dropped_state_warning
 from cosmo_optim.monitor.summary import RunSummary
 
 _TrainerCallback: Any
@@ -42,43 +41,35 @@ __all__ = ["CosmologyCallback"]
 class CosmologyCallback(_TrainerCallback, _ExportableState):
     """Log the universe dual to a ``transformers.Trainer`` run (docs/theory.md T3–T12).
 
-    ``trainer.add_callback(CosmologyCallback(..., trainer=trainer))``. The same read-out and
-    tags as `cosmo_optim.callbacks.CosmologyMonitor` (``docs/callbacks.md``), every
-    ``every_n_steps`` optimiser steps (default the Trainer's ``logging_steps``) on a fixed probe
-    batch (the first ``probe_size`` training examples, collated as the Trainer collates them;
-    every model input of the collator reaches the model). The scalars go to
-    ``state.log_history`` and to every reporting integration of the Trainer (TensorBoard beside
-    ``train/loss`` as ``train/cosmology/...``, W&B, MLflow, ...), not to its console; the
-    TensorBoard run also gets the charts, log10 views, histograms, cards and figures, W&B and
-    MLflow the figures. Nothing the Trainer does is altered. The callback's state is saved in
-    checkpoints (``trainer_state.json``), so ``resume_from_checkpoint`` continues the series.
-    At the end of training the run's summary is logged as a table (`summary()`: as data).
+    ``trainer.add_callback(CosmologyCallback(..., trainer=trainer))``: the read-out and tags of
+    `cosmo_optim.callbacks.CosmologyMonitor` (``docs/callbacks.md``) every ``every_n_steps``
+    optimiser steps on the first ``probe_size`` training examples, collated as the Trainer
+    collates them. The scalars go to ``state.log_history`` and every ``report_to`` integration
+    (TensorBoard as ``train/cosmology/...`` beside ``train/loss``), not to the console; the
+    Trainer's TensorBoard run also gets the charts, log10 views, histograms, cards and figures.
+    Nothing the Trainer does is altered; ``resume_from_checkpoint`` continues the series
+    (``trainer_state.json``); `summary()` is the end-of-run table as data.
 
     Args:
         loss: the per-sample loss of the logits (e.g. ``nn.CrossEntropyLoss()``); default
-            ``"model"``: the model's own loss, found on the probe batch when it has labels
-            (its problem type, the language-model shift; the console says which); None skips
-            the tags that need ℓ.
-        trainer: the ``transformers.Trainer`` this callback is added to (required:
-            transformers hands callbacks no Trainer, and its integrations are reached through
-            it).
+            ``"model"``: the model's own loss when the probe batch has labels (the console
+            says which); None skips the tags that need ℓ.
+        trainer: the ``transformers.Trainer`` the callback is added to (required: transformers
+            hands callbacks no Trainer, and its integrations are reached through it).
         every_n_steps: reading interval in optimiser steps; default ``logging_steps``.
         probe_batch: a dict of model inputs (and ``label_key``), one row per sample.
-        input_key, label_key: as `MonitorConfig`'s, with a collator's defaults (``"input_ids"``,
-            ``"labels"``); every per-sample tensor but the labels goes to the model.
-        output: as `MonitorConfig`'s; default the logits. A language model's have T·V
-            components per sample: select a few, e.g. ``output=lambda out: out.logits[:, -1,
-            :8]`` (with ``loss=None``).
+        output: as `MonitorConfig`'s; default the logits (a language model's: select a few,
+            e.g. ``output=lambda out: out.logits[:, -1, :8]`` with ``loss=None``).
 
     Every other argument is the `cosmo_optim.monitor.MonitorConfig` option of that name.
-    Under DDP (``torchrun``) every rank computes the kernel features of its shard of the probe
-    batch; FSDP and DeepSpeed, which shard the parameters, are refused. Only heavy-ball
-    momentum SGD has a de Sitter dual; with the default AdamW the callback warns once.
+    Under DDP every rank computes the kernel features of its shard of the probe batch; FSDP
+    and DeepSpeed are refused. Only heavy-ball momentum SGD has a de Sitter dual (AdamW: one
+    warning, and the tags that need the dual are absent).
 
     Raises:
         ImportError: ``transformers`` is not installed.
-        ValueError: an invalid argument, a ``trainer`` that is not the ``transformers.Trainer``
-            running this callback, a probe batch without ``input_key``.
+        ValueError: an invalid argument; no ``trainer`` (``Trainer(callbacks=[...])`` is no
+            way in: the message names the fix) or not the Trainer running the callback.
 
     Example:
         >>> trainer = transformers.Trainer(model, args, train_dataset=data)  # doctest: +SKIP
@@ -105,10 +96,11 @@ class CosmologyCallback(_TrainerCallback, _ExportableState):
         if not isinstance(trainer, transformers.Trainer):
             raise ValueError(
                 f"Invalid trainer: {type(trainer).__name__}; it must be the transformers.Trainer "
-                "the callback is added to. Fix: trainer.add_callback(CosmologyCallback(..., "
-                "trainer=trainer)) (and TrainingArguments(restore_callback_states_from_"
-                "checkpoint=False), the default: transformers would rebuild callbacks without "
-                "their arguments; this one restores its own state).")
+                "the callback is added to (Trainer(callbacks=[CosmologyCallback(...)]) gives it "
+                "none, and transformers would rebuild it without one when restoring callback "
+                "states). Fix: trainer.add_callback(CosmologyCallback(..., trainer=trainer)), "
+                "with TrainingArguments(restore_callback_states_from_checkpoint=False), the "
+                "default (the callback restores its own state).")
         self.trainer, self.session = trainer, MonitorSession("CosmologyCallback")
         self.saved_state: dict[str, Any] | None = None  # from a checkpoint, until training
 
@@ -129,17 +121,18 @@ class CosmologyCallback(_TrainerCallback, _ExportableState):
                              "trainer=trainer)) on the Trainer you train.")
         distributed = args.world_size > 1
         if distributed and (args.fsdp or args.deepspeed):
-            raise ValueError("CosmologyCallback: FSDP and DeepSpeed shard the parameters across "
-                             "ranks, and the probe's NTK needs every rank to hold all of them. "
-                             "Fix: train with plain DDP (torchrun), or remove the callback.")
+            raise ValueError(sharding_error("CosmologyCallback: FSDP or DeepSpeed",
+                                            "train with plain DDP (torchrun)"))
         every = self.config.every_n_steps or max(int(state.logging_steps or 1), 1)
-        if self.config.every_n_steps is None and str(args.logging_strategy) not in (
-                "steps", "IntervalStrategy.STEPS"):
+        if self.config.every_n_steps is None and args.logging_strategy != "steps":
             warnings.warn(f"CosmologyCallback: logging_strategy={args.logging_strategy.value!r}, "
                           f"so the Trainer does not log every {every} steps; the monitor still "
                           "reads every logging_steps. Fix: CosmologyCallback(every_n_steps=...).",
                           UserWarning, stacklevel=2)
-        self.session.load_state_dict(self._stored(state))
+        stored = (state.stateful_callbacks or {}).get(type(self).__name__) or []
+        self.session.load_json([s.get("attributes", {}).get("saved_state") for s in (
+            stored if isinstance(stored, list) else [stored])], self.config.prefix,
+            fallback=self.saved_state)
         self.session.start(kwargs["model"], dataclasses.replace(
             self.config.with_interval(every), distributed=distributed, train_batch_size=(
                 args.per_device_train_batch_size * args.gradient_accumulation_steps)),
@@ -147,27 +140,14 @@ class CosmologyCallback(_TrainerCallback, _ExportableState):
         self.session.share_probe(self.probe_batch, kwargs["train_dataloader"], keywords=True)
         self.session.on_step(state.global_step)
 
-    def _stored(self, state: Any) -> dict[str, Any] | None:
-        """Our state in a resumed run's ``trainer_state.json`` (of several CosmologyCallbacks,
-        the one of our prefix), else the rebuilt callback's ``saved_state``."""
-        try:
-            stored = (state.stateful_callbacks or {}).get(type(self).__name__)
-            saved = [s.get("attributes", {}).get("saved_state") for s in (
-                stored if isinstance(stored, list) else [stored] if stored else [])]
-            found = self.session.from_json(saved, self.config.prefix)
-            return found or (from_json(self.saved_state) if self.saved_state else None)
-        except Exception as error:  # a state this version cannot decode never blocks a resume
-            warnings.warn(dropped_state_warning(error), UserWarning, stacklevel=3)
-            return None
-
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         """After each optimiser step: a reading when due."""
         if self.tracker is not None:
             self.session.on_step(state.global_step)
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        """The final figures (if enabled; the Trainer's TensorBoard writer, which its callback
-        has just closed, reopened and closed again) and the summary table on the console."""
+        """The final figures (to the TensorBoard writer the Trainer has just closed: reopened
+        and closed again) and the summary table on the console."""
         if self.tracker is not None:
             self.session.end(close=True)
 
@@ -177,9 +157,9 @@ class CosmologyCallback(_TrainerCallback, _ExportableState):
 
 
 class _HuggingFacePort(Port):
-    """The Trainer as the session sees it: its step, ``state.log_history`` and the on_log of its
-    reporting integrations only (its console printer would print every tag); TensorBoard's
-    integration writes our scalars as ``train/<tag>``, and so the extras are written."""
+    """The Trainer as the session sees it: its step, ``state.log_history``, and the on_log of
+    its reporting integrations only (its console printer would print every tag); TensorBoard's
+    writes our scalars as ``train/<tag>``, and so the extras are written."""
 
     writer_prefix = "train/"
 

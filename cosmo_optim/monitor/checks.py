@@ -15,7 +15,7 @@ from cosmo_optim.monitor.config import MonitorConfig
 
 __all__ = [
     "COST_WARNING_STEPS", "cost_warning", "nonfinite_warning", "probe_cost_steps",
-    "size_warnings", "top_k_warning",
+    "sharding_error", "size_warnings", "top_k_warning",
 ]
 
 #: A probe estimated to cost more than this many training steps gets the cost warning.
@@ -82,3 +82,12 @@ def nonfinite_warning(step: int) -> str:
         f"and so are later ones with NaN or inf, counted in cosmology/nonfinite (said once): "
         f"{why}."
     )
+
+
+def sharding_error(what: str, fix: str) -> str:
+    """The message of a framework strategy that shards the parameters across ranks (FSDP,
+    DeepSpeed), which a monitor refuses before training: every rank reads the probe's NTK
+    with the whole model (T4)."""
+    return (f"{what} shards the parameters across ranks, and the monitor's NTK needs every rank "
+            f"to hold all of them. Fix: {fix} (the kernel is then split across ranks), or "
+            "remove the monitor.")

@@ -248,6 +248,17 @@ class MonitorSession:
                 return state
         return None
 
+    def load_json(self, saved: Sequence[Any], prefix: str, fallback: Any = None) -> None:
+        """Restore this monitor's state of the JSON states a framework kept (`from_json`),
+        else `fallback` (one state, whatever its tags). A state that cannot be decoded is
+        dropped with one warning: never an error that blocks the resume."""
+        try:
+            state = self.from_json(saved, prefix) or (from_json(fallback) if fallback else None)
+        except Exception as error:
+            warnings.warn(dropped_state_warning(error), UserWarning, stacklevel=3)
+            return
+        self.load_state_dict(state)
+
     def load_state_dict(self, state: Mapping[str, Any] | None) -> None:
         """Restore now, or at `start` if the tracker does not exist yet. A state that cannot
         be read is dropped with one warning: never an error that blocks the resume."""

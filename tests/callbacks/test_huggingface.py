@@ -205,7 +205,8 @@ def test_a_callback_without_its_trainer_or_with_another_is_refused(tmp_path, tra
         with pytest.raises(ValueError, match=r"trainer= is not the Trainer running this callback\. Fix: trainer\.add_callback"):
             ours.train()
     else:
-        with pytest.raises(ValueError, match=r"Invalid trainer: (NoneType|object); it must be the transformers\.Trainer.*Fix: trainer\.add_callback\(CosmologyCallback\(\.\.\., trainer=trainer\)\)"):
+        # the former way in, Trainer(callbacks=[CosmologyCallback(...)]), is this error
+        with pytest.raises(ValueError, match=r"Invalid trainer: (NoneType|object); it must be the transformers\.Trainer.*Trainer\(callbacks=\[CosmologyCallback\(\.\.\.\)\]\) gives it none.*Fix: trainer\.add_callback\(CosmologyCallback\(\.\.\., trainer=trainer\)\)"):
             CosmologyCallback(trainer=trainer)
 
 
