@@ -41,35 +41,25 @@ __all__ = ["CosmologyTracker"]
 class CosmologyTracker:
     """The training monitor's engine: reads a model's FLRW dual every few steps (T3–T12).
 
-    Each reading (optimiser step n) computes on the probe batch: outputs f, the full NTK (T4),
-    all its modes (T7, `top_k` logged), the `FLRWDual` (T3–T10, with a momentum-SGD optimiser and
-    a `loss`; f_{n−1} is recorded the step before for ḟ, T2), and the duality test: the outputs
-    against their linearisation through the previous reading's frozen kernel (T12). Optimisers
-    without heavy-ball form (Adam, Nesterov, ...) have no de Sitter dual: the tags that need one
-    are omitted (`scalar_tags`), with one warning. Readings never change training: eval mode,
-    buffers and every random state restored, ``.grad`` untouched. Errors at `attach` and the
-    first reading are raised; after that a reading that raises is skipped, warned about and
-    counted (``cosmology/failed_readings``), never stopping training (`ReadingGuard`).
+    Each reading (optimiser step n) computes on the probe batch the outputs f, the full NTK
+    (T4) and its modes (T7, `top_k` logged), the `FLRWDual` (T3–T10; with momentum SGD and a
+    `loss`) and the duality test: the outputs against their linearisation through the previous
+    reading's frozen kernel (T12). Without heavy-ball form (Adam, Nesterov, ...) there is no de
+    Sitter dual: its tags are omitted (`scalar_tags`), with one warning. Readings never change
+    training (eval mode, buffers, random states and ``.grad`` restored). Errors at `attach` and
+    the first reading are raised; later a reading that raises is skipped, warned about and
+    counted (``cosmology/failed_readings``, `ReadingGuard`).
 
     Args:
         model: the network (maps a batch of N inputs to N outputs).
         optimizer: the optimiser; `attach` sets it too.
         probe_batch: a Tensor or NumPy array of inputs, a sequence (inputs, targets, ...), or
-            a dict batch (see `input_key`); None to set it later with `set_probe` (the
-            Lightning callback takes the first training batch). Floating inputs are cast to
-            the model's dtype and device at each probe.
+            a dict batch (see `input_key`); None to set it later with `set_probe`.
         sink: a ``SummaryWriter``-like object, a log directory (a ``SummaryWriter`` is created
             lazily), or a callable ``sink(metrics, step)``; None keeps results in `history`.
 
-    Every other argument (``loss``, ``probe_size``, ``top_k``, ``every_n_steps``,
-    ``log_figures_every_n_steps``, ``history_size``, ``prefix``, ``group``, ``output``,
-    ``verify_ntk``, ``ntk_method``, ``sketch_dim``, ``distributed``, ``input_key``,
-    ``label_key``, ``train_batch_size``) is the `MonitorConfig` option of that name,
-    documented there once; `figures()` draws the figures on demand whatever
-    ``log_figures_every_n_steps`` says.
-
-    Raises:
-        ValueError: on an invalid argument, naming the fix.
+    Every other argument is the `MonitorConfig` option of that name, documented there once.
+    Raises ValueError on an invalid argument, naming the fix.
 
     Example:
         >>> import torch
@@ -126,7 +116,6 @@ class CosmologyTracker:
         if probe_batch is not None:
             self.set_probe(probe_batch)
 
-    # ----- the options and the run, read-only unless said ---------------------------------
     loss = property(lambda self: self.config.loss, doc="The per-sample loss, or None.")
     probe_size = property(lambda self: self.config.probe_size, doc="At most N probe samples.")
     top_k = property(lambda self: self.config.top_k, doc="Modes followed.")
@@ -148,7 +137,6 @@ class CosmologyTracker:
                       lambda self, n: setattr(self.run, "efolds", n),
                       doc="The e-folds accumulated so far, Σ (1 − β_n)/3 (T9).")
 
-    # ----- state -------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         """Counters, history, probe batch and reference basis: everything `resume` needs
         (plain dicts and tensors)."""
@@ -162,7 +150,6 @@ class CosmologyTracker:
             self.extras.figures_step = int(state.get("figures_step", -1))
             self.guard.failed = int(state.get("failed_readings", 0))
 
-    # ----- probe batch and optimiser -----------------------------------------------------
     has_probe = property(lambda self: self.run.inputs is not None,
                          doc="Whether a probe batch is set.")
     probe_batch = property(lambda self: None if self.run.inputs is None else (
@@ -231,7 +218,6 @@ class CosmologyTracker:
         """Stop observing the optimiser given to `observe`/`attach`."""
         self._watch.detach()
 
-    # ----- scheduling --------------------------------------------------------------------
     def step(self, step: int) -> dict[str, float] | None:
         """Report optimiser step `step` (weights after `step` updates); probe if it is due.
 
@@ -268,7 +254,6 @@ class CosmologyTracker:
 
     probe = deprecated_method("read", "CosmologyTracker.probe")
 
-    # ----- figures and TensorBoard extras (`sinks.TensorBoardExtras`) --------------------
     def final_figures_step(self) -> int | None:
         """The last probe's step if the end-of-run figures are still to be drawn, else None."""
         return self.extras.final_step(self.history)
@@ -289,16 +274,7 @@ class CosmologyTracker:
     def hyperparameters(self) -> dict[str, Any]:
         """The physics hyperparameters of the run (T3) and the monitor's settings, by tag:
         what an adaptor logs beside the framework's own hyperparameters."""
-        params: dict[str, Any] = {
-            "cosmo_optim/probe_size": self.probe_size, "cosmo_optim/top_k": self.top_k,
-            f"cosmo_optim/{self.config.interval_name}": self.every_n_steps,
-        }
-        cosmology = self.cosmology()
-        if cosmology is not None:
-            params.update({f"cosmology/{name}": getattr(cosmology, name) for name in (
-                "lr", "momentum", "time_step", "hubble_rate", "vacuum_energy",
-                "hubble_time_steps")})
-        return {self.prefix + k: v for k, v in params.items()}
+        return self._watch.hyperparameters(self.config)
 
     def summary(self) -> RunSummary:
         """What the run's readings say (`cosmo_optim.monitor.summary.RunSummary`): where the

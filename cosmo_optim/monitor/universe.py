@@ -119,6 +119,19 @@ class OptimizerWatch:
             return cosmology_or_none(self.optimizer, config.group)
         return self._universe.current(self.optimizer, config.group)
 
+    def hyperparameters(self, config: MonitorConfig) -> dict[str, Any]:
+        """The physics hyperparameters of the run (T3: `Cosmology`'s lr, momentum, time step,
+        Hubble rate, vacuum energy and Hubble time) and the monitor's settings, by tag."""
+        params: dict[str, Any] = {"cosmo_optim/probe_size": config.probe_size,
+                                  "cosmo_optim/top_k": config.top_k,
+                                  f"cosmo_optim/{config.interval_name}": config.interval}
+        cosmology = self.cosmology(config)
+        if cosmology is not None:
+            params.update({f"cosmology/{name}": getattr(cosmology, name) for name in (
+                "lr", "momentum", "time_step", "hubble_rate", "vacuum_energy",
+                "hubble_time_steps")})
+        return {config.prefix + k: v for k, v in params.items()}
+
     def efolds_per_step(self, config: MonitorConfig) -> float:
         """The e-folds of each step at the live (lr, momentum) (T9), for a tracker that is
         not observing the optimiser's steps."""
