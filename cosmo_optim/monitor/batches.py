@@ -5,8 +5,8 @@
 arrays) into the probe's ``(inputs, targets)``, the inputs a `cosmo_optim.ntk.ModelInputs`:
 the batch as the model is called with it (one positional tensor, or, for a collator's dict,
 every per-sample tensor but the targets as keyword arguments). At each reading the inputs go
-to the model's device and floating dtype (`ModelInputs.for_model`: a float64 batch probes a
-float32 model; token ids keep their dtype).
+to the model's device and floating dtype (`ModelInputs.for_model`: a float64 batch reaches a
+float32 model in float32; token ids keep their dtype).
 """
 
 from __future__ import annotations

@@ -41,12 +41,13 @@ DESCRIPTIONS: Mapping[str, str] = {  # the log10 views' are added below
     "cosmology/slow_roll_eta": "η_V = V''/V, dimensionless; |η_V| ≪ 1 slow roll (T9).",
     "cosmology/stability_margin": "max_k η κ_k / 2(1 + β), dimensionless: the discrete map "
                                   "diverges at ≥ 1 (T10).",
-    "cosmology/nonfinite": "Probes skipped so far for NaN/inf outputs or NTK (a count).",
+    "cosmology/nonfinite": "Readings skipped so far for NaN/inf outputs or NTK (a count).",
     "cosmology/failed_readings": "Readings skipped so far because they raised after the "
                                  "first one (out of memory, the kernel, the dual, ...), a "
                                  "count; the cosmology/failures card says why. Training is "
                                  "unaffected.",
-    "ntk/lambda_1": "λ_1, top eigenvalue of the probe NTK, (output/parameter)² units (T4, T7).",
+    "ntk/lambda_1": "λ_1, top eigenvalue of the NTK on the probe batch, (output/parameter)² "
+                    "units (T4, T7).",
     "ntk/ratio_{k}": "λ_k/λ_1, dimensionless: the hierarchy λ_1 ≫ λ_2 ≫ … (T7, T8).",
     "ntk/kernel_distance": "1 − cosine to the first reading's kernel, 0–1: 0 is the lazy "
                            "(constant-NTK) limit; quadratic in the angle, blind to scale (T4).",
@@ -59,10 +60,10 @@ DESCRIPTIONS: Mapping[str, str] = {  # the log10 views' are added below
                               "uniform mode (T7).",
     "ntk/sketch_dim": "Which kernel: 0 exact, else k of the sketch (a count) (T4).",
     "modes/amplitude_{k}": "f̃_k = u_kᵀ f in the current eigenbasis, output units (T7).",
-    "modes/initial_amplitude_{k}": "f̃_k in the first probe's basis, output units (T7).",
+    "modes/initial_amplitude_{k}": "f̃_k in the first reading's basis, output units (T7).",
     "modes/mass_over_hubble_{k}": "m_k/H, dimensionless: > 3/2 the mode oscillates (T8).",
-    "modes/active": "Modes of the probe kernel (of N·C) not frozen over one Hubble time (a "
-                    "count) (T8, T10).",
+    "modes/active": "Modes of the kernel on the probe batch (of N·C) not frozen over one "
+                    "Hubble time (a count) (T8, T10).",
     "duality/residual": "RMS gap between the outputs and their linearisation through the "
                         "previous reading's frozen kernel, under the force training applied, "
                         "output units (T12).",

@@ -239,7 +239,7 @@ def _kernel(model: nn.Module, inputs: ModelInputs, f: Tensor, config: MonitorCon
             k = config.sketch_k
     if k and verify:
         raise ValueError(
-            f"Invalid verify_ntk: True, but this probe's exact kernel does not fit the default "
+            f"Invalid verify_ntk: True, but this reading's exact kernel does not fit the default "
             f"memory budget and the monitor sketches it (k = {k}); the self-check needs an exact "
             "kernel. Fix: verify_ntk=False, or a smaller probe_size."
         )

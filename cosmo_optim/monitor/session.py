@@ -143,7 +143,7 @@ class MonitorSession:
             return
         config = tracker.config
 
-        def probe(value: Any) -> Any:
+        def as_probe(value: Any) -> Any:
             return take_probe_batch(value, config.probe_size, input_key=config.input_key,
                                     label_key=config.label_key, keywords=keywords)
 
@@ -151,9 +151,9 @@ class MonitorSession:
             loader, config.probe_size, iterate=batch is None)
         if take is not None:
             with torch.random.fork_rng():  # a collator or transform may draw random numbers
-                shared = self.port.broadcast(probe(take()) if self.port.rank_zero() else None)
+                shared = self.port.broadcast(as_probe(take()) if self.port.rank_zero() else None)
         elif batch is not None:
-            parts = self.port.gather(probe(batch))
+            parts = self.port.gather(as_probe(batch))
             shared = (_joined([x for x, _ in parts]),
                       None if parts[0][1] is None else torch.cat([y for _, y in parts]))
         else:

@@ -35,7 +35,7 @@ Sink = Callable[[dict[str, float], int], None]
 
 def write_histograms(writer: Any, record: Reading, dual: FLRWDual | None, prefix: str,
                      step: int | None = None) -> None:
-    """``ntk/spectrum`` and ``modes/mass_over_hubble`` of one probe (finite values only), at
+    """``ntk/spectrum`` and ``modes/mass_over_hubble`` of one reading (finite values only), at
     `step` (default the reading's)."""
     if not hasattr(writer, "add_histogram"):
         return
@@ -121,7 +121,7 @@ class Sinks:
         return self._writer
 
     def scalars(self, metrics: dict[str, float], step: int) -> None:
-        """Send one probe's scalars to the callable and the writer."""
+        """Send one reading's scalars to the callable and the writer."""
         if self.callback is not None:
             self.callback(metrics, step)
         writer = self.writer
@@ -158,7 +158,7 @@ class TensorBoardExtras:
         return self.figures_every is not None and step % self.figures_every == 0
 
     def final_step(self, history: Sequence[Reading]) -> int | None:
-        """The last probe's step if the end-of-run figures are still to be drawn, else None
+        """The last reading's step if the end-of-run figures are still to be drawn, else None
         (always None when figures are off)."""
         if self.figures_every is None or not history:
             return None
@@ -181,7 +181,7 @@ class TensorBoardExtras:
         if failures and hasattr(writer, "add_text"):
             writer.add_text(prefix + "cosmology/failures", failures, at)
         if latest is None:
-            return  # a skipped (non-finite) probe has nothing to draw
+            return  # a skipped (non-finite) reading has nothing to draw
         if hasattr(writer, "add_scalar"):
             describe_scalars(writer)
             for tag, value in views.items():

@@ -1,8 +1,8 @@
 """`RunState`: what one reading of a run hands to the next, and what a checkpoint keeps of it.
 
-The tracker decides when to probe; this holds what it carries between probes (the probe
-batch, the step counter, the e-folds (T9), the outputs of the step before a probe (for ḟ,
-T2), the first and the latest probe, the history) and turns it into plain dicts and tensors
+The tracker decides when to read; this holds what it carries between readings (the probe
+batch, the step counter, the e-folds (T9), the outputs of the step before a reading (for ḟ,
+T2), the first and the latest reading, the history) and turns it into plain dicts and tensors
 and back, so that a resumed run continues its series without gaps or duplicates.
 """
 
@@ -32,21 +32,21 @@ STATE_VERSION: Final = 2
 
 
 class RunState:
-    """The state a run carries from probe to probe (see the module docstring).
+    """The state a run carries from reading to reading (see the module docstring).
 
     Args:
-        history_size: probes kept in `history` (oldest dropped first).
+        history_size: readings kept in `history` (oldest dropped first).
     """
 
     def __init__(self, history_size: int) -> None:
         self.last_step = -1  # the last optimiser step seen
         self.efolds = 0.0  # accumulated Σ (1 − β_n)/3 (T9)
-        self.nonfinite = 0  # probes skipped as non-finite
-        self.previous_outputs: tuple[int, Tensor] | None = None  # (step, f) before a probe
-        self.reference: Reference | None = None  # the first probe
-        self.last: LastReading | None = None  # the latest probe
+        self.nonfinite = 0  # readings skipped as non-finite
+        self.previous_outputs: tuple[int, Tensor] | None = None  # (step, f) before a reading
+        self.reference: Reference | None = None  # the first reading
+        self.last: LastReading | None = None  # the latest reading
         self.history: deque[Reading] = deque(maxlen=history_size)
-        self.dual: FLRWDual | None = None  # the latest probe's read-out
+        self.dual: FLRWDual | None = None  # the latest reading's read-out
         # the latest reading's trainable weights, on the host: the next reading's θ_ref (T12);
         # not checkpointed (a model's worth of bytes), so a resumed run compares from its
         # second reading on
@@ -55,7 +55,7 @@ class RunState:
         self.targets: Tensor | None = None
 
     def so_far(self, step: int, failed: int = 0) -> RunSoFar:
-        """What a probe at `step` reads from the earlier ones (`failed`: readings that raised)."""
+        """What a reading at `step` reads from the earlier ones (`failed`: readings that raised)."""
         return RunSoFar(step, self.efolds, self.nonfinite, self.previous_outputs,
                         self.reference, self.last, failed)
 
@@ -95,7 +95,7 @@ class RunState:
         )
 
     def state_dict(self) -> dict[str, Any]:
-        """Counters, history, first and latest probe: plain dicts and tensors."""
+        """Counters, history, first and latest reading: plain dicts and tensors."""
         return {
             "version": STATE_VERSION,
             "last_step": self.last_step, "efolds": self.efolds, "nonfinite": self.nonfinite,

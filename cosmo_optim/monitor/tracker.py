@@ -1,10 +1,10 @@
 """`CosmologyTracker`: schedules readings, counts e-folds, carries the run's state, checkpoints.
 
-The probe arithmetic is `cosmo_optim.monitor.reading` (pure functions), the options
+The reading's arithmetic is `cosmo_optim.monitor.reading` (pure functions), the options
 `MonitorConfig`, the outputs `cosmo_optim.monitor.sinks`, the optimiser's universe
-`cosmo_optim.monitor.universe.OptimizerWatch`, what one probe hands to the next
+`cosmo_optim.monitor.universe.OptimizerWatch`, what one reading hands to the next
 `cosmo_optim.monitor.state.RunState`, what a reading that raises does to the run
-`cosmo_optim.monitor.guard.ReadingGuard`; this class decides *when* to probe and wires them.
+`cosmo_optim.monitor.guard.ReadingGuard`; this class decides *when* to read and wires them.
 """
 
 from __future__ import annotations
@@ -98,7 +98,7 @@ class CosmologyTracker:
     def from_config(cls, model: nn.Module, config: MonitorConfig, *,
                     optimizer: Optimizer | None = None, probe_batch: Any = None,
                     sink: Any = None) -> CosmologyTracker:
-        """A tracker with a validated `MonitorConfig` (its probe interval must be set)."""
+        """A tracker with a validated `MonitorConfig` (its reading interval must be set)."""
         tracker = cls.__new__(cls)
         tracker._setup(model, config, optimizer=optimizer, probe_batch=probe_batch, sink=sink)
         return tracker
@@ -119,16 +119,16 @@ class CosmologyTracker:
     loss = property(lambda self: self.config.loss, doc="The per-sample loss, or None.")
     probe_size = property(lambda self: self.config.probe_size, doc="At most N probe samples.")
     top_k = property(lambda self: self.config.top_k, doc="Modes followed.")
-    every_n_steps = property(lambda self: self.config.interval, doc="Probe interval (steps).")
+    every_n_steps = property(lambda self: self.config.interval, doc="Reading interval (steps).")
     log_figures_every_n_steps = property(lambda self: self.config.log_figures_every_n_steps,
                                          doc="Figure interval (steps), or None.")
     prefix = property(lambda self: self.config.prefix, doc="Prepended to every tag.")
     group = property(lambda self: self.config.group, doc="The param group read.")
     writer = property(lambda self: self.sinks.writer, doc="The SummaryWriter sink, or None.")
     optimizer = property(lambda self: self._watch.optimizer, doc="The optimiser read, or None.")
-    history = property(lambda self: self.run.history, doc="The latest probes' `Reading`s.")
-    dual = property(lambda self: self.run.dual, doc="The latest probe's `FLRWDual`, or None.")
-    nonfinite = property(lambda self: self.run.nonfinite, doc="Probes skipped as non-finite.")
+    history = property(lambda self: self.run.history, doc="The latest readings' `Reading`s.")
+    dual = property(lambda self: self.run.dual, doc="The latest reading's `FLRWDual`, or None.")
+    nonfinite = property(lambda self: self.run.nonfinite, doc="Readings skipped as non-finite.")
     failures = property(lambda self: list(self.guard.failures),
                         doc="The latest `Failure`s after the run started (`ReadingGuard`).")
     last_step = property(lambda self: self.run.last_step,
@@ -183,7 +183,7 @@ class CosmologyTracker:
         self._watch.observe(optimizer, self.run, self.config)
 
     def attach(self, optimizer: Optimizer) -> Any:
-        """Track a plain PyTorch loop: probe now (step 0) and after every `optimizer.step()`.
+        """Track a plain PyTorch loop: read now (step 0) and after every `optimizer.step()`.
 
         Uses `Optimizer.register_step_post_hook`; returns its handle (`handle.remove()` or
         `detach()` stops tracking). The step counter is the tracker's own `last_step`.
@@ -219,13 +219,13 @@ class CosmologyTracker:
         self._watch.detach()
 
     def step(self, step: int) -> dict[str, float] | None:
-        """Report optimiser step `step` (weights after `step` updates); probe if it is due.
+        """Report optimiser step `step` (weights after `step` updates); read if one is due.
 
         Call once after every optimiser step (repeats of the same step are ignored, so several
-        calls per accumulated batch are harmless). Probes at step 0 and every `every_n_steps`;
-        the step before a probe it records the outputs for the velocity. Without `observe`
-        the e-folds accrue here, (1 − β)/3 per step (T9). Returns the probe's scalars (of a
-        reading that failed, the count of failed ones), or None when nothing was probed.
+        calls per accumulated batch are harmless). Reads at step 0 and every `every_n_steps`;
+        the step before a reading it records the outputs for the velocity. Without `observe`
+        the e-folds accrue here, (1 − β)/3 per step (T9). Returns the reading's scalars (of a
+        reading that failed, the count of failed ones), or None when nothing was read.
         """
         if step <= self.last_step:
             return None
@@ -255,7 +255,7 @@ class CosmologyTracker:
     probe = deprecated_method("read", "CosmologyTracker.probe")
 
     def final_figures_step(self) -> int | None:
-        """The last probe's step if the end-of-run figures are still to be drawn, else None."""
+        """The last reading's step if the end-of-run figures are still to be drawn, else None."""
         return self.extras.final_step(self.history)
 
     def write_extras(self, writer: Any, step: int, *, at: int | None = None,

@@ -185,7 +185,7 @@ def zero_lr_warning(step: int, config: MonitorConfig) -> str:
     return (
         f"CosmologyTracker: optimiser step {step} used lr = 0 in group {config.group}: a step "
         "with lr = 0 does not move the weights and has no de Sitter dual (Δt = sqrt(lr) = 0), "
-        "so a probe right after it logs no Hubble rate, vacuum energy, e-folds or dual tags; "
+        "so a reading right after it logs no Hubble rate, vacuum energy, e-folds or dual tags; "
         "it still counts (1 − β)/3 e-folds, as every step does (docs/theory.md T9). Said once "
         "per run; the read-out resumes at the next step with lr > 0 (e.g. after a warm-up "
         "from 0)."

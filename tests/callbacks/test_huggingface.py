@@ -252,7 +252,7 @@ def test_a_tiny_gpt2_with_padded_batches_is_probed_with_its_attention_mask(tmp_p
 
 def test_output_selects_a_few_logits_of_a_language_model(tmp_path):
     """A language model's logits are (N, T, V): `output=` picks the last token's first two,
-    and the first probe's λ_1 is that of the brute-force kernel of those two outputs."""
+    and the first reading's λ_1 is that of the brute-force kernel of those two outputs."""
     config = transformers.GPT2Config(n_layer=1, n_head=2, n_embd=16, vocab_size=11, n_positions=8)
     torch.manual_seed(0)
     model = transformers.GPT2LMHeadModel(config).eval()

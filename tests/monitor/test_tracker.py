@@ -444,7 +444,7 @@ def test_verify_ntk_on_an_auto_sketched_kernel_names_the_fix(monkeypatch):
     refuse_exact_kernels(monkeypatch)
     model, x, _ = linear_two_outputs()
     tracker = CosmologyTracker(model, probe_batch=x, verify_ntk=True)
-    with pytest.raises(ValueError, match=r"verify_ntk: True, but this probe's exact kernel does not fit.*Fix"):
+    with pytest.raises(ValueError, match=r"verify_ntk: True, but this reading's exact kernel does not fit.*Fix"):
         tracker.read(0)
 
 
