@@ -1,14 +1,15 @@
-"""`CosmologyMonitor` for `lightning.pytorch` (docs/theory.md T3–T10): a thin adaptor.
+"""`CosmologyMonitor` for `lightning.pytorch` (docs/theory.md T3–T12): a thin adaptor.
 
-All the work is done by `cosmo_optim.monitor.CosmologyTracker`; the shared Lightning plumbing
-lives in `cosmo_optim.callbacks._mixin`. The same callback for the standalone
-`pytorch_lightning` package is `cosmo_optim.callbacks.pytorch_lightning.CosmologyMonitor`.
+The work is `cosmo_optim.monitor.session.MonitorSession`'s; the Lightning plumbing shared with
+the standalone `pytorch_lightning` package (`cosmo_optim.callbacks.pytorch_lightning`) lives in
+`cosmo_optim.callbacks._mixin`.
 """
 
 from __future__ import annotations
 
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy, ModelParallelStrategy
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from ._mixin import CosmologyMonitorMixin
@@ -17,22 +18,23 @@ __all__ = ["CosmologyMonitor"]
 
 
 class CosmologyMonitor(CosmologyMonitorMixin, Callback):
-    r"""Log the universe dual to training: Hubble rate, potential, modes (docs/theory.md T3–T10).
+    r"""Log the universe dual to training: Hubble rate, potential, modes (docs/theory.md T3–T12).
 
     Every ``every_n_train_steps`` optimiser steps (and once before the first step) it evaluates
-    the model on a fixed probe batch, computes the empirical NTK and its top modes there, and
-    reads off the FLRW dual of `cosmo_optim.dual.FLRWDual`. It never changes training: weights
-    are bit-for-bit those of a run without it. Scalars go to every logger (and to
-    ``trainer.callback_metrics``, so ``EarlyStopping``/``ModelCheckpoint`` can monitor them);
-    a ``TensorBoardLogger`` additionally receives histograms, one custom-scalars layout, tag
-    descriptions with units, a verdicts card, the physics hyperparameters and, when
-    ``log_figures_every_n_steps`` is set, figures (W&B and MLflow loggers get the figures
-    through their image API; others, such as CSV, one warning naming what is dropped). Its state
-    is saved in checkpoints, so a run resumed with ``ckpt_path`` continues its histories. Under
-    DDP the probe set is taken on rank 0 and broadcast, each rank computes the kernel features
-    of its shard of it (``empirical_ntk(distributed=True)``), every rank reads out the same
-    values and only rank 0 writes. Strategies that shard parameters (FSDP, DeepSpeed) are
-    refused at ``setup``.
+    the model on a fixed probe batch, computes the empirical NTK and its modes there, reads off
+    the FLRW dual of `cosmo_optim.dual.FLRWDual` and tests it (the residual of T12). It never
+    changes training: weights are bit-for-bit those of a run without it. Scalars go to every
+    logger on Lightning's own step (the reading after n steps at n − 1, as Lightning logs that
+    batch's ``train_loss``) and to ``callback_metrics`` (EarlyStopping, ModelCheckpoint); a
+    ``TensorBoardLogger`` also gets the charts this run fills, log10 views, histograms, tag
+    descriptions, verdict cards, the physics hyperparameters and, with
+    ``log_figures_every_n_steps``, figures (W&B and MLflow loggers the figures; others, such as
+    CSV, one warning naming what is dropped). The probe batch is the first ``probe_size``
+    samples of the training data set (the same on any number of processes), else of the ranks'
+    first batches. At the end of training the run's summary is logged as a table (`summary()`
+    returns it as data). Its state is saved in checkpoints. Under DDP every rank computes the
+    kernel features of its shard of the probe batch and reads out the same values; only rank 0
+    writes. Strategies that shard parameters (FSDP, DeepSpeed) are refused at ``setup``.
 
     Args:
         loss: the training loss, e.g. ``nn.CrossEntropyLoss()``; None skips the tags that
@@ -40,7 +42,7 @@ class CosmologyMonitor(CosmologyMonitorMixin, Callback):
         every_n_train_steps: `MonitorConfig`'s ``every_n_steps`` in Lightning's spelling;
             default the Trainer's ``log_every_n_steps``.
         probe_batch: a Tensor or NumPy array of inputs, ``(inputs, targets)`` or a dict
-            batch; default the first ``probe_size`` samples of the first training batch.
+            batch; default the first ``probe_size`` samples of the training data set.
 
     Every other argument (``top_k``, ``probe_size``, ``log_figures_every_n_steps``,
     ``prefix``, ``history_size``, ``verify_ntk``, ``ntk_method``, ``sketch_dim``, ``group``,
@@ -50,21 +52,20 @@ class CosmologyMonitor(CosmologyMonitorMixin, Callback):
 
     Raises:
         ValueError: in ``__init__`` for an invalid argument; in ``setup()`` for a Trainer
-            without a probe interval, a figure interval that is not a multiple of it, or a
-            LightningModule without ``forward``; a `MisconfigurationException` for a Trainer
-            without a logger or with a parameter-sharding strategy. Each message names the fix.
+            without a reading interval or a LightningModule without ``forward``; a
+            `MisconfigurationException` for a Trainer without a logger or with a
+            parameter-sharding strategy. Each message names the fix.
 
-    Logged tags: the scalars of `cosmo_optim.monitor.SCALAR_TAGS` (``{k}`` = 1..top_k;
-    the meaning of each in ``docs/callbacks.md``), the histograms of
-    `cosmo_optim.monitor.tags.HISTOGRAM_TAGS` and, with ``log_figures_every_n_steps`` set, the
-    figures of `cosmo_optim.monitor.tags.FIGURE_TAGS`. Without a heavy-ball momentum-SGD
-    optimiser (Adam, RMSprop, Nesterov, ...) there is no de Sitter dual: the tags that need it
-    are absent and the monitor warns once, naming the tags still logged.
+    Logged tags: `cosmo_optim.monitor.SCALAR_TAGS` (``{k}`` = 1..top_k; their meaning in
+    ``docs/callbacks.md``), `cosmo_optim.monitor.tags.HISTOGRAM_TAGS` and, with figures on,
+    `cosmo_optim.monitor.tags.FIGURE_TAGS`. Without a heavy-ball momentum-SGD optimiser (Adam,
+    RMSprop, Nesterov, ...) there is no de Sitter dual: the tags that need it are absent and
+    the monitor warns once.
 
     Example:
         >>> from torch import nn
         >>> monitor = CosmologyMonitor(nn.CrossEntropyLoss(), every_n_train_steps=25, top_k=3)
-        >>> monitor.top_k
+        >>> monitor.config.top_k
         3
         >>> # trainer = lightning.pytorch.Trainer(callbacks=[monitor]); trainer.fit(model, data)
     """
@@ -72,5 +73,6 @@ class CosmologyMonitor(CosmologyMonitorMixin, Callback):
     _tensorboard_logger_cls = TensorBoardLogger
     _lightning_module_cls = LightningModule
     _trainer_cls = Trainer
+    _sharding = (FSDPStrategy, DeepSpeedStrategy, ModelParallelStrategy)
     _import = "cosmo_optim.callbacks"
     _misconfiguration = MisconfigurationException

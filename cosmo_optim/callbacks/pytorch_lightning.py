@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pytorch_lightning import Callback, LightningModule, Trainer
 from pytorch_lightning.loggers import TensorBoardLogger
+from pytorch_lightning.strategies import DeepSpeedStrategy, FSDPStrategy, ModelParallelStrategy
 from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
 from ._mixin import CosmologyMonitorMixin
@@ -23,12 +24,13 @@ class CosmologyMonitor(CosmologyMonitorMixin, Callback):
 
     Example:
         >>> monitor = CosmologyMonitor(every_n_train_steps=10)
-        >>> monitor.every_n_train_steps
+        >>> monitor.config.every_n_steps
         10
     """
 
     _tensorboard_logger_cls = TensorBoardLogger
     _lightning_module_cls = LightningModule
     _trainer_cls = Trainer
+    _sharding = (FSDPStrategy, DeepSpeedStrategy, ModelParallelStrategy)
     _import = "cosmo_optim.callbacks.pytorch_lightning"
     _misconfiguration = MisconfigurationException

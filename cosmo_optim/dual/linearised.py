@@ -151,12 +151,19 @@ def output_velocity(model: nn.Module, inputs: Tensor, optimizer: torch.optim.Opt
 
 def _functional(model: nn.Module, names: list[str], inputs: Any,
                 select: Select | None = None) -> Callable[..., Tensor]:
-    """The outputs on `inputs` as a function of the parameters called `names`; the others, and
-    the buffers, stay the module's own."""
+    """The outputs on `inputs` (a tensor, or a `cosmo_optim.ntk.ModelInputs`: the model's
+    positional and keyword arguments) as a function of the parameters called `names`; the
+    others, and the buffers, stay the module's own."""
     from torch.func import functional_call
 
+    from cosmo_optim.ntk import ModelInputs
+
+    args, kwargs = ((inputs.args, inputs.kwargs) if isinstance(inputs, ModelInputs) else
+                    ((inputs,), {}))
+
     def f(*ps: Tensor) -> Tensor:
-        out = functional_call(model, dict(zip(names, ps, strict=True)), (inputs,), strict=False)
+        out = functional_call(model, dict(zip(names, ps, strict=True)), args, kwargs,
+                              strict=False)
         return out if select is None else select(out)
 
     return f

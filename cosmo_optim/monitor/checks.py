@@ -1,5 +1,5 @@
-"""The options held against the run once its sizes are known (at the first probe): `top_k`
-against the kernel's N·C modes, and one probe's cost against a training step.
+"""The options held against the run once its sizes are known (at the first reading): `top_k`
+against the kernel's N·C modes, and one reading's cost against a training step.
 
 Both return the warning's text (None when all is well), so the tracker says each once per run
 and the tests read the numbers without a trainer.
@@ -15,10 +15,10 @@ from cosmo_optim.monitor.config import MonitorConfig
 
 __all__ = [
     "COST_WARNING_STEPS", "cost_warning", "nonfinite_warning", "probe_cost_steps",
-    "size_warnings", "top_k_warning",
+    "sharding_error", "size_warnings", "top_k_warning",
 ]
 
-#: A probe estimated to cost more than this many training steps gets the cost warning.
+#: A reading estimated to cost more than this many training steps gets the cost warning.
 COST_WARNING_STEPS = 50
 
 
@@ -36,7 +36,7 @@ def top_k_warning(config: MonitorConfig, n: int, c: int) -> str | None:
 
 
 def probe_cost_steps(n: int, c: int, batch_size: int) -> float:
-    """A lower bound on one probe's cost in training steps: its NTK takes N·C per-output
+    """A lower bound on one reading's cost in training steps: its NTK takes N·C per-output
     gradients of one sample each, a training step B samples' forward and backward. The
     kernel's (N·C)² products and its eigendecomposition come on top, so the bound is close for
     small N·C and low for large (docs/callbacks.md, "Batches as you have them")."""
@@ -44,16 +44,16 @@ def probe_cost_steps(n: int, c: int, batch_size: int) -> float:
 
 
 def cost_warning(config: MonitorConfig, n: int, c: int, batch_size: int) -> str | None:
-    """The one-line warning for a probe estimated at more than `COST_WARNING_STEPS` training
+    """The one-line warning for a reading estimated at more than `COST_WARNING_STEPS` training
     steps: by how much, the share of training time at this interval, and the two fixes."""
     steps = probe_cost_steps(n, c, batch_size)
     if steps <= COST_WARNING_STEPS:
         return None
     every, name = config.interval, config.interval_name
     smaller = max(1, math.floor(COST_WARNING_STEPS * batch_size / c))
-    rarer = math.ceil(10 * steps)  # an interval of 10 probes' worth of steps: ≈ 10 % overhead
+    rarer = math.ceil(10 * steps)  # an interval of 10 readings' worth of steps: ≈ 10 % overhead
     return (
-        f"CosmologyTracker: one probe will cost at least ≈ {steps:.0f} training steps (its NTK "
+        f"CosmologyTracker: one reading will cost at least ≈ {steps:.0f} training steps (its NTK "
         f"takes N·C = {n}·{c} = {n * c} per-output gradients, a training step {batch_size} "
         f"samples'), ≥ {steps / every:.1f}× the training time at {name}={every}. Fix: "
         f"probe_size={smaller} (≤ {COST_WARNING_STEPS} steps' worth) or "
@@ -62,8 +62,8 @@ def cost_warning(config: MonitorConfig, n: int, c: int, batch_size: int) -> str 
 
 
 def size_warnings(config: MonitorConfig, outputs: Tensor) -> list[str]:
-    """At the first probe, when N and C are known from its outputs (N, ...): `top_k` against
-    N·C and the probe's cost against a training step (if the batch size is known)."""
+    """At the first reading, when N and C are known from its outputs (N, ...): `top_k` against
+    N·C and the reading's cost against a training step (if the batch size is known)."""
     n, c = outputs.shape[0], outputs[0].numel()
     messages = [top_k_warning(config, n, c)]
     if config.train_batch_size is not None:
@@ -82,3 +82,12 @@ def nonfinite_warning(step: int) -> str:
         f"and so are later ones with NaN or inf, counted in cosmology/nonfinite (said once): "
         f"{why}."
     )
+
+
+def sharding_error(what: str, fix: str) -> str:
+    """The message of a framework strategy that shards the parameters across ranks (FSDP,
+    DeepSpeed), which a monitor refuses before training: every rank reads the probe's NTK
+    with the whole model (T4)."""
+    return (f"{what} shards the parameters across ranks, and the monitor's NTK needs every rank "
+            f"to hold all of them. Fix: {fix} (the kernel is then split across ranks), or "
+            "remove the monitor.")

@@ -2,7 +2,7 @@
 
 A frozen value: `CosmologyTracker`, the Lightning `CosmologyMonitor` and the Hugging Face
 `CosmologyCallback` build one from their arguments, so each invalid argument gets the same
-message wherever it is given. The probe interval may stay open (None) until a Trainer supplies
+message wherever it is given. The reading interval may stay open (None) until a Trainer supplies
 it (``log_every_n_steps``, ``logging_steps``): `with_interval` closes it.
 """
 
@@ -22,7 +22,7 @@ from cosmo_optim.ntk import DEFAULT_SKETCH_DIM
 
 __all__ = ["NTK_METHODS", "MonitorConfig"]
 
-#: How a monitor computes each probe's kernel (``"fit"``: the exact kernel where it fits the
+#: How a monitor computes each reading's kernel (``"fit"``: the exact kernel where it fits the
 #: budget, else the sketch). Not `empirical_ntk`'s ``method``: its ``"auto"`` chooses how the
 #: exact kernel is computed, per parameter.
 NTK_METHODS = ("fit", "exact", "sketch")
@@ -30,36 +30,39 @@ NTK_METHODS = ("fit", "exact", "sketch")
 
 @dataclass(frozen=True)
 class MonitorConfig:
-    """What to probe, how often, and how to label it (docs/callbacks.md).
+    """What to read, how often, and how to label it (docs/callbacks.md).
 
     Args:
         loss: the training loss (a torch loss module, `PolynomialPotentialLoss` or a
-            per-sample callable, converted by `cosmo_optim.losses.per_sample_loss`); None
-            skips the tags that need ℓ (Ω_φ, slow roll, masses, residual).
+            per-sample callable, converted by `cosmo_optim.losses.per_sample_loss`); ``"model"``
+            for the model's own loss, found at the first reading by calling the model with its
+            targets as keyword `label_key` (a Hugging Face model: by its problem type, the
+            language-model shift; `cosmo_optim.monitor.model_loss`); None skips the tags that
+            need ℓ (the potential, Ω_φ, slow roll, masses, forecast).
         probe_size: at most this many probe samples N.
         top_k: modes to follow (1 ≤ top_k ≤ N·C).
-        every_n_steps: probe every n optimiser steps (and at step 0); None until a Trainer
+        every_n_steps: read every n optimiser steps (and at step 0); None until a Trainer
             supplies its logging interval (`with_interval`).
         log_figures_every_n_steps: draw figures at these steps (a multiple of
             `every_n_steps`) and once more at the end of the run; None (the default) draws
             none: three figures cost ≈ 0.2 s, more than a dozen readings.
-        history_size: probes kept in the tracker's `history` (oldest dropped first).
+        history_size: readings kept in the tracker's `history` (oldest dropped first).
         prefix: prepended to every tag.
         group: the optimiser's param group whose (lr, momentum) define the universe.
         output: for a model whose ``forward`` returns a tuple, dict or ``ModelOutput``: the
             key/attribute (``"logits"``) or a callable (``lambda out: out[0]``) selecting the
             outputs the loss is applied to.
-        verify_ntk: recompute a few entries of the first probe's kernel by brute force and
+        verify_ntk: recompute a few entries of the first reading's kernel by brute force and
             raise if they disagree (`empirical_ntk(..., verify=True)`; one forward and C
             backward passes of 3 samples, once per run). Exact kernels only.
         ntk_method: ``"fit"`` (the exact kernel where it fits `empirical_ntk`'s default
             memory budget, else the sketch), ``"exact"`` or ``"sketch"``; ``"auto"``, its
             former name, is still accepted with a DeprecationWarning. Every
-            probe logs ``ntk/sketch_dim`` (0: exact); the first probe's choice holds for the
+            reading logs ``ntk/sketch_dim`` (0: exact); the first reading's choice holds for the
             run.
         sketch_dim: k of the sketched kernel (`empirical_ntk(method="sketch")`), default
-            `cosmo_optim.ntk.DEFAULT_SKETCH_DIM`; the same random draws at every probe.
-        distributed: every rank of an initialised ``torch.distributed`` group calls the probe
+            `cosmo_optim.ntk.DEFAULT_SKETCH_DIM`; the same random draws at every reading.
+        distributed: every rank of an initialised ``torch.distributed`` group takes each reading
             with the same probe batch, and each computes the kernel features of its shard
             (`empirical_ntk(distributed=True)`); the Lightning monitor sets it under DDP.
         input_key: for dict batches, the key of the model's inputs; None takes the first of
@@ -68,7 +71,7 @@ class MonitorConfig:
         label_key: for dict batches, the key of the targets; None takes the first of
             `cosmo_optim.monitor.batches.LABEL_KEYS` present (``"labels"``, ``"y"``, ...).
         train_batch_size: samples per optimiser step of training (the adaptors set it from
-            the Trainer), for the one warning when a probe will cost more than
+            the Trainer), for the one warning when a reading will cost more than
             `cosmo_optim.monitor.checks.COST_WARNING_STEPS` training steps; None: no check.
         interval_name: how the user spelled `every_n_steps` (``every_n_train_steps`` in
             Lightning), for error messages.
@@ -81,7 +84,7 @@ class MonitorConfig:
         10
     """
 
-    loss: PerSampleLoss | None = None
+    loss: PerSampleLoss | str | None = None
     probe_size: int = 16
     top_k: int = 4
     every_n_steps: int | None = 50
@@ -100,17 +103,18 @@ class MonitorConfig:
     interval_name: str = field(default="every_n_steps", compare=False, repr=False)
 
     def __post_init__(self) -> None:
-        if self.loss is not None and not isinstance(self.loss, PerSampleLoss):
+        if self.loss is not None and not isinstance(self.loss, PerSampleLoss) and not (
+                isinstance(self.loss, str) and self.loss == "model"):
             object.__setattr__(self, "loss", per_sample_loss(self.loss))
         check_int("probe_size", self.probe_size, 1, "Use e.g. probe_size=64.")
         check_int("top_k", self.top_k, 1, "Use e.g. top_k=4.")
         if self.every_n_steps is not None:
             check_int(self.interval_name, self.every_n_steps, 1,
-                      "Probe every n ≥ 1 optimiser steps.")
+                      "Read every n ≥ 1 optimiser steps.")
         if self.log_figures_every_n_steps is not None:
             check_int("log_figures_every_n_steps", self.log_figures_every_n_steps, 1,
                       "Or None to draw no figures.")
-        check_int("history_size", self.history_size, 1, "Keep at least one probe.")
+        check_int("history_size", self.history_size, 1, "Keep at least one reading.")
         if not isinstance(self.prefix, str):
             raise ValueError(
                 f"Invalid prefix: {self.prefix!r}; it must be a string such as 'train/'."
@@ -175,7 +179,7 @@ class MonitorConfig:
         if every is not None and figures is not None and figures % every:
             raise ValueError(
                 f"Invalid log_figures_every_n_steps: {figures!r}; it must be a multiple of "
-                f"{self.interval_name}={every} (figures are drawn at probes). Fix: use "
+                f"{self.interval_name}={every} (figures are drawn at readings). Fix: use "
                 f"log_figures_every_n_steps={every * max(1, round(figures / every))}."
             )
 
@@ -185,16 +189,17 @@ class MonitorConfig:
         return DEFAULT_SKETCH_DIM if self.sketch_dim is None else self.sketch_dim
 
     def with_interval(self, every_n_steps: int) -> MonitorConfig:
-        """This configuration with the probe interval set (if it was open)."""
+        """This configuration with the reading interval set (if it was open)."""
         if self.every_n_steps is not None:
             return self
         return dataclasses.replace(self, every_n_steps=every_n_steps)
 
     @property
     def interval(self) -> int:
-        """The probe interval; a RuntimeError while it is still open."""
+        """The reading interval; a RuntimeError while it is still open."""
         if self.every_n_steps is None:
-            raise RuntimeError("MonitorConfig: the probe interval is not set yet (with_interval).")
+            raise RuntimeError(
+                "MonitorConfig: the reading interval is not set yet (with_interval).")
         return self.every_n_steps
 
     def key(self) -> str:

@@ -1,26 +1,31 @@
 """A TensorBoard dashboard that explains itself (docs/callbacks.md, docs/theory.md T3–T10).
 
-`custom_scalar_layout` puts quantities of one scale on one chart (Ω_φ apart from the slow-roll
-parameters; H and Λ, the e-folds and the residuals on their own); `describe_scalars` gives
+`custom_scalar_layout` gives each quantity a chart of its own (one unit, one line per tag;
+per-mode quantities one line per mode) and keeps only the charts a run fills; quantities that
+span decades are charted through their `LOG10_OF` views (`log10_views`), written to
+TensorBoard only, since a custom-scalars chart cannot set a log axis. `describe_scalars` gives
 every monitor tag a description with its units (TensorBoard's summary metadata, shown beside
 the chart); `verdicts` says in words whether the latest reading follows its dual and why
-(`cosmo_optim.monitor.verdict`). Only a writer's duck-typed methods are used.
+(`cosmo_optim.monitor.verdict`), a background that stays not vacuum dominated once. Only a
+writer's duck-typed methods are used.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
-from cosmo_optim.dual.causes import RESIDUAL_TOLERANCE
+from cosmo_optim.dual.causes import RESIDUAL_TOLERANCE, VACUUM_TOLERANCE
 from cosmo_optim.monitor.verdict import base_tag, named, verdict_of
 
-__all__ = ["DESCRIPTIONS", "custom_scalar_layout", "describe_scalars", "description",
-           "verdicts"]
+__all__ = ["CHARTS", "DESCRIPTIONS", "LOG10_OF", "custom_scalar_layout", "describe_scalars",
+           "description", "log10_views", "verdicts"]
 
 #: What each scalar is, with its units (``{k}``: one per mode); the T-numbers of docs/theory.md.
-DESCRIPTIONS: Mapping[str, str] = {
+DESCRIPTIONS: Mapping[str, str] = {  # the log10 views' are added below
     "cosmology/hubble_rate": "Hubble rate H = (1 − β)/(3 sqrt(η)), per unit of time "
                              "t = n sqrt(η) (T3).",
     "cosmology/vacuum_energy": "Vacuum energy Λ = 3H², an energy density (units of V) (T3).",
@@ -36,12 +41,13 @@ DESCRIPTIONS: Mapping[str, str] = {
     "cosmology/slow_roll_eta": "η_V = V''/V, dimensionless; |η_V| ≪ 1 slow roll (T9).",
     "cosmology/stability_margin": "max_k η κ_k / 2(1 + β), dimensionless: the discrete map "
                                   "diverges at ≥ 1 (T10).",
-    "cosmology/nonfinite": "Probes skipped so far for NaN/inf outputs or NTK (a count).",
+    "cosmology/nonfinite": "Readings skipped so far for NaN/inf outputs or NTK (a count).",
     "cosmology/failed_readings": "Readings skipped so far because they raised after the "
                                  "first one (out of memory, the kernel, the dual, ...), a "
                                  "count; the cosmology/failures card says why. Training is "
                                  "unaffected.",
-    "ntk/lambda_1": "λ_1, top eigenvalue of the probe NTK, (output/parameter)² units (T4, T7).",
+    "ntk/lambda_1": "λ_1, top eigenvalue of the NTK on the probe batch, (output/parameter)² "
+                    "units (T4, T7).",
     "ntk/ratio_{k}": "λ_k/λ_1, dimensionless: the hierarchy λ_1 ≫ λ_2 ≫ … (T7, T8).",
     "ntk/kernel_distance": "1 − cosine to the first reading's kernel, 0–1: 0 is the lazy "
                            "(constant-NTK) limit; quadratic in the angle, blind to scale (T4).",
@@ -54,10 +60,10 @@ DESCRIPTIONS: Mapping[str, str] = {
                               "uniform mode (T7).",
     "ntk/sketch_dim": "Which kernel: 0 exact, else k of the sketch (a count) (T4).",
     "modes/amplitude_{k}": "f̃_k = u_kᵀ f in the current eigenbasis, output units (T7).",
-    "modes/initial_amplitude_{k}": "f̃_k in the first probe's basis, output units (T7).",
+    "modes/initial_amplitude_{k}": "f̃_k in the first reading's basis, output units (T7).",
     "modes/mass_over_hubble_{k}": "m_k/H, dimensionless: > 3/2 the mode oscillates (T8).",
-    "modes/active": "Modes of the probe kernel (of N·C) not frozen over one Hubble time (a "
-                    "count) (T8, T10).",
+    "modes/active": "Modes of the kernel on the probe batch (of N·C) not frozen over one "
+                    "Hubble time (a count) (T8, T10).",
     "duality/residual": "RMS gap between the outputs and their linearisation through the "
                         "previous reading's frozen kernel, under the force training applied, "
                         "output units (T12).",
@@ -74,6 +80,69 @@ DESCRIPTIONS: Mapping[str, str] = {
 }
 _MODE_INDEX = re.compile(r"_\d+$")
 
+#: TensorBoard-only views: log10 of the positive quantities that span decades, so that each
+#: chart shows its run at a readable scale (custom-scalars charts cannot set a log axis). Only
+#: written to ``SummaryWriter``s, beside the scalars every logger gets; a value ≤ 0 or not
+#: finite has no view at that step.
+LOG10_OF: Mapping[str, str] = {
+    f"{group}/log10_{name}": f"{group}/{name}" for group, name in (
+        ("cosmology", "hubble_rate"), ("cosmology", "vacuum_energy"),
+        ("cosmology", "omega_phi"), ("cosmology", "slow_roll_epsilon"),
+        ("cosmology", "stability_margin"), ("ntk", "lambda_1"), ("ntk", "ratio_{k}"),
+        ("ntk", "kernel_change"), ("ntk", "kernel_distance"), ("ntk", "basis_rotation"),
+        ("modes", "mass_over_hubble_{k}"), ("duality", "residual"),
+        ("duality", "relative_residual"), ("duality", "rounding_floor"),
+        ("duality", "forecast_residual"))
+}
+DESCRIPTIONS = {**DESCRIPTIONS, **{
+    view: f"log10 of {source}, a TensorBoard view for a readable chart. "
+          + DESCRIPTIONS[source] for view, source in LOG10_OF.items()}}
+
+#: The custom-scalars charts, by category: (title, tag pattern without prefix). Each holds one
+#: quantity in one unit (a per-mode one: one line per mode, which the chart's Matches list names).
+CHARTS: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = (
+    ("the duality test (T4, T12)", (
+        ("relative residual, log10: ≤ −1.3 (0.05) the network follows its dual, ≥ 0 no "
+         "better than 'nothing moves'", "duality/log10_relative_residual"),
+        ("rounding floor, log10: a relative residual within 0.5 of it is not a measurement",
+         "duality/log10_rounding_floor"),
+        ("RMS residual, log10 of output units", "duality/log10_residual"),
+        ("kernel change since the last reading, log10: ≤ −1.3 (5 %) lazy, above it the "
+         "network learns features", "ntk/log10_kernel_change"),
+        ("forecast miss, log10 (as if trained full-batch on the probe batch, T10)",
+         "duality/log10_forecast_residual"),
+    )),
+    ("the universe (T3, T9)", (
+        ("Hubble rate H, log10 (per unit of time t = n sqrt(η))", "cosmology/log10_hubble_rate"),
+        ("vacuum energy Λ = 3H², log10 (an energy density)", "cosmology/log10_vacuum_energy"),
+        ("e-folds N_e (dimensionless; (1 − β)/3 per step)", "cosmology/efolds"),
+    )),
+    ("the background (T5, T6, T9, T10)", (
+        ("vacuum domination Ω_φ, log10: ≤ −1 (0.1) vacuum dominated",
+         "cosmology/log10_omega_phi"),
+        ("slow roll ε_V, log10: ≪ 0 slow roll", "cosmology/log10_slow_roll_epsilon"),
+        ("slow roll η_V (dimensionless, signed): |η_V| ≪ 1 slow roll", "cosmology/slow_roll_eta"),
+        ("stability margin, log10: ≥ 0 the heavy-ball map diverges",
+         "cosmology/log10_stability_margin"),
+        ("mean field φ̄ (output units)", "cosmology/field"),
+    )),
+    ("the NTK and its modes (T4, T7, T8)", (
+        ("top eigenvalue λ_1, log10 (NTK units)", "ntk/log10_lambda_1"),
+        ("hierarchy λ_k/λ_1, log10: one line per mode k ≥ 2 (see Matches)",
+         r"ntk/log10_ratio_\d+"),
+        ("kernel distance from the first reading, log10 (1 − cosine)",
+         "ntk/log10_kernel_distance"),
+        ("basis rotation since the first reading, log10 (of the top-k eigenspace)",
+         "ntk/log10_basis_rotation"),
+        ("mode amplitudes f̃_k = u_kᵀf (output units): one line per mode (see Matches)",
+         r"modes/amplitude_\d+"),
+        ("mode amplitudes in the first reading's basis (output units): one line per mode",
+         r"modes/initial_amplitude_\d+"),
+        ("mode masses m_k/H, log10: > 0.18 (3/2) the mode oscillates; one line per mode",
+         r"modes/log10_mass_over_hubble_\d+"),
+    )),
+)
+
 
 def description(tag: str) -> str | None:
     """The description of a monitor tag, with any prefix (``train/``), else None."""
@@ -84,39 +153,36 @@ def description(tag: str) -> str | None:
     return DESCRIPTIONS.get(base) or DESCRIPTIONS.get(_MODE_INDEX.sub("_{k}", base))
 
 
-def custom_scalar_layout(prefix: str = "") -> dict[str, Any]:
-    """TensorBoard custom-scalars categories; each chart holds quantities of one scale."""
-    p = re.escape(prefix)
+def log10_views(scalars: Mapping[str, float]) -> dict[str, float]:
+    """The `LOG10_OF` views of a reading's scalars (their prefix kept), for the positive
+    finite values."""
+    views = {}
+    for tag, value in scalars.items():
+        base = base_tag(tag)
+        if base is None or not (value > 0 and math.isfinite(value)):
+            continue
+        group, name = base.split("/", 1)
+        view = f"{group}/log10_{name}"
+        if view in LOG10_OF or _MODE_INDEX.sub("_{k}", view) in LOG10_OF:
+            views[tag[: len(tag) - len(base)] + view] = math.log10(value)
+    return views
 
-    def chart(pattern: str) -> list[Any]:
-        return ["Multiline", [rf"^{p}{pattern}$"]]
 
-    return {
-        "cosmo-optim: universe (T3, T9, T10)": {
-            "Hubble rate H and vacuum energy Λ = 3H²":
-                chart("cosmology/(hubble_rate|vacuum_energy)"),
-            "e-folds N_e": chart("cosmology/efolds"),
-            "duality residual (RMS, output units)": chart("duality/residual"),
-            "relative residual (≤ 0.05: follows its dual, ≥ 1: no better than no motion)":
-                chart("duality/relative_residual"),
-            "forecast miss (as if trained full-batch on the probe batch)":
-                chart("duality/forecast_residual"),
-        },
-        "cosmo-optim: background (T6, T9, T10)": {
-            "vacuum domination Ω_φ (≤ 0.1: the gravity dual holds)":
-                chart("cosmology/omega_phi"),
-            "slow roll ε_V, η_V and stability margin (diverges at ≥ 1)":
-                chart("cosmology/(slow_roll_epsilon|slow_roll_eta|stability_margin)"),
-        },
-        "cosmo-optim: NTK and modes (T4, T7, T8)": {
-            "NTK hierarchy λ_k/λ_1": chart(r"ntk/ratio_\d+"),
-            "NTK change since the last reading (≤ 0.05: lazy)": chart("ntk/kernel_change"),
-            "NTK drift since the first reading": chart("ntk/(kernel_distance|basis_rotation)"),
-            "mode amplitudes f̃ = Uᵀf": chart(r"modes/amplitude_\d+"),
-            "mode amplitudes (basis at first probe)": chart(r"modes/initial_amplitude_\d+"),
-            "mode masses m_k/H": chart(r"modes/mass_over_hubble_\d+"),
-        },
-    }
+def custom_scalar_layout(prefix: str = "", tags: Iterable[str] | None = None) -> dict[str, Any]:
+    """TensorBoard custom-scalars categories of `CHARTS` for the tags under `prefix` (also
+    under ``train/`` + `prefix`, as the Hugging Face Trainer writes them, so that runs of both
+    share one set of charts); given the `tags` a run wrote (without prefix), only the charts
+    they fill."""
+    own = prefix.removeprefix("train/")
+    p = "^(?:train/)?" + re.escape(own)
+    seen = None if tags is None else set(tags)
+    layout: dict[str, Any] = {}
+    for category, charts in CHARTS:
+        filled = {title: ["Multiline", [rf"{p}{pattern}$"]] for title, pattern in charts
+                  if seen is None or any(re.fullmatch(pattern, t) for t in seen)}
+        if filled:
+            layout[f"cosmo-optim{' ' + own if own else ''}: {category}"] = filled
+    return layout
 
 
 def describe_scalars(writer: Any) -> None:
@@ -155,13 +221,21 @@ def verdicts(scalars: Mapping[str, float], *, previous: Mapping[str, float] | No
     """A Markdown card: whether the network follows its dual at this reading and why
     (`verdict_of`, T12), then the numbers behind it with what each means (T6, T10, T12)."""
     verdict = verdict_of(scalars, previous=previous, interval=interval, max_lr=max_lr)
-    s = named(scalars)
+    s, before = named(scalars), named(previous or {})
+    ongoing = min(s.get("cosmology/omega_phi", 0.0), before.get(
+        "cosmology/omega_phi", 0.0)) > VACUUM_TOLERANCE
+    if ongoing:  # said on the card of the first such reading, and in the run's summary
+        verdict = dataclasses.replace(verdict, notes=tuple(
+            n for n in verdict.notes if n.name != "not vacuum dominated"))
     lines = [f"**The dual {verdict.headline}** (relative residual ≤ {RESIDUAL_TOLERANCE:g}, "
              "T12)", ""]
     lines += [f"- {line}" for line in verdict.lines()] + [""]
     lines += ["| quantity | value | meaning |", "|---|---|---|"]
     for tag, name, meaning in _CARD:
         if tag in s:
+            if tag == "cosmology/omega_phi" and ongoing:
+                meaning += (f"; > {VACUUM_TOLERANCE:g} since an earlier reading, whose card has "
+                            "the note (T6)")
             lines.append(f"| {name} | {s[tag]:.4g} | {meaning} |")
     return "\n".join(lines)
 

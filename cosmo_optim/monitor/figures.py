@@ -32,7 +32,7 @@ def figures(history: Sequence[Reading], dual: FLRWDual | None) -> dict[str, Figu
     ``figures/spectrum`` (λ_k/N at the first and last reading; T7) and ``figures/modes``
     (amplitudes in the first reading's basis: training, the previous reading's frozen-kernel
     prediction (T12), and the forecasts that stay on the data's scale (T10)).
-    Empty before the first probe."""
+    Empty before the first reading."""
     history = list(history)
     if not history:
         return {}

@@ -15,7 +15,7 @@ import numpy as np
 
 from cosmo_optim.monitor.tags import FIGURE_TAGS
 
-__all__ = ["FigureWriter", "figures_dropped_warning", "image_writer", "rgb"]
+__all__ = ["FigureWriter", "figures_dropped_warning", "image_writer", "rgb", "writers_of"]
 
 
 def rgb(figure: Any) -> np.ndarray:
@@ -58,6 +58,20 @@ def image_writer(logger: Any) -> FigureWriter | None:
     if callable(getattr(mlflow, "log_figure", None)):
         return FigureWriter(lambda tag, fig, step: mlflow.log_figure(fig, _artifact(tag, step)))
     return None
+
+
+def writers_of(loggers: Sequence[Any],
+               summary_writer: Callable[[Any], Any]) -> tuple[list[Any], list[str]]:
+    """Where a reading's extras go: each logger's ``SummaryWriter`` (`summary_writer(logger)`,
+    None for other loggers: everything) or image API (`image_writer`: figures); and the class
+    names of the loggers that have neither (they take no figure)."""
+    writers, dropped = [], []
+    for logger in loggers:
+        writer = summary_writer(logger)
+        writer = writer if writer is not None else image_writer(logger)
+        writers += [writer] if writer is not None else []
+        dropped += [] if writer is not None else [type(logger).__name__]
+    return writers, dropped
 
 
 def figures_dropped_warning(owner: str, names: Sequence[str]) -> str:

@@ -22,18 +22,20 @@ from typing import Any, Final, NamedTuple, TypeVar
 import torch
 from torch import Tensor, nn
 
-from cosmo_optim._common import one_thread, preserved, same_on_every_rank, training
+from cosmo_optim._common import cast_copy, one_thread, preserved, same_on_every_rank, training
 from cosmo_optim.cosmology import Cosmology
 from cosmo_optim.dual.linearised import WeightSnapshot, linearised_outputs
-from cosmo_optim.monitor.batches import device_of, to_model
+from cosmo_optim.losses import PerSampleLoss
+from cosmo_optim.monitor.batches import device_of
 from cosmo_optim.monitor.config import MonitorConfig
+from cosmo_optim.monitor.model_loss import own_loss
 from cosmo_optim.monitor.readout import Linearised, ReadingResult, RunSoFar, read_out, skipped
-from cosmo_optim.ntk import MemoryBudgetError, empirical_ntk
+from cosmo_optim.ntk import MemoryBudgetError, ModelInputs, empirical_ntk
 from cosmo_optim.spectrum import flat_kernel
 
 __all__ = [
-    "LEAN_SHARE", "Measured", "Sync", "measure", "model_outputs", "probe_outputs", "rank0_buffers",
-    "take_reading",
+    "LEAN_SHARE", "Measured", "Sync", "measure", "model_outputs", "own_loss_of", "precision_of",
+    "probe_outputs", "rank0_buffers", "reading_model", "take_reading",
 ]
 
 #: A lean retry (after running out of memory) takes the probe batch in chunks of 1/LEAN_SHARE
@@ -85,41 +87,81 @@ class _Selected(nn.Module):
         super().__init__()
         self.model, self.output = model, output
 
-    def forward(self, inputs: Tensor) -> Tensor:
-        return _select(self.model(inputs), self.output)
+    def forward(self, *args: Any, **kwargs: Any) -> Tensor:
+        return _select(self.model(*args, **kwargs), self.output)
 
 
-def model_outputs(model: nn.Module, inputs: Tensor, output: Any = None,
+def precision_of(model: nn.Module) -> torch.dtype:
+    """The dtype readings compute in (docs/callbacks.md): float64 for a float64 model, else
+    float32, whatever autocast the caller has open (a bfloat16 or float16 model is read through
+    a float32 copy, `reading_model`)."""
+    dtypes = {p.dtype for p in model.parameters() if p.is_floating_point()}
+    return torch.float64 if torch.float64 in dtypes else torch.float32
+
+
+@contextlib.contextmanager
+def reading_model(model: nn.Module) -> Iterator[nn.Module]:
+    """The model a reading evaluates, in `precision_of` it, with autocast off on the CPU and
+    the model's device: the model itself, or a float32 copy of a half-precision one (its
+    weights and buffers cast, the model untouched; one model's worth of float32 while the
+    reading runs)."""
+    dtype = precision_of(model)
+    floating = [t for t in (*model.parameters(), *model.buffers()) if t.is_floating_point()]
+    twin = model if all(t.dtype in (dtype, torch.float64) for t in floating) else cast_copy(
+        model, {}, dtype)[0]
+    with contextlib.ExitStack() as stack:
+        for kind in {"cpu", device_of(model).type}:
+            stack.enter_context(torch.autocast(kind, enabled=False))
+        yield twin
+
+
+def model_outputs(model: nn.Module, inputs: Any, output: Any = None,
                   chunk: int | None = None) -> Tensor:
-    """f on the probe inputs (cast to the model's device and dtype, `to_model`) in eval mode,
-    float64 on the CPU; nothing about the model or any random state changes. `output` selects
-    f from a tuple/dict result (`_Selected`); `chunk` evaluates at most that many samples at
-    once (samples are independent, so f is the same up to rounding)."""
+    """f on the probe batch (a `ModelInputs`, moved to the model's device and floating dtype)
+    in eval mode, float64 on the CPU; nothing about the model or any random state changes.
+    `output` selects f from a tuple/dict result (`_Selected`); `chunk` evaluates at most that
+    many samples at once (samples are independent, so f is the same up to rounding)."""
+    x = ModelInputs(inputs)
     with preserved(model, device_of(model)), training(model, False), torch.no_grad():
         net = _Selected(model, output)
-        parts = [net(to_model(model, part)) for part in _chunks(inputs, chunk)]
+        parts = [part.for_model(model).call(net) for part in _chunks(x, chunk)]
     out = parts[0] if len(parts) == 1 else torch.cat(parts)
     return out.detach().double().cpu()
 
 
-def probe_outputs(model: nn.Module, inputs: Tensor, config: MonitorConfig,
+def probe_outputs(model: nn.Module, inputs: Any, config: MonitorConfig,
                   lean: bool = False) -> Tensor:
-    """f on the probe batch as a reading takes it (`model_outputs`; under DDP with rank 0's
-    buffers, `rank0_buffers`): the next reading's f_{n−1}, for its velocity ḟ (T2)."""
-    with rank0_buffers(model, config.distributed):
-        return model_outputs(model, inputs, config.output, _lean_chunk(inputs, lean))
+    """f on the probe batch as a reading takes it (`model_outputs` in the reading's precision;
+    under DDP with rank 0's buffers, `rank0_buffers`): the next reading's f_{n−1}, for its
+    velocity ḟ (T2)."""
+    x = ModelInputs(inputs)
+    with rank0_buffers(model, config.distributed), reading_model(model) as net:
+        return model_outputs(net, x, config.output, _lean_chunk(x, lean))
 
 
-def _lean_chunk(inputs: Tensor, lean: bool) -> int | None:
+def own_loss_of(model: nn.Module, inputs: Any, targets: Tensor,
+                config: MonitorConfig) -> tuple[PerSampleLoss | None, str]:
+    """The model's own loss on the probe batch, as a reading takes the model (its precision,
+    eval mode, nothing changed; under DDP rank 0's buffers): `model_loss.own_loss`."""
+    x = ModelInputs(inputs)
+    with rank0_buffers(model, config.distributed), reading_model(model) as net, preserved(
+            net, device_of(net)), training(net, False), torch.no_grad():
+        return own_loss(net, x.for_model(net), targets, config.label_key or "labels",
+                        lambda out: _select(out, config.output))
+
+
+def _lean_chunk(inputs: ModelInputs, lean: bool) -> int | None:
     """Samples at once: a `LEAN_SHARE`-th of the probe batch when lean, else all (None)."""
-    return -(-inputs.shape[0] // LEAN_SHARE) if lean else None
+    return -(-len(inputs) // LEAN_SHARE) if lean else None
 
 
-def _chunks(inputs: Tensor, chunk: int | None) -> list[Tensor]:
-    return [inputs] if chunk is None else list(inputs.split(chunk))
+def _chunks(inputs: ModelInputs, chunk: int | None) -> list[ModelInputs]:
+    if chunk is None:
+        return [inputs]
+    return [inputs[i:i + chunk] for i in range(0, len(inputs), chunk)]
 
 
-def measure(model: nn.Module, inputs: Tensor, config: MonitorConfig | None = None, *,
+def measure(model: nn.Module, inputs: Any, config: MonitorConfig | None = None, *,
             first: bool = False, known: int | None = None,
             snapshot: WeightSnapshot | None = None, lean: bool = False,
             sync: Sync | None = None) -> Measured:
@@ -130,16 +172,17 @@ def measure(model: nn.Module, inputs: Tensor, config: MonitorConfig | None = Non
     earlier readings took, kept while it fits. On the `first` reading ``config.verify_ntk`` has
     the kernel checked against brute force (exact kernels only). With the previous reading's
     `snapshot` of the weights, one Jacobian-vector product gives f(θ_ref) and
-    J(θ_ref)(θ − θ_ref) on the probe batch (`linearised_outputs`). `lean` and `sync`: see the
+    J(θ_ref)(θ − θ_ref) on the probe batch (`linearised_outputs`). Everything is computed in
+    `precision_of` the model, autocast off (`reading_model`). `lean` and `sync`: see the
     module docstring.
     """
-    config = config or MonitorConfig()
-    chunk = _lean_chunk(inputs, lean)
-    with rank0_buffers(model, config.distributed):
-        f = _agreed(sync, lambda: model_outputs(model, inputs, config.output, chunk))
-        kernel, k = _kernel(model, inputs, f, config, first, known, _lean_budget(model, lean))
-        linear = None if snapshot is None or not _covered(model, snapshot) else _linearised(
-            model, inputs, config, snapshot, chunk)
+    config, x = config or MonitorConfig(), ModelInputs(inputs)
+    chunk = _lean_chunk(x, lean)
+    with rank0_buffers(model, config.distributed), reading_model(model) as net:
+        f = _agreed(sync, lambda: model_outputs(net, x, config.output, chunk))
+        kernel, k = _kernel(net, x, f, config, first, known, _lean_budget(model, lean))
+        linear = None if snapshot is None or not _covered(net, snapshot) else _linearised(
+            net, x, config, snapshot, chunk)
     return Measured(f, kernel, k, linear)
 
 
@@ -181,10 +224,10 @@ def _lean_budget(model: nn.Module, lean: bool) -> int | None:
     return max(torch.cuda.mem_get_info(device)[0] // (4 * LEAN_SHARE), 1)
 
 
-def _kernel(model: nn.Module, inputs: Tensor, f: Tensor, config: MonitorConfig, first: bool,
-            known: int | None, budget: int | None) -> tuple[Tensor, int]:
+def _kernel(model: nn.Module, inputs: ModelInputs, f: Tensor, config: MonitorConfig,
+            first: bool, known: int | None, budget: int | None) -> tuple[Tensor, int]:
     net = model if config.output is None else _Selected(model, config.output)
-    x, output = to_model(model, inputs), "full" if f[0].numel() > 1 else "trace"
+    x, output = inputs.for_model(model), "full" if f[0].numel() > 1 else "trace"
     verify = config.verify_ntk and first
     k = {"exact": 0, "sketch": config.sketch_k}.get(config.ntk_method, known or None)
     if k is None and budget is not None and known == 0:
@@ -196,14 +239,14 @@ def _kernel(model: nn.Module, inputs: Tensor, f: Tensor, config: MonitorConfig, 
             k = config.sketch_k
     if k and verify:
         raise ValueError(
-            f"Invalid verify_ntk: True, but this probe's exact kernel does not fit the default "
+            f"Invalid verify_ntk: True, but this reading's exact kernel does not fit the default "
             f"memory budget and the monitor sketches it (k = {k}); the self-check needs an exact "
             "kernel. Fix: verify_ntk=False, or a smaller probe_size."
         )
     return _ntk(net, x, output, k, verify, config.distributed, budget), k
 
 
-def _linearised(model: nn.Module, inputs: Tensor, config: MonitorConfig,
+def _linearised(model: nn.Module, inputs: ModelInputs, config: MonitorConfig,
                 snapshot: WeightSnapshot, chunk: int | None = None) -> Linearised:
     """f(θ_ref) and J(θ_ref)(θ − θ_ref) on the probe batch, in eval mode as `model_outputs`
     (`chunk` samples at a time)."""
@@ -211,7 +254,7 @@ def _linearised(model: nn.Module, inputs: Tensor, config: MonitorConfig,
         return _select(out, config.output)
 
     with preserved(model, device_of(model)), training(model, False):
-        parts = [linearised_outputs(model, to_model(model, part), snapshot, select)
+        parts = [linearised_outputs(model, part.for_model(model), snapshot, select)
                  for part in _chunks(inputs, chunk)]
     ref, change = (torch.cat(t) for t in zip(*parts, strict=True))
     eps = torch.finfo(ref.dtype).eps if ref.is_floating_point() else 0.0
@@ -237,7 +280,7 @@ def rank0_buffers(model: nn.Module, active: bool) -> Iterator[None]:
                 b.copy_(own)
 
 
-def _ntk(net: nn.Module, x: Tensor, output: str, k: int, verify: bool, distributed: bool,
+def _ntk(net: nn.Module, x: ModelInputs, output: str, k: int, verify: bool, distributed: bool,
          budget: int | None = None) -> Tensor:
     """The flat NTK, float64 on the CPU: exact (k = 0) or sketched with k (`empirical_ntk`,
     which runs in eval mode and restores buffers and random states by itself), planned under
@@ -250,7 +293,7 @@ def _ntk(net: nn.Module, x: Tensor, output: str, k: int, verify: bool, distribut
 
 def take_reading(
     model: nn.Module,
-    inputs: Tensor,
+    inputs: Any,
     targets: Tensor | None,
     *,
     config: MonitorConfig,
@@ -261,11 +304,12 @@ def take_reading(
     sync: Sync | None = None,
 ) -> ReadingResult:
     """`measure` (the model's forward, NTK and linearisation, on the threads training uses)
-    then `read_out` (on one thread), or `skipped` when f or Θ is not finite. `lean` and
-    `sync` go to `measure`."""
-    first = run.reference is None
+    then `read_out` (on one thread), or `skipped` when f or Θ is not finite. `inputs` is the
+    probe batch as the model takes it (anything `cosmo_optim.ntk.ModelInputs` takes); `lean`
+    and `sync` go to `measure`."""
+    first, inputs = run.reference is None, ModelInputs(inputs)
     if first and config.distributed and not same_on_every_rank(
-            [t for t in (inputs, targets) if t is not None]):
+            [*inputs.tensors(), *([] if targets is None else [targets])]):
         raise ValueError(
             "CosmologyTracker(distributed=True): the probe batch (inputs or targets) differs "
             f"across ranks (rank {torch.distributed.get_rank()}). Fix: give every rank the same "

@@ -101,7 +101,7 @@ def read_out(
     kernel Θ (N·C, N·C), both float64 (T3–T12); `sketch_dim` says which kernel Θ is (k of the
     sketch, 0 exact); `linearised` is what the previous reading's frozen kernel gives here."""
     run = _compatible(run, kernel, sketch_dim, min(config.top_k, kernel.shape[0]))
-    if run.reference is None and config.loss is not None:
+    if run.reference is None and isinstance(config.loss, PerSampleLoss):
         _check_loss(config.loss, f, targets)
     lam_all, vec_all = _spectrum(kernel)
     lam, vec = _followed(lam_all, vec_all, config.top_k, run)
@@ -230,7 +230,7 @@ def _dual(f: Tensor, lam: Tensor, vec: Tensor, config: MonitorConfig,
           cosmology: Cosmology | None, targets: Tensor | None, run: RunSoFar) -> FLRWDual | None:
     """The `FLRWDual` of every mode (T3–T10), or None without a loss, a heavy-ball optimiser,
     or the velocity ḟ (no recorded outputs the step before)."""
-    if cosmology is None or config.loss is None:
+    if cosmology is None or not isinstance(config.loss, PerSampleLoss):
         return None
     velocity = _velocity(run, f, cosmology)
     if velocity is None:

@@ -32,8 +32,8 @@ def __getattr__(name: str) -> Any:
 
 @dataclass(frozen=True)
 class PredictedModes:
-    """The discrete NTK map's prediction (T10) from one probe to the next: the optimiser
-    steps and the mode amplitudes (P, k) in the basis of the first probe."""
+    """The discrete NTK map's prediction (T10) from one reading to the next: the optimiser
+    steps and the mode amplitudes (P, k) in the basis of the first reading."""
 
     steps: list[int]
     amplitudes: Tensor
@@ -93,9 +93,9 @@ class Reading:
 
 @dataclass(frozen=True)
 class Reference:
-    """The first probe: the NTK (N·C, N·C) and its top eigenvectors (N·C, k), against which
+    """The first reading: the NTK (N·C, N·C) and its top eigenvectors (N·C, k), against which
     kernel drift, basis rotation and initial-basis amplitudes are measured (T4, T7), and
-    which kernel it is (`sketch_dim`: k of the sketch, 0 exact; later probes use the same)."""
+    which kernel it is (`sketch_dim`: k of the sketch, 0 exact; later readings use the same)."""
 
     kernel: Tensor
     eigenvectors: Tensor
@@ -117,7 +117,7 @@ class LastReading:
 
 
 def as_state(value: Reference | LastReading | None) -> dict[str, Any] | None:
-    """A reference or last probe as a plain dict (None stays None)."""
+    """A reference or last reading as a plain dict (None stays None)."""
     return None if value is None else {f.name: getattr(value, f.name) for f in fields(value)}
 
 

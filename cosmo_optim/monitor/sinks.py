@@ -9,34 +9,45 @@ needs a ``SummaryWriter``.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
 
 from cosmo_optim.dual import FLRWDual
-from cosmo_optim.monitor.dashboard import custom_scalar_layout, describe_scalars, verdicts
+from cosmo_optim.monitor.dashboard import (
+    custom_scalar_layout,
+    describe_scalars,
+    log10_views,
+    verdicts,
+)
 from cosmo_optim.monitor.figures import figures
 from cosmo_optim.monitor.records import Reading
+from cosmo_optim.monitor.verdict import named
 
-__all__ = ["Sink", "Sinks", "TensorBoardExtras", "write_figures", "write_histograms"]
+__all__ = [
+    "Sink", "Sinks", "TensorBoardExtras", "write_figures", "write_histograms", "write_hparams",
+]
 
 #: A callable sink: ``sink(metrics, step)``.
 Sink = Callable[[dict[str, float], int], None]
 
 
-def write_histograms(writer: Any, record: Reading, dual: FLRWDual | None, prefix: str) -> None:
-    """``ntk/spectrum`` and ``modes/mass_over_hubble`` of one probe (finite values only)."""
+def write_histograms(writer: Any, record: Reading, dual: FLRWDual | None, prefix: str,
+                     step: int | None = None) -> None:
+    """``ntk/spectrum`` and ``modes/mass_over_hubble`` of one reading (finite values only), at
+    `step` (default the reading's)."""
     if not hasattr(writer, "add_histogram"):
         return
+    step = record.step if step is None else step
     spectrum = record.eigenvalues[torch.isfinite(record.eigenvalues)]
     if spectrum.numel():
-        writer.add_histogram(prefix + "ntk/spectrum", spectrum, record.step)
+        writer.add_histogram(prefix + "ntk/spectrum", spectrum, step)
     if dual is not None:
         masses = dual.mass_over_hubble
         masses = masses[torch.isfinite(masses)]
         if masses.numel():
-            writer.add_histogram(prefix + "modes/mass_over_hubble", masses, record.step)
+            writer.add_histogram(prefix + "modes/mass_over_hubble", masses, step)
 
 
 def write_figures(
@@ -48,6 +59,36 @@ def write_figures(
     for tag, fig in figures(history, dual).items():
         writer.add_figure(prefix + tag, fig, step, close=False)
     return True
+
+
+def write_hparams(writer: Any, params: Mapping[str, Any], metrics: Sequence[str] = ()) -> bool:
+    """TensorBoard's HPARAMS record of a run (its experiment, session start and end) with
+    `params` (nested dicts flattened with ``/``; values other than numbers, strings and
+    booleans as text) and the `metrics` columns it declares, none of them logged here; whether
+    the writer took it. TensorBoard keeps a run's first such record, so a framework writing
+    its own afterwards (with the same metric's values) keeps these columns."""
+    if not hasattr(writer, "_get_file_writer"):
+        return False
+    from torch.utils.tensorboard.summary import hparams
+
+    flat = {k: v if isinstance(v, (bool, int, float, str)) else str(v)
+            for k, v in _flat(params).items()}
+    file_writer = writer._get_file_writer()
+    if file_writer is None:
+        return False
+    for summary in hparams(flat, dict.fromkeys(metrics, 0.0)):
+        file_writer.add_summary(summary)
+    return True
+
+
+def _flat(params: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in params.items():
+        if isinstance(value, Mapping):
+            out.update(_flat(value, f"{prefix}{key}/"))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
 
 
 class Sinks:
@@ -80,7 +121,7 @@ class Sinks:
         return self._writer
 
     def scalars(self, metrics: dict[str, float], step: int) -> None:
-        """Send one probe's scalars to the callable and the writer."""
+        """Send one reading's scalars to the callable and the writer."""
         if self.callback is not None:
             self.callback(metrics, step)
         writer = self.writer
@@ -97,23 +138,27 @@ class Sinks:
 
 
 class TensorBoardExtras:
-    """What a probe adds to a ``SummaryWriter`` besides scalars: the custom-scalars layout
-    (once per writer), the probe's histograms and verdicts card (``cosmology/verdicts``, TEXT),
-    the card of what failed since the last reading (``cosmology/failures``, TEXT), and the
-    figures every `log_figures_every_n_steps` steps and once more at the end."""
+    """What a reading adds to a ``SummaryWriter`` besides its scalars: the custom-scalars
+    layout of the charts the run has filled so far (written again when a chart fills), the
+    `log10_views` those charts show, the reading's histograms and verdicts card
+    (``cosmology/verdicts``, TEXT), the card of what failed since the last reading
+    (``cosmology/failures``, TEXT), and the figures every `log_figures_every_n_steps` steps
+    and once more at the end. `prefix` is the tags' own; a framework that writes them under
+    another (the Hugging Face Trainer's ``train/``) passes its own to `write`."""
 
     def __init__(self, prefix: str, figures_every: int | None,
                  interval: int | None = None) -> None:
         self.prefix, self.figures_every, self.interval = prefix, figures_every, interval
         self.figures_step = -1  # the step figures were last drawn at
-        self._layouts: set[int] = set()
+        self._layouts: dict[int, list[str]] = {}  # the charts written to each writer
+        self._tags: set[str] = set()  # the tags (without prefix) the run's readings logged
 
     def figures_due(self, step: int) -> bool:
         """Whether figures are scheduled at `step`."""
         return self.figures_every is not None and step % self.figures_every == 0
 
     def final_step(self, history: Sequence[Reading]) -> int | None:
-        """The last probe's step if the end-of-run figures are still to be drawn, else None
+        """The last reading's step if the end-of-run figures are still to be drawn, else None
         (always None when figures are off)."""
         if self.figures_every is None or not history:
             return None
@@ -121,27 +166,49 @@ class TensorBoardExtras:
         return None if self.figures_step == step else step
 
     def write(self, writer: Any, history: Sequence[Reading], dual: FLRWDual | None,
-              step: int, failures: str | None = None) -> None:
-        """The layout (once), the `failures` card (Markdown, if any), this probe's histograms
-        and verdicts card, and the figures when due."""
-        if id(writer) not in self._layouts and hasattr(writer, "add_custom_scalars"):
-            writer.add_custom_scalars(custom_scalar_layout(self.prefix))
-            self._layouts.add(id(writer))
+              step: int, failures: str | None = None, *, at: int | None = None,
+              prefix: str | None = None) -> None:
+        """The layout (when a chart filled), the `failures` card (Markdown, if any), this
+        reading's log10 views, histograms and verdicts card, and the figures when due; each at
+        step `at` (default `step`) under `prefix` (default the tags' own)."""
+        at, prefix = step if at is None else at, self.prefix if prefix is None else prefix
+        latest = history[-1] if history and history[-1].step == step else None
+        views = {} if latest is None else log10_views(named(latest.scalars))
+        if latest is not None and not self._tags:  # a resumed run: every earlier reading
+            self._tags.update(t for r in history for t in named(r.scalars))
+        self._tags.update([*named(latest.scalars if latest else {}), *views])
+        self._layout(writer, prefix)
         if failures and hasattr(writer, "add_text"):
-            writer.add_text(self.prefix + "cosmology/failures", failures, step)
-        if not history or history[-1].step != step:
-            return  # a skipped (non-finite) probe has nothing to draw
-        write_histograms(writer, history[-1], dual, self.prefix)
+            writer.add_text(prefix + "cosmology/failures", failures, at)
+        if latest is None:
+            return  # a skipped (non-finite) reading has nothing to draw
+        if hasattr(writer, "add_scalar"):
+            describe_scalars(writer)
+            for tag, value in views.items():
+                writer.add_scalar(prefix + tag, value, at)
+        write_histograms(writer, latest, dual, prefix, at)
         if hasattr(writer, "add_text"):
             previous = history[-2].scalars if len(history) > 1 else None
-            card = verdicts(history[-1].scalars, previous=previous, interval=self.interval,
+            card = verdicts(latest.scalars, previous=previous, interval=self.interval,
                             max_lr=None if dual is None else float(dual.max_learning_rate()))
-            writer.add_text(self.prefix + "cosmology/verdicts", card, step)
+            writer.add_text(prefix + "cosmology/verdicts", card, at)
         if self.figures_due(step):
-            self.write_figures(writer, history, dual, step)
+            self.write_figures(writer, history, dual, at, prefix=prefix)
+
+    def _layout(self, writer: Any, prefix: str) -> None:
+        """The layout of the charts the run's tags fill, when it differs from the last one
+        this writer got (TensorBoard shows a run's latest)."""
+        if not hasattr(writer, "add_custom_scalars"):
+            return
+        layout = custom_scalar_layout(prefix, self._tags)
+        charts = [title for category in layout.values() for title in category]
+        if charts and charts != self._layouts.get(id(writer)):
+            writer.add_custom_scalars(layout)
+            self._layouts[id(writer)] = charts
 
     def write_figures(self, writer: Any, history: Sequence[Reading], dual: FLRWDual | None,
-                      step: int) -> None:
+                      step: int, *, prefix: str | None = None) -> None:
         """Draw the figures of the run to the writer at `step`."""
-        if write_figures(writer, history, dual, self.prefix, step):
-            self.figures_step = step
+        if write_figures(writer, history, dual, self.prefix if prefix is None else prefix,
+                         step):
+            self.figures_step = history[-1].step if history else step

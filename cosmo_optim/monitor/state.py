@@ -1,8 +1,8 @@
 """`RunState`: what one reading of a run hands to the next, and what a checkpoint keeps of it.
 
-The tracker decides when to probe; this holds what it carries between probes (the probe
-batch, the step counter, the e-folds (T9), the outputs of the step before a probe (for ḟ,
-T2), the first and the latest probe, the history) and turns it into plain dicts and tensors
+The tracker decides when to read; this holds what it carries between readings (the probe
+batch, the step counter, the e-folds (T9), the outputs of the step before a reading (for ḟ,
+T2), the first and the latest reading, the history) and turns it into plain dicts and tensors
 and back, so that a resumed run continues its series without gaps or duplicates.
 """
 
@@ -21,6 +21,7 @@ from cosmo_optim.dual import FLRWDual
 from cosmo_optim.dual.linearised import WeightSnapshot
 from cosmo_optim.monitor.readout import ReadingResult, RunSoFar
 from cosmo_optim.monitor.records import LastReading, Reading, Reference, as_state
+from cosmo_optim.ntk import ModelInputs
 
 __all__ = ["STATE_VERSION", "RunState", "dropped_state_warning"]
 
@@ -31,30 +32,30 @@ STATE_VERSION: Final = 2
 
 
 class RunState:
-    """The state a run carries from probe to probe (see the module docstring).
+    """The state a run carries from reading to reading (see the module docstring).
 
     Args:
-        history_size: probes kept in `history` (oldest dropped first).
+        history_size: readings kept in `history` (oldest dropped first).
     """
 
     def __init__(self, history_size: int) -> None:
         self.last_step = -1  # the last optimiser step seen
         self.efolds = 0.0  # accumulated Σ (1 − β_n)/3 (T9)
-        self.nonfinite = 0  # probes skipped as non-finite
-        self.previous_outputs: tuple[int, Tensor] | None = None  # (step, f) before a probe
-        self.reference: Reference | None = None  # the first probe
-        self.last: LastReading | None = None  # the latest probe
+        self.nonfinite = 0  # readings skipped as non-finite
+        self.previous_outputs: tuple[int, Tensor] | None = None  # (step, f) before a reading
+        self.reference: Reference | None = None  # the first reading
+        self.last: LastReading | None = None  # the latest reading
         self.history: deque[Reading] = deque(maxlen=history_size)
-        self.dual: FLRWDual | None = None  # the latest probe's read-out
+        self.dual: FLRWDual | None = None  # the latest reading's read-out
         # the latest reading's trainable weights, on the host: the next reading's θ_ref (T12);
         # not checkpointed (a model's worth of bytes), so a resumed run compares from its
         # second reading on
         self.snapshot: WeightSnapshot | None = None
-        self.inputs: Tensor | None = None  # the probe batch
+        self.inputs: ModelInputs | None = None  # the probe batch, as the model takes it
         self.targets: Tensor | None = None
 
     def so_far(self, step: int, failed: int = 0) -> RunSoFar:
-        """What a probe at `step` reads from the earlier ones (`failed`: readings that raised)."""
+        """What a reading at `step` reads from the earlier ones (`failed`: readings that raised)."""
         return RunSoFar(step, self.efolds, self.nonfinite, self.previous_outputs,
                         self.reference, self.last, failed)
 
@@ -94,23 +95,25 @@ class RunState:
         )
 
     def state_dict(self) -> dict[str, Any]:
-        """Counters, history, first and latest probe: plain dicts and tensors."""
+        """Counters, history, first and latest reading: plain dicts and tensors."""
         return {
             "version": STATE_VERSION,
             "last_step": self.last_step, "efolds": self.efolds, "nonfinite": self.nonfinite,
             "history": [r.as_dict() for r in self.history],
             "previous_outputs": self.previous_outputs,
             "reference": as_state(self.reference), "last": as_state(self.last),
-            "inputs": self.inputs, "targets": self.targets,
+            "probe": None if self.inputs is None else {
+                "args": self.inputs.args, "kwargs": self.inputs.kwargs},
+            "inputs": _single_tensor(self.inputs), "targets": self.targets,
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> bool:
         """Restore `state_dict()` (extra keys, such as the tracker's, are ignored); whether it
-        was. A state of a later `STATE_VERSION`, or one whose contents cannot be read, is
-        dropped with one warning, all but its step count and e-folds where those read: a
-        resumed run then starts a new series at its next reading, its steps and e-folds
-        continuing, instead of failing. A dict that is no tracker state at all is a
-        ValueError."""
+        was. Its probe batch is taken only where none is set yet. A state of a later
+        `STATE_VERSION`, or one whose contents cannot be read, is dropped with one warning, all
+        but its step count and e-folds where those read: a resumed run then starts a new series
+        at its next reading, its steps and e-folds continuing, instead of failing. A dict that
+        is no tracker state at all is a ValueError."""
         missing = {"last_step", "history", "reference", "last"} - set(state)
         if missing:
             raise ValueError(
@@ -141,14 +144,25 @@ class RunState:
         self.history.clear()
         self.history.extend(Reading.from_dict(r) for r in state["history"])
         self.previous_outputs = state.get("previous_outputs")
-        if state.get("inputs") is not None:
-            self.inputs, self.targets = state["inputs"], state.get("targets")
+        probe = state.get("probe")  # the probe batch this run was reading, unless one is set
+        if self.inputs is None and (probe is not None or state.get("inputs") is not None):
+            self.inputs = ModelInputs(tuple(probe["args"]), probe["kwargs"]) if probe else (
+                ModelInputs(state["inputs"]))
+            self.targets = state.get("targets")
         ref, last = state["reference"], state["last"]
         self.reference = None if ref is None else Reference(  # no sketch_dim before sketches
             ref["kernel"], ref["eigenvectors"], int(ref.get("sketch_dim", 0)))
         self.last = None if last is None else LastReading(
             last["step"], last["eigenvectors"], last["outputs"], last.get("prediction"),
             last.get("kernel"))
+
+
+def _single_tensor(inputs: ModelInputs | None) -> Tensor | None:
+    """The probe batch as states before ``"probe"`` held it: one positional tensor, else None
+    (a reader of that layout then takes its own probe batch)."""
+    if inputs is None or inputs.kwargs or len(inputs.args) != 1:
+        return None
+    return inputs.args[0] if isinstance(inputs.args[0], Tensor) else None
 
 
 def dropped_state_warning(error: Exception) -> str:

@@ -57,7 +57,7 @@ COMPARED: Final = frozenset({
     "ntk/kernel_change", "duality/residual", "duality/relative_residual",
     "duality/rounding_floor", "duality/forecast_residual",
 })
-#: Histograms written to a ``SummaryWriter`` at every probe (the masses need a dual).
+#: Histograms written to a ``SummaryWriter`` at every reading (the masses need a dual).
 HISTOGRAM_TAGS: Final = ("ntk/spectrum", "modes/mass_over_hubble")
 #: Figures drawn when ``log_figures_every_n_steps`` is set (the potential needs a dual).
 FIGURE_TAGS: Final = ("figures/potential", "figures/spectrum", "figures/modes")

@@ -1,14 +1,15 @@
 """`CosmologyTracker`: schedules readings, counts e-folds, carries the run's state, checkpoints.
 
-The probe arithmetic is `cosmo_optim.monitor.reading` (pure functions), the options
+The reading's arithmetic is `cosmo_optim.monitor.reading` (pure functions), the options
 `MonitorConfig`, the outputs `cosmo_optim.monitor.sinks`, the optimiser's universe
-`cosmo_optim.monitor.universe.OptimizerWatch`, what one probe hands to the next
+`cosmo_optim.monitor.universe.OptimizerWatch`, what one reading hands to the next
 `cosmo_optim.monitor.state.RunState`, what a reading that raises does to the run
-`cosmo_optim.monitor.guard.ReadingGuard`; this class decides *when* to probe and wires them.
+`cosmo_optim.monitor.guard.ReadingGuard`; this class decides *when* to read and wires them.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from collections.abc import Mapping
 from typing import Any
@@ -23,11 +24,15 @@ from cosmo_optim.monitor import reading as readings
 from cosmo_optim.monitor.batches import take_probe_batch
 from cosmo_optim.monitor.checks import nonfinite_warning, size_warnings
 from cosmo_optim.monitor.config import MonitorConfig
+from cosmo_optim.monitor.console import console, rank_zero, timed
 from cosmo_optim.monitor.guard import ReadingGuard
+from cosmo_optim.monitor.model_loss import MODEL_LOSS
 from cosmo_optim.monitor.names import deprecated_method
+from cosmo_optim.monitor.reading import precision_of
 from cosmo_optim.monitor.readout import ReadingResult
 from cosmo_optim.monitor.sinks import Sinks, TensorBoardExtras
 from cosmo_optim.monitor.state import RunState
+from cosmo_optim.monitor.summary import RunSummary, summarize
 from cosmo_optim.monitor.universe import OptimizerWatch
 
 __all__ = ["CosmologyTracker"]
@@ -36,35 +41,25 @@ __all__ = ["CosmologyTracker"]
 class CosmologyTracker:
     """The training monitor's engine: reads a model's FLRW dual every few steps (T3–T12).
 
-    Each reading (optimiser step n) computes on the probe batch: outputs f, the full NTK (T4),
-    all its modes (T7, `top_k` logged), the `FLRWDual` (T3–T10, with a momentum-SGD optimiser and
-    a `loss`; f_{n−1} is recorded the step before for ḟ, T2), and the duality test: the outputs
-    against their linearisation through the previous reading's frozen kernel (T12). Optimisers
-    without heavy-ball form (Adam, Nesterov, ...) have no de Sitter dual: the tags that need one
-    are omitted (`scalar_tags`), with one warning. Readings never change training: eval mode,
-    buffers and every random state restored, ``.grad`` untouched. Errors at `attach` and the
-    first reading are raised; after that a reading that raises is skipped, warned about and
-    counted (``cosmology/failed_readings``), never stopping training (`ReadingGuard`).
+    Each reading (optimiser step n) computes on the probe batch the outputs f, the full NTK
+    (T4) and its modes (T7, `top_k` logged), the `FLRWDual` (T3–T10; with momentum SGD and a
+    `loss`) and the duality test: the outputs against their linearisation through the previous
+    reading's frozen kernel (T12). Without heavy-ball form (Adam, Nesterov, ...) there is no de
+    Sitter dual: its tags are omitted (`scalar_tags`), with one warning. Readings never change
+    training (eval mode, buffers, random states and ``.grad`` restored). Errors at `attach` and
+    the first reading are raised; later a reading that raises is skipped, warned about and
+    counted (``cosmology/failed_readings``, `ReadingGuard`).
 
     Args:
         model: the network (maps a batch of N inputs to N outputs).
         optimizer: the optimiser; `attach` sets it too.
         probe_batch: a Tensor or NumPy array of inputs, a sequence (inputs, targets, ...), or
-            a dict batch (see `input_key`); None to set it later with `set_probe` (the
-            Lightning callback takes the first training batch). Floating inputs are cast to
-            the model's dtype and device at each probe.
+            a dict batch (see `input_key`); None to set it later with `set_probe`.
         sink: a ``SummaryWriter``-like object, a log directory (a ``SummaryWriter`` is created
             lazily), or a callable ``sink(metrics, step)``; None keeps results in `history`.
 
-    Every other argument (``loss``, ``probe_size``, ``top_k``, ``every_n_steps``,
-    ``log_figures_every_n_steps``, ``history_size``, ``prefix``, ``group``, ``output``,
-    ``verify_ntk``, ``ntk_method``, ``sketch_dim``, ``distributed``, ``input_key``,
-    ``label_key``, ``train_batch_size``) is the `MonitorConfig` option of that name,
-    documented there once; `figures()` draws the figures on demand whatever
-    ``log_figures_every_n_steps`` says.
-
-    Raises:
-        ValueError: on an invalid argument, naming the fix.
+    Every other argument is the `MonitorConfig` option of that name, documented there once.
+    Raises ValueError on an invalid argument, naming the fix.
 
     Example:
         >>> import torch
@@ -103,7 +98,7 @@ class CosmologyTracker:
     def from_config(cls, model: nn.Module, config: MonitorConfig, *,
                     optimizer: Optimizer | None = None, probe_batch: Any = None,
                     sink: Any = None) -> CosmologyTracker:
-        """A tracker with a validated `MonitorConfig` (its probe interval must be set)."""
+        """A tracker with a validated `MonitorConfig` (its reading interval must be set)."""
         tracker = cls.__new__(cls)
         tracker._setup(model, config, optimizer=optimizer, probe_batch=probe_batch, sink=sink)
         return tracker
@@ -121,30 +116,27 @@ class CosmologyTracker:
         if probe_batch is not None:
             self.set_probe(probe_batch)
 
-    # ----- the options and the run, read-only unless said ---------------------------------
     loss = property(lambda self: self.config.loss, doc="The per-sample loss, or None.")
     probe_size = property(lambda self: self.config.probe_size, doc="At most N probe samples.")
     top_k = property(lambda self: self.config.top_k, doc="Modes followed.")
-    every_n_steps = property(lambda self: self.config.interval, doc="Probe interval (steps).")
+    every_n_steps = property(lambda self: self.config.interval, doc="Reading interval (steps).")
     log_figures_every_n_steps = property(lambda self: self.config.log_figures_every_n_steps,
                                          doc="Figure interval (steps), or None.")
     prefix = property(lambda self: self.config.prefix, doc="Prepended to every tag.")
     group = property(lambda self: self.config.group, doc="The param group read.")
     writer = property(lambda self: self.sinks.writer, doc="The SummaryWriter sink, or None.")
     optimizer = property(lambda self: self._watch.optimizer, doc="The optimiser read, or None.")
-    history = property(lambda self: self.run.history, doc="The latest probes' `Reading`s.")
-    dual = property(lambda self: self.run.dual, doc="The latest probe's `FLRWDual`, or None.")
-    nonfinite = property(lambda self: self.run.nonfinite, doc="Probes skipped as non-finite.")
+    history = property(lambda self: self.run.history, doc="The latest readings' `Reading`s.")
+    dual = property(lambda self: self.run.dual, doc="The latest reading's `FLRWDual`, or None.")
+    nonfinite = property(lambda self: self.run.nonfinite, doc="Readings skipped as non-finite.")
     failures = property(lambda self: list(self.guard.failures),
                         doc="The latest `Failure`s after the run started (`ReadingGuard`).")
     last_step = property(lambda self: self.run.last_step,
-                         lambda self, step: setattr(self.run, "last_step", step),
-                         doc="The last optimiser step seen (an adaptor resuming sets it).")
+                         doc="The last optimiser step seen (-1 before any).")
     efolds = property(lambda self: self.run.efolds,
                       lambda self, n: setattr(self.run, "efolds", n),
                       doc="The e-folds accumulated so far, Σ (1 − β_n)/3 (T9).")
 
-    # ----- state -------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         """Counters, history, probe batch and reference basis: everything `resume` needs
         (plain dicts and tensors)."""
@@ -158,18 +150,23 @@ class CosmologyTracker:
             self.extras.figures_step = int(state.get("figures_step", -1))
             self.guard.failed = int(state.get("failed_readings", 0))
 
-    # ----- probe batch and optimiser -----------------------------------------------------
     has_probe = property(lambda self: self.run.inputs is not None,
                          doc="Whether a probe batch is set.")
     probe_batch = property(lambda self: None if self.run.inputs is None else (
-        self.run.inputs, self.run.targets), doc="(inputs, targets) of the probe set, or None.")
+        self.run.inputs, self.run.targets), doc="(inputs as a `cosmo_optim.ntk.ModelInputs`, "
+                                                "targets) of the probe batch, or None.")
 
-    def set_probe(self, batch: Any) -> None:
-        """Fix the probe set: the first `probe_size` samples of `batch` (copied; a dict batch
-        by `input_key`/`label_key`, NumPy arrays as Tensors)."""
+    def set_probe(self, batch: Any, *, train_batch_size: int | None = None) -> None:
+        """Fix the probe batch: the first `probe_size` samples of `batch` (copied to the CPU;
+        a dict batch by `input_key`/`label_key`, NumPy arrays as Tensors, inputs that are a
+        `cosmo_optim.ntk.ModelInputs` as they are). `train_batch_size`, the samples of one
+        optimiser step, sets `MonitorConfig.train_batch_size` (the first reading's cost
+        warning) where an adaptor learns it from the first batch."""
         self.run.inputs, self.run.targets = take_probe_batch(
             batch, self.config.probe_size, input_key=self.config.input_key,
             label_key=self.config.label_key)
+        if train_batch_size is not None:
+            self.config = dataclasses.replace(self.config, train_batch_size=train_batch_size)
 
     def cosmology(self) -> Cosmology | None:
         """The de Sitter universe (T3) of the latest optimiser step, read from the (lr,
@@ -186,7 +183,7 @@ class CosmologyTracker:
         self._watch.observe(optimizer, self.run, self.config)
 
     def attach(self, optimizer: Optimizer) -> Any:
-        """Track a plain PyTorch loop: probe now (step 0) and after every `optimizer.step()`.
+        """Track a plain PyTorch loop: read now (step 0) and after every `optimizer.step()`.
 
         Uses `Optimizer.register_step_post_hook`; returns its handle (`handle.remove()` or
         `detach()` stops tracking). The step counter is the tracker's own `last_step`.
@@ -209,24 +206,26 @@ class CosmologyTracker:
         return self._watch.hooks[-1]
 
     def resume_from(self, step: int) -> None:
-        """After a resume at optimiser step `step`, right after a reading: its weights, the
-        model's now, are the next reading's θ_ref (T12; `RunState.resume_from`)."""
-        self.run.resume_from(self.model, step,
-                             lambda: _outputs_at(self, -1, self.run.inputs, lean=False))
+        """The run continues at optimiser step `step` (a resumed run): steps up to it are not
+        read again, and if it stopped right after a reading at `step`, the model's weights,
+        that reading's, are the next reading's θ_ref (T12; `RunState.resume_from`)."""
+        if self.run.inputs is not None:
+            self.run.resume_from(self.model, step,
+                                 lambda: _outputs_at(self, -1, self.run.inputs, lean=False))
+        self.run.last_step = max(self.run.last_step, step)
 
     def detach(self) -> None:
         """Stop observing the optimiser given to `observe`/`attach`."""
         self._watch.detach()
 
-    # ----- scheduling --------------------------------------------------------------------
     def step(self, step: int) -> dict[str, float] | None:
-        """Report optimiser step `step` (weights after `step` updates); probe if it is due.
+        """Report optimiser step `step` (weights after `step` updates); read if one is due.
 
         Call once after every optimiser step (repeats of the same step are ignored, so several
-        calls per accumulated batch are harmless). Probes at step 0 and every `every_n_steps`;
-        the step before a probe it records the outputs for the velocity. Without `observe`
-        the e-folds accrue here, (1 − β)/3 per step (T9). Returns the probe's scalars (of a
-        reading that failed, the count of failed ones), or None when nothing was probed.
+        calls per accumulated batch are harmless). Reads at step 0 and every `every_n_steps`;
+        the step before a reading it records the outputs for the velocity. Without `observe`
+        the e-folds accrue here, (1 − β)/3 per step (T9). Returns the reading's scalars (of a
+        reading that failed, the count of failed ones), or None when nothing was read.
         """
         if step <= self.last_step:
             return None
@@ -255,19 +254,34 @@ class CosmologyTracker:
 
     probe = deprecated_method("read", "CosmologyTracker.probe")
 
-    # ----- figures and TensorBoard extras (`sinks.TensorBoardExtras`) --------------------
     def final_figures_step(self) -> int | None:
-        """The last probe's step if the end-of-run figures are still to be drawn, else None."""
+        """The last reading's step if the end-of-run figures are still to be drawn, else None."""
         return self.extras.final_step(self.history)
 
-    def write_extras(self, writer: Any, step: int) -> None:
-        """The custom-scalars layout (once), this probe's histograms, figures when due, and the
-        card of what failed since the last reading (`ReadingGuard.card`)."""
-        self.extras.write(writer, self.history, self.dual, step, self.guard.card(step))
+    def write_extras(self, writer: Any, step: int, *, at: int | None = None,
+                     prefix: str | None = None) -> None:
+        """What the reading at `step` adds to a ``SummaryWriter`` besides its scalars
+        (`TensorBoardExtras.write`: the layout of the charts the run fills, log10 views,
+        histograms, cards, figures when due), at step `at` (default `step`: a framework may
+        key its rows otherwise) and under `prefix` (default the tags' own)."""
+        self.extras.write(writer, self.history, self.dual, step, self.guard.card(step),
+                          at=at, prefix=prefix)
 
-    def write_figures(self, writer: Any, step: int) -> None:
+    def write_figures(self, writer: Any, step: int, *, prefix: str | None = None) -> None:
         """Draw `figures()` to a ``SummaryWriter`` at `step`."""
-        self.extras.write_figures(writer, self.history, self.dual, step)
+        self.extras.write_figures(writer, self.history, self.dual, step, prefix=prefix)
+
+    def hyperparameters(self) -> dict[str, Any]:
+        """The physics hyperparameters of the run (T3) and the monitor's settings, by tag:
+        what an adaptor logs beside the framework's own hyperparameters."""
+        return self._watch.hyperparameters(self.config)
+
+    def summary(self) -> RunSummary:
+        """What the run's readings say (`cosmo_optim.monitor.summary.RunSummary`): where the
+        dual held and by how much, the largest causes where it did not, the background and
+        the spectrum's story; `.table()` is the text logged at the end of a run."""
+        return summarize(self.history, interval=self.every_n_steps, nonfinite=self.nonfinite,
+                         failed=self.guard.failed, precision=str(precision_of(self.model)))
 
     def figures(self) -> dict[str, Any]:
         """Matplotlib figures of the run so far, by tag (see `cosmo_optim.monitor.figures`)."""
@@ -276,17 +290,23 @@ class CosmologyTracker:
         return figures(self.history, self.dual)
 
     def close(self) -> None:
-        """Detach, draw the final figures (if enabled) to the writer sink, and close a writer
-        it created (an error there is the guard's, like any write)."""
+        """Detach, draw the final figures (if enabled) to the writer sink, close a writer it
+        created (an error there is the guard's, like any write), and log the run's summary
+        table (`summary`, on the ``cosmo_optim.monitor.console`` logger)."""
         self.detach()
         self.guard.write(self.last_step, lambda: _close(self))
+        if self.history and rank_zero():
+            console().info(self.summary().table())
 
 
 def _guarded_read(tracker: CosmologyTracker, step: int) -> dict[str, float]:
     """A reading under the guard: its scalars, or, when it failed (on any rank: every rank
     skips it), the count of failed readings alone, at its step."""
-    guard = tracker.guard
-    taken = guard.read(step, lambda lean, sync: _take(tracker, step, lean, sync))
+    guard, run = tracker.guard, tracker.run
+    assert run.inputs is not None  # step() returns without
+    outputs = "" if run.last is None else f" × {run.last.outputs[0].numel()} outputs"
+    with timed(step, f"the NTK of {len(run.inputs)} probe samples{outputs}"):
+        taken = guard.read(step, lambda lean, sync: _take(tracker, step, lean, sync))
     if taken is None:
         return {tracker.prefix + "cosmology/failed_readings": float(guard.failed)}
     return _keep(tracker, step, *taken)
@@ -298,11 +318,31 @@ def _take(tracker: CosmologyTracker, step: int, lean: bool,
     under DDP the ranks first agree that it succeeded (`ReadingGuard.read`)."""
     run = tracker.run
     assert run.inputs is not None  # step() and read() return or raise without
+    if tracker.config.loss == MODEL_LOSS:
+        _resolve_loss(tracker)
     result = readings.take_reading(
         tracker.model, run.inputs, run.targets, config=tracker.config,
         cosmology=tracker.cosmology(), run=run.so_far(step, tracker.guard.failed),
         snapshot=run.snapshot, lean=lean, sync=sync)
     return result, None if result.record is None else WeightSnapshot.take(tracker.model, step)
+
+
+def _resolve_loss(tracker: CosmologyTracker) -> None:
+    """``loss="model"``: the model's own loss found on the probe batch (`own_loss_of`), said on
+    the console; a warning naming the fix when there is none."""
+    run, config = tracker.run, tracker.config
+    loss, what = (None, "the probe batch has no targets") if run.targets is None else (
+        readings.own_loss_of(tracker.model, run.inputs, run.targets, config))
+    tracker.config = dataclasses.replace(config, loss=loss)
+    if loss is not None and rank_zero():
+        console().info("CosmologyTracker: the dual uses the model's own loss, %s (matched on "
+                       "the probe batch; loss=... overrides it).", what)
+    elif loss is None:
+        warnings.warn(
+            f"CosmologyTracker: loss='model', but {what}, so the tags that need a loss (the "
+            "potential, Ω_φ, slow roll, masses, forecast) are not logged. Fix: pass the loss "
+            "the model is trained with (e.g. loss=nn.CrossEntropyLoss()), or loss=None.",
+            UserWarning, stacklevel=6)
 
 
 def _keep(tracker: CosmologyTracker, step: int, result: ReadingResult,

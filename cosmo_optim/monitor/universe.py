@@ -119,6 +119,19 @@ class OptimizerWatch:
             return cosmology_or_none(self.optimizer, config.group)
         return self._universe.current(self.optimizer, config.group)
 
+    def hyperparameters(self, config: MonitorConfig) -> dict[str, Any]:
+        """The physics hyperparameters of the run (T3: `Cosmology`'s lr, momentum, time step,
+        Hubble rate, vacuum energy and Hubble time) and the monitor's settings, by tag."""
+        params: dict[str, Any] = {"cosmo_optim/probe_size": config.probe_size,
+                                  "cosmo_optim/top_k": config.top_k,
+                                  f"cosmo_optim/{config.interval_name}": config.interval}
+        cosmology = self.cosmology(config)
+        if cosmology is not None:
+            params.update({f"cosmology/{name}": getattr(cosmology, name) for name in (
+                "lr", "momentum", "time_step", "hubble_rate", "vacuum_energy",
+                "hubble_time_steps")})
+        return {config.prefix + k: v for k, v in params.items()}
+
     def efolds_per_step(self, config: MonitorConfig) -> float:
         """The e-folds of each step at the live (lr, momentum) (T9), for a tracker that is
         not observing the optimiser's steps."""
@@ -144,9 +157,10 @@ class OptimizerWatch:
                 warnings.warn(message, UserWarning, stacklevel=4)
 
         def count(opt: Optimizer, args: Any, kwargs: Any) -> None:
-            run.efolds += self._universe.before_step(opt, config.group, run.last_step + 1)
-            step = self._universe.zero_lr_step
-            if step is not None and not self._zero_lr_warned:
+            efolds = self._universe.before_step(opt, config.group, run.last_step + 1)
+            run.efolds += efolds
+            step = self._universe.zero_lr_step  # without heavy-ball form (efolds 0) no dual is lost
+            if step is not None and efolds > 0 and not self._zero_lr_warned:
                 self._zero_lr_warned = True
                 warnings.warn(zero_lr_warning(step, config), UserWarning, stacklevel=3)
 
@@ -171,7 +185,7 @@ def zero_lr_warning(step: int, config: MonitorConfig) -> str:
     return (
         f"CosmologyTracker: optimiser step {step} used lr = 0 in group {config.group}: a step "
         "with lr = 0 does not move the weights and has no de Sitter dual (Δt = sqrt(lr) = 0), "
-        "so a probe right after it logs no Hubble rate, vacuum energy, e-folds or dual tags; "
+        "so a reading right after it logs no Hubble rate, vacuum energy, e-folds or dual tags; "
         "it still counts (1 − β)/3 e-folds, as every step does (docs/theory.md T9). Said once "
         "per run; the read-out resumes at the next step with lr > 0 (e.g. after a warm-up "
         "from 0)."
@@ -194,12 +208,14 @@ def dual_warnings(optimizer: Optimizer, config: MonitorConfig) -> list[str]:
     try:
         _form_of(optimizer, config.group)
     except ValueError as error:
-        tags = scalar_tags(config.top_k, dual=False, loss=config.loss is not None,
-                           prefix=config.prefix)
+        tags = [t for t in scalar_tags(config.top_k, dual=False, prefix=config.prefix)
+                if not t.endswith("cosmology/field")]
         out.append(
             f"CosmologyTracker: no de Sitter dual for {name}: {error} No Hubble rate, vacuum "
-            "energy, e-folds, potential, Ω_φ, slow roll, masses or duality residual are "
-            f"reported; still logged: {', '.join(tags)}."
+            "energy, e-folds, potential, Ω_φ, slow roll, masses or forecast are reported "
+            "(T3–T10), and the residual still tests the frozen kernel, whatever the optimiser "
+            f"(T12); still logged: {', '.join(tags)} (and cosmology/field for one output per "
+            "sample)."
         )
     return out
 

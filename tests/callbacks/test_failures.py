@@ -59,10 +59,11 @@ class Tight(Regressor):
 
 
 class FullDiskLogger(TensorBoardLogger):
-    """A logger whose disk is full when the monitor's step-6 reading arrives."""
+    """A logger whose disk is full when the monitor's step-6 reading arrives (on Lightning's
+    own step, 5)."""
 
     def log_metrics(self, metrics, step=None):
-        if step == 6 and "ntk/lambda_1" in metrics:
+        if step == 5 and "ntk/lambda_1" in metrics:
             raise OSError(28, "No space left on device")
         super().log_metrics(metrics, step)
 
@@ -111,16 +112,16 @@ def test_lightning_finishes_every_step_with_the_weights_of_a_run_without_the_mon
     if failure == "logger":
         assert "writing the reading at step 6 raised OSError: [Errno 28]" in warning
         assert history == [0, 2, 4, 6, 8, 10]  # the reading is kept, its write lost
-        assert 6 not in [e.step for e in acc.Scalars("ntk/lambda_1")]
-        assert "step 6: writing the reading raised OSError" in failures_card(acc, 8)
+        assert 5 not in [e.step for e in acc.Scalars("ntk/lambda_1")]  # Lightning's step
+        assert "step 6: writing the reading raised OSError" in failures_card(acc, 7)
         return
     cause = "OutOfMemoryError: " + OOM if failure == "out of memory" else "RuntimeError: CUBLAS"
     assert f"the reading at step 6 raised {cause}" in warning
     assert history == [0, 2, 4, 8, 10]
     failed = [(e.step, e.value) for e in acc.Scalars("cosmology/failed_readings")]
-    assert failed == [(6, 1.0), (8, 1.0), (10, 1.0)]
+    assert failed == [(5, 1.0), (7, 1.0), (9, 1.0)]  # on Lightning's own steps (n − 1)
     assert run.callback_metrics["cosmology/failed_readings"] == 1.0
-    assert f"step 6: the reading raised {cause}" in failures_card(acc, 6)
+    assert f"step 6: the reading raised {cause}" in failures_card(acc, 5)
 
 
 def test_a_checkpoint_written_with_the_monitor_resumes_without_it_and_with_a_later_version(
@@ -223,7 +224,7 @@ def test_lightning_ddp_with_rank_1_failing_skips_on_both_ranks_and_trains_as_wit
     assert any("step 4 failed on another rank" in w for w in warned[0])
     acc = events(tmp_path / "logs" / "version_1")
     assert [(e.step, e.value) for e in acc.Scalars("cosmology/failed_readings")] == [
-        (4, 1.0), (6, 1.0), (8, 2.0), (10, 2.0)]
+        (3, 1.0), (5, 1.0), (7, 2.0), (9, 2.0)]  # on Lightning's own steps (n − 1)
 
 
 # ----- Hugging Face ------------------------------------------------------------------------
@@ -251,15 +252,16 @@ class Steps(transformers.TrainerCallback):
         TightClassifier.step = state.global_step + 1
 
 
-class FailingIntegration(transformers.TrainerCallback):
+class FailingIntegration(transformers.integrations.TensorBoardCallback):
     """An integration whose service is down when the monitor's step-6 row arrives."""
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if state.global_step == 6 and "ntk/lambda_1" in (logs or {}):
             raise ConnectionError("the tracking server refused the connection")
+        return super().on_log(args, state, control, logs=logs, **kwargs)
 
 
-def hf_run(tmp_path, monitored: bool, failure: str | None = None, with_trainer: bool = False):
+def hf_run(tmp_path, monitored: bool, failure: str | None = None):
     torch.manual_seed(0)
     model = TightClassifier() if failure == "out of memory" else Classifier()
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
@@ -272,8 +274,7 @@ def hf_run(tmp_path, monitored: bool, failure: str | None = None, with_trainer: 
                                optimizers=(opt, None), callbacks=[Steps(), *extra])
     callback = None
     if monitored:
-        callback = CosmologyCallback(nn.CrossEntropyLoss(), input_key="x", top_k=2,
-                                     trainer=run if with_trainer else None)
+        callback = CosmologyCallback(nn.CrossEntropyLoss(), input_key="x", top_k=2, trainer=run)
         run.add_callback(callback)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -293,13 +294,12 @@ def hf_plain(tmp_path_factory):
     return run, own_rows(run)
 
 
-@pytest.mark.parametrize(("failure", "with_trainer"), [
-    ("out of memory", False), ("kernel", True), ("integration", True)])
+@pytest.mark.parametrize("failure", ["out of memory", "kernel", "integration"])
 def test_hugging_face_finishes_every_step_with_the_weights_of_a_run_without_the_monitor(
-        tmp_path, monkeypatch, hf_plain, failure, with_trainer):
+        tmp_path, monkeypatch, hf_plain, failure):
     if failure == "kernel":
         fail_kernel_at(monkeypatch, 3)  # the readings at 0, 3, 6
-    run, callback, caught = hf_run(tmp_path, True, failure, with_trainer)
+    run, callback, caught = hf_run(tmp_path, True, failure)
     plain, plain_rows = hf_plain
     assert run.state.global_step == 12
     for a, b in zip(run.model.parameters(), plain.model.parameters(), strict=True):
@@ -321,7 +321,7 @@ def test_hugging_face_finishes_every_step_with_the_weights_of_a_run_without_the_
     assert rows[12]["cosmology/failed_readings"] == 1.0
 
 
-def resumed_hf(tmp_path, checkpoint, callbacks=()):
+def resumed_hf(tmp_path, checkpoint, monitored=False):
     torch.manual_seed(0)
     model = Classifier()
     args = transformers.TrainingArguments(
@@ -331,24 +331,27 @@ def resumed_hf(tmp_path, checkpoint, callbacks=()):
     run = transformers.Trainer(model=model, args=args, train_dataset=Examples(),
                                optimizers=(torch.optim.SGD(model.parameters(), lr=0.05,
                                                            momentum=0.9), None),
-                               callbacks=list(callbacks))
+                               )
+    callback = None
+    if monitored:
+        callback = CosmologyCallback(nn.CrossEntropyLoss(), input_key="x", top_k=2, trainer=run)
+        run.add_callback(callback)
     run.train(resume_from_checkpoint=str(checkpoint))
-    return run
+    return run, callback
 
 
 def test_a_hugging_face_checkpoint_resumes_without_the_callback_and_with_a_later_version(
         tmp_path):
     hf_run(tmp_path / "first", True)
     checkpoint = tmp_path / "first" / "checkpoint-6"
-    assert resumed_hf(tmp_path / "without", checkpoint).state.global_step == 12
+    assert resumed_hf(tmp_path / "without", checkpoint)[0].state.global_step == 12
     state_file = checkpoint / "trainer_state.json"
     saved = json.loads(state_file.read_text())
     stored = saved["stateful_callbacks"]["CosmologyCallback"]["attributes"]["saved_state"]
     assert stored["version"] == 2
     stored["version"] = 3  # as a later cosmo-optim would write it
     state_file.write_text(json.dumps(saved))
-    callback = CosmologyCallback(nn.CrossEntropyLoss(), input_key="x", top_k=2)
     with pytest.warns(UserWarning, match="state version 3; this cosmo-optim reads versions 1 to 2"):
-        run = resumed_hf(tmp_path / "later", checkpoint, [callback])
+        run, callback = resumed_hf(tmp_path / "later", checkpoint, monitored=True)
     assert run.state.global_step == 12
     assert [r.step for r in callback.tracker.history] == [9, 12]  # a new series from step 9

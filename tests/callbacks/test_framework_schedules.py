@@ -104,9 +104,10 @@ def test_huggingface_linear_schedule_with_warm_up_reads_the_lr_each_step_used(tm
         output_dir=str(tmp_path), max_steps=STEPS, logging_steps=EVERY, warmup_steps=3,
         lr_scheduler_type="linear", per_device_train_batch_size=8, report_to=[],
         save_strategy="no", use_cpu=True, disable_tqdm=True, seed=0)
-    callback = CosmologyCallback(nn.CrossEntropyLoss(), input_key="x", top_k=2)
     trainer = transformers.Trainer(model=model, args=args, train_dataset=Examples(),
-                                   optimizers=(opt, None), callbacks=[callback])
+                                   optimizers=(opt, None))
+    callback = CosmologyCallback(nn.CrossEntropyLoss(), input_key="x", top_k=2, trainer=trainer)
+    trainer.add_callback(callback)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         trainer.train()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import types
 import warnings
 
 import pytest
@@ -58,12 +59,12 @@ class Examples(torch.utils.data.Dataset):
         return item
 
 
-def run(tmp_path, max_steps=6, callback=None, resume=None, save_steps=None, dataset=None,
-        with_trainer=False, **kwargs):
-    """A 6-step Classifier run; `with_trainer`: the callback added as
-    ``trainer.add_callback(CosmologyCallback(..., trainer=trainer))``, else ``callbacks=[...]``."""
+def run(tmp_path, max_steps=6, resume=None, save_steps=None, dataset=None, model=None,
+        options=None, **kwargs):
+    """A 6-step Classifier run, the callback added as
+    ``trainer.add_callback(CosmologyCallback(..., trainer=trainer))`` with `options`."""
     torch.manual_seed(0)
-    model = Classifier()
+    model = model or Classifier()
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     args = transformers.TrainingArguments(
         output_dir=str(tmp_path), max_steps=max_steps, logging_steps=kwargs.pop("logging_steps", 3),
@@ -71,15 +72,11 @@ def run(tmp_path, max_steps=6, callback=None, resume=None, save_steps=None, data
         save_strategy="steps" if save_steps else "no", save_steps=save_steps or 500,
         use_cpu=True, disable_tqdm=True, lr_scheduler_type="constant", seed=0, **kwargs,
     )
-    if not with_trainer:
-        callback = callback or CosmologyCallback(nn.CrossEntropyLoss(), input_key="x", top_k=2)
-    trainer = transformers.Trainer(
-        model=model, args=args, train_dataset=dataset or Examples(), optimizers=(opt, None),
-        callbacks=[] if with_trainer else [callback],
-    )
-    if with_trainer:
-        callback = CosmologyCallback(nn.CrossEntropyLoss(), input_key="x", top_k=2, trainer=trainer)
-        trainer.add_callback(callback)
+    trainer = transformers.Trainer(model=model, args=args, train_dataset=dataset or Examples(),
+                                   optimizers=(opt, None))
+    callback = CosmologyCallback(**{"loss": nn.CrossEntropyLoss(), "input_key": "x", "top_k": 2,
+                                    **(options or {})}, trainer=trainer)
+    trainer.add_callback(callback)
     trainer.train(resume_from_checkpoint=resume)
     return trainer, callback, opt
 
@@ -90,10 +87,9 @@ def series(trainer):
             for e in trainer.state.log_history if "cosmology/nonfinite" in e]
 
 
-@pytest.mark.parametrize("with_trainer", [True, False], ids=["trainer=", "callbacks=[...]"])
-def test_scalars_reach_log_history_and_the_trainer_s_tensorboard_run(tmp_path, monkeypatch, with_trainer):
+def test_scalars_reach_log_history_and_the_trainer_s_tensorboard_run(tmp_path, monkeypatch):
     monkeypatch.setenv("TENSORBOARD_LOGGING_DIR", str(tmp_path / "tb"))
-    trainer, callback, opt = run(tmp_path, with_trainer=with_trainer)
+    trainer, callback, opt = run(tmp_path)
     assert [r.step for r in callback.tracker.history] == [0, 3, 6]
     logged = series(trainer)
     assert [step for step, _ in logged] == [0, 3, 6]
@@ -103,18 +99,19 @@ def test_scalars_reach_log_history_and_the_trainer_s_tensorboard_run(tmp_path, m
     tags = set(acc.Tags()["scalars"])
     assert "train/loss" in tags  # the Trainer's own run: the cosmology sits beside the loss
     assert {"train/" + t for t in scalar_tags(2, outputs=3)} <= tags
+    assert "train/duality/log10_relative_residual" in tags  # and the charts' log10 views
     hubble = acc.Scalars("train/cosmology/hubble_rate")
-    assert [e.step for e in hubble] == [0, 3, 6]
+    assert [e.step for e in hubble] == [0, 3, 6]  # the Trainer's own step, as train/loss's
+    assert {e.step for e in acc.Scalars("train/loss")} <= {e.step for e in hubble}
     assert hubble[0].value == pytest.approx(cosmology_of(opt).hubble_rate)
     assert "train/ntk/spectrum" in acc.Tags()["histograms"]  # beside its scalars (issue #21)
 
 
-@pytest.mark.parametrize("with_trainer", [True, False], ids=["trainer=", "callbacks=[...]"])
-def test_interrupted_and_resumed_run_logs_the_same_series_as_an_uninterrupted_one(tmp_path, with_trainer):
-    straight, _, _ = run(tmp_path / "a", max_steps=12, report_to=[], with_trainer=with_trainer)
-    run(tmp_path / "b", max_steps=12, save_steps=6, report_to=[], with_trainer=with_trainer)  # leaves checkpoint-6
+def test_interrupted_and_resumed_run_logs_the_same_series_as_an_uninterrupted_one(tmp_path):
+    straight, _, _ = run(tmp_path / "a", max_steps=12, report_to=[])
+    run(tmp_path / "b", max_steps=12, save_steps=6, report_to=[])  # leaves checkpoint-6
     resumed, callback, _ = run(tmp_path / "c", max_steps=12, report_to=[], save_steps=6,
-                               resume=str(tmp_path / "b" / "checkpoint-6"), with_trainer=with_trainer)
+                               resume=str(tmp_path / "b" / "checkpoint-6"))
     expected = series(straight)
     got = series(resumed)  # the checkpoint's log history, then the resumed run's rows
     assert [s for s, _ in got] == [s for s, _ in expected] == [0, 3, 6, 9, 12]
@@ -126,9 +123,9 @@ def test_interrupted_and_resumed_run_logs_the_same_series_as_an_uninterrupted_on
     assert [r.step for r in callback.tracker.history] == [0, 3, 6, 9, 12]
 
 
-def test_without_trainer_the_tensorboard_scalars_share_the_trainer_s_default_run(tmp_path, monkeypatch):
-    """No TENSORBOARD_LOGGING_DIR: the Trainer writes to output_dir/runs/<time>_<host>, and the
-    callback's own writer joins that run (one directory holding train/loss and ours)."""
+def test_the_tensorboard_scalars_share_the_trainer_s_default_run(tmp_path, monkeypatch):
+    """No TENSORBOARD_LOGGING_DIR: the Trainer writes to output_dir/runs/<time>_<host>, and so
+    do the monitor's scalars and extras (through the Trainer's own integration: no guess)."""
     monkeypatch.delenv("TENSORBOARD_LOGGING_DIR", raising=False)
     run(tmp_path)
     made = [p for p in (tmp_path / "runs").iterdir() if p.is_dir()]
@@ -139,20 +136,40 @@ def test_without_trainer_the_tensorboard_scalars_share_the_trainer_s_default_run
     assert [e.step for e in acc.Scalars("train/cosmology/hubble_rate")] == [0, 3, 6]
 
 
-@pytest.mark.parametrize("with_trainer", [True, False], ids=["trainer=", "callbacks=[...]"])
-def test_the_trainer_is_used_only_when_given(tmp_path, monkeypatch, with_trainer):
-    """No stack walk: without trainer= no Trainer.log call carries our scalars; with it, each
-    probe is one."""
-    ours = []
-    log = transformers.Trainer.log
-    monkeypatch.setattr(transformers.Trainer, "log", lambda self, logs, *a, **kw: (
-        ours.append(self) if "cosmology/nonfinite" in logs else None, log(self, logs, *a, **kw))[1])
-    trainer, _, _ = run(tmp_path, report_to=[], with_trainer=with_trainer)
-    assert ours == ([trainer] * 3 if with_trainer else [])
-    assert [s for s, _ in series(trainer)] == [0, 3, 6]
+def test_the_scalars_reach_every_integration_but_not_the_console(tmp_path, capsys):
+    """report_to=["tensorboard"] plus an integration of another kind (a TensorBoardCallback
+    subclass standing in for W&B or MLflow: nothing is installed or sent): both get every
+    reading's 20-odd scalars in on_log; the Trainer's console printer (disable_tqdm: it prints
+    every log) gets none of them, and Trainer.log is never called with them."""
+    received: list[tuple[int, set[str]]] = []
+
+    class Service(transformers.integrations.TensorBoardCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            received.append((state.global_step, set(logs or {})))
+
+    torch.manual_seed(0)
+    model = Classifier()
+    args = transformers.TrainingArguments(
+        output_dir=str(tmp_path), max_steps=6, logging_steps=3, per_device_train_batch_size=8,
+        report_to=[], save_strategy="no", use_cpu=True, disable_tqdm=True, seed=0)
+    trainer = transformers.Trainer(
+        model=model, args=args, train_dataset=Examples(), callbacks=[Service()],
+        optimizers=(torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9), None))
+    logged = []
+    original = trainer.log
+    trainer.log = lambda logs, *a, **kw: (logged.append(set(logs)), original(logs, *a, **kw))
+    trainer.add_callback(CosmologyCallback(nn.CrossEntropyLoss(), input_key="x", top_k=2,
+                                           trainer=trainer))
+    trainer.train()
+    ours = [step for step, keys in received if "ntk/lambda_1" in keys]
+    assert ours == [0, 3, 6]
+    assert all(len(keys) > 20 for _, keys in received if "ntk/lambda_1" in keys)
+    assert not any("ntk/lambda_1" in keys for keys in logged)
+    printed = capsys.readouterr().out
+    assert "'loss'" in printed and "cosmology/" not in printed  # the Trainer's own rows only
 
 
-def test_nothing_the_trainer_does_is_altered_either_way(tmp_path):
+def test_nothing_the_trainer_does_is_altered(tmp_path):
     """Its own log rows (loss, learning rate, grad norm at steps 3 and 6), its checkpoints and
     the weights are those of a run without the callback."""
 
@@ -161,62 +178,56 @@ def test_nothing_the_trainer_does_is_altered_either_way(tmp_path):
         return [{k: v for k, v in e.items() if k in keep} for e in trainer.state.log_history
                 if "cosmology/nonfinite" not in e and "train_runtime" not in e]
 
-    plain_cb = type("Nothing", (transformers.TrainerCallback,), {})()
-    plain, _, _ = run(tmp_path / "plain", callback=plain_cb, report_to=[], save_steps=3)
-    for name, with_trainer in (("given", True), ("hooks", False)):
-        trainer, _, _ = run(tmp_path / name, report_to=[], save_steps=3, with_trainer=with_trainer)
-        assert own(trainer) == own(plain), name
-        assert sorted(p.name for p in (tmp_path / name).iterdir() if p.name.startswith("checkpoint")) == [
-            "checkpoint-3", "checkpoint-6"]
-        for a, b in zip(trainer.model.parameters(), plain.model.parameters(), strict=True):
-            assert torch.equal(a, b), name
+    torch.manual_seed(0)
+    model = Classifier()
+    args = transformers.TrainingArguments(
+        output_dir=str(tmp_path / "plain"), max_steps=6, logging_steps=3, report_to=[],
+        per_device_train_batch_size=8, save_strategy="steps", save_steps=3, use_cpu=True,
+        disable_tqdm=True, lr_scheduler_type="constant", seed=0)
+    plain = transformers.Trainer(model=model, args=args, train_dataset=Examples(), optimizers=(
+        torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9), None))
+    plain.train()
+    trainer, _, _ = run(tmp_path / "watched", report_to=[], save_steps=3)
+    assert own(trainer) == own(plain)
+    assert sorted(p.name for p in (tmp_path / "watched").iterdir() if p.name.startswith("checkpoint")) == [
+        "checkpoint-3", "checkpoint-6"]
+    for a, b in zip(trainer.model.parameters(), plain.model.parameters(), strict=True):
+        assert torch.equal(a, b)
 
 
-@pytest.mark.parametrize("figures", [None, 3])
-def test_without_trainer_other_integrations_get_one_warning_naming_the_fix(tmp_path, monkeypatch, figures):
-    """report_to=["tensorboard", "wandb"] (W&B's callback left out of the Trainer: nothing is
-    installed or sent): one warning per run naming W&B, what misses it and the fix."""
-    monkeypatch.setattr(transformers.trainer, "get_reporting_integration_callbacks", lambda names: [])
-    monkeypatch.setenv("TENSORBOARD_LOGGING_DIR", str(tmp_path / "tb"))
-    callback = CosmologyCallback(nn.CrossEntropyLoss(), input_key="x", top_k=2,
-                                 log_figures_every_n_steps=figures)
-    with pytest.warns(UserWarning) as caught:
-        run(tmp_path, callback=callback, report_to=["tensorboard", "wandb"])
-    ours = [str(w.message) for w in caught if "CosmologyCallback" in str(w.message)
-            and ("reach" in str(w.message) or "are not sent to" in str(w.message))]
-    assert len(ours) == 1, ours
-    assert "do not reach report_to=['wandb']" in ours[0]
-    assert ("scalars and figures" in ours[0]) == (figures is not None)
-    assert "trainer.add_callback(CosmologyCallback(..., trainer=trainer))" in ours[0]
-    acc = EventAccumulator(str(tmp_path / "tb"), size_guidance={"scalars": 0})
-    acc.Reload()  # TensorBoard still gets them through the callback's own writer
-    assert "train/cosmology/hubble_rate" in acc.Tags()["scalars"]
-
-
-def test_with_trainer_other_integrations_get_no_warning(tmp_path, monkeypatch):
-    monkeypatch.setattr(transformers.trainer, "get_reporting_integration_callbacks", lambda names: [])
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        run(tmp_path, report_to=["wandb"], with_trainer=True)
-    assert not [w for w in caught if "do not reach" in str(w.message)]
-
-
-@pytest.mark.parametrize("trainer", [object(), "trainer"])
-def test_a_trainer_that_is_not_one_or_not_ours_is_refused(tmp_path, trainer):
-    if trainer == "trainer":
+@pytest.mark.parametrize("trainer", [None, object(), "other"])
+def test_a_callback_without_its_trainer_or_with_another_is_refused(tmp_path, trainer):
+    if trainer == "other":
         other, _, _ = run(tmp_path / "other", max_steps=1, report_to=[])
         callback = CosmologyCallback(nn.CrossEntropyLoss(), input_key="x", top_k=2, trainer=other)
+        ours = transformers.Trainer(model=Classifier(), args=other.args, train_dataset=Examples(),
+                                    callbacks=[callback])
         with pytest.raises(ValueError, match=r"trainer= is not the Trainer running this callback\. Fix: trainer\.add_callback"):
-            run(tmp_path / "ours", max_steps=1, callback=callback, report_to=[])
+            ours.train()
     else:
-        with pytest.raises(ValueError, match=r"Invalid trainer: object; it must be the transformers\.Trainer"):
+        # the former way in, Trainer(callbacks=[CosmologyCallback(...)]), is this error
+        with pytest.raises(ValueError, match=r"Invalid trainer: (NoneType|object); it must be the transformers\.Trainer.*Trainer\(callbacks=\[CosmologyCallback\(\.\.\.\)\]\) gives it none.*Fix: trainer\.add_callback\(CosmologyCallback\(\.\.\., trainer=trainer\)\)"):
             CosmologyCallback(trainer=trainer)
 
 
+def hf(tmp_path, model, data, *, lr=0.01, max_steps=2, logging_steps=1, batch=4, sgd=True,
+       **options):
+    """A Trainer of `model` on `data` (SGD with momentum 0.9, or the default AdamW) and the
+    callback with `options`, added with trainer=; not trained yet."""
+    args = transformers.TrainingArguments(
+        output_dir=str(tmp_path), max_steps=max_steps, logging_steps=logging_steps,
+        per_device_train_batch_size=batch, report_to=[], save_strategy="no", use_cpu=True,
+        disable_tqdm=True, seed=0)
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9) if sgd else None
+    trainer = transformers.Trainer(model=model, args=args, train_dataset=data,
+                                   optimizers=(opt, None))
+    callback = CosmologyCallback(**options, trainer=trainer)
+    trainer.add_callback(callback)
+    return trainer, callback
+
+
 def test_probe_batch_keeps_every_model_input(tmp_path):
-    callback = CosmologyCallback(nn.CrossEntropyLoss(), input_key="x", top_k=2)
-    trainer, callback, _ = run(tmp_path, max_steps=3, callback=callback, report_to=[],
-                               dataset=Examples(mask=True))
+    trainer, callback, _ = run(tmp_path, max_steps=3, report_to=[], dataset=Examples(mask=True))
     assert "mask" in trainer.model.seen and callback.tracker.history[0].step == 0
 
 
@@ -230,15 +241,10 @@ def test_a_tiny_gpt2_with_padded_batches_is_probed_with_its_attention_mask(tmp_p
     probe = {"input_ids": ids, "attention_mask": mask}
     calls = []
     model.register_forward_pre_hook(lambda m, a, kw: calls.append(kw.get("attention_mask")), with_kwargs=True)
-    callback = CosmologyCallback(probe_batch=probe, probe_size=4, top_k=2)
     data = [{"input_ids": ids[i], "attention_mask": mask[i], "labels": ids[i]} for i in range(8)]
-    args = transformers.TrainingArguments(
-        output_dir=str(tmp_path), max_steps=2, logging_steps=1, per_device_train_batch_size=4,
-        report_to=[], save_strategy="no", use_cpu=True, disable_tqdm=True,
-    )
-    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    transformers.Trainer(model=model, args=args, train_dataset=data, optimizers=(opt, None),
-                         callbacks=[callback]).train()
+    trainer, callback = hf(tmp_path, model, data, loss=None, probe_batch=probe, probe_size=4,
+                           top_k=2)
+    trainer.train()
     assert [r.step for r in callback.tracker.history] == [0, 1, 2]
     assert any(m is not None and m.shape[0] <= 4 and (m == 0).any() for m in calls)
     assert math.isfinite(callback.tracker.history[-1].scalars["ntk/lambda_1"])
@@ -246,7 +252,7 @@ def test_a_tiny_gpt2_with_padded_batches_is_probed_with_its_attention_mask(tmp_p
 
 def test_output_selects_a_few_logits_of_a_language_model(tmp_path):
     """A language model's logits are (N, T, V): `output=` picks the last token's first two,
-    and the first probe's λ_1 is that of the brute-force kernel of those two outputs."""
+    and the first reading's λ_1 is that of the brute-force kernel of those two outputs."""
     config = transformers.GPT2Config(n_layer=1, n_head=2, n_embd=16, vocab_size=11, n_positions=8)
     torch.manual_seed(0)
     model = transformers.GPT2LMHeadModel(config).eval()
@@ -259,39 +265,42 @@ def test_output_selects_a_few_logits_of_a_language_model(tmp_path):
             rows.append(torch.cat([p.grad.reshape(-1) for p in model.parameters()]))
     J = torch.stack(rows).double()
     lam_1 = float(torch.linalg.eigvalsh(J @ J.T)[-1])
-    callback = CosmologyCallback(probe_batch={"input_ids": ids}, probe_size=4, top_k=2,
-                                 output=lambda out: out.logits[:, -1, :2])
-    args = transformers.TrainingArguments(
-        output_dir=str(tmp_path), max_steps=1, logging_steps=1, per_device_train_batch_size=4,
-        report_to=[], save_strategy="no", use_cpu=True, disable_tqdm=True,
-    )
     data = [{"input_ids": ids[i], "labels": ids[i]} for i in range(4)]
-    opt = torch.optim.SGD(model.parameters(), lr=0.0, momentum=0.9)
-    transformers.Trainer(model=model, args=args, train_dataset=data, optimizers=(opt, None),
-                         callbacks=[callback]).train()
+    trainer, callback = hf(tmp_path, model, data, lr=0.0, max_steps=1, loss=None,
+                           probe_batch={"input_ids": ids}, probe_size=4, top_k=2,
+                           output=lambda out: out.logits[:, -1, :2])
+    trainer.train()
     first = callback.tracker.history[0].scalars
     assert first["ntk/lambda_1"] == pytest.approx(lam_1, rel=1e-4)
     assert first["ntk/sketch_dim"] == 0.0
 
 
-def test_adamw_warns_once_and_logs_no_hubble_rate(tmp_path):
+def test_adamw_warns_once_truly_and_logs_no_hubble_rate(tmp_path):
+    """AdamW with a warm-up from lr = 0: one warning, which promises only tags that are logged
+    (no cosmology/field for 3 outputs), and no lr = 0 warning with its e-folds (no dual is
+    lost)."""
     torch.manual_seed(0)
-    model = Classifier()
-    callback = CosmologyCallback(nn.CrossEntropyLoss(), input_key="x", top_k=2)
-    args = transformers.TrainingArguments(
-        output_dir=str(tmp_path), max_steps=3, logging_steps=3, per_device_train_batch_size=8,
-        report_to=[], save_strategy="no", use_cpu=True, disable_tqdm=True,
-    )
-    trainer = transformers.Trainer(model=model, args=args, train_dataset=Examples(), callbacks=[callback])
-    with pytest.warns(UserWarning, match=r"no de Sitter dual for AdamW.*still logged: cosmology/alpha_eff"):
+    trainer, callback = hf(tmp_path, Classifier(), Examples(), sgd=False, max_steps=6,
+                           logging_steps=3, batch=8, loss=nn.CrossEntropyLoss(), input_key="x",
+                           top_k=2)
+    trainer.args.warmup_steps = 2
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         trainer.train()
-    assert "cosmology/hubble_rate" not in callback.tracker.history[-1].scalars
+    ours = [str(w.message) for w in caught if "CosmologyTracker" in str(w.message)]
+    assert len(ours) == 1 and "no de Sitter dual for AdamW" in ours[0], ours
+    promised = set(ours[0].split("still logged: ")[1].split(" (")[0].split(", "))
+    logged = {t for r in callback.tracker.history for t in r.scalars}
+    assert promised <= logged, promised - logged
+    assert "cosmology/field" not in promised and "duality/relative_residual" in promised
+    assert "(1 − β)/3" not in ours[0] and "lr = 0" not in ours[0]  # no e-fold talk for AdamW
+    assert "cosmology/hubble_rate" not in logged
 
 
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"probe_batch": {"x": torch.zeros(2, 4)}}, r"no 'input_ids' key .* Fix: pass input_key="),
+        ({"probe_batch": {"x": torch.zeros(2, 4)}}, r"no key 'input_ids'.* Fix: pass input_key="),
         ({"loss": nn.CrossEntropyLoss}, r"the class CrossEntropyLoss, not an instance. Fix: pass CrossEntropyLoss\(\)"),
         ({"top_k": 0}, r"Invalid top_k: 0"),
         ({"every_n_steps": 0}, r"Invalid every_n_steps: 0"),
@@ -303,9 +312,8 @@ def test_invalid_arguments_name_the_fix(kwargs, match):
 
 
 def test_a_loss_that_does_not_fit_the_logits_is_one_line_naming_the_fix(tmp_path):
-    callback = CosmologyCallback(nn.MSELoss(), input_key="x", top_k=2)
     with pytest.raises(ValueError, match=r"the loss MSELoss does not give one value per sample on the model's outputs of shape \(16, 3\) .*Fix: pass the loss the model is trained with"):
-        run(tmp_path, max_steps=1, callback=callback, report_to=[])
+        run(tmp_path, max_steps=1, report_to=[], options={"loss": nn.MSELoss()})
 
 
 HF_DDP_SCRIPT = """
@@ -364,57 +372,56 @@ def test_labels_of_the_wrong_length_are_an_error_naming_both_lengths():
 
 def test_a_probe_far_costlier_than_a_training_step_warns_once(tmp_path):
     """N·C = 32·3 per-output gradients against 1 sample a step: ≈ 96 training steps a probe."""
-    callback = CosmologyCallback(nn.CrossEntropyLoss(), input_key="x", top_k=2, probe_size=32)
     with pytest.warns(UserWarning, match=r"≈ 96 training steps") as caught:
-        run(tmp_path, max_steps=3, callback=callback, report_to=[],
-            per_device_train_batch_size=1)
+        run(tmp_path, max_steps=3, report_to=[], per_device_train_batch_size=1,
+            options={"probe_size": 32})
     assert len([w for w in caught if "training steps" in str(w.message)]) == 1
 
 
 def test_figures_without_a_logger_that_takes_them_warn_once_naming_what_is_dropped(tmp_path):
-    callback = CosmologyCallback(nn.CrossEntropyLoss(), input_key="x", top_k=2,
-                                 log_figures_every_n_steps=3)
     with pytest.warns(UserWarning, match="are not sent to") as caught:
-        run(tmp_path, callback=callback, report_to=[])
+        run(tmp_path, report_to=[], options={"log_figures_every_n_steps": 3})
     dropped = [str(w.message) for w in caught if "are not sent to" in str(w.message)]
     assert len(dropped) == 1 and "report_to=[]" in dropped[0], dropped
     assert "figures/spectrum" in dropped[0] and "log_figures_every_n_steps=None" in dropped[0]
 
 
-def test_figures_go_to_a_reporting_integration_s_image_api(tmp_path, monkeypatch):
-    """With trainer=: transformers' WandbCallback keeps the wandb module as ``_wandb``, and
-    figures go through its ``log`` and ``Image`` (a recording stand-in here; nothing is
-    installed or sent)."""
+def test_figures_go_to_a_reporting_integration_s_image_api(tmp_path):
+    """transformers' WandbCallback keeps the wandb module as ``_wandb``: figures go through its
+    ``log`` and ``Image``, the scalars through its on_log (a recording stand-in for the module;
+    the callback made without its __init__, which imports wandb: nothing is installed or sent)."""
     logged: list[tuple[str, int, tuple]] = []
 
     class Wandb:
         Image = staticmethod(lambda pixels: pixels)
+        run = types.SimpleNamespace(summary={})
 
         @staticmethod
-        def log(row):
+        def log(row, **kwargs):
             step = row.pop("train/global_step")
-            logged.extend((tag, step, image.shape) for tag, image in row.items())
+            logged.extend((tag, step, getattr(v, "shape", None)) for tag, v in row.items())
 
-    class Reporting(transformers.TrainerCallback):
-        _wandb = Wandb
-
-    monkeypatch.setattr(transformers.integrations, "get_reporting_integration_callbacks",
-                        lambda report_to: [Reporting])
+    Reporting = transformers.integrations.WandbCallback.__new__
+    reporting = Reporting(transformers.integrations.WandbCallback)
+    reporting._wandb, reporting._initialized = Wandb, True
+    reporting._log_model = types.SimpleNamespace(is_enabled=False)
     torch.manual_seed(0)
     model = Classifier()
     args = transformers.TrainingArguments(
         output_dir=str(tmp_path), max_steps=6, logging_steps=3, per_device_train_batch_size=8,
         report_to=[], save_strategy="no", use_cpu=True, disable_tqdm=True, seed=0)
     trainer = transformers.Trainer(
-        model=model, args=args, train_dataset=Examples(), callbacks=[Reporting()],
+        model=model, args=args, train_dataset=Examples(), callbacks=[reporting],
         optimizers=(torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9), None))
     trainer.add_callback(CosmologyCallback(nn.CrossEntropyLoss(), input_key="x", top_k=2,
                                            log_figures_every_n_steps=3, trainer=trainer))
     trainer.train()
-    assert {tag for tag, _, _ in logged} == {  # beside W&B's train/ scalars (rewrite_logs)
+    figures = [(tag, step, shape) for tag, step, shape in logged if "figures/" in tag]
+    assert {tag for tag, _, _ in figures} == {  # beside W&B's train/ scalars (rewrite_logs)
         "train/figures/potential", "train/figures/spectrum", "train/figures/modes"}
-    assert {step for _, step, _ in logged} == {0, 3, 6}
-    assert all(shape[1] >= 800 and shape[2] == 3 for _, _, shape in logged)  # readable
+    assert {step for _, step, _ in figures} == {0, 3, 6}
+    assert all(shape[1] >= 800 and shape[2] == 3 for _, _, shape in figures)  # readable
+    assert {step for tag, step, _ in logged if tag == "train/ntk/lambda_1"} == {0, 3, 6}
 
 
 def test_a_fractional_logging_steps_is_the_trainer_s_share_of_max_steps(tmp_path):

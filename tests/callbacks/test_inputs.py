@@ -118,15 +118,15 @@ def test_lightning_dict_batches_by_input_key_and_label_key(tmp_path):
                      label_key="target")
     assert [r.step for r in monitor.tracker.history] == [0, 2, 4]
     assert "cosmology/omega_phi" in monitor.tracker.history[-1].scalars  # the loss had targets
-    inputs, targets = monitor.tracker.probe_batch
-    assert inputs.shape == (8, 3) and targets.shape == (8, 1)
+    inputs, targets = monitor.tracker.probe_batch  # the data set's first 16 samples
+    assert inputs.args[0].shape == (16, 3) and targets.shape == (16, 1)
 
 
 def test_lightning_tuples_of_float64_numpy_arrays_probe_a_float32_model(tmp_path):
     monitor, _ = fit(tmp_path, "numpy", CSVLogger(tmp_path))
     assert [r.step for r in monitor.tracker.history] == [0, 2, 4]
     inputs, _ = monitor.tracker.probe_batch
-    assert inputs.dtype == torch.float64  # kept as given; cast at each probe
+    assert inputs.args[0].dtype == torch.float64  # kept as given; cast at each probe
     assert next(monitor.tracker.model.parameters()).dtype == torch.float32
 
 
@@ -139,7 +139,7 @@ def test_figures_go_through_the_logger_s_image_api(tmp_path, logger_cls):
     tags = {key.split("/step_")[0] for key, _, _ in logger.images}
     assert tags == set(FIGURE_TAGS)
     if logger_cls is WandbLike:
-        assert {step for _, step, _ in logger.images} == {0, 2, 4}
+        assert {step for _, step, _ in logger.images} == {0, 1, 3}  # Lightning's own steps
         assert all(shape[1] >= 800 and shape[2] == 3 for _, _, shape in logger.images)
 
 

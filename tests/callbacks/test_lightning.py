@@ -98,19 +98,40 @@ def test_tags_steps_and_values_reach_tensorboard_and_callback_metrics(tmp_path):
     acc = events(tmp_path / "version_0")
     tags = set(acc.Tags()["scalars"])
     assert set(scalar_tags(3)) <= tags
-    for tag in STEP_TAGS:
-        assert steps_of(acc, tag) == [0, 5, 10]
+    for tag in STEP_TAGS:  # on Lightning's own step: the reading after n steps at n − 1
+        assert steps_of(acc, tag) == [0, 4, 9]
     universe = cosmology_of(fit.optimizers[0])
     assert [e.value for e in acc.Scalars("cosmology/hubble_rate")] == pytest.approx([universe.hubble_rate] * 3)
     assert [e.value for e in acc.Scalars("cosmology/vacuum_energy")] == pytest.approx([3.0] * 3)
     assert acc.Scalars("cosmology/efolds")[-1].value == pytest.approx(10 * universe.efolds_per_step)
-    assert steps_of(acc, "duality/residual") == [5, 10]  # a prediction needs a previous probe
+    assert steps_of(acc, "duality/residual") == [4, 9]  # a prediction needs a previous probe
     assert {"ntk/spectrum", "modes/mass_over_hubble"} <= set(acc.Tags()["histograms"])
     assert {"figures/potential", "figures/spectrum", "figures/modes"} <= set(acc.Tags()["images"])
     assert "custom_scalars__config__" in acc.Tags()["tensors"]
     recorded = monitor.tracker.history[-1]["scalars"]
     assert float(fit.callback_metrics["ntk/lambda_1"]) == pytest.approx(recorded["ntk/lambda_1"])
     assert acc.Scalars("ntk/lambda_1")[-1].value == pytest.approx(recorded["ntk/lambda_1"])
+
+
+def test_a_csv_logger_s_monitor_rows_share_lightning_s_steps_with_train_loss(tmp_path):
+    """Lightning logs ``train_loss`` of batch b (every log_every_n_steps) at step b, after that
+    batch's update; the reading after that update is logged at the same step (issue #32 item
+    8), so a step-keyed logger's rows line up: every cosmology row but the first (the initial
+    weights, step 0) shares its step with a train_loss row."""
+    import csv
+
+    from lightning.pytorch.loggers import CSVLogger
+
+    monitor = CosmologyMonitor(nn.MSELoss(), top_k=2)  # every log_every_n_steps
+    fit = L.Trainer(max_steps=12, log_every_n_steps=4, accelerator="cpu", callbacks=[monitor],
+                    logger=CSVLogger(tmp_path, name="", version=0), enable_progress_bar=False,
+                    enable_model_summary=False, enable_checkpointing=False)
+    fit.fit(Regressor(dropout=0.0), data(n=64))
+    rows = list(csv.DictReader(open(tmp_path / "version_0" / "metrics.csv")))
+    loss = sorted({int(r["step"]) for r in rows if r.get("train_loss")})
+    ours = sorted({int(r["step"]) for r in rows if r.get("ntk/lambda_1")})
+    assert loss == [3, 7, 11] and ours == [0, 3, 7, 11]
+    assert [r.step for r in monitor.tracker.history] == [0, 4, 8, 12]  # weights after n steps
 
 
 def test_physics_hyperparameters_are_logged(tmp_path):
@@ -134,7 +155,7 @@ def test_default_interval_is_log_every_n_steps_and_one_probe_per_optimiser_step(
 
 
 def test_figures_are_opt_in_and_drawn_at_their_steps_and_at_the_end(tmp_path):
-    for name, every, expected in (("default", None, {}), ("every4", 4, [0, 4, 8, 10])):
+    for name, every, expected in (("default", None, {}), ("every4", 4, [0, 3, 7, 9])):
         L.seed_everything(0)
         monitor = CosmologyMonitor(nn.MSELoss(), every_n_train_steps=2,
                                    log_figures_every_n_steps=every)
@@ -191,7 +212,7 @@ def test_resume_from_ckpt_path_continues_without_gaps_or_duplicates(tmp_path):
     assert history == [0, 5, 10, 15]
     acc = events(tmp_path / "resumed" / "version_0")
     for tag in (*STEP_TAGS, "ntk/kernel_distance"):
-        assert steps_of(acc, tag) == [0, 5, 10, 15], tag
+        assert steps_of(acc, tag) == [0, 4, 9, 14], tag
     expected = straight.tracker.history[-1]["scalars"]
     got = resumed.tracker.history[-1]["scalars"]
     for tag in ("ntk/kernel_distance", "cosmology/efolds", "modes/initial_amplitude_2", "duality/residual"):
@@ -211,7 +232,7 @@ def test_nonfinite_outputs_warn_count_and_training_continues(tmp_path):
     assert fit.global_step == 10
     assert [r["step"] for r in monitor.tracker.history] == [0, 10]
     acc = events(tmp_path / "version_0")
-    assert [(e.step, e.value) for e in acc.Scalars("cosmology/nonfinite")] == [(0, 0), (5, 1), (10, 1)]
+    assert [(e.step, e.value) for e in acc.Scalars("cosmology/nonfinite")] == [(0, 0), (4, 1), (9, 1)]
 
 
 def test_pytorch_lightning_variant_logs_the_same_tags(tmp_path):
@@ -242,7 +263,7 @@ def test_pytorch_lightning_variant_logs_the_same_tags(tmp_path):
     fit.fit(PLRegressor(), data())
     acc = events(tmp_path / "version_0")
     assert set(scalar_tags(2)) <= set(acc.Tags()["scalars"])
-    assert steps_of(acc, "cosmology/hubble_rate") == [0, 4, 8]
+    assert steps_of(acc, "cosmology/hubble_rate") == [0, 3, 7]
     assert acc.Scalars("cosmology/hubble_rate")[0].value == pytest.approx(0.1 / (3 * 0.1))
 
 
@@ -296,24 +317,26 @@ trainer = L.Trainer(
     max_steps=4, accelerator="cpu", devices={devices}, strategy={strategy!r},
     enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
     callbacks=[monitor], logger=TensorBoardLogger({log!r}, name="", version=0),
-    use_distributed_sampler=False,  # every rank trains on the same batches: one trajectory
+    use_distributed_sampler={sampler},  # False: every rank trains on the same batches
 )
 trainer.fit(Regressor(dropout=0.0), data())
 history = monitor.tracker.history
 Path({results!r}, f"rank{{trainer.global_rank}}.json").write_text(json.dumps(dict(
     steps=[r.step for r in history],
     read_out=[r.scalars for r in history], metric=float(trainer.callback_metrics["ntk/lambda_1"]),
-    shards=sorted(set(map(tuple, shards))), distributed=monitor.tracker.config.distributed)))
+    shards=sorted(set(map(tuple, shards))), distributed=monitor.tracker.config.distributed,
+    kernel=monitor.tracker.state_dict()["reference"]["kernel"].tolist())))
 """
 
 
-def run_lightning_script(tmp_path: Path, results, devices: int, strategy: str) -> list[dict]:
+def run_lightning_script(tmp_path: Path, results, devices: int, strategy: str,
+                         sampler: bool = False) -> list[dict]:
     """Run DDP_SCRIPT in a fresh process: what each rank reports (in `results`), in rank order."""
-    out_dir = tmp_path / f"{strategy}{devices}"
+    out_dir = tmp_path / f"{strategy}{devices}{'-sampled' if sampler else ''}"
     out_dir.mkdir()
     script = out_dir / "run.py"
     script.write_text(DDP_SCRIPT.format(tests=str(Path(__file__).parent), log=str(out_dir / "logs"),
-                                        devices=devices, strategy=strategy,
+                                        devices=devices, strategy=strategy, sampler=sampler,
                                         results=str(results.directory)))
     env = {**os.environ, "PL_DISABLE_FORK": "1", "OMP_NUM_THREADS": "1"}
     out = subprocess.run(
@@ -327,7 +350,7 @@ def run_lightning_script(tmp_path: Path, results, devices: int, strategy: str) -
 def test_ddp_splits_the_kernel_across_ranks_and_logs_once_from_rank_zero(tmp_path, rank_results):
     ranks = run_lightning_script(tmp_path, rank_results(), 2, "ddp")
     (single,) = run_lightning_script(tmp_path, rank_results(), 1, "auto")
-    assert [r["shards"] for r in ranks] == [[[0, 4]], [[4, 8]]]  # each rank half the probe set
+    assert [r["shards"] for r in ranks] == [[[0, 8]], [[8, 16]]]  # each rank half the probe set
     assert all(r["distributed"] for r in ranks) and not single["distributed"]
     assert single["shards"] == []  # one process: the kernel is not split
     assert ranks[0]["read_out"] == ranks[1]["read_out"]  # every rank reads out the same values
@@ -340,7 +363,27 @@ def test_ddp_splits_the_kernel_across_ranks_and_logs_once_from_rank_zero(tmp_pat
     event_files = list((tmp_path / "ddp2" / "logs").rglob("events.out.tfevents.*"))
     assert len(event_files) == 1  # only rank 0 writes
     acc = events(tmp_path / "ddp2" / "logs" / "version_0")
-    assert steps_of(acc, "ntk/lambda_1") == [0, 2, 4]
+    assert steps_of(acc, "ntk/lambda_1") == [0, 1, 3]
+
+
+@pytest.mark.slow
+def test_one_and_two_processes_read_the_same_step_0_kernel(tmp_path, rank_results):
+    """Under DDP's distributed sampler each rank's first batch is another half of the data
+    (rank 0 samples 0, 2, 4, ...); the probe batch is the data set's first 16 samples on any
+    number of processes (issue #32 item 3), so one process and two read the same kernel at
+    step 0 (the same weights), entry by entry to float32 rounding, and the same λ_1."""
+    ranks = run_lightning_script(tmp_path, rank_results(), 2, "ddp", sampler=True)
+    (single,) = run_lightning_script(tmp_path, rank_results(), 1, "auto", sampler=True)
+    one = torch.tensor(single["kernel"])
+    assert one.shape == (16, 16)
+    for rank in ranks:  # float32 kernels of each rank's shard: rounding alone differs
+        gap = float((torch.tensor(rank["kernel"]) - one).abs().max())
+        assert gap <= 1e-6 * float(one.abs().max()), gap
+        step0, whole = rank["read_out"][0]["ntk/lambda_1"], single["read_out"][0]["ntk/lambda_1"]
+        assert abs(step0 - whole) <= 1e-6 * whole
+    print(f"step-0 kernel, 1 vs 2 processes: max |ΔΘ| = "
+          f"{float((torch.tensor(ranks[0]['kernel']) - one).abs().max()):.2e} "
+          f"(λ_1 {single['read_out'][0]['ntk/lambda_1']:.6g})")
 
 
 BN_DDP_SCRIPT = """
@@ -425,7 +468,7 @@ def test_tensorboard_server_serves_the_scalar_tags(tmp_path):
         assert set(scalar_tags(2)) <= set(tags["version_0"])
         with urllib.request.urlopen(f"{base}/scalars?run=version_0&tag=cosmology/hubble_rate", timeout=5) as r:
             points = json.load(r)
-        assert [p[1] for p in points] == [0, 5, 10]
+        assert [p[1] for p in points] == [0, 4, 9]
         assert points[0][2] == pytest.approx(cosmology_of(fit.optimizers[0]).hubble_rate)
     finally:
         server.terminate()
@@ -499,14 +542,13 @@ def _hparams_of(log_dir) -> set[str]:
     from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
     from tensorboard.plugins.hparams import plugin_data_pb2
 
-    names: set[str] = set()
     for path in sorted(Path(log_dir).glob("events.out.tfevents.*")):
         for event in EventFileLoader(str(path)).Load():
             for value in event.summary.value:
-                if value.tag == "_hparams_/session_start_info":
+                if value.tag == "_hparams_/session_start_info":  # TensorBoard keeps the first
                     data = plugin_data_pb2.HParamsPluginData.FromString(value.metadata.plugin_data.content)
-                    names = set(data.session_start_info.hparams)
-    return names
+                    return set(data.session_start_info.hparams)
+    return set()
 
 
 @pytest.mark.parametrize("save", [True, False])
@@ -564,14 +606,16 @@ def test_a_loss_class_is_refused_with_the_fix():
         CosmologyMonitor(nn.CrossEntropyLoss)
 
 
-def test_a_strategy_that_shards_parameters_is_refused_at_setup(tmp_path):
-    """FSDP needs a GPU, so a DDP strategy named as FSDP stands in for it: the check reads the
-    strategy's class hierarchy, and the real FSDPStrategy/DeepSpeedStrategy carry these names."""
-    from lightning.pytorch.strategies import DDPStrategy
+@pytest.mark.parametrize("name", ["FSDPStrategy", "DeepSpeedStrategy", "ModelParallelStrategy"])
+def test_a_strategy_that_shards_parameters_is_refused_at_setup(tmp_path, monkeypatch, name):
+    """Each needs a GPU (or DeepSpeed) to be built, so the Trainer is given an instance made
+    without its __init__: the check is an isinstance against Lightning's own classes."""
+    import lightning.pytorch.strategies as strategies
     from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
-    FSDPStrategy = type("FSDPStrategy", (DDPStrategy,), {})
-    fit = L.Trainer(strategy=FSDPStrategy(), accelerator="cpu", devices=2,
-                    logger=TensorBoardLogger(str(tmp_path)))
-    with pytest.raises(MisconfigurationException, match=r"FSDPStrategy shards the parameters.*Fix: use strategy='ddp'"):
+    cls = getattr(strategies, name)
+    fit = L.Trainer(accelerator="cpu", logger=TensorBoardLogger(str(tmp_path)))
+    monkeypatch.setattr(L.Trainer, "strategy", property(lambda self: cls.__new__(cls)))
+    monkeypatch.setattr(L.Trainer, "world_size", property(lambda self: 2))
+    with pytest.raises(MisconfigurationException, match=rf"{name} shards the parameters.*Fix: use strategy='ddp'"):
         CosmologyMonitor().setup(fit, Regressor(), "fit")

@@ -38,7 +38,13 @@ def test_each_adaptor_takes_every_monitor_config_option(name):
     fields = {f.name for f in dataclasses.fields(MonitorConfig)} - FROM_FRAMEWORK
     missing = {ALIASES[name].get(f, f) for f in fields} - params
     assert not missing, f"{adaptor.__name__} lacks {sorted(missing)}"
-    assert adaptor(nn.MSELoss(), group=1, history_size=7).config.group == 1
+    extra = {}
+    if name == "huggingface":  # the Trainer it is added to
+        import transformers
+
+        extra["trainer"] = transformers.Trainer(model=nn.Linear(2, 1), args=transformers.TrainingArguments(
+            "unused", use_cpu=True, report_to=[]))
+    assert adaptor(nn.MSELoss(), group=1, history_size=7, **extra).config.group == 1
 
 
 @pytest.mark.parametrize("name", ["lightning", "huggingface"])

@@ -19,8 +19,9 @@ from cosmo_optim.monitor.checks import cost_warning, probe_cost_steps
 def test_take_probe_batch_copies_the_first_samples():
     x, y = torch.randn(10, 2), torch.randn(10)
     inputs, targets = take_probe_batch((x, y), 4)
-    assert torch.equal(inputs, x[:4]) and torch.equal(targets, y[:4])
-    inputs[0, 0] = 99.0
+    (first,) = inputs.args  # one positional argument, as the model takes the batch
+    assert torch.equal(first, x[:4]) and torch.equal(targets, y[:4]) and len(inputs) == 4
+    first[0, 0] = 99.0
     assert x[0, 0] != 99.0
     assert take_probe_batch((x, torch.tensor(3.0)), 4)[1] is None  # a scalar: not targets
     with pytest.raises(ValueError, match=r"inputs of shape \(0, 2\) are empty"):
@@ -30,6 +31,24 @@ def test_take_probe_batch_copies_the_first_samples():
 def test_targets_of_the_wrong_length_are_an_error_naming_both_lengths():
     with pytest.raises(ValueError, match=r"7 targets for 10 inputs .*Fix: pass probe_batch"):
         take_probe_batch((torch.randn(10, 2), torch.randn(7)), 4)
+    with pytest.raises(ValueError, match=r"7 'y' for 10 'x' rows .*Fix: one row of 'y'"):
+        take_probe_batch({"x": torch.randn(10, 2), "y": torch.randn(7)}, 4)
+
+
+def test_a_collator_s_dict_goes_to_the_model_as_keyword_arguments_without_the_labels():
+    """keywords=True (the Hugging Face callback): every per-sample tensor but the targets is a
+    keyword argument; a tensor of another length is left out."""
+    ids, mask = torch.arange(12).reshape(6, 2), torch.ones(6, 2, dtype=torch.long)
+    batch = {"input_ids": ids, "attention_mask": mask, "labels": torch.arange(6),
+             "pad": torch.zeros(3)}
+    inputs, targets = take_probe_batch(batch, 4, input_key="input_ids", label_key="labels",
+                                       keywords=True)
+    assert inputs.args == () and sorted(inputs.kwargs) == ["attention_mask", "input_ids"]
+    assert torch.equal(inputs.kwargs["input_ids"], ids[:4]) and torch.equal(targets,
+                                                                            torch.arange(4))
+    seen = {}
+    inputs.call(lambda **kw: seen.update(kw))
+    assert torch.equal(seen["attention_mask"], mask[:4])
 
 
 def test_dict_batches_by_the_default_keys_and_by_input_key_and_label_key():
@@ -37,10 +56,10 @@ def test_dict_batches_by_the_default_keys_and_by_input_key_and_label_key():
     for batch in ({"x": x, "y": y}, {"inputs": x, "labels": y, "mask": w},
                   {"input_ids": x, "label": y}):
         inputs, targets = take_probe_batch(batch, 4)
-        assert torch.equal(inputs, x[:4]) and torch.equal(targets, y[:4]), sorted(batch)
+        assert torch.equal(inputs.args[0], x[:4]) and torch.equal(targets, y[:4]), sorted(batch)
     inputs, targets = take_probe_batch({"image": w, "signal": x, "class": y}, 4,
                                        input_key="signal", label_key="class")
-    assert torch.equal(inputs, x[:4]) and torch.equal(targets, y[:4])
+    assert torch.equal(inputs.args[0], x[:4]) and torch.equal(targets, y[:4])
     assert take_probe_batch({"x": x}, 4)[1] is None
     assert batch_size({"features": x, "y": y}) == 6
 
@@ -60,9 +79,9 @@ def test_tuples_of_numpy_arrays_become_tensors():
     x = np.arange(12, dtype=np.float64).reshape(6, 2)
     y = np.arange(6)
     inputs, targets = take_probe_batch((x, y), 4)
-    assert torch.equal(inputs, torch.from_numpy(x[:4])) and torch.equal(targets,
-                                                                        torch.from_numpy(y[:4]))
-    inputs[0, 0] = -1.0
+    assert torch.equal(inputs.args[0], torch.from_numpy(x[:4])) and torch.equal(
+        targets, torch.from_numpy(y[:4]))
+    inputs.args[0][0, 0] = -1.0
     assert x[0, 0] == 0.0  # copied
 
 

@@ -8,7 +8,11 @@ of T12), α_eff and what derives from it (the mean field's own modes, T7: the po
 slow roll), `modes/active` and the masses' histogram (all N·C modes), and added
 `ntk/kernel_change` and `duality/forecast_residual`. Every other value of the new recording
 agreed with the old one within the tolerance below, and the non-scalar events but the
-layout and the histograms were equal. Comparing with that earlier output is deliberate here:
+layout and the histograms were equal. Recorded a third time for issue #32, which changed
+what is written and where, not any value: the layout (only the charts a run fills, written
+again when one fills), the log10 views written to TensorBoard beside the scalars, and the
+Lightning run's steps (on Lightning's own step, n − 1 for the reading after n steps). Every
+scalar of the #28 recording was found again, bitwise, at its (mapped) step. Comparing with that earlier output is deliberate here:
 the point of this test is invariance across refactors, not correctness (the other monitor
 tests compare against closed forms and torch.optim.SGD). Every scalar, histogram, custom-scalars layout and
 figure tag is compared in order, the layout exactly; hyperparameters may gain keys but keep

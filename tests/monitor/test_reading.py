@@ -97,3 +97,46 @@ def test_verify_ntk_checks_the_first_probe_only(monkeypatch):
     for step in range(3):
         tracker.read(step)
     assert calls == [True, False, False]
+
+
+def _jacobian_kernel(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """J Jᵀ in float64 by plain autograd, one sample at a time (the reference kernel)."""
+    rows = []
+    for i in range(len(x)):
+        model.zero_grad()
+        model(x[i : i + 1]).sum().backward()
+        rows.append(torch.cat([p.grad.reshape(-1) for p in model.parameters()]).double())
+    J = torch.stack(rows)
+    return J @ J.T
+
+
+def test_a_reading_is_float32_inside_the_caller_s_bfloat16_autocast():
+    """A plain loop whose optimizer.step() runs inside autocast(bfloat16): the reading there is
+    the float32 reading (to float32 rounding), not the bfloat16 one (off by ~1e-3)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 64), nn.Tanh(), nn.Linear(64, 1))
+    x, y = torch.randn(12, 6), torch.randn(12, 1)
+    config = MonitorConfig(nn.MSELoss(), top_k=2, every_n_steps=5)
+    plain = take_reading(model, x, y, config=config, cosmology=None, run=RunSoFar(step=0))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        inside = take_reading(model, x, y, config=config, cosmology=None, run=RunSoFar(step=0))
+        assert model(x).dtype == torch.bfloat16  # the caller's autocast is on
+    lam = float(torch.linalg.eigvalsh(_jacobian_kernel(model, x))[-1])
+    assert inside.scalars["ntk/lambda_1"] == pytest.approx(lam, rel=1e-5)
+    assert inside.scalars["ntk/lambda_1"] == pytest.approx(plain.scalars["ntk/lambda_1"], rel=1e-6)
+
+
+def test_a_bfloat16_model_is_read_in_float32_and_left_as_it_was():
+    """The kernel of the bfloat16 weights, computed in float32 (a float32 copy of the model),
+    against J Jᵀ of the same weights upcast; the model keeps its dtype and values."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 32), nn.Tanh(), nn.Linear(32, 1)).to(torch.bfloat16)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    x = torch.randn(8, 4)
+    m = measure(model, x)
+    import copy
+
+    reference = _jacobian_kernel(copy.deepcopy(model).float(), x)
+    assert torch.allclose(m.kernel, reference, rtol=1e-5, atol=1e-5 * float(reference.abs().max()))
+    assert all(p.dtype == torch.bfloat16 for p in model.parameters())
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
