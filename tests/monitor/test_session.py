@@ -119,6 +119,19 @@ def test_without_a_data_set_every_rank_s_first_batch_is_gathered_in_rank_order()
     assert targets.tolist() == [0, 1, 2, 100, 101]
 
 
+def test_a_loader_without_a_data_set_and_no_batch_is_an_error_naming_probe_batch():
+    """A loader that is a plain list of batches (no data set to index) before any batch was
+    seen: nothing to take the probe batch from, so the error names the argument to pass."""
+    session = MonitorSession("Adaptor")
+    session.start(nn.Linear(2, 1), MonitorConfig(every_n_steps=2), port=Port())
+    loader = [(torch.ones(3, 2), torch.zeros(3))]
+    with pytest.raises(ValueError, match=r"Adaptor: no probe batch.*Fix: pass probe_batch="):
+        session.share_probe(None, loader)
+    assert not session.running().has_probe
+    session.share_probe(loader[0])  # the fix
+    assert torch.equal(session.running().probe_batch[0].args[0], torch.ones(3, 2))
+
+
 def test_writes_go_on_the_framework_s_step_and_the_end_draws_the_figures_once(mse_steps):
     writer = Writer()
     port = Recording(writer, dropped=["CSVLogger"])
