@@ -7,6 +7,8 @@ from __future__ import annotations
 import math
 import re
 
+import pytest
+
 from cosmo_optim.monitor import SCALAR_TAGS, scalar_tags
 from cosmo_optim.monitor.dashboard import (
     CHARTS,
@@ -34,8 +36,18 @@ def test_log10_views_are_the_base_10_logarithms_of_positive_finite_values_only()
                "cosmology/slow_roll_eta": 0.5, "ntk/kernel_change": 0.0,
                "cosmology/omega_phi": math.inf}
     views = log10_views(scalars)
-    assert views == {"train/duality/log10_relative_residual": math.log10(0.002),
-                     "ntk/log10_ratio_3": math.log10(0.25)}  # η_V is signed: no view
+    assert views == pytest.approx({"train/duality/log10_relative_residual": math.log10(0.002),
+                                   "ntk/log10_ratio_3": math.log10(0.25)}, abs=5e-7)
+    assert views.keys() == {"train/duality/log10_relative_residual", "ntk/log10_ratio_3"}
+
+
+def test_a_constant_read_with_float_rounding_has_a_log10_view_of_exactly_zero():
+    """Λ = (1 − β)²/(3η) = 1 computed as 1 − 1e-16: its chart's axis must not be ±1e-16."""
+    lam = (1 - 0.9) ** 2 / (3 * (0.01 / 3))
+    views = log10_views({"cosmology/vacuum_energy": lam, "cosmology/hubble_rate": 0.5 ** 0.5})
+    assert views["cosmology/log10_vacuum_energy"] == 0.0
+    assert math.copysign(1, views["cosmology/log10_vacuum_energy"]) == 1.0  # not −0.0
+    assert views["cosmology/log10_hubble_rate"] == pytest.approx(-0.150515, abs=1e-6)
 
 
 def _families() -> list[str]:
