@@ -155,7 +155,7 @@ def description(tag: str) -> str | None:
 
 def log10_views(scalars: Mapping[str, float]) -> dict[str, float]:
     """The `LOG10_OF` views of a reading's scalars (their prefix kept), for the positive
-    finite values, to 1e-6 of a decade: a constant read with float rounding (Λ = 1 − 1e-16)
+    finite values, to 1e-9 of a decade: a constant read with float rounding (Λ = 1 − 1e-16)
     would otherwise draw its chart on an axis of ±1e-16."""
     views = {}
     for tag, value in scalars.items():
@@ -165,7 +165,7 @@ def log10_views(scalars: Mapping[str, float]) -> dict[str, float]:
         group, name = base.split("/", 1)
         view = f"{group}/log10_{name}"
         if view in LOG10_OF or _MODE_INDEX.sub("_{k}", view) in LOG10_OF:
-            views[tag[: len(tag) - len(base)] + view] = round(math.log10(value), 6) + 0.0
+            views[tag[: len(tag) - len(base)] + view] = round(math.log10(value), 9) + 0.0
     return views
 
 

@@ -34,7 +34,8 @@ def test_linear_model_probe_matches_its_exact_kernel_and_the_cosmology():
     assert s["ntk/ratio_2"] == pytest.approx(float(lam[1] / lam[0]), rel=1e-10)
     assert s["cosmology/alpha_eff"] == pytest.approx(float(lam[0]) / 6, rel=1e-12)
     assert s["cosmology/hubble_rate"] == cosmology.hubble_rate
-    assert s["ntk/kernel_distance"] == pytest.approx(0.0, abs=1e-12)
+    # the first reading is its own reference: exactly 0 (no log10 view of 1 − cosine's rounding)
+    assert s["ntk/kernel_distance"] == 0.0 and s["ntk/basis_rotation"] == 0.0
     assert isinstance(result.record, Reading) and result.record.step == 0
     assert result.record["scalars"] is result.record.scalars  # the dict form of earlier versions
     assert result.last is not None and result.last.prediction is not None  # the T10 map ran
