@@ -38,7 +38,7 @@ except ImportError:  # the optional extra is absent
 __all__ = ["CosmologyCallback"]
 
 
-class CosmologyCallback(_TrainerCallback, _ExportableState):
+class CosmologyCallback(_TrainerCallback):
     """Log the universe dual to a ``transformers.Trainer`` run (docs/theory.md T3–T12).
 
     ``trainer.add_callback(CosmologyCallback(..., trainer=trainer))``: the read-out and tags of
@@ -97,20 +97,13 @@ class CosmologyCallback(_TrainerCallback, _ExportableState):
             raise ValueError(
                 f"Invalid trainer: {type(trainer).__name__}; it must be the transformers.Trainer "
                 "the callback is added to (Trainer(callbacks=[CosmologyCallback(...)]) gives it "
-                "none, and transformers would rebuild it without one when restoring callback "
-                "states). Fix: trainer.add_callback(CosmologyCallback(..., trainer=trainer)), "
-                "with TrainingArguments(restore_callback_states_from_checkpoint=False), the "
-                "default (the callback restores its own state).")
+                "none). Fix: trainer.add_callback(CosmologyCallback(..., trainer=trainer)).")
         self.trainer, self.session = trainer, MonitorSession("CosmologyCallback")
-        self.saved_state: dict[str, Any] | None = None  # from a checkpoint, until training
+        self.saved = CosmologyCallbackState()  # trainer_state.json's share of the monitor
+        trainer.add_callback(self.saved)
 
     tracker = property(lambda self: self.session.tracker,
                        doc="The run's CosmologyTracker (None before training starts).")
-
-    def state(self) -> dict[str, Any]:
-        """What ``trainer_state.json`` keeps (ExportableState): the tracker's state as JSON."""
-        saved = self.tracker.state_dict() if self.tracker is not None else self.saved_state
-        return {"args": {}, "attributes": {"saved_state": to_json(saved)}}
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         """Check the run, build the tracker (a checkpoint's state restored), take the probe
@@ -129,16 +122,32 @@ class CosmologyCallback(_TrainerCallback, _ExportableState):
                           f"so the Trainer does not log every {every} steps; the monitor still "
                           "reads every logging_steps. Fix: CosmologyCallback(every_n_steps=...).",
                           UserWarning, stacklevel=2)
-        stored = (state.stateful_callbacks or {}).get(type(self).__name__) or []
-        self.session.load_json([s.get("attributes", {}).get("saved_state") for s in (
-            stored if isinstance(stored, list) else [stored])], self.config.prefix,
-            fallback=self.saved_state)
+        self._resume(state)
         self.session.start(kwargs["model"], dataclasses.replace(
             self.config.with_interval(every), distributed=distributed, train_batch_size=(
                 args.per_device_train_batch_size * args.gradient_accumulation_steps)),
             port=_HuggingFacePort(self.trainer), optimizer=kwargs.get("optimizer"))
         self.session.share_probe(self.probe_batch, kwargs["train_dataloader"], keywords=True)
         self.session.on_step(state.global_step)
+
+    def _resume(self, state: Any) -> None:
+        """Link this callback's `CosmologyCallbackState` (the one transformers may have rebuilt
+        from the checkpoint: the k-th monitor's is the k-th) and restore the monitor's state
+        from ``trainer_state.json`` (also under this class's name, as checkpoints before the
+        holder kept it)."""
+        handler = self.trainer.callback_handler.callbacks
+        holders = [c for c in handler if isinstance(c, CosmologyCallbackState)]
+        mine = [c for c in handler if isinstance(c, CosmologyCallback)].index(self)
+        if mine < len(holders):
+            self.saved = holders[mine]
+        else:  # removed from the Trainer since: kept again
+            self.trainer.add_callback(self.saved)
+        self.saved.owner = self
+        kept = state.stateful_callbacks or {}
+        stored = kept.get(CosmologyCallbackState.__name__) or kept.get(type(self).__name__) or []
+        self.session.load_json([s.get("attributes", {}).get("saved_state") for s in (
+            stored if isinstance(stored, list) else [stored])], self.config.prefix,
+            fallback=self.saved.saved_state)
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         """After each optimiser step: a reading when due."""
@@ -154,6 +163,24 @@ class CosmologyCallback(_TrainerCallback, _ExportableState):
     def summary(self) -> RunSummary:
         """What the run's readings say (`cosmo_optim.monitor.summary.RunSummary`)."""
         return self.session.summary()
+
+
+class CosmologyCallbackState(_TrainerCallback, _ExportableState):
+    """A `CosmologyCallback`'s state in ``trainer_state.json`` (transformers' ExportableState).
+
+    A holder apart from the callback, because transformers restores callback states
+    (``restore_callback_states_from_checkpoint=True``) by rebuilding each callback from JSON
+    arguments, which the monitor (its loss, its Trainer) cannot be; this holder can."""
+
+    def __init__(self) -> None:
+        self.saved_state: Any = None  # set by transformers when it restores the holder
+        self.owner: CosmologyCallback | None = None
+
+    def state(self) -> dict[str, Any]:
+        """The tracker's state as JSON (the checkpoint's, before training resumes)."""
+        tracker = None if self.owner is None else self.owner.tracker
+        saved = tracker.state_dict() if tracker is not None else self.saved_state
+        return {"args": {}, "attributes": {"saved_state": to_json(saved)}}
 
 
 class _HuggingFacePort(Port):

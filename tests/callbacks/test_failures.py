@@ -347,7 +347,7 @@ def test_a_hugging_face_checkpoint_resumes_without_the_callback_and_with_a_later
     assert resumed_hf(tmp_path / "without", checkpoint)[0].state.global_step == 12
     state_file = checkpoint / "trainer_state.json"
     saved = json.loads(state_file.read_text())
-    stored = saved["stateful_callbacks"]["CosmologyCallback"]["attributes"]["saved_state"]
+    stored = saved["stateful_callbacks"]["CosmologyCallbackState"]["attributes"]["saved_state"]
     assert stored["version"] == 2
     stored["version"] = 3  # as a later cosmo-optim would write it
     state_file.write_text(json.dumps(saved))

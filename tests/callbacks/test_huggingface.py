@@ -107,11 +107,17 @@ def test_scalars_reach_log_history_and_the_trainer_s_tensorboard_run(tmp_path, m
     assert "train/ntk/spectrum" in acc.Tags()["histograms"]  # beside its scalars (issue #21)
 
 
-def test_interrupted_and_resumed_run_logs_the_same_series_as_an_uninterrupted_one(tmp_path):
+@pytest.mark.parametrize("restore", [False, True])
+def test_interrupted_and_resumed_run_logs_the_same_series_as_an_uninterrupted_one(tmp_path,
+                                                                                   restore):
+    """Also where transformers restores callback states itself (it rebuilds each stateful
+    callback from JSON: the monitor's holder, not the monitor)."""
     straight, _, _ = run(tmp_path / "a", max_steps=12, report_to=[])
     run(tmp_path / "b", max_steps=12, save_steps=6, report_to=[])  # leaves checkpoint-6
     resumed, callback, _ = run(tmp_path / "c", max_steps=12, report_to=[], save_steps=6,
-                               resume=str(tmp_path / "b" / "checkpoint-6"))
+                               resume=str(tmp_path / "b" / "checkpoint-6"),
+                               restore_callback_states_from_checkpoint=restore)
+    assert callback in resumed.callback_handler.callbacks  # not replaced by a rebuilt one
     expected = series(straight)
     got = series(resumed)  # the checkpoint's log history, then the resumed run's rows
     assert [s for s, _ in got] == [s for s, _ in expected] == [0, 3, 6, 9, 12]
