@@ -153,7 +153,8 @@ def _discrete(dual: FLRWDual, force: Callable[[Tensor], Tensor],
     * ℓ' affine with ℓ'' = s·I (MSE, the quadratic potential; `_affine_curvature`): the modes
       decouple, a_{n+1} = a_n + β (a_n − a_{n−1}) + η (F_0 − (sλ/N) ⊙ (a_n − a_0)), F_0 the
       force at the start: elementwise, no matrix product per step;
-    * otherwise, with most modes kept (2k ≥ N·C), in output space,
+    * otherwise, with most modes kept (2k ≥ N·C) and enough steps to pay for forming
+      U diag(λ/N) Uᵀ (4 steps ≥ k), in output space,
       f_{n+1} = f_n + β (f_n − f_{n−1}) − η U diag(λ/N) Uᵀ ℓ'(f_n): one product per step
       instead of two (U a and Uᵀ ℓ');
     * otherwise in mode space, as `_evolve`.
@@ -176,7 +177,7 @@ def _discrete(dual: FLRWDual, force: Callable[[Tensor], Tensor],
             out.append(cur)
         modes = torch.stack(out) + a0
         flat = modes @ u.T + rest.to(a0.dtype)
-    elif 2 * u.shape[1] >= u.shape[0]:
+    elif 2 * u.shape[1] >= u.shape[0] and 4 * steps >= u.shape[1]:
         coupling = (u * (eta * dual.eigenvalues.to(a0.dtype) / dual.num_samples)) @ u.T
         f0 = u @ a0 + rest.to(a0.dtype)
         shape = dual.outputs.shape
