@@ -19,8 +19,9 @@ computed by `FLRWDual.mode_curvatures`. Then (derivations in docs/advice.md):
    ≤ 30 full-batch steps on ≤ 256 inputs climb down s = 1, 1/2, …, 1/256 until one holds
    (its loss never rises above its start and falls); `safety=` fixes s instead.
 4. **Mini-batches** (:mod:`.batch`). Gradient noise heats every mode in proportion to the
-   effective step ε = η/(1 − β); its floor ε tr Σ_B/4 is kept below half the target, with
-   ν = tr Σ/L read from the kernel at the end of the trial: 1/ε_B = 1/ε + c(B) ν/2, β kept.
+   effective step ε = η/(1 − β); its floor ε c(B) ν L/4 is kept below half the loss,
+   1/ε_B = 1/ε + c(B) ν/2, β kept, with ν measured by mini-batch trials of the lr ladder
+   at a reference batch (the fastest to the target sets ν).
 5. **Prediction.** The loss curve is the exact discrete heavy-ball map in mode space with the
    kernel frozen (T10, `predict_trajectory(method="discrete")`): exact for a linear model
    with quadratic loss, the lazy-limit prediction otherwise, noise-free for mini-batches. If
@@ -46,7 +47,7 @@ import torch
 from torch import Tensor, nn
 
 from cosmo_optim._common import preserved
-from cosmo_optim.advice.batch import batch_cosmology, noise_per_loss, slowdown
+from cosmo_optim.advice.batch import BatchPlan, batch_plan, noise_per_loss, slowdown
 from cosmo_optim.advice.heavy_ball import (
     ModeReadout,
     fixed_point,
@@ -105,7 +106,11 @@ class Suggestion:
         edge_growth: κ_max at the end of the chosen trial over κ_max at initialisation (how
             far the edge moved; nan without a trial step).
         noise_per_loss: ν = tr Σ / L at the end of the chosen trial (per-sample gradient
-            variance per unit loss, from the kernel's diagonal blocks).
+            variance per unit loss, from the kernel's diagonal blocks); a read-out.
+        batch_noise_per_loss: the ν the mini-batch rule used, measured by the mini-batch
+            trials (nan for full batch).
+        batch_trials: one (lr factor, verdict, steps) per mini-batch trial at the reference
+            batch, boldest first; verdict "reached", "ran" or "crossed" (empty for full batch).
         lr_batch_factor: η_B/η = ε_B/ε, the mini-batch rule on the effective step η/(1 − β)
             (1.0 for full batch; β is kept).
         stability_margin: max_k η κ_k / 2(1 + β) on the kernel at initialisation (T10).
@@ -131,6 +136,8 @@ class Suggestion:
     margin_trials: tuple[tuple[float, str, int], ...]
     edge_growth: float
     noise_per_loss: float
+    batch_noise_per_loss: float
+    batch_trials: tuple[tuple[float, str, int], ...]
     lr_batch_factor: float
     stability_margin: float
     warnings: tuple[str, ...]
@@ -301,8 +308,11 @@ def suggest_hyperparameters(
                                   probe.read.residual, fraction)
         trials = _trial_set(inputs, targets, target / probe.initial, seed)
         margin = _margin(model, ell, probe, relevant, trials, horizon_steps, target, safety)
+        batch = batch_plan(model, ell, (inputs, targets), (trials.inputs, trials.targets),
+                           trials.goal, margin.rung.found.plan.cosmology,
+                           margin.rung.found.curve, batch_size, horizon_steps, seed)
         decision = _decide(ell, probe, relevant, target, margin, safety is None, horizon_steps,
-                           batch_size)
+                           batch)
     text = rationale(probe.read, decision, fraction, probe.initial,
                      horizon_steps, batch_size, probe.num_inputs)
     notes = warnings_for(decision, horizon_steps, batch_size)
@@ -360,8 +370,8 @@ def _margin(model: nn.Module, ell: PerSampleLoss, probe: _Probe, relevant: Tenso
 
 
 def _decide(ell: PerSampleLoss, probe: _Probe, relevant: Tensor, target: float, margin: Margin,
-            measured: bool, horizon_steps: int, batch_size: int | None) -> Decision:
-    """The kernel after the chosen trial (edge growth, noise), the mini-batch rule and the
+            measured: bool, horizon_steps: int, batch: BatchPlan | None) -> Decision:
+    """The kernel after the chosen trial (edge growth, noise), the mini-batch plan and the
     prediction of the suggestion."""
     rung = margin.rung
     after = probe.read
@@ -373,7 +383,7 @@ def _decide(ell: PerSampleLoss, probe: _Probe, relevant: Tensor, target: float, 
               else math.nan)
     nu = noise_per_loss(after)
     full = rung.found.plan.cosmology
-    chosen = batch_cosmology(full, nu, batch_size, probe.num_inputs)
+    chosen = full if batch is None else batch.cosmology
     curve = rung.found.curve
     if chosen != full or (len(curve) <= horizon_steps and rung.found.predicted is None):
         curve = trajectory(probe.read.dual.replace(cosmology=chosen), horizon_steps,
@@ -382,10 +392,27 @@ def _decide(ell: PerSampleLoss, probe: _Probe, relevant: Tensor, target: float, 
     predicted = int(hits[0]) if hits.size else None
     predictable = lazy_error(rung.trial, rung.found.curve) <= TRIAL_TOLERANCE
     factor = chosen.lr / full.lr
-    rate = rung.trial.steps_to(target / probe.initial)
-    rate *= slowdown(rung.found.curve, curve, rung.trial.steps, factor)
+    goal = target / probe.initial
+    rate = _steps_to_target(probe, goal, rung.trial.steps_to(goal), batch, curve, horizon_steps)
     return Decision(relevant, target, margin, measured, growth, nu, chosen, factor, curve,
-                    predicted, predictable, rate)
+                    predicted, predictable, rate, batch)
+
+
+def _steps_to_target(probe: _Probe, goal: float, full_rate: float, batch: BatchPlan | None,
+                     curve: np.ndarray, horizon_steps: int) -> float:
+    """The suggestion's time to target as measured: the chosen trial's for full batch; for
+    mini-batches the fastest mini-batch trial's, scaled by the frozen-kernel map's slowdown
+    (T10) from its lr to the suggested one where the batch size is not the reference."""
+    if batch is None:
+        return full_rate
+    fastest = batch.chosen
+    rate = fastest.steps_to(goal)
+    if batch.factor == fastest.factor or not math.isfinite(rate):
+        return rate
+    c = batch.cosmology
+    ref = Cosmology(c.lr * fastest.factor / batch.factor, c.momentum)
+    ref_curve = trajectory(probe.read.dual.replace(cosmology=ref), horizon_steps, probe.scale)[0]
+    return rate * slowdown(ref_curve, curve, fastest.steps, batch.factor / fastest.factor)
 
 
 def _suggestion(probe: _Probe, d: Decision, horizon_steps: int, notes: tuple[str, ...],
@@ -403,6 +430,9 @@ def _suggestion(probe: _Probe, d: Decision, horizon_steps: int, notes: tuple[str
         active_bound=plan.active, safety=rung.safety,
         margin_trials=tuple((r.safety, r.trial.verdict, r.trial.steps) for r in d.margin.rungs),
         edge_growth=d.edge_growth, noise_per_loss=d.noise, lr_batch_factor=d.factor,
+        batch_noise_per_loss=math.nan if d.batch is None else d.batch.noise,
+        batch_trials=() if d.batch is None else tuple(
+            (r.factor, r.verdict, r.steps) for r in d.batch.runs),
         stability_margin=dual.stability_margin, warnings=notes, rationale=text,
         _dual=dual, _loss_scale=probe.scale, _curve={"loss": d.curve},
     )
