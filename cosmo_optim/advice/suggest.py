@@ -306,12 +306,12 @@ def suggest_hyperparameters(
         fraction = needed_fraction(float(residual_fraction), target, probe.initial)
         relevant = relevant_modes(probe.read.curvatures, probe.read.dual.eigenvalues,
                                   probe.read.residual, fraction)
-        trials = _trial_set(inputs, targets, target / probe.initial, seed)
+        trials = _trial_set(inputs, targets, target / probe.initial, seed, probe.initial)
         margin = _margin(model, ell, probe, relevant, trials, horizon_steps, target, safety)
         batch = batch_plan(model, ell, (inputs, targets), (trials.inputs, trials.targets),
                            trials.goal, margin.rung.found.plan.cosmology,
                            margin.rung.found.curve, batch_size, horizon_steps, seed)
-        decision = _decide(ell, probe, relevant, target, margin, safety is None, horizon_steps,
+        decision = _decide(ell, probe, relevant, trials, margin, safety is None, horizon_steps,
                            batch)
     text = rationale(probe.read, decision, fraction, probe.initial,
                      horizon_steps, batch_size, probe.num_inputs)
@@ -348,14 +348,16 @@ def _read_probe(model: nn.Module, ell: PerSampleLoss, inputs: Tensor, targets: T
     return _Probe(initial, num_inputs, inputs[idx], probe_y, read, scale)
 
 
-def _trial_set(inputs: Tensor, targets: Tensor | None, goal: float, seed: int) -> TrialSet:
+def _trial_set(inputs: Tensor, targets: Tensor | None, goal: float, seed: int,
+               initial: float) -> TrialSet:
     """All inputs, or a seeded subset of TRIAL_ROWS of them."""
     n = int(inputs.shape[0])
     if n <= TRIAL_ROWS:
-        return TrialSet(inputs, targets, goal)
+        return TrialSet(inputs, targets, goal, inputs, targets, initial)
     idx = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:TRIAL_ROWS]
     idx = idx.sort().values
-    return TrialSet(inputs[idx], None if targets is None else targets[idx], goal)
+    return TrialSet(inputs[idx], None if targets is None else targets[idx], goal, inputs,
+                    targets, initial)
 
 
 def _margin(model: nn.Module, ell: PerSampleLoss, probe: _Probe, relevant: Tensor,
@@ -369,11 +371,13 @@ def _margin(model: nn.Module, ell: PerSampleLoss, probe: _Probe, relevant: Tenso
     return Margin(rung, (rung,))
 
 
-def _decide(ell: PerSampleLoss, probe: _Probe, relevant: Tensor, target: float, margin: Margin,
-            measured: bool, horizon_steps: int, batch: BatchPlan | None) -> Decision:
+def _decide(ell: PerSampleLoss, probe: _Probe, relevant: Tensor, trials: TrialSet,
+            margin: Margin, measured: bool, horizon_steps: int,
+            batch: BatchPlan | None) -> Decision:
     """The kernel after the chosen trial (edge growth, noise), the mini-batch plan and the
     prediction of the suggestion."""
     rung = margin.rung
+    target = trials.goal * probe.initial
     after = probe.read
     if rung.trial.steps:
         with torch.no_grad():
@@ -392,8 +396,8 @@ def _decide(ell: PerSampleLoss, probe: _Probe, relevant: Tensor, target: float, 
     predicted = int(hits[0]) if hits.size else None
     predictable = lazy_error(rung.trial, rung.found.curve) <= TRIAL_TOLERANCE
     factor = chosen.lr / full.lr
-    goal = target / probe.initial
-    rate = _steps_to_target(probe, goal, rung.trial.steps_to(goal), batch, curve, horizon_steps)
+    rate = _steps_to_target(probe, trials.goal, trials.steps_to(ell, rung.trial), batch, curve,
+                            horizon_steps)
     return Decision(relevant, target, margin, measured, growth, nu, chosen, factor, curve,
                     predicted, predictable, rate, batch)
 
