@@ -153,10 +153,10 @@ def _discrete(dual: FLRWDual, force: Callable[[Tensor], Tensor],
     * ℓ' affine with ℓ'' = s·I (MSE, the quadratic potential; `_affine_curvature`): the modes
       decouple, a_{n+1} = a_n + β (a_n − a_{n−1}) + η (F_0 − (sλ/N) ⊙ (a_n − a_0)), F_0 the
       force at the start: elementwise, no matrix product per step;
-    * otherwise, with most modes kept (2k ≥ N·C) and enough steps to pay for forming
-      U diag(λ/N) Uᵀ (4 steps ≥ k), in output space,
-      f_{n+1} = f_n + β (f_n − f_{n−1}) − η U diag(λ/N) Uᵀ ℓ'(f_n): one product per step
-      instead of two (U a and Uᵀ ℓ');
+    * otherwise, with most modes kept (2k ≥ N·C) and U diag(λ/N) Uᵀ already formed for this
+      eigenbasis (`_COUPLINGS`) or enough steps to pay for forming it (4 steps ≥ k), in output
+      space, f_{n+1} = f_n + β (f_n − f_{n−1}) − η U diag(λ/N) Uᵀ ℓ'(f_n): one product per
+      step instead of two (U a and Uᵀ ℓ');
     * otherwise in mode space, as `_evolve`.
 
     The three agree with the step-by-step mode map to rounding (≤ 1e-10 relative in float64;
@@ -177,15 +177,16 @@ def _discrete(dual: FLRWDual, force: Callable[[Tensor], Tensor],
             out.append(cur)
         modes = torch.stack(out) + a0
         flat = modes @ u.T + rest.to(a0.dtype)
-    elif 2 * u.shape[1] >= u.shape[0] and 4 * steps >= u.shape[1]:
-        coupling = (u * (eta * dual.eigenvalues.to(a0.dtype) / dual.num_samples)) @ u.T
+    elif 2 * u.shape[1] >= u.shape[0] and (4 * steps >= u.shape[1] or _COUPLINGS.has(dual,
+                                                                                   a0.dtype)):
+        coupling = _COUPLINGS.get(dual, a0.dtype)
         f0 = u @ a0 + rest.to(a0.dtype)
         shape = dual.outputs.shape
         rows = [f0]
         prev, cur = f0 - dt * (u @ v_back), f0
         for _ in range(steps):
             g = gradient(cur.reshape(shape)).reshape(-1).to(a0.dtype)
-            nxt = torch.add(cur, cur - prev, alpha=beta).sub_(coupling @ g)
+            nxt = torch.add(cur, cur - prev, alpha=beta).sub_(coupling @ g, alpha=eta)
             prev, cur = cur, nxt
             rows.append(cur)
         flat = torch.stack(rows)
@@ -199,6 +200,47 @@ def _discrete(dual: FLRWDual, force: Callable[[Tensor], Tensor],
             "≥ 1 means η κ ≥ 2(1 + β), T10); lower the lr."
         )
     return modes, flat
+
+
+class _Couplings:
+    """The last `size` output-space couplings U diag(λ/N) Uᵀ formed, each keyed by the storage,
+    layout and version counter of the eigenbasis it came from. Duals made by `replace` share
+    their eigenbasis, so a plan search re-forms none; the entries hold that eigenbasis, so no
+    other tensor can take its storage while the key is kept, and writing into it in place
+    bumps the version (a new key). Couplings over `max_rows` rows are formed but not kept
+    (their memory, (N·C)² numbers, is the caller's to hold)."""
+
+    def __init__(self, size: int, max_rows: int) -> None:
+        self.size, self.max_rows = size, max_rows
+        self.entries: list[tuple[tuple[Any, ...], tuple[Tensor, Tensor], Tensor]] = []
+
+    @staticmethod
+    def _key(dual: FLRWDual, dtype: torch.dtype) -> tuple[Any, ...]:
+        u, lam = dual.eigenvectors, dual.eigenvalues
+        return (u.data_ptr(), u.shape, u.stride(), u.dtype, u.device, u._version,
+                lam.data_ptr(), lam.shape, lam._version, dual.num_samples, dtype)
+
+    def has(self, dual: FLRWDual, dtype: torch.dtype) -> bool:
+        key = self._key(dual, dtype)
+        return any(k == key for k, _, _ in self.entries)
+
+    def get(self, dual: FLRWDual, dtype: torch.dtype) -> Tensor:
+        key = self._key(dual, dtype)
+        for k, _, coupling in self.entries:
+            if k == key:
+                return coupling
+        u = dual.eigenvectors.to(dtype)
+        coupling = (u * (dual.eigenvalues.to(dtype) / dual.num_samples)) @ u.T
+        if u.shape[0] > self.max_rows:
+            return coupling
+        self.entries = [(key, (dual.eigenvectors, dual.eigenvalues), coupling),
+                        *self.entries[: self.size - 1]]
+        return coupling
+
+
+#: Output-space couplings of the last two eigenbases (an advice search uses one at a time),
+#: up to 2048 rows (32 MiB each in float64).
+_COUPLINGS: Final = _Couplings(2, 2048)
 
 
 def _affine_curvature(dual: FLRWDual, gradient: Callable[[Tensor], Tensor]) -> float | None:

@@ -306,3 +306,25 @@ def test_the_fast_discrete_map_equals_the_step_by_step_map(loss, outputs, keep):
     scale = float(outputs_ref.abs().max())
     np.testing.assert_allclose(fast.outputs, outputs_ref.numpy(), rtol=0, atol=1e-10 * scale)
     np.testing.assert_allclose(fast.modes, modes.numpy(), rtol=0, atol=1e-10 * scale)
+
+
+def test_repeated_predictions_on_one_eigenbasis_see_every_change_to_it():
+    """The output-space coupling U diag(λ/N) Uᵀ is formed once per eigenbasis: a second plan on
+    the same basis (`replace`) gives what a fresh dual gives, and eigenvalues changed in place
+    are seen (not a stale coupling)."""
+    gen = torch.Generator().manual_seed(2)
+    jac = torch.randn(18, 30, dtype=D, generator=gen)
+    f0 = torch.randn(6, 3, dtype=D, generator=gen)
+    y = torch.randint(0, 3, (6,), generator=gen)
+    dual = FLRWDual.from_kernel(jac @ jac.T / 30, nn.CrossEntropyLoss(), f0, targets=y,
+                                cosmology=Cosmology(0.1, 0.5))
+    first = predict_trajectory(dual, 40, method="discrete").outputs
+    other = dual.replace(cosmology=Cosmology(0.05, 0.9))
+    np.testing.assert_allclose(predict_trajectory(other, 40, method="discrete").outputs,
+                               step_by_step(other, 40)[1].numpy(), rtol=0, atol=1e-12)
+    np.testing.assert_array_equal(predict_trajectory(dual, 40, method="discrete").outputs, first)
+    with torch.no_grad():
+        dual.eigenvalues.mul_(2.0)  # the kernel doubled, in place
+    np.testing.assert_allclose(predict_trajectory(dual, 40, method="discrete").outputs,
+                               step_by_step(dual, 40)[1].numpy(), rtol=0, atol=1e-12)
+    assert not np.allclose(predict_trajectory(dual, 40, method="discrete").outputs, first)
