@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from cosmo_optim.advice.heavy_ball import ModeReadout
+from cosmo_optim.advice.heavy_ball import ModeReadout, trajectory
 from cosmo_optim.advice.trial import (
     BATCH_EVAL_EVERY,
     BATCH_TRIAL_STEPS,
@@ -41,13 +41,14 @@ from cosmo_optim.advice.trial import (
     run_batch_trial,
 )
 from cosmo_optim.cosmology import Cosmology
+from cosmo_optim.dual import FLRWDual
 from cosmo_optim.losses import PerSampleLoss
 from cosmo_optim.spectrum import flat_kernel
 
 __all__ = [
     "BATCH_FACTORS", "NOISE_FLOOR_FRACTION", "REFERENCE_BATCH", "BatchPlan", "batch_cosmology",
-    "batch_plan", "measured_noise", "noise_coefficient", "noise_floor", "noise_per_loss",
-    "reference_batch", "slowdown",
+    "batch_plan", "batch_steps_to", "measured_noise", "noise_coefficient", "noise_floor",
+    "noise_per_loss", "reference_batch", "slowdown",
 ]
 
 #: The noise floor ε tr Σ_B / 4 may reach this fraction of the target loss.
@@ -191,3 +192,18 @@ def batch_plan(model: nn.Module, ell: PerSampleLoss, data: tuple[Tensor, Tensor 
     nu = measured_noise(full, best.factor, reference, n)
     chosen = batch_cosmology(full, nu, batch_size, n)
     return BatchPlan(chosen, chosen.lr / full.lr, nu, reference, tuple(runs), best)
+
+
+def batch_steps_to(plan: BatchPlan, goal: float, dual: FLRWDual, curve: np.ndarray,
+                   horizon_steps: int, scale: float) -> float:
+    """The mini-batch suggestion's time to `goal` as measured: the fastest trial's, scaled by
+    the frozen-kernel map's `slowdown` (T10) from its lr to the suggested one where the batch
+    size is not the reference. `dual` is the probe's, `curve` the suggestion's map curve."""
+    fastest = plan.chosen
+    rate = fastest.steps_to(goal)
+    if plan.factor == fastest.factor or not math.isfinite(rate):
+        return rate
+    c = plan.cosmology
+    ref = Cosmology(c.lr * fastest.factor / plan.factor, c.momentum)
+    ref_curve = trajectory(dual.replace(cosmology=ref), horizon_steps, scale)[0]
+    return rate * slowdown(ref_curve, curve, fastest.steps, plan.factor / fastest.factor)

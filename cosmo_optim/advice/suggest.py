@@ -17,7 +17,9 @@ computed by `FLRWDual.mode_curvatures`. Then (derivations in docs/advice.md):
    κ_max' at η κ_max' = (1 + sqrt β)² < 2(1 + β), the edge of stability.
 3. **The margin s, measured** (:mod:`.margin`). The kernel moves, so the edge does: trials of
    ≤ 30 full-batch steps on ≤ 256 inputs climb down s = 1, 1/2, …, 1/256 until one holds
-   (its loss never rises above its start and falls); `safety=` fixes s instead.
+   (its loss never rises above its start and falls), rerun up to the predicted time to
+   target (≤ 120 steps) where it followed the map towards a target beyond it; `safety=`
+   fixes s instead.
 4. **Mini-batches** (:mod:`.batch`). Gradient noise heats every mode in proportion to the
    effective step ε = η/(1 − β); its floor ε c(B) ν L/4 is kept below half the loss,
    1/ε_B = 1/ε + c(B) ν/2, β kept, with ν measured by mini-batch trials of the lr ladder
@@ -47,7 +49,7 @@ import torch
 from torch import Tensor, nn
 
 from cosmo_optim._common import preserved
-from cosmo_optim.advice.batch import BatchPlan, batch_plan, noise_per_loss, slowdown
+from cosmo_optim.advice.batch import BatchPlan, batch_plan, batch_steps_to, noise_per_loss
 from cosmo_optim.advice.heavy_ball import (
     ModeReadout,
     fixed_point,
@@ -243,11 +245,13 @@ def suggest_hyperparameters(
     (T8), the slowest relevant one critically damped and the stiffest one at the edge of a
     measured margin (Polyak's heavy-ball optimum, T10), the effective step η/(1 − β) lowered
     by the gradient noise for mini-batches, and the loss curve predicted by the discrete mode
-    map (T10). Costs one forward pass on `inputs`, two output-space NTKs and eigendecompositions
-    on the probe set (O((N·C)³)), the frozen-kernel map per margin tried (≤ `horizon_steps`
-    small mode-space steps per planning round), and ≤ 10 trials of ≤ 30 full-batch steps on
-    ≤ 256 inputs (one trial with `safety` given); a trial stops at the first loss above its
-    start, so failing margins cost a few steps.
+    map (T10). Costs two forward passes on `inputs`, two output-space NTKs and
+    eigendecompositions on the probe set (O((N·C)³)), the frozen-kernel map per margin tried
+    (≤ `horizon_steps` steps of O((N·C)²) per planning round, stopped at the target), ≤ 10
+    trials of ≤ 30 full-batch steps on ≤ 256 inputs and ≤ one of ≤ 120 (one trial with
+    `safety` given), a trial stopping at the first loss above its start, so failing margins
+    cost a few steps; with `batch_size`, ≤ 8 mini-batch trials of ≤ 120 steps of 32 inputs,
+    the loss on ≤ 256 inputs read every 10.
 
     Args:
         model: the network at initialisation (not modified).
@@ -396,27 +400,12 @@ def _decide(ell: PerSampleLoss, probe: _Probe, relevant: Tensor, trials: TrialSe
     predicted = int(hits[0]) if hits.size else None
     predictable = lazy_error(rung.trial, rung.found.curve) <= TRIAL_TOLERANCE
     factor = chosen.lr / full.lr
-    rate = _steps_to_target(probe, trials.goal, trials.steps_to(ell, rung.trial), batch, curve,
-                            horizon_steps)
+    rate = trials.steps_to(ell, rung.trial)  # full batch: the chosen trial's
+    if batch is not None:
+        rate = batch_steps_to(batch, trials.goal, probe.read.dual, curve, horizon_steps,
+                              probe.scale)
     return Decision(relevant, target, margin, measured, growth, nu, chosen, factor, curve,
                     predicted, predictable, rate, batch)
-
-
-def _steps_to_target(probe: _Probe, goal: float, full_rate: float, batch: BatchPlan | None,
-                     curve: np.ndarray, horizon_steps: int) -> float:
-    """The suggestion's time to target as measured: the chosen trial's for full batch; for
-    mini-batches the fastest mini-batch trial's, scaled by the frozen-kernel map's slowdown
-    (T10) from its lr to the suggested one where the batch size is not the reference."""
-    if batch is None:
-        return full_rate
-    fastest = batch.chosen
-    rate = fastest.steps_to(goal)
-    if batch.factor == fastest.factor or not math.isfinite(rate):
-        return rate
-    c = batch.cosmology
-    ref = Cosmology(c.lr * fastest.factor / batch.factor, c.momentum)
-    ref_curve = trajectory(probe.read.dual.replace(cosmology=ref), horizon_steps, probe.scale)[0]
-    return rate * slowdown(ref_curve, curve, fastest.steps, batch.factor / fastest.factor)
 
 
 def _suggestion(probe: _Probe, d: Decision, horizon_steps: int, notes: tuple[str, ...],
