@@ -49,6 +49,7 @@ import torch
 from torch import Tensor, nn
 
 from cosmo_optim._common import preserved
+from cosmo_optim.advice.arguments import Options, check_arguments, check_trainable
 from cosmo_optim.advice.batch import BatchPlan, batch_plan, batch_steps_to, noise_per_loss
 from cosmo_optim.advice.heavy_ball import (
     ModeReadout,
@@ -180,41 +181,6 @@ class Suggestion:
         return CosmoSGD.from_suggestion(params, self, **sgd_kwargs)
 
 
-def _check_arguments(
-    horizon_steps: Any, batch_size: Any, target_loss: Any, residual_fraction: Any, safety: Any,
-    probe_size: Any, num_inputs: int,
-) -> None:
-    if isinstance(horizon_steps, bool) or not isinstance(horizon_steps, int) or horizon_steps < 1:
-        raise ValueError(
-            f"Invalid horizon_steps: {horizon_steps!r}; it must be an integer ≥ 1 (the number "
-            "of optimiser steps you plan to train for)."
-        )
-    if batch_size is not None and (
-        isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1
-    ):
-        raise ValueError(
-            f"Invalid batch_size: {batch_size!r}; it must be an integer ≥ 1, or None for "
-            "full-batch training."
-        )
-    if target_loss is not None and not math.isfinite(float(target_loss)):
-        raise ValueError(f"Invalid target_loss: {target_loss!r}; it must be a finite number.")
-    if not 0 < float(residual_fraction) <= 1:
-        raise ValueError(
-            f"Invalid residual_fraction: {residual_fraction!r}; it must be in (0, 1] (the share "
-            "of the projected residual |Uᵀ ∂L/∂f|² the relevant modes must carry)."
-        )
-    if safety is not None and not 0 < float(safety) <= 1:
-        raise ValueError(
-            f"Invalid safety: {safety!r}; it must be in (0, 1] (1 is the exact heavy-ball "
-            "optimum, smaller values plan for a stiffest curvature 1/safety times larger), or "
-            "None to measure it by trials."
-        )
-    if probe_size is not None and not (isinstance(probe_size, int) and 1 <= probe_size):
-        raise ValueError(f"Invalid probe_size: {probe_size!r}; it must be an integer ≥ 1.")
-    if num_inputs < 1:
-        raise ValueError("Invalid inputs: no samples; pass a batch of shape (N, ...), N ≥ 1.")
-
-
 def _initial_loss(ell: PerSampleLoss, outputs: Tensor, targets: Tensor | None) -> float:
     value = float(ell.training_loss(outputs, targets))
     if not math.isfinite(value):
@@ -245,13 +211,11 @@ def suggest_hyperparameters(
     (T8), the slowest relevant one critically damped and the stiffest one at the edge of a
     measured margin (Polyak's heavy-ball optimum, T10), the effective step η/(1 − β) lowered
     by the gradient noise for mini-batches, and the loss curve predicted by the discrete mode
-    map (T10). Costs two forward passes on `inputs`, two output-space NTKs and
-    eigendecompositions on the probe set (O((N·C)³)), the frozen-kernel map per margin tried
-    (≤ `horizon_steps` steps of O((N·C)²) per planning round, stopped at the target), ≤ 10
-    trials of ≤ 30 full-batch steps on ≤ 256 inputs and ≤ one of ≤ 120 (one trial with
-    `safety` given), a trial stopping at the first loss above its start, so failing margins
-    cost a few steps; with `batch_size`, ≤ 8 mini-batch trials of ≤ 120 steps of 32 inputs,
-    the loss on ≤ 256 inputs read every 10.
+    map (T10). Cost (itemised in docs/advice.md): two forward passes on `inputs`, two
+    output-space NTKs and eigendecompositions on the probe set (O((N·C)³)), the frozen-kernel
+    map per margin tried, ≤ 11 full-batch trials on ≤ 256 inputs (≤ 30 steps each, one
+    ≤ 120; each stops at its first loss above its start) and, with `batch_size`, ≤ 8
+    mini-batch trials of ≤ 120 steps of 32 inputs.
 
     Args:
         model: the network at initialisation (not modified).
@@ -266,63 +230,67 @@ def suggest_hyperparameters(
         residual_fraction: share of |Uᵀ ∂L/∂f|² the relevant modes must carry, in (0, 1];
             at least 1 − target_loss/initial loss, the share that must go to reach the target.
         safety: None (default) to measure the margin by trials, or a margin in (0, 1]: plan
-            for a stiffest curvature 1/safety times the measured one (1 is the exact
-            heavy-ball optimum).
+            for a stiffest curvature 1/safety times the measured one (1: the exact optimum).
         probe_size: inputs in the NTK probe set; default all, or a seeded random subset of
             MAX_PROBE_ROWS // C inputs when larger.
         seed: seed of the probe subset and of the trial set (≤ 256 inputs).
 
     Returns:
         A `Suggestion` (lr, momentum, cosmology, predicted_steps, predictable, safety,
-        warnings, rationale, predict_loss, optimizer). The model, its buffers (BatchNorm
-        statistics), `.grad`, train/eval flags and the torch/NumPy/Python random states are
-        left as they were.
+        warnings, rationale, predict_loss, optimizer). The model, its buffers, `.grad`,
+        train/eval flags and the torch/NumPy/Python random states are left as they were.
 
     Raises:
-        ValueError: no trainable parameters, a non-finite initial loss, horizon_steps < 1, or
-            another argument out of range; the message names the value and the fix.
+        ValueError: no trainable parameters, a non-finite initial loss, or an argument out of
+            range; the message names the value and the fix.
 
     Warns:
         UserWarning: no trial made progress (the suggestion may not train), or the
             suggestion's own prediction misses `target_loss` within `horizon_steps`.
 
     Example:
-        >>> torch.manual_seed(0)  # doctest: +ELLIPSIS
-        <torch._C.Generator object at ...>
-        >>> model = nn.Linear(3, 1)
-        >>> x = torch.randn(64, 3)
+        >>> _ = torch.manual_seed(0)
+        >>> model, x = nn.Linear(3, 1), torch.randn(64, 3)
         >>> y = x @ torch.tensor([[1.0], [-2.0], [0.5]])
         >>> s = suggest_hyperparameters(model, nn.MSELoss(), x, y, horizon_steps=100)
-        >>> s.safety, s.predicted_steps is not None
-        (1.0, True)
-        >>> s.predict_loss(0) > s.predict_loss(100)
-        True
+        >>> s.safety, s.predicted_steps is not None, s.predict_loss(0) > s.predict_loss(100)
+        (1.0, True, True)
         >>> opt = s.optimizer(model.parameters())  # CosmoSGD at (s.lr, s.momentum)
     """
-    _check_arguments(horizon_steps, batch_size, target_loss, residual_fraction, safety,
-                     probe_size, int(inputs.shape[0]) if inputs.dim() else 0)
-    _check_trainable(model)
+    opts = check_arguments(horizon_steps, batch_size, target_loss, residual_fraction, safety,
+                            probe_size, seed, int(inputs.shape[0]) if inputs.dim() else 0)
+    check_trainable(model)
     ell = per_sample_loss(loss)
-    first = next(p for p in model.parameters() if p.requires_grad)
-    with preserved(model, first.device):
-        probe = _read_probe(model, ell, inputs, targets, probe_size, seed)
-        target = 0.1 * probe.initial if target_loss is None else float(target_loss)
-        fraction = needed_fraction(float(residual_fraction), target, probe.initial)
-        relevant = relevant_modes(probe.read.curvatures, probe.read.dual.eigenvalues,
-                                  probe.read.residual, fraction)
-        trials = _trial_set(inputs, targets, target / probe.initial, seed, probe.initial)
-        margin = _margin(model, ell, probe, relevant, trials, horizon_steps, target, safety)
-        batch = batch_plan(model, ell, (inputs, targets), (trials.inputs, trials.targets),
-                           trials.goal, margin.rung.found.plan.cosmology,
-                           margin.rung.found.curve, batch_size, horizon_steps, seed)
-        decision = _decide(ell, probe, relevant, trials, margin, safety is None, horizon_steps,
-                           batch)
-    text = rationale(probe.read, decision, fraction, probe.initial,
-                     horizon_steps, batch_size, probe.num_inputs)
+    probe, decision, fraction = _plan(model, ell, inputs, targets, opts)
+    text = rationale(probe.read, decision, fraction, probe.initial, horizon_steps, batch_size,
+                     probe.num_inputs)
     notes = warnings_for(decision, horizon_steps, batch_size)
     for note in notes:
         warnings.warn(note, UserWarning, stacklevel=2)
     return _suggestion(probe, decision, horizon_steps, notes, text)
+
+
+def _plan(model: nn.Module, ell: PerSampleLoss, inputs: Tensor, targets: Tensor | None,
+          opts: Options) -> tuple[_Probe, Decision, float]:
+    """The probe, the margin's ladder, the mini-batch plan and the decision, on copies of the
+    model with its state preserved; also the residual fraction the relevant modes carry."""
+    first = next(p for p in model.parameters() if p.requires_grad)
+    with preserved(model, first.device):
+        probe = _read_probe(model, ell, inputs, targets, opts.probe_size, opts.seed)
+        target = 0.1 * probe.initial if opts.target_loss is None else opts.target_loss
+        fraction = needed_fraction(opts.residual_fraction, target, probe.initial)
+        relevant = relevant_modes(probe.read.curvatures, probe.read.dual.eigenvalues,
+                                  probe.read.residual, fraction)
+        trials = _trial_set(inputs, targets, target / probe.initial, opts.seed, probe.initial)
+        margin = _margin(model, ell, probe, relevant, trials, opts.horizon_steps, target,
+                         opts.safety)
+        batch = batch_plan(model, ell, (inputs, targets), (trials.inputs, trials.targets),
+                           trials.goal, margin.rung.found.plan.cosmology,
+                           margin.rung.found.curve, opts.batch_size, opts.horizon_steps,
+                           opts.seed)
+        decision = _decide(ell, probe, relevant, trials, margin, opts.safety is None,
+                           opts.horizon_steps, batch)
+    return probe, decision, fraction
 
 
 class _Probe(NamedTuple):
@@ -365,13 +333,14 @@ def _trial_set(inputs: Tensor, targets: Tensor | None, goal: float, seed: int,
 
 
 def _margin(model: nn.Module, ell: PerSampleLoss, probe: _Probe, relevant: Tensor,
-            trials: TrialSet, horizon_steps: int, target: float, safety: Any) -> Margin:
+            trials: TrialSet, horizon_steps: int, target: float,
+            safety: float | None) -> Margin:
     """The ladder of trials (`safety` None), or the one plan at the given margin and its trial."""
     if safety is None:
         return measure_margin(model, ell, probe.read, relevant, trials, horizon_steps, target,
                               probe.scale)
-    found = fixed_point(probe.read, relevant, float(safety), horizon_steps, target, probe.scale)
-    rung = try_plan(model, ell, found, trials, float(safety), min(TRIAL_STEPS, horizon_steps))
+    found = fixed_point(probe.read, relevant, safety, horizon_steps, target, probe.scale)
+    rung = try_plan(model, ell, found, trials, safety, min(TRIAL_STEPS, horizon_steps))
     return Margin(rung, (rung,))
 
 
@@ -429,15 +398,6 @@ def _suggestion(probe: _Probe, d: Decision, horizon_steps: int, notes: tuple[str
         stability_margin=dual.stability_margin, warnings=notes, rationale=text,
         _dual=dual, _loss_scale=probe.scale, _curve={"loss": d.curve},
     )
-
-
-def _check_trainable(model: nn.Module) -> None:
-    if not any(p.requires_grad for p in model.parameters()):
-        raise ValueError(
-            f"Invalid model: {type(model).__name__} has no trainable parameters "
-            "(none with requires_grad=True), so there is nothing to optimise. "
-            "Unfreeze some parameters first."
-        )
 
 
 def _check_curvature(kappa: Tensor) -> None:
