@@ -6,9 +6,11 @@ from __future__ import annotations
 import math
 from typing import Any, NamedTuple
 
-from torch import nn
+from torch import Tensor, nn
 
-__all__ = ["Options", "check_arguments", "check_trainable"]
+from cosmo_optim.ntk import ModelInputs
+
+__all__ = ["Options", "check_arguments", "check_trainable", "model_inputs"]
 
 
 class Options(NamedTuple):
@@ -25,7 +27,7 @@ class Options(NamedTuple):
 
 def check_arguments(
     horizon_steps: Any, batch_size: Any, target_loss: Any, residual_fraction: Any, safety: Any,
-    probe_size: Any, seed: int, num_inputs: int,
+    probe_size: Any, seed: int,
 ) -> Options:
     """The arguments as `Options`, or a ValueError naming the first bad one and its fix."""
     if isinstance(horizon_steps, bool) or not isinstance(horizon_steps, int) or horizon_steps < 1:
@@ -55,8 +57,6 @@ def check_arguments(
         )
     if probe_size is not None and not (isinstance(probe_size, int) and 1 <= probe_size):
         raise ValueError(f"Invalid probe_size: {probe_size!r}; it must be an integer ≥ 1.")
-    if num_inputs < 1:
-        raise ValueError("Invalid inputs: no samples; pass a batch of shape (N, ...), N ≥ 1.")
     return Options(horizon_steps, batch_size,
                     None if target_loss is None else float(target_loss),
                     float(residual_fraction), None if safety is None else float(safety),
@@ -71,3 +71,17 @@ def check_trainable(model: nn.Module) -> None:
             "(none with requires_grad=True), so there is nothing to optimise. "
             "Unfreeze some parameters first."
         )
+
+
+def model_inputs(inputs: Any, targets: Tensor | None) -> ModelInputs:
+    """The inputs as the model takes them (`ModelInputs`: a tensor, a tuple of positional
+    arguments, a dict of keyword arguments), with one target per sample where there are
+    targets."""
+    x = ModelInputs(inputs)
+    if isinstance(targets, Tensor) and (targets.dim() == 0 or targets.shape[0] != len(x)):
+        raise ValueError(
+            f"Mismatched shapes: {len(x)} input samples ({x!r}) and targets "
+            f"{tuple(targets.shape)} need the same number of samples (dim 0). Fix: pass one "
+            "target per input sample."
+        )
+    return x

@@ -43,6 +43,7 @@ from cosmo_optim.advice.trial import (
 from cosmo_optim.cosmology import Cosmology
 from cosmo_optim.dual import FLRWDual
 from cosmo_optim.losses import PerSampleLoss
+from cosmo_optim.ntk import ModelInputs
 from cosmo_optim.spectrum import flat_kernel
 
 __all__ = [
@@ -155,8 +156,8 @@ class BatchPlan(NamedTuple):
     chosen: BatchRun
 
 
-def batch_plan(model: nn.Module, ell: PerSampleLoss, data: tuple[Tensor, Tensor | None],
-               evaluation: tuple[Tensor, Tensor | None], goal: float, full: Cosmology,
+def batch_plan(model: nn.Module, ell: PerSampleLoss, data: tuple[ModelInputs, Tensor | None],
+               evaluation: tuple[ModelInputs, Tensor | None], goal: float, full: Cosmology,
                curve: np.ndarray, batch_size: int | None, horizon_steps: int,
                seed: int) -> BatchPlan | None:
     """The mini-batch universe for `batch_size` from trials at the reference batch (A3), or
@@ -171,7 +172,7 @@ def batch_plan(model: nn.Module, ell: PerSampleLoss, data: tuple[Tensor, Tensor 
     trial's f gives ν (`measured_noise`), and (A3) gives the universe for `batch_size`: the
     fastest f itself when `batch_size` is the reference batch.
     """
-    n = int(data[0].shape[0])
+    n = len(data[0])
     if noise_coefficient(batch_size, n) == 0.0:
         return None
     reference = reference_batch(n)

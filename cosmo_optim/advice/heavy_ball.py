@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from cosmo_optim.cosmology import Cosmology
 from cosmo_optim.dual import FLRWDual, predict_trajectory
 from cosmo_optim.losses import PerSampleLoss, loss_derivatives
-from cosmo_optim.ntk import empirical_ntk
+from cosmo_optim.ntk import ModelInputs, empirical_ntk
 
 __all__ = [
     "MAX_PROBE_ROWS",
@@ -69,7 +69,8 @@ def probe_indices(num_inputs: int, num_outputs: int, probe_size: int | None, see
     return torch.randperm(num_inputs, generator=gen)[:size].sort().values
 
 
-def read_modes(model: nn.Module, ell: PerSampleLoss, inputs: Tensor, outputs: Tensor,
+def read_modes(model: nn.Module, ell: PerSampleLoss, inputs: Tensor | ModelInputs,
+               outputs: Tensor,
                targets: Tensor | None) -> ModeReadout:
     """The float64 output-space NTK on `inputs` (outputs already computed) and its modes."""
     f = outputs.detach().to(torch.float64)

@@ -41,6 +41,7 @@ from cosmo_optim.advice.trial import (
     run_trial,
 )
 from cosmo_optim.losses import PerSampleLoss
+from cosmo_optim.ntk import ModelInputs
 
 __all__ = [
     "LONG_TRIAL_STEPS", "RUNGS", "TRIAL_ROWS", "Margin", "Rung", "TrialSet", "measure_margin",
@@ -60,10 +61,10 @@ class TrialSet(NamedTuple):
     initial loss on all inputs (a trial that gets there has reached the target); all the
     inputs and their targets, and that initial loss."""
 
-    inputs: Tensor
+    inputs: ModelInputs
     targets: Tensor | None
     goal: float
-    all_inputs: Tensor
+    all_inputs: ModelInputs
     all_targets: Tensor | None
     initial: float
 
@@ -72,10 +73,10 @@ class TrialSet(NamedTuple):
         subset, the time at the rate the loss on all inputs fell over the trial if that is
         slower (a small set is fitted sooner than a large one)."""
         own = trial.steps_to(self.goal)
-        if self.all_inputs.shape[0] == self.inputs.shape[0] or trial.steps == 0:
+        if len(self.all_inputs) == len(self.inputs) or trial.steps == 0:
             return own
         with torch.no_grad():
-            last = float(ell.training_loss(trial.net(self.all_inputs), self.all_targets))
+            last = float(ell.training_loss(self.all_inputs.call(trial.net), self.all_targets))
         ratio = last / self.initial
         if not (math.isfinite(ratio) and 0 < ratio < 1):
             return math.inf

@@ -48,8 +48,13 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from cosmo_optim._common import preserved
-from cosmo_optim.advice.arguments import Options, check_arguments, check_trainable
+from cosmo_optim._common import preserved, sample_rows
+from cosmo_optim.advice.arguments import (
+    Options,
+    check_arguments,
+    check_trainable,
+    model_inputs,
+)
 from cosmo_optim.advice.batch import BatchPlan, batch_plan, batch_steps_to, noise_per_loss
 from cosmo_optim.advice.heavy_ball import (
     ModeReadout,
@@ -72,6 +77,7 @@ from cosmo_optim.advice.trial import TRIAL_STEPS, TRIAL_TOLERANCE, lazy_error
 from cosmo_optim.cosmology import Cosmology
 from cosmo_optim.dual import FLRWDual
 from cosmo_optim.losses import PerSampleLoss, per_sample_loss
+from cosmo_optim.ntk import ModelInputs
 from cosmo_optim.optim import CosmoSGD
 
 __all__ = ["Suggestion", "suggest_hyperparameters"]
@@ -194,7 +200,7 @@ def _initial_loss(ell: PerSampleLoss, outputs: Tensor, targets: Tensor | None) -
 def suggest_hyperparameters(
     model: nn.Module,
     loss: Any,
-    inputs: Tensor,
+    inputs: Any,
     targets: Tensor | None = None,
     *,
     horizon_steps: int,
@@ -221,12 +227,13 @@ def suggest_hyperparameters(
         model: the network at initialisation (not modified).
         loss: the training loss: a torch loss module (MSELoss, CrossEntropyLoss, ...),
             `PolynomialPotentialLoss`, or a per-sample callable (see `per_sample_loss`).
-        inputs: the training inputs (N, ...); `targets` the matching targets, if the loss
-            needs them.
+        inputs: the N training inputs as the model takes them: a tensor, a tuple of
+            positional arguments, a dict of keyword arguments (a Hugging Face batch without
+            its labels) or a `cosmo_optim.ntk.ModelInputs`; the model returns one row of
+            outputs per sample. `targets`: the N targets, if the loss needs them.
         horizon_steps: how many optimiser steps you will train for (≥ 1).
         batch_size: samples per step, or None for full-batch training.
-        target_loss: the loss whose crossing `predicted_steps` reports; default 10% of the
-            initial loss.
+        target_loss: the loss to reach (`predicted_steps` counts to it); default 10% of the initial.
         residual_fraction: share of |Uᵀ ∂L/∂f|² the relevant modes must carry, in (0, 1];
             at least 1 − target_loss/initial loss, the share that must go to reach the target.
         safety: None (default) to measure the margin by trials, or a margin in (0, 1]: plan
@@ -241,8 +248,8 @@ def suggest_hyperparameters(
         train/eval flags and the torch/NumPy/Python random states are left as they were.
 
     Raises:
-        ValueError: no trainable parameters, a non-finite initial loss, or an argument out of
-            range; the message names the value and the fix.
+        ValueError: a bad argument, input or output, no trainable parameter, a non-finite
+            initial loss; the message names the value and the fix.
 
     Warns:
         UserWarning: no trial made progress (the suggestion may not train), or the
@@ -258,10 +265,11 @@ def suggest_hyperparameters(
         >>> opt = s.optimizer(model.parameters())  # CosmoSGD at (s.lr, s.momentum)
     """
     opts = check_arguments(horizon_steps, batch_size, target_loss, residual_fraction, safety,
-                            probe_size, seed, int(inputs.shape[0]) if inputs.dim() else 0)
+                           probe_size, seed)
+    x = model_inputs(inputs, targets)
     check_trainable(model)
     ell = per_sample_loss(loss)
-    probe, decision, fraction = _plan(model, ell, inputs, targets, opts)
+    probe, decision, fraction = _plan(model, ell, x, targets, opts)
     text = rationale(probe.read, decision, fraction, probe.initial, horizon_steps, batch_size,
                      probe.num_inputs)
     notes = warnings_for(decision, horizon_steps, batch_size)
@@ -270,21 +278,21 @@ def suggest_hyperparameters(
     return _suggestion(probe, decision, horizon_steps, notes, text)
 
 
-def _plan(model: nn.Module, ell: PerSampleLoss, inputs: Tensor, targets: Tensor | None,
+def _plan(model: nn.Module, ell: PerSampleLoss, x: ModelInputs, targets: Tensor | None,
           opts: Options) -> tuple[_Probe, Decision, float]:
     """The probe, the margin's ladder, the mini-batch plan and the decision, on copies of the
     model with its state preserved; also the residual fraction the relevant modes carry."""
     first = next(p for p in model.parameters() if p.requires_grad)
     with preserved(model, first.device):
-        probe = _read_probe(model, ell, inputs, targets, opts.probe_size, opts.seed)
+        probe = _read_probe(model, ell, x, targets, opts.probe_size, opts.seed)
         target = 0.1 * probe.initial if opts.target_loss is None else opts.target_loss
         fraction = needed_fraction(opts.residual_fraction, target, probe.initial)
         relevant = relevant_modes(probe.read.curvatures, probe.read.dual.eigenvalues,
                                   probe.read.residual, fraction)
-        trials = _trial_set(inputs, targets, target / probe.initial, opts.seed, probe.initial)
+        trials = _trial_set(x, targets, target / probe.initial, opts.seed, probe.initial)
         margin = _margin(model, ell, probe, relevant, trials, opts.horizon_steps, target,
                          opts.safety)
-        batch = batch_plan(model, ell, (inputs, targets), (trials.inputs, trials.targets),
+        batch = batch_plan(model, ell, (x, targets), (trials.inputs, trials.targets),
                            trials.goal, margin.rung.found.plan.cosmology,
                            margin.rung.found.curve, opts.batch_size, opts.horizon_steps,
                            opts.seed)
@@ -298,37 +306,37 @@ class _Probe(NamedTuple):
 
     initial: float
     num_inputs: int
-    inputs: Tensor  # the probe subset, and its targets
+    inputs: ModelInputs  # the probe subset, and its targets
     targets: Tensor | None
     read: ModeReadout  # the NTK's modes there (T7, T8)
     scale: float  # initial loss / initial probe loss
 
 
-def _read_probe(model: nn.Module, ell: PerSampleLoss, inputs: Tensor, targets: Tensor | None,
+def _read_probe(model: nn.Module, ell: PerSampleLoss, x: ModelInputs, targets: Tensor | None,
                 probe_size: int | None, seed: int) -> _Probe:
-    """One forward on `inputs`, the probe subset, and the NTK modes there (T7, T8)."""
+    """One forward on all inputs `x`, the probe subset, and the NTK modes there (T7, T8)."""
     with torch.no_grad():
-        outputs = model(inputs)
+        outputs = sample_rows(x.call(model), len(x))
     initial = _initial_loss(ell, outputs, targets)
     num_inputs, num_outputs = int(outputs.shape[0]), int(outputs[0].numel())
     idx = probe_indices(num_inputs, num_outputs, probe_size, seed)
     probe_y = None if targets is None else targets[idx]
-    read = read_modes(model, ell, inputs[idx], outputs[idx], probe_y)
+    read = read_modes(model, ell, x[idx], outputs[idx], probe_y)
     _check_curvature(read.curvatures)
     probe_initial = float(read.values.mean())
     scale = initial / probe_initial if probe_initial > 0 else 1.0
-    return _Probe(initial, num_inputs, inputs[idx], probe_y, read, scale)
+    return _Probe(initial, num_inputs, x[idx], probe_y, read, scale)
 
 
-def _trial_set(inputs: Tensor, targets: Tensor | None, goal: float, seed: int,
+def _trial_set(x: ModelInputs, targets: Tensor | None, goal: float, seed: int,
                initial: float) -> TrialSet:
     """All inputs, or a seeded subset of TRIAL_ROWS of them."""
-    n = int(inputs.shape[0])
+    n = len(x)
     if n <= TRIAL_ROWS:
-        return TrialSet(inputs, targets, goal, inputs, targets, initial)
+        return TrialSet(x, targets, goal, x, targets, initial)
     idx = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:TRIAL_ROWS]
     idx = idx.sort().values
-    return TrialSet(inputs[idx], None if targets is None else targets[idx], goal, inputs,
+    return TrialSet(x[idx], None if targets is None else targets[idx], goal, x,
                     targets, initial)
 
 
@@ -354,7 +362,7 @@ def _decide(ell: PerSampleLoss, probe: _Probe, relevant: Tensor, trials: TrialSe
     after = probe.read
     if rung.trial.steps:
         with torch.no_grad():
-            outputs = rung.trial.net(probe.inputs)
+            outputs = probe.inputs.call(rung.trial.net)
         after = read_modes(rung.trial.net, ell, probe.inputs, outputs, probe.targets)
     growth = (float(after.curvatures.max() / probe.read.curvatures.max()) if rung.trial.steps
               else math.nan)

@@ -26,6 +26,7 @@ from torch import Tensor, nn
 
 from cosmo_optim.cosmology import Cosmology
 from cosmo_optim.losses import PerSampleLoss
+from cosmo_optim.ntk import ModelInputs
 
 __all__ = [
     "BATCH_EVAL_EVERY", "BATCH_TRIAL_STEPS", "CROSSING_SLACK", "PROGRESS", "TRIAL_STEPS",
@@ -82,7 +83,7 @@ class TrialRun(NamedTuple):
         return 1.0 - last / self.losses[0] if math.isfinite(last) else -math.inf
 
 
-def run_trial(model: nn.Module, ell: PerSampleLoss, inputs: Tensor, targets: Tensor | None,
+def run_trial(model: nn.Module, ell: PerSampleLoss, inputs: ModelInputs, targets: Tensor | None,
               cosmology: Cosmology, steps: int, goal: float, predicted: np.ndarray) -> TrialRun:
     """Train a copy at `cosmology` on (`inputs`, `targets`), full batch, for ≤ `steps` steps.
 
@@ -101,7 +102,7 @@ def run_trial(model: nn.Module, ell: PerSampleLoss, inputs: Tensor, targets: Ten
     verdict = "held"
     for n in range(steps + 1):
         opt.zero_grad()
-        value = ell.training_loss(net(inputs), targets)
+        value = ell.training_loss(inputs.call(net), targets)
         losses.append(float(value.detach()))
         allowed = envelope[min(n, len(envelope) - 1)] * losses[0]
         if n and not (math.isfinite(losses[-1]) and losses[-1] <= allowed):
@@ -173,8 +174,9 @@ class BatchRun(NamedTuple):
         return at * math.log(goal) / math.log(ratio)
 
 
-def run_batch_trial(model: nn.Module, ell: PerSampleLoss, data: tuple[Tensor, Tensor | None],
-                    evaluation: tuple[Tensor, Tensor | None], cosmology: Cosmology, batch: int,
+def run_batch_trial(model: nn.Module, ell: PerSampleLoss,
+                    data: tuple[ModelInputs, Tensor | None],
+                    evaluation: tuple[ModelInputs, Tensor | None], cosmology: Cosmology, batch: int,
                     steps: int, goal: float, seed: int, factor: float = 1.0,
                     overshoot: float = 1.0) -> BatchRun:
     """Train a copy at `cosmology` on mini-batches of `batch` of `data` (shuffled without
@@ -191,7 +193,7 @@ def run_batch_trial(model: nn.Module, ell: PerSampleLoss, data: tuple[Tensor, Te
     net = copy.deepcopy(model)
     opt = torch.optim.SGD(net.parameters(), lr=cosmology.lr, momentum=cosmology.momentum)
     gen = torch.Generator().manual_seed(seed)
-    n = int(inputs.shape[0])
+    n = len(inputs)
     order = torch.empty(0, dtype=torch.long)
     losses = [_evaluate(net, ell, evaluation)]
     verdict = "ran"
@@ -201,7 +203,7 @@ def run_batch_trial(model: nn.Module, ell: PerSampleLoss, data: tuple[Tensor, Te
         idx, order = order[:batch].to(inputs.device), order[batch:]
         opt.zero_grad()
         y = None if targets is None else targets[idx]
-        ell.training_loss(net(inputs[idx]), y).backward()
+        ell.training_loss(inputs[idx].call(net), y).backward()
         opt.step()
         if step % BATCH_EVAL_EVERY:
             continue
@@ -215,6 +217,7 @@ def run_batch_trial(model: nn.Module, ell: PerSampleLoss, data: tuple[Tensor, Te
     return BatchRun(np.asarray(losses), verdict, factor)
 
 
-def _evaluate(net: nn.Module, ell: PerSampleLoss, at: tuple[Tensor, Tensor | None]) -> float:
+def _evaluate(net: nn.Module, ell: PerSampleLoss,
+              at: tuple[ModelInputs, Tensor | None]) -> float:
     with torch.no_grad():
-        return float(ell.training_loss(net(at[0]), at[1]))
+        return float(ell.training_loss(at[0].call(net), at[1]))

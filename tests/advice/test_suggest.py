@@ -385,3 +385,73 @@ def test_the_relevant_modes_carry_the_share_of_the_loss_that_must_go_to_reach_th
                                     target_loss=1e-3 * initial, safety=1.0)
     assert share[loose.relevant_modes].sum() >= 0.9 and len(loose.relevant_modes) == 1
     assert share[tight.relevant_modes].sum() >= 0.999 and tight.momentum > 0.5
+
+
+class _Keyword(nn.Module):
+    """A model called as model(x=..., scale=...), as Hugging Face models take a batch; `scale`
+    is shared by every sample (a 0-d tensor)."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(4, 16), nn.Tanh(), nn.Linear(16, 3))
+
+    def forward(self, x, scale):
+        return self.net(x) * scale
+
+
+class _Plain(nn.Module):
+    """The same network called on a plain tensor."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x):
+        return self.inner.net(x) * 2.0
+
+
+@pytest.mark.parametrize("batch_size", [None, 8])
+def test_inputs_as_the_model_takes_them_give_the_suggestion_of_the_same_network_on_a_tensor(
+        batch_size):
+    """#30 item 2: a dict (keyword arguments), a tuple (positional ones) and a ModelInputs
+    give what the same network called on a plain tensor gets: the probe, the ladder of trials
+    and, with mini-batches, the batch trials index the samples and pass `scale` as it is."""
+    from cosmo_optim.ntk import ModelInputs
+
+    torch.manual_seed(3)
+    model = _Keyword().double()
+    x = torch.randn(40, 4, dtype=torch.float64)
+    y = (x[:, 0] > 0).long() + (x[:, 1] > 0.5).long()
+    scale = torch.tensor(2.0, dtype=torch.float64)
+    kwargs = {"horizon_steps": 60, "batch_size": batch_size}
+    plain = suggest_hyperparameters(_Plain(model), nn.CrossEntropyLoss(), x, y, **kwargs)
+    ways = [{"x": x, "scale": scale}, (x, scale), ModelInputs((x,), {"scale": scale})]
+    for inputs in ways if batch_size is None else ways[:1]:  # one way through the batches
+        s = suggest_hyperparameters(model, nn.CrossEntropyLoss(), inputs, y, **kwargs)
+        assert s.lr == pytest.approx(plain.lr, rel=1e-9)
+        assert s.momentum == pytest.approx(plain.momentum, rel=1e-9)
+        assert s.margin_trials == plain.margin_trials
+        assert s.batch_trials == plain.batch_trials
+        assert s.initial_loss == pytest.approx(plain.initial_loss, rel=1e-12)
+    if batch_size is not None:
+        assert plain.batch_trials  # the mini-batch trials ran, on the indexed batches
+
+
+def test_inputs_the_model_cannot_take_or_outputs_it_does_not_return_are_named():
+    class Dict(nn.Module):  # returns a dict, as Hugging Face models do
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(3, 1)
+
+        def forward(self, x):
+            return {"logits": self.lin(x)}
+
+    x, y = torch.randn(6, 3), torch.randn(6, 1)
+    with pytest.raises(ValueError, match=r"Invalid model outputs: dict.*Fix: wrap the model"):
+        suggest_hyperparameters(Dict(), nn.MSELoss(), x, y, horizon_steps=10)
+    with pytest.raises(ValueError, match=r"Invalid inputs: a list.*Fix: pass a tuple"):
+        suggest_hyperparameters(nn.Linear(3, 1), nn.MSELoss(), [x, x], y, horizon_steps=10)
+    with pytest.raises(ValueError, match=r"Mismatched shapes: 6 input samples .* targets \(5, 1\)"):
+        suggest_hyperparameters(nn.Linear(3, 1), nn.MSELoss(), x, y[:5], horizon_steps=10)
+    with pytest.raises(ValueError, match=r"Invalid inputs: argument 0 has shape \(0, 3\)"):
+        suggest_hyperparameters(nn.Linear(3, 1), nn.MSELoss(), x[:0], y[:0], horizon_steps=10)
