@@ -23,6 +23,7 @@ from cosmo_optim.advice.batch import (
 )
 from cosmo_optim.advice.trial import BATCH_EVAL_EVERY, BatchRun, run_batch_trial
 from cosmo_optim.losses import per_sample_loss
+from cosmo_optim.ntk import ModelInputs
 
 
 def stationary_variance(lr, momentum, curvature, noise):
@@ -152,8 +153,8 @@ def test_a_batch_trial_is_torch_sgd_on_batches_drawn_without_replacement_from_it
     model = nn.Linear(3, 1).double()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     plan = Cosmology(0.05, 0.8)
-    run = run_batch_trial(model, per_sample_loss(nn.MSELoss()), (x, y), (x[:20], y[:20]), plan,
-                          8, 40, 1e-9, seed=7)
+    run = run_batch_trial(model, per_sample_loss(nn.MSELoss()), (ModelInputs(x), y),
+                          (ModelInputs(x[:20]), y[:20]), plan, 8, 40, 1e-9, seed=7)
     net = nn.Linear(3, 1).double()  # the reference: epochs of a seeded permutation, drop last
     net.load_state_dict(model.state_dict())
     opt = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.8)

@@ -195,18 +195,20 @@ def test_the_time_to_target_of_a_trial_on_a_subset_is_the_slower_of_the_subset_a
     from cosmo_optim.advice.margin import TrialSet
     from cosmo_optim.advice.trial import run_trial
     from cosmo_optim.losses import per_sample_loss
+    from cosmo_optim.ntk import ModelInputs
 
     model, x, y, _ = noisy_linear_problem()
     ell = per_sample_loss(nn.MSELoss())
     initial = nn.functional.mse_loss(model(x), y).item()
     goal = 0.2
-    trials = TrialSet(x[:4], y[:4], goal, x, y, initial)
-    run = run_trial(model, ell, x[:4], y[:4], Cosmology(0.05, 0.5), 30, goal, np.ones(31))
+    xs, xa = ModelInputs(x[:4]), ModelInputs(x)  # the samples as the model takes them
+    trials = TrialSet(xs, y[:4], goal, xa, y, initial)
+    run = run_trial(model, ell, xs, y[:4], Cosmology(0.05, 0.5), 30, goal, np.ones(31))
     own = run.steps_to(goal)
     with torch.no_grad():
         ratio = nn.functional.mse_loss(run.net(x), y).item() / initial
     expected = run.steps * math.log(goal) / math.log(ratio)
     assert expected > own
     assert trials.steps_to(ell, run) == pytest.approx(expected, rel=1e-12)
-    whole = TrialSet(x, y, goal, x, y, initial)  # the trial set is all inputs: its own time
+    whole = TrialSet(xa, y, goal, xa, y, initial)  # the trial set is all inputs: its own time
     assert whole.steps_to(ell, run) == own
