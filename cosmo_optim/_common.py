@@ -22,7 +22,7 @@ from torch import nn
 __all__ = [
     "MemoryBudgetError", "ModuleState", "PythonState", "carried_state", "cast_copy", "check_int",
     "one_thread", "parse_bytes", "preserved", "python_state", "restore_python_state",
-    "same_on_every_rank", "training", "unwrap_parallel",
+    "same_on_every_rank", "sample_rows", "training", "unwrap_parallel",
 ]
 
 _UNITS = {
@@ -43,6 +43,20 @@ def check_int(name: str, value: Any, least: int, fix: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < least:
         raise ValueError(f"Invalid {name}: {value!r}; it must be an integer ≥ {least}. {fix}")
     return value
+
+
+def sample_rows(out: Any, n: int) -> torch.Tensor:
+    """``out``, what a model returned for ``n`` samples, if it is a tensor of ``n`` rows (the
+    outputs the loss is applied to, one row per sample); else a ValueError naming it."""
+    if not isinstance(out, torch.Tensor) or out.dim() == 0 or out.shape[0] != n:
+        kind = (f"shape {tuple(out.shape)}" if isinstance(out, torch.Tensor)
+                else type(out).__name__)
+        raise ValueError(
+            f"Invalid model outputs: {kind}, not a Tensor with one row per sample ({n}). "
+            "Fix: wrap the model so that it returns the outputs the loss is applied to, e.g. "
+            "lambda: model(**batch).logits in an nn.Module."
+        )
+    return out
 
 
 def parse_bytes(name: str, value: Any) -> int:

@@ -5,33 +5,60 @@ friction (1 − β)/√η sets the terminal velocity), and gradient noise heats 
 proportion to ε: for the heavy ball on a quadratic with mini-batch gradient covariance Σ_B the
 stationary excess loss is ε tr Σ_B / 4 well inside the edge of stability (derived in
 docs/advice.md). Asking that noise floor to stay below a fraction `NOISE_FLOOR_FRACTION` (γ) of
-the target, with tr Σ ∝ loss near it (ν = tr Σ / L, measured), gives
+the loss, with tr Σ ∝ loss (ν = tr Σ / L), gives (A3)
 
     1/ε_B = 1/ε + c(B) ν / (4γ),        c(B) = (N − B) / ((N − 1) B),
 
 ε the full-batch plan's effective step. The lr is scaled and β kept, so ε_B/ε = η_B/η, and a
 smaller batch never gets a larger effective step (c(B) falls with B, ν ≥ 0).
+
+ν is measured by mini-batch trials (`batch_plan`): the full-batch plan's lr times 1, 1/2,
+1/4, … at the reference batch `REFERENCE_BATCH`, each ≤ `BATCH_TRIAL_STEPS` steps from
+initialisation (:mod:`.trial`), climbing down while the time to target they measure shortens;
+the ν for which (A3) gives the fastest of them is the data's and the model's own, whatever
+batch size is asked about, and (A3) carries it to that batch size. The kernel's ν
+(`noise_per_loss`) is reported beside it; it misjudged the best step 2–15× both ways.
+
+Cost: per rung, ≤ BATCH_TRIAL_STEPS steps on `REFERENCE_BATCH` inputs and one forward on the
+trial set every BATCH_EVAL_EVERY steps (a rung that rises above its start stops there).
 """
 
 from __future__ import annotations
 
 import math
-from typing import Final
+from typing import Final, NamedTuple
 
 import numpy as np
 import torch
+from torch import Tensor, nn
 
-from cosmo_optim.advice.heavy_ball import ModeReadout
+from cosmo_optim.advice.heavy_ball import ModeReadout, trajectory
+from cosmo_optim.advice.trial import (
+    BATCH_EVAL_EVERY,
+    BATCH_TRIAL_STEPS,
+    CROSSING_SLACK,
+    BatchRun,
+    run_batch_trial,
+)
 from cosmo_optim.cosmology import Cosmology
+from cosmo_optim.dual import FLRWDual
+from cosmo_optim.losses import PerSampleLoss
+from cosmo_optim.ntk import ModelInputs
 from cosmo_optim.spectrum import flat_kernel
 
 __all__ = [
-    "NOISE_FLOOR_FRACTION", "batch_cosmology", "noise_coefficient", "noise_floor", "noise_per_loss",
-    "slowdown",
+    "BATCH_FACTORS", "NOISE_FLOOR_FRACTION", "REFERENCE_BATCH", "BatchPlan", "batch_cosmology",
+    "batch_plan", "batch_steps_to", "measured_noise", "noise_coefficient", "noise_floor",
+    "noise_per_loss", "reference_batch", "slowdown",
 ]
 
 #: The noise floor ε tr Σ_B / 4 may reach this fraction of the target loss.
 NOISE_FLOOR_FRACTION: Final = 0.5
+#: The mini-batch trials' lr, as multiples of the full-batch plan's (β kept), boldest first.
+BATCH_FACTORS: Final = tuple(0.5**k for k in range(8))
+#: The batch size of the mini-batch trials (Keras's default batch_size), at most half the
+#: inputs, whatever batch size is asked about.
+REFERENCE_BATCH: Final = 32
 
 
 def noise_per_loss(read: ModeReadout) -> float:
@@ -98,3 +125,86 @@ def slowdown(full: np.ndarray, batch: np.ndarray, steps: int, factor: float) -> 
     ratio = full[min(steps, len(full) - 1)] / full[0]
     hits = np.flatnonzero(batch / batch[0] <= ratio)
     return hits[0] / steps if hits.size and ratio < 1 else 1.0 / factor
+
+
+def reference_batch(num_inputs: int) -> int:
+    """The mini-batch trials' batch size: REFERENCE_BATCH, at most half the inputs."""
+    return max(1, min(REFERENCE_BATCH, num_inputs // 2))
+
+
+def measured_noise(full: Cosmology, factor: float, batch_size: int, num_inputs: int,
+                   floor_fraction: float = NOISE_FLOOR_FRACTION) -> float:
+    """ν for which (A3) lowers the effective step of `full` by `factor` at `batch_size`:
+    ν = 4γ (1/factor − 1) / (c(B) ε). Units of `noise_per_loss`; 0 for factor 1."""
+    c = noise_coefficient(batch_size, num_inputs)
+    if factor >= 1.0 or c == 0.0:
+        return 0.0
+    effective = full.lr / (1.0 - full.momentum)
+    return 4.0 * floor_fraction * (1.0 / factor - 1.0) / (c * effective)
+
+
+class BatchPlan(NamedTuple):
+    """The mini-batch rule with ν measured by trials: the universe for the batch size asked
+    about, η_B/η, the measured ν, the reference batch, every trial (boldest first) and the
+    fastest one."""
+
+    cosmology: Cosmology
+    factor: float
+    noise: float
+    reference: int
+    runs: tuple[BatchRun, ...]
+    chosen: BatchRun
+
+
+def batch_plan(model: nn.Module, ell: PerSampleLoss, data: tuple[ModelInputs, Tensor | None],
+               evaluation: tuple[ModelInputs, Tensor | None], goal: float, full: Cosmology,
+               curve: np.ndarray, batch_size: int | None, horizon_steps: int,
+               seed: int) -> BatchPlan | None:
+    """The mini-batch universe for `batch_size` from trials at the reference batch (A3), or
+    None for full batch.
+
+    Trials at η·f, f = 1, 1/2, …, run on mini-batches of the reference batch drawn from all
+    of `data` (the same order for every f), read on `evaluation`; a trial crosses where its
+    loss rises above the overshoot of `curve`, the full-batch plan's frozen-kernel loss curve
+    (T10). The ladder stops at the first f slower to `goal` than the fastest so far (a step
+    below the optimum); of equally fast ones (the loss is read every BATCH_EVAL_EVERY steps) the
+    smallest step, whose noise floor is lowest, is kept. The fastest
+    trial's f gives ν (`measured_noise`), and (A3) gives the universe for `batch_size`: the
+    fastest f itself when `batch_size` is the reference batch.
+    """
+    n = len(data[0])
+    if noise_coefficient(batch_size, n) == 0.0:
+        return None
+    reference = reference_batch(n)
+    steps = max(BATCH_EVAL_EVERY, min(BATCH_TRIAL_STEPS, horizon_steps))
+    overshoot = CROSSING_SLACK * max(1.0, float(np.max(curve[: steps + 1] / curve[0])))
+    runs: list[BatchRun] = []
+    best, fastest = None, math.inf
+    for factor in BATCH_FACTORS:
+        plan = Cosmology(full.lr * factor, full.momentum)
+        run = run_batch_trial(model, ell, data, evaluation, plan, reference, steps, goal, seed,
+                              factor, overshoot)
+        runs.append(run)
+        score = run.steps_to(goal)
+        if best is not None and score > fastest:
+            break
+        best, fastest = run, score
+    assert best is not None
+    nu = measured_noise(full, best.factor, reference, n)
+    chosen = batch_cosmology(full, nu, batch_size, n)
+    return BatchPlan(chosen, chosen.lr / full.lr, nu, reference, tuple(runs), best)
+
+
+def batch_steps_to(plan: BatchPlan, goal: float, dual: FLRWDual, curve: np.ndarray,
+                   horizon_steps: int, scale: float) -> float:
+    """The mini-batch suggestion's time to `goal` as measured: the fastest trial's, scaled by
+    the frozen-kernel map's `slowdown` (T10) from its lr to the suggested one where the batch
+    size is not the reference. `dual` is the probe's, `curve` the suggestion's map curve."""
+    fastest = plan.chosen
+    rate = fastest.steps_to(goal)
+    if plan.factor == fastest.factor or not math.isfinite(rate):
+        return rate
+    c = plan.cosmology
+    ref = Cosmology(c.lr * fastest.factor / plan.factor, c.momentum)
+    ref_curve = trajectory(dual.replace(cosmology=ref), horizon_steps, scale)[0]
+    return rate * slowdown(ref_curve, curve, fastest.steps, plan.factor / fastest.factor)

@@ -16,13 +16,14 @@ from torch import Tensor, nn
 from cosmo_optim.cosmology import Cosmology
 from cosmo_optim.dual import FLRWDual, predict_trajectory
 from cosmo_optim.losses import PerSampleLoss, loss_derivatives
-from cosmo_optim.ntk import empirical_ntk
+from cosmo_optim.ntk import ModelInputs, empirical_ntk
 
 __all__ = [
     "MAX_PROBE_ROWS",
     "HeavyBallPlan",
     "ModeReadout",
     "Search",
+    "extend",
     "fixed_point",
     "needed_fraction",
     "plan",
@@ -31,6 +32,7 @@ __all__ = [
     "probe_indices",
     "read_modes",
     "relevant_modes",
+    "roll",
     "trajectory",
 ]
 
@@ -42,6 +44,8 @@ HORIZON_EFOLDS: Final = 3.0
 PLAN_ITERATIONS: Final = 4
 #: Modes with λ_k below this fraction of λ_1 are numerically in the kernel's null space.
 NULL_RTOL: Final = 1e-10
+#: The map runs this many steps first, then twice as many, until the target or the horizon.
+FIRST_STEPS: Final = 32
 
 
 class ModeReadout(NamedTuple):
@@ -65,7 +69,8 @@ def probe_indices(num_inputs: int, num_outputs: int, probe_size: int | None, see
     return torch.randperm(num_inputs, generator=gen)[:size].sort().values
 
 
-def read_modes(model: nn.Module, ell: PerSampleLoss, inputs: Tensor, outputs: Tensor,
+def read_modes(model: nn.Module, ell: PerSampleLoss, inputs: Tensor | ModelInputs,
+               outputs: Tensor,
                targets: Tensor | None) -> ModeReadout:
     """The float64 output-space NTK on `inputs` (outputs already computed) and its modes."""
     f = outputs.detach().to(torch.float64)
@@ -169,6 +174,33 @@ def trajectory(dual: FLRWDual, steps: int, scale: float) -> tuple[np.ndarray, Te
     return scale * values.numpy(), outputs
 
 
+def roll(dual: FLRWDual, horizon_steps: int, scale: float,
+         target: float) -> tuple[np.ndarray, Tensor | None]:
+    """`trajectory` up to its first loss at or below `target`, or the horizon: FIRST_STEPS
+    steps, then doubling, each continued from where the last ended (the curve past the target
+    is not needed to plan, and costs most of the map)."""
+    curve, path = trajectory(dual, min(FIRST_STEPS, horizon_steps), scale)
+    while path is not None and len(curve) <= horizon_steps and not (curve <= target).any():
+        curve, path = extend(dual, curve, path, min(horizon_steps, 2 * (len(curve) - 1)), scale)
+    return curve, path
+
+
+def extend(dual: FLRWDual, curve: np.ndarray, path: Tensor, steps: int,
+           scale: float) -> tuple[np.ndarray, Tensor | None]:
+    """The loss curve and outputs of `trajectory` continued to `steps` steps from their end:
+    the map started at the last outputs with the backward-difference velocity there (T10)."""
+    done = len(curve) - 1
+    if steps <= done:
+        return curve, path
+    last, before = path[-1], path[-2] if done else path[-1]
+    start = dual.replace(outputs=last.to(dual.outputs.dtype),
+                         velocity=((last - before) / dual.cosmology.time_step).to(
+                             dual.outputs.dtype))
+    more, tail = trajectory(start, steps - done, scale)
+    curve = np.concatenate([curve, more[1:]])
+    return curve, None if tail is None else torch.cat([path, tail[1:]])
+
+
 class Search(NamedTuple):
     """The fixed point of plan → predicted time to target → plan."""
 
@@ -210,6 +242,8 @@ def fixed_point(read: ModeReadout, relevant: Tensor, safety: float, horizon_step
         if guess == need or not lower < guess < upper or path is None:
             break
         need = guess
+        longer = extend(found.dual, found.curve, path, need, scale)[1]
+        path = path if longer is None else longer
         at_need = found.dual.replace(outputs=path[min(need, len(path) - 1)].to(
             read.dual.outputs.dtype)).mode_curvatures
         low = torch.minimum(read.curvatures, at_need)
@@ -222,13 +256,10 @@ def _search(read: ModeReadout, relevant: Tensor, safety: float, horizon_steps: i
             target: float, scale: float, need: int, low: Tensor,
             high: Tensor) -> tuple[Search, Tensor | None]:
     """One round: the plan damping for `need` steps and its frozen-kernel prediction (T10),
-    over twice `need` (the map is the cost), or the horizon if the target is not met there."""
+    up to the target or the horizon (`roll`)."""
     chosen = plan(high, low, relevant, safety, need, need == horizon_steps)
     planned = read.dual.replace(cosmology=chosen.cosmology)
-    window = min(horizon_steps, 2 * need)
-    curve, path = trajectory(planned, window, scale)
-    if window < horizon_steps and not (curve <= target).any():
-        curve, path = trajectory(planned, horizon_steps, scale)
+    curve, path = roll(planned, horizon_steps, scale, target)
     hits = np.flatnonzero(curve <= target)
     predicted = int(hits[0]) if hits.size else None
     return Search(chosen, planned, curve, predicted, need, low), path

@@ -10,8 +10,17 @@ the horizon) on the trial set holds (:mod:`.trial`: its loss never rises above i
 falls). A trial that crosses its start stops there, so the rungs above the margin cost a few
 steps each.
 
-Cost: one trial per rung tried (≤ 9) and one for the re-plan, each ≤ `TRIAL_STEPS` full-batch
-steps on ≤ `TRIAL_ROWS` inputs, and each rung's plan (the frozen-kernel map over ≤ the
+Two checks follow the first rung that holds. Where its trial followed the frozen-kernel map
+(the lazy regime, T4) but the map puts the target beyond the trial, the edge can still move
+before it (progressive sharpening that starts late): the trial is run again up to the
+predicted time to target, at most `LONG_TRIAL_STEPS`, and the rung holds only if that one
+does too. Where the trial set is a subset of the inputs, the time to target it measured is
+checked against the loss on all inputs at its end (a small set is fitted sooner than a large
+one) and the slower of the two is used.
+
+Cost: one trial per rung tried (≤ 9), one for the re-plan and ≤ one longer trial, each
+≤ `TRIAL_STEPS` (the longer one ≤ `LONG_TRIAL_STEPS`) full-batch steps on ≤ `TRIAL_ROWS`
+inputs, one forward on all inputs, and each rung's plan (the frozen-kernel map over ≤ the
 horizon, ≤ 4 rounds).
 """
 
@@ -20,6 +29,7 @@ from __future__ import annotations
 import math
 from typing import Final, NamedTuple
 
+import torch
 from torch import Tensor, nn
 
 from cosmo_optim.advice.heavy_ball import ModeReadout, Search, fixed_point, plan_for
@@ -31,22 +41,46 @@ from cosmo_optim.advice.trial import (
     run_trial,
 )
 from cosmo_optim.losses import PerSampleLoss
+from cosmo_optim.ntk import ModelInputs
 
-__all__ = ["RUNGS", "TRIAL_ROWS", "Margin", "Rung", "TrialSet", "measure_margin", "try_plan"]
+__all__ = [
+    "LONG_TRIAL_STEPS", "RUNGS", "TRIAL_ROWS", "Margin", "Rung", "TrialSet", "measure_margin",
+    "try_plan",
+]
 
 #: The margins tried, boldest first: the stiffest mode planned at κ_max/s.
 RUNGS: Final = tuple(0.5**k for k in range(9))
 #: The trial set: at most this many inputs (a seeded subset), whatever the probe's size.
 TRIAL_ROWS: Final = 256
+#: A trial that followed the map towards a target beyond it is rerun for at most this long.
+LONG_TRIAL_STEPS: Final = 4 * TRIAL_STEPS
 
 
 class TrialSet(NamedTuple):
     """Where trials run: the inputs, their targets, and the target loss as a share of the
-    initial loss on all inputs (a trial that gets there has reached the target)."""
+    initial loss on all inputs (a trial that gets there has reached the target); all the
+    inputs and their targets, and that initial loss."""
 
-    inputs: Tensor
+    inputs: ModelInputs
     targets: Tensor | None
     goal: float
+    all_inputs: ModelInputs
+    all_targets: Tensor | None
+    initial: float
+
+    def steps_to(self, ell: PerSampleLoss, trial: TrialRun) -> float:
+        """The trial's time to the goal (`TrialRun.steps_to`), or, where the trial set is a
+        subset, the time at the rate the loss on all inputs fell over the trial if that is
+        slower (a small set is fitted sooner than a large one)."""
+        own = trial.steps_to(self.goal)
+        if len(self.all_inputs) == len(self.inputs) or trial.steps == 0:
+            return own
+        with torch.no_grad():
+            last = float(ell.training_loss(self.all_inputs.call(trial.net), self.all_targets))
+        ratio = last / self.initial
+        if not (math.isfinite(ratio) and 0 < ratio < 1):
+            return math.inf
+        return max(own, trial.steps * math.log(self.goal) / math.log(ratio))
 
 
 class Rung(NamedTuple):
@@ -79,8 +113,9 @@ def measure_margin(model: nn.Module, ell: PerSampleLoss, read: ModeReadout, rele
     """Climb down RUNGS until a trial holds; every rung's plan is the heavy-ball fixed point.
 
     A rung's time to target seeds the next rung's fixed point (a smaller step needs longer).
-    Then `_measured_need` re-plans the chosen rung for the time to target its trial measured,
-    kept if its own trial holds and gets there sooner.
+    The first rung that holds is checked further (`_longer`); then `_measured_need` re-plans
+    it for the time to target its trial measured, kept if its own trial holds and gets there
+    sooner.
     """
     tried: list[Rung] = []
     need: int | None = None
@@ -91,19 +126,39 @@ def measure_margin(model: nn.Module, ell: PerSampleLoss, read: ModeReadout, rele
         rung = try_plan(model, ell, found, trials, safety, steps)
         tried.append(rung)
         if rung.trial.held:
+            longer = _longer(model, ell, trials, rung, horizon_steps)
+            if longer is not None:
+                tried.append(longer)
+                if not longer.trial.held:
+                    continue
+                rung = longer
             again = _measured_need(model, ell, read, relevant, trials, rung, horizon_steps,
                                    target, scale, steps)
             if again is not None:
                 tried.append(again)
-                if _faster(again, rung, trials.goal):
+                if _faster(ell, again, rung, trials):
                     return Margin(again, tuple(tried))
             return Margin(rung, tuple(tried))
     return Margin(tried[-1], tuple(tried))
 
 
-def _faster(a: Rung, b: Rung, goal: float) -> bool:
+def _longer(model: nn.Module, ell: PerSampleLoss, trials: TrialSet, rung: Rung,
+            horizon_steps: int) -> Rung | None:
+    """The rung's trial rerun up to the map's time to target (≤ LONG_TRIAL_STEPS and the
+    horizon), if the trial followed the map (T4) and the map puts the target beyond it."""
+    run = rung.trial
+    if run.verdict != "held" or lazy_error(run, rung.found.curve) > TRIAL_TOLERANCE:
+        return None
+    predicted = rung.found.predicted
+    far = min(LONG_TRIAL_STEPS, horizon_steps, horizon_steps if predicted is None else predicted)
+    if far <= run.steps:
+        return None
+    return try_plan(model, ell, rung.found, trials, rung.safety, far)
+
+
+def _faster(ell: PerSampleLoss, a: Rung, b: Rung, trials: TrialSet) -> bool:
     """Whether trial `a` held and gets to the goal sooner than trial `b` at its rate."""
-    return a.trial.held and a.trial.steps_to(goal) < b.trial.steps_to(goal)
+    return a.trial.held and trials.steps_to(ell, a.trial) < trials.steps_to(ell, b.trial)
 
 
 def _measured_need(model: nn.Module, ell: PerSampleLoss, read: ModeReadout, relevant: Tensor,
@@ -115,7 +170,7 @@ def _measured_need(model: nn.Module, ell: PerSampleLoss, read: ModeReadout, rele
     Outside the lazy regime the map misjudges which modes must move before the target (often
     it never gets there and plans for the horizon, β → 1); the trial's rate says when the
     target comes, so the modes too slow to move by then are not damped (T8, T10)."""
-    measured = rung.trial.steps_to(trials.goal)
+    measured = trials.steps_to(ell, rung.trial)
     if not (math.isfinite(measured) and measured < rung.found.need / 2):
         return None
     if lazy_error(rung.trial, rung.found.curve) <= TRIAL_TOLERANCE:

@@ -12,6 +12,7 @@ from typing import NamedTuple
 import numpy as np
 from torch import Tensor
 
+from cosmo_optim.advice.batch import BatchPlan
 from cosmo_optim.advice.heavy_ball import ModeReadout
 from cosmo_optim.advice.margin import Margin
 from cosmo_optim.cosmology import Cosmology
@@ -33,7 +34,8 @@ class Decision(NamedTuple):
     curve: np.ndarray  # the frozen-kernel loss curve of the suggestion (T10)
     predicted: int | None  # its first crossing of the target
     predictable: bool  # the trial followed the frozen-kernel map (T4)
-    trial_steps_to_target: float  # at the trial's measured rate, for the suggestion
+    trial_steps_to_target: float  # at the trials' measured rate, for the suggestion
+    batch: BatchPlan | None  # the mini-batch trials and rule (None for full batch)
 
 
 def rationale(read: ModeReadout, d: Decision, fraction: float, initial: float,
@@ -60,13 +62,8 @@ def rationale(read: ModeReadout, d: Decision, fraction: float, initial: float,
             f"{d.margin.rung.found.need} steps, so κ_min = {p.kappa_min:.3g} is damped critically."
         )
     lines += [_margin_line(d, kappa[stiffest], stiffest)]
-    if d.factor < 1:
-        lines.append(
-            f"Mini-batches of {batch_size} of {num_inputs}: gradient noise ν = tr Σ/L = "
-            f"{d.noise:.3g} at the end of the trial; the effective step η/(1 − β) is lowered "
-            f"×{d.factor:.3g} so that its noise floor stays below half the loss, β kept "
-            "(docs/advice.md, A3)."
-        )
+    if d.batch is not None:
+        lines.append(_batch_line(d, d.batch, batch_size, num_inputs))
     c = d.cosmology
     lines.append(
         f"Suggestion: lr = {c.lr:.4g}, momentum = {c.momentum:.4g} (effective step "
@@ -87,6 +84,17 @@ def _margin_line(d: Decision, stiffest: float, index: int) -> str:
     return (f"Stiffest mode {index}: κ = {stiffest:.3g}; margin {rung.safety:g} ({how}: "
             f"{tried}), so κ_max = {rung.found.plan.kappa_max:.3g} sits at the heavy-ball "
             f"optimum's edge η κ_max = (1 + √β)² < 2(1 + β) (T10){growth}.")
+
+
+def _batch_line(d: Decision, b: BatchPlan, batch_size: int | None, num_inputs: int) -> str:
+    tried = ", ".join(f"×{r.factor:g} {r.verdict} after {r.steps}" for r in b.runs)
+    return (
+        f"Mini-batches of {batch_size} of {num_inputs}: mini-batch trials of the lr at the "
+        f"reference batch {b.reference} ({tried}) were fastest at ×{b.chosen.factor:g}, so the "
+        f"gradient noise is ν = {b.noise:.3g} per unit loss (the kernel reads ν = tr Σ/L = "
+        f"{d.noise:.3g}); the effective step η/(1 − β) is lowered ×{d.factor:.3g} so that its "
+        "noise floor stays below half the loss, β kept (docs/advice.md, A3)."
+    )
 
 
 def _prediction_line(d: Decision, horizon_steps: int) -> str:
@@ -145,9 +153,10 @@ def warnings_for(d: Decision, horizon_steps: int, batch_size: int | None) -> tup
 def _miss(d: Decision, horizon_steps: int) -> str:
     """Why the suggestion's own estimate of the time to target exceeds the horizon, or "".
 
-    In the lazy regime (the trial followed the frozen-kernel map) that estimate is the map;
-    outside it, the trial's measured rate."""
-    if d.predictable:
+    In the lazy regime (the trial followed the frozen-kernel map) and for full batch that
+    estimate is the map; outside it, or for mini-batches (the map is noise-free), the trials'
+    measured rate."""
+    if d.predictable and d.batch is None:
         return "" if d.predicted is not None else (
             f"the frozen-kernel map (T10) ends at loss {d.curve[-1]:.4g}")
     steps = d.trial_steps_to_target

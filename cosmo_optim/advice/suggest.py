@@ -17,10 +17,13 @@ computed by `FLRWDual.mode_curvatures`. Then (derivations in docs/advice.md):
    κ_max' at η κ_max' = (1 + sqrt β)² < 2(1 + β), the edge of stability.
 3. **The margin s, measured** (:mod:`.margin`). The kernel moves, so the edge does: trials of
    ≤ 30 full-batch steps on ≤ 256 inputs climb down s = 1, 1/2, …, 1/256 until one holds
-   (its loss never rises above its start and falls); `safety=` fixes s instead.
+   (its loss never rises above its start and falls), rerun up to the predicted time to
+   target (≤ 120 steps) where it followed the map towards a target beyond it; `safety=`
+   fixes s instead.
 4. **Mini-batches** (:mod:`.batch`). Gradient noise heats every mode in proportion to the
-   effective step ε = η/(1 − β); its floor ε tr Σ_B/4 is kept below half the target, with
-   ν = tr Σ/L read from the kernel at the end of the trial: 1/ε_B = 1/ε + c(B) ν/2, β kept.
+   effective step ε = η/(1 − β); its floor ε c(B) ν L/4 is kept below half the loss,
+   1/ε_B = 1/ε + c(B) ν/2, β kept, with ν measured by mini-batch trials of the lr ladder
+   at a reference batch (the fastest to the target sets ν).
 5. **Prediction.** The loss curve is the exact discrete heavy-ball map in mode space with the
    kernel frozen (T10, `predict_trajectory(method="discrete")`): exact for a linear model
    with quadratic loss, the lazy-limit prediction otherwise, noise-free for mini-batches. If
@@ -45,8 +48,14 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from cosmo_optim._common import preserved
-from cosmo_optim.advice.batch import batch_cosmology, noise_per_loss, slowdown
+from cosmo_optim._common import preserved, sample_rows
+from cosmo_optim.advice.arguments import (
+    Options,
+    check_arguments,
+    check_trainable,
+    model_inputs,
+)
+from cosmo_optim.advice.batch import BatchPlan, batch_plan, batch_steps_to, noise_per_loss
 from cosmo_optim.advice.heavy_ball import (
     ModeReadout,
     fixed_point,
@@ -68,6 +77,7 @@ from cosmo_optim.advice.trial import TRIAL_STEPS, TRIAL_TOLERANCE, lazy_error
 from cosmo_optim.cosmology import Cosmology
 from cosmo_optim.dual import FLRWDual
 from cosmo_optim.losses import PerSampleLoss, per_sample_loss
+from cosmo_optim.ntk import ModelInputs
 from cosmo_optim.optim import CosmoSGD
 
 __all__ = ["Suggestion", "suggest_hyperparameters"]
@@ -105,7 +115,11 @@ class Suggestion:
         edge_growth: κ_max at the end of the chosen trial over κ_max at initialisation (how
             far the edge moved; nan without a trial step).
         noise_per_loss: ν = tr Σ / L at the end of the chosen trial (per-sample gradient
-            variance per unit loss, from the kernel's diagonal blocks).
+            variance per unit loss, from the kernel's diagonal blocks); a read-out.
+        batch_noise_per_loss: the ν the mini-batch rule used, measured by the mini-batch
+            trials (nan for full batch).
+        batch_trials: one (lr factor, verdict, steps) per mini-batch trial at the reference
+            batch, boldest first; verdict "reached", "ran" or "crossed" (empty for full batch).
         lr_batch_factor: η_B/η = ε_B/ε, the mini-batch rule on the effective step η/(1 − β)
             (1.0 for full batch; β is kept).
         stability_margin: max_k η κ_k / 2(1 + β) on the kernel at initialisation (T10).
@@ -131,6 +145,8 @@ class Suggestion:
     margin_trials: tuple[tuple[float, str, int], ...]
     edge_growth: float
     noise_per_loss: float
+    batch_noise_per_loss: float
+    batch_trials: tuple[tuple[float, str, int], ...]
     lr_batch_factor: float
     stability_margin: float
     warnings: tuple[str, ...]
@@ -171,41 +187,6 @@ class Suggestion:
         return CosmoSGD.from_suggestion(params, self, **sgd_kwargs)
 
 
-def _check_arguments(
-    horizon_steps: Any, batch_size: Any, target_loss: Any, residual_fraction: Any, safety: Any,
-    probe_size: Any, num_inputs: int,
-) -> None:
-    if isinstance(horizon_steps, bool) or not isinstance(horizon_steps, int) or horizon_steps < 1:
-        raise ValueError(
-            f"Invalid horizon_steps: {horizon_steps!r}; it must be an integer ≥ 1 (the number "
-            "of optimiser steps you plan to train for)."
-        )
-    if batch_size is not None and (
-        isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1
-    ):
-        raise ValueError(
-            f"Invalid batch_size: {batch_size!r}; it must be an integer ≥ 1, or None for "
-            "full-batch training."
-        )
-    if target_loss is not None and not math.isfinite(float(target_loss)):
-        raise ValueError(f"Invalid target_loss: {target_loss!r}; it must be a finite number.")
-    if not 0 < float(residual_fraction) <= 1:
-        raise ValueError(
-            f"Invalid residual_fraction: {residual_fraction!r}; it must be in (0, 1] (the share "
-            "of the projected residual |Uᵀ ∂L/∂f|² the relevant modes must carry)."
-        )
-    if safety is not None and not 0 < float(safety) <= 1:
-        raise ValueError(
-            f"Invalid safety: {safety!r}; it must be in (0, 1] (1 is the exact heavy-ball "
-            "optimum, smaller values plan for a stiffest curvature 1/safety times larger), or "
-            "None to measure it by trials."
-        )
-    if probe_size is not None and not (isinstance(probe_size, int) and 1 <= probe_size):
-        raise ValueError(f"Invalid probe_size: {probe_size!r}; it must be an integer ≥ 1.")
-    if num_inputs < 1:
-        raise ValueError("Invalid inputs: no samples; pass a batch of shape (N, ...), N ≥ 1.")
-
-
 def _initial_loss(ell: PerSampleLoss, outputs: Tensor, targets: Tensor | None) -> float:
     value = float(ell.training_loss(outputs, targets))
     if not math.isfinite(value):
@@ -219,7 +200,7 @@ def _initial_loss(ell: PerSampleLoss, outputs: Tensor, targets: Tensor | None) -
 def suggest_hyperparameters(
     model: nn.Module,
     loss: Any,
-    inputs: Tensor,
+    inputs: Any,
     targets: Tensor | None = None,
     *,
     horizon_steps: int,
@@ -236,79 +217,88 @@ def suggest_hyperparameters(
     (T8), the slowest relevant one critically damped and the stiffest one at the edge of a
     measured margin (Polyak's heavy-ball optimum, T10), the effective step η/(1 − β) lowered
     by the gradient noise for mini-batches, and the loss curve predicted by the discrete mode
-    map (T10). Costs one forward pass on `inputs`, two output-space NTKs and eigendecompositions
-    on the probe set (O((N·C)³)), the frozen-kernel map per margin tried (≤ `horizon_steps`
-    small mode-space steps per planning round), and ≤ 10 trials of ≤ 30 full-batch steps on
-    ≤ 256 inputs (one trial with `safety` given); a trial stops at the first loss above its
-    start, so failing margins cost a few steps.
+    map (T10). Cost (itemised in docs/advice.md): two forward passes on `inputs`, two
+    output-space NTKs and eigendecompositions on the probe set (O((N·C)³)), the frozen-kernel
+    map per margin tried, ≤ 11 full-batch trials on ≤ 256 inputs (≤ 30 steps each, one
+    ≤ 120; each stops at its first loss above its start) and, with `batch_size`, ≤ 8
+    mini-batch trials of ≤ 120 steps of 32 inputs.
 
     Args:
         model: the network at initialisation (not modified).
         loss: the training loss: a torch loss module (MSELoss, CrossEntropyLoss, ...),
             `PolynomialPotentialLoss`, or a per-sample callable (see `per_sample_loss`).
-        inputs: the training inputs (N, ...); `targets` the matching targets, if the loss
-            needs them.
+        inputs: the N training inputs as the model takes them: a tensor, a tuple of
+            positional arguments, a dict of keyword arguments (a Hugging Face batch without
+            its labels) or a `cosmo_optim.ntk.ModelInputs`; the model returns one row of
+            outputs per sample. `targets`: the N targets, if the loss needs them.
         horizon_steps: how many optimiser steps you will train for (≥ 1).
         batch_size: samples per step, or None for full-batch training.
-        target_loss: the loss whose crossing `predicted_steps` reports; default 10% of the
-            initial loss.
+        target_loss: the loss to reach (`predicted_steps` counts to it); default 10% of the initial.
         residual_fraction: share of |Uᵀ ∂L/∂f|² the relevant modes must carry, in (0, 1];
             at least 1 − target_loss/initial loss, the share that must go to reach the target.
         safety: None (default) to measure the margin by trials, or a margin in (0, 1]: plan
-            for a stiffest curvature 1/safety times the measured one (1 is the exact
-            heavy-ball optimum).
+            for a stiffest curvature 1/safety times the measured one (1: the exact optimum).
         probe_size: inputs in the NTK probe set; default all, or a seeded random subset of
             MAX_PROBE_ROWS // C inputs when larger.
         seed: seed of the probe subset and of the trial set (≤ 256 inputs).
 
     Returns:
         A `Suggestion` (lr, momentum, cosmology, predicted_steps, predictable, safety,
-        warnings, rationale, predict_loss, optimizer). The model, its buffers (BatchNorm
-        statistics), `.grad`, train/eval flags and the torch/NumPy/Python random states are
-        left as they were.
+        warnings, rationale, predict_loss, optimizer). The model, its buffers, `.grad`,
+        train/eval flags and the torch/NumPy/Python random states are left as they were.
 
     Raises:
-        ValueError: no trainable parameters, a non-finite initial loss, horizon_steps < 1, or
-            another argument out of range; the message names the value and the fix.
+        ValueError: a bad argument, input or output, no trainable parameter, a non-finite
+            initial loss; the message names the value and the fix.
 
     Warns:
         UserWarning: no trial made progress (the suggestion may not train), or the
             suggestion's own prediction misses `target_loss` within `horizon_steps`.
 
     Example:
-        >>> torch.manual_seed(0)  # doctest: +ELLIPSIS
-        <torch._C.Generator object at ...>
-        >>> model = nn.Linear(3, 1)
-        >>> x = torch.randn(64, 3)
+        >>> _ = torch.manual_seed(0)
+        >>> model, x = nn.Linear(3, 1), torch.randn(64, 3)
         >>> y = x @ torch.tensor([[1.0], [-2.0], [0.5]])
         >>> s = suggest_hyperparameters(model, nn.MSELoss(), x, y, horizon_steps=100)
-        >>> s.safety, s.predicted_steps is not None
-        (1.0, True)
-        >>> s.predict_loss(0) > s.predict_loss(100)
-        True
+        >>> s.safety, s.predicted_steps is not None, s.predict_loss(0) > s.predict_loss(100)
+        (1.0, True, True)
         >>> opt = s.optimizer(model.parameters())  # CosmoSGD at (s.lr, s.momentum)
     """
-    _check_arguments(horizon_steps, batch_size, target_loss, residual_fraction, safety,
-                     probe_size, int(inputs.shape[0]) if inputs.dim() else 0)
-    _check_trainable(model)
+    opts = check_arguments(horizon_steps, batch_size, target_loss, residual_fraction, safety,
+                           probe_size, seed)
+    x = model_inputs(inputs, targets)
+    check_trainable(model)
     ell = per_sample_loss(loss)
-    first = next(p for p in model.parameters() if p.requires_grad)
-    with preserved(model, first.device):
-        probe = _read_probe(model, ell, inputs, targets, probe_size, seed)
-        target = 0.1 * probe.initial if target_loss is None else float(target_loss)
-        fraction = needed_fraction(float(residual_fraction), target, probe.initial)
-        relevant = relevant_modes(probe.read.curvatures, probe.read.dual.eigenvalues,
-                                  probe.read.residual, fraction)
-        trials = _trial_set(inputs, targets, target / probe.initial, seed)
-        margin = _margin(model, ell, probe, relevant, trials, horizon_steps, target, safety)
-        decision = _decide(ell, probe, relevant, target, margin, safety is None, horizon_steps,
-                           batch_size)
-    text = rationale(probe.read, decision, fraction, probe.initial,
-                     horizon_steps, batch_size, probe.num_inputs)
+    probe, decision, fraction = _plan(model, ell, x, targets, opts)
+    text = rationale(probe.read, decision, fraction, probe.initial, horizon_steps, batch_size,
+                     probe.num_inputs)
     notes = warnings_for(decision, horizon_steps, batch_size)
     for note in notes:
         warnings.warn(note, UserWarning, stacklevel=2)
     return _suggestion(probe, decision, horizon_steps, notes, text)
+
+
+def _plan(model: nn.Module, ell: PerSampleLoss, x: ModelInputs, targets: Tensor | None,
+          opts: Options) -> tuple[_Probe, Decision, float]:
+    """The probe, the margin's ladder, the mini-batch plan and the decision, on copies of the
+    model with its state preserved; also the residual fraction the relevant modes carry."""
+    first = next(p for p in model.parameters() if p.requires_grad)
+    with preserved(model, first.device):
+        probe = _read_probe(model, ell, x, targets, opts.probe_size, opts.seed)
+        target = 0.1 * probe.initial if opts.target_loss is None else opts.target_loss
+        fraction = needed_fraction(opts.residual_fraction, target, probe.initial)
+        relevant = relevant_modes(probe.read.curvatures, probe.read.dual.eigenvalues,
+                                  probe.read.residual, fraction)
+        trials = _trial_set(x, targets, target / probe.initial, opts.seed, probe.initial)
+        margin = _margin(model, ell, probe, relevant, trials, opts.horizon_steps, target,
+                         opts.safety)
+        batch = batch_plan(model, ell, (x, targets), (trials.inputs, trials.targets),
+                           trials.goal, margin.rung.found.plan.cosmology,
+                           margin.rung.found.curve, opts.batch_size, opts.horizon_steps,
+                           opts.seed)
+        decision = _decide(ell, probe, relevant, trials, margin, opts.safety is None,
+                           opts.horizon_steps, batch)
+    return probe, decision, fraction
 
 
 class _Probe(NamedTuple):
@@ -316,64 +306,69 @@ class _Probe(NamedTuple):
 
     initial: float
     num_inputs: int
-    inputs: Tensor  # the probe subset, and its targets
+    inputs: ModelInputs  # the probe subset, and its targets
     targets: Tensor | None
     read: ModeReadout  # the NTK's modes there (T7, T8)
     scale: float  # initial loss / initial probe loss
 
 
-def _read_probe(model: nn.Module, ell: PerSampleLoss, inputs: Tensor, targets: Tensor | None,
+def _read_probe(model: nn.Module, ell: PerSampleLoss, x: ModelInputs, targets: Tensor | None,
                 probe_size: int | None, seed: int) -> _Probe:
-    """One forward on `inputs`, the probe subset, and the NTK modes there (T7, T8)."""
+    """One forward on all inputs `x`, the probe subset, and the NTK modes there (T7, T8)."""
     with torch.no_grad():
-        outputs = model(inputs)
+        outputs = sample_rows(x.call(model), len(x))
     initial = _initial_loss(ell, outputs, targets)
     num_inputs, num_outputs = int(outputs.shape[0]), int(outputs[0].numel())
     idx = probe_indices(num_inputs, num_outputs, probe_size, seed)
     probe_y = None if targets is None else targets[idx]
-    read = read_modes(model, ell, inputs[idx], outputs[idx], probe_y)
+    read = read_modes(model, ell, x[idx], outputs[idx], probe_y)
     _check_curvature(read.curvatures)
     probe_initial = float(read.values.mean())
     scale = initial / probe_initial if probe_initial > 0 else 1.0
-    return _Probe(initial, num_inputs, inputs[idx], probe_y, read, scale)
+    return _Probe(initial, num_inputs, x[idx], probe_y, read, scale)
 
 
-def _trial_set(inputs: Tensor, targets: Tensor | None, goal: float, seed: int) -> TrialSet:
+def _trial_set(x: ModelInputs, targets: Tensor | None, goal: float, seed: int,
+               initial: float) -> TrialSet:
     """All inputs, or a seeded subset of TRIAL_ROWS of them."""
-    n = int(inputs.shape[0])
+    n = len(x)
     if n <= TRIAL_ROWS:
-        return TrialSet(inputs, targets, goal)
+        return TrialSet(x, targets, goal, x, targets, initial)
     idx = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:TRIAL_ROWS]
     idx = idx.sort().values
-    return TrialSet(inputs[idx], None if targets is None else targets[idx], goal)
+    return TrialSet(x[idx], None if targets is None else targets[idx], goal, x,
+                    targets, initial)
 
 
 def _margin(model: nn.Module, ell: PerSampleLoss, probe: _Probe, relevant: Tensor,
-            trials: TrialSet, horizon_steps: int, target: float, safety: Any) -> Margin:
+            trials: TrialSet, horizon_steps: int, target: float,
+            safety: float | None) -> Margin:
     """The ladder of trials (`safety` None), or the one plan at the given margin and its trial."""
     if safety is None:
         return measure_margin(model, ell, probe.read, relevant, trials, horizon_steps, target,
                               probe.scale)
-    found = fixed_point(probe.read, relevant, float(safety), horizon_steps, target, probe.scale)
-    rung = try_plan(model, ell, found, trials, float(safety), min(TRIAL_STEPS, horizon_steps))
+    found = fixed_point(probe.read, relevant, safety, horizon_steps, target, probe.scale)
+    rung = try_plan(model, ell, found, trials, safety, min(TRIAL_STEPS, horizon_steps))
     return Margin(rung, (rung,))
 
 
-def _decide(ell: PerSampleLoss, probe: _Probe, relevant: Tensor, target: float, margin: Margin,
-            measured: bool, horizon_steps: int, batch_size: int | None) -> Decision:
-    """The kernel after the chosen trial (edge growth, noise), the mini-batch rule and the
+def _decide(ell: PerSampleLoss, probe: _Probe, relevant: Tensor, trials: TrialSet,
+            margin: Margin, measured: bool, horizon_steps: int,
+            batch: BatchPlan | None) -> Decision:
+    """The kernel after the chosen trial (edge growth, noise), the mini-batch plan and the
     prediction of the suggestion."""
     rung = margin.rung
+    target = trials.goal * probe.initial
     after = probe.read
     if rung.trial.steps:
         with torch.no_grad():
-            outputs = rung.trial.net(probe.inputs)
+            outputs = probe.inputs.call(rung.trial.net)
         after = read_modes(rung.trial.net, ell, probe.inputs, outputs, probe.targets)
     growth = (float(after.curvatures.max() / probe.read.curvatures.max()) if rung.trial.steps
               else math.nan)
     nu = noise_per_loss(after)
     full = rung.found.plan.cosmology
-    chosen = batch_cosmology(full, nu, batch_size, probe.num_inputs)
+    chosen = full if batch is None else batch.cosmology
     curve = rung.found.curve
     if chosen != full or (len(curve) <= horizon_steps and rung.found.predicted is None):
         curve = trajectory(probe.read.dual.replace(cosmology=chosen), horizon_steps,
@@ -382,10 +377,12 @@ def _decide(ell: PerSampleLoss, probe: _Probe, relevant: Tensor, target: float, 
     predicted = int(hits[0]) if hits.size else None
     predictable = lazy_error(rung.trial, rung.found.curve) <= TRIAL_TOLERANCE
     factor = chosen.lr / full.lr
-    rate = rung.trial.steps_to(target / probe.initial)
-    rate *= slowdown(rung.found.curve, curve, rung.trial.steps, factor)
+    rate = trials.steps_to(ell, rung.trial)  # full batch: the chosen trial's
+    if batch is not None:
+        rate = batch_steps_to(batch, trials.goal, probe.read.dual, curve, horizon_steps,
+                              probe.scale)
     return Decision(relevant, target, margin, measured, growth, nu, chosen, factor, curve,
-                    predicted, predictable, rate)
+                    predicted, predictable, rate, batch)
 
 
 def _suggestion(probe: _Probe, d: Decision, horizon_steps: int, notes: tuple[str, ...],
@@ -403,18 +400,12 @@ def _suggestion(probe: _Probe, d: Decision, horizon_steps: int, notes: tuple[str
         active_bound=plan.active, safety=rung.safety,
         margin_trials=tuple((r.safety, r.trial.verdict, r.trial.steps) for r in d.margin.rungs),
         edge_growth=d.edge_growth, noise_per_loss=d.noise, lr_batch_factor=d.factor,
+        batch_noise_per_loss=math.nan if d.batch is None else d.batch.noise,
+        batch_trials=() if d.batch is None else tuple(
+            (r.factor, r.verdict, r.steps) for r in d.batch.runs),
         stability_margin=dual.stability_margin, warnings=notes, rationale=text,
         _dual=dual, _loss_scale=probe.scale, _curve={"loss": d.curve},
     )
-
-
-def _check_trainable(model: nn.Module) -> None:
-    if not any(p.requires_grad for p in model.parameters()):
-        raise ValueError(
-            f"Invalid model: {type(model).__name__} has no trainable parameters "
-            "(none with requires_grad=True), so there is nothing to optimise. "
-            "Unfreeze some parameters first."
-        )
 
 
 def _check_curvature(kappa: Tensor) -> None:

@@ -8,6 +8,10 @@ the edge of stability 2(1 + β), T10, on the kernel as it moved) and must fall b
 saturated state stalls instead). :mod:`.margin` climbs down a ladder of margins until a trial
 holds. Could the loss be predicted? Its log ratio must match the frozen-kernel map's within
 `TRIAL_TOLERANCE` (the lazy regime, T4); otherwise no time to target is printed.
+
+A mini-batch trial (`run_batch_trial`) trains a copy on mini-batches drawn from all inputs
+and reads the loss on the trial set every `BATCH_EVAL_EVERY` steps: how fast a plan gets to
+the target when its gradients are noisy (:mod:`.batch` ladders the effective step with it).
 """
 
 from __future__ import annotations
@@ -22,10 +26,11 @@ from torch import Tensor, nn
 
 from cosmo_optim.cosmology import Cosmology
 from cosmo_optim.losses import PerSampleLoss
+from cosmo_optim.ntk import ModelInputs
 
 __all__ = [
-    "CROSSING_SLACK", "PROGRESS", "TRIAL_STEPS", "TRIAL_TOLERANCE", "TrialRun", "lazy_error",
-    "run_trial",
+    "BATCH_EVAL_EVERY", "BATCH_TRIAL_STEPS", "CROSSING_SLACK", "PROGRESS", "TRIAL_STEPS",
+    "TRIAL_TOLERANCE", "BatchRun", "TrialRun", "lazy_error", "run_batch_trial", "run_trial",
 ]
 
 #: The trial's log loss ratio may differ from the predicted one by this fraction (lazy limit).
@@ -36,6 +41,11 @@ TRIAL_STEPS: Final = 30
 PROGRESS: Final = 0.25
 #: A trial crosses if its loss exceeds its start and the predicted overshoot by this factor.
 CROSSING_SLACK: Final = 1.001
+#: A mini-batch trial runs this many steps (four full-batch trials: the loss noise that a
+#: step too long for its batch builds up takes longer to show than an edge crossed).
+BATCH_TRIAL_STEPS: Final = 4 * TRIAL_STEPS
+#: A mini-batch trial reads the loss on the trial set every this many steps.
+BATCH_EVAL_EVERY: Final = 10
 
 
 class TrialRun(NamedTuple):
@@ -73,7 +83,7 @@ class TrialRun(NamedTuple):
         return 1.0 - last / self.losses[0] if math.isfinite(last) else -math.inf
 
 
-def run_trial(model: nn.Module, ell: PerSampleLoss, inputs: Tensor, targets: Tensor | None,
+def run_trial(model: nn.Module, ell: PerSampleLoss, inputs: ModelInputs, targets: Tensor | None,
               cosmology: Cosmology, steps: int, goal: float, predicted: np.ndarray) -> TrialRun:
     """Train a copy at `cosmology` on (`inputs`, `targets`), full batch, for ≤ `steps` steps.
 
@@ -92,7 +102,7 @@ def run_trial(model: nn.Module, ell: PerSampleLoss, inputs: Tensor, targets: Ten
     verdict = "held"
     for n in range(steps + 1):
         opt.zero_grad()
-        value = ell.training_loss(net(inputs), targets)
+        value = ell.training_loss(inputs.call(net), targets)
         losses.append(float(value.detach()))
         allowed = envelope[min(n, len(envelope) - 1)] * losses[0]
         if n and not (math.isfinite(losses[-1]) and losses[-1] <= allowed):
@@ -135,3 +145,79 @@ def lazy_error(run: TrialRun, curve: np.ndarray) -> float:
     if not (math.isfinite(actual) and actual > 0 and predicted > 0):
         return math.inf
     return abs(math.log(actual) - math.log(predicted)) / max(abs(math.log(predicted)), 0.1)
+
+
+class BatchRun(NamedTuple):
+    """One mini-batch trial: the trial-set loss every BATCH_EVAL_EVERY steps and how it ended."""
+
+    losses: np.ndarray  # losses[j]: loss after j · BATCH_EVAL_EVERY steps
+    verdict: str  # "reached" the target, "ran" all its steps, "crossed" its start
+    factor: float  # its lr as a multiple of the full-batch plan's
+
+    @property
+    def steps(self) -> int:
+        return (len(self.losses) - 1) * BATCH_EVAL_EVERY
+
+    def steps_to(self, goal: float) -> float:
+        """Steps to reach `goal` × the initial loss: the steps it took if it got there, else
+        extrapolated at the mean exponential rate to the median of its last three readings
+        (one noisy batch moves a single reading); inf if it crossed or did not fall."""
+        if self.verdict == "reached":
+            return float(self.steps)
+        if self.verdict == "crossed" or len(self.losses) < 2 or not goal < 1:
+            return math.inf if goal < 1 else 0.0
+        tail = self.losses[-3:] if len(self.losses) > 3 else self.losses[1:]
+        ratio = float(np.median(tail) / self.losses[0])
+        at = self.steps - (len(tail) - 1) * BATCH_EVAL_EVERY / 2  # the median's mean step
+        if not (0 < ratio < 1) or goal <= 0:
+            return math.inf
+        return at * math.log(goal) / math.log(ratio)
+
+
+def run_batch_trial(model: nn.Module, ell: PerSampleLoss,
+                    data: tuple[ModelInputs, Tensor | None],
+                    evaluation: tuple[ModelInputs, Tensor | None], cosmology: Cosmology, batch: int,
+                    steps: int, goal: float, seed: int, factor: float = 1.0,
+                    overshoot: float = 1.0) -> BatchRun:
+    """Train a copy at `cosmology` on mini-batches of `batch` of `data` (shuffled without
+    replacement, epoch by epoch, from `seed`) for ≤ `steps` steps, reading the loss on
+    `evaluation` every BATCH_EVAL_EVERY steps.
+
+    It stops when that loss reaches `goal` × its initial value ("reached") or leaves the
+    finite numbers or rises above its initial value times `overshoot` ("crossed": the step is
+    too long for this batch, T10 with noise; `overshoot` is the rise the frozen-kernel map
+    predicts for the full-batch plan, which the heavy ball near the edge makes by design);
+    else "ran".
+    """
+    inputs, targets = data
+    net = copy.deepcopy(model)
+    opt = torch.optim.SGD(net.parameters(), lr=cosmology.lr, momentum=cosmology.momentum)
+    gen = torch.Generator().manual_seed(seed)
+    n = len(inputs)
+    order = torch.empty(0, dtype=torch.long)
+    losses = [_evaluate(net, ell, evaluation)]
+    verdict = "ran"
+    for step in range(1, steps + 1):
+        if len(order) < batch:
+            order = torch.randperm(n, generator=gen)
+        idx, order = order[:batch].to(inputs.device), order[batch:]
+        opt.zero_grad()
+        y = None if targets is None else targets[idx]
+        ell.training_loss(inputs[idx].call(net), y).backward()
+        opt.step()
+        if step % BATCH_EVAL_EVERY:
+            continue
+        losses.append(_evaluate(net, ell, evaluation))
+        if not (math.isfinite(losses[-1]) and losses[-1] <= overshoot * losses[0]):
+            verdict = "crossed"
+            break
+        if losses[-1] <= goal * losses[0]:
+            verdict = "reached"
+            break
+    return BatchRun(np.asarray(losses), verdict, factor)
+
+
+def _evaluate(net: nn.Module, ell: PerSampleLoss,
+              at: tuple[ModelInputs, Tensor | None]) -> float:
+    with torch.no_grad():
+        return float(ell.training_loss(at[0].call(net), at[1]))

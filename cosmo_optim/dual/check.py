@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from cosmo_optim._common import one_thread, preserved
+from cosmo_optim._common import one_thread, preserved, sample_rows
 from cosmo_optim.cosmology import Cosmology
 from cosmo_optim.dual.causes import KERNEL_TOLERANCE
 from cosmo_optim.dual.flrw import FLRWDual
@@ -195,15 +195,7 @@ def _shape(inputs: Any) -> Any:
 def _outputs(net: nn.Module, x: ModelInputs) -> Tensor:
     """The model's outputs on the probe batch; a clear error for a result that is not a tensor
     of N rows (the dual needs the outputs the loss is applied to)."""
-    out = x.call(net)
-    if not isinstance(out, Tensor) or out.dim() == 0 or out.shape[0] != len(x):
-        kind = type(out).__name__ if not isinstance(out, Tensor) else f"shape {tuple(out.shape)}"
-        raise ValueError(
-            f"Invalid model outputs: {kind}, not a Tensor with one row per sample ({len(x)}). "
-            "Fix: wrap the model so that it returns the outputs the loss is applied to, e.g. "
-            "lambda: model(**batch).logits in an nn.Module."
-        )
-    return out.detach()
+    return sample_rows(x.call(net), len(x)).detach()
 
 
 def _device_of(model: nn.Module, x: ModelInputs) -> torch.device:

@@ -144,6 +144,133 @@ def _evolve(force: Callable[[Tensor], Tensor], a0: Tensor, v_back: Tensor, dual:
     return torch.from_numpy(y[:, :k])
 
 
+def _discrete(dual: FLRWDual, force: Callable[[Tensor], Tensor],
+              gradient: Callable[[Tensor], Tensor], a0: Tensor, v_back: Tensor, rest: Tensor,
+              steps: int) -> tuple[Tensor, Tensor]:
+    """The heavy-ball map of T10 with the kernel frozen: modes (steps + 1, k) and flat outputs
+    (steps + 1, N·C), by the cheapest of three equivalent iterations.
+
+    * ℓ' affine with ℓ'' = s·I (MSE, the quadratic potential; `_affine_curvature`): the modes
+      decouple, a_{n+1} = a_n + β (a_n − a_{n−1}) + η (F_0 − (sλ/N) ⊙ (a_n − a_0)), F_0 the
+      force at the start: elementwise, no matrix product per step;
+    * otherwise, with most modes kept (2k ≥ N·C) and U diag(λ/N) Uᵀ already formed for this
+      eigenbasis (`_COUPLINGS`) or enough steps to pay for forming it (4 steps ≥ k), in output
+      space, f_{n+1} = f_n + β (f_n − f_{n−1}) − η U diag(λ/N) Uᵀ ℓ'(f_n): one product per
+      step instead of two (U a and Uᵀ ℓ');
+    * otherwise in mode space, as `_evolve`.
+
+    The three agree with the step-by-step mode map to rounding (≤ 1e-10 relative in float64;
+    tests/dual/test_predict.py).
+    """
+    c = dual.cosmology
+    eta, beta, dt = c.lr, c.momentum, c.time_step
+    u = dual.eigenvectors.to(a0.dtype)
+    rate = _affine_curvature(dual, gradient)
+    if rate is not None:  # decoupled modes: a_{n+1} − a_0 from the deviations alone
+        push = eta * force(a0)
+        gain = eta * rate * dual.eigenvalues.to(a0.dtype) / dual.num_samples
+        out = [torch.zeros_like(a0)]
+        prev, cur = -dt * v_back, out[0]
+        for _ in range(steps):
+            nxt = torch.add(cur, cur - prev, alpha=beta).add_(push).sub_(gain * cur)
+            prev, cur = cur, nxt
+            out.append(cur)
+        modes = torch.stack(out) + a0
+        flat = modes @ u.T + rest.to(a0.dtype)
+    elif 2 * u.shape[1] >= u.shape[0] and (4 * steps >= u.shape[1] or _COUPLINGS.has(dual,
+                                                                                   a0.dtype)):
+        coupling = _COUPLINGS.get(dual, a0.dtype)
+        f0 = u @ a0 + rest.to(a0.dtype)
+        shape = dual.outputs.shape
+        rows = [f0]
+        prev, cur = f0 - dt * (u @ v_back), f0
+        for _ in range(steps):
+            g = gradient(cur.reshape(shape)).reshape(-1).to(a0.dtype)
+            nxt = torch.add(cur, cur - prev, alpha=beta).sub_(coupling @ g, alpha=eta)
+            prev, cur = cur, nxt
+            rows.append(cur)
+        flat = torch.stack(rows)
+        modes = (flat - rest.to(a0.dtype)) @ u
+    else:
+        modes = _evolve(force, a0, v_back, dual, steps, "discrete", "rk4", "backward", {})
+        return modes, modes @ u.T + rest.to(modes.dtype)
+    if not torch.isfinite(flat).all():
+        raise ValueError(
+            f"The discrete prediction diverged (stability margin {dual.stability_margin:.3g} "
+            "≥ 1 means η κ ≥ 2(1 + β), T10); lower the lr."
+        )
+    return modes, flat
+
+
+class _Couplings:
+    """The last `size` output-space couplings U diag(λ/N) Uᵀ formed, each keyed by the storage,
+    layout and version counter of the eigenbasis it came from. Duals made by `replace` share
+    their eigenbasis, so a plan search re-forms none; the entries hold that eigenbasis, so no
+    other tensor can take its storage while the key is kept, and writing into it in place
+    bumps the version (a new key). Couplings over `max_rows` rows are formed but not kept
+    (their memory, (N·C)² numbers, is the caller's to hold)."""
+
+    def __init__(self, size: int, max_rows: int) -> None:
+        self.size, self.max_rows = size, max_rows
+        self.entries: list[tuple[tuple[Any, ...], tuple[Tensor, Tensor], Tensor]] = []
+
+    @staticmethod
+    def _key(dual: FLRWDual, dtype: torch.dtype) -> tuple[Any, ...]:
+        u, lam = dual.eigenvectors, dual.eigenvalues
+        return (u.data_ptr(), u.shape, u.stride(), u.dtype, u.device, u._version,
+                lam.data_ptr(), lam.shape, lam._version, dual.num_samples, dtype)
+
+    def has(self, dual: FLRWDual, dtype: torch.dtype) -> bool:
+        key = self._key(dual, dtype)
+        return any(k == key for k, _, _ in self.entries)
+
+    def get(self, dual: FLRWDual, dtype: torch.dtype) -> Tensor:
+        key = self._key(dual, dtype)
+        for k, _, coupling in self.entries:
+            if k == key:
+                return coupling
+        u = dual.eigenvectors.to(dtype)
+        coupling = (u * (dual.eigenvalues.to(dtype) / dual.num_samples)) @ u.T
+        if u.shape[0] > self.max_rows:
+            return coupling
+        self.entries = [(key, (dual.eigenvectors, dual.eigenvalues), coupling),
+                        *self.entries[: self.size - 1]]
+        return coupling
+
+
+#: Output-space couplings of the last two eigenbases (an advice search uses one at a time),
+#: up to 2048 rows (32 MiB each in float64).
+_COUPLINGS: Final = _Couplings(2, 2048)
+
+
+def _affine_curvature(dual: FLRWDual, gradient: Callable[[Tensor], Tensor]) -> float | None:
+    """s if the loss's ℓ' is affine in the outputs with ℓ'' = s·I for every sample, else None.
+
+    Read from the loss's closed-form ℓ'' (none: None) at the outputs and at a shifted point,
+    and checked on the gradient itself: ℓ'(f + 1) − ℓ'(f) = s. MSE and the quadratic
+    potential pass; cross-entropy and the quartic potential do not.
+    """
+    hook = dual.loss.closed_hessian
+    if hook is None:
+        return None
+    f = dual.outputs
+    shifted = f + 1.0
+    at = hook(dual.targets)
+    first, second = at(f), at(shifted)
+    if first is None or second is None or first.shape[1:] != (dual.num_outputs,) * 2:
+        return None
+    s = float(first[0, 0, 0])
+    eye = s * torch.eye(dual.num_outputs, dtype=first.dtype, device=first.device)
+    if not (torch.equal(first, eye.expand_as(first)) and torch.equal(second, first)):
+        return None
+    step = gradient(shifted) - gradient(f)
+    scale = max(abs(s), float(gradient(f).abs().max()))
+    tol = 64 * torch.finfo(f.dtype).eps * scale  # the rounding of ℓ' at f and f + 1
+    if not torch.allclose(step, torch.full_like(step, s), rtol=0, atol=tol):
+        return None
+    return s
+
+
 def predict_trajectory(
     dual: FLRWDual,
     steps: int,
@@ -188,9 +315,13 @@ def predict_trajectory(
         f = torch.addmv(r, ud, a).reshape(shape)
         return coef * (ut @ gradient(f).reshape(-1).to(a.dtype))
 
-    modes = _evolve(force, a0, v_back, dual, int(steps), method, integrator, velocity, options)
-    outputs = modes @ u.T.to(modes.dtype) + rest.to(modes.dtype)
-    outputs = outputs.reshape(steps + 1, n, dual.num_outputs)
+    if method == "discrete":
+        modes, flat = _discrete(dual, force, gradient, a0, v_back, rest, int(steps))
+    else:
+        modes = _evolve(force, a0, v_back, dual, int(steps), method, integrator, velocity,
+                        options)
+        flat = modes @ u.T.to(modes.dtype) + rest.to(modes.dtype)
+    outputs = flat.reshape(steps + 1, n, dual.num_outputs)
     return Prediction(
         method, np.arange(steps + 1), np.arange(steps + 1) * dual.cosmology.time_step,
         outputs.mean(dim=1).numpy(), outputs.numpy(), modes.numpy(),

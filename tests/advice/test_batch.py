@@ -1,15 +1,29 @@
 """The mini-batch rule (advice/batch.py): the noise floor of the heavy ball against the exact
 stationary variance of its recursion and against simulated mini-batch training, the
-finite-population factor against enumeration, and monotonicity in the batch size."""
+finite-population factor against enumeration, monotonicity in the batch size, the noise the
+trials measure, and a mini-batch trial against torch SGD on the same batches."""
 
 import itertools
 import math
 
 import numpy as np
 import pytest
+import torch
+from torch import nn
 
 from cosmo_optim import Cosmology
-from cosmo_optim.advice.batch import batch_cosmology, noise_coefficient, noise_floor, slowdown
+from cosmo_optim.advice.batch import (
+    BATCH_FACTORS,
+    batch_cosmology,
+    measured_noise,
+    noise_coefficient,
+    noise_floor,
+    reference_batch,
+    slowdown,
+)
+from cosmo_optim.advice.trial import BATCH_EVAL_EVERY, BatchRun, run_batch_trial
+from cosmo_optim.losses import per_sample_loss
+from cosmo_optim.ntk import ModelInputs
 
 
 def stationary_variance(lr, momentum, curvature, noise):
@@ -104,3 +118,57 @@ def test_slowdown_is_the_ratio_of_decay_rates_of_two_exponential_curves():
     assert slowdown(full, batch, 20, 0.25) == pytest.approx(4.0)
     assert slowdown(full, np.exp(-1e-4 * n), 20, 0.25) == 4.0  # never gets there: 1/factor
     assert slowdown(full, full, 20, 1.0) == 1.0
+
+
+def test_the_measured_noise_gives_the_trials_factor_at_the_reference_batch_and_less_below_it():
+    full, n = Cosmology(0.3, 0.9), 500
+    ref = reference_batch(n)
+    assert ref == 32 and reference_batch(40) == 20 and reference_batch(1) == 1
+    for factor in BATCH_FACTORS:
+        nu = measured_noise(full, factor, ref, n)
+        assert batch_cosmology(full, nu, ref, n).lr == pytest.approx(full.lr * factor, rel=1e-12)
+        assert batch_cosmology(full, nu, 8, n).lr <= full.lr * factor
+        assert batch_cosmology(full, nu, 128, n).lr >= full.lr * factor
+    assert measured_noise(full, 1.0, ref, n) == 0.0
+
+
+def test_a_batch_runs_time_to_target_is_measured_or_extrapolated_at_its_geometric_rate():
+    every = BATCH_EVAL_EVERY
+    reached = BatchRun(np.array([1.0, 0.5, 0.2, 0.09]), "reached", 1.0)
+    assert reached.steps_to(0.1) == 3 * every
+    decay = np.exp(-0.01 * every * np.arange(13))  # e^{−0.01 n}: the goal e^{−3} at n = 300
+    ran = BatchRun(decay, "ran", 0.5)
+    assert ran.steps_to(math.exp(-3.0)) == pytest.approx(300.0, rel=1e-9)
+    noisy = decay.copy()
+    noisy[-1] = 5.0  # one noisy reading: the median of the last three ignores it
+    assert BatchRun(noisy, "ran", 0.5).steps_to(math.exp(-3.0)) == pytest.approx(300.0, rel=0.1)
+    assert BatchRun(decay[:2], "crossed", 1.0).steps_to(0.1) == math.inf
+    assert BatchRun(np.array([1.0, 1.2, 1.1, 1.3]), "ran", 1.0).steps_to(0.1) == math.inf
+
+
+def test_a_batch_trial_is_torch_sgd_on_batches_drawn_without_replacement_from_its_seed():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(50, 3, generator=g, dtype=torch.float64)
+    y = x @ torch.randn(3, 1, generator=g, dtype=torch.float64)
+    model = nn.Linear(3, 1).double()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    plan = Cosmology(0.05, 0.8)
+    run = run_batch_trial(model, per_sample_loss(nn.MSELoss()), (ModelInputs(x), y),
+                          (ModelInputs(x[:20]), y[:20]), plan, 8, 40, 1e-9, seed=7)
+    net = nn.Linear(3, 1).double()  # the reference: epochs of a seeded permutation, drop last
+    net.load_state_dict(model.state_dict())
+    opt = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.8)
+    perm = torch.Generator().manual_seed(7)
+    order, readings = [], [nn.functional.mse_loss(net(x[:20]), y[:20]).item()]
+    for step in range(1, 41):
+        if len(order) < 8:
+            order = torch.randperm(50, generator=perm).tolist()
+        idx, order = order[:8], order[8:]
+        opt.zero_grad()
+        nn.functional.mse_loss(net(x[idx]), y[idx]).backward()
+        opt.step()
+        if step % BATCH_EVAL_EVERY == 0:
+            readings.append(nn.functional.mse_loss(net(x[:20]), y[:20]).item())
+    assert run.verdict == "ran" and run.steps == 40
+    np.testing.assert_allclose(run.losses, readings, rtol=1e-12)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())  # a copy trains

@@ -145,14 +145,13 @@ def per_sample_gradients(model, x, y):
     return torch.stack(grads)
 
 
-def test_mini_batches_shrink_the_effective_step_by_the_noise_read_after_the_trial():
+def test_the_kernel_reads_the_gradient_noise_at_the_end_of_the_trial():
     """A linear model's kernel never moves, so the noise after the trial is the noise at its
-    end point: ν = tr Σ/L from autograd per-sample gradients there (independent of the kernel),
-    and 1/ε_B = 1/ε + c(B) ν/(4γ) with β kept."""
+    end point: ν = tr Σ/L from autograd per-sample gradients there (independent of the kernel)."""
     model, x, y = linear_problem()
-    n = x.shape[0]
     full = suggest_hyperparameters(model, nn.MSELoss(), x, y, horizon_steps=100, safety=1.0)
-    assert full.lr_batch_factor == 1.0
+    assert full.lr_batch_factor == 1.0 and full.batch_trials == ()
+    assert math.isnan(full.batch_noise_per_loss)
     end = nn.Linear(5, 1, bias=False).double()  # the trial's end point: same plan, same steps
     end.load_state_dict(model.state_dict())
     opt = torch.optim.SGD(end.parameters(), lr=full.lr, momentum=full.momentum)
@@ -164,16 +163,61 @@ def test_mini_batches_shrink_the_effective_step_by_the_noise_read_after_the_tria
     loss = nn.functional.mse_loss(end(x), y).item()
     nu = float((g - g.mean(0)).pow(2).sum(1).mean()) / loss
     assert full.noise_per_loss == pytest.approx(nu, rel=1e-6)
-    effective = full.lr / (1 - full.momentum)
-    for batch in (20, 8, 2):
-        s = suggest_hyperparameters(model, nn.MSELoss(), x, y, horizon_steps=100, safety=1.0,
-                                    batch_size=batch)
-        c = (n - batch) / ((n - 1) * batch)
-        expected = 1.0 / (1.0 / effective + c * nu / (4 * 0.5))
-        assert s.lr / (1 - s.momentum) == pytest.approx(expected, rel=1e-6)
-        assert s.momentum == pytest.approx(full.momentum, rel=1e-12)  # β kept
-        assert s.lr_batch_factor == pytest.approx(expected / effective, rel=1e-6)
-        assert "noise floor" in s.rationale
+
+
+def steps_to_target(model, x, y, lr, momentum, batch, target, seed, budget=400):
+    """Independent reference: torch SGD on batches drawn without replacement (numpy's
+    shuffles, not the trials'), the full loss after every step; steps until it is ≤ target."""
+    net = nn.Linear(x.shape[1], 1, bias=False).double()
+    net.load_state_dict(model.state_dict())
+    opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=momentum)
+    rng = np.random.default_rng(seed)
+    order = []
+    for step in range(1, budget + 1):
+        if len(order) < batch:
+            order = list(rng.permutation(len(x)))
+        idx, order = order[:batch], order[batch:]
+        opt.zero_grad()
+        nn.functional.mse_loss(net(x[idx]), y[idx]).backward()
+        opt.step()
+        if nn.functional.mse_loss(net(x), y).item() <= target:
+            return step
+    return math.inf
+
+
+def test_mini_batches_get_the_lr_of_the_fastest_mini_batch_trial_and_a3_carries_it_over():
+    """The mini-batch trials run at the reference batch whatever batch size is asked about; at
+    the reference batch the lr is the fastest trial's (β kept), which trains about as fast as
+    the best of the ladder on other shuffles; at other batch sizes (A3) with the measured ν:
+    η_B/η = 1/(1 + c(B)/c(B_ref) (1/f − 1))."""
+    model, x, _ = linear_problem(n=160)
+    n = len(x)
+    g = torch.Generator().manual_seed(1)
+    y = x @ torch.randn(5, 1, generator=g, dtype=torch.float64)
+    y += 3.0 * torch.randn(n, 1, generator=g, dtype=torch.float64)  # noisy labels
+    floor = nn.functional.mse_loss(x @ torch.linalg.lstsq(x, y).solution, y).item()
+    start = nn.functional.mse_loss(model(x), y).item()
+    target = floor + 0.002 * (start - floor)  # reachable, near the floor of the noise
+    kwargs = dict(horizon_steps=300, safety=1.0, target_loss=target)
+    full = suggest_hyperparameters(model, nn.MSELoss(), x, y, **kwargs)
+    ref = suggest_hyperparameters(model, nn.MSELoss(), x, y, batch_size=32, **kwargs)
+    factors = [f for f, _, _ in ref.batch_trials]
+    assert factors == [0.5**k for k in range(len(factors))] and ref.lr_batch_factor < 1
+    assert ref.lr_batch_factor in factors and ref.momentum == full.momentum
+    assert ref.lr == pytest.approx(full.lr * ref.lr_batch_factor, rel=1e-12)
+    true = {f: np.mean([steps_to_target(model, x, y, full.lr * f, full.momentum, 32, target, s)
+                        for s in range(4)]) for f in factors}
+    assert true[ref.lr_batch_factor] <= 1.5 * min(true.values())
+    assert min(true.values()) < true[1.0]  # the full-batch step is too long for the noise
+    c = {b: (n - b) / ((n - 1) * b) for b in (32, 8, 100)}
+    for b in (8, 100):
+        s = suggest_hyperparameters(model, nn.MSELoss(), x, y, batch_size=b, **kwargs)
+        assert s.batch_trials == ref.batch_trials  # one measurement, whatever the batch size
+        assert s.batch_noise_per_loss == ref.batch_noise_per_loss
+        expected = 1.0 / (1.0 + c[b] / c[32] * (1.0 / ref.lr_batch_factor - 1.0))
+        assert s.lr_batch_factor == pytest.approx(expected, rel=1e-9)
+        assert s.momentum == full.momentum
+        assert "reference batch 32" in s.rationale and "noise floor" in s.rationale
 
 
 def effective_steps(model, loss, x, y, batches, **kwargs):
@@ -188,15 +232,16 @@ def effective_steps(model, loss, x, y, batches, **kwargs):
 
 def test_a_smaller_batch_never_gets_a_larger_effective_step():
     # The issue this answers: the lr fell with the batch but β rose, so η/(1 − β) grew
-    # (18.7 → 19.7). Checked on a classifier with a measured margin, every batch size.
+    # (18.7 → 19.7). Checked on a classifier with a measured margin, from full batch to B = 1.
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(4, 16), nn.Tanh(), nn.Linear(16, 3))
     x = torch.randn(48, 4)
     y = torch.randint(0, 3, (48,))
-    batches = [None, 48, 47, 40, 32, 24, 16, 12, 8, 4, 2, 1]
-    steps = effective_steps(model, nn.CrossEntropyLoss(), x, y, batches, horizon_steps=100)
+    batches = [None, 48, 47, 32, 24, 12, 4, 1]
+    steps = effective_steps(model, nn.CrossEntropyLoss(), x, y, batches, horizon_steps=40)
     assert steps[0] == steps[1]  # B = N is full batch
-    assert all(b < a for a, b in itertools.pairwise(steps[1:]))
+    assert all(b <= a for a, b in itertools.pairwise(steps[1:]))
+    assert steps[-1] < steps[0]
 
 
 def test_rationale_names_the_modes_the_bound_and_the_measured_margin():
@@ -340,3 +385,73 @@ def test_the_relevant_modes_carry_the_share_of_the_loss_that_must_go_to_reach_th
                                     target_loss=1e-3 * initial, safety=1.0)
     assert share[loose.relevant_modes].sum() >= 0.9 and len(loose.relevant_modes) == 1
     assert share[tight.relevant_modes].sum() >= 0.999 and tight.momentum > 0.5
+
+
+class _Keyword(nn.Module):
+    """A model called as model(x=..., scale=...), as Hugging Face models take a batch; `scale`
+    is shared by every sample (a 0-d tensor)."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(4, 16), nn.Tanh(), nn.Linear(16, 3))
+
+    def forward(self, x, scale):
+        return self.net(x) * scale
+
+
+class _Plain(nn.Module):
+    """The same network called on a plain tensor."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x):
+        return self.inner.net(x) * 2.0
+
+
+@pytest.mark.parametrize("batch_size", [None, 8])
+def test_inputs_as_the_model_takes_them_give_the_suggestion_of_the_same_network_on_a_tensor(
+        batch_size):
+    """#30 item 2: a dict (keyword arguments), a tuple (positional ones) and a ModelInputs
+    give what the same network called on a plain tensor gets: the probe, the ladder of trials
+    and, with mini-batches, the batch trials index the samples and pass `scale` as it is."""
+    from cosmo_optim.ntk import ModelInputs
+
+    torch.manual_seed(3)
+    model = _Keyword().double()
+    x = torch.randn(40, 4, dtype=torch.float64)
+    y = (x[:, 0] > 0).long() + (x[:, 1] > 0.5).long()
+    scale = torch.tensor(2.0, dtype=torch.float64)
+    kwargs = {"horizon_steps": 60, "batch_size": batch_size}
+    plain = suggest_hyperparameters(_Plain(model), nn.CrossEntropyLoss(), x, y, **kwargs)
+    ways = [{"x": x, "scale": scale}, (x, scale), ModelInputs((x,), {"scale": scale})]
+    for inputs in ways if batch_size is None else ways[:1]:  # one way through the batches
+        s = suggest_hyperparameters(model, nn.CrossEntropyLoss(), inputs, y, **kwargs)
+        assert s.lr == pytest.approx(plain.lr, rel=1e-9)
+        assert s.momentum == pytest.approx(plain.momentum, rel=1e-9)
+        assert s.margin_trials == plain.margin_trials
+        assert s.batch_trials == plain.batch_trials
+        assert s.initial_loss == pytest.approx(plain.initial_loss, rel=1e-12)
+    if batch_size is not None:
+        assert plain.batch_trials  # the mini-batch trials ran, on the indexed batches
+
+
+def test_inputs_the_model_cannot_take_or_outputs_it_does_not_return_are_named():
+    class Dict(nn.Module):  # returns a dict, as Hugging Face models do
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(3, 1)
+
+        def forward(self, x):
+            return {"logits": self.lin(x)}
+
+    x, y = torch.randn(6, 3), torch.randn(6, 1)
+    with pytest.raises(ValueError, match=r"Invalid model outputs: dict.*Fix: wrap the model"):
+        suggest_hyperparameters(Dict(), nn.MSELoss(), x, y, horizon_steps=10)
+    with pytest.raises(ValueError, match=r"Invalid inputs: a list.*Fix: pass a tuple"):
+        suggest_hyperparameters(nn.Linear(3, 1), nn.MSELoss(), [x, x], y, horizon_steps=10)
+    with pytest.raises(ValueError, match=r"Mismatched shapes: 6 input samples .* targets \(5, 1\)"):
+        suggest_hyperparameters(nn.Linear(3, 1), nn.MSELoss(), x, y[:5], horizon_steps=10)
+    with pytest.raises(ValueError, match=r"Invalid inputs: argument 0 has shape \(0, 3\)"):
+        suggest_hyperparameters(nn.Linear(3, 1), nn.MSELoss(), x[:0], y[:0], horizon_steps=10)

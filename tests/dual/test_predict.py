@@ -251,3 +251,80 @@ def test_the_mean_field_couples_to_its_own_mode_not_the_top_one():
     f0 = report.actual_outputs[0, :, 0]
     loss_at_mean = 0.5 * (f0.mean() - center) ** 2
     assert report.background.omega_start == pytest.approx(dual.alpha_eff * loss_at_mean / dual.vacuum_energy)
+
+
+def step_by_step(dual, steps):
+    """T10's map in mode coordinates, one step at a time (the reference for the fast paths):
+    a_{n+1} = a_n + β (a_n − a_{n−1}) − η (λ/N) ⊙ Uᵀ ℓ'(U a_n + r)."""
+    u, lam, n = dual.eigenvectors, dual.eigenvalues, dual.num_samples
+    f0 = dual.outputs.reshape(-1)
+    a = u.T @ f0
+    rest = f0 - u @ a
+    prev = a - dual.cosmology.time_step * (u.T @ dual.velocity.reshape(-1))
+    eta, beta = dual.cosmology.lr, dual.cosmology.momentum
+    out = [a]
+    for _ in range(steps):
+        f = (u @ a + rest).reshape(dual.outputs.shape)
+        with torch.enable_grad():
+            g = f.detach().requires_grad_(True)
+            (grad,) = torch.autograd.grad(dual.loss.per_sample(g, dual.targets).sum(), g)
+        a, prev = a + beta * (a - prev) - eta * lam / n * (u.T @ grad.reshape(-1)), a
+        out.append(a)
+    modes = torch.stack(out)
+    return modes, (modes @ u.T + rest).reshape(steps + 1, *dual.outputs.shape)
+
+
+@pytest.mark.parametrize(
+    ("loss", "outputs", "keep"),
+    [(nn.MSELoss(), 3, None), (PolynomialPotentialLoss(0.5, 2, 0.3), 1, None),  # ℓ' affine
+     (nn.CrossEntropyLoss(), 4, None), (PolynomialPotentialLoss(0.5, 4, 0.3), 1, None),  # output space
+     (nn.CrossEntropyLoss(), 4, 5), (nn.MSELoss(), 3, 4)],  # few modes kept
+)
+def test_the_fast_discrete_map_equals_the_step_by_step_map(loss, outputs, keep):
+    """Every path of `predict_trajectory(method="discrete")` (decoupled modes for an affine ℓ',
+    output space, mode space) against the map iterated one step at a time with autograd's ℓ',
+    to 1e-10 of the largest value, from a moving start (a velocity) near the edge of stability."""
+    gen = torch.Generator().manual_seed(5)
+    n, steps = 7, 120
+    jac = torch.randn(n * outputs, 40, dtype=D, generator=gen)
+    kernel = jac @ jac.T / 40
+    f0 = torch.randn(n, outputs, dtype=D, generator=gen)
+    if isinstance(loss, nn.CrossEntropyLoss):
+        y = torch.randint(0, outputs, (n,), generator=gen)
+    elif isinstance(loss, nn.MSELoss):
+        y = torch.randn(n, outputs, dtype=D, generator=gen)
+    else:
+        y = None
+    v0 = 0.1 * torch.randn(n, outputs, dtype=D, generator=gen)
+    probe = FLRWDual.from_kernel(kernel, loss, f0, targets=y, k=keep, velocity=v0,
+                                 cosmology=Cosmology(1.0, 0.0))
+    kappa = float(probe.mode_curvatures.max())
+    beta = 0.8
+    dual = probe.replace(cosmology=Cosmology(1.5 * (1 + beta) / kappa, beta))  # margin 0.75
+    modes, outputs_ref = step_by_step(dual, steps)
+    fast = predict_trajectory(dual, steps, method="discrete")
+    scale = float(outputs_ref.abs().max())
+    np.testing.assert_allclose(fast.outputs, outputs_ref.numpy(), rtol=0, atol=1e-10 * scale)
+    np.testing.assert_allclose(fast.modes, modes.numpy(), rtol=0, atol=1e-10 * scale)
+
+
+def test_repeated_predictions_on_one_eigenbasis_see_every_change_to_it():
+    """The output-space coupling U diag(λ/N) Uᵀ is formed once per eigenbasis: a second plan on
+    the same basis (`replace`) gives what a fresh dual gives, and eigenvalues changed in place
+    are seen (not a stale coupling)."""
+    gen = torch.Generator().manual_seed(2)
+    jac = torch.randn(18, 30, dtype=D, generator=gen)
+    f0 = torch.randn(6, 3, dtype=D, generator=gen)
+    y = torch.randint(0, 3, (6,), generator=gen)
+    dual = FLRWDual.from_kernel(jac @ jac.T / 30, nn.CrossEntropyLoss(), f0, targets=y,
+                                cosmology=Cosmology(0.1, 0.5))
+    first = predict_trajectory(dual, 40, method="discrete").outputs
+    other = dual.replace(cosmology=Cosmology(0.05, 0.9))
+    np.testing.assert_allclose(predict_trajectory(other, 40, method="discrete").outputs,
+                               step_by_step(other, 40)[1].numpy(), rtol=0, atol=1e-12)
+    np.testing.assert_array_equal(predict_trajectory(dual, 40, method="discrete").outputs, first)
+    with torch.no_grad():
+        dual.eigenvalues.mul_(2.0)  # the kernel doubled, in place
+    np.testing.assert_allclose(predict_trajectory(dual, 40, method="discrete").outputs,
+                               step_by_step(dual, 40)[1].numpy(), rtol=0, atol=1e-12)
+    assert not np.allclose(predict_trajectory(dual, 40, method="discrete").outputs, first)
