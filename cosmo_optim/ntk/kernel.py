@@ -64,6 +64,7 @@ gives the cost).
 from __future__ import annotations
 
 import contextlib
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -310,6 +311,12 @@ def _restored(model: nn.Module, names: set[str]) -> Iterator[None]:
 
 def _eager() -> contextlib.AbstractContextManager[Any]:
     """Compiled modules run their original eager code, so every op is seen (torch >= 2.6).
-    Older torch: the missing-cotangent check sends traced layers to the exact path."""
+
+    Only where the compiler stack is loaded: a module is compiled only after
+    ``torch._dynamo`` was imported, and importing it (~800 modules, about a second of CPU)
+    would otherwise be every first call's cost. Older torch: the missing-cotangent check
+    sends traced layers to the exact path."""
     set_stance = getattr(torch.compiler, "set_stance", None)
-    return set_stance("force_eager") if set_stance else contextlib.nullcontext()
+    if set_stance is None or "torch._dynamo" not in sys.modules:
+        return contextlib.nullcontext()
+    return set_stance("force_eager")

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import copy
 import math
+import subprocess
+import sys
+import textwrap
 from collections.abc import Callable
 
 import pytest
@@ -374,3 +377,19 @@ def test_symmetric_blocked_accumulate_equals_full_product() -> None:
         K = torch.ones(N, N, dtype=torch.float64)
         _ntk_exact.accumulate(K, G, full=False)
         assert_exact(K, 1 + G[:, 0] @ G[:, 0].T, 1e-14)
+
+
+def test_first_call_loads_no_compiler_stack() -> None:
+    """Cold start: an eager model's first call must not import torch._dynamo (~800 modules,
+    about a second of CPU); a compiled model has loaded it already and runs eagerly."""
+    code = textwrap.dedent("""
+        import sys, torch
+        from torch import nn
+        from cosmo_optim import empirical_ntk
+        net = nn.Sequential(nn.Linear(3, 8), nn.Tanh(), nn.Linear(8, 2))
+        empirical_ntk(net, torch.randn(4, 3), output="full")
+        print("torch._dynamo" in sys.modules)
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120, check=True)
+    assert out.stdout.strip() == "False"
