@@ -22,18 +22,15 @@ R rows per sample (sequence positions, conv pixels, repeated calls), fan-in d_in
   O(N C d_in d_out); for a conv, torch's weight-gradient kernel vmapped over samples, never the
   ``unfold`` matrix); the jacobian path for everything else. LayerNorm affine parameters, grouped
   convs and convs with string padding always use the per-sample form.
-* ``"sketch"`` — an unbiased estimate ``Θ̂ = Φ Φᵀ`` from Kronecker sketches ``Pᵀ G_i Q`` of
-  every weight's per-sample gradient, built from each layer's rows without forming ``G_i``
-  (k = ``sketch_dim`` columns per projected side, k/4 of them along the top gradient
-  directions of 8 pilot samples, one side of ≤ 12k entries kept exact;
-  :mod:`cosmo_optim.ntk.sketch`): time O(N R k (d_in + d_out + d_kept)) per weight on top of
-  one forward and C backwards (and those of the 8 pilot samples), plus O(C² N² F) for the
-  product over F ≈ Σ_weights k·d_kept features; memory O(N C F). Error model in
-  docs/performance.md.
+* ``"sketch"`` — an unbiased estimate of the trace kernel from k = ``sketch_dim`` random
+  combinations of the C output components (:mod:`cosmo_optim.ntk.sketch`): the exact engine on
+  the combined outputs, so one forward and k backward passes instead of C; exact for C ≤ k.
+  Relative standard deviation of an entry at most ``√(2/k)``, less as the component gradients
+  spread (docs/performance.md). Worth it where C is large (classes, a vocabulary).
 
 ``distributed=True`` (``torch.distributed`` initialised, every rank calling with the same probe
 batch) splits the samples across ranks: each computes the features of its shard (exact
-per-sample gradients, or sketches), the shards are all-gathered in blocks of parameters, and
+per-sample gradients), the shards are all-gathered in blocks of parameters, and
 every rank returns the same N×N kernel (:mod:`cosmo_optim.ntk.distributed`). A model sharded
 by FSDP (FSDP2 ``fully_shard``, FSDP1 with ``use_orig_params=True``) has its parameters
 gathered as FSDP's own forward gathers them, every rank calling (:mod:`cosmo_optim.ntk.sharded`).
@@ -64,9 +61,10 @@ gives the cost).
 from __future__ import annotations
 
 import contextlib
+import logging
 import sys
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -80,19 +78,36 @@ from cosmo_optim._common import (
     training,
 )
 from cosmo_optim.ntk import distributed as distributed_ntk
-from cosmo_optim.ntk import guards, modes, sharded, sketch
+from cosmo_optim.ntk import forms, modes, sharded
 from cosmo_optim.ntk import per_sample as exact
 from cosmo_optim.ntk.admission import Admitted, ParamFilter, admitted
-from cosmo_optim.ntk.engine import Engine
+from cosmo_optim.ntk.engine import exact_kernel
+from cosmo_optim.ntk.fastpath import no_fastpath, same_function
+from cosmo_optim.ntk.forward import Forward, scout
 from cosmo_optim.ntk.inputs import ModelInputs
 from cosmo_optim.ntk.outputs import Output
 from cosmo_optim.ntk.plan import default_budget
+from cosmo_optim.ntk.sketch import DEFAULT_SKETCH_DIM, combinations
 
 __all__ = ["DEFAULT_SKETCH_DIM", "METHODS", "ParamFilter", "empirical_ntk"]
+logger = logging.getLogger("cosmo_optim.ntk")
 
-METHODS = ("auto", "structured", "jacobian", "sketch")
-DEFAULT_SKETCH_DIM = 128  # k: each weight's per-sample gradient sketched to k × d_kept numbers
 
+class _Method(NamedTuple):
+    """What a ``method=`` does (the module docstring gives each one's cost)."""
+
+    rules: bool  # structured rules where they hold (else the per-sample Jacobian throughout)
+    prefer: tuple[type[forms.Form], ...]  # forms taken wherever they apply, in this order
+    sketch: bool  # random combinations of the output components (:mod:`.sketch`)
+
+
+_METHODS = {
+    "auto": _Method(True, (), False),
+    "structured": _Method(True, (forms.Gram, forms.Tied), False),
+    "jacobian": _Method(False, (), False),
+    "sketch": _Method(True, (), True),
+}
+METHODS = tuple(_METHODS)
 _OUTPUTS = ("trace", "full")
 
 
@@ -140,25 +155,28 @@ def empirical_ntk(
             within [256 MiB, 8 GiB] (:mod:`cosmo_optim.ntk.plan`). The engine plans under it
             (streams, chunks, passes) and refuses only when one sample's pass cannot fit.
         train_mode: compute in training mode (default eval); refused for BatchNorm, dropout.
-        sketch_dim: ``k`` for ``method="sketch"`` (default :data:`DEFAULT_SKETCH_DIM`); the
-            relative error falls like ``1/sqrt(k)`` (docs/performance.md). Only with "sketch".
-        sketch_seed: seed of the sketch's projections (a private generator: reproducible).
+        sketch_dim: ``k`` for ``method="sketch"``, the number of random combinations of the
+            output components (default :data:`DEFAULT_SKETCH_DIM`); the relative error falls
+            like ``1/sqrt(k)`` (docs/performance.md). Only with "sketch".
+        sketch_seed: seed of the sketch's combinations (a private generator: reproducible).
         distributed: split the probe batch's samples across the ranks of the initialised
             ``torch.distributed`` group; every rank must call with the same ``inputs``.
         verify: recompute the entries of ``verify`` samples (``True``: 3) from the user's
             module, called as it is (no substitution, no rule, its fast paths as set), with
             plain autograd; raise if they disagree beyond the dtype's tolerance.
-        explain: print the plan (chunks, passes, each parameter's form and bytes); also
-            logged at DEBUG on the ``cosmo_optim.ntk`` logger.
+        explain: log the plan (chunks, passes, each parameter's form and bytes) at INFO on the
+            ``cosmo_optim.ntk`` logger (``logging.basicConfig(level=logging.INFO)`` shows
+            it); it is logged at DEBUG on every call.
 
     Returns:
         The kernel on the probe batch's device: ``(N, N)``, or ``(N, N, C, C)`` for
         ``"full"``. It is exact for every method but ``"sketch"``, which returns an unbiased
-        estimate.
+        estimate of the trace kernel (exact when C ≤ ``sketch_dim``).
 
     Raises:
-        ValueError: an invalid argument, an output that needs a selector, or a model whose
-            per-sample kernel is undefined (coupled samples, a random forward).
+        ValueError: an invalid argument, an output that needs a selector, a model whose
+            per-sample kernel is undefined (coupled samples, a random forward), or
+            ``output="full"`` with ``method="sketch"`` and fewer combinations than components.
         MemoryBudgetError: (a ValueError) the request does not fit ``memory_budget``; raised
             before anything large is allocated.
         RuntimeError: ``verify`` found an entry off by more than the tolerance.
@@ -175,6 +193,7 @@ def empirical_ntk(
     x = ModelInputs(inputs)
     budget, samples, k = _checked(x, output, method, memory_budget, verify, sketch_dim,
                                   train_mode)
+    how = _METHODS[method]
     autocast = modes.Autocast(x.device)  # the caller's: the model's forwards run under it
     with modes.engine_modes(x.device), admitted(model, params, x, dtype, train_mode) as req:
         if any(t.is_inference() for t in x.tensors()):
@@ -182,38 +201,64 @@ def empirical_ntk(
         if req.input_dtype is not None and dtype is None:
             x = x.to(dtype=req.input_dtype)  # as FSDP's mixed precision casts its inputs
         with preserved(req.module, x.device), training(req.module, train_mode):
-            engine, cast_inside = _engine(req, x, output, method, dtype, budget, autocast)
-            with modes.no_fastpath(), _eager(), _named_torch_errors(cast_inside):
-                kernel = _executed(engine, k, sketch_seed, distributed, explain)
-            restore_python_state(engine.python_state)  # what the last forward counted or cached
+            twin, chosen = (req.module, req.selected) if req.values else cast_copy(
+                req.module, req.selected, dtype)
+            combine = _combine(k, sketch_seed, output == "full") if how.sketch else None
+
+            def scouted() -> Forward:
+                return scout(twin, chosen, x, output, dtype=dtype, autocast=autocast,
+                             values=req.values, structured=how.rules, combine=combine)
+
+            cast_inside = dtype is not None and twin is req.module
+            with no_fastpath(), _eager(), _named_torch_errors(cast_inside):
+                fwd, kernel = _executed(scouted, req, x, how, budget, output == "full",
+                                        distributed, explain)
+            restore_python_state(fwd.state)  # what the last forward counted or cached
             with sharded.materialised(req.module, req.values), \
-                    _restored(req.module, set(engine.written)):  # a forward writing its weights
-                guards.same_function(engine, req.module, autocast)
+                    _restored(req.module, set(fwd.written)):  # a forward writing its weights
+                same_function(fwd, req.module, autocast)
                 if samples:
-                    exact.verify(kernel, req.module, x, engine.names, engine.select, samples,
-                                 engine.full, engine.precision, autocast)
+                    exact.verify(kernel, req.module, x, fwd.names, fwd.select, samples,
+                                 output == "full", fwd.precision, autocast)
     return kernel
 
 
-def _engine(req: Admitted, x: ModelInputs, output: Output, method: str,
-            dtype: torch.dtype | None, budget: int,
-            autocast: modes.Autocast) -> tuple[Engine, bool]:
-    """The request's engine, on a cast copy of the model when ``dtype`` asks for one, and
-    whether the cast is only inside forward (a model that cannot be deep-copied)."""
-    twin, chosen = (req.module, req.selected) if req.values else cast_copy(
-        req.module, req.selected, dtype)
-    engine = Engine(twin, chosen, x, output, method, dtype, budget, req.values, autocast)
-    return engine, dtype is not None and twin is req.module
-
-
-def _executed(engine: Engine, k: int | None, seed: int, distributed: bool,
-              explain: bool) -> torch.Tensor:
-    """The kernel from the executor the request names: distributed, sketch or exact."""
+def _executed(scouted: Callable[[], Forward], req: Admitted, x: ModelInputs, how: _Method,
+              budget: int, full: bool, distributed: bool,
+              explain: bool) -> tuple[Forward, torch.Tensor]:
+    """The scout's forward and the kernel from the executor the request names."""
     if distributed:
-        return distributed_ntk.kernel(engine, k, seed)
-    if k is not None:
-        return sketch.sketch_kernel(engine, k, seed)
-    return engine.run(explain)
+        model = dict(req.module.named_parameters()) | req.values
+        distributed_ntk.check_same_model(x, [*model.values(), *req.module.buffers()])
+        fwd = distributed_ntk.agreed(scouted)
+        return fwd, distributed_ntk.kernel(fwd, budget, full)
+    fwd = scouted()
+    result = exact_kernel(fwd, budget, full=full, prefer=how.prefer)
+    if explain:
+        logger.info("empirical_ntk plan:\n%s", result.describe())
+    return fwd, result.kernel
+
+
+Combine = Callable[[int, torch.Tensor], torch.Tensor | None]
+
+
+def _combine(k: int | None, seed: int, full: bool) -> Combine:
+    """The sketch's ``combine(C, f1)`` for the scout: the random combinations of C components,
+    or a ValueError for the full kernel, which the combinations do not estimate."""
+    assert k is not None
+
+    def combine(C: int, f1: torch.Tensor) -> torch.Tensor | None:
+        R = combinations(C, k, seed)
+        if R is not None and full:
+            raise ValueError(
+                f"Invalid output: 'full' with method='sketch' and sketch_dim={k} < C = {C} "
+                "output components; the sketch estimates the trace kernel from random "
+                "combinations of the components, not each pair of them. Fix: "
+                "output='trace', or method='auto' for the exact full kernel (C backward "
+                f"passes), or sketch_dim >= {C} (then exact)."
+            )
+        return None if R is None else R.to(device=f1.device)
+    return combine
 
 
 def _checked(inputs: ModelInputs, output: Output, method: str,
