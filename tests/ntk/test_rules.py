@@ -1,4 +1,5 @@
-"""Each layer rule, and each term form built on it, against torch.func (BackPACK's way).
+"""Each layer rule, and each term form built on it, against torch.func (BackPACK's way), on
+the test device (``COSMO_TEST_DEVICE``, tests/ntk/conftest.py).
 
 For every entry of the registry (cosmo_optim/ntk/rules/) a one-layer model followed by a fixed
 nonlinear read-out to C = 3 outputs: the rule's per-sample gradients of the layer's parameters
@@ -104,10 +105,11 @@ CASES: dict[object, dict[str, Case]] = {
 PARAMS = [(fn, name) for fn, cases in CASES.items() for name in cases]
 
 
-def _build(fn: object, name: str) -> tuple[nn.Module, torch.Tensor]:
+def _build(fn: object, name: str,
+           device: torch.device | None = None) -> tuple[nn.Module, torch.Tensor]:
     torch.manual_seed(0)
     make, batch = CASES[fn][name]
-    return make().double(), batch()
+    return make().double().to(device), batch().to(device)
 
 
 def _torch_func_grads(model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -139,8 +141,9 @@ def test_every_rule_of_the_registry_has_cases() -> None:
 
 @pytest.mark.parametrize(("fn", "name"), PARAMS, ids=[f"{getattr(f, '__name__', f)}-{n}"
                                                      for f, n in PARAMS])
-def test_per_sample_gradients_equal_torch_func(fn: object, name: str) -> None:
-    model, x = _build(fn, name)
+def test_per_sample_gradients_equal_torch_func(fn: object, name: str,
+                                              device: torch.device) -> None:
+    model, x = _build(fn, name, device)
     uses, delta = _recorded(model, x)
     reference = _torch_func_grads(model, x)
     for n, us in uses.items():
@@ -154,9 +157,9 @@ def test_per_sample_gradients_equal_torch_func(fn: object, name: str) -> None:
 @pytest.mark.parametrize(("fn", "name"), PARAMS, ids=[f"{getattr(f, '__name__', f)}-{n}"
                                                      for f, n in PARAMS])
 def test_every_form_that_applies_adds_the_kernel_of_the_torch_func_gradients(
-        fn: object, name: str, full: bool) -> None:
+        fn: object, name: str, full: bool, device: torch.device) -> None:
     """Terms of two chunks of samples, joined as the stored plan joins them."""
-    model, x = _build(fn, name)
+    model, x = _build(fn, name, device)
     (uses_a, delta_a), (uses_b, delta_b) = _recorded(model, x[:2]), _recorded(model, x[2:])
     reference = _torch_func_grads(model, x)
     for n, us in uses_a.items():
