@@ -7,8 +7,8 @@ For a layer seen at rows ``s`` with inputs ``x`` and output cotangents ``δ^c`` 
 
 and a weight tied across token-id calls and dense calls (:func:`.rules.tied`) is each kind's
 Gram term plus their cross term (:class:`Tied`). Each form is a small class with its cost model
-(:meth:`Form.cost`: multiply-adds, bytes kept for all N samples, bytes of one component's
-term), its chunk term (:meth:`Form.term`, from one chunk's cotangents), how chunk terms join
+(:meth:`Form.cost`: multiply-adds, bytes kept for all N samples, bytes the streaming plan
+holds), its chunk term (:meth:`Form.term`, from one chunk's cotangents), how chunk terms join
 along the samples, and how a term is added to the kernel (:meth:`Form.add`). :data:`FORMS` is
 the table the planner (:func:`choose`) reads; a form is never named by a string.
 
@@ -35,8 +35,8 @@ _SYMMETRIC_FROM = 512  # N from which the Gram form multiplies only blocks above
 
 class Cost(NamedTuple):
     """A form's cost for N samples and C components: multiply-adds of the kernel term, bytes
-    its terms hold for all N samples over chunks (stored plan), bytes of one component's term
-    for all N samples (streaming plan)."""
+    its terms hold for all N samples over chunks (stored plan), bytes it holds in the
+    streaming plan (one component's term, or every component's rows where it stacks them)."""
 
     flops: int
     kept: int
@@ -70,6 +70,12 @@ class Form:
     def merges_bias(self, uses: list[Use]) -> bool:
         """True if a bias used in exactly these calls can share this term (:func:`merge_biases`)."""
         return False
+
+    def stack(self, parts: list[Any]) -> Any | None:
+        """The terms of single components joined along the component axis, for one
+        :meth:`add` of all of them (its product over the inputs made once, not per component);
+        None for a form whose terms are added component by component."""
+        return None
 
 
 def _dims(uses: list[Use]) -> tuple[int, int, int]:
@@ -136,8 +142,8 @@ class Gram(Form):
     def cost(self, uses: list[Use], N: int, C: int, isz: int, full: bool) -> Cost:
         R, d_in, d_out = _dims(uses)
         width = 1 if uses[0].rule is not None and uses[0].rule.ids else d_in
-        return Cost(N * N * R * R * (d_in + C * (C if full else 1) * d_out),
-                    N * R * (width + C * d_out) * isz, N * R * (width + d_out) * isz)
+        kept = N * R * (width + C * d_out) * isz  # the streaming plan too keeps all C
+        return Cost(N * N * R * R * (d_in + C * (C if full else 1) * d_out), kept, kept)
 
     def term(self, uses: list[Use], delta: dict[int, Tensor]) -> tuple[Tensor, Tensor]:
         return layer_rows(uses, delta)
@@ -154,6 +160,9 @@ class Gram(Form):
 
     def merges_bias(self, uses: list[Use]) -> bool:
         return uses[0].rule is not None and not uses[0].rule.ids
+
+    def stack(self, parts: list[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]:
+        return parts[0][0], torch.cat([d for _, d in parts])
 
 
 TiedRows = tuple[Tensor | None, Tensor | None, Tensor | None, Tensor | None]
@@ -173,15 +182,14 @@ class Tied(Form):
     def cost(self, uses: list[Use], N: int, C: int, isz: int, full: bool) -> Cost:
         V, d = uses[0].args["weight"].shape
         c2 = C if full else 1
-        flops = kept = transient = 0
+        flops = kept = 0
         for u in uses:
             assert u.rule is not None
             r = u.rule.dims(u)[0]
             flops += N * N * r * r * (C * c2 * (d if u.rule.ids else V) + (0 if u.rule.ids
                                                                            else d))
             kept += N * r * (1 + C * d if u.rule.ids else d + C * V) * isz
-            transient += N * r * (2 * d + V) * isz
-        return Cost(flops, kept, transient)
+        return Cost(flops, kept, kept)
 
     def term(self, uses: list[Use], delta: dict[int, Tensor]) -> TiedRows:
         emb = [u for u in uses if u.rule is not None and u.rule.ids]
@@ -195,6 +203,12 @@ class Tied(Form):
             ts = [p[k] for p in parts]
             return None if ts[0] is None else torch.cat(ts, dim)  # type: ignore[arg-type]
         return cat(0, 0), cat(1, 1), cat(2, 0), cat(3, 1)
+
+    def stack(self, parts: list[TiedRows]) -> TiedRows:
+        def cat(k: int) -> Tensor | None:
+            ts = [p[k] for p in parts]
+            return None if ts[0] is None else torch.cat(ts)  # type: ignore[arg-type]
+        return parts[0][0], cat(1), parts[0][2], cat(3)
 
     def add(self, K: Tensor, term: TiedRows, *, bias: bool, free: int, full: bool) -> None:
         ids, De, H, Dl = term

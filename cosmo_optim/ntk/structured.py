@@ -6,7 +6,9 @@ coupling proof) and the parameters it demoted to the per-sample Jacobian. The fo
 parameter's term is the plan's choice from :data:`.forms.FORMS`.
 
 The trace kernel is a sum over output components c and over layers, so :func:`streaming` adds
-each (component, layer) term as soon as its cotangent exists. :func:`stored` keeps each layer's
+each (component, layer) term as soon as its cotangent exists, except the row forms' (Gram,
+tied), whose cotangent rows it stacks over the components for one product at the end (the
+product of the inputs' rows made once, not C times). :func:`stored` keeps each layer's
 terms over chunks of samples and contracts them at the end.
 """
 
@@ -63,6 +65,7 @@ def streaming(fwd: Forward, plan: Plan) -> Terms:
         outs = {id(u.out): u.out for us in uses.values() for u in us if u.out is not None}
         part = torch.zeros((fwd.N, fwd.N), dtype=fwd.dtype, device=fwd.device)
         plain: dict[int, Tensor] = {}  # Σ_c r_c δ^c: the ownership proof's reference
+        stacked: dict[str, list[Any]] = {}  # per-component terms of forms that stack them
         for c, rc in enumerate(fwd.r[:, 0].tolist()):
             delta = fwd.cotangents(f, outs, components=[c], retain=True)
             for k, d in delta.items():
@@ -71,11 +74,20 @@ def streaming(fwd: Forward, plan: Plan) -> Terms:
                 else:
                     plain[k] = d[0] * rc
             for n, us in uses.items():
-                seen = [u for u in us if id(u.out) in delta]
-                if seen and n not in merged.values():
-                    form = plan.forms[n].form
-                    form.add(part, form.term(seen, delta), bias=n in merged, free=free,
-                             full=False)
+                missed = {id(u.out): u.out for u in us
+                          if u.out is not None and id(u.out) not in delta}
+                if n in merged.values() or len(missed) == len(us):
+                    continue  # a merged bias; no use of n depends on component c
+                form = plan.forms[n].form  # a use component c does not reach adds 0:
+                term = form.term(us, delta | {k: torch.zeros_like(y, dtype=fwd.dtype)[None]
+                                              for k, y in missed.items()})
+                if form.stack([term]) is not None:
+                    stacked.setdefault(n, []).append(term)
+                else:
+                    form.add(part, term, bias=n in merged, free=free, full=False)
+        for n, terms in stacked.items():
+            form = plan.forms[n].form
+            form.add(part, form.stack(terms), bias=n in merged, free=free, full=False)
         foreign = guards.foreign_rows((f @ fwd.r)[:, 0], plain, outs, fwd.tolerance)
         lost = [n for n, us in uses.items()
                 if not all(id(u.out) in plain and id(u.out) not in foreign for u in us)]
