@@ -123,7 +123,8 @@ def run(case: Case, steps: int, every: int, width: int, seed: int = 0) -> dict[s
 
         from cosmo_optim.monitor.verdict import verdict_of
 
-        verdicts = [verdict_of(s, interval=every, lr=case.lr) for s in readings]
+        verdicts = [verdict_of(s, previous=p, interval=every)
+                    for s, p in zip(readings, [None, *readings[:-1]], strict=True)]
         measured = [v for v in verdicts if v.holds is not None]
         causes = Counter(v.causes[0].name for v in measured if not v.holds)
         notes = Counter(n.name for v in measured for n in v.notes)

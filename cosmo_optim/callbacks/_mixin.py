@@ -195,8 +195,7 @@ class CosmologyMonitorMixin:
     def on_train_end(self, trainer: Any, pl_module: Any) -> None:
         """With figures enabled, draw those of the whole run once more, at the last probe."""
         if trainer.is_global_zero:
-            self._writers(trainer)
-            self.session.finish()
+            self.session.finish(lambda: self._writers(trainer))
 
     # ----- output ------------------------------------------------------------------------------
     def _writers(self, trainer: Any) -> list[Any]:
@@ -207,9 +206,9 @@ class CosmologyMonitorMixin:
     def _log(self, trainer: Any, metrics: dict[str, float] | None, step: int) -> None:
         if metrics:  # every rank computed the same values: callbacks such as EarlyStopping agree
             trainer.callback_metrics.update({k: torch.tensor(v) for k, v in metrics.items()})
-        writers = self._writers(trainer) if metrics and trainer.is_global_zero else []
-        self.session.write(writers, metrics, step, lambda m: [  # rank-zero-only methods
-            logger.log_metrics(m, step=step) for logger in trainer.loggers])
+        self.session.write(lambda: self._writers(trainer) if trainer.is_global_zero else [],
+                           metrics, step, lambda m: [  # rank-zero-only methods
+                               logger.log_metrics(m, step=step) for logger in trainer.loggers])
 
     # ----- checkpointing ---------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

@@ -27,6 +27,7 @@ from cosmo_optim.monitor import MonitorConfig
 from cosmo_optim.monitor.indexed import IndexedInputs, logits_of, take_rows
 from cosmo_optim.monitor.records import from_json, to_json
 from cosmo_optim.monitor.session import MonitorSession
+from cosmo_optim.monitor.state import dropped_state_warning
 
 _TrainerCallback: Any
 _ExportableState: Any
@@ -101,6 +102,13 @@ def _unreached_warning(report_to: list[str], figures: bool) -> str:
         "they are in trainer.state.log_history (and in TensorBoard when reporting to it). Fix: "
         "trainer.add_callback(CosmologyCallback(..., trainer=trainer))."
     )
+
+
+def _close_writers(writers: list[Any]) -> None:
+    """Close each ``SummaryWriter`` once: ours, or the Trainer's that the figures reopened."""
+    for writer in {id(w): w for w in writers if w is not None}.values():
+        if hasattr(writer, "add_scalar"):
+            writer.close()
 
 
 class CosmologyCallback(_TrainerCallback, _ExportableState):
@@ -222,14 +230,18 @@ class CosmologyCallback(_TrainerCallback, _ExportableState):
     def _stored(self, state: Any) -> dict[str, Any] | None:
         """Our state in a resumed run's ``trainer_state.json`` (of several CosmologyCallbacks,
         the one of our prefix), else the rebuilt callback's ``saved_state``."""
-        stored = (getattr(state, "stateful_callbacks", None) or {}).get(type(self).__name__)
-        saved = [s.get("attributes", {}).get("saved_state") for s in (
-            stored if isinstance(stored, list) else [stored] if stored else [])]
-        if isinstance(stored, list):
-            found = self.session.from_json(saved, self.config.prefix)
-        else:
-            found = from_json(saved[0]) if saved and saved[0] else None
-        return found or (from_json(self.saved_state) if self.saved_state else None)
+        try:
+            stored = (getattr(state, "stateful_callbacks", None) or {}).get(type(self).__name__)
+            saved = [s.get("attributes", {}).get("saved_state") for s in (
+                stored if isinstance(stored, list) else [stored] if stored else [])]
+            if isinstance(stored, list):
+                found = self.session.from_json(saved, self.config.prefix)
+            else:
+                found = from_json(saved[0]) if saved and saved[0] else None
+            return found or (from_json(self.saved_state) if self.saved_state else None)
+        except Exception as error:  # a state this version cannot decode: never blocks a resume
+            warnings.warn(dropped_state_warning(error), UserWarning, stacklevel=3)
+            return None
 
     # ----- the events -----------------------------------------------------------------------
     def on_init_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
@@ -305,18 +317,21 @@ class CosmologyCallback(_TrainerCallback, _ExportableState):
             self._log(args, state, self.tracker.step(state.global_step), state.global_step)
 
     def _log(self, args: Any, state: Any, metrics: dict[str, float] | None, step: int) -> None:
-        writers = self._writers(args) if metrics and state.is_world_process_zero else []
-        self.session.write(writers, metrics, step, lambda m: self._scalars(state, m, step))
+        self.session.write(lambda: self._writers(args) if state.is_world_process_zero else [],
+                           metrics, step, lambda m: self._scalars(state, m, step))
 
     def _scalars(self, state: Any, metrics: dict[str, float], step: int) -> None:
         if self.trainer is not None:
             control = self.trainer.control
             flags = control.should_log, control.should_save, control.should_evaluate
             # the base class's log: a subclass's log() (TRL's) may flush metrics it gathers,
-            # which belong to the Trainer's own rows. It resets should_log: restored below
-            transformers.Trainer.log(self.trainer, dict(metrics))
-            control = self.trainer.control
-            control.should_log, control.should_save, control.should_evaluate = flags
+            # which belong to the Trainer's own rows. It resets should_log: restored below,
+            # also when an integration raises in it
+            try:
+                transformers.Trainer.log(self.trainer, dict(metrics))
+            finally:
+                control = self.trainer.control
+                control.should_log, control.should_save, control.should_evaluate = flags
             return
         state.log_history.append({**metrics, "step": step})  # the hooks' state, and our
         for tag, value in metrics.items() if self._writer is not None else ():  # writer
@@ -342,7 +357,6 @@ class CosmologyCallback(_TrainerCallback, _ExportableState):
         if self.tracker is None:
             return
         writers = self.session.finish() if state.is_world_process_zero else []
-        for writer in {id(w): w for w in [*writers, self._writer] if w is not None}.values():
-            if hasattr(writer, "add_scalar"):  # ours, or the Trainer's that figures reopened
-                writer.close()
+        self.tracker.guard.write(state.global_step, lambda: _close_writers([*writers,
+                                                                            self._writer]))
         self._writer = None

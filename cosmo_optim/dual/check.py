@@ -34,6 +34,7 @@ from cosmo_optim.dual.predict import Prediction, predict_trajectory
 from cosmo_optim.dual.report import Background, DualityReport
 from cosmo_optim.dual.verdict import causes, deviations, failures, vacuum_domination_along
 from cosmo_optim.losses import PerSampleLoss, per_sample_loss
+from cosmo_optim.ntk import ModelInputs
 from cosmo_optim.optim import as_cosmology
 from cosmo_optim.spectrum import flat_kernel, kernel_change, kernel_distance
 
@@ -59,7 +60,7 @@ class _Run:
     diverged_at: int | None = None
 
 
-KernelFn = Callable[[nn.Module, Tensor, bool], Tensor]
+KernelFn = Callable[[nn.Module, ModelInputs, bool], Tensor]
 #: Modules whose train-mode forward uses batch statistics or random draws.
 _BATCH_OR_RANDOM = (nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm,
                     nn.modules.dropout._DropoutNd, nn.AlphaDropout)
@@ -68,7 +69,7 @@ _BATCH_OR_RANDOM = (nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._In
 def check_duality(
     model: nn.Module,
     loss: Any,
-    inputs: Tensor,
+    inputs: Any,
     targets: Tensor | None = None,
     *,
     cosmology: Cosmology | torch.optim.Optimizer,
@@ -81,10 +82,15 @@ def check_duality(
     drift_tolerance: float = KERNEL_TOLERANCE,
     vacuum_tolerance: float = 0.1,
     deviation_tolerance: float = 0.05,
-    ntk: Callable[[nn.Module, Tensor], Tensor] | None = None,
+    ntk: Callable[[nn.Module, Any], Tensor] | None = None,
     verify_ntk: bool = False,
 ) -> DualityReport:
     """Train a deep copy of `model` for `steps` full-batch steps and compare with its FLRW dual.
+
+    `inputs` is the probe batch as the model takes it: a tensor, a tuple of positional
+    arguments, a dict of keyword arguments (a Hugging Face batch without its labels), or a
+    `cosmo_optim.ntk.ModelInputs` (shared arguments declared there); the model must return
+    the outputs the loss is applied to, one row per sample.
 
     The user's model (parameters, buffers, `.grad`, train/eval flags) and the torch, NumPy
     and Python random states are untouched. The copy trains in eval mode, the network its
@@ -115,26 +121,25 @@ def check_duality(
         (True, True)
     """
     c = as_cosmology(cosmology)
-    steps, probe_every = _check_arguments(inputs, targets, steps, probe_every)
+    x, steps, probe_every = _check_arguments(inputs, targets, steps, probe_every)
     kernel_of = _kernel_function(ntk, verify_ntk)
     tol = _Tolerances(float(drift_tolerance), float(vacuum_tolerance), float(deviation_tolerance))
     ell = per_sample_loss(loss)
     # Probe-sized training: one intra-op thread is faster, and immune to oversubscription.
-    with preserved(model, _device_of(model, inputs)), one_thread():
+    with preserved(model, _device_of(model, x)), one_thread():
         net = copy.deepcopy(model).eval()  # the network the kernel and the prediction describe
         if dtype is not None:
-            net = net.to(dtype)
-            inputs = inputs.to(dtype) if inputs.is_floating_point() else inputs
+            net, x = net.to(dtype), x.to(dtype=dtype)  # integer inputs keep their dtype
             if targets is not None and targets.is_floating_point():
                 targets = targets.to(dtype)
         with torch.no_grad():
-            f0 = net(inputs).detach()
+            f0 = _outputs(net, x)
         if not torch.isfinite(f0).all():
             raise ValueError("The model's outputs at initialisation contain NaN or inf; "
                              "check the inputs and the initialisation.")
-        k0 = flat_kernel(kernel_of(net, inputs, True).detach())
+        k0 = flat_kernel(kernel_of(net, x, True).detach())
         dual = FLRWDual.from_kernel(k0, ell, f0, cosmology=c, targets=targets, k=k)
-        run = _train(net, ell, inputs, targets, f0, dual, k0, kernel_of, steps, probe_every,
+        run = _train(net, ell, x, targets, f0, dual, k0, kernel_of, steps, probe_every,
                      _progress(steps, progress))
         report = _report(dual, run, steps, integrator, tol)
     report.notes.extend(_eval_mode_note(model))
@@ -153,23 +158,25 @@ def _eval_mode_note(model: nn.Module) -> list[str]:
         "this note)"]
 
 
-def _check_arguments(inputs: Tensor, targets: Tensor | None, steps: Any,
-                     probe_every: Any) -> tuple[int, int]:
-    """Validated (steps, probe_every); bad shapes, an empty batch or NaN targets raise."""
+def _check_arguments(inputs: Any, targets: Tensor | None, steps: Any,
+                     probe_every: Any) -> tuple[ModelInputs, int, int]:
+    """The probe batch as the model takes it, validated (steps, probe_every); bad shapes, an
+    empty batch or NaN targets raise."""
     if int(steps) != steps or steps < 1:
         raise ValueError(f"Invalid steps: {steps!r}; it must be a positive integer.")
     steps = int(steps)
     probe_every = max(1, steps // 10) if probe_every is None else int(probe_every)
     if probe_every < 1:
         raise ValueError(f"Invalid probe_every: {probe_every!r}; it must be ≥ 1 step.")
-    if inputs.dim() == 0 or inputs.shape[0] == 0:
+    if isinstance(inputs, Tensor) and (inputs.dim() == 0 or inputs.shape[0] == 0):
         raise ValueError(
             f"Invalid inputs: shape {tuple(inputs.shape)} holds no samples; pass a probe batch "
             "of shape (N, ...) with N ≥ 1."
         )
-    if targets is not None and targets.shape[0] != inputs.shape[0]:
+    x = ModelInputs(inputs)
+    if targets is not None and targets.shape[0] != len(x):
         raise ValueError(
-            f"Mismatched shapes: inputs {tuple(inputs.shape)} and targets "
+            f"Mismatched shapes: {len(x)} input samples (inputs {_shape(inputs)}) and targets "
             f"{tuple(targets.shape)} need the same number of samples (dim 0)."
         )
     if targets is not None and targets.is_floating_point() and not torch.isfinite(targets).all():
@@ -178,26 +185,45 @@ def _check_arguments(inputs: Tensor, targets: Tensor | None, steps: Any,
             f"Invalid targets: {bad} of {targets.numel()} values are NaN or inf, so the loss "
             "and its prediction are undefined. Fix: clean or drop those samples."
         )
-    return steps, probe_every
+    return x, steps, probe_every
 
 
-def _device_of(model: nn.Module, inputs: Tensor) -> torch.device:
+def _shape(inputs: Any) -> Any:
+    return tuple(inputs.shape) if isinstance(inputs, Tensor) else type(inputs).__name__
+
+
+def _outputs(net: nn.Module, x: ModelInputs) -> Tensor:
+    """The model's outputs on the probe batch; a clear error for a result that is not a tensor
+    of N rows (the dual needs the outputs the loss is applied to)."""
+    out = x.call(net)
+    if not isinstance(out, Tensor) or out.dim() == 0 or out.shape[0] != len(x):
+        kind = type(out).__name__ if not isinstance(out, Tensor) else f"shape {tuple(out.shape)}"
+        raise ValueError(
+            f"Invalid model outputs: {kind}, not a Tensor with one row per sample ({len(x)}). "
+            "Fix: wrap the model so that it returns the outputs the loss is applied to, e.g. "
+            "lambda: model(**batch).logits in an nn.Module."
+        )
+    return out.detach()
+
+
+def _device_of(model: nn.Module, x: ModelInputs) -> torch.device:
     first = next(iter(model.parameters()), None)
-    return inputs.device if first is None else first.device
+    return x.device if first is None else first.device
 
 
-def _kernel_function(ntk: Callable[[nn.Module, Tensor], Tensor] | None,
+def _kernel_function(ntk: Callable[[nn.Module, Any], Tensor] | None,
                      verify_ntk: bool) -> KernelFn:
-    """kernel(net, inputs, first): the user's `ntk`, or `empirical_ntk` (verified on the first)."""
+    """kernel(net, inputs, first): the user's `ntk` (given a one-tensor batch as that tensor),
+    or `empirical_ntk` (verified on the first)."""
     if ntk is not None:
         if verify_ntk:
             raise ValueError(
                 "Invalid verify_ntk=True with a custom ntk: the self-check is empirical_ntk's. "
                 "Fix: drop ntk= to use empirical_ntk, or verify your kernel yourself."
             )
-        return lambda net, x, first: ntk(net, x)
+        return lambda net, x, first: ntk(net, x.args[0] if _one_tensor(x) else x)
 
-    def default(net: nn.Module, x: Tensor, first: bool) -> Tensor:
+    def default(net: nn.Module, x: ModelInputs, first: bool) -> Tensor:
         from cosmo_optim.ntk import empirical_ntk
 
         extra: dict[str, Any] = {"verify": True} if verify_ntk and first else {}
@@ -206,7 +232,11 @@ def _kernel_function(ntk: Callable[[nn.Module, Tensor], Tensor] | None,
     return default
 
 
-def _train(net: nn.Module, ell: PerSampleLoss, inputs: Tensor, targets: Tensor | None,
+def _one_tensor(x: ModelInputs) -> bool:
+    return not x.kwargs and len(x.args) == 1 and isinstance(x.args[0], Tensor)
+
+
+def _train(net: nn.Module, ell: PerSampleLoss, x: ModelInputs, targets: Tensor | None,
            f0: Tensor, dual: FLRWDual, k0: Tensor, kernel_of: KernelFn, steps: int,
            probe_every: int, bar: Callable[..., None]) -> _Run:
     """Full-batch momentum SGD on the copy; outputs every step, the kernel at every probe."""
@@ -215,16 +245,16 @@ def _train(net: nn.Module, ell: PerSampleLoss, inputs: Tensor, targets: Tensor |
     run = _Run([f0], [0], [0.0], [0.0], [dual.alpha_eff])
     for step in range(1, steps + 1):
         opt.zero_grad()
-        ell.training_loss(net(inputs), targets).backward()
+        ell.training_loss(x.call(net), targets).backward()
         opt.step()
         with torch.no_grad():
-            out = net(inputs).detach()
+            out = x.call(net).detach()
         if not torch.isfinite(out).all():
             run.diverged_at = step
             break
         run.outputs.append(out)
         if step % probe_every == 0 or step == steps:
-            kn = flat_kernel(kernel_of(net, inputs, False).detach())
+            kn = flat_kernel(kernel_of(net, x, False).detach())
             lam, vec = torch.linalg.eigh(0.5 * (kn + kn.T))
             run.probe_steps.append(step)
             run.drift.append(float(kernel_distance(k0, kn)))

@@ -16,7 +16,8 @@ logged names), `records` (typed records: `Reading`, the first and latest reading
 index), `reading` (one reading of the model), `readout` (its arithmetic, pure), `verdict`
 (does it follow its dual, and why not), `checks` (top_k and a reading's cost
 against the run), `universe` (what the optimiser says: dual, e-folds, warnings), `state` (what
-a run carries from one reading to the next), `tracker` (scheduling), `sinks` (writers,
+a run carries from one reading to the next), `guard` (fail fast, then fail soft: what a
+reading that raises does to the run), `tracker` (scheduling), `sinks` (writers,
 callables, TensorBoard extras), `dashboard` (layout, descriptions, verdicts), `figures`,
 `images` (other loggers' image APIs), `session` (what every framework adaptor does around a
 tracker) and `names` (former names, deprecated).

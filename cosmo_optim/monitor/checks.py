@@ -71,9 +71,14 @@ def size_warnings(config: MonitorConfig, outputs: Tensor) -> list[str]:
     return [m for m in messages if m is not None]
 
 
-def nonfinite_warning(step: int, count: int) -> str:
-    """The warning of a probe skipped because its outputs or kernel are not finite."""
+def nonfinite_warning(step: int) -> str:
+    """The warning of the first reading of a run skipped because its outputs or kernel are
+    not finite (later ones are only counted, in ``cosmology/nonfinite``)."""
+    why = ("the model's outputs on the probe batch are not finite before any training: check "
+           "the probe batch and the initialisation" if step == 0 else
+           "training continues; lower the learning rate if it diverged")
     return (
-        f"CosmologyTracker: non-finite outputs or NTK at step {step}; probe skipped "
-        f"({count} so far). Training continues; lower the learning rate if it diverged."
+        f"CosmologyTracker: non-finite outputs or NTK at step {step}; the reading is skipped, "
+        f"and so are later ones with NaN or inf, counted in cosmology/nonfinite (said once): "
+        f"{why}."
     )

@@ -37,6 +37,10 @@ DESCRIPTIONS: Mapping[str, str] = {
     "cosmology/stability_margin": "max_k η κ_k / 2(1 + β), dimensionless: the discrete map "
                                   "diverges at ≥ 1 (T10).",
     "cosmology/nonfinite": "Probes skipped so far for NaN/inf outputs or NTK (a count).",
+    "cosmology/failed_readings": "Readings skipped so far because they raised after the "
+                                 "first one (out of memory, the kernel, the dual, ...), a "
+                                 "count; the cosmology/failures card says why. Training is "
+                                 "unaffected.",
     "ntk/lambda_1": "λ_1, top eigenvalue of the probe NTK, (output/parameter)² units (T4, T7).",
     "ntk/ratio_{k}": "λ_k/λ_1, dimensionless: the hierarchy λ_1 ≫ λ_2 ≫ … (T7, T8).",
     "ntk/kernel_distance": "1 − cosine to the first reading's kernel, 0–1: 0 is the lazy "

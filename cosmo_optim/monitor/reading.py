@@ -4,14 +4,20 @@
 previous reading's weights, the linearised outputs of T12 (one Jacobian-vector product),
 leaving the model's modes, buffers and every random state as they were. `take_reading`
 hands the result to :mod:`.readout`, the pure arithmetic of the logged scalars.
+
+Two hooks serve the fail-soft policy of :mod:`.guard`: ``lean=True`` retries a reading that ran
+out of memory in smaller pieces (the probe batch in chunks of a `LEAN_SHARE`-th and, on CUDA,
+the kernel under a `LEAN_SHARE`-th of its default memory budget: the same quantities, less
+memory at once), and ``sync`` lets the ranks of a distributed reading agree, between the
+local forward and the kernel's collectives, that every rank is still in it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import warnings
-from collections.abc import Iterator, Mapping
-from typing import Any, NamedTuple
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, Final, NamedTuple, TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -25,7 +31,21 @@ from cosmo_optim.monitor.readout import Linearised, ReadingResult, RunSoFar, rea
 from cosmo_optim.ntk import MemoryBudgetError, empirical_ntk
 from cosmo_optim.spectrum import flat_kernel
 
-__all__ = ["Measured", "measure", "model_outputs", "rank0_buffers", "take_reading"]
+__all__ = [
+    "LEAN_SHARE", "Measured", "Sync", "measure", "model_outputs", "probe_outputs", "rank0_buffers",
+    "take_reading",
+]
+
+#: A lean retry (after running out of memory) takes the probe batch in chunks of 1/LEAN_SHARE
+#: of its samples and plans the kernel under 1/LEAN_SHARE of `empirical_ntk`'s default memory
+#: budget (which is a quarter of the free memory: 1/16 of it on CUDA).
+LEAN_SHARE: Final = 4
+
+#: Called by every rank of a distributed reading with its failure so far (None: none) before
+#: the kernel's collectives; it raises on a rank that did not fail when another one did.
+Sync = Callable[[Exception | None], None]
+
+_T = TypeVar("_T")
 
 
 class Measured(NamedTuple):
@@ -69,18 +89,40 @@ class _Selected(nn.Module):
         return _select(self.model(inputs), self.output)
 
 
-def model_outputs(model: nn.Module, inputs: Tensor, output: Any = None) -> Tensor:
+def model_outputs(model: nn.Module, inputs: Tensor, output: Any = None,
+                  chunk: int | None = None) -> Tensor:
     """f on the probe inputs (cast to the model's device and dtype, `to_model`) in eval mode,
     float64 on the CPU; nothing about the model or any random state changes. `output` selects
-    f from a tuple/dict result (`_Selected`)."""
+    f from a tuple/dict result (`_Selected`); `chunk` evaluates at most that many samples at
+    once (samples are independent, so f is the same up to rounding)."""
     with preserved(model, device_of(model)), training(model, False), torch.no_grad():
-        out = _Selected(model, output)(to_model(model, inputs))
+        net = _Selected(model, output)
+        parts = [net(to_model(model, part)) for part in _chunks(inputs, chunk)]
+    out = parts[0] if len(parts) == 1 else torch.cat(parts)
     return out.detach().double().cpu()
+
+
+def probe_outputs(model: nn.Module, inputs: Tensor, config: MonitorConfig,
+                  lean: bool = False) -> Tensor:
+    """f on the probe batch as a reading takes it (`model_outputs`; under DDP with rank 0's
+    buffers, `rank0_buffers`): the next reading's f_{n−1}, for its velocity ḟ (T2)."""
+    with rank0_buffers(model, config.distributed):
+        return model_outputs(model, inputs, config.output, _lean_chunk(inputs, lean))
+
+
+def _lean_chunk(inputs: Tensor, lean: bool) -> int | None:
+    """Samples at once: a `LEAN_SHARE`-th of the probe batch when lean, else all (None)."""
+    return -(-inputs.shape[0] // LEAN_SHARE) if lean else None
+
+
+def _chunks(inputs: Tensor, chunk: int | None) -> list[Tensor]:
+    return [inputs] if chunk is None else list(inputs.split(chunk))
 
 
 def measure(model: nn.Module, inputs: Tensor, config: MonitorConfig | None = None, *,
             first: bool = False, known: int | None = None,
-            snapshot: WeightSnapshot | None = None) -> Measured:
+            snapshot: WeightSnapshot | None = None, lean: bool = False,
+            sync: Sync | None = None) -> Measured:
     """f and Θ on the probe batch (T4), and the linearised outputs from `snapshot` (T12).
 
     ``config.ntk_method="fit"`` takes the exact kernel where it fits `empirical_ntk`'s default
@@ -88,13 +130,16 @@ def measure(model: nn.Module, inputs: Tensor, config: MonitorConfig | None = Non
     earlier readings took, kept while it fits. On the `first` reading ``config.verify_ntk`` has
     the kernel checked against brute force (exact kernels only). With the previous reading's
     `snapshot` of the weights, one Jacobian-vector product gives f(θ_ref) and
-    J(θ_ref)(θ − θ_ref) on the probe batch (`linearised_outputs`).
+    J(θ_ref)(θ − θ_ref) on the probe batch (`linearised_outputs`). `lean` and `sync`: see the
+    module docstring.
     """
     config = config or MonitorConfig()
+    chunk = _lean_chunk(inputs, lean)
     with rank0_buffers(model, config.distributed):
-        f, kernel, k = _measure(model, inputs, config, first, known)
+        f = _agreed(sync, lambda: model_outputs(model, inputs, config.output, chunk))
+        kernel, k = _kernel(model, inputs, f, config, first, known, _lean_budget(model, lean))
         linear = None if snapshot is None or not _covered(model, snapshot) else _linearised(
-            model, inputs, config, snapshot)
+            model, inputs, config, snapshot, chunk)
     return Measured(f, kernel, k, linear)
 
 
@@ -112,16 +157,41 @@ def _covered(model: nn.Module, snapshot: WeightSnapshot) -> bool:
     return changed is None
 
 
-def _measure(model: nn.Module, inputs: Tensor, config: MonitorConfig, first: bool,
-             known: int | None) -> tuple[Tensor, Tensor, int]:
-    f = model_outputs(model, inputs, config.output)
+def _agreed(sync: Sync | None, run: Callable[[], _T]) -> _T:
+    """`run()`, then `sync` with its failure (re-raised here), so that no rank goes on into a
+    collective that another rank will not enter."""
+    if sync is None:
+        return run()
+    try:
+        out = run()
+    except Exception as error:
+        sync(error)
+        raise
+    sync(None)
+    return out
+
+
+def _lean_budget(model: nn.Module, lean: bool) -> int | None:
+    """The kernel's memory budget for a lean retry: 1/LEAN_SHARE of `empirical_ntk`'s default
+    (a quarter of the free memory) on CUDA; None (the default, read again now that the failed
+    attempt's memory is free) elsewhere and when not lean."""
+    device = device_of(model)
+    if not lean or device.type != "cuda":
+        return None
+    return max(torch.cuda.mem_get_info(device)[0] // (4 * LEAN_SHARE), 1)
+
+
+def _kernel(model: nn.Module, inputs: Tensor, f: Tensor, config: MonitorConfig, first: bool,
+            known: int | None, budget: int | None) -> tuple[Tensor, int]:
     net = model if config.output is None else _Selected(model, config.output)
     x, output = to_model(model, inputs), "full" if f[0].numel() > 1 else "trace"
     verify = config.verify_ntk and first
     k = {"exact": 0, "sketch": config.sketch_k}.get(config.ntk_method, known or None)
+    if k is None and budget is not None and known == 0:
+        k = 0  # a lean retry keeps the run's exact kernel: a sketch would restart its series
     if k is None:  # "fit": exact so far, or not yet known
         try:
-            return f, _ntk(net, x, output, 0, verify, config.distributed), 0
+            return _ntk(net, x, output, 0, verify, config.distributed, budget), 0
         except MemoryBudgetError:
             k = config.sketch_k
     if k and verify:
@@ -130,17 +200,20 @@ def _measure(model: nn.Module, inputs: Tensor, config: MonitorConfig, first: boo
             f"memory budget and the monitor sketches it (k = {k}); the self-check needs an exact "
             "kernel. Fix: verify_ntk=False, or a smaller probe_size."
         )
-    return f, _ntk(net, x, output, k, verify, config.distributed), k
+    return _ntk(net, x, output, k, verify, config.distributed, budget), k
 
 
 def _linearised(model: nn.Module, inputs: Tensor, config: MonitorConfig,
-                snapshot: WeightSnapshot) -> Linearised:
-    """f(θ_ref) and J(θ_ref)(θ − θ_ref) on the probe batch, in eval mode as `model_outputs`."""
+                snapshot: WeightSnapshot, chunk: int | None = None) -> Linearised:
+    """f(θ_ref) and J(θ_ref)(θ − θ_ref) on the probe batch, in eval mode as `model_outputs`
+    (`chunk` samples at a time)."""
     def select(out: Any) -> Tensor:
         return _select(out, config.output)
 
     with preserved(model, device_of(model)), training(model, False):
-        ref, change = linearised_outputs(model, to_model(model, inputs), snapshot, select)
+        parts = [linearised_outputs(model, to_model(model, part), snapshot, select)
+                 for part in _chunks(inputs, chunk)]
+    ref, change = (torch.cat(t) for t in zip(*parts, strict=True))
     eps = torch.finfo(ref.dtype).eps if ref.is_floating_point() else 0.0
     return Linearised(ref.double().cpu(), change.double().cpu(), eps)
 
@@ -164,12 +237,14 @@ def rank0_buffers(model: nn.Module, active: bool) -> Iterator[None]:
                 b.copy_(own)
 
 
-def _ntk(net: nn.Module, x: Tensor, output: str, k: int, verify: bool,
-         distributed: bool) -> Tensor:
+def _ntk(net: nn.Module, x: Tensor, output: str, k: int, verify: bool, distributed: bool,
+         budget: int | None = None) -> Tensor:
     """The flat NTK, float64 on the CPU: exact (k = 0) or sketched with k (`empirical_ntk`,
-    which runs in eval mode and restores buffers and random states by itself)."""
+    which runs in eval mode and restores buffers and random states by itself), planned under
+    `budget` bytes (None: the default)."""
     kernel = empirical_ntk(net, x, output=output, method="sketch" if k else "auto",
-                           sketch_dim=k or None, verify=verify, distributed=distributed)
+                           sketch_dim=k or None, verify=verify, distributed=distributed,
+                           memory_budget=budget)
     return flat_kernel(kernel.detach().double().cpu())
 
 
@@ -182,9 +257,12 @@ def take_reading(
     cosmology: Cosmology | None,
     run: RunSoFar,
     snapshot: WeightSnapshot | None = None,
+    lean: bool = False,
+    sync: Sync | None = None,
 ) -> ReadingResult:
     """`measure` (the model's forward, NTK and linearisation, on the threads training uses)
-    then `read_out` (on one thread), or `skipped` when f or Θ is not finite."""
+    then `read_out` (on one thread), or `skipped` when f or Θ is not finite. `lean` and
+    `sync` go to `measure`."""
     first = run.reference is None
     if first and config.distributed and not same_on_every_rank(
             [t for t in (inputs, targets) if t is not None]):
@@ -194,7 +272,8 @@ def take_reading(
             "probe_batch, e.g. broadcast rank 0's with torch.distributed.broadcast_object_list."
         )
     known = None if run.reference is None else run.reference.sketch_dim
-    m = measure(model, inputs, config, first=first, known=known, snapshot=snapshot)
+    m = measure(model, inputs, config, first=first, known=known, snapshot=snapshot, lean=lean,
+                sync=sync)
     if not (torch.isfinite(m.outputs).all() and torch.isfinite(m.kernel).all()):
         return skipped(run, config.prefix)
     with one_thread():  # probe-sized linear algebra (docs/callbacks.md, "Cost")

@@ -34,7 +34,8 @@ __all__ = ["Linearised", "ReadingResult", "RunSoFar", "read_out", "skipped"]
 class RunSoFar:
     """What a reading reads from earlier ones: the step, accumulated e-folds (T9), the count of
     skipped non-finite readings, the outputs of the step before (for ḟ, T2), the first reading
-    (`Reference`) and the latest one (`LastReading`)."""
+    (`Reference`), the latest one (`LastReading`), and the count of readings that raised
+    (`cosmo_optim.monitor.guard`; logged once it is > 0)."""
 
     step: int
     efolds: float = 0.0
@@ -42,6 +43,7 @@ class RunSoFar:
     previous_outputs: tuple[int, Tensor] | None = None
     reference: Reference | None = None
     last: LastReading | None = None
+    failed: int = 0
 
 
 @dataclass(frozen=True)
@@ -74,9 +76,14 @@ class ReadingResult:
 
 
 def skipped(run: RunSoFar, prefix: str) -> ReadingResult:
-    """The read-out of a reading with non-finite outputs or kernel: only the count."""
-    scalars = {prefix + "cosmology/nonfinite": float(run.nonfinite + 1)}
+    """The read-out of a reading with non-finite outputs or kernel: only the counts."""
+    scalars = {prefix + "cosmology/nonfinite": float(run.nonfinite + 1), **_failed(run, prefix)}
     return ReadingResult(scalars, None, run.reference, None)  # nothing is compared across it
+
+
+def _failed(run: RunSoFar, prefix: str) -> dict[str, float]:
+    """``cosmology/failed_readings`` once a reading has raised (`cosmo_optim.monitor.guard`)."""
+    return {prefix + "cosmology/failed_readings": float(run.failed)} if run.failed else {}
 
 
 def read_out(
@@ -114,6 +121,7 @@ def read_out(
         s.update(_dual_scalars(dual, lam.numel()))
     s.update(_against_last(run.last, run.step, f, kernel, linearised))
     forecast = _forecast(dual, config.interval, reference) if dual is not None else None
+    s.update(_failed(run, ""))
     scalars = {config.prefix + key: value for key, value in sorted(s.items())}
     linear = None if linearised is None else (
         linearised.outputs.reshape(-1) @ reference.eigenvectors.to(torch.float64))

@@ -23,6 +23,7 @@ from cosmo_optim.monitor.config import MonitorConfig
 from cosmo_optim.monitor.dashboard import describe_scalars
 from cosmo_optim.monitor.images import figures_dropped_warning, image_writer
 from cosmo_optim.monitor.records import from_json
+from cosmo_optim.monitor.state import dropped_state_warning
 from cosmo_optim.monitor.tags import SCALAR_TAGS
 from cosmo_optim.monitor.tracker import CosmologyTracker
 
@@ -48,7 +49,7 @@ class MonitorSession:
         """Build the tracker (its probe interval set) and restore a pending state."""
         self.tracker = CosmologyTracker.from_config(model, config, probe_batch=probe_batch)
         if self.pending is not None:
-            self.tracker.load_state_dict(self.pending)
+            _restore(self.tracker, self.pending)
             self.pending = None
         return self.tracker
 
@@ -112,14 +113,19 @@ class MonitorSession:
             warnings.warn(figures_dropped_warning(self.owner, names), UserWarning, stacklevel=3)
         return writers
 
-    def write(self, writers: Iterable[Any], metrics: dict[str, float] | None, step: int,
-              log: Callable[[dict[str, float]], Any]) -> None:
+    def write(self, writers: Callable[[], Iterable[Any]], metrics: dict[str, float] | None,
+              step: int, log: Callable[[dict[str, float]], Any]) -> None:
         """A probe's output: each tag's description with units before the framework's `log`
         writes its scalars (`cosmo_optim.monitor.dashboard.describe_scalars`, once per
-        writer: TensorBoard keeps a tag's first metadata), then the layout (once),
-        histograms, verdicts card and figures when due. Nothing without `metrics`."""
-        if not metrics:
-            return
+        writer: TensorBoard keeps a tag's first metadata), then to each of `writers()` the
+        layout (once), histograms, verdicts and failures cards, and figures when due. Nothing
+        without `metrics`. After the run has started an error here (a logger, a writer that
+        cannot be opened, a figure) loses this write only (`ReadingGuard.write`)."""
+        if metrics:
+            self.running().guard.write(step, lambda: self._write(writers(), metrics, step, log))
+
+    def _write(self, writers: Iterable[Any], metrics: dict[str, float], step: int,
+               log: Callable[[dict[str, float]], Any]) -> None:
         writers = list(writers)
         for writer in writers:
             if hasattr(writer, "add_scalar"):
@@ -144,16 +150,23 @@ class MonitorSession:
         return {tracker.prefix + k: v for k, v in params.items()}
 
     # ----- job 3: end-of-run figures ---------------------------------------------------------
-    def finish(self) -> list[Any]:
+    def finish(self, refresh: Callable[[], Any] | None = None) -> list[Any]:
         """Draw the run's figures once more at its last probe (if enabled and not drawn
-        there yet) to the latest writers; returns those writers."""
+        there yet) to the latest writers (`refresh()` first updates them); returns those
+        writers. An error there is a write's (`ReadingGuard.write`)."""
+        tracker = self.running()
+        tracker.detach()
+        tracker.guard.write(tracker.last_step, lambda: self._final_figures(refresh))
+        return self.writers
+
+    def _final_figures(self, refresh: Callable[[], Any] | None) -> None:
+        if refresh is not None:
+            refresh()
         tracker = self.running()
         step = tracker.final_figures_step()
         if step is not None:
             for writer in self.writers:
                 tracker.write_figures(writer, step)
-        tracker.detach()
-        return self.writers
 
     # ----- job 4: state across a resume ------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -175,13 +188,23 @@ class MonitorSession:
         return None
 
     def load_state_dict(self, state: Mapping[str, Any] | None) -> None:
-        """Restore now, or at `start` if the tracker does not exist yet."""
+        """Restore now, or at `start` if the tracker does not exist yet. A state that cannot
+        be read is dropped with one warning: never an error that blocks the resume."""
         if not state:
             return
         if self.tracker is not None:
-            self.tracker.load_state_dict(state)
+            _restore(self.tracker, state)
         else:
             self.pending = state
+
+
+def _restore(tracker: CosmologyTracker, state: Mapping[str, Any]) -> None:
+    """`tracker.load_state_dict(state)`; a state of another layout (a ValueError there: keys
+    missing) is dropped with the warning of a state that cannot be read."""
+    try:
+        tracker.load_state_dict(state)
+    except ValueError as error:
+        warnings.warn(dropped_state_warning(error), UserWarning, stacklevel=4)
 
 
 def _is_tag(name: str, prefix: str) -> bool:

@@ -99,7 +99,8 @@ class Sinks:
 class TensorBoardExtras:
     """What a probe adds to a ``SummaryWriter`` besides scalars: the custom-scalars layout
     (once per writer), the probe's histograms and verdicts card (``cosmology/verdicts``, TEXT),
-    and the figures every `log_figures_every_n_steps` steps and once more at the end."""
+    the card of what failed since the last reading (``cosmology/failures``, TEXT), and the
+    figures every `log_figures_every_n_steps` steps and once more at the end."""
 
     def __init__(self, prefix: str, figures_every: int | None,
                  interval: int | None = None) -> None:
@@ -120,11 +121,14 @@ class TensorBoardExtras:
         return None if self.figures_step == step else step
 
     def write(self, writer: Any, history: Sequence[Reading], dual: FLRWDual | None,
-              step: int) -> None:
-        """The layout (once), this probe's histograms, and the figures when due."""
+              step: int, failures: str | None = None) -> None:
+        """The layout (once), the `failures` card (Markdown, if any), this probe's histograms
+        and verdicts card, and the figures when due."""
         if id(writer) not in self._layouts and hasattr(writer, "add_custom_scalars"):
             writer.add_custom_scalars(custom_scalar_layout(self.prefix))
             self._layouts.add(id(writer))
+        if failures and hasattr(writer, "add_text"):
+            writer.add_text(self.prefix + "cosmology/failures", failures, step)
         if not history or history[-1].step != step:
             return  # a skipped (non-finite) probe has nothing to draw
         write_histograms(writer, history[-1], dual, self.prefix)

@@ -8,10 +8,11 @@ and back, so that a resumed run continues its series without gaps or duplicates.
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from collections import deque
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, Final
 
 import torch
 from torch import Tensor, nn
@@ -21,7 +22,12 @@ from cosmo_optim.dual.linearised import WeightSnapshot
 from cosmo_optim.monitor.readout import ReadingResult, RunSoFar
 from cosmo_optim.monitor.records import LastReading, Reading, Reference, as_state
 
-__all__ = ["RunState"]
+__all__ = ["STATE_VERSION", "RunState", "dropped_state_warning"]
+
+#: The layout of `RunState.state_dict` (its ``"version"``). 1: the states written before it
+#: had a version (read as they are); 2: with the version and the count of failed readings.
+#: A state of a later version, or one that cannot be read, is dropped with one warning.
+STATE_VERSION: Final = 2
 
 
 class RunState:
@@ -47,14 +53,14 @@ class RunState:
         self.inputs: Tensor | None = None  # the probe batch
         self.targets: Tensor | None = None
 
-    def so_far(self, step: int) -> RunSoFar:
-        """What a probe at `step` reads from the earlier ones."""
+    def so_far(self, step: int, failed: int = 0) -> RunSoFar:
+        """What a probe at `step` reads from the earlier ones (`failed`: readings that raised)."""
         return RunSoFar(step, self.efolds, self.nonfinite, self.previous_outputs,
-                        self.reference, self.last)
+                        self.reference, self.last, failed)
 
-    def absorb(self, result: ReadingResult, model: nn.Module) -> bool:
-        """Keep a reading's result and `model`'s weights as the next reading's θ_ref (T12);
-        False (and one more non-finite count) if it was skipped."""
+    def absorb(self, result: ReadingResult, snapshot: WeightSnapshot | None) -> bool:
+        """Keep a reading's result, and `snapshot` (the weights it was taken at) as the next
+        reading's θ_ref (T12); False (and one more non-finite count) if it was skipped."""
         self.reference, self.last = result.reference, result.last
         if result.record is None:
             self.nonfinite += 1
@@ -62,7 +68,7 @@ class RunState:
             return False
         self.history.append(result.record)
         self.dual = result.dual
-        self.snapshot = WeightSnapshot.take(model, result.record.step)
+        self.snapshot = snapshot
         return True
 
     def resume_from(self, model: nn.Module, step: int, outputs: Callable[[], Tensor]) -> None:
@@ -90,6 +96,7 @@ class RunState:
     def state_dict(self) -> dict[str, Any]:
         """Counters, history, first and latest probe: plain dicts and tensors."""
         return {
+            "version": STATE_VERSION,
             "last_step": self.last_step, "efolds": self.efolds, "nonfinite": self.nonfinite,
             "history": [r.as_dict() for r in self.history],
             "previous_outputs": self.previous_outputs,
@@ -97,14 +104,37 @@ class RunState:
             "inputs": self.inputs, "targets": self.targets,
         }
 
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore `state_dict()` (extra keys, such as the tracker's, are ignored)."""
+    def load_state_dict(self, state: Mapping[str, Any]) -> bool:
+        """Restore `state_dict()` (extra keys, such as the tracker's, are ignored); whether it
+        was. A state of a later `STATE_VERSION`, or one whose contents cannot be read, is
+        dropped with one warning, all but its step count and e-folds where those read: a
+        resumed run then starts a new series at its next reading, its steps and e-folds
+        continuing, instead of failing. A dict that is no tracker state at all is a
+        ValueError."""
         missing = {"last_step", "history", "reference", "last"} - set(state)
         if missing:
             raise ValueError(
                 f"Invalid tracker state: missing {sorted(missing)}; pass the dict returned by "
                 "CosmologyTracker.state_dict()."
             )
+        version = state.get("version", 1)
+        try:
+            if not isinstance(version, int) or not 1 <= version <= STATE_VERSION:
+                raise ValueError(f"state version {version!r}; this cosmo-optim reads versions "
+                                 f"1 to {STATE_VERSION}")
+            loaded = RunState(self.history.maxlen or 1)
+            loaded.inputs, loaded.targets = self.inputs, self.targets
+            loaded._load(state)
+        except Exception as error:  # whatever an unreadable state raises: one warning
+            warnings.warn(dropped_state_warning(error), UserWarning, stacklevel=3)
+            with contextlib.suppress(TypeError, ValueError):
+                self.last_step = int(state["last_step"])
+                self.efolds = float(state.get("efolds", 0.0))
+            return False
+        vars(self).update(vars(loaded))
+        return True
+
+    def _load(self, state: Mapping[str, Any]) -> None:
         self.last_step = int(state["last_step"])
         self.efolds = float(state.get("efolds", 0.0))
         self.nonfinite = int(state.get("nonfinite", 0))
@@ -119,3 +149,15 @@ class RunState:
         self.last = None if last is None else LastReading(
             last["step"], last["eigenvectors"], last["outputs"], last.get("prediction"),
             last.get("kernel"))
+
+
+def dropped_state_warning(error: Exception) -> str:
+    """The one warning of a checkpoint's monitor state that is dropped because of `error`."""
+    first = (str(error).strip().splitlines() or [""])[0]
+    return (
+        f"CosmologyTracker: the monitor's state in this checkpoint cannot be read "
+        f"({type(error).__name__}: {first}); it is dropped (its step count and e-folds are "
+        "kept where they read), the monitor starts a new series at its next reading, and the "
+        "run resumes unchanged. Fix: resume with the cosmo-optim version that wrote the "
+        "checkpoint to continue the series."
+    )

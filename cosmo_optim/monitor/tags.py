@@ -15,11 +15,13 @@ __all__ = [
     "NEEDS_DUAL",
     "NEEDS_LOSS",
     "SCALAR_TAGS",
+    "TEXT_TAGS",
     "scalar_tags",
 ]
 
 #: Scalar tags logged at every reading; ``{k}`` runs over modes 1..top_k (``ratio`` from 2).
-#: Those that compare with the previous reading (`COMPARED`) start at the second.
+#: Those that compare with the previous reading (`COMPARED`) start at the second;
+#: ``cosmology/failed_readings`` appears with the first reading that raised.
 SCALAR_TAGS: Final = (
     "cosmology/hubble_rate",
     "cosmology/vacuum_energy",
@@ -32,6 +34,7 @@ SCALAR_TAGS: Final = (
     "cosmology/slow_roll_eta",
     "cosmology/stability_margin",
     "cosmology/nonfinite",
+    "cosmology/failed_readings",
     "ntk/lambda_1",
     "ntk/ratio_{k}",
     "ntk/kernel_distance",
@@ -58,6 +61,9 @@ COMPARED: Final = frozenset({
 HISTOGRAM_TAGS: Final = ("ntk/spectrum", "modes/mass_over_hubble")
 #: Figures drawn when ``log_figures_every_n_steps`` is set (the potential needs a dual).
 FIGURE_TAGS: Final = ("figures/potential", "figures/spectrum", "figures/modes")
+#: Markdown cards written to a ``SummaryWriter``: whether the dual holds, at every reading;
+#: what failed since the last reading, when something did (`cosmo_optim.monitor.guard`).
+TEXT_TAGS: Final = ("cosmology/verdicts", "cosmology/failures")
 
 #: Tags that need a heavy-ball momentum-SGD optimiser (a de Sitter dual, T3).
 NEEDS_DUAL: Final = frozenset({
@@ -73,13 +79,15 @@ NEEDS_LOSS: Final = NEEDS_DUAL - {
 
 
 def scalar_tags(
-    top_k: int, *, dual: bool = True, loss: bool = True, outputs: int = 1, prefix: str = ""
+    top_k: int, *, dual: bool = True, loss: bool = True, outputs: int = 1, prefix: str = "",
+    failed: bool = False,
 ) -> list[str]:
     """The scalar tags a tracker logs for `top_k` modes (see `SCALAR_TAGS`).
 
     `dual` is False for optimisers without momentum-SGD form (Adam: no H, Λ, masses, forecast),
     `loss` False when no loss was given, `outputs` the model's outputs per input (the scalar
-    `cosmology/field` φ̄ exists for one output only).
+    `cosmology/field` φ̄ exists for one output only), `failed` True once a reading of the run
+    has raised (``cosmology/failed_readings`` is logged from then on).
 
     >>> scalar_tags(2, dual=False)[:4]
     ['cosmology/alpha_eff', 'cosmology/field', 'cosmology/nonfinite', 'ntk/lambda_1']
@@ -88,7 +96,8 @@ def scalar_tags(
     for tag in SCALAR_TAGS:
         if (not dual and tag in NEEDS_DUAL) or (not loss and tag in NEEDS_LOSS):
             continue
-        if tag == "cosmology/field" and outputs != 1:
+        if (tag == "cosmology/field" and outputs != 1) or (
+                tag == "cosmology/failed_readings" and not failed):
             continue
         if "{k}" in tag:
             first = 2 if tag.startswith("ntk/ratio") else 1

@@ -3,7 +3,8 @@
 The probe arithmetic is `cosmo_optim.monitor.reading` (pure functions), the options
 `MonitorConfig`, the outputs `cosmo_optim.monitor.sinks`, the optimiser's universe
 `cosmo_optim.monitor.universe.OptimizerWatch`, what one probe hands to the next
-`cosmo_optim.monitor.state.RunState`; this class decides *when* to probe and wires them.
+`cosmo_optim.monitor.state.RunState`, what a reading that raises does to the run
+`cosmo_optim.monitor.guard.ReadingGuard`; this class decides *when* to probe and wires them.
 """
 
 from __future__ import annotations
@@ -17,11 +18,14 @@ from torch.optim import Optimizer
 
 from cosmo_optim._common import unwrap_parallel
 from cosmo_optim.cosmology import Cosmology
+from cosmo_optim.dual.linearised import WeightSnapshot
 from cosmo_optim.monitor import reading as readings
 from cosmo_optim.monitor.batches import take_probe_batch
 from cosmo_optim.monitor.checks import nonfinite_warning, size_warnings
 from cosmo_optim.monitor.config import MonitorConfig
+from cosmo_optim.monitor.guard import ReadingGuard
 from cosmo_optim.monitor.names import deprecated_method
+from cosmo_optim.monitor.readout import ReadingResult
 from cosmo_optim.monitor.sinks import Sinks, TensorBoardExtras
 from cosmo_optim.monitor.state import RunState
 from cosmo_optim.monitor.universe import OptimizerWatch
@@ -38,7 +42,9 @@ class CosmologyTracker:
     against their linearisation through the previous reading's frozen kernel (T12). Optimisers
     without heavy-ball form (Adam, Nesterov, ...) have no de Sitter dual: the tags that need one
     are omitted (`scalar_tags`), with one warning. Readings never change training: eval mode,
-    buffers and every random state restored, ``.grad`` untouched.
+    buffers and every random state restored, ``.grad`` untouched. Errors at `attach` and the
+    first reading are raised; after that a reading that raises is skipped, warned about and
+    counted (``cosmology/failed_readings``), never stopping training (`ReadingGuard`).
 
     Args:
         model: the network (maps a batch of N inputs to N outputs).
@@ -109,6 +115,7 @@ class CosmologyTracker:
         config.interval  # noqa: B018 (raises while the interval is open)
         self.model, self._watch = unwrap_parallel(model), OptimizerWatch(optimizer)
         self.config, self.run, self.sinks = config, RunState(config.history_size), Sinks(sink)
+        self.guard = ReadingGuard(config)
         self.extras = TensorBoardExtras(config.prefix, config.log_figures_every_n_steps,
                                         config.interval)
         if probe_batch is not None:
@@ -128,6 +135,8 @@ class CosmologyTracker:
     history = property(lambda self: self.run.history, doc="The latest probes' `Reading`s.")
     dual = property(lambda self: self.run.dual, doc="The latest probe's `FLRWDual`, or None.")
     nonfinite = property(lambda self: self.run.nonfinite, doc="Probes skipped as non-finite.")
+    failures = property(lambda self: list(self.guard.failures),
+                        doc="The latest `Failure`s after the run started (`ReadingGuard`).")
     last_step = property(lambda self: self.run.last_step,
                          lambda self, step: setattr(self.run, "last_step", step),
                          doc="The last optimiser step seen (an adaptor resuming sets it).")
@@ -139,12 +148,15 @@ class CosmologyTracker:
     def state_dict(self) -> dict[str, Any]:
         """Counters, history, probe batch and reference basis: everything `resume` needs
         (plain dicts and tensors)."""
-        return {**self.run.state_dict(), "figures_step": self.extras.figures_step}
+        return {**self.run.state_dict(), "figures_step": self.extras.figures_step,
+                "failed_readings": self.guard.failed}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore `state_dict()`: the run continues its histories without gaps or duplicates."""
-        self.run.load_state_dict(state)
-        self.extras.figures_step = int(state.get("figures_step", -1))
+        """Restore `state_dict()`: the run continues its histories without gaps or duplicates
+        (a state of an unknown version is dropped with a warning, `RunState.load_state_dict`)."""
+        if self.run.load_state_dict(state):
+            self.extras.figures_step = int(state.get("figures_step", -1))
+            self.guard.failed = int(state.get("failed_readings", 0))
 
     # ----- probe batch and optimiser -----------------------------------------------------
     has_probe = property(lambda self: self.run.inputs is not None,
@@ -199,7 +211,8 @@ class CosmologyTracker:
     def resume_from(self, step: int) -> None:
         """After a resume at optimiser step `step`, right after a reading: its weights, the
         model's now, are the next reading's θ_ref (T12; `RunState.resume_from`)."""
-        self.run.resume_from(self.model, step, lambda: _outputs_at(self, -1, self.run.inputs))
+        self.run.resume_from(self.model, step,
+                             lambda: _outputs_at(self, -1, self.run.inputs, lean=False))
 
     def detach(self) -> None:
         """Stop observing the optimiser given to `observe`/`attach`."""
@@ -212,42 +225,33 @@ class CosmologyTracker:
         Call once after every optimiser step (repeats of the same step are ignored, so several
         calls per accumulated batch are harmless). Probes at step 0 and every `every_n_steps`;
         the step before a probe it records the outputs for the velocity. Without `observe`
-        the e-folds accrue here, (1 − β)/3 per step (T9). Returns the probe's scalars, or None
-        when nothing was probed.
+        the e-folds accrue here, (1 − β)/3 per step (T9). Returns the probe's scalars (of a
+        reading that failed, the count of failed ones), or None when nothing was probed.
         """
         if step <= self.last_step:
             return None
+        self.guard.started |= self.run.reference is not None  # fail fast until then
         if not self._watch.observing:  # the live (lr, momentum), for every step since
             rate = self._watch.efolds_per_step(self.config)
             self.run.efolds += (step - max(self.last_step, 0)) * rate
         self.run.last_step = step
         n, inputs = self.config.interval, self.run.inputs
-        if inputs is None:
+        if inputs is None or self.guard.stopped:
             return None
-        metrics = self.read(step) if step % n == 0 else None
+        metrics = _guarded_read(self, step) if step % n == 0 else None
         if metrics is not None:
-            self.sinks.scalars(metrics, step)
-            if self.sinks.writer is not None:
-                self.write_extras(self.sinks.writer, step)
+            self.guard.write(step, lambda: _write(self, metrics, step))
         if (step + 1) % n == 0 and self.config.loss is not None:  # ḟ feeds the dual only
-            self.run.previous_outputs = (step, _outputs_at(self, step, inputs))
+            self.run.previous_outputs = self.guard.read(step, lambda lean, _: (
+                step, _outputs_at(self, step, inputs, lean)), stage="forward")
         return metrics
 
     def read(self, step: int) -> dict[str, float] | None:
         """Take a reading now (one probe of the model on the probe batch), labelled `step`;
-        returns its scalars."""
+        returns its scalars. Errors are raised (`step` skips a reading that fails)."""
         if self.run.inputs is None:
             raise ValueError("read() needs a probe batch. Fix: call set_probe(batch) first.")
-        first = self.run.reference is None
-        result = readings.take_reading(
-            self.model, self.run.inputs, self.run.targets, config=self.config,
-            cosmology=self.cosmology(), run=self.run.so_far(step), snapshot=self.run.snapshot)
-        if first and result.last is not None:  # N and C known: top_k and the cost, once
-            for message in size_warnings(self.config, result.last.outputs):
-                warnings.warn(message, UserWarning, stacklevel=3)
-        if not self.run.absorb(result, self.model):
-            warnings.warn(nonfinite_warning(step, self.nonfinite), RuntimeWarning, stacklevel=3)
-        return result.scalars
+        return _keep(self, step, *_take(self, step, False, None))
 
     probe = deprecated_method("read", "CosmologyTracker.probe")
 
@@ -257,8 +261,9 @@ class CosmologyTracker:
         return self.extras.final_step(self.history)
 
     def write_extras(self, writer: Any, step: int) -> None:
-        """The custom-scalars layout (once), this probe's histograms, figures when due."""
-        self.extras.write(writer, self.history, self.dual, step)
+        """The custom-scalars layout (once), this probe's histograms, figures when due, and the
+        card of what failed since the last reading (`ReadingGuard.card`)."""
+        self.extras.write(writer, self.history, self.dual, step, self.guard.card(step))
 
     def write_figures(self, writer: Any, step: int) -> None:
         """Draw `figures()` to a ``SummaryWriter`` at `step`."""
@@ -272,19 +277,63 @@ class CosmologyTracker:
 
     def close(self) -> None:
         """Detach, draw the final figures (if enabled) to the writer sink, and close a writer
-        it created."""
+        it created (an error there is the guard's, like any write)."""
         self.detach()
-        step = self.final_figures_step()
-        if step is not None and self.sinks.writer is not None:
-            self.write_figures(self.sinks.writer, step)
-        self.sinks.close()
+        self.guard.write(self.last_step, lambda: _close(self))
 
 
-def _outputs_at(tracker: CosmologyTracker, step: int, inputs: Any) -> Any:
+def _guarded_read(tracker: CosmologyTracker, step: int) -> dict[str, float]:
+    """A reading under the guard: its scalars, or, when it failed (on any rank: every rank
+    skips it), the count of failed readings alone, at its step."""
+    guard = tracker.guard
+    taken = guard.read(step, lambda lean, sync: _take(tracker, step, lean, sync))
+    if taken is None:
+        return {tracker.prefix + "cosmology/failed_readings": float(guard.failed)}
+    return _keep(tracker, step, *taken)
+
+
+def _take(tracker: CosmologyTracker, step: int, lean: bool,
+          sync: readings.Sync | None) -> tuple[ReadingResult, WeightSnapshot | None]:
+    """A reading at `step` and the weights now (the next reading's θ_ref, T12), not kept yet:
+    under DDP the ranks first agree that it succeeded (`ReadingGuard.read`)."""
+    run = tracker.run
+    assert run.inputs is not None  # step() and read() return or raise without
+    result = readings.take_reading(
+        tracker.model, run.inputs, run.targets, config=tracker.config,
+        cosmology=tracker.cosmology(), run=run.so_far(step, tracker.guard.failed),
+        snapshot=run.snapshot, lean=lean, sync=sync)
+    return result, None if result.record is None else WeightSnapshot.take(tracker.model, step)
+
+
+def _keep(tracker: CosmologyTracker, step: int, result: ReadingResult,
+          snapshot: WeightSnapshot | None) -> dict[str, float]:
+    """Keep a reading in the run (the first one: with the size warnings); its scalars."""
+    if tracker.run.reference is None and result.last is not None:  # N and C known, once
+        for message in size_warnings(tracker.config, result.last.outputs):
+            warnings.warn(message, UserWarning, stacklevel=5)
+    if not tracker.run.absorb(result, snapshot) and tracker.nonfinite == 1:
+        warnings.warn(nonfinite_warning(step), RuntimeWarning, stacklevel=5)
+    return result.scalars
+
+
+def _write(tracker: CosmologyTracker, metrics: dict[str, float], step: int) -> None:
+    """A reading's scalars to the tracker's own sinks, then its extras to its writer."""
+    tracker.sinks.scalars(metrics, step)
+    if tracker.sinks.writer is not None:
+        tracker.write_extras(tracker.sinks.writer, step)
+
+
+def _close(tracker: CosmologyTracker) -> None:
+    step = tracker.final_figures_step()
+    if step is not None and tracker.sinks.writer is not None:
+        tracker.write_figures(tracker.sinks.writer, step)
+    tracker.sinks.close()
+
+
+def _outputs_at(tracker: CosmologyTracker, step: int, inputs: Any, lean: bool) -> Any:
     """f at `step`, the next reading's f_{n−1}: this step's reading's own (every_n_steps=1),
     else (or for step −1: now, whatever the last reading) one more forward on the probe batch."""
     last = tracker.run.last
     if last is not None and last.step == step:
         return last.outputs
-    with readings.rank0_buffers(tracker.model, tracker.config.distributed):
-        return readings.model_outputs(tracker.model, inputs, tracker.config.output)
+    return readings.probe_outputs(tracker.model, inputs, tracker.config, lean)

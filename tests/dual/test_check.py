@@ -190,7 +190,7 @@ def test_bad_input_gives_clear_errors():
     model, loss = nn.Linear(2, 1), nn.MSELoss()
     x = torch.randn(4, 2)
     c = Cosmology(0.01, 0.5)
-    with pytest.raises(ValueError, match=r"Mismatched shapes: inputs \(4, 2\) and targets \(3, 1\)"):
+    with pytest.raises(ValueError, match=r"Mismatched shapes: 4 input samples \(inputs \(4, 2\)\) and targets \(3, 1\)"):
         check_duality(model, loss, x, torch.zeros(3, 1), cosmology=c, steps=5, progress=False)
     with pytest.raises(ValueError, match=r"Invalid lr: -0\.01"):
         check_duality(model, loss, x, torch.zeros(4, 1), cosmology=Cosmology(-0.01, 0.5), steps=5)
@@ -292,3 +292,48 @@ def test_a_model_in_train_mode_with_batchnorm_trains_its_copy_in_eval_mode_and_s
     np.testing.assert_array_equal(trained.actual_outputs, evaluated.actual_outputs)
     assert any("trained in eval mode" in n and "BatchNorm1d" in n for n in trained.notes)
     assert not any("trained in eval mode" in n for n in evaluated.notes)
+
+
+def test_keyword_inputs_as_a_hugging_face_model_takes_them_give_the_same_report():
+    """A model called as model(x=..., scale=...) with a shared scalar argument: the batch as a
+    dict trains and predicts exactly as the same network called on a tensor (#30's inputs)."""
+    class Keyword(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = nn.Sequential(nn.Linear(3, 16), nn.Tanh(), nn.Linear(16, 1))
+
+        def forward(self, x, scale):
+            return self.net(x) * scale
+
+    torch.manual_seed(5)
+    model = Keyword().double()
+    x, y = torch.randn(6, 3, dtype=D), torch.randn(6, 1, dtype=D)
+    kw = check_duality(model, nn.MSELoss(), {"x": x, "scale": torch.tensor(2.0, dtype=D)}, y,
+                       cosmology=Cosmology(1e-3, 0.9), steps=40, progress=False)
+
+    class Plain(nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x):
+            return self.inner.net(x) * 2.0
+
+    plain = check_duality(Plain(model), nn.MSELoss(), x, y, cosmology=Cosmology(1e-3, 0.9),
+                          steps=40, progress=False)
+    np.testing.assert_allclose(kw.actual_outputs, plain.actual_outputs, rtol=1e-12, atol=1e-14)
+    assert kw.deviations["outputs_end"] == pytest.approx(plain.deviations["outputs_end"], rel=1e-9)
+    with pytest.raises(ValueError, match=r"Invalid model outputs: dict.*Fix: wrap the model"):
+        check_duality(_Dict(), nn.MSELoss(), x, y, cosmology=Cosmology(1e-3, 0.9), steps=2,
+                      progress=False)
+
+
+class _Dict(nn.Module):
+    """A model returning a dict (as Hugging Face models do) instead of the outputs."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(3, 1).double()
+
+    def forward(self, x):
+        return {"logits": self.lin(x)}

@@ -207,13 +207,18 @@ def test_nonfinite_probe_warns_counts_and_is_skipped():
     with torch.no_grad():
         saved = model.weight.clone()
         model.weight.fill_(float("nan"))
-    with pytest.warns(RuntimeWarning, match="non-finite outputs or NTK at step 1; probe skipped"):
+    with pytest.warns(RuntimeWarning, match="non-finite outputs or NTK at step 1; the reading is skipped"):
         assert tracker.step(1) == {"cosmology/nonfinite": 1.0}
     with torch.no_grad():
         model.weight.copy_(saved)
     s = tracker.step(2)
     assert s is not None and s["cosmology/nonfinite"] == 1.0 and "duality/residual" not in s
     assert [r["step"] for r in tracker.history] == [0, 2]
+    with torch.no_grad():
+        model.weight.fill_(float("nan"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # said once: a diverged run skips silently after that
+        assert tracker.step(3) == {"cosmology/nonfinite": 2.0}
 
 
 def test_history_is_bounded_and_figures_are_drawn():
