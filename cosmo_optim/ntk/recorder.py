@@ -109,7 +109,7 @@ class UseRecorder(TorchFunctionMode):
         captured = None
         for key, tensor in hits:
             role = names[key] if isinstance(key, int) and 0 <= key < len(names) else str(key)
-            known = found is not None and role in ("weight", "bias") and found.models(bound)
+            known = found is not None and role in found.roles and found.models(bound)
             known = known and _plain(out) and _plain(bound.get("input"))
             use = rules.Use(found if known else None, role)
             if known:

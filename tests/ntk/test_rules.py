@@ -50,6 +50,24 @@ class TiedHead(nn.Module):
         return F.linear(h, self.emb.weight)[:, :3]
 
 
+class ClassToken(nn.Module):
+    """ViT's embeddings: a class token expanded over the samples, a learned position
+    embedding added to every sample (``add`` as ``x + p`` or ``torch.add(p, x)``)."""
+
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(3)
+        self.cls = nn.Parameter(torch.randn(1, 1, 4, generator=g))
+        self.pos = nn.Parameter(torch.randn(1, 4, 4, generator=g))
+        self.how = how
+        self.register_buffer("proj", torch.randn(16, 3, generator=g, dtype=torch.float64))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.cat([self.cls.expand(x.shape[0], -1, -1), x], 1)
+        h = h + self.pos if self.how == "method" else torch.add(self.pos, h)
+        return torch.tanh(h.flatten(1)) @ self.proj
+
+
 def _bn(layer: nn.Module) -> nn.Module:
     g = torch.Generator().manual_seed(2)
     layer.running_mean.uniform_(-0.5, 0.5, generator=g)
@@ -96,6 +114,9 @@ CASES: dict[object, dict[str, Case]] = {
     F.layer_norm: {
         "rows": (lambda: Probe(nn.LayerNorm(4), 3 * 4), lambda: _x(4, 3, 4)),
     },
+    torch.Tensor.expand: {"class token": (lambda: ClassToken("method"), lambda: _x(4, 3, 4))},
+    torch.Tensor.add: {"position": (lambda: ClassToken("method"), lambda: _x(4, 3, 4))},
+    torch.add: {"position": (lambda: ClassToken("function"), lambda: _x(4, 3, 4))},
     F.batch_norm: {
         "1d": (lambda: Probe(_bn(nn.BatchNorm1d(4)), 4), lambda: _x(4, 4)),
         "2d": (lambda: Probe(_bn(nn.BatchNorm2d(3)), 3 * 9), lambda: _x(4, 3, 3, 3)),

@@ -18,6 +18,7 @@ from torch import Tensor
 
 from cosmo_optim.ntk.rules.base import Rule, Use, intact, operand
 from cosmo_optim.ntk.rules.batch_norm import BatchNorm
+from cosmo_optim.ntk.rules.broadcast import Broadcast
 from cosmo_optim.ntk.rules.conv import Conv
 from cosmo_optim.ntk.rules.embedding import Embedding
 from cosmo_optim.ntk.rules.layer_norm import LayerNorm
@@ -25,10 +26,13 @@ from cosmo_optim.ntk.rules.linear import Linear
 
 __all__ = ["RULES", "Rule", "Use", "intact", "operand", "per_sample_grads", "qualifies", "tied"]
 
+_BROADCAST = Broadcast()  # one rule, three torch functions
+
 #: The registry: the torch function a layer calls -> its rule.
 RULES: dict[Any, Rule] = {
     F.linear: Linear(), torch.conv1d: Conv(1), torch.conv2d: Conv(2),
     F.embedding: Embedding(), F.layer_norm: LayerNorm(), F.batch_norm: BatchNorm(),
+    torch.Tensor.expand: _BROADCAST, torch.Tensor.add: _BROADCAST, torch.add: _BROADCAST,
 }
 
 
@@ -41,13 +45,8 @@ def qualifies(uses: list[Use], n: int) -> bool:
     if len({(id(u.rule), u.role) for u in uses}) != 1 and not tied(uses):
         return False
     for u in uses:
-        x, y = u.args["input"], u.out
-        assert y is not None and u.rule is not None
-        if not intact(u):
-            return False
-        if y.dim() == 0 or x.dim() == 0 or y.shape[0] != n or x.shape[0] != n:
-            return False
-        if not u.rule.applies(u):
+        assert u.rule is not None
+        if not intact(u) or not u.rule.batch_first(u, n) or not u.rule.applies(u):
             return False
     return True
 

@@ -70,6 +70,7 @@ class Rule:
 
     name: ClassVar[str]  # for messages and the plan's description
     arguments: ClassVar[tuple[str, ...]]  # the call's positional argument names
+    roles: ClassVar[tuple[str, ...]] = ("weight", "bias")  # the parameters' roles it models
     gram: ClassVar[bool] = True  # a Gram form exists (else per-sample gradients only)
     ids: ClassVar[bool] = False  # inputs are token ids: x_is · x_jt = [id_is == id_jt]
     plain_rows: ClassVar[bool] = False  # Gram rows are the input itself (no unfold)
@@ -82,6 +83,12 @@ class Rule:
     def applies(self, use: Use) -> bool:
         """Shape conditions beyond a batch-first input and output."""
         return True
+
+    def batch_first(self, use: Use, n: int) -> bool:
+        """True if the call's input and output hold the n samples of the chunk on dim 0."""
+        x, y = use.args["input"], use.out
+        return y is not None and y.dim() > 0 and x.dim() > 0 and y.shape[0] == n \
+            and x.shape[0] == n
 
     def gram_ok(self, use: Use) -> bool:
         return self.gram
