@@ -47,7 +47,7 @@ class CosmologyMonitorMixin:
         prefix: str = "",
         history_size: int = 1000,
         verify_ntk: bool = False,
-        ntk_method: str = "fit",
+        ntk_method: str = "exact",
         sketch_dim: int | None = None,
         group: int = 0,
         output: str | Callable[[Any], torch.Tensor] | None = None,

@@ -186,7 +186,7 @@ class CosmologyCallback(_TrainerCallback, _ExportableState):
         log_figures_every_n_steps: int | None = None,
         prefix: str = "",
         verify_ntk: bool = False,
-        ntk_method: str = "fit",
+        ntk_method: str = "exact",
         sketch_dim: int | None = None,
         output: str | Callable[[Any], Tensor] | None = None,
         group: int = 0,
