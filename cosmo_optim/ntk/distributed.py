@@ -111,32 +111,46 @@ def agreed(scout: Callable[[], Forward]) -> Forward:
 
 def kernel(fwd: Forward, budget: int, full: bool) -> Tensor:
     """The kernel of the request, its samples split across the ranks (module doc); the
-    features of this rank's shard, any rank's refusal raised on every rank."""
+    features of this rank's shard, any rank's refusal raised on every rank.
+
+    Every rank enters every collective the same number of times with the same shapes: the
+    parameter blocks come from the smallest free memory of any rank (agreed with the
+    refusals), and a rank whose product fails inside the gather loop keeps gathering and
+    raises after the loop, with the others, instead of leaving them waiting in a collective.
+    """
     rank, world = _group()
     N = fwd.N
     lo, hi = N * rank // world, N * (rank + 1) // world
-    failure: Exception | None = None
-    fm = FeatureMap(fwd, budget, full)
+    widths = [fwd.base[n].numel() for n in fwd.names]
+    local = torch.zeros((0, fwd.C, sum(widths)), dtype=fwd.dtype, device=fwd.device)
+    free, failure = budget, None
     try:  # every check runs on the rank's own shard: a refusal must reach every rank
-        local = fm.all(lo, hi) if hi > lo else torch.zeros(
-            (0, fwd.C, sum(fm.widths)), dtype=fwd.dtype, device=fwd.device)
-    except Exception as error:  # re-raised below, on this rank as it was
+        fm = FeatureMap(fwd, budget, full)
+        if hi > lo:
+            local = fm.all(lo, hi)
+        free = fm.free
+    except Exception as error:  # re-raised by _agree, on this rank as it was
         failure = error
-    _agree(failure)
+    limit = max(min(_agree(failure, free)) // 4, 1)
     sizes = [N * (r + 1) // world - N * r // world for r in range(world)]
     rows = torch.zeros((hi - lo, N, fwd.C, fwd.C) if full else (hi - lo, N),
                        dtype=fwd.dtype, device=fwd.device)
-    limit = max(fm.free // 4, 1)
     start = 0
-    for stop in _blocks(fm.widths, N * fwd.C * fwd.isz, limit):
+    for stop in _blocks(widths, N * fwd.C * fwd.isz, limit):
         mine = local[:, :, start:stop].contiguous()
-        rows += block(mine, _gather(mine, sizes), full)
+        theirs = _gather(mine, sizes)
+        if failure is None:
+            try:
+                rows += block(mine, theirs, full)
+            except Exception as error:  # raised after the loop, on every rank
+                failure = error
         start = stop
+    _agree(failure, free)
     return _gather(rows, sizes)
 
 
-def _agree(failure: Exception | None) -> None:
-    """Raise on every rank when any rank failed to compute its shard's features.
+def _agree(failure: Exception | None, free: int = 0) -> list[int]:
+    """Raise on every rank when any rank failed; else every rank's ``free`` bytes.
 
     Without this a rank that refuses the model (a coupled forward, a random one, a budget too
     small) would leave the others waiting forever in the next ``all_gather``. The failing rank
@@ -145,11 +159,11 @@ def _agree(failure: Exception | None) -> None:
     """
     mine = None if failure is None else (isinstance(failure, MemoryBudgetError),
                                          f"{type(failure).__name__}: {failure}")
-    reports: list[tuple[bool, str] | None] = [None] * dist.get_world_size()
-    dist.all_gather_object(reports, mine)
+    reports: list[tuple[tuple[bool, str] | None, int] | None] = [None] * dist.get_world_size()
+    dist.all_gather_object(reports, (mine, free))
     if failure is not None:
         raise failure
-    failed = [(rank, report) for rank, report in enumerate(reports) if report is not None]
+    failed = [(rank, r[0]) for rank, r in enumerate(reports) if r is not None and r[0]]
     if failed:
         rank, (budget, msg) = failed[0]
         error = MemoryBudgetError if budget else RuntimeError  # every rank: the same kind
@@ -157,6 +171,7 @@ def _agree(failure: Exception | None) -> None:
             f"distributed=True: rank {rank} could not compute its shard of the kernel, so no "
             f"rank returns one ({msg}). Fix the error reported on rank {rank}."
         )
+    return [r[1] for r in reports if r is not None]
 
 
 def _blocks(widths: list[int], bytes_per_feature: int, limit: int) -> list[int]:
