@@ -59,14 +59,16 @@ def same_function(e: Forward, model: nn.Module, autocast: Autocast) -> None:
         return
     state = python_state(e.model)
     ours, theirs = [], []
-    for lo, hi in chunks(e.N, 64):
-        with torch.no_grad(), no_fastpath():
-            ours.append(e.call({}, e.x[lo:hi]))
-        restore_python_state(state, fresh=True)
-        sub = e.x[lo:hi].clone().for_model(e.model)
-        with autocast():  # the user's forward as it trains: gradients on, fast path as set
-            theirs.append(e.select(sub.call(e.model), sub).detach())
-    restore_python_state(state)
+    try:
+        for lo, hi in chunks(e.N, 64):
+            with torch.no_grad(), no_fastpath():
+                ours.append(e.call({}, e.x[lo:hi]))
+            restore_python_state(state, fresh=True)
+            sub = e.x[lo:hi].clone().for_model(e.model)
+            with autocast():  # the user's forward as it trains: gradients on, fast path as set
+                theirs.append(e.select(sub.call(e.model), sub).detach())
+    finally:  # a forward that raises leaves the module's counters and caches as they were
+        restore_python_state(state)
     err = guards.coupling_error(torch.cat(theirs), torch.cat(ours))
     tol = guards.coupling_tolerance(e.precision, e.device)
     if err > tol:

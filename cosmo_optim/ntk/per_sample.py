@@ -237,10 +237,12 @@ def verify(kernel: Tensor, model: nn.Module, x: ModelInputs, names: Sequence[str
         dtypes.add(out.dtype)
         return gradient_rows(out.reshape(-1), params, torch.float64)
 
-    J = torch.stack([one(i) for i in picks])
+    try:
+        J = torch.stack([one(i) for i in picks])
+    finally:  # a forward that raises leaves the module's counters and caches as they were
+        restore_python_state(state)
     dtype = max(dtypes, key=lambda d: torch.finfo(d).eps)
     tol = tolerance(dtype, kernel.device)
-    restore_python_state(state)
     idx = torch.tensor(picks, device=kernel.device)
     reference = torch.einsum("icp,jdp->ijcd" if full else "icp,jcp->ij", J, J)
     computed = kernel[idx][:, idx]
