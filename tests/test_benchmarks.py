@@ -23,6 +23,13 @@ def test_bench_optim_smoke(capsys):
     assert "median ratio" in capsys.readouterr().out
 
 
+def test_bench_cold_start_reports_both_calls_without_the_compiler_stack(capsys):
+    (row,) = load("bench_cold_start").main(["--runs", "1"])
+    assert row["first_s"] > 0 and row["second_s"] > 0
+    assert row["dynamo"] is False  # an eager model's first call imports no torch._dynamo
+    assert "first − second" in capsys.readouterr().out
+
+
 def test_bench_ntk_smoke(capsys):
     rows = load("bench_ntk").main(["--smoke", "--threads", "1"])
     assert len(rows) == 1
