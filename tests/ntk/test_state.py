@@ -4,6 +4,8 @@ a clear error naming the attribute, and the model keeps its attributes bit for b
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 from brute_force import assert_exact, brute_force_ntk
@@ -134,9 +136,6 @@ class _FailsOnMarkedSample(nn.Module):
 def test_the_self_check_puts_the_modules_state_back_when_a_forward_raises() -> None:
     """per_sample.verify runs the user's module one sample at a time; a forward that raises
     must not leave its counter (or cache) changed."""
-    import contextlib
-
-    from cosmo_optim.ntk import ModelInputs
     from cosmo_optim.ntk import per_sample
 
     model = _FailsOnMarkedSample()
