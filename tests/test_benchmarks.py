@@ -30,6 +30,13 @@ def test_bench_cold_start_reports_both_calls_without_the_compiler_stack(capsys):
     assert "first − second" in capsys.readouterr().out
 
 
+def test_bench_plan_memory_smoke_compares_each_plan_with_its_peak(capsys):
+    rows = load("bench_plan_memory").main(["--smoke"])
+    assert {r["case"] for r in rows} == {"mlp-trace", "mlp-full", "gram", "conv"}
+    assert all(r["predicted"] > 0 and r["rise"] >= 0 for r in rows)
+    assert "predicted / measured" in capsys.readouterr().out
+
+
 def test_bench_ntk_smoke(capsys):
     rows = load("bench_ntk").main(["--smoke", "--threads", "1"])
     assert len(rows) == 1
