@@ -215,19 +215,21 @@ def _pass_limit(model: nn.Module, x: torch.Tensor) -> None:
     real_models.pass_limit(model, x, f.reshape(x.shape[0], -1).shape[1])
 
 
-def gpt2_child(n: int, repeats: int, threads: int, smoke: bool, mem: str) -> dict[str, object]:
+def gpt2_child(n: int, repeats: int, threads: int, smoke: bool, mem: str,
+               shape: tuple[int, int, list[int]] | None = None) -> dict[str, object]:
     """One N, the last token's first C logits: alternate the pass limit (one forward, C
     backward passes), the exact trace kernel (C passes) and the sketch of k combinations (k
-    passes), CPU time medians and the sketch's errors; or one method's peak memory."""
+    passes), CPU time medians and the sketch's errors; or one method's peak memory.
+    ``shape``: (C, tokens, the sketch's k values); default (SKETCH_C, 64, SKETCH_DIMS)."""
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    C = 16 if smoke else SKETCH_C
+    C, tokens, dims = (16, 8, [4, 8]) if smoke else shape or (SKETCH_C, 64, list(SKETCH_DIMS))
     model = LastLogit(smoke, C).eval()
-    x = torch.randint(0, model.lm.config.vocab_size, (n, 8 if smoke else 64))
+    x = torch.randint(0, model.lm.config.vocab_size, (n, tokens))
     fns: dict[str, Callable[[], object]] = {
         "limit": lambda: _pass_limit(model, x),
         "exact": lambda: empirical_ntk(model, x, memory_budget=GPT2_BUDGET)}
-    for k in (4, 8) if smoke else SKETCH_DIMS:
+    for k in dims:
         fns[f"sketch{k}"] = lambda k=k: empirical_ntk(model, x, method="sketch", sketch_dim=k,
                                                       memory_budget=GPT2_BUDGET)
     if mem:
@@ -278,17 +280,21 @@ def gpt2_sketch_table(sizes: list[int], threads: int, smoke: bool) -> None:
                   f"{sum(dist) / 4:.6f} ({max(dist):.6f}) |", flush=True)
 
 
-def gpt2_table(sizes: list[int], repeats: int, threads: int, smoke: bool) -> list[dict]:
-    methods = ["limit", "exact", *(f"sketch{k}" for k in ((4, 8) if smoke else SKETCH_DIMS))]
+def gpt2_table(sizes: list[int], repeats: int, threads: int, smoke: bool,
+               shape: tuple[int, int, list[int]] | None = None) -> list[dict]:
+    """`--models gpt2`: per N, `gpt2_child`'s times and errors and each method's peak memory
+    (``shape``: C, tokens and the sketch's k values; None: the defaults)."""
+    dims = [4, 8] if smoke else (shape[2] if shape else list(SKETCH_DIMS))
+    methods = ["limit", "exact", *(f"sketch{k}" for k in dims)]
     print("| N | C | method | CPU time (median) | spread | /limit | peak memory | "
           "diagonal max err | top-4 eig. err | kernel dist. |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     rows = []
     for n in sizes:
-        res = gpt2_run([n, repeats, threads, smoke, ""], smoke)
+        res = gpt2_run([n, repeats, threads, smoke, "", shape], smoke)
         for m in methods:
             r = res[m]
-            r["peak_mb"] = gpt2_run([n, 0, threads, smoke, m], smoke)["peak_mb"]
+            r["peak_mb"] = gpt2_run([n, 0, threads, smoke, m, shape], smoke)["peak_mb"]
             ratio = r["time_s"] / res["limit"]["time_s"]
             err = (f"{r['diag_rel']:.2%} | {r['eig4_rel']:.2%} | {r['distance']:.4f}"
                    if "distance" in r else "exact | exact | 0")
@@ -405,6 +411,11 @@ def main(argv: list[str] | None = None) -> list[dict[str, object]]:
     ap.add_argument("--gpt2-monitor", help=argparse.SUPPRESS)
     ap.add_argument("--real-child", help=argparse.SUPPRESS)
     ap.add_argument("--device", default="cpu", help="with --models real: e.g. cuda")
+    ap.add_argument("--sketch-c", type=int, default=SKETCH_C,
+                    help="with --models gpt2: logits of the last token differentiated (C)")
+    ap.add_argument("--tokens", type=int, default=64, help="with --models gpt2: tokens per sample")
+    ap.add_argument("--sketch-dims", type=int, nargs="+", default=list(SKETCH_DIMS),
+                    help="with --models gpt2: the sketch's k values")
     ap.add_argument("--monitor", type=int, nargs="*", default=None, metavar="N",
                     help="with --models gpt2: the monitor's overhead at these probe sizes")
     args = ap.parse_args(argv)
@@ -432,7 +443,9 @@ def main(argv: list[str] | None = None) -> list[dict[str, object]]:
             sizes = [4] if args.smoke else args.monitor or [16, 64]
             return gpt2_monitor_table(sizes, args.threads, args.smoke)
         sizes = [4] if args.smoke else args.sizes
-        return gpt2_table(sizes, 1 if args.smoke else args.repeats, args.threads, args.smoke)
+        shape = (args.sketch_c, args.tokens, args.sketch_dims)
+        return gpt2_table(sizes, 1 if args.smoke else args.repeats, args.threads, args.smoke,
+                          shape)
     models = SMOKE_MODELS if args.smoke else MODELS
     if args.models:
         models = {k: v for k, v in models.items() if any(m in k for m in args.models)}
