@@ -4,8 +4,10 @@ A plain loop (batch 128, momentum SGD, cross-entropy, synthetic CIFAR-shaped dat
 without a `CosmologyTracker` at its defaults (probe_size 16, every 50 steps, top_k 4,
 ntk_method "fit", with the loss). The overhead of a run is the time of its probes over the
 time of the training steps between them: ``probe / (every_n_steps · step)``. Both are measured
-in one process, alternating, one thread unless `--threads`; the step hook the tracker adds to
-every step is timed too (steps with the tracker attached but no probe due).
+in one process in alternated rounds (a plain training step, then a reading, `--repeats`
+times; medians of CPU time, ``time.process_time``, so both share the machine's load), one
+thread unless `--threads`; the step hook the tracker adds to every step is timed too (steps
+with the tracker attached but no probe due).
 
     python benchmarks/bench_monitor_real.py            # ResNet-18, batch 128 (a few minutes)
     python benchmarks/bench_monitor_real.py --smoke    # narrow ResNet, batch 8: checks it works
@@ -31,11 +33,11 @@ from cosmo_optim import CosmologyTracker
 
 def _step(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor,
           y: torch.Tensor) -> float:
-    start = time.perf_counter()
+    start = time.process_time()
     opt.zero_grad()
     nn.functional.cross_entropy(model(x), y).backward()
     opt.step()
-    return time.perf_counter() - start
+    return time.process_time() - start
 
 
 def measure(smoke: bool, batch: int, repeats: int) -> dict[str, float]:
@@ -47,16 +49,17 @@ def measure(smoke: bool, batch: int, repeats: int) -> dict[str, float]:
     x, y = data(batch), torch.randint(C, (batch,))
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     _step(model, opt, x, y)  # warm-up
-    plain = [_step(model, opt, x, y) for _ in range(repeats)]
     tracker = CosmologyTracker(model, nn.CrossEntropyLoss(), optimizer=opt,
                                probe_batch=(x[:16], y[:16]))
     every = tracker.config.every_n_steps
     assert every is not None
-    probes = []
-    for _ in range(repeats):
-        start = time.perf_counter()
+    tracker.read(0)  # warm-up
+    plain, probes = [], []
+    for _ in range(repeats):  # alternated: a plain step, then a reading
+        plain.append(_step(model, opt, x, y))
+        start = time.process_time()
         tracker.read(0)
-        probes.append(time.perf_counter() - start)
+        probes.append(time.process_time() - start)
     handle = tracker.attach(opt)  # probes at attach (step 0); the next is due at `every`
     hooked = [_step(model, opt, x, y) for _ in range(min(repeats, every - 1))]
     handle.remove()

@@ -16,27 +16,26 @@ not). Cases estimated to take more than a minute or more than `--max-gb` are ski
     python benchmarks/bench_ntk.py            # the real table (a few minutes on 2 cores)
     python benchmarks/bench_ntk.py --smoke    # a tiny run that only checks it works
 
-`--models gpt2` runs a different table (see `gpt2_child`): a GPT-2-style Hugging Face model
+`--models gpt2` runs the sketch's table (see `gpt2_child`): a GPT-2-style Hugging Face model
 (6 layers, width 384, vocabulary 8192, 64 tokens, 14.2M parameters, built from a config, no
-weights downloaded), scalar output = the last token's first logit. Per N, one subprocess
-alternates floor / exact / sketch calls (`--repeats` rounds, median of each, so the methods
-share the machine's load) and measures the sketch's error against the exact kernel: the
-largest relative error of the top-4 eigenvalues and the kernel distance. Peak memory of each
-method comes from its own subprocess (first call).
+weights downloaded), outputs = the last token's first C = 128 logits. Per N, one subprocess
+alternates the pass limit (one forward, C backward passes), the exact trace kernel and the
+sketch of k = 8 and 32 random combinations of the logits (`--repeats` rounds, CPU-time median
+of each, so the methods share the machine's load) and measures the sketch's error against the
+exact kernel: the largest relative error of a diagonal entry and of the top-4 eigenvalues,
+and the kernel distance. Peak memory of each method comes from its own subprocess.
 
-    python benchmarks/bench_ntk.py --models gpt2 --sizes 16 64 256 --threads 1
+    python benchmarks/bench_ntk.py --models gpt2 --sizes 16 --threads 1
 
-`--sketch-table` (with `--models gpt2`) prints instead, per N, the sketch's eigenvalue errors
-over four seeds for k = 32, 64, 128, 256 (rms and max of |λ̂_a/λ_a − 1|, a = 1..4, and the
-kernel distance), in-process, untimed:
+`--sketch-table` (with `--models gpt2`) prints instead, per N, the sketch's errors over four
+seeds for k = 8, 16, 32, 64 (rms and max of |λ̂_a/λ_a − 1|, a = 1..4, the largest diagonal
+error and the kernel distance), in-process, untimed:
 
-    python benchmarks/bench_ntk.py --models gpt2 --sketch-table --sizes 32 --threads 1
+    python benchmarks/bench_ntk.py --models gpt2 --sketch-table --sizes 16 --threads 1
 
 `--models gpt2 --monitor [N ...]` measures the monitor instead (`gpt2_monitor`): the same
 model trained as a language model (batch 16, 64 tokens) with a `CosmologyTracker` at its
-default settings for probe sizes N (default 16 and 64: the exact kernel, and the sketch the
-monitor switches to where the exact kernel does not fit the default budget), one subprocess
-per N.
+default settings for probe sizes N (default 16 and 64), one subprocess per N.
 
     python benchmarks/bench_ntk.py --models gpt2 --monitor --threads 1
 
@@ -158,14 +157,16 @@ def child(
 
 
 GPT2_BUDGET = 16 << 30  # bytes: the exact kernel stores N·P per-sample gradients (4 B each)
-SKETCH_DIMS = (64, 128)
+SKETCH_DIMS = (8, 32)  # combinations of the C logits in the sketch's table
+SKETCH_C = 128  # logits of the last token the sketch's table differentiates
 
 
 class LastLogit(nn.Module):
-    """GPT-2-style LM -> the last token's first logit; position ids batch-first (N, T), so the
-    position embedding takes the embedding rule (with (1, T) it takes the jacobian path)."""
+    """GPT-2-style LM -> the last token's first ``C`` logits (the first one alone, shape (N,),
+    for C = 1); position ids batch-first (N, T), so the position embedding takes the embedding
+    rule (with (1, T) it takes the jacobian path)."""
 
-    def __init__(self, smoke: bool) -> None:
+    def __init__(self, smoke: bool, C: int = 1) -> None:
         super().__init__()
         import transformers
 
@@ -175,11 +176,12 @@ class LastLogit(nn.Module):
                                       n_layer=layers, n_head=max(d // 64, 2), resid_pdrop=0.0,
                                       embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=0,
                                       eos_token_id=0)
-        self.lm = transformers.GPT2LMHeadModel(cfg)
+        self.lm, self.C = transformers.GPT2LMHeadModel(cfg), C
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         pos = torch.arange(ids.shape[1], device=ids.device).expand_as(ids)
-        return self.lm(ids, position_ids=pos).logits[:, -1, 0]
+        logits = self.lm(ids, position_ids=pos).logits[:, -1]
+        return logits[:, 0] if self.C == 1 else logits[:, : self.C]
 
 
 def exact_by_blocks(model: nn.Module, x: torch.Tensor, budget: int) -> torch.Tensor:
@@ -196,92 +198,108 @@ def exact_by_blocks(model: nn.Module, x: torch.Tensor, budget: int) -> torch.Ten
 
 
 def sketch_errors(K: torch.Tensor, S: torch.Tensor) -> dict[str, float]:
+    """The sketch ``S`` against the exact kernel ``K``: the largest relative error of the
+    diagonal and of the top-4 eigenvalues, and the kernel distance."""
     from cosmo_optim import kernel_distance
 
-    e, es = (torch.linalg.eigvalsh(k.double()).flip(0)[:4] for k in (K, S))
-    return {"eig4_rel": float(((es - e) / e).abs().max()),
-            "distance": float(kernel_distance(K.double(), S.double()))}
+    K, S = K.double(), S.double()
+    e, es = (torch.linalg.eigvalsh(k).flip(0)[:4] for k in (K, S))
+    return {"diag_rel": float((S.diagonal() / K.diagonal() - 1).abs().max()),
+            "eig4_rel": float(((es - e) / e).abs().max()),
+            "distance": float(kernel_distance(K, S))}
 
 
-def gpt2_child(n: int, repeats: int, threads: int, smoke: bool, mem: str) -> dict[str, object]:
-    """One N: alternate floor / exact / sketches, medians; or one method's peak memory."""
+def _pass_limit(model: nn.Module, x: torch.Tensor) -> None:
+    """One forward and C backward passes of the C selected outputs (real_models.pass_limit)."""
+    f = model(x)
+    real_models.pass_limit(model, x, f.reshape(x.shape[0], -1).shape[1])
+
+
+def gpt2_child(n: int, repeats: int, threads: int, smoke: bool, mem: str,
+               shape: tuple[int, int, list[int]] | None = None) -> dict[str, object]:
+    """One N, the last token's first C logits: alternate the pass limit (one forward, C
+    backward passes), the exact trace kernel (C passes) and the sketch of k combinations (k
+    passes), CPU time medians and the sketch's errors; or one method's peak memory.
+    ``shape``: (C, tokens, the sketch's k values); default (SKETCH_C, 64, SKETCH_DIMS)."""
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    model = LastLogit(smoke).eval()
-    x = torch.randint(0, model.lm.config.vocab_size, (n, 8 if smoke else 64))
-    exact_fits = n * sum(p.numel() for p in model.parameters()) * 4 * 2 < GPT2_BUDGET
+    C, tokens, dims = (16, 8, [4, 8]) if smoke else shape or (SKETCH_C, 64, list(SKETCH_DIMS))
+    model = LastLogit(smoke, C).eval()
+    x = torch.randint(0, model.lm.config.vocab_size, (n, tokens))
     fns: dict[str, Callable[[], object]] = {
-        "floor": lambda: (model.zero_grad(set_to_none=True), model(x).sum().backward())}
-    if exact_fits:
-        fns["exact"] = lambda: empirical_ntk(model, x, memory_budget=GPT2_BUDGET)
-    for k in SKETCH_DIMS:
+        "limit": lambda: _pass_limit(model, x),
+        "exact": lambda: empirical_ntk(model, x, memory_budget=GPT2_BUDGET)}
+    for k in dims:
         fns[f"sketch{k}"] = lambda k=k: empirical_ntk(model, x, method="sketch", sketch_dim=k,
                                                       memory_budget=GPT2_BUDGET)
     if mem:
         base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         fns[mem]()
         return {"peak_mb": (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024}
-    out: dict[str, object] = {"exact": "skipped (N·P gradients > budget)"}
     results = {name: fn() for name, fn in fns.items()}  # warm-up; keeps the kernels
     times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
-            t0 = time.perf_counter()
+            t0 = time.process_time()
             fn()
-            times[name].append(time.perf_counter() - t0)
-    K = results["exact"] if exact_fits else exact_by_blocks(model, x, GPT2_BUDGET // 4)
+            times[name].append(time.process_time() - t0)
+    out: dict[str, object] = {"C": C}
     for name, ts in times.items():
         med = sorted(ts)[len(ts) // 2]
         out[name] = {"time_s": med, "spread": (max(ts) - min(ts)) / med}
         if name.startswith("sketch"):
-            assert isinstance(K, torch.Tensor)
-            out[name] |= sketch_errors(K, results[name])  # type: ignore[arg-type]
+            out[name] |= sketch_errors(results["exact"], results[name])  # type: ignore[arg-type]
     return out
 
 
 def gpt2_sketch_table(sizes: list[int], threads: int, smoke: bool) -> None:
-    """Per N: rms (per a) and max of |λ̂_a/λ_a − 1| over four seeds, and kernel distance."""
+    """Per N and k: over four seeds, the rms (per a) and max of |λ̂_a/λ_a − 1|, the largest
+    relative error of a diagonal entry, and the kernel distance, for the sketch of the last
+    token's first C logits."""
     from cosmo_optim import kernel_distance
 
     torch.set_num_threads(threads)
-    print("| N | k | λ_1 rms | λ_2 rms | λ_3 rms | λ_4 rms | max over a, seeds | "
-          "kernel distance mean (max) |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| N | C | k | λ_1 rms | λ_2 rms | λ_3 rms | λ_4 rms | max over a, seeds | "
+          "diagonal max | kernel distance mean (max) |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    C = 16 if smoke else SKETCH_C
     for n in sizes:
         torch.manual_seed(0)
-        model = LastLogit(smoke).eval()
+        model = LastLogit(smoke, C).eval()
         x = torch.randint(0, model.lm.config.vocab_size, (n, 8 if smoke else 64))
         K = empirical_ntk(model, x, memory_budget=GPT2_BUDGET).double()
         e = torch.linalg.eigvalsh(K).flip(0)[:4]
-        for k in (4, 8) if smoke else (32, 64, 128, 256):
+        for k in (4, 8) if smoke else (8, 16, 32, 64):
             S = [empirical_ntk(model, x, method="sketch", sketch_dim=k, sketch_seed=s,
                                memory_budget=GPT2_BUDGET).double() for s in range(4)]
             E = torch.stack([torch.linalg.eigvalsh(t).flip(0)[:4] / e - 1 for t in S])
+            diag = max(float((t.diagonal() / K.diagonal() - 1).abs().max()) for t in S)
             dist = [float(kernel_distance(K, t)) for t in S]
             rms = " | ".join(f"{v:.2%}" for v in E.pow(2).mean(0).sqrt())
-            print(f"| {n} | {k} | {rms} | {E.abs().max():.2%} | {sum(dist) / 4:.6f} "
-                  f"({max(dist):.6f}) |", flush=True)
+            print(f"| {n} | {C} | {k} | {rms} | {E.abs().max():.2%} | {diag:.2%} | "
+                  f"{sum(dist) / 4:.6f} ({max(dist):.6f}) |", flush=True)
 
 
-def gpt2_table(sizes: list[int], repeats: int, threads: int, smoke: bool) -> list[dict]:
-    methods = ["floor", "exact", *(f"sketch{k}" for k in SKETCH_DIMS)]
-    print("| N | method | time (median) | spread | /floor | peak memory | top-4 eig. err | "
-          "kernel dist. |")
-    print("|---|---|---|---|---|---|---|---|")
+def gpt2_table(sizes: list[int], repeats: int, threads: int, smoke: bool,
+               shape: tuple[int, int, list[int]] | None = None) -> list[dict]:
+    """`--models gpt2`: per N, `gpt2_child`'s times and errors and each method's peak memory
+    (``shape``: C, tokens and the sketch's k values; None: the defaults)."""
+    dims = [4, 8] if smoke else (shape[2] if shape else list(SKETCH_DIMS))
+    methods = ["limit", "exact", *(f"sketch{k}" for k in dims)]
+    print("| N | C | method | CPU time (median) | spread | /limit | peak memory | "
+          "diagonal max err | top-4 eig. err | kernel dist. |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     rows = []
     for n in sizes:
-        res = gpt2_run([n, repeats, threads, smoke, ""], smoke)
+        res = gpt2_run([n, repeats, threads, smoke, "", shape], smoke)
         for m in methods:
-            r = res.get(m)
-            if not isinstance(r, dict):
-                print(f"| {n} | {m} | {r} | | | | | |", flush=True)
-                continue
-            r["peak_mb"] = gpt2_run([n, 0, threads, smoke, m], smoke)["peak_mb"]
-            ratio = r["time_s"] / res["floor"]["time_s"]
-            err = (f"{r['eig4_rel']:.2%} | {r['distance']:.4f}" if "distance" in r
-                   else "exact | 0")
-            print(f"| {n} | {m} | {r['time_s']:.2f} s | ±{r['spread'] / 2:.0%} | {ratio:.2f}x | "
-                  f"+{max(r['peak_mb'], 0):.0f} MB | {err} |", flush=True)
+            r = res[m]
+            r["peak_mb"] = gpt2_run([n, 0, threads, smoke, m, shape], smoke)["peak_mb"]
+            ratio = r["time_s"] / res["limit"]["time_s"]
+            err = (f"{r['diag_rel']:.2%} | {r['eig4_rel']:.2%} | {r['distance']:.4f}"
+                   if "distance" in r else "exact | exact | 0")
+            print(f"| {n} | {res['C']} | {m} | {r['time_s']:.2f} s | ±{r['spread'] / 2:.0%} | "
+                  f"{ratio:.2f}x | +{max(r['peak_mb'], 0):.0f} MB | {err} |", flush=True)
             rows.append({"N": n, "method": m, **r})
     return rows
 
@@ -392,6 +410,12 @@ def main(argv: list[str] | None = None) -> list[dict[str, object]]:
     ap.add_argument("--gpt2-child", help=argparse.SUPPRESS)
     ap.add_argument("--gpt2-monitor", help=argparse.SUPPRESS)
     ap.add_argument("--real-child", help=argparse.SUPPRESS)
+    ap.add_argument("--device", default="cpu", help="with --models real: e.g. cuda")
+    ap.add_argument("--sketch-c", type=int, default=SKETCH_C,
+                    help="with --models gpt2: logits of the last token differentiated (C)")
+    ap.add_argument("--tokens", type=int, default=64, help="with --models gpt2: tokens per sample")
+    ap.add_argument("--sketch-dims", type=int, nargs="+", default=list(SKETCH_DIMS),
+                    help="with --models gpt2: the sketch's k values")
     ap.add_argument("--monitor", type=int, nargs="*", default=None, metavar="N",
                     help="with --models gpt2: the monitor's overhead at these probe sizes")
     args = ap.parse_args(argv)
@@ -409,7 +433,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, object]]:
         return []
     if args.models and args.models[0] == "real":
         return real_table(args.models[1:], args.sizes if "--sizes" in (argv or sys.argv) else None,
-                          1 if args.smoke else args.repeats, args.threads, args.smoke)
+                          1 if args.smoke else args.repeats, args.threads, args.smoke,
+                          args.device)
     if args.models == ["gpt2"] and args.sketch_table:
         gpt2_sketch_table([4] if args.smoke else args.sizes, args.threads, args.smoke)
         return []
@@ -418,7 +443,9 @@ def main(argv: list[str] | None = None) -> list[dict[str, object]]:
             sizes = [4] if args.smoke else args.monitor or [16, 64]
             return gpt2_monitor_table(sizes, args.threads, args.smoke)
         sizes = [4] if args.smoke else args.sizes
-        return gpt2_table(sizes, 1 if args.smoke else args.repeats, args.threads, args.smoke)
+        shape = (args.sketch_c, args.tokens, args.sketch_dims)
+        return gpt2_table(sizes, 1 if args.smoke else args.repeats, args.threads, args.smoke,
+                          shape)
     models = SMOKE_MODELS if args.smoke else MODELS
     if args.models:
         models = {k: v for k, v in models.items() if any(m in k for m in args.models)}
@@ -439,7 +466,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, object]]:
 
 
 def real_table(names: list[str], sizes: list[int] | None, repeats: int, threads: int,
-               smoke: bool) -> list[dict]:
+               smoke: bool, device: str = "cpu") -> list[dict]:
     """`--models real [name ...]`: one fresh subprocess per (model, N); markdown rows."""
     print(real_models.HEADER)
     rows = []
@@ -447,7 +474,7 @@ def real_table(names: list[str], sizes: list[int] | None, repeats: int, threads:
         if names and not any(k.lower() in name.lower() for k in names):
             continue
         for n in [4] if smoke else sizes or default_sizes:
-            args = [name, n, repeats, smoke, threads]
+            args = [name, n, repeats, smoke, threads, device]
             if smoke:
                 row = real_models.child(*args)
             else:

@@ -2,16 +2,22 @@
 
 Each builder returns ``(model, inputs(n), C)``: the model in eval mode, a function drawing a
 synthetic probe batch of n samples, and C, the number of output components the trace kernel
-sums over. Per (model, N) one fresh subprocess measures, in this order and in one process:
+sums over. Per (model, N) one fresh subprocess measures, in one process and in alternated
+rounds (median of each over ``repeats``, so that every column shares the machine's load):
 
-  floor   one forward + backward of the summed selected outputs (median of the repeats)
-  exact   ``empirical_ntk(model, x)`` at its defaults (median)
-  sketch  ``empirical_ntk(model, x, method="sketch")`` at its defaults (median)
+  limit   the pass limit: one forward of the probe batch and C backward passes of the
+          selected outputs (``torch.autograd.grad`` of each component's sum to every
+          parameter), the least any reverse-mode method needs for C components
+  trace   ``empirical_ntk(model, x)`` at its defaults
+  full    ``empirical_ntk(model, x, output="full")`` at its defaults (what the monitor takes)
 
-Peak memory: the rise of the resident-set high-water mark over the level after the floor, for
-the first exact call, and on a CUDA device ``torch.cuda.max_memory_allocated`` above the
-floor's. The sketch's error: the largest relative error of the top-4 eigenvalues against the
-exact kernel. Run from `bench_ntk.py --models real`.
+and the full kernel's own limit: the pass limit plus the contraction of the N·C per-sample
+gradient rows, ``(N C)² P`` multiply-adds (the symmetric half of ``G Gᵀ``), at the rate of a
+float32 matmul of that shape measured in the same process. Time is CPU time of the process
+(``time.process_time``; on CUDA wall time after ``torch.cuda.synchronize``). Peak memory: the
+rise of the resident-set high-water mark over the level after the limit's passes for the first
+trace and full calls (on CUDA ``torch.cuda.max_memory_allocated`` above the model's). Run from
+`bench_ntk.py --models real` (``--device cuda`` on a GPU).
 """
 
 from __future__ import annotations
@@ -136,73 +142,104 @@ def _rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _timed(fn: Callable[[], object], repeats: int) -> tuple[float, object]:
-    times, out = [], None
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), out
+class _Clock:
+    """CPU time of the process, or wall time after a synchronize on CUDA."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == "cuda"
+
+    def __call__(self) -> float:
+        if self.cuda:
+            torch.cuda.synchronize()
+            return time.perf_counter()
+        return time.process_time()
 
 
-def _eig4_error(K: torch.Tensor, S: torch.Tensor) -> float:
-    e, es = (torch.linalg.eigvalsh(k.double()).flip(0)[:4] for k in (K, S))
-    return float(((es - e) / e).abs().max())
+def pass_limit(model: nn.Module, x: torch.Tensor, C: int) -> None:
+    """One forward and C backward passes of the selected outputs to every parameter."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    f = model(x).reshape(x.shape[0], -1)
+    for c in range(C):
+        torch.autograd.grad(f[:, c].sum(), params, retain_graph=c < C - 1)
 
 
-def child(name: str, n: int, repeats: int, smoke: bool, threads: int) -> dict[str, object]:
-    """One (model, N): floor, exact and sketch times (median), peak memory, sketch error."""
+def contraction_s(rows: int, P: int, device: torch.device, clock: _Clock) -> float:
+    """Seconds for ``(rows)² P`` multiply-adds (the symmetric half of ``G Gᵀ``, G rows × P) at
+    the measured float32 matmul rate of that shape (a block of at most 2²⁰ columns, scaled)."""
+    width = min(P, 1 << 20)
+    G = torch.randn(rows, width, device=device)
+    G @ G.T  # warm-up
+    t0 = clock()
+    for _ in range(3):
+        G @ G.T
+    rate = 3 * rows * rows * width / (clock() - t0)  # multiply-adds per second
+    return rows * rows * P / 2 / rate
+
+
+def _peak(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return _rss_mb()
+
+
+def child(name: str, n: int, repeats: int, smoke: bool, threads: int,
+          device: str = "cpu") -> dict[str, object]:
+    """One (model, N): pass limit, trace and full kernel times (medians of alternated rounds),
+    the full kernel's own limit, peak memory of the first trace and full calls."""
     from cosmo_optim import empirical_ntk
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
+    dev = torch.device(device)
+    clock = _Clock(dev)
     model, batch, C = MODELS[name][0](smoke)
-    x = batch(n)
-
-    def floor() -> None:
-        model.zero_grad(set_to_none=True)
-        model(x).sum().backward()
-
-    t_floor, _ = _timed(floor, repeats + 1)
-    model.zero_grad(set_to_none=True)
-    base = _rss_mb()
-    row: dict[str, object] = {"model": name, "N": n, "C": C, "floor_s": t_floor,
-                              "params": sum(p.numel() for p in model.parameters())}
-    for method in ("exact", "sketch"):
-        kw = {"method": "sketch"} if method == "sketch" else {}
+    model = model.to(dev)
+    x = batch(n).to(dev)
+    P = sum(p.numel() for p in model.parameters())
+    pass_limit(model, x, C)  # warm-up
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+    base = _peak(dev)
+    row: dict[str, object] = {"model": name, "N": n, "C": C, "params": P, "device": device}
+    calls = {"limit": lambda: pass_limit(model, x, C),
+             "trace": lambda: empirical_ntk(model, x),
+             "full": lambda: empirical_ntk(model, x, output="full")}
+    for method in ("trace", "full"):  # first calls: peak memory
         try:
-            t0 = time.perf_counter()
-            K = empirical_ntk(model, x, **kw)
-            first = time.perf_counter() - t0
+            calls[method]()
         except Exception as err:  # a refusal is a result of the table
             row[method] = f"{type(err).__name__}: {str(err)[:120]}"
             continue
-        row[f"{method}_peak_mb"] = _rss_mb() - base
-        base = _rss_mb()
-        t, K = _timed(lambda kw=kw: empirical_ntk(model, x, **kw), repeats - 1) \
-            if repeats > 1 else (first, K)
-        row[f"{method}_s"] = t
-        row[f"{method}_kernel"] = K
-    if "exact_kernel" in row and "sketch_kernel" in row:
-        row["sketch_eig4"] = _eig4_error(row["exact_kernel"], row["sketch_kernel"])
-    row.pop("exact_kernel", None)
-    row.pop("sketch_kernel", None)
+        row[f"{method}_peak_mb"] = _peak(dev) - base
+        base = _peak(dev)
+    live = {m: f for m, f in calls.items() if not isinstance(row.get(m), str)}
+    times: dict[str, list[float]] = {m: [] for m in live}
+    for _ in range(repeats):
+        for method, fn in live.items():
+            t0 = clock()
+            fn()
+            times[method].append(clock() - t0)
+    for method, ts in times.items():
+        row[f"{method}_s"] = statistics.median(ts)
+    row["contraction_s"] = contraction_s(n * C, P, dev, clock)
     return row
 
 
 def format_row(row: dict[str, object]) -> str:
-    """A markdown row: times as multiples of the floor, peak memory, sketch error."""
-    f = float(row["floor_s"])  # type: ignore[arg-type]
+    """A markdown row: the pass limit, trace and full as multiples of it, the full kernel's
+    own limit, peak memory."""
+    f = float(row["limit_s"])  # type: ignore[arg-type]
+    own = f + float(row["contraction_s"])  # type: ignore[arg-type]
 
-    def cell(m: str) -> str:
+    def cell(m: str, ref: float) -> str:
         if isinstance(row.get(m), str):
             return str(row[m])
-        return f"{row[m + '_s'] / f:.1f}× ({row[m + '_s']:.1f} s), +{row[m + '_peak_mb']:.0f} MB"
+        return f"{row[m + '_s'] / ref:.2f}× ({row[m + '_s']:.2f} s), +{row[m + '_peak_mb']:.0f} MB"
 
-    err = f"{100 * row['sketch_eig4']:.1f} %" if "sketch_eig4" in row else "–"
-    return (f"| {row['model']} | {row['N']} | {row['C']} | {f:.2f} s | {cell('exact')} | "
-            f"{cell('sketch')} | {err} |")
+    full_own = "–" if isinstance(row.get("full"), str) else f"{row['full_s'] / own:.2f}×"
+    return (f"| {row['model']} | {row['N']} | {row['C']} | {f:.2f} s | {cell('trace', f)} | "
+            f"{cell('full', f)} | {own:.2f} s | {full_own} |")
 
 
-HEADER = ("| model | N | C | floor | exact (× floor, +peak RSS) | sketch (× floor, +peak RSS) "
-          "| sketch top-4 error |\n|---|---|---|---|---|---|---|")
+HEADER = ("| model | N | C | pass limit | trace (× limit, +peak) | full (× limit, +peak) "
+          "| full's own limit | full × own limit |\n|---|---|---|---|---|---|---|---|")

@@ -34,7 +34,8 @@ _UNITS = {
 
 class MemoryBudgetError(ValueError):
     """An NTK request that cannot be computed within its ``memory_budget``; raised before
-    anything large is allocated. The monitors catch it to fall back to the sketched kernel.
+    anything large is allocated. A monitor raises it at its first reading and skips a later
+    reading that raises it (cosmo_optim/monitor/guard.py).
     Public as ``cosmo_optim.MemoryBudgetError``."""
 
 

@@ -23,6 +23,20 @@ def test_bench_optim_smoke(capsys):
     assert "median ratio" in capsys.readouterr().out
 
 
+def test_bench_cold_start_reports_both_calls_without_the_compiler_stack(capsys):
+    (row,) = load("bench_cold_start").main(["--runs", "1"])
+    assert row["first_s"] > 0 and row["second_s"] > 0
+    assert row["dynamo"] is False  # an eager model's first call imports no torch._dynamo
+    assert "first − second" in capsys.readouterr().out
+
+
+def test_bench_plan_memory_smoke_compares_each_plan_with_its_peak(capsys):
+    rows = load("bench_plan_memory").main(["--smoke"])
+    assert {r["case"] for r in rows} == {"mlp-trace", "mlp-full", "gram", "conv"}
+    assert all(r["predicted"] > 0 and r["rise"] >= 0 for r in rows)
+    assert "predicted / measured" in capsys.readouterr().out
+
+
 def test_bench_ntk_smoke(capsys):
     rows = load("bench_ntk").main(["--smoke", "--threads", "1"])
     assert len(rows) == 1
@@ -67,19 +81,38 @@ def test_bench_advice_smoke(capsys):
 def test_bench_ntk_gpt2_smoke(capsys):
     pytest.importorskip("transformers")
     rows = load("bench_ntk").main(["--models", "gpt2", "--smoke", "--threads", "1"])
-    assert [r["method"] for r in rows] == ["floor", "exact", "sketch64", "sketch128"]
+    assert [r["method"] for r in rows] == ["limit", "exact", "sketch4", "sketch8"]
     assert all(r["time_s"] > 0 for r in rows)
+    assert all(r["diag_rel"] > 0 for r in rows if r["method"].startswith("sketch"))
     assert "kernel dist." in capsys.readouterr().out
 
 
 def test_bench_ntk_real_models_smoke(capsys):
-    """The real-model table runs on shrunken twins: every model returns an exact kernel and a
-    sketch at the defaults (no refusal), with a finite sketch error."""
+    """The real-model table runs on shrunken twins: every model returns the trace and the full
+    kernel at the defaults (no refusal), beside its pass limit and the full kernel's own."""
     pytest.importorskip("transformers")
     rows = load("bench_ntk").main(["--smoke", "--models", "real", "--threads", "1"])
     assert [r["model"] for r in rows] == ["ResNet-18", "ViT", "GPT-2 small", "BERT-base"]
-    assert all(r["exact_s"] > 0 and r["sketch_s"] > 0 and r["sketch_eig4"] >= 0 for r in rows)
-    assert "sketch top-4 error" in capsys.readouterr().out
+    assert all(r["limit_s"] > 0 and r["trace_s"] > 0 and r["full_s"] > 0
+               and r["contraction_s"] > 0 for r in rows)
+    assert "full's own limit" in capsys.readouterr().out
+
+
+def test_gpu_check_runs_on_the_cpu_in_smoke_mode(tmp_path):
+    """benchmarks/gpu_check.sh with the device set to cpu: the device tests pass and the
+    real-models table is written to the one results file."""
+    import os
+    import subprocess
+
+    out = tmp_path / "check.txt"
+    env = {**os.environ, "PYTHON": sys.executable,
+           "PYTHONPATH": str(BENCHMARKS.parent) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    run = subprocess.run(["bash", str(BENCHMARKS / "gpu_check.sh"), "--device", "cpu", "--smoke",
+                          "--no-install", "--out", str(out)], env=env, capture_output=True,
+                         text=True, timeout=600)
+    text = out.read_text()
+    assert run.returncode == 0, text + run.stderr
+    assert " passed" in text and "| ResNet-18 | 4 | 10 |" in text and "# done in" in text
 
 
 def test_bench_duality_smoke(capsys):

@@ -40,7 +40,7 @@ class CosmologyMonitorMixin:
     def __init__(self, loss: Any = None, *, every_n_train_steps: int | None = None,
                  top_k: int = 4, probe_batch: Any = None, probe_size: int = 16,
                  log_figures_every_n_steps: int | None = None, prefix: str = "",
-                 history_size: int = 1000, verify_ntk: bool = False, ntk_method: str = "fit",
+                 history_size: int = 1000, verify_ntk: bool = False, ntk_method: str = "exact",
                  sketch_dim: int | None = None, group: int = 0,
                  output: str | Callable[[Any], torch.Tensor] | None = None,
                  input_key: str | None = None, label_key: str | None = None) -> None:

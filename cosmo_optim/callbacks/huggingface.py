@@ -81,7 +81,7 @@ class CosmologyCallback(_TrainerCallback):
                  probe_batch: Mapping[str, Tensor] | None = None, probe_size: int = 16,
                  input_key: str = "input_ids", label_key: str = "labels",
                  log_figures_every_n_steps: int | None = None, prefix: str = "",
-                 verify_ntk: bool = False, ntk_method: str = "fit", sketch_dim: int | None = None,
+                 verify_ntk: bool = False, ntk_method: str = "exact", sketch_dim: int | None = None,
                  output: str | Callable[[Any], Tensor] | None = None, group: int = 0,
                  history_size: int = 1000) -> None:
         if not _HAVE_TRANSFORMERS:

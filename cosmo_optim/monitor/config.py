@@ -18,14 +18,18 @@ from torch import Tensor
 
 from cosmo_optim._common import check_int
 from cosmo_optim.losses import PerSampleLoss, per_sample_loss
-from cosmo_optim.ntk import DEFAULT_SKETCH_DIM
 
 __all__ = ["NTK_METHODS", "MonitorConfig"]
 
-#: How a monitor computes each reading's kernel (``"fit"``: the exact kernel where it fits the
-#: budget, else the sketch). Not `empirical_ntk`'s ``method``: its ``"auto"`` chooses how the
-#: exact kernel is computed, per parameter.
-NTK_METHODS = ("fit", "exact", "sketch")
+#: How a monitor computes each reading's kernel: exactly (the full N·C kernel, streamed by
+#: `empirical_ntk` under its memory budget). Not `empirical_ntk`'s ``method``, which chooses
+#: how the exact kernel is computed, per parameter.
+NTK_METHODS = ("exact",)
+
+#: Former values of ``ntk_method``, accepted with a DeprecationWarning and read as "exact":
+#: the sketch (random combinations of the C output components, `empirical_ntk(method=
+#: "sketch")`) estimates the trace kernel only, and a monitor reads the full N·C kernel.
+_FORMER_METHODS = ("fit", "auto", "sketch")
 
 
 @dataclass(frozen=True)
@@ -55,13 +59,16 @@ class MonitorConfig:
         verify_ntk: recompute a few entries of the first reading's kernel by brute force and
             raise if they disagree (`empirical_ntk(..., verify=True)`; one forward and C
             backward passes of 3 samples, once per run). Exact kernels only.
-        ntk_method: ``"fit"`` (the exact kernel where it fits `empirical_ntk`'s default
-            memory budget, else the sketch), ``"exact"`` or ``"sketch"``; ``"auto"``, its
-            former name, is still accepted with a DeprecationWarning. Every
-            reading logs ``ntk/sketch_dim`` (0: exact); the first reading's choice holds for the
-            run.
-        sketch_dim: k of the sketched kernel (`empirical_ntk(method="sketch")`), default
-            `cosmo_optim.ntk.DEFAULT_SKETCH_DIM`; the same random draws at every reading.
+        ntk_method: ``"exact"``, the only kernel a monitor reads: the full N·C kernel of the
+            probe batch, which `empirical_ntk` streams under its default memory budget
+            (per output component, in chunks of samples). ``"fit"``, ``"auto"`` and
+            ``"sketch"``, former values, still work with a DeprecationWarning and read the
+            exact kernel: the sketch combines the C output components at random, which
+            estimates the trace kernel only (docs/performance.md). Every reading logs
+            ``ntk/sketch_dim``, 0 for the exact kernel (a run resumed from a checkpoint
+            whose readings were sketched keeps their k in its history).
+        sketch_dim: deprecated with the monitor's sketch (a DeprecationWarning; the value is
+            dropped, as the kernel is exact).
         distributed: every rank of an initialised ``torch.distributed`` group takes each reading
             with the same probe batch, and each computes the kernel features of its shard
             (`empirical_ntk(distributed=True)`); the Lightning monitor sets it under DDP.
@@ -94,7 +101,7 @@ class MonitorConfig:
     group: int = 0
     output: str | Callable[[Any], Tensor] | None = None
     verify_ntk: bool = False
-    ntk_method: str = "fit"
+    ntk_method: str = "exact"
     sketch_dim: int | None = None
     distributed: bool = False
     input_key: str | None = None
@@ -146,33 +153,28 @@ class MonitorConfig:
         self._check_figures()
 
     def _check_kernel(self) -> None:
-        if self.ntk_method == "auto":  # the name before "fit" (it clashed with empirical_ntk's)
+        if self.ntk_method in _FORMER_METHODS:
             warnings.warn(
-                "ntk_method='auto' is deprecated: it is now called 'fit' (the exact kernel where "
-                "it fits the memory budget, else the sketch), so as not to be confused with "
-                "empirical_ntk(method='auto'). Fix: ntk_method='fit' (the default).",
+                f"ntk_method={self.ntk_method!r} is deprecated: a monitor reads the exact kernel "
+                "(the full N·C kernel, which empirical_ntk streams under its memory budget); "
+                "the sketch, random combinations of the output components, estimates only the "
+                "trace kernel. Fix: drop ntk_method (or ntk_method='exact').",
                 DeprecationWarning, stacklevel=5,
             )
-            object.__setattr__(self, "ntk_method", "fit")
+            object.__setattr__(self, "ntk_method", "exact")
         if self.ntk_method not in NTK_METHODS:
             raise ValueError(
                 f"Invalid ntk_method: {self.ntk_method!r}; it must be one of "
-                f"{list(NTK_METHODS)}. Fix: use 'fit' (the exact kernel where it fits the default "
-                "memory budget, the sketch where it does not)."
+                f"{list(NTK_METHODS)}. Fix: drop ntk_method (the monitor's kernel is exact)."
             )
         if self.sketch_dim is not None:
-            check_int("sketch_dim", self.sketch_dim, 1, "Use e.g. sketch_dim=128.")
-            if self.ntk_method == "exact":
-                raise ValueError(
-                    f"Invalid sketch_dim: {self.sketch_dim!r} with ntk_method='exact', which "
-                    "never sketches. Fix: drop sketch_dim, or ntk_method='fit'/'sketch'."
-                )
-        if self.verify_ntk and self.ntk_method == "sketch":
-            raise ValueError(
-                "Invalid verify_ntk: True with ntk_method='sketch'; the self-check compares "
-                "entries with the exact kernel and a sketch is a random estimate of it. Fix: "
-                "verify_ntk=False, or ntk_method='exact'."
+            warnings.warn(
+                f"sketch_dim={self.sketch_dim!r} is deprecated and dropped: a monitor reads "
+                "the exact kernel (the sketch estimates only the trace kernel). Fix: drop "
+                "sketch_dim.",
+                DeprecationWarning, stacklevel=5,
             )
+            object.__setattr__(self, "sketch_dim", None)
 
     def _check_figures(self) -> None:
         every, figures = self.every_n_steps, self.log_figures_every_n_steps
@@ -182,11 +184,6 @@ class MonitorConfig:
                 f"{self.interval_name}={every} (figures are drawn at readings). Fix: use "
                 f"log_figures_every_n_steps={every * max(1, round(figures / every))}."
             )
-
-    @property
-    def sketch_k(self) -> int:
-        """k of the sketch, when one is taken."""
-        return DEFAULT_SKETCH_DIM if self.sketch_dim is None else self.sketch_dim
 
     def with_interval(self, every_n_steps: int) -> MonitorConfig:
         """This configuration with the reading interval set (if it was open)."""

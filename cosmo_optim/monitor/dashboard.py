@@ -58,7 +58,7 @@ DESCRIPTIONS: Mapping[str, str] = {  # the log10 views' are added below
     "ntk/basis_rotation": "1 − ‖U_0ᵀU‖²/k, 0–1: how far the top-k eigenspace turned (T7).",
     "ntk/mean_field_overlap": "Best |u_k·1|/sqrt(N) over all modes, 0–1: 1 is a perfectly "
                               "uniform mode (T7).",
-    "ntk/sketch_dim": "Which kernel: 0 exact, else k of the sketch (a count) (T4).",
+    "ntk/sketch_dim": "Which kernel: 0 exact (k > 0: a sketch, older checkpoints) (T4).",
     "modes/amplitude_{k}": "f̃_k = u_kᵀ f in the current eigenbasis, output units (T7).",
     "modes/initial_amplitude_{k}": "f̃_k in the first reading's basis, output units (T7).",
     "modes/mass_over_hubble_{k}": "m_k/H, dimensionless: > 3/2 the mode oscillates (T8).",

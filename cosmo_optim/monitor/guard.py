@@ -250,7 +250,7 @@ class ReadingGuard:
         config = self.config
         if cause.code == _OUT_OF_MEMORY:
             return (f"Fix: less memory per reading with probe_size={max(1, config.probe_size // 2)}"
-                    f" (now {config.probe_size}) or ntk_method='sketch', or fewer readings with "
+                    f" (now {config.probe_size}), or fewer readings with "
                     f"a larger {config.interval_name}.")
         if cause.kind == "_Elsewhere":
             return "Fix: see the warning of the rank that failed."

@@ -30,7 +30,7 @@ from cosmo_optim.monitor.batches import device_of
 from cosmo_optim.monitor.config import MonitorConfig
 from cosmo_optim.monitor.model_loss import own_loss
 from cosmo_optim.monitor.readout import Linearised, ReadingResult, RunSoFar, read_out, skipped
-from cosmo_optim.ntk import MemoryBudgetError, ModelInputs, empirical_ntk
+from cosmo_optim.ntk import ModelInputs, empirical_ntk
 from cosmo_optim.spectrum import flat_kernel
 
 __all__ = [
@@ -52,12 +52,11 @@ _T = TypeVar("_T")
 
 class Measured(NamedTuple):
     """What a reading measures on the model: outputs f (N, ...) and the flat NTK (N·C, N·C),
-    float64 on the CPU (T4), which kernel it is (`sketch_dim`: k of the sketch, 0 exact), and
-    the `Linearised` outputs from the previous reading's weights (T12), if given."""
+    float64 on the CPU (T4), exact, and the `Linearised` outputs from the previous reading's
+    weights (T12), if given."""
 
     outputs: Tensor
     kernel: Tensor
-    sketch_dim: int
     linearised: Linearised | None = None
 
 
@@ -162,15 +161,14 @@ def _chunks(inputs: ModelInputs, chunk: int | None) -> list[ModelInputs]:
 
 
 def measure(model: nn.Module, inputs: Any, config: MonitorConfig | None = None, *,
-            first: bool = False, known: int | None = None,
-            snapshot: WeightSnapshot | None = None, lean: bool = False,
+            first: bool = False, snapshot: WeightSnapshot | None = None, lean: bool = False,
             sync: Sync | None = None) -> Measured:
     """f and Θ on the probe batch (T4), and the linearised outputs from `snapshot` (T12).
 
-    ``config.ntk_method="fit"`` takes the exact kernel where it fits `empirical_ntk`'s default
-    memory budget and the sketch where it does not (`MemoryBudgetError`); `known` is the kernel
-    earlier readings took, kept while it fits. On the `first` reading ``config.verify_ntk`` has
-    the kernel checked against brute force (exact kernels only). With the previous reading's
+    The kernel is exact: the full N·C kernel for C > 1 output components, planned by
+    `empirical_ntk` under its default memory budget (`MemoryBudgetError` when even one sample's
+    passes do not fit it). On the `first` reading ``config.verify_ntk`` has the kernel checked
+    against brute force. With the previous reading's
     `snapshot` of the weights, one Jacobian-vector product gives f(θ_ref) and
     J(θ_ref)(θ − θ_ref) on the probe batch (`linearised_outputs`). Everything is computed in
     `precision_of` the model, autocast off (`reading_model`). `lean` and `sync`: see the
@@ -180,10 +178,10 @@ def measure(model: nn.Module, inputs: Any, config: MonitorConfig | None = None, 
     chunk = _lean_chunk(x, lean)
     with rank0_buffers(model, config.distributed), reading_model(model) as net:
         f = _agreed(sync, lambda: model_outputs(net, x, config.output, chunk))
-        kernel, k = _kernel(net, x, f, config, first, known, _lean_budget(model, lean))
+        kernel = _kernel(net, x, f, config, first, _lean_budget(model, lean))
         linear = None if snapshot is None or not _covered(net, snapshot) else _linearised(
             net, x, config, snapshot, chunk)
-    return Measured(f, kernel, k, linear)
+    return Measured(f, kernel, linear)
 
 
 def _covered(model: nn.Module, snapshot: WeightSnapshot) -> bool:
@@ -225,25 +223,15 @@ def _lean_budget(model: nn.Module, lean: bool) -> int | None:
 
 
 def _kernel(model: nn.Module, inputs: ModelInputs, f: Tensor, config: MonitorConfig,
-            first: bool, known: int | None, budget: int | None) -> tuple[Tensor, int]:
+            first: bool, budget: int | None) -> Tensor:
+    """The flat exact NTK (N·C, N·C), float64 on the CPU (`empirical_ntk`, which runs in eval
+    mode and restores buffers and random states by itself), planned under `budget` bytes
+    (None: the default); the full kernel when the model has C > 1 output components."""
     net = model if config.output is None else _Selected(model, config.output)
     x, output = inputs.for_model(model), "full" if f[0].numel() > 1 else "trace"
-    verify = config.verify_ntk and first
-    k = {"exact": 0, "sketch": config.sketch_k}.get(config.ntk_method, known or None)
-    if k is None and budget is not None and known == 0:
-        k = 0  # a lean retry keeps the run's exact kernel: a sketch would restart its series
-    if k is None:  # "fit": exact so far, or not yet known
-        try:
-            return _ntk(net, x, output, 0, verify, config.distributed, budget), 0
-        except MemoryBudgetError:
-            k = config.sketch_k
-    if k and verify:
-        raise ValueError(
-            f"Invalid verify_ntk: True, but this reading's exact kernel does not fit the default "
-            f"memory budget and the monitor sketches it (k = {k}); the self-check needs an exact "
-            "kernel. Fix: verify_ntk=False, or a smaller probe_size."
-        )
-    return _ntk(net, x, output, k, verify, config.distributed, budget), k
+    kernel = empirical_ntk(net, x, output=output, verify=config.verify_ntk and first,
+                           distributed=config.distributed, memory_budget=budget)
+    return flat_kernel(kernel.detach().double().cpu())
 
 
 def _linearised(model: nn.Module, inputs: ModelInputs, config: MonitorConfig,
@@ -280,17 +268,6 @@ def rank0_buffers(model: nn.Module, active: bool) -> Iterator[None]:
                 b.copy_(own)
 
 
-def _ntk(net: nn.Module, x: ModelInputs, output: str, k: int, verify: bool, distributed: bool,
-         budget: int | None = None) -> Tensor:
-    """The flat NTK, float64 on the CPU: exact (k = 0) or sketched with k (`empirical_ntk`,
-    which runs in eval mode and restores buffers and random states by itself), planned under
-    `budget` bytes (None: the default)."""
-    kernel = empirical_ntk(net, x, output=output, method="sketch" if k else "auto",
-                           sketch_dim=k or None, verify=verify, distributed=distributed,
-                           memory_budget=budget)
-    return flat_kernel(kernel.detach().double().cpu())
-
-
 def take_reading(
     model: nn.Module,
     inputs: Any,
@@ -315,12 +292,9 @@ def take_reading(
             f"across ranks (rank {torch.distributed.get_rank()}). Fix: give every rank the same "
             "probe_batch, e.g. broadcast rank 0's with torch.distributed.broadcast_object_list."
         )
-    known = None if run.reference is None else run.reference.sketch_dim
-    m = measure(model, inputs, config, first=first, known=known, snapshot=snapshot, lean=lean,
-                sync=sync)
+    m = measure(model, inputs, config, first=first, snapshot=snapshot, lean=lean, sync=sync)
     if not (torch.isfinite(m.outputs).all() and torch.isfinite(m.kernel).all()):
         return skipped(run, config.prefix)
     with one_thread():  # probe-sized linear algebra (docs/callbacks.md, "Cost")
         return read_out(m.outputs, m.kernel, config=config, cosmology=cosmology,
-                        targets=targets, run=run, sketch_dim=m.sketch_dim,
-                        linearised=m.linearised)
+                        targets=targets, run=run, linearised=m.linearised)

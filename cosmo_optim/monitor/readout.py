@@ -94,12 +94,13 @@ def read_out(
     cosmology: Cosmology | None,
     targets: Tensor | None,
     run: RunSoFar,
-    sketch_dim: int = 0,
     linearised: Linearised | None = None,
 ) -> ReadingResult:
     """Every scalar of one reading at step ``run.step`` from outputs f (N, ...) and the flat
-    kernel Θ (N·C, N·C), both float64 (T3–T12); `sketch_dim` says which kernel Θ is (k of the
-    sketch, 0 exact); `linearised` is what the previous reading's frozen kernel gives here."""
+    kernel Θ (N·C, N·C), both float64 (T3–T12), the kernel exact (``ntk/sketch_dim`` = 0;
+    older checkpoints may hold sketched readings, k > 0); `linearised` is what the previous
+    reading's frozen kernel gives here."""
+    sketch_dim = 0
     run = _compatible(run, kernel, sketch_dim, min(config.top_k, kernel.shape[0]))
     if run.reference is None and isinstance(config.loss, PerSampleLoss):
         _check_loss(config.loss, f, targets)
@@ -144,7 +145,7 @@ def _compatible(run: RunSoFar, kernel: Tensor, sketch_dim: int, k: int) -> RunSo
     if ref.sketch_dim != sketch_dim:
         what = (f"the kernel at step {step} is {_kind(sketch_dim)}, the first reading's was "
                 f"{_kind(ref.sketch_dim)}")
-        why = "ntk_method or sketch_dim changed"
+        why = "the checkpoint's readings were sketched; a monitor now reads the exact kernel"
     elif ref.kernel.shape != kernel.shape or ref.eigenvectors.shape[1] != k:
         what = (f"the reading at step {step} follows {k} modes of a kernel of shape "
                 f"{tuple(kernel.shape)}, the first reading {ref.eigenvectors.shape[1]} of "

@@ -83,7 +83,7 @@ class CosmologyTracker:
         probe_batch: Any = None, probe_size: int = 16, top_k: int = 4, every_n_steps: int = 50,
         log_figures_every_n_steps: int | None = None, history_size: int = 1000,
         sink: Any = None, prefix: str = "", group: int = 0, output: Any = None,
-        verify_ntk: bool = False, ntk_method: str = "fit", sketch_dim: int | None = None,
+        verify_ntk: bool = False, ntk_method: str = "exact", sketch_dim: int | None = None,
         distributed: bool = False, input_key: str | None = None, label_key: str | None = None,
         train_batch_size: int | None = None,
     ) -> None:

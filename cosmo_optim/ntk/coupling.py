@@ -18,13 +18,13 @@ from cosmo_optim.ntk import guards
 from cosmo_optim.ntk.per_sample import chunks
 
 if TYPE_CHECKING:
-    from cosmo_optim.ntk.engine import Engine
+    from cosmo_optim.ntk.forward import Forward
 
 __all__ = ["prove_independent"]
 
 
-def prove_independent(e: Engine, leaves: dict[str, Tensor], chunk: int, lo: int,
-                      hi: int) -> None:
+def prove_independent(e: Forward, outputs: Tensor | None, chunk: int, lo: int = 0,
+                      hi: int | None = None) -> None:
     """Refuse a model whose samples are coupled, or whose forward is random.
 
     Every sample's output in the pass (samples ``lo..hi`` in chunks of ``chunk`` in order;
@@ -35,9 +35,11 @@ def prove_independent(e: Engine, leaves: dict[str, Tensor], chunk: int, lo: int,
     one (the per-sample Jacobian runs samples alone). A float32 mismatch is recomputed on a
     float64 copy of the model (outputs that cancel round by more than their own scale); one
     that survives is recomputed in both arrangements: outputs that change on the same samples
-    are a random forward, not a coupling. Costs one forward without graph (two where no pass
-    recorded the outputs).
+    are a random forward, not a coupling. ``outputs`` (hi - lo, C): the samples' outputs as a
+    pass computed them, in chunks of ``chunk`` (None: computed here). Costs one forward
+    without graph (two without ``outputs``).
     """
+    hi = e.N if hi is None else hi
     if hi - lo < 2:
         return
     chunk = max(2, min(chunk, hi - lo))
@@ -45,20 +47,16 @@ def prove_independent(e: Engine, leaves: dict[str, Tensor], chunk: int, lo: int,
     gen = torch.Generator().manual_seed(hi - lo)
     perm = lo + torch.randperm(hi - lo, generator=gen).to(e.x.device)
     with torch.no_grad():
-        if e.outputs is None or not bool(e.recorded[lo:hi].all()):
-            reference = _arranged(e, leaves, order, chunk)
-        else:
-            reference = e.outputs[lo:hi]
-        other = _arranged(e, leaves, perm, chunk // 2, first=1)
+        reference = _arranged(e, order, chunk) if outputs is None else outputs
+        other = _arranged(e, perm, chunk // 2, first=1)
         tol = guards.coupling_tolerance(e.precision, e.device)
         err = guards.coupling_error(reference[perm - lo], other)
-        if lo == 0:
+        if lo == 0 and e.alone is not None:
             err = max(err, guards.coupling_error(reference[:1], e.alone))
         if err <= tol or _rounding_only(e, order, perm, chunk):
             return
-        again = max(guards.coupling_error(reference, _arranged(e, leaves, order, chunk)),
-                    guards.coupling_error(other, _arranged(e, leaves, perm, chunk // 2,
-                                                           first=1)))
+        again = max(guards.coupling_error(reference, _arranged(e, order, chunk)),
+                    guards.coupling_error(other, _arranged(e, perm, chunk // 2, first=1)))
     guards.refuse_randomness(guards.random_states(e.device), e.device, (), again, tol,
                              e.causes)
     raise ValueError(guards.coupled_error_message(err, tol, e.causes))
@@ -70,7 +68,7 @@ def _cuts(n: int, size: int, first: int) -> list[tuple[int, int]]:
     return cuts + [(first + a, first + b) for a, b in chunks(n - first, size) if b > a]
 
 
-def _rounding_only(e: Engine, order: Tensor, perm: Tensor, chunk: int) -> bool:
+def _rounding_only(e: Forward, order: Tensor, perm: Tensor, chunk: int) -> bool:
     """True if a mismatch of the coupling proof vanishes in float64: the model's
     outputs cancel (|f| far below the terms that make it), and the two arrangements round
     differently. Recomputes both arrangements on a float64 copy of the model."""
@@ -82,7 +80,7 @@ def _rounding_only(e: Engine, order: Tensor, perm: Tensor, chunk: int) -> bool:
         return False  # no float64 rerun: the mismatch stands
 
 
-def _float64_agrees(e: Engine, order: Tensor, perm: Tensor, chunk: int) -> bool:
+def _float64_agrees(e: Forward, order: Tensor, perm: Tensor, chunk: int) -> bool:
     twin, _ = cast_copy(e.model, {}, torch.float64)
     if twin is e.model:
         return False  # no copy: the mismatch stands
@@ -104,9 +102,8 @@ def _float64_agrees(e: Engine, order: Tensor, perm: Tensor, chunk: int) -> bool:
     return err <= guards.coupling_tolerance(torch.float64, e.x.device)
 
 
-def _arranged(e: Engine, leaves: dict[str, Tensor], order: Tensor, size: int,
-              first: int = 0) -> Tensor:
+def _arranged(e: Forward, order: Tensor, size: int, first: int = 0) -> Tensor:
     """Outputs (len(order), C) of samples ``order`` run in sub-batches of ``size`` (after
     one of ``first`` samples, when given)."""
-    return torch.cat([e.call(leaves, e.x[order[a:b]])
+    return torch.cat([e.call(e.leaves, e.x[order[a:b]])
                       for a, b in _cuts(order.shape[0], size, first)])

@@ -31,23 +31,17 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Iterable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from cosmo_optim._common import python_state, restore_python_state
-from cosmo_optim.ntk.modes import Autocast, no_fastpath
-from cosmo_optim.ntk.per_sample import chunks, dense, relative_error, tolerance
-
-if TYPE_CHECKING:
-    from cosmo_optim.ntk.engine import Engine
+from cosmo_optim.ntk.per_sample import dense, relative_error, tolerance
 
 __all__ = [
     "coupled_error_message", "coupling_error", "coupling_tolerance", "foreign_rows",
     "hidden_route", "lowest_precision", "random_states", "refuse_randomness", "refuse_reentrant",
-    "same_function",
 ]
 
 
@@ -224,46 +218,3 @@ def _in_graph(f: Tensor, node_name: str) -> bool:
             return True
         stack.extend(child for child, _ in node.next_functions)
     return False
-
-
-_FASTPATH = (nn.MultiheadAttention, nn.TransformerEncoderLayer, nn.TransformerEncoder)
-
-
-def same_function(e: Engine, model: nn.Module, autocast: Autocast) -> None:
-    """Refuse a kernel of another function than the user's own forward: modules with a fused
-    fast path (``nn.MultiheadAttention``, ``nn.TransformerEncoder(Layer)`` in eval mode) take
-    it in the user's forward when nothing in them requires grad, and the engine switches it
-    off (its backward passes need the differentiable path); nn.TransformerEncoder's, for one,
-    zeroes padded positions. The outputs of both paths must agree at the coupling tolerance.
-    Costs two forwards of the probe batch (one with the graph the user's forward builds),
-    only for models with such modules in eval mode and with frozen parameters (with gradients
-    on, a module whose parameters all require grad never takes its fast path)."""
-    fast = [n for n, m in model.named_modules() if isinstance(m, _FASTPATH) and not m.training
-            and not all(p.requires_grad for p in m.parameters())]  # else never the fast path
-    fast = [n or "model" for n in fast if not any(n.startswith(f"{o}.") for o in fast if o)]
-    if not fast or not torch.backends.mha.get_fastpath_enabled():
-        return
-    state = python_state(e.model)
-    ours, theirs = [], []
-    for lo, hi in chunks(e.N, 64):
-        with torch.no_grad(), no_fastpath():
-            ours.append(e.call({}, e.x[lo:hi]))
-        restore_python_state(state, fresh=True)
-        sub = e.x[lo:hi].clone().for_model(e.model)
-        with autocast():  # the user's forward as it trains: gradients on, fast path as set
-            theirs.append(e.select(sub.call(e.model), sub).detach())
-    restore_python_state(state)
-    err = coupling_error(torch.cat(theirs), torch.cat(ours))
-    tol = coupling_tolerance(e.precision, e.device)
-    if err > tol:
-        raise ValueError(
-            f"Invalid model: modules {fast[:4]} take PyTorch's fused fast path in the model's "
-            "own forward (eval mode, nothing in them requiring grad), which computes another "
-            "function than the differentiable path the kernel needs: the outputs differ by "
-            f"{err:.3g} (relative; tolerance {tol:.3g}). nn.TransformerEncoder's fast path, for "
-            "one, zeroes the outputs at padded positions (src_key_padding_mask), which the "
-            "other path computes. Fix: make the output ignore padded positions (pool over "
-            "the unpadded ones only), or build the encoder with enable_nested_tensor=False, "
-            "or evaluate without the fast path as well "
-            "(torch.backends.mha.set_fastpath_enabled(False))."
-        )

@@ -2,8 +2,10 @@
 
 ``Θ(x, x') = Σ_p ∂f(x)/∂θ_p · ∂f(x')/∂θ_p = J Jᵀ`` on a probe batch, computed without ever
 holding the N×P Jacobian: layers with a structured rule (``linear``, ``conv1d``, ``conv2d``,
-``embedding``, ``layer_norm`` affine parameters, and the projections of self-attention
-``nn.MultiheadAttention``, re-dispatched as ``linear`` calls; see :mod:`cosmo_optim.ntk.rules`)
+``embedding``, ``layer_norm`` affine parameters, eval-mode ``batch_norm``, parameters broadcast
+over the samples such as a class token or a position embedding, and the projections of
+self-attention ``nn.MultiheadAttention``, re-dispatched as ``linear`` calls; see
+:mod:`cosmo_optim.ntk.rules`)
 need one forward and one backward per output component; every other parameter goes through a
 chunked jacobian contraction.
 
@@ -22,18 +24,15 @@ R rows per sample (sequence positions, conv pixels, repeated calls), fan-in d_in
   O(N C d_in d_out); for a conv, torch's weight-gradient kernel vmapped over samples, never the
   ``unfold`` matrix); the jacobian path for everything else. LayerNorm affine parameters, grouped
   convs and convs with string padding always use the per-sample form.
-* ``"sketch"`` — an unbiased estimate ``Θ̂ = Φ Φᵀ`` from Kronecker sketches ``Pᵀ G_i Q`` of
-  every weight's per-sample gradient, built from each layer's rows without forming ``G_i``
-  (k = ``sketch_dim`` columns per projected side, k/4 of them along the top gradient
-  directions of 8 pilot samples, one side of ≤ 12k entries kept exact;
-  :mod:`cosmo_optim.ntk.sketch`): time O(N R k (d_in + d_out + d_kept)) per weight on top of
-  one forward and C backwards (and those of the 8 pilot samples), plus O(C² N² F) for the
-  product over F ≈ Σ_weights k·d_kept features; memory O(N C F). Error model in
-  docs/performance.md.
+* ``"sketch"`` — an unbiased estimate of the trace kernel from k = ``sketch_dim`` random
+  combinations of the C output components (:mod:`cosmo_optim.ntk.sketch`): the exact engine on
+  the combined outputs, so one forward and k backward passes instead of C; exact for C ≤ k.
+  Relative standard deviation of an entry at most ``√(2/k)``, less as the component gradients
+  spread (docs/performance.md). Worth it where C is large (classes, a vocabulary).
 
 ``distributed=True`` (``torch.distributed`` initialised, every rank calling with the same probe
 batch) splits the samples across ranks: each computes the features of its shard (exact
-per-sample gradients, or sketches), the shards are all-gathered in blocks of parameters, and
+per-sample gradients), the shards are all-gathered in blocks of parameters, and
 every rank returns the same N×N kernel (:mod:`cosmo_optim.ntk.distributed`). A model sharded
 by FSDP (FSDP2 ``fully_shard``, FSDP1 with ``use_orig_params=True``) has its parameters
 gathered as FSDP's own forward gathers them, every rank calling (:mod:`cosmo_optim.ntk.sharded`).
@@ -64,8 +63,10 @@ gives the cost).
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
-from typing import Any
+import logging
+import sys
+from collections.abc import Callable, Iterator
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -79,19 +80,36 @@ from cosmo_optim._common import (
     training,
 )
 from cosmo_optim.ntk import distributed as distributed_ntk
-from cosmo_optim.ntk import guards, modes, sharded, sketch
+from cosmo_optim.ntk import forms, modes, sharded
 from cosmo_optim.ntk import per_sample as exact
 from cosmo_optim.ntk.admission import Admitted, ParamFilter, admitted
-from cosmo_optim.ntk.engine import Engine
+from cosmo_optim.ntk.engine import exact_kernel
+from cosmo_optim.ntk.fastpath import no_fastpath, same_function
+from cosmo_optim.ntk.forward import Forward, scout
 from cosmo_optim.ntk.inputs import ModelInputs
 from cosmo_optim.ntk.outputs import Output
 from cosmo_optim.ntk.plan import default_budget
+from cosmo_optim.ntk.sketch import DEFAULT_SKETCH_DIM, combinations
 
 __all__ = ["DEFAULT_SKETCH_DIM", "METHODS", "ParamFilter", "empirical_ntk"]
+logger = logging.getLogger("cosmo_optim.ntk")
 
-METHODS = ("auto", "structured", "jacobian", "sketch")
-DEFAULT_SKETCH_DIM = 128  # k: each weight's per-sample gradient sketched to k × d_kept numbers
 
+class _Method(NamedTuple):
+    """What a ``method=`` does (the module docstring gives each one's cost)."""
+
+    rules: bool  # structured rules where they hold (else the per-sample Jacobian throughout)
+    prefer: tuple[type[forms.Form], ...]  # forms taken wherever they apply, in this order
+    sketch: bool  # random combinations of the output components (:mod:`.sketch`)
+
+
+_METHODS = {
+    "auto": _Method(True, (), False),
+    "structured": _Method(True, (forms.Gram, forms.Tied), False),
+    "jacobian": _Method(False, (), False),
+    "sketch": _Method(True, (), True),
+}
+METHODS = tuple(_METHODS)
 _OUTPUTS = ("trace", "full")
 
 
@@ -111,115 +129,162 @@ def empirical_ntk(
     verify: bool | int = False,
     explain: bool = False,
 ) -> torch.Tensor:
-    """Empirical NTK ``Θ = J Jᵀ`` of ``model`` on the probe batch ``inputs`` (docs/theory.md T4).
-
-    The kernel that drives function-space dynamics ``f̈ + 3H ḟ = −Θ ∂L/∂f`` (T4) and whose
-    eigenmodes are the mean field and perturbations (T7, see :func:`cosmo_optim.ntk_eigen`).
+    """Empirical NTK ``Θ = J Jᵀ`` of ``model`` on the probe batch ``inputs`` (docs/theory.md T4):
+    the kernel of function-space dynamics ``f̈ + 3H ḟ = −Θ ∂L/∂f`` (T4), whose eigenmodes are
+    the mean field and perturbations (T7, :func:`cosmo_optim.ntk_eigen`).
 
     Args:
         model: any module mapping N samples to ``(N, ...)`` outputs, samples independent.
-        inputs: probe batch as the model takes it: a tensor, a tuple of positional
-            arguments, a dict of keyword arguments (``input_ids``, ``attention_mask``, ...), or
-            a :class:`cosmo_optim.ntk.ModelInputs` declaring batch dims and shared arguments.
-            Tensors with N rows on dim 0 are split per sample; others (a scalar timestep, a
-            mask of another length) are passed to every call as they are.
-        params: ``None`` (all trainable parameters), a list of parameter names, or a predicate
-            ``(name, param) -> bool``. Parameters with ``requires_grad=False`` never count.
+        inputs: the probe batch as the model takes it: a tensor, a tuple of positional
+            arguments, a dict of keyword arguments, or a :class:`cosmo_optim.ntk.ModelInputs`
+            (batch dims, shared arguments). Tensors with N rows on dim 0 are split per sample;
+            others (a scalar timestep, a mask of another length) go to every call as they are.
+        params: ``None`` (all trainable parameters), a list of names, or a predicate
+            ``(name, param) -> bool``; parameters with ``requires_grad=False`` never count.
         output: ``"trace"`` (N×N, summed over output components), ``"full"`` (N×N×C×C), an
             int (one flattened component), or a callable from the model's output to ``(N, ...)``
-            (traced), e.g. ``lambda out: out.logits`` for a dict, tuple or dataclass output. A
-            callable of two arguments ``(out, index)`` also gets the positions of the samples
-            in ``inputs`` (the engine runs subsets), for per-sample data:
-            ``lambda out, index: out.gather(1, labels[index, None])``.
+            (traced), e.g. ``lambda out: out.logits``; a callable ``(out, index)`` also gets
+            the samples' positions in ``inputs`` (the engine runs subsets), for per-sample
+            data: ``lambda out, index: out.gather(1, labels[index, None])``.
         method: one of :data:`METHODS` (cost of each in the module docstring).
         dtype: compute in this dtype (e.g. ``torch.float64``); the model is not modified.
             Default: the model's own, accumulated in at least float32.
-        memory_budget: bytes the engine may hold at once (a number, or ``"1GB"``,
-            ``"512MiB"``); default a quarter of the free memory on the probe batch's device,
-            within [256 MiB, 8 GiB] (:mod:`cosmo_optim.ntk.plan`). The engine plans under it
-            (streams, chunks, passes) and refuses only when one sample's pass cannot fit.
+        memory_budget: bytes the engine may hold at once (a number, or ``"1GB"``); default a
+            quarter of the free memory on the batch's device, within [256 MiB, 8 GiB]
+            (:mod:`cosmo_optim.ntk.plan`), planned under (streams, chunks, passes); refused
+            only when one sample's pass cannot fit.
         train_mode: compute in training mode (default eval); refused for BatchNorm, dropout.
-        sketch_dim: ``k`` for ``method="sketch"`` (default :data:`DEFAULT_SKETCH_DIM`); the
-            relative error falls like ``1/sqrt(k)`` (docs/performance.md). Only with "sketch".
-        sketch_seed: seed of the sketch's projections (a private generator: reproducible).
-        distributed: split the probe batch's samples across the ranks of the initialised
+        sketch_dim: ``k`` for ``method="sketch"``: random combinations of the output
+            components (default :data:`DEFAULT_SKETCH_DIM`); relative error ``≲ √(2/k)``.
+        sketch_seed: seed of the sketch's combinations (a private generator: reproducible).
+        distributed: split the samples across the ranks of the initialised
             ``torch.distributed`` group; every rank must call with the same ``inputs``.
         verify: recompute the entries of ``verify`` samples (``True``: 3) from the user's
-            module, called as it is (no substitution, no rule, its fast paths as set), with
-            plain autograd; raise if they disagree beyond the dtype's tolerance.
-        explain: print the plan (chunks, passes, each parameter's form and bytes); also
-            logged at DEBUG on the ``cosmo_optim.ntk`` logger.
+            module as it is, with plain autograd; raise if they disagree beyond the dtype's
+            tolerance.
+        explain: log the plan (chunks, passes, each parameter's form and bytes) at INFO on the
+            ``cosmo_optim.ntk`` logger (at DEBUG on every call).
 
     Returns:
         The kernel on the probe batch's device: ``(N, N)``, or ``(N, N, C, C)`` for
-        ``"full"``. It is exact for every method but ``"sketch"``, which returns an unbiased
-        estimate.
+        ``"full"``; exact for every method but ``"sketch"``, an unbiased estimate of the
+        trace kernel (exact when C ≤ ``sketch_dim``).
 
     Raises:
-        ValueError: an invalid argument, an output that needs a selector, or a model whose
-            per-sample kernel is undefined (coupled samples, a random forward).
+        ValueError: an invalid argument, an output that needs a selector, a model whose
+            per-sample kernel is undefined (coupled samples, a random forward), or
+            ``output="full"`` with ``method="sketch"`` and fewer combinations than components.
         MemoryBudgetError: (a ValueError) the request does not fit ``memory_budget``; raised
             before anything large is allocated.
         RuntimeError: ``verify`` found an entry off by more than the tolerance.
 
-    Each rule's assumptions are proven at run time (module docstring); compiled modules run
-    their eager code. The model's modes, parameters, buffers, ``.grad`` fields, the tensors
-    and values its modules hold as attributes (caches, recurrent states) and the torch, NumPy
-    and Python RNG states are unchanged; every forward starts from the state at the call.
+    Each rule's assumptions are proven at run time; compiled modules run their eager code. The
+    model's modes, parameters, buffers, ``.grad``, module attributes (caches) and the torch,
+    NumPy and Python RNG states are unchanged; every forward starts from the state at the call.
 
     >>> net = nn.Sequential(nn.Linear(3, 8), nn.Tanh(), nn.Linear(8, 1))
     >>> empirical_ntk(net, torch.randn(5, 3)).shape
     torch.Size([5, 5])
     """
     x = ModelInputs(inputs)
-    budget, samples, k = _checked(x, output, method, memory_budget, verify, sketch_dim,
-                                  train_mode)
+    request = _checked(x, output, method, memory_budget, verify, sketch_dim, train_mode,
+                       sketch_seed, distributed, explain)
+    return _kernel(model, x, params, dtype, request)
+
+
+class _Request(NamedTuple):
+    """One call's checked options (:func:`_checked`)."""
+
+    output: Output
+    how: _Method
+    budget: int  # bytes
+    samples: int  # to verify (0: none)
+    k: int | None  # the sketch's combinations (None: exact)
+    seed: int
+    train_mode: bool
+    distributed: bool
+    explain: bool
+
+    @property
+    def full(self) -> bool:
+        return self.output == "full"
+
+
+def _kernel(model: nn.Module, x: ModelInputs, params: ParamFilter, dtype: torch.dtype | None,
+            r: _Request) -> torch.Tensor:
+    """The kernel of the admitted model, its states preserved, then the checks that run the
+    user's own module (its fast paths, ``verify``)."""
     autocast = modes.Autocast(x.device)  # the caller's: the model's forwards run under it
-    with modes.engine_modes(x.device), admitted(model, params, x, dtype, train_mode) as req:
+    with modes.engine_modes(x.device), admitted(model, params, x, dtype, r.train_mode) as req:
         if any(t.is_inference() for t in x.tensors()):
             x = x.clone()  # made under inference_mode: autograd cannot save them
         if req.input_dtype is not None and dtype is None:
             x = x.to(dtype=req.input_dtype)  # as FSDP's mixed precision casts its inputs
-        with preserved(req.module, x.device), training(req.module, train_mode):
-            engine, cast_inside = _engine(req, x, output, method, dtype, budget, autocast)
-            with modes.no_fastpath(), _eager(), _named_torch_errors(cast_inside):
-                kernel = _executed(engine, k, sketch_seed, distributed, explain)
-            restore_python_state(engine.python_state)  # what the last forward counted or cached
+        with preserved(req.module, x.device), training(req.module, r.train_mode):
+            twin, chosen = (req.module, req.selected) if req.values else cast_copy(
+                req.module, req.selected, dtype)
+            combine = _combine(r.k, r.seed, r.full) if r.how.sketch else None
+
+            def scouted() -> Forward:
+                return scout(twin, chosen, x, r.output, dtype=dtype, autocast=autocast,
+                             values=req.values, structured=r.how.rules, combine=combine)
+
+            cast_inside = dtype is not None and twin is req.module
+            with no_fastpath(), _eager(), _named_torch_errors(cast_inside):
+                fwd, kernel = _executed(scouted, req, x, r)
+            restore_python_state(fwd.state)  # what the last forward counted or cached
             with sharded.materialised(req.module, req.values), \
-                    _restored(req.module, set(engine.written)):  # a forward writing its weights
-                guards.same_function(engine, req.module, autocast)
-                if samples:
-                    exact.verify(kernel, req.module, x, engine.names, engine.select, samples,
-                                 engine.full, engine.precision, autocast)
+                    _restored(req.module, set(fwd.written)):  # a forward writing its weights
+                same_function(fwd, req.module, autocast)
+                if r.samples:
+                    exact.verify(kernel, req.module, x, fwd.names, fwd.select, r.samples,
+                                 r.full, fwd.precision, autocast)
     return kernel
 
 
-def _engine(req: Admitted, x: ModelInputs, output: Output, method: str,
-            dtype: torch.dtype | None, budget: int,
-            autocast: modes.Autocast) -> tuple[Engine, bool]:
-    """The request's engine, on a cast copy of the model when ``dtype`` asks for one, and
-    whether the cast is only inside forward (a model that cannot be deep-copied)."""
-    twin, chosen = (req.module, req.selected) if req.values else cast_copy(
-        req.module, req.selected, dtype)
-    engine = Engine(twin, chosen, x, output, method, dtype, budget, req.values, autocast)
-    return engine, dtype is not None and twin is req.module
+def _executed(scouted: Callable[[], Forward], req: Admitted, x: ModelInputs,
+              r: _Request) -> tuple[Forward, torch.Tensor]:
+    """The scout's forward and the kernel from the executor the request names."""
+    if r.distributed:
+        model = dict(req.module.named_parameters()) | req.values
+        distributed_ntk.check_same_model(x, [*model.values(), *req.module.buffers()])
+        fwd = distributed_ntk.agreed(scouted)
+        return fwd, distributed_ntk.kernel(fwd, r.budget, r.full)
+    fwd = scouted()
+    result = exact_kernel(fwd, r.budget, full=r.full, prefer=r.how.prefer)
+    if r.explain:
+        logger.info("empirical_ntk plan:\n%s", result.describe())
+    return fwd, result.kernel
 
 
-def _executed(engine: Engine, k: int | None, seed: int, distributed: bool,
-              explain: bool) -> torch.Tensor:
-    """The kernel from the executor the request names: distributed, sketch or exact."""
-    if distributed:
-        return distributed_ntk.kernel(engine, k, seed)
-    if k is not None:
-        return sketch.sketch_kernel(engine, k, seed)
-    return engine.run(explain)
+Combine = Callable[[int, torch.Tensor], torch.Tensor | None]
+
+
+def _combine(k: int | None, seed: int, full: bool) -> Combine:
+    """The sketch's ``combine(C, f1)`` for the scout: the random combinations of C components,
+    or a ValueError for the full kernel, which the combinations do not estimate."""
+    assert k is not None
+
+    def combine(C: int, f1: torch.Tensor) -> torch.Tensor | None:
+        R = combinations(C, k, seed)
+        if R is not None and full:
+            raise ValueError(
+                f"Invalid output: 'full' with method='sketch' and sketch_dim={k} < C = {C} "
+                "output components; the sketch estimates the trace kernel from random "
+                "combinations of the components, not each pair of them. Fix: "
+                "output='trace', or method='auto' for the exact full kernel (C backward "
+                f"passes), or sketch_dim >= {C} (then exact)."
+            )
+        return None if R is None else R.to(device=f1.device)
+    return combine
 
 
 def _checked(inputs: ModelInputs, output: Output, method: str,
              memory_budget: int | float | str | None, verify: bool | int,
-             sketch_dim: int | None, train_mode: bool) -> tuple[int, int, int | None]:
-    """The budget in bytes, the samples to verify and the sketch dimension, or a
-    ValueError naming the invalid argument and the fix."""
+             sketch_dim: int | None, train_mode: bool, seed: int, distributed: bool,
+             explain: bool) -> _Request:
+    """The call's options checked (the budget in bytes, the samples to verify, the sketch
+    dimension), or a ValueError naming the invalid argument and the fix."""
     if method not in METHODS:
         raise ValueError(f'Invalid method "{method}". Must be one of {list(METHODS)}')
     if isinstance(output, bool) or not (
@@ -243,7 +308,8 @@ def _checked(inputs: ModelInputs, output: Output, method: str,
             "exact kernel, and the sketch is a random estimate of it. Fix: drop verify, or "
             "use an exact method."
         )
-    return budget, samples, k
+    return _Request(output, _METHODS[method], budget, samples, k, seed, train_mode,
+                    distributed, explain)
 
 
 def _verify_samples(verify: bool | int) -> int:
@@ -310,6 +376,12 @@ def _restored(model: nn.Module, names: set[str]) -> Iterator[None]:
 
 def _eager() -> contextlib.AbstractContextManager[Any]:
     """Compiled modules run their original eager code, so every op is seen (torch >= 2.6).
-    Older torch: the missing-cotangent check sends traced layers to the exact path."""
+
+    Only where the compiler stack is loaded: a module is compiled only after
+    ``torch._dynamo`` was imported, and importing it (~800 modules, about a second of CPU)
+    would otherwise be every first call's cost. Older torch: the missing-cotangent check
+    sends traced layers to the exact path."""
     set_stance = getattr(torch.compiler, "set_stance", None)
-    return set_stance("force_eager") if set_stance else contextlib.nullcontext()
+    if set_stance is None or "torch._dynamo" not in sys.modules:
+        return contextlib.nullcontext()
+    return set_stance("force_eager")

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 
 import torch
 
-__all__ = ["Autocast", "engine_modes", "no_fastpath"]
+__all__ = ["Autocast", "engine_modes"]
 
 
 def _autocast_state(device_type: str) -> tuple[bool, torch.dtype]:
@@ -58,16 +58,3 @@ def engine_modes(device: torch.device) -> Iterator[None]:
             if _autocast_state(kind)[0]:
                 stack.enter_context(torch.autocast(kind, enabled=False))
         yield
-
-
-@contextlib.contextmanager
-def no_fastpath() -> Iterator[None]:
-    """Keep ``nn.MultiheadAttention`` on ``F.multi_head_attention_forward`` (no fused kernels,
-    whose backward the kernel's passes need); :func:`.guards.same_function` checks that the
-    user's own forward, fast path and all, computes the same function."""
-    flag = torch.backends.mha.get_fastpath_enabled()
-    torch.backends.mha.set_fastpath_enabled(False)
-    try:
-        yield
-    finally:
-        torch.backends.mha.set_fastpath_enabled(flag)

@@ -138,7 +138,7 @@ def chunks(n: int, size: int) -> list[tuple[int, int]]:
 def block(ga: torch.Tensor, gb: torch.Tensor, full: bool) -> torch.Tensor:
     """``Σ_p G_a[i,c,p] G_b[j,d,p]``: (na, nb), or (na, nb, C, C) when ``full``."""
     if not full:
-        return ga.reshape(ga.shape[0], -1) @ gb.reshape(gb.shape[0], -1).T
+        return ga.flatten(1) @ gb.flatten(1).T
     (na, C, P), nb = ga.shape, gb.shape[0]
     prod = ga.reshape(na * C, P) @ gb.reshape(nb * C, P).T
     return prod.reshape(na, C, nb, C).permute(0, 2, 1, 3)
@@ -237,10 +237,12 @@ def verify(kernel: Tensor, model: nn.Module, x: ModelInputs, names: Sequence[str
         dtypes.add(out.dtype)
         return gradient_rows(out.reshape(-1), params, torch.float64)
 
-    J = torch.stack([one(i) for i in picks])
+    try:
+        J = torch.stack([one(i) for i in picks])
+    finally:  # a forward that raises leaves the module's counters and caches as they were
+        restore_python_state(state)
     dtype = max(dtypes, key=lambda d: torch.finfo(d).eps)
     tol = tolerance(dtype, kernel.device)
-    restore_python_state(state)
     idx = torch.tensor(picks, device=kernel.device)
     reference = torch.einsum("icp,jdp->ijcd" if full else "icp,jcp->ij", J, J)
     computed = kernel[idx][:, idx]

@@ -32,9 +32,9 @@ from dataclasses import dataclass, field
 import torch
 
 from cosmo_optim._common import MemoryBudgetError
-from cosmo_optim.ntk import rules
+from cosmo_optim.ntk.forms import Choice
 
-__all__ = ["DEFAULT_FRACTION", "Plan", "default_budget", "form", "structured_plan"]
+__all__ = ["DEFAULT_FRACTION", "Plan", "default_budget", "structured_plan"]
 
 DEFAULT_FRACTION = 0.25  # of the free memory on the probe batch's device
 _FLOOR, _CEILING = 256 << 20, 8 << 30  # bytes: bounds of the default budget
@@ -67,7 +67,7 @@ def _host_available() -> int:
         return 8 << 30
 
 
-@dataclass
+@dataclass(frozen=True)
 class Plan:
     """How a request's structured parameters are computed within ``budget`` bytes."""
 
@@ -77,11 +77,11 @@ class Plan:
     streaming: bool
     chunk: int  # samples per forward
     groups: list[list[str]] = field(default_factory=list)  # parameters per pass
-    forms: dict[str, tuple[str, int, int]] = field(default_factory=dict)  # see structured_plan
-    jacobian: list[str] = field(default_factory=list)  # per-sample Jacobian path
+    forms: dict[str, Choice] = field(default_factory=dict)  # each parameter's form and cost
+    full: bool = False  # the (N, N, C, C) kernel
 
     def describe(self) -> str:
-        """The plan in words: one line per decision, bytes and rules per parameter."""
+        """The plan in words: one line per decision, bytes and forms per parameter."""
         mode = ("streaming: one forward of all samples, terms added per output component"
                 if self.streaming else f"stored: chunks of {self.chunk} samples, "
                 f"{len(self.groups)} pass(es) over the samples")
@@ -89,35 +89,36 @@ class Plan:
                  f"{self.per_sample} per sample in a chunk", mode]
         for i, names in enumerate(self.groups):
             lines.append(f"pass {i + 1}: " + ", ".join(
-                f"{n} [{self.forms[n][0]}, {self.forms[n][1]} B kept]" for n in names))
-        if self.jacobian:
-            lines.append("per-sample Jacobian: " + ", ".join(self.jacobian))
+                f"{n} [{self.forms[n].form.label}, {self.forms[n].cost.kept} B kept]"
+                for n in names))
         return "\n".join(lines)
 
 
 def structured_plan(budget: int, N: int, kernel: int, per_sample: int,
-                    forms: dict[str, tuple[str, int, int]], full: bool) -> Plan:
+                    forms: dict[str, Choice], full: bool) -> Plan:
     """Choose streaming or stored, the chunk size and the groups of layers per pass.
 
-    ``forms`` maps each structured parameter to (form, bytes its terms hold for all N samples
-    in the stored plan, bytes of its term for one component and all N samples, as the
-    streaming plan makes it); ``per_sample`` is :data:`_GRAPH_FACTOR` times one sample's forward
-    tensors. The chunk is as large as leaves room for the largest term, so that every
-    parameter fits a group.
+    ``forms`` maps each structured parameter to its :class:`.forms.Choice` (the form and its
+    cost: bytes its terms hold for all N samples in the stored plan, bytes of its term for one
+    component and all N samples, as the streaming plan makes it); ``per_sample`` is one
+    sample's forward tensors, :data:`_GRAPH_FACTOR` times which a chunk holds per sample. The
+    chunk is as large as leaves room for the largest term, so that every parameter fits a
+    group. The kernel is counted twice: the result and one executor's terms.
     """
     per_sample = _GRAPH_FACTOR * per_sample
-    room = budget - kernel
+    room = budget - 2 * kernel
     if not forms:
-        return Plan(budget, kernel, per_sample, False, max(1, room // max(per_sample, 1)))
-    transient = max(t for _, _, t in forms.values())  # one layer's term, one component
+        return Plan(budget, kernel, per_sample, False, max(1, room // max(per_sample, 1)),
+                    full=full)
+    transient = max(c.cost.transient for c in forms.values())  # one layer's term, one component
     if not full and N * per_sample + transient <= room:
-        return Plan(budget, kernel, per_sample, True, N, [list(forms)], forms)
-    largest = max(b for _, b, _ in forms.values())
-    need = kernel + 2 * per_sample + largest  # two samples per chunk, every term in a group
+        return Plan(budget, kernel, per_sample, True, N, [list(forms)], forms, full)
+    largest = max(c.cost.kept for c in forms.values())
+    need = 2 * kernel + 2 * per_sample + largest  # two samples per chunk, every term in a group
     if budget < need:
         raise MemoryBudgetError(
             f"Invalid memory_budget: {budget!r} bytes; this request needs at least {need} "
-            f"(kernel {kernel}, two samples' forward and one component's cotangents "
+            f"(kernel {kernel} twice, two samples' forward and one component's cotangents "
             f"{2 * per_sample}, the largest layer term {largest}). Fix: memory_budget={need} "
             "or more, fewer samples, or output='trace'."
         )
@@ -125,35 +126,11 @@ def structured_plan(budget: int, N: int, kernel: int, per_sample: int,
     cap = room - chunk * per_sample
     groups: list[list[str]] = [[]]
     held = 0
-    for name, (_, size, _) in forms.items():
-        if held + size > cap and groups[-1]:
+    for name, choice in forms.items():
+        if held + choice.cost.kept > cap and groups[-1]:
             groups.append([])
             held = 0
         groups[-1].append(name)
-        held += size
+        held += choice.cost.kept
     groups = [g for g in groups if g]
-    return Plan(budget, kernel, per_sample, False, chunk, groups, forms)
-
-
-def form(uses: list[rules.Use], N: int, C: int, isz: int, *, full: bool, budget: int,
-         gram_always: bool) -> tuple[str, int, int]:
-    """("gram" | "psg" | "tied", bytes kept for all N over chunks, bytes of one component's
-    term for all N) for one parameter, by the cost model in :mod:`cosmo_optim.ntk.kernel`
-    (``gram_always``: method="structured" takes the Gram form wherever it exists)."""
-    dims = [rules.row_count_and_width(u) for u in uses]
-    R, d_in, d_out = sum(d[0] for d in dims), dims[0][1], dims[0][2]
-    if uses[0].role == "bias" or not rules.rule(uses[0]).gram:
-        return "psg", N * C * d_out * isz, N * d_out * isz
-    if rules.tied(uses):  # Gram and cross terms from the rows, never a V × d gradient
-        V, d = uses[0].args["weight"].shape
-        kept = sum(r * (1 + C * d if rules.rule(u).ids else d + C * V)
-                   for u, (r, _, _) in zip(uses, dims, strict=True))
-        return "tied", N * kept * isz, N * R * (2 * d + V) * isz
-    c2 = C if full else 1
-    gram = N * N * R * R * (d_in + C * c2 * d_out)
-    psg = C * N * R * d_in * d_out + C * c2 * N * N * d_in * d_out
-    psg_bytes = N * C * d_in * d_out * isz
-    if rules.gram_ok(uses) and (gram_always or gram <= psg or psg_bytes > budget // 2):
-        width = 1 if rules.rule(uses[0]).ids else d_in
-        return "gram", N * R * (width + C * d_out) * isz, N * R * (width + d_out) * isz
-    return "psg", psg_bytes, psg_bytes // C
+    return Plan(budget, kernel, per_sample, False, chunk, groups, forms, full)

@@ -33,6 +33,8 @@ _METADATA_ATTRS = {
 }
 
 
+_LINEAR = rules.RULES[F.linear]  # transformers' Conv1D is a transposed linear call
+
 # Calls that flatten the leading dims of a batch-first tensor, as before transformers' Conv1D.
 _FLATTENS = {torch.Tensor.view, torch.Tensor.reshape, torch.reshape}
 
@@ -102,14 +104,14 @@ class UseRecorder(TorchFunctionMode):
         if isinstance(out, Tensor) and out.is_floating_point():
             self.dtypes.add(out.dtype)
         found = rules.RULES.get(func)
-        kind, names = (found.kind, found.arguments) if found else (None, ())
+        names = found.arguments if found else ()
         bound = dict(zip(names, args, strict=False)) | kwargs
         captured = None
         for key, tensor in hits:
             role = names[key] if isinstance(key, int) and 0 <= key < len(names) else str(key)
-            known = found is not None and role in ("weight", "bias") and found.models(bound)
+            known = found is not None and role in found.roles and found.models(bound)
             known = known and _plain(out) and _plain(bound.get("input"))
-            use = rules.Use(kind if known else None, role)
+            use = rules.Use(found if known else None, role)
             if known:
                 captured = out
                 use.args, use.out, use.call = bound, out, self.calls
@@ -167,7 +169,7 @@ def _conv1d_addmm(rec: UseRecorder, args: tuple[Any, ...], kwargs: dict[str, Any
     call, rec.calls = rec.calls, rec.calls + 1
     for t, role in ((w, "weight"), (b, "bias")):
         if id(t) in rec.watched:
-            use = rules.Use("linear", role, bound, y, (bound["input"]._version, y._version), call)
+            use = rules.Use(_LINEAR, role, bound, y, (bound["input"]._version, y._version), call)
             rec.uses[rec.watched[id(t)]].append(use)
     if call not in rec.protect:
         return y.view(-1, w.shape[1])

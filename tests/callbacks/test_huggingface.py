@@ -326,7 +326,7 @@ HF_DDP_SCRIPT = """
 import json, sys, torch
 from pathlib import Path
 sys.path.insert(0, {tests!r})
-import cosmo_optim.ntk.sketch as features
+import cosmo_optim.ntk.distributed as features
 from test_huggingface import run, series
 
 shards = []  # the probe samples [lo, hi) whose kernel features this rank computed

@@ -305,7 +305,7 @@ import lightning.pytorch as L
 from lightning.pytorch.loggers import TensorBoardLogger
 sys.path.insert(0, {tests!r})
 from test_lightning import Regressor, data
-import cosmo_optim.ntk.sketch as features
+import cosmo_optim.ntk.distributed as features
 from cosmo_optim.callbacks import CosmologyMonitor
 
 shards = []  # the probe samples [lo, hi) whose kernel features this rank computed

@@ -47,11 +47,8 @@ def test_key_changes_with_the_options_that_define_a_monitor():
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"ntk_method": "fast"}, r"Invalid ntk_method: 'fast'; it must be one of \['fit', 'exact', 'sketch'\]"),
-        ({"sketch_dim": 0}, r"Invalid sketch_dim: 0; it must be an integer ≥ 1"),
+        ({"ntk_method": "fast"}, r"Invalid ntk_method: 'fast'; it must be one of \['exact'\]"),
         ({"distributed": 1}, r"Invalid distributed: 1; it must be True or False"),
-        ({"verify_ntk": True, "ntk_method": "sketch"}, r"verify_ntk: True with ntk_method='sketch'.*Fix"),
-        ({"ntk_method": "exact", "sketch_dim": 16}, r"Invalid sketch_dim: 16 with ntk_method='exact'.*Fix"),
     ],
 )
 def test_invalid_kernel_options_name_the_fix(kwargs, match):
@@ -62,15 +59,23 @@ def test_invalid_kernel_options_name_the_fix(kwargs, match):
 def test_state_key_leaves_out_the_kernel_options():
     """A run resumed with another kernel keeps its e-folds and history (the tracker starts a
     new reference instead); checkpoints from before the options existed still restore."""
-    assert MonitorConfig(ntk_method="sketch", sketch_dim=8).key() == MonitorConfig().key()
+    with pytest.warns(DeprecationWarning):
+        assert MonitorConfig(ntk_method="sketch", sketch_dim=8).key() == MonitorConfig().key()
 
 
-def test_ntk_method_fit_is_the_default_and_auto_its_deprecated_name():
-    """The monitor's exact-or-sketch choice is "fit" (empirical_ntk's "auto" is another
-    thing); "auto" still works, with one DeprecationWarning naming "fit"."""
-    assert MonitorConfig().ntk_method == "fit"
-    with pytest.warns(DeprecationWarning, match=r"ntk_method='auto' is deprecated: it is now called 'fit'.*Fix: ntk_method='fit'") as caught:
-        config = MonitorConfig(ntk_method="auto", every_n_steps=None)
+@pytest.mark.parametrize("former", ["fit", "auto", "sketch"])
+def test_former_ntk_methods_read_the_exact_kernel_with_one_deprecation_warning(former):
+    """The monitor reads the full N·C kernel, which the sketch (random combinations of the
+    output components) does not estimate: every former value means "exact", and says so."""
+    assert MonitorConfig().ntk_method == "exact"
+    with pytest.warns(DeprecationWarning, match=rf"ntk_method='{former}' is deprecated: a monitor reads the exact kernel.*Fix: drop ntk_method") as caught:
+        config = MonitorConfig(ntk_method=former, every_n_steps=None)
         config = config.with_interval(5)  # validated again, not warned again
-    assert config.ntk_method == "fit" and len(caught) == 1
-    assert config == MonitorConfig(ntk_method="fit", every_n_steps=5)
+    assert config.ntk_method == "exact" and len(caught) == 1
+    assert config == MonitorConfig(every_n_steps=5)
+
+
+def test_sketch_dim_is_deprecated_and_dropped():
+    with pytest.warns(DeprecationWarning, match=r"sketch_dim=16 is deprecated and dropped.*Fix: drop sketch_dim"):
+        config = MonitorConfig(sketch_dim=16)
+    assert config.sketch_dim is None

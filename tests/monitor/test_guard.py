@@ -242,7 +242,7 @@ def _ranks(rank: int, port: int, out: str) -> None:
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
                             world_size=2, timeout=timedelta(seconds=60))  # a hang fails
     try:
-        import cosmo_optim.ntk.sketch as features
+        import cosmo_optim.ntk.distributed as features
 
         shard, read_out = features.FeatureMap.all, reading.read_out
 

@@ -374,78 +374,48 @@ def linear_two_outputs(d: int = 5, n: int = 6):
     return model, x, lam
 
 
-def refuse_exact_kernels(monkeypatch):
-    """Make every exact `empirical_ntk` call of the monitor raise MemoryBudgetError, as the
-    engine does when the exact kernel does not fit its budget; returns the calls' methods."""
+def test_every_former_ntk_method_reads_the_exact_full_kernel(monkeypatch):
+    """C = 2 outputs: the monitor reads the full kernel, exact (the closed form x xᵀ + 1 on
+    each output), even where a former configuration asked for a sketch of k = 1 < C."""
     import cosmo_optim.monitor.reading as reading_module
-    from cosmo_optim import MemoryBudgetError, empirical_ntk
+    from cosmo_optim import empirical_ntk
 
     calls = []
 
     def engine(*args, **kwargs):
-        calls.append(kwargs["method"])
-        if kwargs["method"] != "sketch":
-            raise MemoryBudgetError("Invalid memory_budget: (simulated)")
+        calls.append((kwargs.get("method", "auto"), kwargs["output"]))
         return empirical_ntk(*args, **kwargs)
 
     monkeypatch.setattr(reading_module, "empirical_ntk", engine)
-    return calls
-
-
-def test_auto_kernel_is_exact_where_it_fits_and_sketched_where_it_does_not(monkeypatch):
     model, x, lam = linear_two_outputs()
-    exact = CosmologyTracker(model, probe_batch=x, top_k=2, sketch_dim=50)
-    s = exact.read(0)
-    assert s["ntk/sketch_dim"] == 0 and exact.history[-1].sketch_dim == 0
+    with pytest.warns(DeprecationWarning):
+        tracker = CosmologyTracker(model, probe_batch=x, top_k=2, ntk_method="sketch",
+                                   sketch_dim=1)
+    s = tracker.read(0)
+    assert s["ntk/sketch_dim"] == 0 and tracker.history[-1].sketch_dim == 0
     assert s["ntk/lambda_1"] == pytest.approx(float(lam[0]), rel=1e-10)
-    calls = refuse_exact_kernels(monkeypatch)
-    # k = 50 exceeds every side of W (2 × 5): the sketch projects nothing, so it is exact
-    tracker = CosmologyTracker(model, probe_batch=x, top_k=2, sketch_dim=50)
-    first, second = tracker.read(0), tracker.read(1)
-    assert first["ntk/sketch_dim"] == second["ntk/sketch_dim"] == 50
-    assert tracker.history[-1].sketch_dim == 50
-    assert first["ntk/lambda_1"] == pytest.approx(float(lam[0]), rel=1e-10)
-    assert first["ntk/ratio_2"] == pytest.approx(1.0, rel=1e-10)  # the C = 2 degeneracy
-    assert calls == ["auto", "sketch", "sketch"]  # the exact kernel is tried once per run
+    assert s["ntk/ratio_2"] == pytest.approx(1.0, rel=1e-10)  # the C = 2 degeneracy
+    assert calls == [("auto", "full")]
 
 
-def test_a_changed_kernel_on_resume_starts_a_new_reference_with_a_warning():
+def test_a_checkpoint_with_a_sketched_reference_starts_a_new_one_with_a_warning():
+    """A run resumed from a checkpoint whose first reading was sketched (older versions): the
+    exact kernel cannot be compared with it, so the drift tags restart from this reading."""
     model, x, _ = linear_two_outputs()
-    exact = CosmologyTracker(model, probe_batch=x, top_k=2)
-    exact.read(0)
-    sketched = CosmologyTracker(model, probe_batch=x, top_k=2, ntk_method="sketch", sketch_dim=1)
-    sketched.load_state_dict(exact.state_dict())
-    with pytest.warns(UserWarning, match=r"kernel at step 5 is a sketch with k = 1, the first reading's was exact"):
-        s = sketched.read(5)
+    old = CosmologyTracker(model, probe_batch=x, top_k=2)
+    old.read(0)
+    state = old.state_dict()
+    state["reference"]["sketch_dim"] = 1
+    resumed = CosmologyTracker(model, probe_batch=x, top_k=2)
+    resumed.load_state_dict(state)
+    with pytest.warns(UserWarning, match=r"kernel at step 5 is exact, the first reading's was a sketch with k = 1; .*the checkpoint's readings were sketched"):
+        s = resumed.read(5)
     assert s["ntk/kernel_distance"] == pytest.approx(0.0, abs=1e-12)  # measured from this probe
     assert s["ntk/basis_rotation"] == pytest.approx(0.0, abs=1e-12)
-    assert sketched.state_dict()["reference"]["sketch_dim"] == 1
+    assert resumed.state_dict()["reference"]["sketch_dim"] == 0
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        sketched.read(6)  # the same kernel as the new reference: no warning
-
-
-def test_a_sketched_kernel_uses_the_same_projections_at_every_probe():
-    """ntk_method='sketch' with k < d: a random estimate (λ_1 off the exact value), but the
-    same one at each probe, so an unchanged model shows no kernel drift."""
-    torch.manual_seed(0)
-    x, _ = data(6, 64)
-    model = nn.Linear(64, 1).double()
-    tracker = CosmologyTracker(model, probe_batch=x, top_k=2, ntk_method="sketch", sketch_dim=4)
-    first, second = tracker.read(0), tracker.read(1)
-    exact = float(torch.linalg.eigvalsh(x @ x.T + 1.0)[-1])
-    assert first["ntk/sketch_dim"] == 4.0
-    assert first["ntk/lambda_1"] != pytest.approx(exact, rel=1e-6)
-    assert second["ntk/lambda_1"] == first["ntk/lambda_1"]
-    assert second["ntk/kernel_distance"] == pytest.approx(0.0, abs=1e-12)
-
-
-def test_verify_ntk_on_an_auto_sketched_kernel_names_the_fix(monkeypatch):
-    refuse_exact_kernels(monkeypatch)
-    model, x, _ = linear_two_outputs()
-    tracker = CosmologyTracker(model, probe_batch=x, verify_ntk=True)
-    with pytest.raises(ValueError, match=r"verify_ntk: True, but this reading's exact kernel does not fit.*Fix"):
-        tracker.read(0)
+        resumed.read(6)  # the same kernel as the new reference: no warning
 
 
 def test_records_of_checkpoints_before_sketches_read_as_exact():

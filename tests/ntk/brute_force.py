@@ -49,7 +49,7 @@ def brute_force_jacobian(model: nn.Module, inputs: Any, select: Select | None = 
                          names: Iterable[str] | None = None, *, shared: Iterable[str | int] = (),
                          train: bool = False, copy_model: bool = True,
                          autocast: torch.dtype | None = None) -> torch.Tensor:
-    """J (N, C, P) in float64: ``∂f_ic/∂θ_p`` by one ``autograd.grad`` per sample and output
+    """J (N, C, P) in float64 on the CPU: ``∂f_ic/∂θ_p`` by one ``autograd.grad`` per sample and output
     component. ``select(out)`` (or ``select(out, i)`` with a sample's position) picks the
     outputs; ``names`` the parameters (default: every trainable one); ``autocast`` runs the
     forward under CPU autocast in that dtype."""
@@ -76,7 +76,7 @@ def brute_force_jacobian(model: nn.Module, inputs: Any, select: Select | None = 
         for o in out:
             gs = torch.autograd.grad(o, ps, retain_graph=True, allow_unused=True)
             per_c.append(torch.cat([torch.zeros(p.numel(), dtype=torch.float64) if g is None
-                                    else g.to_dense().reshape(-1).double()
+                                    else g.to_dense().reshape(-1).double().cpu()
                                     for g, p in zip(gs, ps, strict=True)]))
         rows.append(torch.stack(per_c))
     for m, flag in flags:
@@ -93,8 +93,8 @@ def brute_force_ntk(model: nn.Module, inputs: Any, select: Select | None = None,
 
 
 def relative_error(K: torch.Tensor, R: torch.Tensor) -> float:
-    """max |K − R| / max |R|, in float64."""
-    K, R = K.double(), R.double()
+    """max |K − R| / max |R|, in float64 on the CPU."""
+    K, R = K.detach().double().cpu(), R.detach().double().cpu()
     return ((K - R).abs().max() / R.abs().max()).item()
 
 

@@ -9,7 +9,7 @@ from brute_force import assert_exact, brute_force_ntk
 from torch import nn
 
 from cosmo_optim import empirical_ntk
-from cosmo_optim.ntk import engine as _ntk_engine
+from cosmo_optim.ntk import kernel as _ntk_kernel
 
 METHODS = ["auto", "structured", "jacobian"]
 LOW = 2e-2  # the stated tolerance of kernels of bfloat16/float16 forwards
@@ -51,8 +51,13 @@ def test_a_model_made_under_inference_mode_is_refused_by_name() -> None:
 def test_verify_computes_its_reference_with_gradients_on_under_the_callers_no_grad(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """The failure of the first zoo: an all-zero kernel that verify passed, sharing it."""
-    run = _ntk_engine.Engine.run
-    monkeypatch.setattr(_ntk_engine.Engine, "run", lambda self, explain=False: 0 * run(self))
+    exact = _ntk_kernel.exact_kernel
+
+    def zeroed(*args: object, **kwargs: object) -> object:
+        result = exact(*args, **kwargs)
+        return result._replace(kernel=0 * result.kernel)
+
+    monkeypatch.setattr(_ntk_kernel, "exact_kernel", zeroed)
     with torch.no_grad(), pytest.raises(RuntimeError, match=r"self-check failed"):
         empirical_ntk(mlp(), X, verify=True)
 

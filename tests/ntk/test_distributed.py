@@ -35,6 +35,53 @@ class Centred(nn.Module):
         return self.lin(x - x.mean(0) if dist.get_rank() == 0 else x)
 
 
+def _deep() -> tuple[nn.Module, torch.Tensor]:
+    """Four small layers (eight parameter blocks), five samples: shards of 2 and 3."""
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 4), nn.Tanh(),
+                          nn.Linear(4, 4), nn.Tanh(), nn.Linear(4, 1)).double()
+    return model, torch.randn(5, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+
+
+BUDGETS = range(1500, 12000, 150)  # bytes: from refused to one parameter block
+
+
+def _budget_sweep() -> list[torch.Tensor | str]:
+    """The kernel at every budget of BUDGETS, or the refusal's type: near the smallest budget
+    that fits, the two ranks' free memory (shards of 2 and 3 samples) differ."""
+    model, x = _deep()
+    out: list[torch.Tensor | str] = []
+    for b in BUDGETS:
+        try:
+            out.append(empirical_ntk(model, x, memory_budget=b, distributed=True))
+        except (ValueError, RuntimeError) as err:
+            out.append(type(err).__name__)
+    return out
+
+
+def _failing_product(rank: int) -> str:
+    """Rank 1's product of gathered features raises inside the gather loop (after the ranks
+    agreed on their features): every rank must raise, none may wait in the next gather."""
+    import cosmo_optim.ntk.distributed as distributed_ntk
+
+    product = distributed_ntk.block
+
+    def failing(*args: object, **kwargs: object) -> torch.Tensor:
+        if rank == 1:
+            raise RuntimeError("product failed on this rank")
+        return product(*args, **kwargs)
+
+    distributed_ntk.block = failing
+    try:
+        model, x = _deep()
+        empirical_ntk(model, x, memory_budget=4000, distributed=True)
+        return ""
+    except RuntimeError as err:
+        return str(err)
+    finally:
+        distributed_ntk.block = product
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -97,7 +144,8 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
             coupled = f"{type(err).__name__}: {err}"
         torch.save({"kernels": kernels, "refused": refused, "coupled": coupled,
                     "refusals": refusals, "wrapped": wrapped, "normed": normed.state_dict(),
-                    "targets": targets},
+                    "targets": targets, "sweep": _budget_sweep(),
+                    "product": _failing_product(rank)},
                    f"{out}/{rank}.pt")
     finally:  # a process group still referenced at interpreter exit can abort it (SIGABRT)
         gc.collect()
@@ -162,3 +210,26 @@ def test_distributed_without_process_group_raises() -> None:
     model, x = build("tanh", torch.float32)
     with pytest.raises(ValueError, match=r"without an initialised torch\.distributed"):
         empirical_ntk(model, x, distributed=True)
+
+
+def test_ranks_with_uneven_shards_agree_on_the_blocks_at_every_budget(two_ranks: list[dict]) -> None:
+    """Shards of 2 and 3 samples leave the ranks different free memory; the parameter blocks
+    they gather must still be the same on both (else mismatched all_gathers hang or mix)."""
+    model, x = _deep()
+    single = empirical_ntk(model, x)
+    sweeps = [rank["sweep"] for rank in two_ranks]
+    kernels = 0
+    for b, (mine, theirs) in zip(BUDGETS, zip(*sweeps, strict=True), strict=True):
+        if isinstance(mine, str) or isinstance(theirs, str):
+            assert mine == theirs == "MemoryBudgetError", (b, mine, theirs)
+            continue
+        kernels += 1
+        for K in (mine, theirs):
+            torch.testing.assert_close(K, single, rtol=1e-12, atol=1e-12, msg=f"budget {b}")
+    assert kernels > 0 and sweeps[0][0] == "MemoryBudgetError"  # the sweep spans the edge
+
+
+def test_a_failure_inside_the_gather_loop_reaches_every_rank(two_ranks: list[dict]) -> None:
+    assert two_ranks[1]["product"] == "product failed on this rank"
+    assert two_ranks[0]["product"].startswith("distributed=True: rank 1 could not compute")
+    assert "product failed on this rank" in two_ranks[0]["product"]

@@ -71,11 +71,18 @@ def test_outputs_are_copied_only_where_the_model_writes_in_place() -> None:
     assert recorder.overwritten() == {0}  # only the first layer's output feeds ReLU(inplace)
 
 
+def _wrong_linear_rule(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The linear rule off by 1 % in both forms (per-sample gradients and Gram rows)."""
+    rule = type(_ntk_rules.RULES[nn.functional.linear])
+    psg, rows = rule.per_sample_grad, rule.rows
+    monkeypatch.setattr(rule, "per_sample_grad", lambda self, u, d: 1.01 * psg(self, u, d))
+    monkeypatch.setattr(rule, "rows", lambda self, u, d: (rows(self, u, d)[0],
+                                                          1.01 * rows(self, u, d)[1]))
+
+
 def test_hidden_route_guard_alone_catches_a_wrong_rule(monkeypatch: pytest.MonkeyPatch) -> None:
     """A rule whose gradient differs from autograd's on the one-sample scout is not used."""
-    psg, rows = _ntk_rules.per_sample_grad, _ntk_rules.rows
-    monkeypatch.setattr(_ntk_rules, "per_sample_grad", lambda u, d: 1.01 * psg(u, d))
-    monkeypatch.setattr(_ntk_rules, "rows", lambda u, d: (rows(u, d)[0], 1.01 * rows(u, d)[1]))
+    _wrong_linear_rule(monkeypatch)
     model = seeded(lambda: nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 2)))
     x = torch.randn(6, 4, dtype=torch.float64)
     assert_exact(empirical_ntk(model, x), brute_force_ntk(model, x))
@@ -93,9 +100,7 @@ def test_verify_passes_on_exact_kernels_and_returns_the_same_kernel() -> None:
 
 def test_verify_raises_with_the_measured_error_when_a_rule_is_wrong(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    psg, rows = _ntk_rules.per_sample_grad, _ntk_rules.rows  # both forms off by 1 %
-    monkeypatch.setattr(_ntk_rules, "per_sample_grad", lambda u, d: 1.01 * psg(u, d))
-    monkeypatch.setattr(_ntk_rules, "rows", lambda u, d: (rows(u, d)[0], 1.01 * rows(u, d)[1]))
+    _wrong_linear_rule(monkeypatch)
     monkeypatch.setattr(_ntk_guards, "hidden_route", lambda *a: set())  # the guard that would
     model = seeded(lambda: nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 2)))
     x = torch.randn(6, 4, dtype=torch.float64)

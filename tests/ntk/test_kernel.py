@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import copy
 import math
+import subprocess
+import sys
+import textwrap
 from collections.abc import Callable
 
 import pytest
@@ -347,8 +350,7 @@ def test_attention_layer_norm_and_grouped_conv_take_the_structured_rules() -> No
         seen = recorder.UseRecorder({id(t): n for n, t in leaves.items()})
         with seen:
             torch.func.functional_call(model.eval(), leaves, (x,))
-        kinds = {n: {u.kind for u in us} for n, us in seen.uses.items()}
-        unknown = [n for n, k in kinds.items() if None in k]
+        unknown = [n for n, us in seen.uses.items() if any(u.rule is None for u in us)]
         assert not unknown, f"{case}: {unknown} fall back to the jacobian path"
         seqfirst_head = case == "attention_seqfirst"  # its head sees (S, N, d): not batch-first
         assert all(rules.qualifies(us, x.shape[0]) for n, us in seen.uses.items()
@@ -356,9 +358,9 @@ def test_attention_layer_norm_and_grouped_conv_take_the_structured_rules() -> No
 
 
 def test_symmetric_blocked_gram_is_exact(monkeypatch: pytest.MonkeyPatch) -> None:
-    from cosmo_optim.ntk import structured as ntk
+    from cosmo_optim.ntk import forms
 
-    monkeypatch.setattr(ntk, "_SYMMETRIC_FROM", 2)
+    monkeypatch.setattr(forms, "_SYMMETRIC_FROM", 2)
     for case in ("tanh", "transformer", "twice"):
         model, x = build(case, torch.float64)
         for method in ("structured", "auto"):
@@ -374,3 +376,19 @@ def test_symmetric_blocked_accumulate_equals_full_product() -> None:
         K = torch.ones(N, N, dtype=torch.float64)
         _ntk_exact.accumulate(K, G, full=False)
         assert_exact(K, 1 + G[:, 0] @ G[:, 0].T, 1e-14)
+
+
+def test_first_call_loads_no_compiler_stack() -> None:
+    """Cold start: an eager model's first call must not import torch._dynamo (~800 modules,
+    about a second of CPU); a compiled model has loaded it already and runs eagerly."""
+    code = textwrap.dedent("""
+        import sys, torch
+        from torch import nn
+        from cosmo_optim import empirical_ntk
+        net = nn.Sequential(nn.Linear(3, 8), nn.Tanh(), nn.Linear(8, 2))
+        empirical_ntk(net, torch.randn(4, 3), output="full")
+        print("torch._dynamo" in sys.modules)
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120, check=True)
+    assert out.stdout.strip() == "False"

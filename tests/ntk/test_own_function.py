@@ -12,7 +12,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from cosmo_optim import empirical_ntk
-from cosmo_optim.ntk import guards as _ntk_guards
+from cosmo_optim.ntk import kernel as _ntk_kernel
 
 X = torch.randn(5, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
 
@@ -113,7 +113,7 @@ def test_a_fused_fast_path_computing_another_function_is_refused() -> None:
 
 def test_verify_alone_catches_the_fast_path(monkeypatch: pytest.MonkeyPatch) -> None:
     """verify runs the user's forward as it is, fast path included: it shares nothing."""
-    monkeypatch.setattr(_ntk_guards, "same_function", lambda *args: None)
+    monkeypatch.setattr(_ntk_kernel, "same_function", lambda *args: None)
     with pytest.raises(RuntimeError, match=r"self-check failed"):
         empirical_ntk(Encoder().eval(), padded_batch(), verify=True)
 

@@ -11,6 +11,7 @@ from brute_force import assert_exact, brute_force_jacobian, brute_force_ntk
 from torch import nn
 
 from cosmo_optim import MemoryBudgetError, empirical_ntk
+from cosmo_optim.ntk import forms as ntk_forms
 from cosmo_optim.ntk import plan as plans
 
 
@@ -37,29 +38,31 @@ def _model() -> tuple[nn.Module, torch.Tensor]:
     return BNNet().double().eval(), torch.randn(10, 2, 5, 5, dtype=torch.float64)
 
 
-def _plan_of(model: nn.Module, x: torch.Tensor, capsys: pytest.CaptureFixture[str],
+def _plan_of(model: nn.Module, x: torch.Tensor, caplog: pytest.LogCaptureFixture,
              **kw: object) -> tuple[torch.Tensor, str]:
-    K = empirical_ntk(model, x, explain=True, **kw)
-    return K, capsys.readouterr().out
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="cosmo_optim.ntk"):
+        K = empirical_ntk(model, x, explain=True, **kw)
+    return K, caplog.text
 
 
-def test_batchnorm_in_eval_mode_takes_a_structured_rule(capsys) -> None:
+def test_batchnorm_in_eval_mode_takes_a_structured_rule(caplog) -> None:
     model, x = _model()
-    K, text = _plan_of(model, x, capsys)
+    K, text = _plan_of(model, x, caplog)
     assert_exact(K, brute_force_ntk(model, x), 1e-10)
     assert "bn.weight [psg" in text and "bn1.bias [psg" in text
     assert "per-sample Jacobian" not in text
 
 
 @pytest.mark.parametrize("output", ["trace", "full"])
-def test_a_budget_below_the_whole_batch_is_planned_under(capsys, output: str) -> None:
+def test_a_budget_below_the_whole_batch_is_planned_under(caplog, output: str) -> None:
     """A budget too small for one pass over all samples: stored chunks in several passes over
     groups of layers, exact, where the one-shot plan would need more than the budget."""
     model, x = _model()
     J = brute_force_jacobian(model, x)
     R = torch.einsum("icp,jdp->ijcd" if output == "full" else "icp,jcp->ij", J, J)
-    _, roomy = _plan_of(model, x, capsys, output=output)
-    K, text = _plan_of(model, x, capsys, output=output, memory_budget=60_000)
+    _, roomy = _plan_of(model, x, caplog, output=output)
+    K, text = _plan_of(model, x, caplog, output=output, memory_budget=66_000)
     assert_exact(K, R, 1e-10)
     assert "stored: chunks of" in text and "pass 2:" in text, text
     if output == "trace":
@@ -68,7 +71,9 @@ def test_a_budget_below_the_whole_batch_is_planned_under(capsys, output: str) ->
 
 def test_the_streaming_plan_holds_less_than_the_stored_one() -> None:
     """Same request, two plans: streaming keeps no term past its component (bytes kept 0)."""
-    forms = {"w": ("psg", 4_000, 400), "b": ("psg", 400, 40)}
+    psg = ntk_forms.PerSample()
+    forms = {"w": ntk_forms.Choice(psg, ntk_forms.Cost(0, 4_000, 400)),
+             "b": ntk_forms.Choice(psg, ntk_forms.Cost(0, 400, 40))}
     stream = plans.structured_plan(10**6, 10, 800, 100, forms, full=False)
     stored = plans.structured_plan(10**6, 10, 800, 100, forms, full=True)
     assert stream.streaming and stream.chunk == 10

@@ -4,6 +4,8 @@ a clear error naming the attribute, and the model keeps its attributes bit for b
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 from brute_force import assert_exact, brute_force_ntk
@@ -114,3 +116,33 @@ def test_the_old_spectral_norm_weight_attribute_is_left_as_it_was(train_mode: bo
     weight, u = net[0].weight, net[0].weight_u.clone()
     empirical_ntk(net, X, train_mode=train_mode)
     assert net[0].weight is weight and torch.equal(net[0].weight_u, u)
+
+
+class _FailsOnMarkedSample(nn.Module):
+    """Counts its calls; raises on a sample whose first input is the marker 100."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(3, 1)
+        self.calls = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        if bool((x[:, 0] == 100).any()):
+            raise RuntimeError("this sample breaks the forward")
+        return self.lin(x)
+
+
+def test_the_self_check_puts_the_modules_state_back_when_a_forward_raises() -> None:
+    """per_sample.verify runs the user's module one sample at a time; a forward that raises
+    must not leave its counter (or cache) changed."""
+    from cosmo_optim.ntk import per_sample
+
+    model = _FailsOnMarkedSample()
+    x = torch.randn(5, 3, generator=torch.Generator().manual_seed(0))
+    x[4, 0] = 100  # the last sample, which the self-check always recomputes
+    with pytest.raises(RuntimeError, match="this sample breaks the forward"):
+        per_sample.verify(torch.zeros(5, 5), model, ModelInputs(x), ["lin.weight", "lin.bias"],
+                          lambda out, sub: out, 3, False, torch.float32,
+                          contextlib.nullcontext)
+    assert model.calls == 0
