@@ -81,6 +81,19 @@ def run(tmp_path, max_steps=6, resume=None, save_steps=None, dataset=None, model
     return trainer, callback, opt
 
 
+def reporting_to(tmp_path, integration):
+    """A 6-step Classifier Trainer (SGD, momentum 0.9) whose only reporting integration is
+    `integration`; the monitor not yet added."""
+    torch.manual_seed(0)
+    model = Classifier()
+    args = transformers.TrainingArguments(
+        output_dir=str(tmp_path), max_steps=6, logging_steps=3, per_device_train_batch_size=8,
+        report_to=[], save_strategy="no", use_cpu=True, disable_tqdm=True, seed=0)
+    return transformers.Trainer(
+        model=model, args=args, train_dataset=Examples(), callbacks=[integration],
+        optimizers=(torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9), None))
+
+
 def series(trainer):
     """The monitor's rows of `state.log_history`: (step, {tag: value})."""
     return [(e["step"], {k: v for k, v in e.items() if "/" in k})
@@ -153,14 +166,7 @@ def test_the_scalars_reach_every_integration_but_not_the_console(tmp_path, capsy
         def on_log(self, args, state, control, logs=None, **kwargs):
             received.append((state.global_step, set(logs or {})))
 
-    torch.manual_seed(0)
-    model = Classifier()
-    args = transformers.TrainingArguments(
-        output_dir=str(tmp_path), max_steps=6, logging_steps=3, per_device_train_batch_size=8,
-        report_to=[], save_strategy="no", use_cpu=True, disable_tqdm=True, seed=0)
-    trainer = transformers.Trainer(
-        model=model, args=args, train_dataset=Examples(), callbacks=[Service()],
-        optimizers=(torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9), None))
+    trainer = reporting_to(tmp_path, Service())
     logged = []
     original = trainer.log
     trainer.log = lambda logs, *a, **kw: (logged.append(set(logs)), original(logs, *a, **kw))
@@ -411,14 +417,7 @@ def test_figures_go_to_a_reporting_integration_s_image_api(tmp_path):
     reporting = Reporting(transformers.integrations.WandbCallback)
     reporting._wandb, reporting._initialized = Wandb, True
     reporting._log_model = types.SimpleNamespace(is_enabled=False)
-    torch.manual_seed(0)
-    model = Classifier()
-    args = transformers.TrainingArguments(
-        output_dir=str(tmp_path), max_steps=6, logging_steps=3, per_device_train_batch_size=8,
-        report_to=[], save_strategy="no", use_cpu=True, disable_tqdm=True, seed=0)
-    trainer = transformers.Trainer(
-        model=model, args=args, train_dataset=Examples(), callbacks=[reporting],
-        optimizers=(torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9), None))
+    trainer = reporting_to(tmp_path, reporting)
     trainer.add_callback(CosmologyCallback(nn.CrossEntropyLoss(), input_key="x", top_k=2,
                                            log_figures_every_n_steps=3, trainer=trainer))
     trainer.train()
