@@ -179,7 +179,7 @@ def measure(model: nn.Module, inputs: Any, config: MonitorConfig | None = None, 
     with rank0_buffers(model, config.distributed), reading_model(model) as net:
         f = _agreed(sync, lambda: model_outputs(net, x, config.output, chunk))
         kernel = _kernel(net, x, f, config, first, _lean_budget(model, lean))
-        linear = None if snapshot is None or not _covered(net, snapshot) else _linearised(
+        linear = None if snapshot is None or not _covered(net, snapshot) else _linearisable(
             net, x, config, snapshot, chunk)
     return Measured(f, kernel, linear)
 
@@ -232,6 +232,22 @@ def _kernel(model: nn.Module, inputs: ModelInputs, f: Tensor, config: MonitorCon
     kernel = empirical_ntk(net, x, output=output, verify=config.verify_ntk and first,
                            distributed=config.distributed, memory_budget=budget)
     return flat_kernel(kernel.detach().double().cpu())
+
+
+def _linearisable(model: nn.Module, inputs: ModelInputs, config: MonitorConfig,
+                  snapshot: WeightSnapshot, chunk: int | None) -> Linearised | None:
+    """`_linearised`, or None (no T12 residual, the rest of the reading kept) for a model with
+    an op that has neither a forward-mode nor a double-backward rule (``nn.EmbeddingBag``)."""
+    try:
+        return _linearised(model, inputs, config, snapshot, chunk)
+    except NotImplementedError as error:
+        warnings.warn(
+            f"CosmologyTracker: the duality test (T12) needs J·v on the probe batch, and this "
+            f"model has an op PyTorch cannot differentiate that way ({error}); readings go on "
+            "without duality/residual, duality/relative_residual and the verdict. Fix: where "
+            "the op has an equivalent (nn.EmbeddingBag(mode='mean') is nn.Embedding then a "
+            "mean), use it in the model.", RuntimeWarning, stacklevel=2)
+        return None
 
 
 def _linearised(model: nn.Module, inputs: ModelInputs, config: MonitorConfig,

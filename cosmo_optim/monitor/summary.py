@@ -87,7 +87,9 @@ class RunSummary:
 
     def _dual(self) -> str:
         if not self.tested:
-            return "not tested: the residual needs two consecutive readings (T12)"
+            return ("not tested: the residual needs two consecutive readings (T12)"
+                    if self.readings < 2 else f"not tested at any of {self.readings} readings "
+                    "(the residual was not measurable: see the run's warnings)")
         text = (f"holds at {self.held} of {self.tested} tested readings (relative residual "
                 f"≤ {RESIDUAL_TOLERANCE:g}, T12)")
         if self.residual is not None:

@@ -533,3 +533,24 @@ def test_a_resume_whose_weights_are_loaded_after_attach_is_not_taken_for_the_rea
     fresh.load_state_dict(weights)  # too late
     train(fresh, opt2, x, y, 3)
     assert "duality/residual" not in resumed.history[-1].scalars
+
+
+def test_a_model_without_forward_mode_or_double_backward_rules_reads_without_the_residual():
+    """nn.EmbeddingBag's backward has no derivative: J·v (T12) cannot be taken, so the readings
+    go on without the duality test, with one warning naming it, instead of failing."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.EmbeddingBag(20, 8), nn.Linear(8, 3))
+    ids, y = torch.randint(0, 20, (8, 5)), torch.randint(0, 3, (8,))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    tracker = CosmologyTracker(model, nn.CrossEntropyLoss(), probe_batch=(ids, y), top_k=2,
+                               every_n_steps=2)
+    with pytest.warns(RuntimeWarning, match=r"duality test \(T12\) needs J·v.*embedding_bag"):
+        tracker.attach(opt)
+        for _ in range(4):
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(ids), y).backward()
+            opt.step()
+    assert [r.step for r in tracker.history] == [0, 2, 4] and tracker.failures == []
+    assert all("duality/relative_residual" not in r.scalars for r in tracker.history)
+    assert "ntk/lambda_1" in tracker.history[-1].scalars
+    assert "not tested at any of 3 readings" in tracker.summary().table()
