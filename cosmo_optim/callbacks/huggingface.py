@@ -132,9 +132,9 @@ class CosmologyCallback(_TrainerCallback):
 
     def _resume(self, state: Any) -> None:
         """Link this callback's `CosmologyCallbackState` (the one transformers may have rebuilt
-        from the checkpoint: the k-th monitor's is the k-th) and restore the monitor's state
-        from ``trainer_state.json`` (also under this class's name, as checkpoints before the
-        holder kept it)."""
+        from the checkpoint: the k-th monitor's is the k-th) and, on a resume (a step > 0),
+        restore the monitor's state from ``trainer_state.json`` (also under this class's name,
+        as checkpoints before the holder kept it); a fresh ``train()`` is a new series."""
         handler = self.trainer.callback_handler.callbacks
         holders = [c for c in handler if isinstance(c, CosmologyCallbackState)]
         mine = [c for c in handler if isinstance(c, CosmologyCallback)].index(self)
@@ -143,6 +143,8 @@ class CosmologyCallback(_TrainerCallback):
         else:  # removed from the Trainer since: kept again
             self.trainer.add_callback(self.saved)
         self.saved.owner = self
+        if state.global_step == 0:  # not a resume
+            return
         kept = state.stateful_callbacks or {}
         stored = kept.get(CosmologyCallbackState.__name__) or kept.get(type(self).__name__) or []
         self.session.load_json([s.get("attributes", {}).get("saved_state") for s in (

@@ -105,14 +105,17 @@ class MonitorSession:
         self._figures_warned = False
         self._latest: list[Any] = []  # the writers of the latest write
         self._continued = False  # whether the first step of this run was reported
+        self._ended = False  # a run ended: the next `start` is a new run, a new series
 
     def start(self, model: nn.Module, config: MonitorConfig, *, port: Port | None = None,
               optimizer: Any = None) -> CosmologyTracker:
-        """The tracker of this run (built for `model` with `config` unless it exists, with a
-        pending state restored), reading `optimizer`, through the framework's `port`."""
+        """The tracker of this run (built for `model` with `config` unless it exists and its
+        run has not ended: a second `fit`/`train` is a new series), with a pending state
+        restored, reading `optimizer`, through the framework's `port`."""
         self.port = port or Port()
-        if self.tracker is None or self.tracker.model is not model:
+        if self.tracker is None or self.tracker.model is not model or self._ended:
             self.tracker = CosmologyTracker.from_config(model, config)
+        self._ended = False
         if self.pending is not None:
             _restore(self.tracker, self.pending)
             self.pending = None
@@ -210,6 +213,7 @@ class MonitorSession:
         (rank 0); returns the summary (None on other ranks and before any reading)."""
         tracker = self.running()
         tracker.detach()
+        self._ended = True
         if not self.port.rank_zero() or not tracker.history:
             return None
         step, writers = tracker.final_figures_step(), self._latest
@@ -260,11 +264,12 @@ class MonitorSession:
         self.load_state_dict(state)
 
     def load_state_dict(self, state: Mapping[str, Any] | None) -> None:
-        """Restore now, or at `start` if the tracker does not exist yet. A state that cannot
-        be read is dropped with one warning: never an error that blocks the resume."""
+        """Restore now into the running tracker, else at `start` (a tracker that does not
+        exist yet, or whose run ended: the resumed run is a new one). A state that cannot be
+        read is dropped with one warning: never an error that blocks the resume."""
         if not state:
             return
-        if self.tracker is not None:
+        if self.tracker is not None and not self._ended:
             _restore(self.tracker, state)
         else:
             self.pending = state

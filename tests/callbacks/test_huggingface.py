@@ -142,6 +142,17 @@ def test_interrupted_and_resumed_run_logs_the_same_series_as_an_uninterrupted_on
     assert [r.step for r in callback.tracker.history] == [0, 3, 6, 9, 12]
 
 
+def test_a_second_train_call_reads_a_new_series(tmp_path):
+    """trainer.train() twice on one Trainer (a fresh run each time, global_step from 0): the
+    second is a new series, not the first one's state restored (which recorded nothing)."""
+    trainer, callback, _ = run(tmp_path, report_to=[])
+    first = callback.tracker
+    trainer.train()
+    assert callback.tracker is not first and [r.step for r in first.history] == [0, 3, 6]
+    assert [r.step for r in callback.tracker.history] == [0, 3, 6]
+    assert [step for step, _ in series(trainer)] == [0, 3, 6]
+
+
 def test_the_tensorboard_scalars_share_the_trainer_s_default_run(tmp_path, monkeypatch):
     """No TENSORBOARD_LOGGING_DIR: the Trainer writes to output_dir/runs/<time>_<host>, and so
     do the monitor's scalars and extras (through the Trainer's own integration: no guess)."""

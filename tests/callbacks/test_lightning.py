@@ -219,6 +219,25 @@ def test_resume_from_ckpt_path_continues_without_gaps_or_duplicates(tmp_path):
         assert got[tag] == pytest.approx(expected[tag], rel=1e-6, abs=1e-9), tag
 
 
+def test_the_same_monitor_in_a_second_fit_reads_a_new_series_or_resumes_a_checkpoint(tmp_path):
+    """A notebook habit: the monitor of a finished fit passed to a new Trainer. Without a
+    checkpoint it is a new run (a new series in the new logger version); with `ckpt_path` it
+    continues the checkpoint's series. Before, the second fit recorded nothing."""
+    monitor = CosmologyMonitor(nn.MSELoss(), every_n_train_steps=5, top_k=2)
+    saver = ModelCheckpoint(tmp_path / "ckpt", every_n_train_steps=5, save_top_k=-1)
+    L.seed_everything(0)
+    model = Regressor(dropout=0.0)
+    trainer(tmp_path, [monitor, saver], max_steps=10, enable_checkpointing=True).fit(model, data())
+    first = monitor.tracker
+    trainer(tmp_path / "second", [monitor], max_steps=10).fit(model, data())
+    assert monitor.tracker is not first and [r.step for r in first.history] == [0, 5, 10]
+    assert [r.step for r in monitor.tracker.history] == [0, 5, 10]
+    assert steps_of(events(tmp_path / "second" / "version_0"), "cosmology/efolds") == [0, 4, 9]
+    trainer(tmp_path / "third", [monitor], max_steps=15).fit(
+        model, data(), ckpt_path=tmp_path / "ckpt" / "epoch=1-step=10.ckpt")
+    assert [r.step for r in monitor.tracker.history] == [0, 5, 10, 15]
+
+
 def test_nonfinite_outputs_warn_count_and_training_continues(tmp_path):
     class Exploding(Regressor):
         def forward(self, x):
