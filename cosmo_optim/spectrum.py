@@ -167,8 +167,8 @@ def kernel_distance(K0: torch.Tensor, K1: torch.Tensor) -> torch.Tensor:
         raise ValueError(
             f"Invalid kernel shapes: {tuple(K0.shape)} and {tuple(K1.shape)}; they must match."
         )
-    inner = (K0 * K1).sum()
-    return 1 - inner / (torch.linalg.norm(K0) * torch.linalg.norm(K1))
+    inner = (K0 * K1).sum()  # cosine ≤ 1 but for rounding: the distance is kept ≥ 0
+    return (1 - inner / (torch.linalg.norm(K0) * torch.linalg.norm(K1))).clamp(min=0)
 
 
 def kernel_change(K0: torch.Tensor, K1: torch.Tensor) -> torch.Tensor:

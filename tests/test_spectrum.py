@@ -111,6 +111,9 @@ def test_kernel_distance() -> None:
     A, B = torch.diag(torch.tensor([1.0, 0.0])), torch.diag(torch.tensor([0.0, 1.0]))
     assert float(kernel_distance(A, B)) == pytest.approx(1.0)
     assert float(kernel_distance(A, -A)) == pytest.approx(2.0)
+    g = torch.Generator().manual_seed(0)  # proportional kernels whose cosine rounds above 1
+    ks = [torch.randn(6, 6, generator=g, dtype=torch.float64) for _ in range(200)]
+    assert min(float(kernel_distance(k @ k.T, 3 * k @ k.T)) for k in ks) == 0.0
     with pytest.raises(ValueError, match=r"Invalid kernel shapes: \(2, 2\) and \(3, 3\)"):
         kernel_distance(A, torch.eye(3))
 

@@ -217,7 +217,8 @@ def _spectrum_scalars(
         s[f"ntk/ratio_{j + 1}"] = float(lam[j]) / lam_1 if lam_1 else math.nan
     first = reference.kernel is kernel  # its own reference: 0, not 1 − cosine's rounding
     s["ntk/kernel_distance"] = 0.0 if first else float(kernel_distance(reference.kernel, kernel))
-    s["ntk/basis_rotation"] = 0.0 if first else 1.0 - float((ref.T @ vec).pow(2).sum()) / k
+    s["ntk/basis_rotation"] = 0.0 if first else max(
+        0.0, 1.0 - float((ref.T @ vec).pow(2).sum()) / k)  # ≥ 0 but for rounding
     if f[0].numel() == 1:
         s["cosmology/field"] = float(f.mean())
     flat = f.reshape(-1)
