@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
+import numbers
 import random
 import re
 from collections.abc import Iterator
@@ -40,10 +41,11 @@ class MemoryBudgetError(ValueError):
 
 
 def check_int(name: str, value: Any, least: int, fix: str) -> int:
-    """``value`` if it is an integer ≥ ``least`` (bools refused), else a ValueError naming it."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < least:
+    """``value`` as an int if it is an integer ≥ ``least`` (NumPy's and other `numbers.Integral`
+    too; bools refused), else a ValueError naming it."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < least:
         raise ValueError(f"Invalid {name}: {value!r}; it must be an integer ≥ {least}. {fix}")
-    return value
+    return int(value)
 
 
 def sample_rows(out: Any, n: int) -> torch.Tensor:

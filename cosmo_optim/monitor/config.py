@@ -113,15 +113,7 @@ class MonitorConfig:
         if self.loss is not None and not isinstance(self.loss, PerSampleLoss) and not (
                 isinstance(self.loss, str) and self.loss == "model"):
             object.__setattr__(self, "loss", per_sample_loss(self.loss))
-        check_int("probe_size", self.probe_size, 1, "Use e.g. probe_size=64.")
-        check_int("top_k", self.top_k, 1, "Use e.g. top_k=4.")
-        if self.every_n_steps is not None:
-            check_int(self.interval_name, self.every_n_steps, 1,
-                      "Read every n ≥ 1 optimiser steps.")
-        if self.log_figures_every_n_steps is not None:
-            check_int("log_figures_every_n_steps", self.log_figures_every_n_steps, 1,
-                      "Or None to draw no figures.")
-        check_int("history_size", self.history_size, 1, "Keep at least one reading.")
+        self._check_counts()
         if not isinstance(self.prefix, str):
             raise ValueError(
                 f"Invalid prefix: {self.prefix!r}; it must be a string such as 'train/'."
@@ -141,9 +133,6 @@ class MonitorConfig:
                     f"Invalid {name}: {getattr(self, name)!r}; it must be a key of the dict "
                     "batch (a string such as 'x' or 'labels'), or None for the default keys."
                 )
-        if self.train_batch_size is not None:
-            check_int("train_batch_size", self.train_batch_size, 1,
-                      "Give the samples per optimiser step, or None.")
         for name in ("verify_ntk", "distributed"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(
@@ -151,6 +140,21 @@ class MonitorConfig:
                 )
         self._check_kernel()
         self._check_figures()
+
+    def _check_counts(self) -> None:
+        """Each count an integer ≥ 1 (None where optional), stored as an int (NumPy's too)."""
+        fixes = {"probe_size": "Use e.g. probe_size=64.", "top_k": "Use e.g. top_k=4.",
+                 "history_size": "Keep at least one reading.",
+                 "every_n_steps": "Read every n ≥ 1 optimiser steps.",
+                 "log_figures_every_n_steps": "Or None to draw no figures.",
+                 "train_batch_size": "Give the samples per optimiser step, or None."}
+        optional = ("every_n_steps", "log_figures_every_n_steps", "train_batch_size")
+        for name, fix in fixes.items():
+            value = getattr(self, name)
+            if value is None and name in optional:
+                continue
+            shown = self.interval_name if name == "every_n_steps" else name
+            object.__setattr__(self, name, check_int(shown, value, 1, fix))
 
     def _check_kernel(self) -> None:
         if self.ntk_method in _FORMER_METHODS:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 from torch import nn
 
@@ -79,3 +80,14 @@ def test_sketch_dim_is_deprecated_and_dropped():
     with pytest.warns(DeprecationWarning, match=r"sketch_dim=16 is deprecated and dropped.*Fix: drop sketch_dim"):
         config = MonitorConfig(sketch_dim=16)
     assert config.sketch_dim is None
+
+
+def test_numpy_integers_are_counts_and_are_stored_as_ints():
+    """A count from a NumPy computation (np.int64) is an integer: accepted, kept as an int
+    (checkpoint keys and JSON states hold plain ints); a float or a bool is still refused."""
+    config = MonitorConfig(probe_size=np.int64(8), every_n_steps=np.int32(5), top_k=np.int16(2))
+    assert (config.probe_size, config.every_n_steps, config.top_k) == (8, 5, 2)
+    assert all(type(v) is int for v in (config.probe_size, config.every_n_steps, config.top_k))
+    for bad in (8.0, True, np.float64(8)):
+        with pytest.raises(ValueError, match=r"Invalid probe_size: .*integer ≥ 1"):
+            MonitorConfig(probe_size=bad)
