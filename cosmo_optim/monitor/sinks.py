@@ -117,7 +117,14 @@ class Sinks:
         if self._writer is None and self.log_dir is not None:
             from torch.utils.tensorboard import SummaryWriter
 
-            self._writer = SummaryWriter(self.log_dir)
+            try:
+                self._writer = SummaryWriter(self.log_dir)
+            except OSError as error:
+                raise ValueError(
+                    f"Invalid sink: {self.log_dir!r} cannot be a TensorBoard log directory "
+                    f"({type(error).__name__}: {error}). Fix: sink= a directory you can "
+                    "write to, e.g. 'runs/cosmology'."
+                ) from error
         return self._writer
 
     def scalars(self, metrics: dict[str, float], step: int) -> None:

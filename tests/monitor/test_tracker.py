@@ -554,3 +554,15 @@ def test_a_model_without_forward_mode_or_double_backward_rules_reads_without_the
     assert all("duality/relative_residual" not in r.scalars for r in tracker.history)
     assert "ntk/lambda_1" in tracker.history[-1].scalars
     assert "not tested at any of 3 readings" in tracker.summary().table()
+
+
+def test_a_log_directory_that_cannot_be_created_is_an_error_naming_the_sink(tmp_path):
+    """A path under a file: the error (at the first reading, before training) names `sink`
+    and the fix, not a bare NotADirectoryError from inside TensorBoard."""
+    (tmp_path / "a_file").write_text("")
+    model = nn.Linear(3, 1)
+    tracker = CosmologyTracker(model, nn.MSELoss(), probe_batch=(torch.randn(4, 3),
+                               torch.randn(4, 1)), sink=tmp_path / "a_file" / "runs")
+    with pytest.raises(ValueError, match=r"Invalid sink: .*a_file/runs' cannot be a TensorBoard "
+                                         r"log directory \(NotADirectoryError.*Fix: sink="):
+        tracker.attach(torch.optim.SGD(model.parameters(), lr=0.1))
