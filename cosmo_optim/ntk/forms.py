@@ -224,8 +224,9 @@ class Tied(Form):
         C, N, Re, Rl = De.shape[0], ids.shape[0], ids.shape[1], H.shape[1]
         A = De.reshape(C, N * Re, -1) @ H.reshape(N * Rl, -1).T  # δ_isc · h_jt
         B = Dl.reshape(C, N * Rl, -1)[:, :, ids.reshape(-1)]  # δ'_jtd[id_is]
-        if full:
-            M = torch.einsum("cxy,dyx->xycd", A, B).reshape(N, Re, N, Rl, C, C).sum((1, 3))
+        if full:  # Σ over the rows s, t inside the product: never an (N Re, N Rl, C, C) array
+            M = torch.einsum("cisjt,djtis->ijcd", A.reshape(C, N, Re, N, Rl),
+                             B.reshape(C, N, Rl, N, Re))
             K += M + M.permute(1, 0, 3, 2)
             return
         M = torch.einsum("cxy,cyx->xy", A, B).reshape(N, Re, N, Rl).sum((1, 3))
