@@ -75,6 +75,19 @@ def test_user_callable_is_used_per_sample():
     assert hess[:, 0, 0].tolist() == [1.0, 0.0]
 
 
+@pytest.mark.parametrize("loss", [nn.BCEWithLogitsLoss(pos_weight=torch.tensor([3.0, 0.5])),
+                                  nn.BCEWithLogitsLoss(weight=torch.tensor([2.0, 1.0]))])
+def test_binary_cross_entropy_weights_keep_a_plain_mean_and_are_accepted(loss):
+    """Unlike cross-entropy's class weights (a weighted mean Σ w ℓ / Σ w), BCE's weight and
+    pos_weight scale each element and 'mean' still divides by the element count."""
+    g = torch.Generator().manual_seed(0)
+    f, y = torch.randn(5, 2, generator=g), (torch.rand(5, 2, generator=g) > 0.5).float()
+    ell = per_sample_loss(loss)
+    assert float(ell(f, y).mean()) == pytest.approx(float(loss(f, y)), rel=1e-12)
+    with pytest.raises(ValueError, match="class weights"):
+        per_sample_loss(nn.NLLLoss(weight=torch.ones(2)))
+
+
 def test_bad_losses_give_clear_errors():
     with pytest.raises(ValueError, match=r"returned shape \(\), expected \(2,\)"):
         per_sample_loss(lambda f, y: f.sum())(torch.zeros(2, 1))

@@ -130,7 +130,8 @@ def _from_torch_loss(module: nn.modules.loss._Loss) -> PerSampleLoss:
             f"Invalid {name}(reduction={reduction!r}) as a training loss; the dual needs a "
             "scalar loss: use reduction='mean' (or 'sum')."
         )
-    if any(getattr(module, a, None) is not None for a in ("weight", "pos_weight")):
+    weighted_mean = isinstance(module, (nn.CrossEntropyLoss, nn.NLLLoss))  # Σ w ℓ / Σ w
+    if weighted_mean and getattr(module, "weight", None) is not None:
         raise ValueError(
             f"{name} with class weights is not a plain mean of per-sample losses; "
             "pass a callable returning per-sample losses instead."
