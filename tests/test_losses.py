@@ -83,7 +83,7 @@ def test_binary_cross_entropy_weights_keep_a_plain_mean_and_are_accepted(loss):
     g = torch.Generator().manual_seed(0)
     f, y = torch.randn(5, 2, generator=g), (torch.rand(5, 2, generator=g) > 0.5).float()
     ell = per_sample_loss(loss)
-    assert float(ell(f, y).mean()) == pytest.approx(float(loss(f, y)), rel=1e-12)
+    assert float(ell(f, y).mean()) == pytest.approx(float(loss(f, y)), rel=1e-6)  # float32
     with pytest.raises(ValueError, match="class weights"):
         per_sample_loss(nn.NLLLoss(weight=torch.ones(2)))
 
