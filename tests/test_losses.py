@@ -89,8 +89,10 @@ def test_binary_cross_entropy_weights_keep_a_plain_mean_and_are_accepted(loss):
 
 
 def test_bad_losses_give_clear_errors():
-    with pytest.raises(ValueError, match=r"returned shape \(\), expected \(2,\)"):
+    with pytest.raises(ValueError, match=r"returned shape \(\), expected shape \(2,\)"):
         per_sample_loss(lambda f, y: f.sum())(torch.zeros(2, 1))
+    with pytest.raises(ValueError, match=r"returned a float, not a Tensor, expected shape \(2,\)"):
+        per_sample_loss(lambda f, y: float(f.sum()))(torch.zeros(2, 1))
     with pytest.raises(ValueError, match="MSELoss needs targets"):
         per_sample_loss(nn.MSELoss())(torch.zeros(2, 1))
     with pytest.raises(ValueError, match="class weights"):

@@ -59,9 +59,10 @@ class PerSampleLoss:
             targets = targets.to(outputs.dtype)
         values = self._per_sample(outputs, targets)
         if not isinstance(values, Tensor) or values.shape != (outputs.shape[0],):
-            shape = getattr(values, "shape", type(values).__name__)
+            got = (f"shape {tuple(values.shape)}" if isinstance(values, Tensor)
+                   else f"a {type(values).__name__}, not a Tensor")
             raise ValueError(
-                f"The per-sample loss {self.name} returned shape {tuple(shape)}, expected "
+                f"The per-sample loss {self.name} returned {got}, expected shape "
                 f"({outputs.shape[0]},): one loss per sample whose mean is the training loss "
                 "(use reduction='none' and average over the non-batch dimensions)."
             )
