@@ -94,10 +94,11 @@ class CosmologyCallback(_TrainerCallback):
         self.probe_batch = None if probe_batch is None else take_probe_batch(
             probe_batch, probe_size, input_key=input_key, label_key=label_key, keywords=True)
         if not isinstance(trainer, transformers.Trainer):
+            why = ("none: Trainer(callbacks=[CosmologyCallback(...)]) cannot give the callback "
+                   "its Trainer" if trainer is None else f"{trainer!r:.60}")
             raise ValueError(
-                f"Invalid trainer: {type(trainer).__name__}; it must be the transformers.Trainer "
-                "the callback is added to (Trainer(callbacks=[CosmologyCallback(...)]) gives it "
-                "none). Fix: trainer.add_callback(CosmologyCallback(..., trainer=trainer)).")
+                f"Invalid trainer: {why}; it must be the transformers.Trainer the callback is "
+                "added to. Fix: trainer.add_callback(CosmologyCallback(..., trainer=trainer)).")
         self.trainer, self.session = trainer, MonitorSession("CosmologyCallback")
         self.saved = CosmologyCallbackState()  # trainer_state.json's share of the monitor
         trainer.add_callback(self.saved)

@@ -123,7 +123,14 @@ def model_outputs(model: nn.Module, inputs: Any, output: Any = None,
     x = ModelInputs(inputs)
     with preserved(model, device_of(model)), training(model, False), torch.no_grad():
         net = _Selected(model, output)
-        parts = [part.for_model(model).call(net) for part in _chunks(x, chunk)]
+        try:
+            parts = [part.for_model(model).call(net) for part in _chunks(x, chunk)]
+        except Exception as error:
+            if hasattr(error, "add_note"):  # Python ≥ 3.11: the same error, with where it arose
+                error.add_note(f"cosmo-optim: raised by the model called on the probe batch, "
+                               f"{x!r}. Fix: a probe batch shaped as the model's training "
+                               "batches (probe_batch=, input_key=).")
+            raise
     out = parts[0] if len(parts) == 1 else torch.cat(parts)
     return out.detach().double().cpu()
 

@@ -34,7 +34,7 @@ from cosmo_optim.monitor.dashboard import describe_scalars
 from cosmo_optim.monitor.images import figures_dropped_warning
 from cosmo_optim.monitor.records import from_json
 from cosmo_optim.monitor.state import dropped_state_warning
-from cosmo_optim.monitor.summary import RunSummary
+from cosmo_optim.monitor.summary import RunSummary, summarize
 from cosmo_optim.monitor.tags import SCALAR_TAGS
 from cosmo_optim.monitor.tracker import CosmologyTracker
 from cosmo_optim.ntk import ModelInputs
@@ -230,8 +230,9 @@ class MonitorSession:
         return summary
 
     def summary(self) -> RunSummary:
-        """What the run's readings say so far (`CosmologyTracker.summary`)."""
-        return self.running().summary()
+        """What the run's readings say so far (`CosmologyTracker.summary`; before training,
+        the summary of no reading, as a tracker's)."""
+        return self.running().summary() if self.tracker is not None else summarize([])
 
     # ----- state across a resume -------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

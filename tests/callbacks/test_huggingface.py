@@ -229,7 +229,9 @@ def test_a_callback_without_its_trainer_or_with_another_is_refused(tmp_path, tra
             ours.train()
     else:
         # the former way in, Trainer(callbacks=[CosmologyCallback(...)]), is this error
-        with pytest.raises(ValueError, match=r"Invalid trainer: (NoneType|object); it must be the transformers\.Trainer.*Trainer\(callbacks=\[CosmologyCallback\(\.\.\.\)\]\) gives it none.*Fix: trainer\.add_callback\(CosmologyCallback\(\.\.\., trainer=trainer\)\)"):
+        why = (r"none: Trainer\(callbacks=\[CosmologyCallback\(\.\.\.\)\]\) cannot give the "
+               r"callback its Trainer" if trainer is None else r"<object object at")
+        with pytest.raises(ValueError, match=rf"Invalid trainer: {why}.*; it must be the transformers\.Trainer the callback is added to\. Fix: trainer\.add_callback\(CosmologyCallback\(\.\.\., trainer=trainer\)\)"):
             CosmologyCallback(trainer=trainer)
 
 

@@ -165,3 +165,10 @@ def test_a_resumed_monitor_takes_its_own_state_not_a_longer_prefixs():
     assert MonitorSession.from_json(saved, "")["last_step"] == 2
     assert MonitorSession.from_json(saved, "b/")["last_step"] == 3
     assert MonitorSession.from_json(saved[:1], "") is None
+
+
+def test_the_summary_before_training_is_that_of_no_reading_as_the_tracker_s():
+    """An adaptor's summary() before fit/train returns what an unused tracker's does (it
+    raised a RuntimeError, while CosmologyTracker.summary() answered)."""
+    assert MonitorSession("Adaptor").summary().readings == 0
+    assert "no reading" in MonitorSession("Adaptor").summary().table()

@@ -566,3 +566,17 @@ def test_a_log_directory_that_cannot_be_created_is_an_error_naming_the_sink(tmp_
     with pytest.raises(ValueError, match=r"Invalid sink: .*a_file/runs' cannot be a TensorBoard "
                                          r"log directory \(NotADirectoryError.*Fix: sink="):
         tracker.attach(torch.optim.SGD(model.parameters(), lr=0.1))
+
+
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="exception notes are Python 3.11's")
+def test_a_model_that_fails_on_the_probe_batch_says_so_at_the_first_reading():
+    """The model's own error (here a feature-size mismatch) is raised as it is, with a note
+    naming the probe batch it was called on and the fix."""
+    model = nn.Linear(4, 2)
+    tracker = CosmologyTracker(model, nn.CrossEntropyLoss(),
+                               probe_batch=(torch.randn(8, 5), torch.randint(0, 2, (8,))))
+    with pytest.raises(RuntimeError, match="cannot be multiplied") as info:
+        tracker.attach(torch.optim.SGD(model.parameters(), lr=0.1))
+    assert any("called on the probe batch, ModelInputs(N=8: (8, 5) float32" in note
+               and "Fix: a probe batch shaped as the model's training batches" in note
+               for note in info.value.__notes__)
