@@ -120,7 +120,7 @@ class RunSummary:
         if self.kernel_change is not None:
             median, top = self.kernel_change
             parts.append(f"kernel change per interval median {median:.2%}, largest {top:.2%} "
-                         "(≤ 5 %: lazy)")
+                         "(a lazy network stays ≤ 5 %)")
         if self.kernel_distance is not None:
             parts.append(f"distance from the first kernel {self.kernel_distance:.2g}")
         return "; ".join(parts) or "not measured"
