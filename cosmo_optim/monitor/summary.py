@@ -81,7 +81,7 @@ class RunSummary:
                                     "readings (cosmology/nonfinite, cosmology/failed_readings)"))
         width = max(len(name) for name, _ in rows)
         first, last = self.steps
-        head = (f"cosmo-optim: the run's dual, {self.readings} readings at steps {first}–{last} "
+        head = (f"cosmo-optim: the run's dual, {self.readings} readings after optimiser steps {first}–{last} "
                 f"(in {self.precision.removeprefix('torch.')})")
         return "\n".join([head, *(f"  {name:<{width}}  {text}" for name, text in rows)])
 

@@ -46,7 +46,7 @@ def test_a_linear_model_holds_at_every_reading_and_the_summary_says_so(caplog):
     assert summary.lambda_1 == (first["ntk/lambda_1"], last["ntk/lambda_1"])
     assert json.loads(json.dumps(summary.as_dict()))["readings"] == 5  # plain data
     table = caplog.text
-    assert "cosmo-optim: the run's dual, 5 readings at steps 0–20" in table
+    assert "cosmo-optim: the run's dual, 5 readings after optimiser steps 0–20" in table
     assert "λ_1" in table and "kernel change per interval" in table
 
 
