@@ -81,8 +81,8 @@ class RunSummary:
                                     "readings (cosmology/nonfinite, cosmology/failed_readings)"))
         width = max(len(name) for name, _ in rows)
         first, last = self.steps
-        head = (f"cosmo-optim: the run's dual, {self.readings} readings after optimiser steps {first}–{last} "
-                f"(in {self.precision.removeprefix('torch.')})")
+        head = (f"cosmo-optim: the run's dual, {self.readings} readings after optimiser steps "
+                f"{first}–{last} (in {self.precision.removeprefix('torch.')})")
         return "\n".join([head, *(f"  {name:<{width}}  {text}" for name, text in rows)])
 
     def _dual(self) -> str:
