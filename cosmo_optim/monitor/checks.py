@@ -9,17 +9,31 @@ from __future__ import annotations
 
 import math
 
-from torch import Tensor
+from torch import Tensor, nn
+from torch.optim import Optimizer
 
 from cosmo_optim.monitor.config import MonitorConfig
 
 __all__ = [
-    "COST_WARNING_STEPS", "cost_warning", "nonfinite_warning", "probe_cost_steps",
-    "sharding_error", "size_warnings", "top_k_warning",
+    "COST_WARNING_STEPS", "cost_warning", "foreign_optimizer_warning", "nonfinite_warning",
+    "probe_cost_steps", "sharding_error", "size_warnings", "top_k_warning",
 ]
 
 #: A reading estimated to cost more than this many training steps gets the cost warning.
 COST_WARNING_STEPS = 50
+
+
+def foreign_optimizer_warning(model: nn.Module, optimizer: Optimizer) -> str | None:
+    """An optimiser that updates none of the model's parameters (another model's): the
+    readings would follow a model that never trains, and the duality test measures nothing."""
+    ours = {id(p) for p in model.parameters()}
+    theirs = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    if not ours or ours & theirs:
+        return None
+    return (f"CosmologyTracker: the optimiser ({type(optimizer).__name__}) updates none of the "
+            f"parameters of the model given ({type(model).__name__}), so its readings follow "
+            "weights that never change. Fix: the optimiser of that model, or the model it "
+            "trains.")
 
 
 def top_k_warning(config: MonitorConfig, n: int, c: int) -> str | None:

@@ -178,9 +178,9 @@ class CosmologyTracker:
         """Read the universe from `optimizer` and count e-folds on each of its steps (T9).
 
         Warns once per optimiser when part of the read-out cannot be measured (no heavy-ball
-        dual, or param groups with different (lr, momentum)).
+        dual, or param groups with different (lr, momentum), or none of the model's).
         """
-        self._watch.observe(optimizer, self.run, self.config)
+        self._watch.observe(optimizer, self.run, self.config, self.model)
 
     def attach(self, optimizer: Optimizer) -> Any:
         """Track a plain PyTorch loop: read now (step 0) and after every `optimizer.step()`.

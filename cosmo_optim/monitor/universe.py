@@ -7,9 +7,11 @@ from __future__ import annotations
 import warnings
 from typing import TYPE_CHECKING, Any
 
+from torch import nn
 from torch.optim import Optimizer
 
 from cosmo_optim.cosmology import Cosmology
+from cosmo_optim.monitor.checks import foreign_optimizer_warning
 from cosmo_optim.monitor.config import MonitorConfig
 from cosmo_optim.monitor.tags import scalar_tags
 from cosmo_optim.optim import cosmology_of
@@ -137,8 +139,10 @@ class OptimizerWatch:
         not observing the optimiser's steps."""
         return efolds_per_step(self.optimizer, config.group)
 
-    def observe(self, optimizer: Optimizer, run: RunState, config: MonitorConfig) -> None:
-        """Watch `optimizer`: before each of its steps, add that step's e-folds to `run`."""
+    def observe(self, optimizer: Optimizer, run: RunState, config: MonitorConfig,
+                model: nn.Module | None = None) -> None:
+        """Watch `optimizer`: before each of its steps, add that step's e-folds to `run`
+        (a warning if it updates none of `model`'s parameters)."""
         optimizer = unwrap_optimizer(optimizer)
         if not isinstance(optimizer, Optimizer):
             raise ValueError(f"Invalid optimizer: {optimizer!r}; it must be a torch Optimizer.")
@@ -153,7 +157,8 @@ class OptimizerWatch:
         self.optimizer = optimizer
         if id(optimizer) not in self._warned:
             self._warned.add(id(optimizer))
-            for message in dual_warnings(optimizer, config):
+            foreign = None if model is None else foreign_optimizer_warning(model, optimizer)
+            for message in [*dual_warnings(optimizer, config), *filter(None, [foreign])]:
                 warnings.warn(message, UserWarning, stacklevel=4)
 
         def count(opt: Optimizer, args: Any, kwargs: Any) -> None:

@@ -580,3 +580,18 @@ def test_a_model_that_fails_on_the_probe_batch_says_so_at_the_first_reading():
     assert any("called on the probe batch, ModelInputs(N=8: (8, 5) float32" in note
                and "Fix: a probe batch shaped as the model's training batches" in note
                for note in info.value.__notes__)
+
+
+def test_an_optimiser_of_another_model_is_warned_about_at_attach():
+    """A notebook slip: the tracker of model A attached to model B's optimiser. A never moves,
+    so the readings measure nothing; one warning names both. A's own optimiser: no warning."""
+    a, b = nn.Linear(3, 1), nn.Linear(3, 1)
+    batch = (torch.randn(4, 3), torch.randn(4, 1))
+    tracker = CosmologyTracker(a, nn.MSELoss(), probe_batch=batch)
+    with pytest.warns(UserWarning, match=r"optimiser \(SGD\) updates none of the parameters of "
+                                         r"the model given \(Linear\).*Fix"):
+        tracker.attach(torch.optim.SGD(b.parameters(), lr=0.1))
+    own = CosmologyTracker(a, nn.MSELoss(), probe_batch=batch)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        own.attach(torch.optim.SGD(a.parameters(), lr=0.1, momentum=0.9))
