@@ -12,6 +12,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from gloo_ranks import exit_rank
 from torch import nn
 
 import cosmo_optim.monitor.reading as reading
@@ -282,6 +283,7 @@ def _ranks(rank: int, port: int, out: str) -> None:
                                  if w.category is RuntimeWarning]}, f"{out}/{rank}.pt")
     finally:
         dist.destroy_process_group()
+    exit_rank()
 
 
 def test_two_ranks_skip_together_when_rank_1_fails_and_finish_every_step(tmp_path):

@@ -11,6 +11,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from gloo_ranks import exit_rank
 from test_kernel import build
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
@@ -150,6 +151,7 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
     finally:  # a process group still referenced at interpreter exit can abort it (SIGABRT)
         gc.collect()
         dist.destroy_process_group()
+    exit_rank()
 
 
 @pytest.fixture(scope="module")

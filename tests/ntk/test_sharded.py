@@ -15,6 +15,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from brute_force import brute_force_ntk, relative_error
+from gloo_ranks import exit_rank
 from torch import nn
 
 from cosmo_optim import empirical_ntk
@@ -122,6 +123,7 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
         dist.barrier()  # no rank tears gloo down while another still talks to it
     finally:
         dist.destroy_process_group()  # gloo threads left at exit can abort the process
+    exit_rank()
 
 
 def _free_port() -> int:
