@@ -356,7 +356,10 @@ Path({results!r}, f"rank{{trainer.args.process_index}}.json").write_text(json.du
     series=series(trainer), shards=sorted(set(map(tuple, shards))),
     distributed=callback.tracker.config.distributed)))
 torch.distributed.barrier()
-torch.distributed.destroy_process_group()  # gloo threads left at exit can abort the process
+torch.distributed.destroy_process_group()
+sys.path.insert(0, {root!r})
+from gloo_ranks import exit_rank
+exit_rank()  # gloo threads winding down in the interpreter's teardown can abort the process
 """
 
 
@@ -371,7 +374,8 @@ def test_torchrun_ddp_splits_the_probe_kernel_across_ranks(tmp_path, rank_result
 
     script, results = tmp_path / "ddp.py", rank_results()
     script.write_text(HF_DDP_SCRIPT.format(tests=str(Path(__file__).parent), out=str(tmp_path / "out"),
-                                        results=str(results.directory)))
+                                        results=str(results.directory),
+                                        root=str(Path(__file__).parents[1])))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     out = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script)],
