@@ -140,7 +140,7 @@ class OptimizerWatch:
         return efolds_per_step(self.optimizer, config.group)
 
     def observe(self, optimizer: Optimizer, run: RunState, config: MonitorConfig,
-                model: nn.Module | None = None) -> None:
+                model: nn.Module) -> None:
         """Watch `optimizer`: before each of its steps, add that step's e-folds to `run`
         (a warning if it updates none of `model`'s parameters)."""
         optimizer = unwrap_optimizer(optimizer)
@@ -157,8 +157,10 @@ class OptimizerWatch:
         self.optimizer = optimizer
         if id(optimizer) not in self._warned:
             self._warned.add(id(optimizer))
-            foreign = None if model is None else foreign_optimizer_warning(model, optimizer)
-            for message in [*dual_warnings(optimizer, config), *filter(None, [foreign])]:
+            messages = dual_warnings(optimizer, config)
+            if (foreign := foreign_optimizer_warning(model, optimizer)) is not None:
+                messages.append(foreign)
+            for message in messages:
                 warnings.warn(message, UserWarning, stacklevel=4)
 
         def count(opt: Optimizer, args: Any, kwargs: Any) -> None:
